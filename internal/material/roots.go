@@ -1,0 +1,244 @@
+package material
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/loopze/certstore/internal/secret"
+)
+
+// Sentinel errors of ReadFile, for callers that branch with errors.Is. Missing and
+// unreadable files wrap the os errors instead (fs.ErrNotExist, fs.ErrPermission).
+var (
+	// ErrRelativePath means the path is not absolute.
+	ErrRelativePath = errors.New("path is not absolute")
+	// ErrOutsideRoots means the resolved path lies outside every LOOPZE_FILE_ROOTS root.
+	ErrOutsideRoots = errors.New("path is outside the allowed file roots")
+	// ErrNotRegular means the path resolves to a directory, device, FIFO or socket.
+	ErrNotRegular = errors.New("not a regular file")
+	// ErrTooLarge means the file is larger than MaxSize.
+	ErrTooLarge = fmt.Errorf("file is larger than the %d KiB limit", MaxSize>>10)
+	// ErrPathChanged means the path kept changing while it was read (a rotation racing the read).
+	ErrPathChanged = errors.New("path changed while it was being read")
+)
+
+// TenantPlaceholder is replaced by the tenant ID in each root.
+const TenantPlaceholder = "{tenant}"
+
+// Roots confines the paths of file-sourced material (LOOPZE_FILE_ROOTS). Each root is an
+// absolute directory and may contain "{tenant}", so one setting gives every tenant its own
+// directory. Empty Roots allows any absolute path, as the operator documentation promises.
+//
+// Roots guard against configuration mistakes and API callers naming files they should not
+// read; they are not a defence against a local user able to rewrite symlinks inside a root
+// while the server reads it.
+type Roots []string
+
+// ParseRoots splits a LOOPZE_FILE_ROOTS value on the OS path-list separator (':' on Unix),
+// dropping empty elements and cleaning each root. Relative roots are kept, and admit
+// nothing: dropping them could turn a typo into "any path allowed". Validate reports them.
+func ParseRoots(s string) Roots {
+	var r Roots
+	for _, p := range filepath.SplitList(s) {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		r = append(r, filepath.Clean(p))
+	}
+	return r
+}
+
+// Validate reports roots that can never admit a path, so configuration loading can refuse
+// them at startup instead of every file entry failing later.
+func (r Roots) Validate() error {
+	var errs []error
+	for _, root := range r {
+		if !filepath.IsAbs(root) {
+			errs = append(errs, fmt.Errorf("file root %s: %w", root, ErrRelativePath))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ReadFile reads one material file for tenant. The path must be absolute. Symlinks are
+// followed (certbot live/ links, Kubernetes ..data swaps) and the final target must be a
+// regular file of at most MaxSize bytes. When r is non-empty, the resolved path must lie
+// inside one root, with {tenant} expanded and the root's own symlinks resolved, compared on
+// path boundaries (/a/b does not admit /a/bc). Errors name the path and why, never the
+// contents.
+func (r Roots) ReadFile(tenant, path string) (secret.PEM, error) {
+	if !filepath.IsAbs(path) {
+		return nil, fmt.Errorf("read %s: %w", path, ErrRelativePath)
+	}
+	// A Kubernetes secret update swaps the ..data link and then deletes the old directory;
+	// a read that resolved just before the swap finds its target gone. Resolving again
+	// reaches the new one.
+	const attempts = 3
+	var err error
+	for range attempts {
+		var data secret.PEM
+		data, err = r.readOnce(tenant, path)
+		if err == nil {
+			return data, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, ErrPathChanged) {
+			return nil, err
+		}
+		if _, lerr := os.Lstat(path); errors.Is(lerr, fs.ErrNotExist) {
+			return nil, err // the path itself is missing: no swap in progress
+		}
+	}
+	return nil, err
+}
+
+func (r Roots) readOnce(tenant, path string) (secret.PEM, error) {
+	resolved, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	where := path
+	if resolved != path {
+		where = fmt.Sprintf("%s (resolves to %s)", path, resolved)
+	}
+	if len(r) > 0 && !r.admit(tenant, resolved) {
+		return nil, fmt.Errorf("read %s: %w", where, ErrOutsideRoots)
+	}
+	// O_NONBLOCK keeps open from hanging on a FIFO with no writer; it changes nothing for a
+	// regular file. The type is checked on the open descriptor, not on a prior Stat.
+	f, err := os.OpenFile(resolved, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", where, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", where, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("read %s: %w (%s)", where, ErrNotRegular, fileKind(fi.Mode()))
+	}
+	// The descriptor must still be the file the roots check saw: if a component became a
+	// symlink in between, the name now leads elsewhere.
+	if li, err := os.Lstat(resolved); err != nil || !os.SameFile(fi, li) {
+		return nil, fmt.Errorf("read %s: %w", where, ErrPathChanged)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", where, err)
+	}
+	if len(data) > MaxSize {
+		return nil, fmt.Errorf("read %s: %w", where, ErrTooLarge)
+	}
+	return secret.PEM(data), nil
+}
+
+// admit reports whether resolved lies inside one of the roots for tenant.
+func (r Roots) admit(tenant, resolved string) bool {
+	for _, root := range r {
+		if strings.Contains(root, TenantPlaceholder) {
+			if !safeTenant(tenant) {
+				continue
+			}
+			root = strings.ReplaceAll(root, TenantPlaceholder, tenant)
+		}
+		if !filepath.IsAbs(root) {
+			continue
+		}
+		root = filepath.Clean(root)
+		if real, err := filepath.EvalSymlinks(root); err == nil {
+			root = real
+		}
+		if within(root, resolved) {
+			return true
+		}
+	}
+	return false
+}
+
+// safeTenant refuses tenant IDs that would move a {tenant} root somewhere else.
+func safeTenant(t string) bool {
+	return t != "" && t != "." && t != ".." && !strings.ContainsAny(t, `/\`) && !strings.ContainsRune(t, filepath.ListSeparator)
+}
+
+// within reports whether path is root or below it, on path boundaries.
+func within(root, path string) bool {
+	if path == root {
+		return true
+	}
+	prefix := root
+	if !strings.HasSuffix(prefix, string(filepath.Separator)) {
+		prefix += string(filepath.Separator)
+	}
+	return strings.HasPrefix(path, prefix)
+}
+
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	}
+	return "mode " + m.Type().String()
+}
+
+// LoadFiles reads certPath (and keyPath for pairs) through ReadFile and inspects the
+// result. Read errors become issues on f.Cert / f.Key; Inspect's issues about a field whose
+// file could not be read are dropped, since they would only repeat that it is missing.
+// Empty names in f default to PathFields.
+func (r Roots) LoadFiles(k Kind, tenant, certPath, keyPath string, f Fields, now time.Time) (*Material, []Issue) {
+	if f.Cert == "" {
+		f.Cert = PathFields.Cert
+	}
+	if f.Key == "" {
+		f.Key = PathFields.Key
+	}
+	var (
+		issues    []Issue
+		cert, key secret.PEM
+		unread    = map[string]bool{}
+	)
+	read := func(field, path, what string) secret.PEM {
+		if strings.TrimSpace(path) == "" {
+			issues = append(issues, Issue{Field: field, Message: what + " path is required"})
+			unread[field] = true
+			return nil
+		}
+		data, err := r.ReadFile(tenant, path)
+		if err != nil {
+			issues = append(issues, Issue{Field: field, Message: err.Error()})
+			unread[field] = true
+		}
+		return data
+	}
+	cert = read(f.Cert, certPath, "a certificate")
+	switch {
+	case k.IsPair():
+		key = read(f.Key, keyPath, "a private key")
+	case k == CABundle && strings.TrimSpace(keyPath) != "":
+		issues = append(issues, Issue{Field: f.Key, Message: "a ca-bundle carries no private key: leave " + f.Key + " empty"})
+		unread[f.Key] = true
+	}
+	m, errs := Inspect(k, cert, key, f, now)
+	for _, e := range errs {
+		if !unread[e.Field] {
+			issues = append(issues, e)
+		}
+	}
+	if len(issues) > 0 {
+		return nil, issues
+	}
+	return m, nil
+}
