@@ -1,0 +1,40 @@
+# The two commands a newcomer needs are `make run` and `make test`; the rest serve them.
+SHELL := bash
+GO ?= go
+BIN := bin/loopze-certs
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@2026.2.2
+
+.PHONY: build run test lint openapi bench fuzz clean
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/server
+
+run: build
+	@echo "Sign in to the web UI at http://$${LOOPZE_ADDR:-127.0.0.1:8080}/ with a token from:"
+	@echo "  $(BIN) token --tenant default --role admin --sub $$USER"
+	$(BIN) serve
+
+test:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 ./...
+
+lint:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+openapi:
+	$(GO) run ./cmd/server openapi -format yaml -o openapi/openapi.yaml
+
+bench:
+	@echo "make bench: the load benchmarks are not built yet; micro-benchmarks:"
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzInspect -fuzztime 30s ./internal/material
+	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime 30s ./internal/envelope
+
+clean:
+	rm -rf bin

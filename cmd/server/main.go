@@ -1,0 +1,99 @@
+// Command loopze-certs is the LOOPZE certificate store: one binary holding the HTTP service
+// and the operator subcommands. This package only wires: configuration in, packages
+// together, exit codes out.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// command is one subcommand of the binary.
+type command struct {
+	summary string
+	run     func(ctx context.Context, env *environ, args []string) error
+}
+
+// environ is what a subcommand sees of the world, so tests can run commands in process.
+type environ struct {
+	stdout, stderr io.Writer
+	getenv         func(string) string
+}
+
+// commands is the one list of subcommands; `serve` is the default.
+var commands = map[string]command{
+	"serve":       {"run the HTTP service (default)", runServe},
+	"migrate":     {"apply database migrations (up) or list them (status)", runMigrate},
+	"openapi":     {"print the OpenAPI document (yaml or json)", runOpenAPI},
+	"healthcheck": {"exit 0 when the server at --url answers 200 (for container health checks)", runHealthcheck},
+	"version":     {"print the version", runVersion},
+}
+
+// errUsage marks errors that are the caller's: printed with the usage hint.
+var errUsage = errors.New("usage")
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, &environ{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}, os.Args[1:])
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, env *environ, args []string) int {
+	name := "serve"
+	if len(args) > 0 && !isFlag(args[0]) {
+		name, args = args[0], args[1:]
+	}
+	if name == "help" || name == "-h" || name == "--help" {
+		usage(env.stdout)
+		return 0
+	}
+	cmd, ok := commands[name]
+	if !ok {
+		fmt.Fprintf(env.stderr, "loopze-certs: unknown command %q\n", name)
+		usage(env.stderr)
+		return 2
+	}
+	if err := cmd.run(ctx, env, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(env.stderr, "loopze-certs %s: %v\n", name, err)
+		if errors.Is(err, errUsage) {
+			return 2
+		}
+		return 1
+	}
+	return 0
+}
+
+func isFlag(s string) bool { return len(s) > 0 && s[0] == '-' }
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: loopze-certs [command] [flags]")
+	fmt.Fprintln(w, "\ncommands:")
+	names := make([]string, 0, len(commands))
+	for n := range commands {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-12s %s\n", n, commands[n].summary)
+	}
+	fmt.Fprintln(w, "\nRun 'loopze-certs COMMAND -h' for a command's flags. Every flag mirrors a LOOPZE_* variable.")
+}
+
+func runVersion(_ context.Context, env *environ, _ []string) error {
+	fmt.Fprintln(env.stdout, "loopze-certs", version)
+	return nil
+}

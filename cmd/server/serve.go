@@ -1,0 +1,80 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/loopze/certstore/internal/api"
+	"github.com/loopze/certstore/internal/db"
+)
+
+// shutdownGrace is how long in-flight requests may take to finish on SIGINT/SIGTERM.
+const shutdownGrace = 25 * time.Second
+
+func runServe(ctx context.Context, env *environ, args []string) error {
+	cfg, logger, _, err := setup(env, "serve", args, nil)
+	if err != nil {
+		return err
+	}
+	if err := cfg.EnsureDataDir(); err != nil {
+		return err
+	}
+	// Listen first: a port in use is reported before anything is started.
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	defer ln.Close()
+
+	database, err := openDatabase(ctx, cfg, logger, true)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := database.Close(stopCtx); err != nil {
+			logger.Error("stop embedded PostgreSQL", "err", err)
+		}
+	}()
+
+	if _, err := db.Migrate(ctx, database.URL, logger); err != nil {
+		return err
+	}
+	pool, err := db.Open(ctx, database.URL, logger)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+
+	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: version})
+	httpSrv := &http.Server{
+		Handler:           srv.Handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          nil,
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- httpSrv.Serve(ln) }()
+	logger.Info("serving", "addr", ln.Addr().String(), "version", version, "embedded_db", cfg.Embedded(), "data_dir", cfg.DataDir)
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("http server: %w", err)
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down: draining in-flight requests", "grace", shutdownGrace)
+	shCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
+	defer cancel()
+	if err := httpSrv.Shutdown(shCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		logger.Warn("shutdown did not drain in time", "err", err)
+	}
+	logger.Info("stopped")
+	return nil
+}

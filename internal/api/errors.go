@@ -1,0 +1,79 @@
+package api
+
+import (
+	"net/http"
+
+	"github.com/danielgtaylor/huma/v2"
+)
+
+// ErrorBody is the one error shape of the API: {"error": "<status text>", "message": ...},
+// plus the field problems of a validation failure or the references that block a delete.
+// It replaces Huma's default model for every failure, Huma's own validation included.
+type ErrorBody struct {
+	status int
+
+	Title      string         `json:"error" doc:"HTTP status text" example:"Unprocessable Entity"`
+	Message    string         `json:"message" doc:"What went wrong, for people" example:"validation failed"`
+	Errors     []*ErrorDetail `json:"errors,omitempty" doc:"Each problem with the field it is about"`
+	References []Reference    `json:"references,omitempty" doc:"Deployed nodes that still reference the entry (409 on delete or type change)"`
+	// TotalReferences is set only when References was cut short.
+	TotalReferences int    `json:"totalReferences,omitempty" doc:"How many references there are in all, when the list above is truncated; page through GET /api/v1/certs/{id}/references"`
+	RequestID       string `json:"requestId,omitempty" doc:"Set on internal errors, to find the log line"`
+}
+
+// ErrorDetail names one problem and where it is.
+type ErrorDetail struct {
+	Location string `json:"location" doc:"Where the problem is, e.g. body.certPem" example:"body.keyPem"`
+	Message  string `json:"message" example:"private key does not match the certificate's public key"`
+}
+
+// ErrorDetail lets details pass through huma.NewError unchanged.
+func (d *ErrorDetail) ErrorDetail() *huma.ErrorDetail {
+	return &huma.ErrorDetail{Location: d.Location, Message: d.Message}
+}
+
+// Error implements error.
+func (d *ErrorDetail) Error() string { return d.Location + ": " + d.Message }
+
+// Reference is one place a deployed node uses an entry.
+type Reference struct {
+	FlowID   string `json:"flowId" example:"ingest-line-1"`
+	NodeID   string `json:"nodeId" example:"tcp-out-3"`
+	NodeType string `json:"nodeType" example:"tcp-out"`
+	Field    string `json:"field" example:"tls.caBundleRef"`
+}
+
+// Error implements error, so an ErrorBody can be returned from handlers.
+func (e *ErrorBody) Error() string { return e.Message }
+
+// GetStatus implements huma.StatusError.
+func (e *ErrorBody) GetStatus() int { return e.status }
+
+func init() {
+	// Huma builds every error it reports (bad JSON, schema violations, 413) through
+	// NewError: route them all into our shape, keeping Huma's status codes. Details keep
+	// their location and message but never the offending value, which may be PEM.
+	huma.NewError = func(status int, msg string, errs ...error) huma.StatusError {
+		b := &ErrorBody{status: status, Title: http.StatusText(status), Message: msg}
+		for _, err := range errs {
+			if err == nil {
+				continue
+			}
+			if d, ok := err.(huma.ErrorDetailer); ok {
+				hd := d.ErrorDetail()
+				b.Errors = append(b.Errors, &ErrorDetail{Location: hd.Location, Message: hd.Message})
+				continue
+			}
+			b.Errors = append(b.Errors, &ErrorDetail{Message: err.Error()})
+		}
+		if b.Message == "" {
+			b.Message = http.StatusText(status)
+		}
+		return b
+	}
+}
+
+// newError builds an ErrorBody for handlers.
+func newError(status int, msg string, details ...*ErrorDetail) *ErrorBody {
+	return &ErrorBody{status: status, Title: http.StatusText(status), Message: msg, Errors: details}
+}

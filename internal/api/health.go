@@ -1,0 +1,64 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/danielgtaylor/huma/v2"
+
+	"github.com/loopze/certstore/internal/db"
+)
+
+// HealthOutput is the body of /healthz and /readyz.
+type HealthOutput struct {
+	Body struct {
+		Status string            `json:"status" example:"ok"`
+		Checks map[string]string `json:"checks,omitempty"`
+	}
+}
+
+func registerHealth(api huma.API, s *Server) {
+	huma.Register(api, huma.Operation{
+		OperationID: "healthz",
+		Method:      http.MethodGet,
+		Path:        "/healthz",
+		Summary:     "Liveness: the process is up",
+		Tags:        []string{"health"},
+	}, func(ctx context.Context, _ *struct{}) (*HealthOutput, error) {
+		out := &HealthOutput{}
+		out.Body.Status = "ok"
+		return out, nil
+	})
+
+	huma.Register(api, huma.Operation{
+		OperationID: "readyz",
+		Method:      http.MethodGet,
+		Path:        "/readyz",
+		Summary:     "Readiness: the database answers and its migrations are current",
+		Tags:        []string{"health"},
+		Errors:      []int{http.StatusServiceUnavailable},
+	}, func(ctx context.Context, _ *struct{}) (*HealthOutput, error) {
+		if s.deps.Pool == nil {
+			return nil, newError(http.StatusServiceUnavailable, "no database configured")
+		}
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if err := s.deps.Pool.Ping(ctx); err != nil {
+			s.deps.Logger.Warn("readiness: database unreachable", "err", err)
+			return nil, newError(http.StatusServiceUnavailable, "database unreachable")
+		}
+		pending, err := db.Pending(ctx, s.deps.Pool)
+		if err != nil {
+			s.deps.Logger.Warn("readiness: migration state unknown", "err", err)
+			return nil, newError(http.StatusServiceUnavailable, "migration state unknown")
+		}
+		if pending {
+			return nil, newError(http.StatusServiceUnavailable, "database migrations are not current")
+		}
+		out := &HealthOutput{}
+		out.Body.Status = "ok"
+		out.Body.Checks = map[string]string{"database": "ok", "migrations": "current"}
+		return out, nil
+	})
+}

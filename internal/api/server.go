@@ -1,0 +1,162 @@
+// Package api is the HTTP face of the certificate store: the Huma v2 operations of
+// /api/v1, authentication and roles, the mapping of domain errors to HTTP, request logging
+// and panic recovery, health endpoints, and the web UI handlers. Register is the single
+// source of truth for routes; the OpenAPI file in openapi/ is generated from it.
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"runtime/debug"
+	"time"
+
+	"github.com/danielgtaylor/huma/v2"
+	"github.com/danielgtaylor/huma/v2/adapters/humago"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Title and Version describe the API in its OpenAPI document.
+const (
+	Title      = "LOOPZE certificate store"
+	APIVersion = "1.0.0"
+)
+
+// Deps is what the handlers need. A zero Deps (but for Logger) still registers every route,
+// which is how the OpenAPI document is generated without a database.
+type Deps struct {
+	Logger  *slog.Logger
+	Pool    *pgxpool.Pool
+	Version string
+}
+
+// Server is the assembled HTTP handler and the Huma API behind it.
+type Server struct {
+	API     huma.API
+	Handler http.Handler
+	deps    Deps
+}
+
+// New builds the router: every operation registered, wrapped in request id, logging and
+// panic recovery.
+func New(d Deps) *Server {
+	mux := http.NewServeMux()
+	cfg := huma.DefaultConfig(Title, APIVersion)
+	cfg.Info.Description = "Central catalogue of TLS material (CA bundles, client pairs, server pairs) " +
+		"that LOOPZE flow nodes reference by ID. Reads never return PEM or private keys."
+	cfg.CreateHooks = nil // no $schema links in bodies: responses stay as documented
+	hapi := humago.New(mux, cfg)
+	s := &Server{API: hapi, deps: d}
+	Register(hapi, s)
+	s.Handler = s.middleware(mux)
+	return s
+}
+
+// Register adds every operation to api. It is the one list of routes.
+func Register(api huma.API, s *Server) {
+	registerHealth(api, s)
+}
+
+type ctxKey int
+
+const requestIDKey ctxKey = iota
+
+// RequestID returns the request id assigned by the middleware.
+func RequestID(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey).(string)
+	return id
+}
+
+var validRequestID = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+func newRequestID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// statusRecorder remembers the status written, for the log line and panic recovery.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	n, err := r.ResponseWriter.Write(b)
+	r.bytes += n
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the real writer (flush, deadlines).
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// middleware assigns a request id, logs one line per request and turns a panic into a 500
+// that names the request id, so one bad request never takes the process down.
+func (s *Server) middleware(next http.Handler) http.Handler {
+	log := s.deps.Logger
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		id := r.Header.Get("X-Request-Id")
+		if !validRequestID.MatchString(id) {
+			id = newRequestID()
+		}
+		w.Header().Set("X-Request-Id", id)
+		rec := &statusRecorder{ResponseWriter: w}
+		r = r.WithContext(context.WithValue(r.Context(), requestIDKey, id))
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				// The panic value and stack are ours, not the request's, but may still
+				// carry a string built from input: the logger's safety net masks PEM.
+				log.Error("handler panic", "request_id", id, "method", r.Method, "path", r.URL.Path,
+					"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+				if rec.status == 0 {
+					writeInternalError(rec, id)
+				}
+			}
+			route := r.Pattern
+			if route == "" {
+				route = "unmatched"
+			}
+			log.Info("request", "method", r.Method, "route", route, "path", r.URL.Path,
+				"status", rec.status, "duration_ms", float64(time.Since(start).Microseconds())/1000,
+				"bytes", rec.bytes, "request_id", id)
+		}()
+		next.ServeHTTP(rec, r)
+	})
+}
+
+func writeInternalError(w http.ResponseWriter, id string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusInternalServerError)
+	fmt.Fprintf(w, `{"error":"Internal Server Error","message":"internal error; see the server log for request %s","requestId":%q}`+"\n", id, id)
+}
+
+// Spec renders the OpenAPI document of every registered route, as yaml or json.
+func Spec(format string) ([]byte, error) {
+	s := New(Deps{Logger: slog.New(slog.DiscardHandler)})
+	switch format {
+	case "yaml":
+		return s.API.OpenAPI().YAML()
+	case "json":
+		return s.API.OpenAPI().MarshalJSON()
+	}
+	return nil, fmt.Errorf("unknown format %q: want yaml or json", format)
+}

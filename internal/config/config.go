@@ -1,0 +1,178 @@
+// Package config owns the service configuration: one struct, read from LOOPZE_* environment
+// variables with defaults that work on a laptop, overridable by command-line flags that
+// mirror the variables. It is built once in main and passed down; nothing reads the
+// environment behind its back.
+package config
+
+import (
+	"cmp"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/loopze/certstore/internal/secret"
+)
+
+// Config is the whole configuration of the service and its subcommands.
+type Config struct {
+	// Addr is the HTTP listen address (LOOPZE_ADDR).
+	Addr string
+	// DataDir holds loopze.key, credentials.json and, in embedded mode, the cluster (LOOPZE_DATA_DIR).
+	DataDir string
+	// DatabaseURL selects an external PostgreSQL; empty means the embedded cluster in DataDir/pg.
+	DatabaseURL string
+	// LogFormat is "text" or "json".
+	LogFormat string
+	// LogLevel is debug, info, warn or error.
+	LogLevel string
+	// FileRoots optionally confines file-sourced material paths (LOOPZE_FILE_ROOTS, ':'-separated, {tenant} expanded).
+	FileRoots string
+	// JWTSecret is the HS256 secret (LOOPZE_JWT_SECRET); empty means DataDir/jwt.secret.
+	JWTSecret secret.String
+	// JWTPublicKeys is a PEM or JWKS file of RS256/ES256/EdDSA verification keys.
+	JWTPublicKeys string
+	// JWTIssuer and JWTAudience are checked when set.
+	JWTIssuer, JWTAudience string
+	// AllowedOrigins lists extra origins allowed to make cookie-authenticated writes.
+	AllowedOrigins []string
+}
+
+// Environment variable names, listed once so flags, docs and errors agree.
+const (
+	EnvAddr           = "LOOPZE_ADDR"
+	EnvDataDir        = "LOOPZE_DATA_DIR"
+	EnvDatabaseURL    = "LOOPZE_DATABASE_URL"
+	EnvLogFormat      = "LOOPZE_LOG_FORMAT"
+	EnvLogLevel       = "LOOPZE_LOG_LEVEL"
+	EnvFileRoots      = "LOOPZE_FILE_ROOTS"
+	EnvJWTSecret      = "LOOPZE_JWT_SECRET"
+	EnvJWTPublicKeys  = "LOOPZE_JWT_PUBLIC_KEYS"
+	EnvJWTIssuer      = "LOOPZE_JWT_ISSUER"
+	EnvJWTAudience    = "LOOPZE_JWT_AUDIENCE"
+	EnvAllowedOrigins = "LOOPZE_ALLOWED_ORIGINS"
+)
+
+// Defaults.
+const (
+	DefaultAddr    = "127.0.0.1:8080"
+	DefaultDataDir = "./data"
+)
+
+// FromEnv reads the configuration from getenv (os.Getenv in main, a map in tests).
+func FromEnv(getenv func(string) string) Config {
+	var origins []string
+	for o := range strings.SplitSeq(getenv(EnvAllowedOrigins), ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			origins = append(origins, o)
+		}
+	}
+	return Config{
+		Addr:           cmp.Or(getenv(EnvAddr), DefaultAddr),
+		DataDir:        cmp.Or(getenv(EnvDataDir), DefaultDataDir),
+		DatabaseURL:    getenv(EnvDatabaseURL),
+		LogFormat:      cmp.Or(getenv(EnvLogFormat), "text"),
+		LogLevel:       cmp.Or(getenv(EnvLogLevel), "info"),
+		FileRoots:      getenv(EnvFileRoots),
+		JWTSecret:      secret.String(getenv(EnvJWTSecret)),
+		JWTPublicKeys:  getenv(EnvJWTPublicKeys),
+		JWTIssuer:      getenv(EnvJWTIssuer),
+		JWTAudience:    getenv(EnvJWTAudience),
+		AllowedOrigins: origins,
+	}
+}
+
+// RegisterFlags adds flags mirroring the environment to fs, with c's values as defaults, so
+// a flag overrides the variable and the variable overrides the built-in default.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Addr, "addr", c.Addr, "HTTP listen address ("+EnvAddr+")")
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "data directory ("+EnvDataDir+")")
+	fs.StringVar(&c.DatabaseURL, "database-url", c.DatabaseURL, "PostgreSQL URL; empty runs the embedded cluster ("+EnvDatabaseURL+")")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json ("+EnvLogFormat+")")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn, error ("+EnvLogLevel+")")
+	fs.StringVar(&c.FileRoots, "file-roots", c.FileRoots, "directories file paths must lie in, ':'-separated, {tenant} expanded ("+EnvFileRoots+")")
+	fs.StringVar(&c.JWTPublicKeys, "jwt-public-keys", c.JWTPublicKeys, "PEM or JWKS file of JWT verification keys ("+EnvJWTPublicKeys+")")
+	fs.StringVar(&c.JWTIssuer, "jwt-issuer", c.JWTIssuer, "required JWT iss ("+EnvJWTIssuer+")")
+	fs.StringVar(&c.JWTAudience, "jwt-audience", c.JWTAudience, "required JWT aud ("+EnvJWTAudience+")")
+}
+
+// Validate checks what can be checked without side effects, so bad configuration fails
+// with one clear line before anything starts.
+func (c *Config) Validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		errs = append(errs, fmt.Errorf("%s %q is not host:port", EnvAddr, c.Addr))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, fmt.Errorf("%s must not be empty", EnvDataDir))
+	}
+	if c.DatabaseURL != "" {
+		if err := checkDatabaseURL(c.DatabaseURL); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("%s %q: want text or json", EnvLogFormat, c.LogFormat))
+	}
+	if _, err := ParseLevel(c.LogLevel); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// checkDatabaseURL rejects URLs pgx would refuse, without echoing a password.
+func checkDatabaseURL(raw string) error {
+	if strings.HasPrefix(raw, "postgres://") || strings.HasPrefix(raw, "postgresql://") {
+		if _, err := url.Parse(raw); err != nil {
+			return fmt.Errorf("%s is not a valid URL (expected postgres://user:pass@host:5432/db)", EnvDatabaseURL)
+		}
+		return nil
+	}
+	if strings.Contains(raw, "=") { // keyword/value form: host=... dbname=...
+		return nil
+	}
+	return fmt.Errorf("%s is not a PostgreSQL URL (expected postgres://user:pass@host:5432/db)", EnvDatabaseURL)
+}
+
+// ParseLevel maps a level name to slog.Level.
+func ParseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("%s %q: want debug, info, warn or error", EnvLogLevel, s)
+	}
+	return l, nil
+}
+
+// Embedded reports whether the service runs its own PostgreSQL.
+func (c *Config) Embedded() bool { return c.DatabaseURL == "" }
+
+// ClusterDir is where the embedded cluster lives.
+func (c *Config) ClusterDir() string { return filepath.Join(c.DataDir, "pg") }
+
+// EnsureDataDir creates the data directory and proves it writable. It is created 0700, or
+// 0711 in embedded mode, where the postgres user must be able to pass through it to reach
+// the cluster in pg/ (it still cannot list it).
+func (c *Config) EnsureDataDir() error {
+	mode := os.FileMode(0o700)
+	if c.Embedded() {
+		mode = 0o711
+	}
+	if err := os.MkdirAll(c.DataDir, mode); err != nil {
+		return fmt.Errorf("data dir %s: %w", c.DataDir, err)
+	}
+	f, err := os.CreateTemp(c.DataDir, ".write-check-*")
+	if err != nil {
+		return fmt.Errorf("data dir %s is not writable: %w", c.DataDir, err)
+	}
+	name := f.Name()
+	_ = f.Close()
+	_ = os.Remove(name)
+	return nil
+}

@@ -1,0 +1,221 @@
+package repo
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/material"
+)
+
+// Entry is one catalogue row. Sealed fields hold envelope ciphertext, never PEM.
+type Entry struct {
+	TenantID   string
+	ID         string
+	Name       string
+	Type       material.Kind
+	Source     string
+	Notes      string
+	CertPath   string
+	KeyPath    string
+	CertSealed []byte
+	KeySealed  []byte
+	KeyID      string
+	Meta       material.Metadata
+	Version    int64
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+	// RefCount is filled by List and Get: how many deployed node fields reference the entry.
+	RefCount int
+}
+
+const entryColumns = `tenant_id, id, name, type, source, notes, coalesce(cert_path, ''), coalesce(key_path, ''),
+	cert_sealed, key_sealed, coalesce(key_id, ''), fingerprint_sha256, subject, issuer, serial_number,
+	not_before, not_after, dns_names, cert_count, key_algorithm, has_private_key, version, created_at, updated_at`
+
+func scanEntry(row pgx.Row, extra ...any) (*Entry, error) {
+	var e Entry
+	dest := []any{&e.TenantID, &e.ID, &e.Name, &e.Type, &e.Source, &e.Notes, &e.CertPath, &e.KeyPath,
+		&e.CertSealed, &e.KeySealed, &e.KeyID, &e.Meta.FingerprintSHA256, &e.Meta.Subject, &e.Meta.Issuer,
+		&e.Meta.SerialNumber, &e.Meta.NotBefore, &e.Meta.NotAfter, &e.Meta.DNSNames, &e.Meta.CertCount,
+		&e.Meta.KeyAlgorithm, &e.Meta.HasPrivateKey, &e.Version, &e.CreatedAt, &e.UpdatedAt}
+	if err := row.Scan(append(dest, extra...)...); err != nil {
+		return nil, err
+	}
+	return &e, nil
+}
+
+func nullIfEmpty(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+// InsertEntry stores a new entry; ErrDuplicate when the ID is taken in the tenant.
+func InsertEntry(ctx context.Context, q db.DBTX, e *Entry) error {
+	err := q.QueryRow(ctx, `
+		INSERT INTO entries (tenant_id, id, name, type, source, notes, cert_path, key_path,
+			cert_sealed, key_sealed, key_id, fingerprint_sha256, subject, issuer, serial_number,
+			not_before, not_after, dns_names, cert_count, key_algorithm, has_private_key)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
+		RETURNING version, created_at, updated_at`,
+		e.TenantID, e.ID, e.Name, e.Type, e.Source, e.Notes, nullIfEmpty(e.CertPath), nullIfEmpty(e.KeyPath),
+		e.CertSealed, e.KeySealed, nullIfEmpty(e.KeyID), e.Meta.FingerprintSHA256, e.Meta.Subject, e.Meta.Issuer,
+		e.Meta.SerialNumber, e.Meta.NotBefore, e.Meta.NotAfter, nonNil(e.Meta.DNSNames), e.Meta.CertCount,
+		e.Meta.KeyAlgorithm, e.Meta.HasPrivateKey,
+	).Scan(&e.Version, &e.CreatedAt, &e.UpdatedAt)
+	return mapErr("insert entry", err)
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// GetEntry returns one entry of tenant; ErrNotFound when it does not exist there.
+func GetEntry(ctx context.Context, q db.DBTX, tenant, id string) (*Entry, error) {
+	row := q.QueryRow(ctx, `SELECT `+entryColumns+`, `+refCountExpr+` FROM entries e WHERE tenant_id = $1 AND id = $2`, tenant, id)
+	var refs int
+	e, err := scanEntry(row, &refs)
+	if err != nil {
+		return nil, mapErr("get entry "+id, err)
+	}
+	e.RefCount = refs
+	return e, nil
+}
+
+// GetEntryForUpdate is GetEntry with a row lock, for read-modify-write in one transaction.
+func GetEntryForUpdate(ctx context.Context, q db.DBTX, tenant, id string) (*Entry, error) {
+	row := q.QueryRow(ctx, `SELECT `+entryColumns+` FROM entries WHERE tenant_id = $1 AND id = $2 FOR UPDATE`, tenant, id)
+	e, err := scanEntry(row)
+	if err != nil {
+		return nil, mapErr("get entry "+id, err)
+	}
+	return e, nil
+}
+
+// UpdateEntry writes every mutable column of e when its version is still e.Version, and
+// bumps the version. ErrNotFound when the row is gone, ErrVersionMismatch when it moved.
+func UpdateEntry(ctx context.Context, q db.DBTX, e *Entry) error {
+	err := q.QueryRow(ctx, `
+		UPDATE entries SET name = $3, type = $4, source = $5, notes = $6, cert_path = $7, key_path = $8,
+			cert_sealed = $9, key_sealed = $10, key_id = $11, fingerprint_sha256 = $12, subject = $13,
+			issuer = $14, serial_number = $15, not_before = $16, not_after = $17, dns_names = $18,
+			cert_count = $19, key_algorithm = $20, has_private_key = $21,
+			version = version + 1, updated_at = now()
+		WHERE tenant_id = $1 AND id = $2 AND version = $22
+		RETURNING version, updated_at`,
+		e.TenantID, e.ID, e.Name, e.Type, e.Source, e.Notes, nullIfEmpty(e.CertPath), nullIfEmpty(e.KeyPath),
+		e.CertSealed, e.KeySealed, nullIfEmpty(e.KeyID), e.Meta.FingerprintSHA256, e.Meta.Subject, e.Meta.Issuer,
+		e.Meta.SerialNumber, e.Meta.NotBefore, e.Meta.NotAfter, nonNil(e.Meta.DNSNames), e.Meta.CertCount,
+		e.Meta.KeyAlgorithm, e.Meta.HasPrivateKey, e.Version,
+	).Scan(&e.Version, &e.UpdatedAt)
+	if err == pgx.ErrNoRows {
+		if _, gerr := GetEntry(ctx, q, e.TenantID, e.ID); gerr != nil {
+			return gerr
+		}
+		return fmt.Errorf("update entry %s: %w", e.ID, ErrVersionMismatch)
+	}
+	return mapErr("update entry "+e.ID, err)
+}
+
+// DeleteEntry removes an entry. version 0 skips the version check. A foreign key from the
+// references table makes the database itself refuse to delete a referenced entry:
+// ErrReferenced.
+func DeleteEntry(ctx context.Context, q db.DBTX, tenant, id string, version int64) error {
+	tag, err := q.Exec(ctx, `DELETE FROM entries WHERE tenant_id = $1 AND id = $2 AND ($3 = 0 OR version = $3)`, tenant, id, version)
+	if err != nil {
+		return mapErr("delete entry "+id, err)
+	}
+	if tag.RowsAffected() == 0 {
+		if _, gerr := GetEntry(ctx, q, tenant, id); gerr != nil {
+			return gerr
+		}
+		return fmt.Errorf("delete entry %s: %w", id, ErrVersionMismatch)
+	}
+	return nil
+}
+
+// ListFilter narrows and pages a listing. Entries come sorted by ID; After is the cursor
+// (the last ID of the previous page).
+type ListFilter struct {
+	Type         string
+	Source       string
+	ExpiringBy   *time.Time // not_after before this instant
+	After        string
+	Limit        int
+	Search       string // case-insensitive substring of id, name, subject, issuer, notes
+	WithoutTotal bool
+}
+
+// ListEntries returns up to f.Limit entries of tenant after f.After, and whether more follow.
+func ListEntries(ctx context.Context, q db.DBTX, tenant string, f ListFilter) ([]*Entry, bool, error) {
+	var (
+		where = []string{"tenant_id = $1"}
+		args  = []any{tenant}
+	)
+	add := func(cond string, v any) {
+		args = append(args, v)
+		where = append(where, fmt.Sprintf(cond, len(args)))
+	}
+	if f.Type != "" {
+		add("type = $%d", f.Type)
+	}
+	if f.Source != "" {
+		add("source = $%d", f.Source)
+	}
+	if f.ExpiringBy != nil {
+		add("not_after < $%d", *f.ExpiringBy)
+	}
+	if f.After != "" {
+		add("id > $%d", f.After)
+	}
+	if f.Search != "" {
+		add("(id || ' ' || name || ' ' || subject || ' ' || issuer || ' ' || notes) ILIKE '%%' || $%d || '%%'", escapeLike(f.Search))
+	}
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	args = append(args, limit+1)
+	sql := fmt.Sprintf(`SELECT %s, %s FROM entries e WHERE %s ORDER BY id LIMIT $%d`,
+		entryColumns, refCountExpr, strings.Join(where, " AND "), len(args))
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, false, mapErr("list entries", err)
+	}
+	defer rows.Close()
+	out := make([]*Entry, 0, limit)
+	for rows.Next() {
+		var refs int
+		e, err := scanEntry(rows, &refs)
+		if err != nil {
+			return nil, false, mapErr("scan entry", err)
+		}
+		e.RefCount = refs
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, false, mapErr("list entries", err)
+	}
+	more := len(out) > limit
+	if more {
+		out = out[:limit]
+	}
+	return out, more, nil
+}
+
+func escapeLike(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
+	return r.Replace(s)
+}
+
+// refCountExpr counts an entry's references in the listing query (alias e).
+const refCountExpr = `(SELECT count(*) FROM entry_references r WHERE r.tenant_id = e.tenant_id AND r.entry_id = e.id)`

@@ -1,0 +1,41 @@
+// Package repo holds all SQL of the certificate store (pgx v5). Every function takes a
+// db.DBTX so the caller decides the transaction, and every query names its tenant_id even
+// though row-level security would refuse other tenants' rows anyway. Driver errors become
+// the sentinels below in one place (mapErr), so callers branch on meaning, not on SQLSTATEs.
+package repo
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Sentinel errors callers branch on.
+var (
+	ErrNotFound        = errors.New("not found")
+	ErrDuplicate       = errors.New("already exists")
+	ErrReferenced      = errors.New("still referenced")
+	ErrVersionMismatch = errors.New("version mismatch")
+)
+
+// mapErr turns driver errors into sentinels, wrapping with what was being done.
+func mapErr(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("%s: %w", what, ErrNotFound)
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "23505": // unique_violation
+			return fmt.Errorf("%s: %w", what, ErrDuplicate)
+		case "23503": // foreign_key_violation
+			return fmt.Errorf("%s: %w", what, ErrReferenced)
+		}
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
