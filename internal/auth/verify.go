@@ -1,0 +1,304 @@
+package auth
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/loopze/certstore/internal/secret"
+)
+
+// ErrUnauthenticated wraps every reason a request carries no acceptable token: none at
+// all, malformed, badly signed, expired, wrong issuer or audience, bad claims. The API
+// answers 401. The wrapped reason is safe to log; it never contains the token.
+var ErrUnauthenticated = errors.New("unauthenticated")
+
+// ErrNoToken is wrapped together with ErrUnauthenticated when the request carries no
+// token at all, so that the web UI can send the user to log in rather than report an error.
+var ErrNoToken = errors.New("no bearer token or session cookie")
+
+// ErrForbiddenOrigin is returned for a cookie-authenticated unsafe request from a foreign
+// origin. The API answers 403.
+var ErrForbiddenOrigin = errors.New("cross-origin request refused")
+
+// CookieName is the session cookie carrying the JWT for browser sessions.
+const CookieName = "loopze_session"
+
+// How the token reached us, as recorded in Principal.Via.
+const (
+	ViaBearer = "bearer"
+	ViaCookie = "cookie"
+)
+
+// leeway absorbs clock skew between the token issuer and us for exp, nbf and iat.
+const leeway = 30 * time.Second
+
+// maxTokenLen bounds the work spent on a token; real tokens are well under 2 KiB.
+const maxTokenLen = 16 << 10
+
+// Principal is the authenticated caller: who, in which tenant, with which role.
+type Principal struct {
+	Subject string
+	Tenant  string
+	Role    Role
+	// Via is ViaBearer or ViaCookie; empty when the token was verified outside a request.
+	Via string
+}
+
+// Config selects the keys and checks a Verifier applies. At least one of HMACSecret and
+// PublicKeysFile must be set.
+type Config struct {
+	// HMACSecret verifies HS256 tokens; nil when only public keys are used.
+	HMACSecret secret.Bytes
+	// PublicKeysFile is a PEM file of PUBLIC KEY / CERTIFICATE blocks or a JWKS JSON file
+	// of RS256, ES256 and EdDSA verification keys; empty when only HS256 is used. It is
+	// read once, by NewVerifier.
+	PublicKeysFile string
+	// Issuer and Audience are required to match the iss and aud claims when non-empty.
+	Issuer, Audience string
+	// AllowedOrigins lists origins (scheme://host[:port]) besides the request's own host
+	// that may make cookie-authenticated writes.
+	AllowedOrigins []string
+}
+
+// Verifier checks tokens against the configured keys. It is immutable after NewVerifier
+// and safe for concurrent use.
+type Verifier struct {
+	hmac    []byte
+	keys    []publicKey
+	parser  *jwt.Parser
+	origins *http.CrossOriginProtection
+}
+
+// claims is the token body we accept.
+type claims struct {
+	jwt.RegisteredClaims
+	Tenant string `json:"tenant"`
+	Role   string `json:"role"`
+}
+
+// NewVerifier loads the public keys file, if any, and builds the algorithm allow-list
+// from what is configured: HS256 only with a secret, each asymmetric algorithm only when
+// a key for it was loaded. Nothing else, "none" included, is ever accepted.
+func NewVerifier(cfg Config) (*Verifier, error) {
+	v := &Verifier{}
+	var methods []string
+	if len(cfg.HMACSecret) > 0 {
+		if len(cfg.HMACSecret) < MinHMACSecretLen {
+			return nil, fmt.Errorf("new verifier: %w", ErrWeakSecret)
+		}
+		v.hmac = append([]byte(nil), cfg.HMACSecret...)
+		methods = append(methods, jwt.SigningMethodHS256.Alg())
+	}
+	if cfg.PublicKeysFile != "" {
+		keys, err := loadPublicKeys(cfg.PublicKeysFile)
+		if err != nil {
+			return nil, fmt.Errorf("new verifier: %w", err)
+		}
+		v.keys = keys
+		for _, alg := range []string{jwt.SigningMethodRS256.Alg(), jwt.SigningMethodES256.Alg(), jwt.SigningMethodEdDSA.Alg()} {
+			if v.hasKeyFor(alg) {
+				methods = append(methods, alg)
+			}
+		}
+	}
+	if len(methods) == 0 {
+		return nil, errors.New("new verifier: neither an HS256 secret nor a public keys file is configured")
+	}
+	opts := []jwt.ParserOption{
+		jwt.WithValidMethods(methods),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuedAt(),
+		jwt.WithLeeway(leeway),
+		jwt.WithStrictDecoding(),
+	}
+	if cfg.Issuer != "" {
+		opts = append(opts, jwt.WithIssuer(cfg.Issuer))
+	}
+	if cfg.Audience != "" {
+		opts = append(opts, jwt.WithAudience(cfg.Audience))
+	}
+	v.parser = jwt.NewParser(opts...)
+	origins, err := newOriginCheck(cfg.AllowedOrigins)
+	if err != nil {
+		return nil, fmt.Errorf("new verifier: %w", err)
+	}
+	v.origins = origins
+	return v, nil
+}
+
+func (v *Verifier) hasKeyFor(alg string) bool {
+	for _, k := range v.keys {
+		if k.alg == alg {
+			return true
+		}
+	}
+	return false
+}
+
+// Verify checks a token's signature and claims and returns its principal (Via empty).
+// Every failure wraps ErrUnauthenticated.
+func (v *Verifier) Verify(token string) (Principal, error) {
+	if token == "" {
+		return Principal{}, fmt.Errorf("%w: %w", ErrUnauthenticated, ErrNoToken)
+	}
+	if len(token) > maxTokenLen {
+		return Principal{}, fmt.Errorf("%w: token longer than %d bytes", ErrUnauthenticated, maxTokenLen)
+	}
+	var c claims
+	if _, err := v.parser.ParseWithClaims(token, &c, v.key); err != nil {
+		return Principal{}, fmt.Errorf("%w: %w", ErrUnauthenticated, err)
+	}
+	p, err := c.principal()
+	if err != nil {
+		return Principal{}, fmt.Errorf("%w: %w", ErrUnauthenticated, err)
+	}
+	return p, nil
+}
+
+// principal checks the claims jwt does not know about. Claim values are not echoed in
+// errors: they are attacker-controlled and would land in logs.
+func (c *claims) principal() (Principal, error) {
+	if c.Subject == "" {
+		return Principal{}, errors.New("claim sub is missing")
+	}
+	if !ValidTenant(c.Tenant) {
+		return Principal{}, errors.New("claim tenant is missing or not a valid slug")
+	}
+	role, err := ParseRole(c.Role)
+	if err != nil {
+		return Principal{}, fmt.Errorf("claim role: %w", err)
+	}
+	return Principal{Subject: c.Subject, Tenant: c.Tenant, Role: role}, nil
+}
+
+// key hands jwt the keys for the token's algorithm, which the parser has already checked
+// against the allow-list. The HMAC secret is only ever offered to HS256 and public keys
+// only to the one algorithm each is bound to, so no key can be used as another kind.
+func (v *Verifier) key(t *jwt.Token) (any, error) {
+	alg := t.Method.Alg()
+	if alg == jwt.SigningMethodHS256.Alg() {
+		return v.hmac, nil
+	}
+	var matching []publicKey
+	for _, k := range v.keys {
+		if k.alg == alg {
+			matching = append(matching, k)
+		}
+	}
+	// A kid names the key; when none of ours carries it, the token may still be signed by
+	// a key from a PEM file, which has no kid, so those are tried. Keys named differently
+	// are never tried for a token that names its key.
+	if kid, _ := t.Header["kid"].(string); kid != "" {
+		var named, unnamed []jwt.VerificationKey
+		for _, k := range matching {
+			switch k.kid {
+			case kid:
+				named = append(named, k.key)
+			case "":
+				unnamed = append(unnamed, k.key)
+			}
+		}
+		if len(named) > 0 {
+			return jwt.VerificationKeySet{Keys: named}, nil
+		}
+		if len(unnamed) == 0 {
+			return nil, errors.New("no key with the token's kid")
+		}
+		return jwt.VerificationKeySet{Keys: unnamed}, nil
+	}
+	set := jwt.VerificationKeySet{}
+	for _, k := range matching {
+		set.Keys = append(set.Keys, k.key)
+	}
+	if len(set.Keys) == 0 {
+		return nil, fmt.Errorf("no key for %s", alg)
+	}
+	return set, nil
+}
+
+// Authenticate extracts the token from the request (an Authorization Bearer header first,
+// then the session cookie), verifies it and, for cookie auth on unsafe methods, runs the
+// Origin check. Token failures wrap ErrUnauthenticated; a refused origin is
+// ErrForbiddenOrigin. Bearer requests need no origin check: browsers never attach a bearer
+// header on their own, so a cross-site page cannot forge one.
+func (v *Verifier) Authenticate(r *http.Request) (Principal, error) {
+	token, via, err := extractToken(r)
+	if err != nil {
+		return Principal{}, err
+	}
+	p, err := v.Verify(token)
+	if err != nil {
+		return Principal{}, err
+	}
+	p.Via = via
+	if via == ViaCookie {
+		if err := v.checkOrigin(r); err != nil {
+			return Principal{}, err
+		}
+	}
+	return p, nil
+}
+
+// extractToken prefers the Authorization header. An Authorization header of another
+// scheme (Basic from a proxy in front of us) is not ours and does not hide the cookie; a
+// Bearer header with a bad token does, so a request is judged by one token only.
+func extractToken(r *http.Request) (token, via string, err error) {
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, rest, _ := strings.Cut(h, " ")
+		if strings.EqualFold(scheme, "Bearer") {
+			token = strings.TrimSpace(rest)
+			if token == "" {
+				return "", "", fmt.Errorf("%w: empty bearer token", ErrUnauthenticated)
+			}
+			return token, ViaBearer, nil
+		}
+	}
+	if c, err := r.Cookie(CookieName); err == nil && c.Value != "" {
+		return c.Value, ViaCookie, nil
+	}
+	return "", "", fmt.Errorf("%w: %w", ErrUnauthenticated, ErrNoToken)
+}
+
+// Mint signs an HS256 token for p with iat and nbf at now and exp at now+ttl; iss and aud
+// are set when non-empty. It is what `loopze-certs token` and tests use. p.Via is ignored.
+func Mint(hmacSecret []byte, p Principal, ttl time.Duration, issuer, audience string, now time.Time) (string, error) {
+	if len(hmacSecret) < MinHMACSecretLen {
+		return "", fmt.Errorf("mint token: %w", ErrWeakSecret)
+	}
+	if p.Subject == "" {
+		return "", errors.New("mint token: subject is empty")
+	}
+	if !ValidTenant(p.Tenant) {
+		return "", fmt.Errorf("mint token: tenant %q is not a valid slug", p.Tenant)
+	}
+	if !p.Role.valid() {
+		return "", fmt.Errorf("mint token: %w: %s", ErrUnknownRole, p.Role)
+	}
+	if ttl <= 0 {
+		return "", fmt.Errorf("mint token: ttl %s is not positive", ttl)
+	}
+	c := claims{
+		RegisteredClaims: jwt.RegisteredClaims{
+			Subject:   p.Subject,
+			Issuer:    issuer,
+			IssuedAt:  jwt.NewNumericDate(now),
+			NotBefore: jwt.NewNumericDate(now),
+			ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
+		},
+		Tenant: p.Tenant,
+		Role:   p.Role.String(),
+	}
+	if audience != "" {
+		c.Audience = jwt.ClaimStrings{audience}
+	}
+	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(hmacSecret)
+	if err != nil {
+		return "", fmt.Errorf("mint token: %w", err)
+	}
+	return s, nil
+}
