@@ -37,6 +37,7 @@ var commands = map[string]command{
 	"openapi":     {"print the OpenAPI document (yaml or json)", runOpenAPI},
 	"healthcheck": {"exit 0 when the server at --url answers 200 (for container health checks)", runHealthcheck},
 	"version":     {"print the version", runVersion},
+	"token":       {"print a JWT for a tenant and role (for automation and the web UI sign-in)", runToken},
 }
 
 // errUsage marks errors that are the caller's: printed with the usage hint.

@@ -27,4 +27,3 @@ func runOpenAPI(_ context.Context, env *environ, args []string) error {
 	}
 	return os.WriteFile(*out, b, 0o644)
 }
-

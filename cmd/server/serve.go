@@ -51,7 +51,11 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	}
 	defer pool.Close()
 
-	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: version})
+	svc, err := newServices(cfg, pool, logger)
+	if err != nil {
+		return err
+	}
+	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: version, Verifier: svc.verifier, Catalog: svc.catalog})
 	httpSrv := &http.Server{
 		Handler:           srv.Handler,
 		ReadHeaderTimeout: 10 * time.Second,

@@ -1,9 +1,14 @@
 package api
 
 import (
+	"context"
+	"errors"
 	"net/http"
 
 	"github.com/danielgtaylor/huma/v2"
+
+	"github.com/loopze/certstore/internal/catalog"
+	"github.com/loopze/certstore/internal/repo"
 )
 
 // ErrorBody is the one error shape of the API: {"error": "<status text>", "message": ...},
@@ -76,4 +81,41 @@ func init() {
 // newError builds an ErrorBody for handlers.
 func newError(status int, msg string, details ...*ErrorDetail) *ErrorBody {
 	return &ErrorBody{status: status, Title: http.StatusText(status), Message: msg, Errors: details}
+}
+
+// mapError turns domain errors into HTTP errors: the one place that decides status codes.
+// Anything unexpected is logged with the request id and answered 500 without detail.
+func (s *Server) mapError(ctx context.Context, err error) error {
+	var (
+		ve *catalog.ValidationError
+		re *catalog.ReferencedError
+	)
+	switch {
+	case errors.As(err, &ve):
+		details := make([]*ErrorDetail, 0, len(ve.Issues))
+		for _, is := range ve.Issues {
+			details = append(details, &ErrorDetail{Location: "body." + is.Field, Message: is.Message})
+		}
+		return newError(http.StatusUnprocessableEntity, "the entry is not valid", details...)
+	case errors.As(err, &re):
+		b := newError(http.StatusConflict, "cert is still referenced by deployed nodes")
+		b.References = toReferences(re.References)
+		if re.Total > len(re.References) {
+			b.TotalReferences = re.Total
+		}
+		return b
+	case errors.Is(err, repo.ErrNotFound):
+		return newError(http.StatusNotFound, "no such cert in this tenant")
+	case errors.Is(err, repo.ErrDuplicate):
+		return newError(http.StatusConflict, "a cert with this ID already exists")
+	case errors.Is(err, repo.ErrVersionMismatch):
+		return newError(http.StatusPreconditionFailed, "the entry has changed since the ETag given in If-Match; GET it again")
+	case errors.Is(err, context.Canceled):
+		return newError(http.StatusServiceUnavailable, "request cancelled")
+	}
+	id := RequestID(ctx)
+	s.deps.Logger.Error("request failed", "request_id", id, "err", err)
+	b := newError(http.StatusInternalServerError, "internal error; see the server log for request "+id)
+	b.RequestID = id
+	return b
 }

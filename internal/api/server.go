@@ -18,6 +18,9 @@ import (
 	"github.com/danielgtaylor/huma/v2"
 	"github.com/danielgtaylor/huma/v2/adapters/humago"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/loopze/certstore/internal/auth"
+	"github.com/loopze/certstore/internal/catalog"
 )
 
 // Title and Version describe the API in its OpenAPI document.
@@ -29,9 +32,11 @@ const (
 // Deps is what the handlers need. A zero Deps (but for Logger) still registers every route,
 // which is how the OpenAPI document is generated without a database.
 type Deps struct {
-	Logger  *slog.Logger
-	Pool    *pgxpool.Pool
-	Version string
+	Logger   *slog.Logger
+	Pool     *pgxpool.Pool
+	Version  string
+	Verifier *auth.Verifier
+	Catalog  *catalog.Service
 }
 
 // Server is the assembled HTTP handler and the Huma API behind it.
@@ -58,7 +63,10 @@ func New(d Deps) *Server {
 
 // Register adds every operation to api. It is the one list of routes.
 func Register(api huma.API, s *Server) {
+	addSecuritySchemes(api)
+	api.UseMiddleware(s.authMiddleware(api))
 	registerHealth(api, s)
+	registerCerts(api, s)
 }
 
 type ctxKey int

@@ -5,6 +5,8 @@
 package secret
 
 import (
+	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 )
@@ -20,6 +22,9 @@ func (Bytes) String() string { return Redacted }
 
 // GoString implements fmt.GoStringer, so %#v is covered too.
 func (Bytes) GoString() string { return Redacted }
+
+// Format implements fmt.Formatter, so every verb (%x, %d, %q too) prints the placeholder.
+func (Bytes) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, Redacted) }
 
 // LogValue implements slog.LogValuer.
 func (Bytes) LogValue() slog.Value { return slog.StringValue(Redacted) }
@@ -39,6 +44,9 @@ func (PEM) String() string { return Redacted }
 // GoString implements fmt.GoStringer.
 func (PEM) GoString() string { return Redacted }
 
+// Format implements fmt.Formatter, so every verb (%x, %d, %q too) prints the placeholder.
+func (PEM) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, Redacted) }
+
 // LogValue implements slog.LogValuer.
 func (PEM) LogValue() slog.Value { return slog.StringValue(Redacted) }
 
@@ -56,6 +64,9 @@ func (String) String() string { return Redacted }
 
 // GoString implements fmt.GoStringer.
 func (String) GoString() string { return Redacted }
+
+// Format implements fmt.Formatter, so every verb (%x, %d, %q too) prints the placeholder.
+func (String) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, Redacted) }
 
 // LogValue implements slog.LogValuer.
 func (String) LogValue() slog.Value { return slog.StringValue(Redacted) }

@@ -1,0 +1,89 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	"github.com/danielgtaylor/huma/v2"
+	"github.com/danielgtaylor/huma/v2/adapters/humago"
+
+	"github.com/loopze/certstore/internal/auth"
+)
+
+// Security scheme names in the OpenAPI document.
+const (
+	schemeBearer = "bearerAuth"
+	schemeCookie = "cookieAuth"
+)
+
+// metaRole is the operation metadata key holding the minimum role.
+const metaRole = "loopze-min-role"
+
+type principalKey struct{}
+
+// principalFrom returns the caller authenticated by the middleware.
+func principalFrom(ctx context.Context) auth.Principal {
+	p, _ := ctx.Value(principalKey{}).(auth.Principal)
+	return p
+}
+
+// secured decorates an operation with the security requirement and minimum role.
+func secured(op huma.Operation, min auth.Role) huma.Operation {
+	op.Security = []map[string][]string{{schemeBearer: {}}, {schemeCookie: {}}}
+	if op.Metadata == nil {
+		op.Metadata = map[string]any{}
+	}
+	op.Metadata[metaRole] = min
+	op.Errors = append([]int{http.StatusUnauthorized, http.StatusForbidden}, op.Errors...)
+	op.Description = op.Description + "\n\nRequires the **" + min.String() + "** role or higher."
+	return op
+}
+
+func addSecuritySchemes(api huma.API) {
+	o := api.OpenAPI()
+	if o.Components.SecuritySchemes == nil {
+		o.Components.SecuritySchemes = map[string]*huma.SecurityScheme{}
+	}
+	o.Components.SecuritySchemes[schemeBearer] = &huma.SecurityScheme{
+		Type: "http", Scheme: "bearer", BearerFormat: "JWT",
+		Description: "A JWT with the claims sub, tenant, role (viewer, editor, admin) and exp; `loopze-certs token` prints one.",
+	}
+	o.Components.SecuritySchemes[schemeCookie] = &huma.SecurityScheme{
+		Type: "apiKey", In: "cookie", Name: auth.CookieName,
+		Description: "The same JWT in the web UI's session cookie. Unsafe requests from a foreign Origin are refused.",
+	}
+}
+
+// authMiddleware authenticates every operation that declares a minimum role: 401 without a
+// valid token, 403 below the role or for a cross-origin cookie write.
+func (s *Server) authMiddleware(api huma.API) func(huma.Context, func(huma.Context)) {
+	return func(ctx huma.Context, next func(huma.Context)) {
+		min, ok := ctx.Operation().Metadata[metaRole].(auth.Role)
+		if !ok {
+			next(ctx)
+			return
+		}
+		if s.deps.Verifier == nil {
+			_ = huma.WriteErr(api, ctx, http.StatusServiceUnavailable, "authentication is not configured")
+			return
+		}
+		r, _ := humago.Unwrap(ctx)
+		p, err := s.deps.Verifier.Authenticate(r)
+		switch {
+		case errors.Is(err, auth.ErrForbiddenOrigin):
+			_ = huma.WriteErr(api, ctx, http.StatusForbidden, "cross-origin request refused: cookie-authenticated writes must come from this site")
+			return
+		case err != nil:
+			s.deps.Logger.Debug("authentication failed", "request_id", RequestID(ctx.Context()), "reason", err)
+			ctx.SetHeader("WWW-Authenticate", `Bearer realm="loopze"`)
+			_ = huma.WriteErr(api, ctx, http.StatusUnauthorized, "a valid token is required (Authorization: Bearer <JWT> or the "+auth.CookieName+" cookie)")
+			return
+		}
+		if !p.Role.Allows(min) {
+			_ = huma.WriteErr(api, ctx, http.StatusForbidden, "this operation needs the "+min.String()+" role; the token has "+p.Role.String())
+			return
+		}
+		next(huma.WithValue(ctx, principalKey{}, p))
+	}
+}

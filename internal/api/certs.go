@@ -1,0 +1,423 @@
+package api
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/danielgtaylor/huma/v2"
+
+	"github.com/loopze/certstore/internal/auth"
+	"github.com/loopze/certstore/internal/catalog"
+	"github.com/loopze/certstore/internal/material"
+	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/secret"
+)
+
+const certsPath = "/api/v1/certs"
+
+// Cert is an entry as the API shows it: metadata and paths, never PEM or keys.
+type Cert struct {
+	ID                string    `json:"id" example:"internal-root-ca"`
+	Name              string    `json:"name" example:"Internal Root CA"`
+	Type              string    `json:"type" enum:"ca-bundle,client-pair,server-pair"`
+	Source            string    `json:"source" enum:"inline,file"`
+	Notes             string    `json:"notes"`
+	CertPath          string    `json:"certPath,omitempty" doc:"For source file: the certificate file, read at every connection init" example:"/etc/loopze/certs/edge.crt"`
+	KeyPath           string    `json:"keyPath,omitempty" doc:"For a file-sourced pair: the private key file" example:"/etc/loopze/certs/edge.key"`
+	HasPrivateKey     bool      `json:"hasPrivateKey"`
+	FingerprintSHA256 string    `json:"fingerprintSha256" doc:"SHA-256 of the leaf certificate, as openssl x509 -noout -fingerprint -sha256 prints it" example:"3A:1F:...:9C"`
+	Subject           string    `json:"subject" example:"CN=Internal Root CA,O=Acme"`
+	Issuer            string    `json:"issuer" example:"CN=Internal Root CA,O=Acme"`
+	SerialNumber      string    `json:"serialNumber" example:"01:F4"`
+	NotBefore         time.Time `json:"notBefore"`
+	NotAfter          time.Time `json:"notAfter"`
+	DNSNames          []string  `json:"dnsNames"`
+	CertCount         int       `json:"certCount"`
+	KeyAlgorithm      string    `json:"keyAlgorithm" example:"ECDSA-P256"`
+	Expired           bool      `json:"expired"`
+	DaysToExpiry      int       `json:"daysToExpiry" doc:"Whole days until notAfter; negative once expired"`
+	ReferenceCount    int       `json:"referenceCount" doc:"How many deployed node fields reference this entry"`
+	Version           int64     `json:"version" doc:"Increases with every change; the ETag carries it"`
+	CreatedAt         time.Time `json:"createdAt"`
+	UpdatedAt         time.Time `json:"updatedAt"`
+}
+
+// Problem is a warning or error about one field.
+type Problem struct {
+	Location string `json:"location" example:"body.certPem"`
+	Message  string `json:"message" example:"certificate expired on 2025-01-02T00:00:00Z"`
+}
+
+func toCert(e *repo.Entry, now time.Time) Cert {
+	left := e.Meta.NotAfter.Sub(now)
+	return Cert{
+		ID: e.ID, Name: e.Name, Type: string(e.Type), Source: e.Source, Notes: e.Notes,
+		CertPath: e.CertPath, KeyPath: e.KeyPath, HasPrivateKey: e.Meta.HasPrivateKey,
+		FingerprintSHA256: e.Meta.FingerprintSHA256, Subject: e.Meta.Subject, Issuer: e.Meta.Issuer,
+		SerialNumber: e.Meta.SerialNumber, NotBefore: e.Meta.NotBefore.UTC(), NotAfter: e.Meta.NotAfter.UTC(),
+		DNSNames: nonNilStrings(e.Meta.DNSNames), CertCount: e.Meta.CertCount, KeyAlgorithm: e.Meta.KeyAlgorithm,
+		Expired: left < 0, DaysToExpiry: int(math.Floor(left.Hours() / 24)), ReferenceCount: e.RefCount,
+		Version: e.Version, CreatedAt: e.CreatedAt.UTC(), UpdatedAt: e.UpdatedAt.UTC(),
+	}
+}
+
+func nonNilStrings(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+func problems(issues []material.Issue) []Problem {
+	out := make([]Problem, 0, len(issues))
+	for _, is := range issues {
+		out = append(out, Problem{Location: "body." + is.Field, Message: is.Message})
+	}
+	return out
+}
+
+// CertBody is an entry as a client sends it. Material goes in certPem/keyPem (inline) or
+// certPath/keyPath (file).
+type CertBody struct {
+	ID       string  `json:"id" maxLength:"64" doc:"Slug ^[a-z0-9][a-z0-9_-]{0,63}$, unique in the tenant, immutable" example:"internal-root-ca"`
+	Name     *string `json:"name,omitempty" maxLength:"200" doc:"Free text, required on create" example:"Internal Root CA"`
+	Type     *string `json:"type,omitempty" doc:"ca-bundle, client-pair or server-pair; required on create" example:"ca-bundle"`
+	Source   *string `json:"source,omitempty" doc:"inline or file; required on create" example:"inline"`
+	Notes    *string `json:"notes,omitempty" maxLength:"4000" doc:"Free text, shown in lists"`
+	CertPEM  *string `json:"certPem,omitempty" maxLength:"262144" doc:"Inline: PEM certificates, leaf first, then chain; a ca-bundle may hold many CAs" example:"-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----"`
+	KeyPEM   *string `json:"keyPem,omitempty" maxLength:"262144" doc:"Inline pairs: the PEM private key (PKCS#1, PKCS#8 or SEC1; RSA, ECDSA or Ed25519; not encrypted)"`
+	CertPath *string `json:"certPath,omitempty" maxLength:"4096" doc:"File source: absolute path of the PEM certificate file" example:"/etc/loopze/certs/edge.crt"`
+	KeyPath  *string `json:"keyPath,omitempty" maxLength:"4096" doc:"File source, pairs: absolute path of the PEM key file" example:"/etc/loopze/certs/edge.key"`
+}
+
+func (b *CertBody) input() catalog.Input {
+	in := catalog.Input{ID: b.ID, Name: b.Name, Type: b.Type, Source: b.Source, Notes: b.Notes,
+		CertPath: b.CertPath, KeyPath: b.KeyPath}
+	if b.CertPEM != nil {
+		in.CertPEM = secret.PEM(*b.CertPEM)
+	}
+	if b.KeyPEM != nil {
+		in.KeyPEM = secret.PEM(*b.KeyPEM)
+	}
+	return in
+}
+
+// CertPutBody is CertBody for PUT, where the ID comes from the path and every field is optional.
+type CertPutBody struct {
+	ID       string  `json:"id,omitempty" maxLength:"64" doc:"When given, must equal the ID in the path: IDs are immutable"`
+	Name     *string `json:"name,omitempty" maxLength:"200" doc:"Omitted keeps the stored name"`
+	Type     *string `json:"type,omitempty" doc:"Omitted keeps the stored type; refused with 409 while the entry is referenced"`
+	Source   *string `json:"source,omitempty" doc:"Omitted keeps the stored source; a change needs new material"`
+	Notes    *string `json:"notes,omitempty" maxLength:"4000" doc:"Omitted keeps the stored notes"`
+	CertPEM  *string `json:"certPem,omitempty" maxLength:"262144" doc:"New certificate PEM; omitted keeps the stored material"`
+	KeyPEM   *string `json:"keyPem,omitempty" maxLength:"262144" doc:"New key PEM; omitted keeps the stored key"`
+	CertPath *string `json:"certPath,omitempty" maxLength:"4096"`
+	KeyPath  *string `json:"keyPath,omitempty" maxLength:"4096"`
+}
+
+// CertOutput is one entry with its ETag.
+type CertOutput struct {
+	ETag string `header:"ETag"`
+	Body Cert
+}
+
+// CertSavedOutput is the answer to a create or update: the entry and the warnings its
+// material raised (saved anyway).
+type CertSavedOutput struct {
+	Status   int
+	ETag     string `header:"ETag"`
+	Location string `header:"Location"`
+	Body     struct {
+		Cert
+		Warnings []Problem `json:"warnings" doc:"Problems that did not stop the save: expired, not yet valid, broken chain, weak key, non-CA in a bundle"`
+	}
+}
+
+func etag(version int64) string { return fmt.Sprintf(`"%d"`, version) }
+
+// parseIfMatch reads an If-Match header: "" or "*" means no condition.
+func parseIfMatch(h string) (int64, error) {
+	if h == "" || h == "*" {
+		return 0, nil
+	}
+	var v int64
+	if _, err := fmt.Sscanf(h, `"%d"`, &v); err != nil || v <= 0 {
+		if _, err2 := fmt.Sscanf(h, `W/"%d"`, &v); err2 != nil || v <= 0 {
+			return 0, newError(http.StatusBadRequest, `If-Match must be an ETag of this API, like "3"`)
+		}
+	}
+	return v, nil
+}
+
+func (s *Server) saved(res *catalog.Result) *CertSavedOutput {
+	out := &CertSavedOutput{Status: http.StatusOK, ETag: etag(res.Entry.Version)}
+	if res.Created {
+		out.Status = http.StatusCreated
+		out.Location = certsPath + "/" + url.PathEscape(res.Entry.ID)
+	}
+	out.Body.Cert = toCert(res.Entry, time.Now())
+	out.Body.Warnings = problems(res.Warnings)
+	return out
+}
+
+// CertIDParam is the {id} path parameter.
+type CertIDParam struct {
+	ID string `path:"id" maxLength:"64" doc:"Entry ID" example:"internal-root-ca"`
+}
+
+// ListInput are the listing's query parameters.
+type ListInput struct {
+	Limit              int    `query:"limit" default:"100" minimum:"1" maximum:"500" doc:"Page size"`
+	Cursor             string `query:"cursor" maxLength:"200" doc:"nextCursor of the previous page"`
+	Type               string `query:"type" enum:"ca-bundle,client-pair,server-pair" doc:"Only entries of this type"`
+	Source             string `query:"source" enum:"inline,file" doc:"Only entries of this source"`
+	ExpiringWithinDays int    `query:"expiringWithinDays" minimum:"-1" maximum:"36500" default:"-1" doc:"Only entries whose notAfter is within this many days (expired ones included); -1, the default, applies no filter"`
+	Q                  string `query:"q" maxLength:"200" doc:"Case-insensitive text search over id, name, subject, issuer and notes"`
+}
+
+// ListOutput is a page of entries, sorted by ID.
+type ListOutput struct {
+	Body struct {
+		Items      []Cert `json:"items"`
+		NextCursor string `json:"nextCursor,omitempty" doc:"Pass as cursor for the next page; absent on the last page"`
+	}
+}
+
+func encodeCursor(v any) string {
+	b, _ := json.Marshal(v)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func decodeCursor(s string, v any) error {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err == nil {
+		err = json.Unmarshal(b, v)
+	}
+	if err != nil {
+		return &ErrorBody{status: http.StatusBadRequest, Title: http.StatusText(http.StatusBadRequest),
+			Message: "cursor is not one this API returned", Errors: []*ErrorDetail{{Location: "query.cursor", Message: "malformed cursor"}}}
+	}
+	return nil
+}
+
+// ReferencesOutput lists the deployed nodes that reference an entry.
+type ReferencesOutput struct {
+	Body struct {
+		References []Reference `json:"references"`
+		Total      int         `json:"total" doc:"How many references there are in all"`
+		NextCursor string      `json:"nextCursor,omitempty"`
+	}
+}
+
+// ValidateOutput is the preview of an entry: what Create would derive, without saving.
+type ValidateOutput struct {
+	Body struct {
+		Valid    bool      `json:"valid"`
+		Metadata *Metadata `json:"metadata" doc:"Derived from the leaf certificate; null when invalid"`
+		Warnings []Problem `json:"warnings"`
+		Errors   []Problem `json:"errors"`
+	}
+}
+
+func registerCerts(api huma.API, s *Server) {
+	tags := []string{"certificates"}
+
+	huma.Register(api, secured(huma.Operation{
+		OperationID: "listCerts", Method: http.MethodGet, Path: certsPath, Tags: tags,
+		Summary:     "List entries",
+		Description: "Entries of the caller's tenant sorted by ID, with cursor pagination and filters. Never returns PEM or keys.",
+		Errors:      []int{http.StatusBadRequest, http.StatusUnprocessableEntity},
+	}, auth.Viewer), func(ctx context.Context, in *ListInput) (*ListOutput, error) {
+		p := principalFrom(ctx)
+		f := repo.ListFilter{Type: in.Type, Source: in.Source, Limit: in.Limit, Search: in.Q}
+		if in.Cursor != "" {
+			if err := decodeCursor(in.Cursor, &f.After); err != nil {
+				return nil, err
+			}
+		}
+		now := time.Now()
+		if in.ExpiringWithinDays >= 0 {
+			by := now.Add(time.Duration(in.ExpiringWithinDays) * 24 * time.Hour)
+			f.ExpiringBy = &by
+		}
+		entries, more, err := s.deps.Catalog.List(ctx, p.Tenant, f)
+		if err != nil {
+			return nil, s.mapError(ctx, err)
+		}
+		out := &ListOutput{}
+		out.Body.Items = make([]Cert, 0, len(entries))
+		for _, e := range entries {
+			out.Body.Items = append(out.Body.Items, toCert(e, now))
+		}
+		if more && len(entries) > 0 {
+			out.Body.NextCursor = encodeCursor(entries[len(entries)-1].ID)
+		}
+		return out, nil
+	})
+
+	huma.Register(api, secured(huma.Operation{
+		OperationID: "getCert", Method: http.MethodGet, Path: certsPath + "/{id}", Tags: tags,
+		Summary:     "Get one entry",
+		Description: "Metadata and paths of one entry, with its ETag. Never returns PEM or keys: to replace material, upload it again.",
+		Errors:      []int{http.StatusNotFound},
+	}, auth.Viewer), func(ctx context.Context, in *CertIDParam) (*CertOutput, error) {
+		e, err := s.deps.Catalog.Get(ctx, principalFrom(ctx).Tenant, in.ID)
+		if err != nil {
+			return nil, s.mapError(ctx, err)
+		}
+		return &CertOutput{ETag: etag(e.Version), Body: toCert(e, time.Now())}, nil
+	})
+
+	huma.Register(api, secured(huma.Operation{
+		OperationID: "listCertReferences", Method: http.MethodGet, Path: certsPath + "/{id}/references", Tags: tags,
+		Summary:     "List the deployed nodes that reference an entry",
+		Description: "In (flow, node, field) order, paged: the same list a refused DELETE carries.",
+		Errors:      []int{http.StatusBadRequest, http.StatusNotFound},
+	}, auth.Viewer), func(ctx context.Context, in *struct {
+		CertIDParam
+		Limit  int    `query:"limit" default:"1000" minimum:"1" maximum:"5000"`
+		Cursor string `query:"cursor" maxLength:"1000"`
+	}) (*ReferencesOutput, error) {
+		var after *repo.RefCursor
+		if in.Cursor != "" {
+			after = &repo.RefCursor{}
+			if err := decodeCursor(in.Cursor, after); err != nil {
+				return nil, err
+			}
+		}
+		refs, total, err := s.deps.Catalog.References(ctx, principalFrom(ctx).Tenant, in.ID, after, in.Limit+1)
+		if err != nil {
+			return nil, s.mapError(ctx, err)
+		}
+		out := &ReferencesOutput{}
+		out.Body.Total = total
+		if len(refs) > in.Limit {
+			refs = refs[:in.Limit]
+			last := refs[len(refs)-1]
+			out.Body.NextCursor = encodeCursor(repo.RefCursor{FlowID: last.FlowID, NodeID: last.NodeID, Field: last.Field})
+		}
+		out.Body.References = toReferences(refs)
+		return out, nil
+	})
+
+	huma.Register(api, secured(huma.Operation{
+		OperationID: "createCert", Method: http.MethodPost, Path: certsPath, Tags: tags,
+		Summary:       "Create an entry",
+		Description:   "Validates the material, derives its metadata and stores it (inline PEM encrypted at rest). Expired or not-yet-valid certificates are saved with a warning.",
+		DefaultStatus: http.StatusCreated,
+		Errors:        []int{http.StatusBadRequest, http.StatusConflict, http.StatusRequestEntityTooLarge, http.StatusUnprocessableEntity},
+	}, auth.Editor), func(ctx context.Context, in *struct{ Body CertBody }) (*CertSavedOutput, error) {
+		res, err := s.deps.Catalog.Create(ctx, principalFrom(ctx).Tenant, in.Body.input())
+		if err != nil {
+			return nil, s.mapError(ctx, err)
+		}
+		return s.saved(res), nil
+	})
+
+	huma.Register(api, secured(huma.Operation{
+		OperationID: "updateCert", Method: http.MethodPut, Path: certsPath + "/{id}", Tags: tags,
+		Summary: "Update an entry (or create it)",
+		Description: "Replaces the fields given; omitted fields and omitted material keep their stored values, new material re-derives the metadata. " +
+			"The ID is immutable. A type change is refused with 409 while the entry is referenced. An unknown ID is created (201). " +
+			"Send If-Match with the ETag to refuse a lost update (412).",
+		Errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusPreconditionFailed, http.StatusRequestEntityTooLarge, http.StatusUnprocessableEntity},
+	}, auth.Editor), func(ctx context.Context, in *struct {
+		CertIDParam
+		IfMatch string `header:"If-Match" doc:"ETag of the version being replaced"`
+		Body    CertPutBody
+	}) (*CertSavedOutput, error) {
+		if in.Body.ID != "" && in.Body.ID != in.ID {
+			return nil, newError(http.StatusUnprocessableEntity, "the entry is not valid",
+				&ErrorDetail{Location: "body.id", Message: "IDs are immutable: the body's id must equal the path's (" + in.ID + ")"})
+		}
+		ifMatch, err := parseIfMatch(in.IfMatch)
+		if err != nil {
+			return nil, err
+		}
+		b := CertBody{ID: in.ID, Name: in.Body.Name, Type: in.Body.Type, Source: in.Body.Source, Notes: in.Body.Notes,
+			CertPEM: in.Body.CertPEM, KeyPEM: in.Body.KeyPEM, CertPath: in.Body.CertPath, KeyPath: in.Body.KeyPath}
+		res, err := s.deps.Catalog.Put(ctx, principalFrom(ctx).Tenant, b.input(), ifMatch)
+		if err != nil {
+			return nil, s.mapError(ctx, err)
+		}
+		return s.saved(res), nil
+	})
+
+	huma.Register(api, secured(huma.Operation{
+		OperationID: "deleteCert", Method: http.MethodDelete, Path: certsPath + "/{id}", Tags: tags,
+		Summary: "Delete an entry",
+		Description: "Removes the store entry; file contents on disk are never touched. Refused with 409 while the saved workspace references the entry; " +
+			"the body lists every reference (the first 1,000, with totalReferences when there are more).",
+		DefaultStatus: http.StatusNoContent,
+		Errors:        []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusPreconditionFailed},
+	}, auth.Editor), func(ctx context.Context, in *struct {
+		CertIDParam
+		IfMatch string `header:"If-Match" doc:"ETag of the version being deleted"`
+	}) (*struct{}, error) {
+		ifMatch, err := parseIfMatch(in.IfMatch)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.deps.Catalog.Delete(ctx, principalFrom(ctx).Tenant, in.ID, ifMatch); err != nil {
+			return nil, s.mapError(ctx, err)
+		}
+		return nil, nil
+	})
+
+	huma.Register(api, secured(huma.Operation{
+		OperationID: "validateCert", Method: http.MethodPost, Path: certsPath + "/validate", Tags: tags,
+		Summary:     "Validate an entry without saving it",
+		Description: "Parses exactly as create would and returns the derived metadata, warnings and errors. Never persists anything.",
+		Errors:      []int{http.StatusBadRequest, http.StatusRequestEntityTooLarge, http.StatusUnprocessableEntity},
+	}, auth.Editor), func(ctx context.Context, in *struct{ Body CertBody }) (*ValidateOutput, error) {
+		meta, warnings, errs := s.deps.Catalog.Validate(principalFrom(ctx).Tenant, in.Body.input())
+		out := &ValidateOutput{}
+		out.Body.Valid = len(errs) == 0
+		if meta != nil {
+			out.Body.Metadata = toMetadata(meta, time.Now())
+		}
+		out.Body.Warnings = problems(warnings)
+		out.Body.Errors = problems(errs)
+		return out, nil
+	})
+}
+
+func toReferences(refs []repo.Reference) []Reference {
+	out := make([]Reference, 0, len(refs))
+	for _, r := range refs {
+		out = append(out, Reference{FlowID: r.FlowID, NodeID: r.NodeID, NodeType: r.NodeType, Field: r.Field})
+	}
+	return out
+}
+
+// Metadata is what Validate derives from the material.
+type Metadata struct {
+	FingerprintSHA256 string    `json:"fingerprintSha256"`
+	Subject           string    `json:"subject"`
+	Issuer            string    `json:"issuer"`
+	SerialNumber      string    `json:"serialNumber"`
+	NotBefore         time.Time `json:"notBefore"`
+	NotAfter          time.Time `json:"notAfter"`
+	DNSNames          []string  `json:"dnsNames"`
+	CertCount         int       `json:"certCount"`
+	KeyAlgorithm      string    `json:"keyAlgorithm"`
+	HasPrivateKey     bool      `json:"hasPrivateKey"`
+	Expired           bool      `json:"expired"`
+	DaysToExpiry      int       `json:"daysToExpiry"`
+}
+
+func toMetadata(m *material.Metadata, now time.Time) *Metadata {
+	left := m.NotAfter.Sub(now)
+	return &Metadata{
+		FingerprintSHA256: m.FingerprintSHA256, Subject: m.Subject, Issuer: m.Issuer, SerialNumber: m.SerialNumber,
+		NotBefore: m.NotBefore.UTC(), NotAfter: m.NotAfter.UTC(), DNSNames: nonNilStrings(m.DNSNames),
+		CertCount: m.CertCount, KeyAlgorithm: m.KeyAlgorithm, HasPrivateKey: m.HasPrivateKey,
+		Expired: left < 0, DaysToExpiry: int(math.Floor(left.Hours() / 24)),
+	}
+}

@@ -1,0 +1,335 @@
+// Package catalog is the certificate catalogue's domain service: it validates entries
+// (through internal/material), seals inline material (internal/envelope), persists through
+// internal/repo in tenant-scoped transactions, and moves the tenant's generation with every
+// change so the export job knows what to write. The HTTP layer and the subcommands call it;
+// it knows nothing of HTTP.
+package catalog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/material"
+	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/secret"
+)
+
+// Sources of material.
+const (
+	SourceInline = "inline"
+	SourceFile   = "file"
+)
+
+// MaxNameLen bounds an entry's name.
+const MaxNameLen = 200
+
+// MaxNotesLen bounds an entry's notes.
+const MaxNotesLen = 4000
+
+var slug = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
+
+// ValidID reports whether id is a valid entry ID (and tenant slug).
+func ValidID(id string) bool { return slug.MatchString(id) }
+
+// Sentinel errors, besides repo's ErrNotFound / ErrDuplicate / ErrVersionMismatch.
+var (
+	// ErrInvalid wraps a *ValidationError.
+	ErrInvalid = errors.New("invalid entry")
+)
+
+// ValidationError lists every problem of an entry at once, each naming its field.
+type ValidationError struct {
+	Issues []material.Issue
+}
+
+func (e *ValidationError) Error() string {
+	parts := make([]string, len(e.Issues))
+	for i, is := range e.Issues {
+		parts[i] = is.String()
+	}
+	return "invalid entry: " + strings.Join(parts, "; ")
+}
+
+// Unwrap makes errors.Is(err, ErrInvalid) true.
+func (e *ValidationError) Unwrap() error { return ErrInvalid }
+
+// ReferencedError reports that deployed nodes still reference an entry.
+type ReferencedError struct {
+	EntryID    string
+	References []repo.Reference
+	Total      int
+}
+
+func (e *ReferencedError) Error() string {
+	return fmt.Sprintf("entry %s is still referenced by %d deployed node field(s)", e.EntryID, e.Total)
+}
+
+// Unwrap makes errors.Is(err, repo.ErrReferenced) true.
+func (e *ReferencedError) Unwrap() error { return repo.ErrReferenced }
+
+// MaxConflictReferences is how many references a conflict lists; the rest are paged
+// through References.
+const MaxConflictReferences = 1000
+
+// Service is the catalogue.
+type Service struct {
+	Pool   *pgxpool.Pool
+	Ring   *envelope.Ring
+	Roots  material.Roots
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+func (s *Service) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+// Input is an entry as a client sends it. For updates, nil pointers mean "keep".
+type Input struct {
+	ID       string
+	Name     *string
+	Type     *string
+	Source   *string
+	Notes    *string
+	CertPEM  secret.PEM
+	KeyPEM   secret.PEM
+	CertPath *string
+	KeyPath  *string
+}
+
+// hasMaterial reports whether the input carries any new material.
+func (in *Input) hasMaterial() bool {
+	return len(in.CertPEM) > 0 || len(in.KeyPEM) > 0 || in.CertPath != nil || in.KeyPath != nil
+}
+
+// Result is a saved (or validated) entry and the warnings its material raised.
+type Result struct {
+	Entry    *repo.Entry
+	Warnings []material.Issue
+	Created  bool
+}
+
+func str(p *string) string {
+	if p == nil {
+		return ""
+	}
+	return *p
+}
+
+// checkFields validates the non-material fields of a complete entry.
+func checkFields(id, name, typ, source, notes string) []material.Issue {
+	var issues []material.Issue
+	add := func(f, m string) { issues = append(issues, material.Issue{Field: f, Message: m}) }
+	if !ValidID(id) {
+		add("id", "must match ^[a-z0-9][a-z0-9_-]{0,63}$ (lower case letters, digits, '-' and '_', starting with a letter or digit, at most 64 characters)")
+	}
+	switch n := utf8.RuneCountInString(name); {
+	case strings.TrimSpace(name) == "":
+		add("name", "is required")
+	case n > MaxNameLen:
+		add("name", fmt.Sprintf("is %d characters long; at most %d are allowed", n, MaxNameLen))
+	}
+	if !material.Kind(typ).Valid() {
+		add("type", "must be one of ca-bundle, client-pair, server-pair")
+	}
+	if source != SourceInline && source != SourceFile {
+		add("source", "must be inline or file")
+	}
+	if n := utf8.RuneCountInString(notes); n > MaxNotesLen {
+		add("notes", fmt.Sprintf("is %d characters long; at most %d are allowed", n, MaxNotesLen))
+	}
+	return issues
+}
+
+// prepared is an entry that passed validation, with its material parsed.
+type prepared struct {
+	entry    *repo.Entry
+	material *material.Material
+	warnings []material.Issue
+	certPEM  secret.PEM
+	keyPEM   secret.PEM
+}
+
+// prepare validates a complete entry and derives its metadata. certPEM/keyPEM are used
+// for inline entries, the paths for file entries.
+func (s *Service) prepare(tenant, id, name, typ, source, notes string, certPEM, keyPEM secret.PEM, certPath, keyPath string) (*prepared, error) {
+	issues := checkFields(id, name, typ, source, notes)
+	kind := material.Kind(typ)
+	var (
+		m    *material.Material
+		errs []material.Issue
+	)
+	switch {
+	case !kind.Valid() || (source != SourceInline && source != SourceFile):
+		// The material cannot be judged without a type and source.
+	case source == SourceInline:
+		if certPath != "" {
+			errs = append(errs, material.Issue{Field: "certPath", Message: "is for source file; an inline entry carries certPem"})
+		}
+		if keyPath != "" {
+			errs = append(errs, material.Issue{Field: "keyPath", Message: "is for source file; an inline entry carries keyPem"})
+		}
+		mm, e := material.Inspect(kind, certPEM, keyPEM, material.PEMFields, s.now())
+		m, errs = mm, append(errs, e...)
+	default:
+		if len(certPEM) > 0 {
+			errs = append(errs, material.Issue{Field: "certPem", Message: "is for source inline; a file entry carries certPath"})
+		}
+		if len(keyPEM) > 0 {
+			errs = append(errs, material.Issue{Field: "keyPem", Message: "is for source inline; a file entry carries keyPath"})
+		}
+		mm, e := s.Roots.LoadFiles(kind, tenant, certPath, keyPath, material.PathFields, s.now())
+		m, errs = mm, append(errs, e...)
+	}
+	issues = append(issues, errs...)
+	if len(issues) > 0 {
+		return nil, &ValidationError{Issues: issues}
+	}
+	e := &repo.Entry{
+		TenantID: tenant, ID: id, Name: name, Type: kind, Source: source, Notes: notes,
+		Meta: m.Metadata,
+	}
+	if source == SourceFile {
+		e.CertPath, e.KeyPath = certPath, keyPath
+	}
+	return &prepared{entry: e, material: m, warnings: m.Warnings, certPEM: certPEM, keyPEM: keyPEM}, nil
+}
+
+// aad binds a sealed field to its tenant, entry and field.
+func aad(tenant, id, field string) envelope.AAD {
+	return envelope.AAD{Tenant: tenant, Owner: "entry:" + id, Field: field}
+}
+
+// seal encrypts inline material into the entry.
+func (s *Service) seal(p *prepared) error {
+	e := p.entry
+	e.CertSealed, e.KeySealed, e.KeyID = nil, nil, ""
+	if e.Source != SourceInline {
+		return nil
+	}
+	c, err := s.Ring.Seal(p.certPEM, aad(e.TenantID, e.ID, "certPem"))
+	if err != nil {
+		return fmt.Errorf("seal certificate of %s: %w", e.ID, err)
+	}
+	e.CertSealed = c
+	if len(p.keyPEM) > 0 {
+		k, err := s.Ring.Seal(p.keyPEM, aad(e.TenantID, e.ID, "keyPem"))
+		if err != nil {
+			return fmt.Errorf("seal key of %s: %w", e.ID, err)
+		}
+		e.KeySealed = k
+	}
+	e.KeyID = s.Ring.CurrentKeyID()
+	return nil
+}
+
+// Open decrypts an inline entry's stored material. It reloads the key ring once when the
+// material names a master key this process does not hold (another replica rotated).
+func (s *Service) Open(e *repo.Entry) (cert, key secret.PEM, err error) {
+	if e.Source != SourceInline {
+		return nil, nil, fmt.Errorf("open %s: not an inline entry", e.ID)
+	}
+	open := func(blob []byte, field string) (secret.PEM, error) {
+		if len(blob) == 0 {
+			return nil, nil
+		}
+		pt, err := s.Ring.Open(blob, aad(e.TenantID, e.ID, field))
+		if errors.Is(err, envelope.ErrUnknownKey) {
+			if rerr := s.Ring.Reload(); rerr != nil {
+				return nil, fmt.Errorf("reload master keys: %w", rerr)
+			}
+			pt, err = s.Ring.Open(blob, aad(e.TenantID, e.ID, field))
+		}
+		if err != nil {
+			return nil, fmt.Errorf("open %s of %s: %w", field, e.ID, err)
+		}
+		return secret.PEM(pt), nil
+	}
+	if cert, err = open(e.CertSealed, "certPem"); err != nil {
+		return nil, nil, err
+	}
+	if key, err = open(e.KeySealed, "keyPem"); err != nil {
+		return nil, nil, err
+	}
+	return cert, key, nil
+}
+
+// Validate parses an entry exactly as Create would and persists nothing.
+func (s *Service) Validate(tenant string, in Input) (*material.Metadata, []material.Issue, []material.Issue) {
+	p, err := s.prepare(tenant, in.ID, str(in.Name), str(in.Type), str(in.Source), str(in.Notes),
+		in.CertPEM, in.KeyPEM, str(in.CertPath), str(in.KeyPath))
+	var ve *ValidationError
+	if errors.As(err, &ve) {
+		return nil, nil, ve.Issues
+	}
+	return &p.material.Metadata, p.warnings, nil
+}
+
+// Create validates, seals and stores a new entry.
+func (s *Service) Create(ctx context.Context, tenant string, in Input) (*Result, error) {
+	p, err := s.prepare(tenant, in.ID, str(in.Name), str(in.Type), str(in.Source), str(in.Notes),
+		in.CertPEM, in.KeyPEM, str(in.CertPath), str(in.KeyPath))
+	if err != nil {
+		return nil, err
+	}
+	if err := s.seal(p); err != nil {
+		return nil, err
+	}
+	err = db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
+		if _, err := repo.BumpGeneration(ctx, tx, tenant); err != nil {
+			return err
+		}
+		return repo.InsertEntry(ctx, tx, p.entry)
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.logWarnings(tenant, p.entry.ID, p.warnings)
+	return &Result{Entry: p.entry, Warnings: p.warnings, Created: true}, nil
+}
+
+func (s *Service) logWarnings(tenant, id string, ws []material.Issue) {
+	for _, w := range ws {
+		s.Logger.Warn("certificate warning", "tenant", tenant, "entry", id, "field", w.Field, "warning", w.Message)
+	}
+}
+
+// Get returns one entry.
+func (s *Service) Get(ctx context.Context, tenant, id string) (*repo.Entry, error) {
+	var e *repo.Entry
+	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
+		var err error
+		e, err = repo.GetEntry(ctx, tx, tenant, id)
+		return err
+	})
+	return e, err
+}
+
+// List returns a page of entries and whether more follow.
+func (s *Service) List(ctx context.Context, tenant string, f repo.ListFilter) ([]*repo.Entry, bool, error) {
+	var (
+		out  []*repo.Entry
+		more bool
+	)
+	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
+		var err error
+		out, more, err = repo.ListEntries(ctx, tx, tenant, f)
+		return err
+	})
+	return out, more, err
+}

@@ -1,0 +1,213 @@
+package catalog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/material"
+	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/secret"
+)
+
+// Put replaces the mutable fields of entry in.ID, or creates it when it does not exist (as
+// HTTP's PUT does). Omitted fields keep their stored values; omitted material keeps the
+// stored material (a renewed certificate may come without its unchanged key, and the other
+// way round); new material re-derives the metadata. ifMatch, when non-zero, is the version
+// the caller last saw. Changing the type of a referenced entry is refused with a
+// *ReferencedError.
+func (s *Service) Put(ctx context.Context, tenant string, in Input, ifMatch int64) (*Result, error) {
+	var res *Result
+	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
+		cur, err := repo.GetEntryForUpdate(ctx, tx, tenant, in.ID)
+		if errors.Is(err, repo.ErrNotFound) {
+			if ifMatch != 0 {
+				return err
+			}
+			res, err = s.createIn(ctx, tx, tenant, in)
+			return err
+		}
+		if err != nil {
+			return err
+		}
+		if ifMatch != 0 && cur.Version != ifMatch {
+			return fmt.Errorf("update entry %s: %w", in.ID, repo.ErrVersionMismatch)
+		}
+		res, err = s.updateIn(ctx, tx, tenant, cur, in)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.logWarnings(tenant, res.Entry.ID, res.Warnings)
+	return res, nil
+}
+
+func (s *Service) createIn(ctx context.Context, tx pgx.Tx, tenant string, in Input) (*Result, error) {
+	p, err := s.prepare(tenant, in.ID, str(in.Name), str(in.Type), str(in.Source), str(in.Notes),
+		in.CertPEM, in.KeyPEM, str(in.CertPath), str(in.KeyPath))
+	if err != nil {
+		return nil, err
+	}
+	if err := s.seal(p); err != nil {
+		return nil, err
+	}
+	if _, err := repo.BumpGeneration(ctx, tx, tenant); err != nil {
+		return nil, err
+	}
+	if err := repo.InsertEntry(ctx, tx, p.entry); err != nil {
+		return nil, err
+	}
+	return &Result{Entry: p.entry, Warnings: p.warnings, Created: true}, nil
+}
+
+func (s *Service) updateIn(ctx context.Context, tx pgx.Tx, tenant string, cur *repo.Entry, in Input) (*Result, error) {
+	name, typ, source, notes := cur.Name, string(cur.Type), cur.Source, cur.Notes
+	if in.Name != nil {
+		name = *in.Name
+	}
+	if in.Type != nil {
+		typ = *in.Type
+	}
+	if in.Source != nil {
+		source = *in.Source
+	}
+	if in.Notes != nil {
+		notes = *in.Notes
+	}
+	if typ != string(cur.Type) {
+		n, err := repo.CountReferences(ctx, tx, tenant, cur.ID)
+		if err != nil {
+			return nil, err
+		}
+		if n > 0 {
+			refs, err := repo.ListReferences(ctx, tx, tenant, cur.ID, nil, MaxConflictReferences)
+			if err != nil {
+				return nil, err
+			}
+			return nil, &ReferencedError{EntryID: cur.ID, References: refs, Total: n}
+		}
+	}
+
+	sourceChanged := source != cur.Source
+	if sourceChanged && !in.hasMaterial() {
+		return nil, &ValidationError{Issues: []material.Issue{{Field: "source",
+			Message: "changing the source needs the new material (certPem/keyPem for inline, certPath/keyPath for file)"}}}
+	}
+	// Material: what the request brings, completed from what is stored unless the source
+	// changed (then nothing stored applies).
+	var (
+		certPEM, keyPEM   secret.PEM
+		certPath, keyPath string
+	)
+	if !sourceChanged {
+		if cur.Source == SourceInline {
+			c, k, err := s.Open(cur)
+			if err != nil {
+				return nil, err
+			}
+			certPEM, keyPEM = c, k
+		} else {
+			certPath, keyPath = cur.CertPath, cur.KeyPath
+		}
+	}
+	if len(in.CertPEM) > 0 {
+		certPEM = in.CertPEM
+	}
+	if len(in.KeyPEM) > 0 {
+		keyPEM = in.KeyPEM
+	}
+	if in.CertPath != nil {
+		certPath = *in.CertPath
+	}
+	if in.KeyPath != nil {
+		keyPath = *in.KeyPath
+	}
+	if source == SourceInline && material.Kind(typ) == material.CABundle && len(in.KeyPEM) == 0 {
+		keyPEM = nil // a pair turned into a bundle drops its stored key
+	}
+	if source == SourceFile && material.Kind(typ) == material.CABundle && in.KeyPath == nil {
+		keyPath = ""
+	}
+
+	p, err := s.prepare(tenant, cur.ID, name, typ, source, notes, certPEM, keyPEM, certPath, keyPath)
+	if err != nil {
+		return nil, err
+	}
+	p.entry.Version = cur.Version
+	p.entry.CreatedAt = cur.CreatedAt
+	if in.hasMaterial() || sourceChanged || typ != string(cur.Type) {
+		if err := s.seal(p); err != nil {
+			return nil, err
+		}
+	} else {
+		// Nothing about the material changed: keep the stored ciphertext as it is.
+		p.entry.CertSealed, p.entry.KeySealed, p.entry.KeyID = cur.CertSealed, cur.KeySealed, cur.KeyID
+		p.entry.Meta = cur.Meta
+		p.warnings = nil
+	}
+	if _, err := repo.BumpGeneration(ctx, tx, tenant); err != nil {
+		return nil, err
+	}
+	if err := repo.UpdateEntry(ctx, tx, p.entry); err != nil {
+		return nil, err
+	}
+	return &Result{Entry: p.entry, Warnings: p.warnings}, nil
+}
+
+// Delete removes an entry. A referenced entry is refused with a *ReferencedError listing
+// the first MaxConflictReferences references in (flow, node, field) order; the foreign key
+// from the references table makes the database refuse it too, so a concurrent deploy can
+// never be left pointing at nothing. File contents on disk are never touched.
+func (s *Service) Delete(ctx context.Context, tenant, id string, ifMatch int64) error {
+	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
+		if _, err := repo.BumpGeneration(ctx, tx, tenant); err != nil {
+			return err
+		}
+		return repo.DeleteEntry(ctx, tx, tenant, id, ifMatch)
+	})
+	if !errors.Is(err, repo.ErrReferenced) {
+		return err
+	}
+	var refErr *ReferencedError
+	lerr := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
+		n, err := repo.CountReferences(ctx, tx, tenant, id)
+		if err != nil {
+			return err
+		}
+		refs, err := repo.ListReferences(ctx, tx, tenant, id, nil, MaxConflictReferences)
+		if err != nil {
+			return err
+		}
+		refErr = &ReferencedError{EntryID: id, References: refs, Total: n}
+		return nil
+	})
+	if lerr != nil {
+		return lerr
+	}
+	return refErr
+}
+
+// References pages through the references to an entry; ErrNotFound when the entry does
+// not exist in the tenant.
+func (s *Service) References(ctx context.Context, tenant, id string, after *repo.RefCursor, limit int) ([]repo.Reference, int, error) {
+	var (
+		refs  []repo.Reference
+		total int
+	)
+	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
+		if _, err := repo.GetEntry(ctx, tx, tenant, id); err != nil {
+			return err
+		}
+		var err error
+		if total, err = repo.CountReferences(ctx, tx, tenant, id); err != nil {
+			return err
+		}
+		refs, err = repo.ListReferences(ctx, tx, tenant, id, after, limit)
+		return err
+	})
+	return refs, total, err
+}

@@ -1,0 +1,56 @@
+package repo
+
+import (
+	"context"
+
+	"github.com/loopze/certstore/internal/db"
+)
+
+// Reference is one node field of the deployed workspace that names an entry.
+type Reference struct {
+	EntryID  string
+	FlowID   string
+	NodeID   string
+	NodeType string
+	Field    string
+}
+
+// RefCursor positions a page of references: the last (flow, node, field) seen.
+type RefCursor struct {
+	FlowID, NodeID, Field string
+}
+
+// ListReferences returns up to limit references to entryID in (flow, node, field) order,
+// after the cursor when given.
+func ListReferences(ctx context.Context, q db.DBTX, tenant, entryID string, after *RefCursor, limit int) ([]Reference, error) {
+	args := []any{tenant, entryID, limit}
+	cond := ""
+	if after != nil {
+		cond = ` AND (flow_id, node_id, field) > ($4, $5, $6)`
+		args = append(args, after.FlowID, after.NodeID, after.Field)
+	}
+	rows, err := q.Query(ctx, `
+		SELECT entry_id, flow_id, node_id, node_type, field FROM entry_references
+		WHERE tenant_id = $1 AND entry_id = $2`+cond+`
+		ORDER BY flow_id, node_id, field LIMIT $3`, args...)
+	if err != nil {
+		return nil, mapErr("list references", err)
+	}
+	defer rows.Close()
+	out := []Reference{}
+	for rows.Next() {
+		var r Reference
+		if err := rows.Scan(&r.EntryID, &r.FlowID, &r.NodeID, &r.NodeType, &r.Field); err != nil {
+			return nil, mapErr("scan reference", err)
+		}
+		out = append(out, r)
+	}
+	return out, mapErr("list references", rows.Err())
+}
+
+// CountReferences counts the references to entryID.
+func CountReferences(ctx context.Context, q db.DBTX, tenant, entryID string) (int, error) {
+	var n int
+	err := q.QueryRow(ctx, `SELECT count(*) FROM entry_references WHERE tenant_id = $1 AND entry_id = $2`, tenant, entryID).Scan(&n)
+	return n, mapErr("count references", err)
+}
