@@ -26,7 +26,7 @@ func scanPEM(data []byte) (blocks []numberedBlock, problems []string) {
 		if i < 0 {
 			if len(bytes.TrimSpace(rest)) > 0 {
 				if n == 0 {
-					problems = append(problems, "no PEM block found: expected -----BEGIN CERTIFICATE----- style armour")
+					problems = append(problems, "no PEM block found: expected PEM text between BEGIN and END lines")
 				} else {
 					problems = append(problems, "data after the last PEM block is not PEM (truncated or pasted twice?)")
 				}

@@ -1,0 +1,230 @@
+package material_test
+
+import (
+	"bytes"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/loopze/certstore/internal/material"
+	mt "github.com/loopze/certstore/internal/material/materialtest"
+)
+
+func TestParseRoots(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		in   string
+		want material.Roots
+	}{
+		{"", nil},
+		{"::", nil},
+		{"/etc/loopze", material.Roots{"/etc/loopze"}},
+		{" /etc/loopze/ :: /srv/{tenant}/certs/../tls ", material.Roots{"/etc/loopze", "/srv/{tenant}/tls"}},
+		{"relative/dir", material.Roots{"relative/dir"}},
+	} {
+		require.Equal(t, tc.want, material.ParseRoots(tc.in), tc.in)
+	}
+	require.NoError(t, material.ParseRoots("/a:/b/{tenant}").Validate())
+	require.ErrorIs(t, material.ParseRoots("/a:b").Validate(), material.ErrRelativePath)
+}
+
+// symlink replaces (atomically, like certbot and the kubelet do) link with one to target.
+func symlink(t *testing.T, target, link string) {
+	t.Helper()
+	tmp := link + ".tmp"
+	require.NoError(t, os.Symlink(target, tmp))
+	require.NoError(t, os.Rename(tmp, link))
+}
+
+func TestReadFileRefusals(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	content := []byte("-----BEGIN CERTIFICATE-----\nc2VjcmV0\n-----END CERTIFICATE-----\n")
+	regular := mt.WriteFile(t, dir, "ok.pem", content)
+	big := mt.WriteFile(t, dir, "big.pem", append(bytes.Repeat([]byte("A"), material.MaxSize), content...))
+	exact := mt.WriteFile(t, dir, "exact.pem", bytes.Repeat([]byte("A"), material.MaxSize))
+	dangling := filepath.Join(dir, "dangling.pem")
+	require.NoError(t, os.Symlink(filepath.Join(dir, "gone.pem"), dangling))
+
+	tests := []struct {
+		name string
+		path string
+		want error
+	}{
+		{"relative", "certs/ok.pem", material.ErrRelativePath},
+		{"dot relative", "./ok.pem", material.ErrRelativePath},
+		{"missing", filepath.Join(dir, "missing.pem"), fs.ErrNotExist},
+		{"dangling symlink", dangling, fs.ErrNotExist},
+		{"directory", dir, material.ErrNotRegular},
+		{"too large", big, material.ErrTooLarge},
+		{"regular", regular, nil},
+		{"exactly MaxSize", exact, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			data, err := material.Roots(nil).ReadFile("acme", tc.path)
+			if tc.want == nil {
+				require.NoError(t, err)
+				require.NotEmpty(t, data)
+				return
+			}
+			require.ErrorIs(t, err, tc.want)
+			require.Nil(t, data)
+			require.Contains(t, err.Error(), tc.path, "the error names the path")
+			require.NotContains(t, err.Error(), "BEGIN")
+			require.NotContains(t, err.Error(), "c2VjcmV0")
+		})
+	}
+}
+
+func TestReadFileCertbotLiveLinks(t *testing.T) {
+	t.Parallel()
+	le := t.TempDir()
+	mt.WriteFile(t, le, "archive/example.com/fullchain1.pem", []byte("one"))
+	require.NoError(t, os.MkdirAll(filepath.Join(le, "live/example.com"), 0o700))
+	live := filepath.Join(le, "live/example.com/fullchain.pem")
+	symlink(t, "../../archive/example.com/fullchain1.pem", live)
+	roots := material.Roots{le}
+
+	data, err := roots.ReadFile("acme", live)
+	require.NoError(t, err)
+	require.Equal(t, "one", string(data))
+
+	// Renewal writes fullchain2 and moves the live link; the next read sees it.
+	mt.WriteFile(t, le, "archive/example.com/fullchain2.pem", []byte("two"))
+	symlink(t, "../../archive/example.com/fullchain2.pem", live)
+	data, err = roots.ReadFile("acme", live)
+	require.NoError(t, err)
+	require.Equal(t, "two", string(data))
+}
+
+func TestReadFileKubernetesDataSwap(t *testing.T) {
+	t.Parallel()
+	vol := t.TempDir()
+	mt.WriteFile(t, vol, "..2026_01_01/tls.crt", []byte("old"))
+	symlink(t, "..2026_01_01", filepath.Join(vol, "..data"))
+	path := filepath.Join(vol, "tls.crt")
+	require.NoError(t, os.Symlink("..data/tls.crt", path))
+	roots := material.Roots{vol}
+
+	data, err := roots.ReadFile("acme", path)
+	require.NoError(t, err)
+	require.Equal(t, "old", string(data))
+
+	// The kubelet writes a new timestamped directory, swaps ..data, then removes the old one.
+	mt.WriteFile(t, vol, "..2026_02_01/tls.crt", []byte("new"))
+	symlink(t, "..2026_02_01", filepath.Join(vol, "..data"))
+	require.NoError(t, os.RemoveAll(filepath.Join(vol, "..2026_01_01")))
+	data, err = roots.ReadFile("acme", path)
+	require.NoError(t, err)
+	require.Equal(t, "new", string(data))
+}
+
+func TestReadFileRoots(t *testing.T) {
+	t.Parallel()
+	base := t.TempDir()
+	acmeFile := mt.WriteFile(t, base, "tenants/acme/tls/ca.pem", []byte("acme"))
+	otherFile := mt.WriteFile(t, base, "tenants/other/tls/ca.pem", []byte("other"))
+	outside := mt.WriteFile(t, base, "elsewhere/ca.pem", []byte("outside"))
+	prefixTrick := mt.WriteFile(t, base, "shared-evil/ca.pem", []byte("contents-of-file"))
+	sharedFile := mt.WriteFile(t, base, "shared/ca.pem", []byte("shared"))
+	escape := filepath.Join(base, "tenants/acme/tls/escape.pem")
+	require.NoError(t, os.Symlink(outside, escape))
+	inward := filepath.Join(base, "elsewhere/inward.pem")
+	require.NoError(t, os.Symlink(acmeFile, inward))
+	linkedRoot := filepath.Join(base, "linked")
+	require.NoError(t, os.Symlink(filepath.Join(base, "shared"), linkedRoot))
+
+	roots := material.ParseRoots(filepath.Join(base, "tenants/{tenant}/tls") + ":" + filepath.Join(base, "shared"))
+	tests := []struct {
+		name   string
+		roots  material.Roots
+		tenant string
+		path   string
+		want   error
+	}{
+		{"own tenant", roots, "acme", acmeFile, nil},
+		{"shared root", roots, "acme", sharedFile, nil},
+		{"another tenant's directory", roots, "acme", otherFile, material.ErrOutsideRoots},
+		{"outside every root", roots, "acme", outside, material.ErrOutsideRoots},
+		{"prefix is not a parent", roots, "acme", prefixTrick, material.ErrOutsideRoots},
+		{"symlink escaping the root", roots, "acme", escape, material.ErrOutsideRoots},
+		{"symlink from outside into the root", roots, "acme", inward, nil},
+		{"dot-dot in the path", roots, "acme", filepath.Join(base, "tenants/acme/tls/../../other/tls/ca.pem"), material.ErrOutsideRoots},
+		{"tenant that climbs", roots, "../other", otherFile, material.ErrOutsideRoots},
+		{"empty tenant", material.Roots{filepath.Join(base, "tenants/{tenant}")}, "", acmeFile, material.ErrOutsideRoots},
+		{"root that is a symlink", material.Roots{linkedRoot}, "acme", filepath.Join(linkedRoot, "ca.pem"), nil},
+		{"relative root admits nothing", material.Roots{"tenants"}, "acme", acmeFile, material.ErrOutsideRoots},
+		{"no roots admit any absolute path", nil, "acme", outside, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			data, err := tc.roots.ReadFile(tc.tenant, tc.path)
+			if tc.want == nil {
+				require.NoError(t, err)
+				require.NotEmpty(t, data)
+				return
+			}
+			require.ErrorIs(t, err, tc.want)
+			require.Contains(t, err.Error(), tc.path)
+			require.NotContains(t, err.Error(), "contents-of-file")
+		})
+	}
+}
+
+func TestLoadFiles(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	root, _, leaf := mt.NewChain(t, mt.Options{})
+	certPath := mt.WriteFile(t, dir, "edge.crt", leaf.ChainPEM())
+	keyPath := mt.WriteFile(t, dir, "edge.key", leaf.KeyPEMAs(t, mt.SEC1))
+	caPath := mt.WriteFile(t, dir, "ca.crt", root.CertPEM())
+	missing := filepath.Join(dir, "missing.key")
+
+	tests := []struct {
+		name      string
+		kind      material.Kind
+		roots     material.Roots
+		cert, key string
+		fields    material.Fields
+		want      []want
+	}{
+		{"client pair", material.ClientPair, nil, certPath, keyPath, material.PathFields, nil},
+		{"ca bundle", material.CABundle, material.Roots{dir}, caPath, "", material.PathFields, nil},
+		{"default field names", material.ClientPair, nil, certPath, "", material.Fields{},
+			[]want{{"keyPath", "a private key path is required"}}},
+		{"missing key file", material.ServerPair, nil, certPath, missing, material.PathFields,
+			[]want{{"keyPath", missing}}},
+		{"relative cert path", material.ServerPair, nil, "edge.crt", keyPath, material.PathFields,
+			[]want{{"certPath", "path is not absolute"}}},
+		{"key file given as cert", material.ClientPair, nil, keyPath, keyPath, material.PathFields,
+			[]want{{"certPath", "is a private key, not a certificate: the key belongs in keyPath"}}},
+		{"key path for a bundle", material.CABundle, nil, caPath, keyPath, material.PathFields,
+			[]want{{"keyPath", "a ca-bundle carries no private key"}}},
+		{"outside roots", material.CABundle, material.Roots{filepath.Join(dir, "sub")}, caPath, "", material.PathFields,
+			[]want{{"certPath", "outside the allowed file roots"}}},
+		{"directory as key", material.ClientPair, nil, certPath, dir,
+			material.Fields{Cert: "tls.clientCertFile", Key: "tls.clientKeyFile"},
+			[]want{{"tls.clientKeyFile", "not a regular file"}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			m, issues := tc.roots.LoadFiles(tc.kind, "acme", tc.cert, tc.key, tc.fields, time.Now())
+			requireIssues(t, issues, tc.want)
+			requireClean(t, issues, leaf.KeyPEM(), leaf.ChainPEM())
+			if len(tc.want) == 0 {
+				require.NotNil(t, m)
+				require.Equal(t, tc.kind.IsPair(), m.Metadata.HasPrivateKey)
+			} else {
+				require.Nil(t, m)
+			}
+		})
+	}
+}
