@@ -94,11 +94,13 @@ func parsePEMKeys(data []byte) ([]publicKey, error) {
 		}
 		keys = append(keys, k)
 	}
-	if len(bytes.TrimSpace(rest)) > 0 {
+	switch {
+	case len(data) == 0:
+		return nil, errors.New("file is empty")
+	case len(keys) == 0:
+		return nil, errors.New("neither PEM nor JWKS")
+	case len(bytes.TrimSpace(rest)) > 0:
 		return nil, errors.New("content after the last PEM block is not PEM")
-	}
-	if len(keys) == 0 {
-		return nil, errNoUsableKey
 	}
 	return keys, nil
 }

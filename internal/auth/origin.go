@@ -60,8 +60,8 @@ func (v *Verifier) checkOrigin(r *http.Request) error {
 		return nil
 	}
 	if origin := r.Header.Get("Origin"); origin != "" {
-		if u, err := url.Parse(origin); err != nil || u.Host == "" || r.Host == "" {
-			return fmt.Errorf("%w: Origin or Host names no host", ErrForbiddenOrigin)
+		if u, err := url.Parse(origin); err != nil || u.Host == "" {
+			return fmt.Errorf("%w: Origin names no host", ErrForbiddenOrigin)
 		}
 	}
 	if err := v.origins.Check(r); err != nil {
