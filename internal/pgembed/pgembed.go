@@ -135,6 +135,14 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 	ctx, cancel := context.WithTimeout(ctx, cmp.Or(o.StartTimeout, defaultStartTimeout))
 	defer cancel()
 
+	// Two processes starting on one data directory at once (a server and a subcommand)
+	// must not both initdb or both launch: the second waits, then attaches.
+	unlock, err := lockDir(ctx, dataDir+".lock")
+	if err != nil {
+		return nil, fmt.Errorf("start postgres: %w", err)
+	}
+	defer unlock()
+
 	attached, err := c.attach(ctx, o.StopAttached)
 	if err != nil {
 		return nil, fmt.Errorf("start postgres: %w", err)
@@ -201,6 +209,11 @@ func (c *Cluster) Stop(ctx context.Context) error {
 		return err
 	}
 	c.stopped = true
+	if c.socketDir != c.dataDir {
+		// The fallback directory is ours alone and postgres has removed its socket; an
+		// error means something else lives there now, so leave it be.
+		_ = os.Remove(c.socketDir)
+	}
 	c.log.Info("postgres stopped", "pid", c.pid)
 	return nil
 }

@@ -182,6 +182,9 @@ func TestLongPathFallsBackToShortSocketDir(t *testing.T) {
 	url, up := Probe(context.Background(), dataDir)
 	require.True(t, up, "Probe derives the same fallback directory")
 	require.Equal(t, c.URL("postgres"), url)
+
+	require.NoError(t, c.Stop(context.Background()))
+	require.NoDirExists(t, c.SocketDir(), "Stop removes the fallback socket directory")
 }
 
 func TestProbe(t *testing.T) {
@@ -239,4 +242,28 @@ func TestUnreachableParent(t *testing.T) {
 	require.NotContains(t, err.Error(), "\n", "one clear line")
 	require.Contains(t, err.Error(), "chmod o+x "+locked)
 	require.Contains(t, err.Error(), "LOOPZE_DATA_DIR")
+}
+
+func TestConcurrentStartsShareOneServer(t *testing.T) {
+	t.Parallel()
+	dataDir := filepath.Join(reachableDir(t), "pg")
+	clusters := make(chan *Cluster, 2)
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			c, err := Start(context.Background(), Options{DataDir: dataDir, Database: "loopze", Settings: testSettings})
+			if c != nil {
+				clusters <- c
+			}
+			errs <- err
+		}()
+	}
+	require.NoError(t, <-errs)
+	require.NoError(t, <-errs)
+	a, b := <-clusters, <-clusters
+	t.Cleanup(func() { _ = a.Stop(context.Background()); _ = b.Stop(context.Background()) })
+	require.NotEqual(t, a.Owned(), b.Owned(), "one starts the server, the other attaches to it")
+	require.Equal(t, a.pid, b.pid)
+	require.Equal(t, 1, query[int](t, b.URL("loopze"), "SELECT 1"))
+	require.Equal(t, 1, query[int](t, a.URL("loopze"), "SELECT 1"))
 }

@@ -2,12 +2,15 @@ package pgembed
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // pidFile is what postmaster.pid tells about the server that wrote it.
@@ -67,4 +70,32 @@ func runsIn(pid int, dataDir string) bool {
 		want = dataDir
 	}
 	return filepath.Clean(cwd) == filepath.Clean(want)
+}
+
+// lockDir takes an exclusive flock on path, waiting while another process holds it, and
+// returns its release. The kernel drops the lock if we die, so a crash never leaves the
+// directory locked.
+func lockDir(ctx context.Context, path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock %s: %w", path, err)
+	}
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("wait for another process starting the cluster (lock %s): %w", path, ctx.Err())
+		case <-tick.C:
+		}
+	}
 }
