@@ -106,6 +106,8 @@ type Cluster struct {
 // directory and answers, Start attaches to it (see Options.StopAttached). A stale
 // postmaster.pid left by a killed server is left to postgres, which replaces it; one whose
 // pid now names an unrelated process is removed, since postgres would refuse to start.
+// Concurrent Starts on one data directory are serialised by a flock on <DataDir>.lock, so
+// the later one attaches to the server the earlier one launched.
 func Start(ctx context.Context, o Options) (*Cluster, error) {
 	if o.DataDir == "" {
 		return nil, errors.New("start postgres: no data directory given")
