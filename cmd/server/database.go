@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 
 	"github.com/loopze/certstore/internal/config"
@@ -62,9 +63,14 @@ func openDatabase(ctx context.Context, cfg config.Config, logger *slog.Logger, s
 		return &database{URL: cfg.DatabaseURL}, nil
 	}
 	if !serve {
-		if url, up := pgembed.Probe(ctx, cfg.ClusterDir()); up {
+		if raw, up := pgembed.Probe(ctx, cfg.ClusterDir()); up {
+			u, err := url.Parse(raw)
+			if err != nil {
+				return nil, fmt.Errorf("embedded PostgreSQL: %w", err)
+			}
+			u.Path = "/" + EmbeddedDatabase // Probe names the maintenance database
 			logger.Debug("using the running embedded cluster", "dir", cfg.ClusterDir())
-			return &database{URL: url}, nil
+			return &database{URL: u.String()}, nil
 		}
 	}
 	if err := cfg.EnsureDataDir(); err != nil {
