@@ -186,8 +186,15 @@ func TestEmbeddedLifecycle(t *testing.T) {
 	require.DirExists(t, pgDir)
 	require.FileExists(t, filepath.Join(dataDir, "loopze.key"))
 	require.True(t, postmasterAlive(pgDir))
+	// A subcommand borrows the running server's cluster through its socket...
+	out := runCLI(t, env, "migrate", "status")
+	require.Contains(t, out, "00001_tenants.sql")
+	require.NotContains(t, out, "pending")
 	s.stop(t, syscall.SIGINT)
 	require.False(t, postmasterAlive(pgDir), "Ctrl-C must leave no postgres running")
+	// ...and starts it for its own duration when none runs.
+	require.Contains(t, runCLI(t, env, "migrate", "up"), "applied 0 migration(s)")
+	require.False(t, postmasterAlive(pgDir), "a subcommand stops the cluster it started")
 
 	s = start(t, env)
 	s.waitReady(t)
