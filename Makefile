@@ -33,8 +33,8 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzInspect -fuzztime 30s ./internal/material
-	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime 30s ./internal/envelope
+	$(GO) test -run '^$$' -fuzz FuzzInspect -fuzztime 30s -fuzzminimizetime 2s ./internal/material
+	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime 30s -fuzzminimizetime 2s ./internal/envelope
 
 clean:
 	rm -rf bin
