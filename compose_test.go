@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"net/url"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -126,6 +127,10 @@ func TestComposeServer(t *testing.T) {
 	require.Equal(t, "8080", port.Published)
 	require.Equal(t, uint32(8080), port.Target)
 
+	secret, set := srv.Environment["LOOPZE_JWT_SECRET"]
+	require.True(t, set, "LOOPZE_JWT_SECRET must pass through from the shell")
+	require.Nil(t, secret, "without a shell value the server must keep its own secret file")
+
 	u, err := url.Parse(envValue(t, srv, "LOOPZE_DATABASE_URL"))
 	require.NoError(t, err)
 	require.Equal(t, "postgres", u.Scheme)
@@ -137,6 +142,37 @@ func TestComposeServer(t *testing.T) {
 	require.Equal(t, "loopze", strings.TrimPrefix(u.Path, "/"))
 	require.Equal(t, "disable", u.Query().Get("sslmode"))
 }
+
+func TestComposeSettings(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name       string
+		env        []string
+		wantPort   string
+		wantSecret *string
+	}{
+		{name: "defaults", wantPort: "8080"},
+		{name: "host port moved", env: []string{"LOOPZE_HTTP_PORT=18081"}, wantPort: "18081"},
+		{
+			name:       "secret from the shell",
+			env:        []string{"LOOPZE_JWT_SECRET=0123456789abcdef0123456789abcdef"},
+			wantPort:   "8080",
+			wantSecret: ptr("0123456789abcdef0123456789abcdef"),
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			srv := service(t, loadCompose(t, tt.env...), "server")
+			require.Len(t, srv.Ports, 1)
+			require.Equal(t, tt.wantPort, srv.Ports[0].Published)
+			require.Equal(t, "127.0.0.1", srv.Ports[0].HostIP)
+			require.Equal(t, tt.wantSecret, srv.Environment["LOOPZE_JWT_SECRET"])
+		})
+	}
+}
+
+func ptr(s string) *string { return &s }
 
 // dockerfileInstr is one instruction of a Dockerfile: keyword and the rest of the line,
 // with backslash continuations joined.
@@ -171,6 +207,64 @@ func readDockerfile(t *testing.T, path string) []dockerfileInstr {
 	}
 	require.NoError(t, sc.Err())
 	return out
+}
+
+// finalStage returns the instructions after the last FROM.
+func finalStage(instrs []dockerfileInstr) []dockerfileInstr {
+	last := -1
+	for i, in := range instrs {
+		if in.keyword == "FROM" {
+			last = i
+		}
+	}
+	return instrs[last+1:]
+}
+
+// TestContainerfileMatchesDockerfile keeps the registry-free image (a host-built binary,
+// deploy/Containerfile.scratch) the same image as the Dockerfile's final stage, apart
+// from where the files come from.
+func TestContainerfileMatchesDockerfile(t *testing.T) {
+	t.Parallel()
+	settings := func(path string) []dockerfileInstr {
+		var out []dockerfileInstr
+		for _, in := range finalStage(readDockerfile(t, path)) {
+			if in.keyword != "COPY" {
+				out = append(out, in)
+			}
+		}
+		return out
+	}
+	want := settings("Dockerfile")
+	require.NotEmpty(t, want)
+	require.Equal(t, want, settings("deploy/Containerfile.scratch"))
+
+	from := readDockerfile(t, "deploy/Containerfile.scratch")
+	require.Equal(t, dockerfileInstr{keyword: "FROM", args: "scratch"}, from[0], "nothing may need a registry")
+	var targets []string
+	for _, in := range finalStage(from) {
+		if in.keyword == "COPY" {
+			f := strings.Fields(in.args)
+			targets = append(targets, f[len(f)-1])
+		}
+	}
+	require.Equal(t, []string{"/loopze-certs", "/data"}, targets)
+}
+
+// TestScriptsParse catches a syntax error in the container scripts before CI runs them.
+func TestScriptsParse(t *testing.T) {
+	t.Parallel()
+	bash, err := exec.LookPath("bash")
+	require.NoError(t, err)
+	for _, script := range []string{"scripts/container-engine", "scripts/compose-smoke", "deploy/postgres-entrypoint.sh"} {
+		t.Run(script, func(t *testing.T) {
+			t.Parallel()
+			info, err := os.Stat(script)
+			require.NoError(t, err)
+			require.NotZero(t, info.Mode()&0o111, "%s must be executable", script)
+			out, err := exec.CommandContext(t.Context(), bash, "-n", script).CombinedOutput()
+			require.NoError(t, err, "%s", out)
+		})
+	}
 }
 
 func TestDockerfile(t *testing.T) {
