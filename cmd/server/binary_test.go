@@ -260,6 +260,8 @@ func TestBadConfigurationExitsWithOneLine(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "a-file")
 	require.NoError(t, os.WriteFile(file, nil, 0o600))
 	ok := filepath.Join(t.TempDir(), "data")
+	badKey := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(badKey, "loopze.key"), []byte("not-base64-at-all!!\n"), 0o600))
 
 	cases := []struct {
 		name string
@@ -273,6 +275,9 @@ func TestBadConfigurationExitsWithOneLine(t *testing.T) {
 		{"bad listen address", []string{"LOOPZE_DATA_DIR=" + ok, "LOOPZE_ADDR=8080"}, "LOOPZE_ADDR"},
 		{"bad log format", []string{"LOOPZE_DATA_DIR=" + ok, "LOOPZE_LOG_FORMAT=xml"}, "LOOPZE_LOG_FORMAT"},
 		{"bad log level", []string{"LOOPZE_DATA_DIR=" + ok, "LOOPZE_LOG_LEVEL=loud"}, "LOOPZE_LOG_LEVEL"},
+		{"malformed master key", []string{"LOOPZE_DATA_DIR=" + badKey}, "loopze.key"},
+		{"short JWT secret", []string{"LOOPZE_DATA_DIR=" + ok, "LOOPZE_JWT_SECRET=short"}, "JWT"},
+		{"relative file root", []string{"LOOPZE_DATA_DIR=" + ok, "LOOPZE_FILE_ROOTS=certs/{tenant}"}, "LOOPZE_FILE_ROOTS"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

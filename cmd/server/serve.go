@@ -30,6 +30,11 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	}
 	defer ln.Close()
 
+	svc, err := loadServices(cfg, logger)
+	if err != nil {
+		return err
+	}
+
 	database, err := openDatabase(ctx, cfg, logger, true)
 	if err != nil {
 		return err
@@ -51,10 +56,7 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	}
 	defer pool.Close()
 
-	svc, err := newServices(cfg, pool, logger)
-	if err != nil {
-		return err
-	}
+	svc.connect(pool, logger)
 	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: version, Verifier: svc.verifier, Catalog: svc.catalog})
 	httpSrv := &http.Server{
 		Handler:           srv.Handler,

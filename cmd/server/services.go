@@ -17,29 +17,32 @@ import (
 type services struct {
 	ring     *envelope.Ring
 	verifier *auth.Verifier
+	roots    material.Roots
 	catalog  *catalog.Service
 }
 
-// newServices loads the master key ring and the JWT keys from the data dir and builds the
-// catalogue over pool.
-func newServices(cfg config.Config, pool *pgxpool.Pool, logger *slog.Logger) (*services, error) {
-	ring, err := envelope.Load(cfg.DataDir, logger)
-	if err != nil {
-		return nil, fmt.Errorf("load master key: %w", err)
+// loadServices loads what needs no database: the master key ring and the JWT keys from
+// the data dir, and the file roots. It runs before the database starts, so a malformed
+// key file or configuration stops the server at once.
+func loadServices(cfg config.Config, logger *slog.Logger) (*services, error) {
+	roots := material.ParseRoots(cfg.FileRoots)
+	if err := roots.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", config.EnvFileRoots, err)
 	}
 	verifier, err := newVerifier(cfg)
 	if err != nil {
 		return nil, err
 	}
-	roots := material.ParseRoots(cfg.FileRoots)
-	if err := roots.Validate(); err != nil {
-		return nil, fmt.Errorf("%s: %w", config.EnvFileRoots, err)
+	ring, err := envelope.Load(cfg.DataDir, logger)
+	if err != nil {
+		return nil, fmt.Errorf("load master key: %w", err)
 	}
-	return &services{
-		ring:     ring,
-		verifier: verifier,
-		catalog:  &catalog.Service{Pool: pool, Ring: ring, Roots: roots, Logger: logger},
-	}, nil
+	return &services{ring: ring, verifier: verifier, roots: roots}, nil
+}
+
+// connect builds the database-backed services over pool.
+func (s *services) connect(pool *pgxpool.Pool, logger *slog.Logger) {
+	s.catalog = &catalog.Service{Pool: pool, Ring: s.ring, Roots: s.roots, Logger: logger}
 }
 
 func newVerifier(cfg config.Config) (*auth.Verifier, error) {
