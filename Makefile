@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin/loopze-certs
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
-STATICCHECK := honnef.co/go/tools/cmd/staticcheck@2026.2.2
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2 # staticcheck 2026.2.2
 
 .PHONY: build run test lint openapi bench fuzz clean
 

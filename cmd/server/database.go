@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
-	"os"
 
 	"github.com/loopze/certstore/internal/config"
 	"github.com/loopze/certstore/internal/logging"
@@ -86,10 +85,4 @@ func openDatabase(ctx context.Context, cfg config.Config, logger *slog.Logger, s
 		return nil, fmt.Errorf("embedded PostgreSQL: %w", err)
 	}
 	return &database{URL: c.URL(EmbeddedDatabase), cluster: c}, nil
-}
-
-// fileExists is a small helper for commands that look for files in the data dir.
-func fileExists(path string) bool {
-	_, err := os.Stat(path)
-	return err == nil
 }

@@ -2,7 +2,7 @@ package material
 
 import (
 	"crypto"
-	"crypto/dsa" //nolint:staticcheck // only to name keys found in old CA bundles
+	"crypto/dsa" //lint:ignore SA1019 only to name DSA keys found in old CA bundles
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
