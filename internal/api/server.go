@@ -21,6 +21,7 @@ import (
 
 	"github.com/loopze/certstore/internal/auth"
 	"github.com/loopze/certstore/internal/catalog"
+	"github.com/loopze/certstore/internal/web"
 )
 
 // Title and Version describe the API in its OpenAPI document.
@@ -54,9 +55,17 @@ func New(d Deps) *Server {
 	cfg.Info.Description = "Central catalogue of TLS material (CA bundles, client pairs, server pairs) " +
 		"that LOOPZE flow nodes reference by ID. Reads never return PEM or private keys."
 	cfg.CreateHooks = nil // no $schema links in bodies: responses stay as documented
+	// Huma's docs page loads its renderer from a CDN; the web UI serves /docs itself so
+	// the reference works air-gapped.
+	cfg.DocsPath = ""
 	hapi := humago.New(mux, cfg)
 	s := &Server{API: hapi, deps: d}
 	Register(hapi, s)
+	var cat web.Catalog
+	if d.Catalog != nil {
+		cat = d.Catalog
+	}
+	web.New(web.Config{Logger: d.Logger, Verifier: d.Verifier, Catalog: cat}).Register(mux)
 	s.Handler = s.middleware(mux)
 	return s
 }
