@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -416,4 +417,69 @@ func TestNoPEMAtRest(t *testing.T) {
 	require.NotContains(t, dump, "-----BEGIN")
 	der := base64.StdEncoding.EncodeToString(client.Cert.Raw)
 	require.NotContains(t, dump, der[:40])
+}
+
+// TestFileRootsConfineTenants: with LOOPZE_FILE_ROOTS set, one tenant cannot point an
+// entry at another tenant's key files, not even through a symlink.
+func TestFileRootsConfineTenants(t *testing.T) {
+	t.Parallel()
+	base := t.TempDir()
+	env := apitest.New(t, apitest.Options{FileRoots: base + "/{tenant}"})
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	c := ca.Issue(t, materialtest.Options{})
+	aCert := apitest.WriteFile(t, base, "tenant-a/edge.crt", c.ChainPEM())
+	aKey := apitest.WriteFile(t, base, "tenant-a/edge.key", c.KeyPEM())
+	bDir := base + "/tenant-b"
+	require.NoError(t, os.MkdirAll(bDir, 0o700))
+	require.NoError(t, os.Symlink(aKey, bDir+"/stolen.key"))
+	require.NoError(t, os.Symlink(aCert, bDir+"/stolen.crt"))
+
+	pair := func(id, cert, key string) map[string]any {
+		return map[string]any{"id": id, "name": id, "type": "client-pair", "source": "file", "certPath": cert, "keyPath": key}
+	}
+	tokA, tokB := env.Token(t, "tenant-a", "editor"), env.Token(t, "tenant-b", "editor")
+	res := env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tokA, Body: pair("edge", aCert, aKey)})
+	require.Equal(t, http.StatusCreated, res.Status, "%s", res.Body)
+
+	for _, p := range [][2]string{{aCert, aKey}, {bDir + "/stolen.crt", bDir + "/stolen.key"}} {
+		res = env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tokB, Body: pair("theft", p[0], p[1])})
+		require.Equal(t, http.StatusUnprocessableEntity, res.Status, "%s", res.Body)
+		require.Contains(t, string(res.Body), "body.certPath")
+		require.Contains(t, string(res.Body), "body.keyPath")
+		require.NotContains(t, string(res.Body), "-----BEGIN")
+	}
+}
+
+func TestPutChangesTypeAndSource(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	tok := env.Token(t, "acme", "editor")
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	c := ca.Issue(t, materialtest.Options{})
+	dir := t.TempDir()
+	certPath := apitest.WriteFile(t, dir, "c.crt", c.ChainPEM())
+	keyPath := apitest.WriteFile(t, dir, "c.key", c.KeyPEM())
+	require.Equal(t, http.StatusCreated, env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok, Body: inlinePair("p", c)}).Status)
+
+	// client-pair to server-pair keeps the stored material.
+	res := env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/certs/p", Token: tok, Body: map[string]any{"type": "server-pair"}})
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+	require.Equal(t, "server-pair", res.JSON(t)["type"])
+	require.Equal(t, fingerprint(c), res.JSON(t)["fingerprintSha256"])
+
+	// A source change needs the new material...
+	res = env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/certs/p", Token: tok, Body: map[string]any{"source": "file"}})
+	require.Equal(t, http.StatusUnprocessableEntity, res.Status, "%s", res.Body)
+	require.Contains(t, string(res.Body), "body.source")
+	// ...and with it, the entry becomes file-sourced.
+	res = env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/certs/p", Token: tok, Body: map[string]any{"source": "file", "certPath": certPath, "keyPath": keyPath}})
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+	got := res.JSON(t)
+	require.Equal(t, "file", got["source"])
+	require.Equal(t, certPath, got["certPath"])
+
+	// Notes only keeps the paths.
+	res = env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/certs/p", Token: tok, Body: map[string]any{"notes": "from cert-manager"}})
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+	require.Equal(t, keyPath, res.JSON(t)["keyPath"])
 }
