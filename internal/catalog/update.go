@@ -22,6 +22,12 @@ import (
 func (s *Service) Put(ctx context.Context, tenant string, in Input, ifMatch int64) (*Result, error) {
 	var res *Result
 	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
+		// The tenant row first, as every write of the tenant does (Create, Delete, a
+		// workspace deploy): one lock order, so a PUT racing a deploy waits instead of
+		// deadlocking.
+		if _, err := repo.BumpGeneration(ctx, tx, tenant); err != nil {
+			return err
+		}
 		cur, err := repo.GetEntryForUpdate(ctx, tx, tenant, in.ID)
 		if errors.Is(err, repo.ErrNotFound) {
 			if ifMatch != 0 {
@@ -53,9 +59,6 @@ func (s *Service) createIn(ctx context.Context, tx pgx.Tx, tenant string, in Inp
 		return nil, err
 	}
 	if err := s.seal(p); err != nil {
-		return nil, err
-	}
-	if _, err := repo.BumpGeneration(ctx, tx, tenant); err != nil {
 		return nil, err
 	}
 	if err := repo.InsertEntry(ctx, tx, p.entry); err != nil {
@@ -148,9 +151,6 @@ func (s *Service) updateIn(ctx context.Context, tx pgx.Tx, tenant string, cur *r
 		p.entry.CertSealed, p.entry.KeySealed, p.entry.KeyID = cur.CertSealed, cur.KeySealed, cur.KeyID
 		p.entry.Meta = cur.Meta
 		p.warnings = nil
-	}
-	if _, err := repo.BumpGeneration(ctx, tx, tenant); err != nil {
-		return nil, err
 	}
 	if err := repo.UpdateEntry(ctx, tx, p.entry); err != nil {
 		return nil, err
