@@ -29,9 +29,9 @@ const (
 // openContainer starts a PostgreSQL container when a Docker-compatible engine answers.
 // It reports false, after saying why on stderr, when there is no engine or the container
 // cannot be had (image not pullable), so the caller falls through.
-func openContainer() (*source, bool) {
+func openContainer() (*source, error) {
 	if !dockerAnswers() {
-		return nil, false
+		return nil, errNoEngine
 	}
 	image := cmp.Or(os.Getenv(EnvImage), defaultImage)
 	ctx, cancel := context.WithTimeout(context.Background(), containerStartTimeout)
@@ -44,12 +44,11 @@ func openContainer() (*source, bool) {
 		testcontainers.WithCmd("postgres", "-c", "fsync=off", "-c", "synchronous_commit=off",
 			"-c", "full_page_writes=off", "-c", "max_connections=200"),
 	)
-	fallThrough := func(err error) (*source, bool) {
-		fmt.Fprintf(os.Stderr, "testdb: testcontainers PostgreSQL (%s) unavailable, using local binaries: %v\n", image, err)
+	fallThrough := func(err error) (*source, error) {
 		if ctr != nil {
 			_ = testcontainers.TerminateContainer(ctr)
 		}
-		return nil, false
+		return nil, fmt.Errorf("testcontainers PostgreSQL (%s): %w", image, err)
 	}
 	if err != nil {
 		return fallThrough(err)
@@ -71,7 +70,7 @@ func openContainer() (*source, bool) {
 				fmt.Fprintf(os.Stderr, "testdb: terminate PostgreSQL container: %v\n", err)
 			}
 		},
-	}, true
+	}, nil
 }
 
 // dockerAnswers pings the engine testcontainers would use. The provider's constructor

@@ -42,6 +42,9 @@ const (
 	EnvRequire = "LOOPZE_REQUIRE_DB"
 	// EnvImage is the container image for the testcontainers source (default postgres:16).
 	EnvImage = "LOOPZE_TEST_PG_IMAGE"
+	// EnvSource forces one source ("testcontainers" or "local") and fails the tests when
+	// it cannot be had, instead of falling through; CI uses it to prove each path runs.
+	EnvSource = "LOOPZE_TEST_DB_SOURCE"
 )
 
 // Kinds of source, as Kind reports them.
@@ -201,11 +204,31 @@ func open() *source {
 	if u := os.Getenv(EnvURL); u != "" {
 		return openEnv(u)
 	}
-	if s, ok := openContainer(); ok {
+	switch want := os.Getenv(EnvSource); want {
+	case "":
+	case KindTestcontainers:
+		s, err := openContainer()
+		if err != nil {
+			return &source{err: fmt.Errorf("%s=%s: %w", EnvSource, want, err), misconfigured: true}
+		}
 		return s
+	case KindLocal:
+		return openLocal()
+	default:
+		return &source{err: fmt.Errorf("%s=%q: want %s or %s", EnvSource, want, KindTestcontainers, KindLocal), misconfigured: true}
+	}
+	s, err := openContainer()
+	if err == nil {
+		return s
+	}
+	if !errors.Is(err, errNoEngine) {
+		fmt.Fprintf(os.Stderr, "testdb: %v; using the local server binaries\n", err)
 	}
 	return openLocal()
 }
+
+// errNoEngine means no Docker engine answered: the quiet case of falling through.
+var errNoEngine = errors.New("no Docker engine answers")
 
 // openEnv uses the server the environment names. A URL that does not work fails the
 // tests rather than skipping them: someone asked for that server on purpose.
