@@ -1,0 +1,406 @@
+package fileexport
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/repo"
+)
+
+// Exporter writes tenants' files from the database into one data directory. It is safe
+// for concurrent use: per tenant, one export runs at a time in the process (a mutex) and
+// across processes sharing the directory (an advisory lock beside the file), and each
+// export reads the database only once it holds both, so a later write never carries older
+// data than the one before it.
+type Exporter struct {
+	// Pool reaches the database.
+	Pool *pgxpool.Pool
+	// Ring opens the rows and seals the files (under its current key).
+	Ring *envelope.Ring
+	// DataDir is where the files go (see Path).
+	DataDir string
+	// Logger receives one line per file written.
+	Logger *slog.Logger
+	// OnWrite, when set, is called after each export that wrote a file.
+	OnWrite func(Result)
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+
+	mu      sync.Mutex
+	tenants map[string]*tenantState
+}
+
+// tenantState is the Exporter's per-tenant bookkeeping.
+type tenantState struct {
+	write sync.Mutex // held for a whole export
+
+	// The fields below are guarded by Exporter.mu.
+	fileGeneration int64
+	dbGeneration   int64
+	keyID          string
+	lastWrite      time.Time
+	lastError      string
+	pendingSince   time.Time // earliest change notice not yet on disk; zero when none
+	notifiedAt     time.Time // latest change notice
+	writes, errors int64
+}
+
+// Result describes one export of a tenant.
+type Result struct {
+	Tenant          string
+	Path            string
+	Generation      int64
+	KeyID           string
+	Entries         int
+	References      int
+	NodeCredentials int
+	// Written is false when the file was already at the database's generation and key.
+	Written  bool
+	Duration time.Duration
+}
+
+// Status is the export state of one tenant, for metrics and doctor.
+type Status struct {
+	Tenant         string
+	FileGeneration int64
+	DBGeneration   int64
+	KeyID          string
+	LastWrite      time.Time
+	LastError      string
+	// PendingSince is when the oldest change not yet on disk was announced; zero when the
+	// file is current as far as this process knows.
+	PendingSince time.Time
+	Writes       int64
+	Errors       int64
+}
+
+func (x *Exporter) now() time.Time {
+	if x.Now != nil {
+		return x.Now()
+	}
+	return time.Now()
+}
+
+func (x *Exporter) logger() *slog.Logger {
+	if x.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return x.Logger
+}
+
+func (x *Exporter) state(tenant string) *tenantState {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.tenants == nil {
+		x.tenants = map[string]*tenantState{}
+	}
+	st, ok := x.tenants[tenant]
+	if !ok {
+		st = &tenantState{}
+		x.tenants[tenant] = st
+	}
+	return st
+}
+
+// MarkPending records that tenant changed at t (a NOTIFY arrived), for the lag metric.
+func (x *Exporter) MarkPending(tenant string, t time.Time) {
+	st := x.state(tenant)
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if st.pendingSince.IsZero() {
+		st.pendingSince = t
+	}
+	st.notifiedAt = t
+}
+
+// Status returns the export state of every tenant this Exporter has seen.
+func (x *Exporter) Status() []Status {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	out := make([]Status, 0, len(x.tenants))
+	for id, st := range x.tenants {
+		out = append(out, Status{
+			Tenant: id, FileGeneration: st.fileGeneration, DBGeneration: st.dbGeneration, KeyID: st.keyID,
+			LastWrite: st.lastWrite, LastError: st.lastError, PendingSince: st.pendingSince,
+			Writes: st.writes, Errors: st.errors,
+		})
+	}
+	return out
+}
+
+// ExportAll exports every tenant of the database. Without force, files already at their
+// tenant's generation and under the current key are left alone. A failing tenant does not
+// stop the others; the errors are joined.
+func (x *Exporter) ExportAll(ctx context.Context, force bool) ([]Result, error) {
+	tenants, err := repo.ListTenants(ctx, x.Pool)
+	if err != nil {
+		return nil, fmt.Errorf("export: %w", err)
+	}
+	var (
+		out  []Result
+		errs []error
+	)
+	for _, t := range tenants {
+		r, err := x.ExportTenant(ctx, t.ID, force)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, r)
+	}
+	return out, errors.Join(errs...)
+}
+
+// ExportTenant writes tenant's file when it is missing, unreadable, at another generation
+// than the database or under another key than the current one; with force, always.
+func (x *Exporter) ExportTenant(ctx context.Context, tenant string, force bool) (Result, error) {
+	st := x.state(tenant)
+	st.write.Lock()
+	defer st.write.Unlock()
+
+	start := x.now()
+	res, err := x.export(ctx, tenant, force)
+	res.Duration = x.now().Sub(start)
+
+	x.mu.Lock()
+	if err != nil {
+		st.errors++
+		st.lastError = err.Error()
+	} else {
+		st.lastError = ""
+		st.fileGeneration, st.dbGeneration, st.keyID = res.Generation, res.Generation, res.KeyID
+		if res.Written {
+			st.writes++
+			st.lastWrite = x.now()
+		}
+		// Notices that came after this export read the database may describe changes it
+		// missed: they stay pending.
+		if st.notifiedAt.After(start) {
+			st.pendingSince = st.notifiedAt
+		} else {
+			st.pendingSince = time.Time{}
+		}
+	}
+	x.mu.Unlock()
+
+	if err != nil {
+		return res, fmt.Errorf("export tenant %s: %w", tenant, err)
+	}
+	if res.Written {
+		x.logger().Info("credentials file written", "tenant", tenant, "path", res.Path,
+			"generation", res.Generation, "key_id", res.KeyID, "entries", res.Entries,
+			"node_credentials", res.NodeCredentials, "duration_ms", res.Duration.Milliseconds())
+		if x.OnWrite != nil {
+			x.OnWrite(res)
+		}
+	}
+	return res, nil
+}
+
+func (x *Exporter) export(ctx context.Context, tenant string, force bool) (Result, error) {
+	path := Path(x.DataDir, tenant)
+	res := Result{Tenant: tenant, Path: path}
+	if err := os.MkdirAll(filepath.Dir(path), dirMode); err != nil {
+		return res, fmt.Errorf("create directory for %s: %w", path, err)
+	}
+	unlock, err := lockFile(ctx, lockPath(path))
+	if err != nil {
+		return res, err
+	}
+	defer unlock()
+	removeStaleTemps(filepath.Dir(path))
+
+	onDisk, haveFile := x.readHeader(path)
+	doc, err := x.snapshot(ctx, tenant, func(gen int64) bool {
+		return !force && haveFile && onDisk.Generation == gen && onDisk.KeyID == x.Ring.CurrentKeyID()
+	})
+	if err != nil {
+		return res, err
+	}
+	if doc == nil { // current already
+		res.Generation, res.KeyID = onDisk.Generation, onDisk.KeyID
+		return res, nil
+	}
+	if haveFile && onDisk.Generation > doc.Generation {
+		// The database was restored from an older backup, or replaced. It is the source of
+		// truth, but the newer file is kept aside rather than lost.
+		aside := fmt.Sprintf("%s.ahead-%d", path, onDisk.Generation)
+		if err := os.Link(path, aside); err != nil && !errors.Is(err, fs.ErrExist) {
+			return res, fmt.Errorf("keep %s aside before rewriting it: %w", path, err)
+		}
+		x.logger().Warn("credentials file is ahead of the database; kept it aside and rewriting it from the database",
+			"tenant", tenant, "path", path, "kept_as", aside, "file_generation", onDisk.Generation, "db_generation", doc.Generation)
+	}
+	data, h, err := Seal(x.Ring, doc)
+	if err != nil {
+		return res, err
+	}
+	if err := WriteAtomic(path, data); err != nil {
+		return res, err
+	}
+	res.Generation, res.KeyID, res.Written = h.Generation, h.KeyID, true
+	res.Entries, res.References, res.NodeCredentials = len(doc.Entries), len(doc.References), len(doc.NodeCredentials)
+	return res, nil
+}
+
+// lockPath is the advisory lock file beside a tenant's file.
+func lockPath(path string) string {
+	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".lock")
+}
+
+// readHeader returns the header of the file at path, if it has a readable one.
+func (x *Exporter) readHeader(path string) (Header, bool) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			x.logger().Warn("cannot read credentials file; rewriting it", "path", path, "err", err)
+		}
+		return Header{}, false
+	}
+	h, err := ParseHeader(data)
+	if err != nil {
+		x.logger().Warn("credentials file is damaged; rewriting it", "path", path, "err", err)
+		return Header{}, false
+	}
+	return h, true
+}
+
+// snapshot reads the tenant's generation and rows in one repeatable-read transaction, so
+// the generation labels exactly the rows read. When current(generation) is true it stops
+// there and returns nil.
+func (x *Exporter) snapshot(ctx context.Context, tenant string, current func(int64) bool) (*Document, error) {
+	tx, err := x.Pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, fmt.Errorf("begin snapshot: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if err := db.SetTenant(ctx, tx, tenant); err != nil {
+		return nil, err
+	}
+	gen, err := repo.GetGeneration(ctx, tx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	if current(gen) {
+		return nil, nil
+	}
+	entries, err := repo.ExportEntries(ctx, tx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	workspace, err := repo.ExportWorkspace(ctx, tx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	refs, err := repo.ExportReferences(ctx, tx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	secrets, err := repo.ExportNodeSecrets(ctx, tx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	doc := &Document{
+		Tenant: tenant, Generation: gen, ExportedAt: x.now().UTC(), Workspace: workspace,
+		Entries:         make([]Entry, 0, len(entries)),
+		References:      make([]Reference, 0, len(refs)),
+		NodeCredentials: make([]NodeCredential, 0, len(secrets)),
+	}
+	for _, e := range entries {
+		de, err := x.documentEntry(tenant, e)
+		if err != nil {
+			return nil, err
+		}
+		doc.Entries = append(doc.Entries, de)
+	}
+	for _, r := range refs {
+		doc.References = append(doc.References, Reference(r))
+	}
+	for _, s := range secrets {
+		plain, err := x.open(s.Sealed, NodeSecretAAD(tenant, s.NodeID, s.Name))
+		if err != nil {
+			return nil, fmt.Errorf("open node %s credential %s: %w", s.NodeID, s.Name, err)
+		}
+		doc.NodeCredentials = append(doc.NodeCredentials, nodeCredential(s.NodeID, s.Name, plain))
+	}
+	return doc, nil
+}
+
+func nodeCredential(nodeID, name string, value []byte) NodeCredential {
+	c := NodeCredential{NodeID: nodeID, Name: name}
+	if utf8.Valid(value) {
+		c.Value = string(value)
+	} else {
+		c.Value, c.Encoding = base64.StdEncoding.EncodeToString(value), EncodingBase64
+	}
+	return c
+}
+
+func (x *Exporter) documentEntry(tenant string, e *repo.Entry) (Entry, error) {
+	de := Entry{
+		ID: e.ID, Name: e.Name, Type: string(e.Type), Source: e.Source, Notes: e.Notes,
+		CertPath: e.CertPath, KeyPath: e.KeyPath,
+		FingerprintSHA256: e.Meta.FingerprintSHA256, Subject: e.Meta.Subject, Issuer: e.Meta.Issuer,
+		SerialNumber: e.Meta.SerialNumber, NotBefore: e.Meta.NotBefore.UTC(), NotAfter: e.Meta.NotAfter.UTC(),
+		DNSNames: e.Meta.DNSNames, CertCount: e.Meta.CertCount, KeyAlgorithm: e.Meta.KeyAlgorithm,
+		HasPrivateKey: e.Meta.HasPrivateKey, CreatedAt: e.CreatedAt.UTC(), UpdatedAt: e.UpdatedAt.UTC(),
+	}
+	if len(e.CertSealed) > 0 {
+		pt, err := x.open(e.CertSealed, EntryAAD(tenant, e.ID, "certPem"))
+		if err != nil {
+			return Entry{}, fmt.Errorf("open certPem of %s: %w", e.ID, err)
+		}
+		de.CertPEM = string(pt)
+	}
+	if len(e.KeySealed) > 0 {
+		pt, err := x.open(e.KeySealed, EntryAAD(tenant, e.ID, "keyPem"))
+		if err != nil {
+			return Entry{}, fmt.Errorf("open keyPem of %s: %w", e.ID, err)
+		}
+		de.KeyPEM = string(pt)
+	}
+	return de, nil
+}
+
+// open opens a sealed value, reloading the ring once when it meets a key it does not hold
+// (another process rotated the master key).
+func (x *Exporter) open(blob []byte, aad envelope.AAD) ([]byte, error) {
+	return OpenReloading(x.Ring, blob, aad)
+}
+
+// OpenReloading opens blob with ring, reloading the ring from its data directory once when
+// the blob names a master key the ring does not hold.
+func OpenReloading(ring *envelope.Ring, blob []byte, aad envelope.AAD) ([]byte, error) {
+	pt, err := ring.Open(blob, aad)
+	if errors.Is(err, envelope.ErrUnknownKey) {
+		if rerr := ring.Reload(); rerr != nil {
+			return nil, errors.Join(err, rerr)
+		}
+		pt, err = ring.Open(blob, aad)
+	}
+	return pt, err
+}
+
+// EntryAAD is where an entry's sealed field lives, as internal/catalog seals it.
+func EntryAAD(tenant, id, field string) envelope.AAD {
+	return envelope.AAD{Tenant: tenant, Owner: "entry:" + id, Field: field}
+}
+
+// NodeSecretAAD is where a node secret lives: tenant, "node:"+nodeID, credential name.
+func NodeSecretAAD(tenant, nodeID, name string) envelope.AAD {
+	return envelope.AAD{Tenant: tenant, Owner: "node:" + nodeID, Field: name}
+}

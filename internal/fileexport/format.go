@@ -1,0 +1,288 @@
+// Package fileexport owns each tenant's canonical credentials.json: its file format (a small
+// authenticated header, then the tenant's entries with their material, its workspace,
+// references and node credentials, sealed whole with AES-256-GCM under the master key),
+// crash-safe atomic writing, the export of a tenant from the database, the loop that keeps
+// every file in step with the database (LISTEN/NOTIFY, a periodic reconcile, a pass at
+// boot), and the restore of a tenant from a file.
+//
+// The decrypted document holds PEM and private keys. Its types print a summary only, so a
+// document that reaches a log line or an error leaks nothing.
+package fileexport
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/secret"
+)
+
+// DefaultTenant is the tenant whose file is data/credentials.json.
+const DefaultTenant = "default"
+
+// FileName is the name of every tenant's file.
+const FileName = "credentials.json"
+
+// TenantsDir holds the files of the tenants other than DefaultTenant, one directory each.
+const TenantsDir = "tenants"
+
+// Format identifies the file; Version is the only version written and read.
+const (
+	Format  = "loopze-credentials"
+	Version = 1
+	// Cipher names the whole-file encryption in the header, for people reading it.
+	Cipher = "AES-256-GCM"
+)
+
+// Sentinel errors callers branch on.
+var (
+	// ErrNotCredentialsFile means the bytes are not a credentials file of a known version,
+	// or its header is damaged.
+	ErrNotCredentialsFile = errors.New("not a LOOPZE credentials file")
+	// ErrWrongTenant means the file belongs to another tenant than the one asked for.
+	ErrWrongTenant = errors.New("credentials file belongs to another tenant")
+)
+
+// Path returns the file of tenant inside dataDir.
+func Path(dataDir, tenant string) string {
+	if tenant == DefaultTenant {
+		return filepath.Join(dataDir, FileName)
+	}
+	return filepath.Join(dataDir, TenantsDir, tenant, FileName)
+}
+
+// Header is the clear part of a file. Every field is authenticated: changing any of them
+// makes the file fail to decrypt.
+type Header struct {
+	Format     string `json:"format"`
+	Version    int    `json:"version"`
+	Tenant     string `json:"tenant"`
+	Generation int64  `json:"generation"`
+	KeyID      string `json:"keyId"`
+	Cipher     string `json:"cipher"`
+}
+
+// file is the whole file: the header fields, then the sealed document.
+type file struct {
+	Header
+	// Ciphertext is base64 (standard, padded) of nonce (12) || ciphertext || tag (16).
+	Ciphertext string `json:"ciphertext"`
+}
+
+// AAD returns the header bytes authenticated with the ciphertext (besides the key ID,
+// which the envelope binds itself): "loopze-credentials/v1", NUL, tenant, NUL, generation
+// in decimal. docs/credentials-format.md describes the exact bytes.
+func (h Header) AAD() []byte {
+	b := make([]byte, 0, len(Format)+len(h.Tenant)+24)
+	b = append(b, Format...)
+	b = append(b, "/v"...)
+	b = strconv.AppendInt(b, int64(h.Version), 10)
+	b = append(b, 0)
+	b = append(b, h.Tenant...)
+	b = append(b, 0)
+	return strconv.AppendInt(b, h.Generation, 10)
+}
+
+func (h Header) check() error {
+	if h.Format != Format {
+		return fmt.Errorf("%w: format is not %q", ErrNotCredentialsFile, Format)
+	}
+	if h.Version != Version {
+		return fmt.Errorf("%w: unsupported version %d", ErrNotCredentialsFile, h.Version)
+	}
+	if h.Tenant == "" || h.KeyID == "" || h.Generation < 0 {
+		return fmt.Errorf("%w: header lacks tenant, key ID or generation", ErrNotCredentialsFile)
+	}
+	return nil
+}
+
+// Document is the decrypted content of a file: everything needed to restore the tenant.
+type Document struct {
+	Tenant          string           `json:"tenant"`
+	Generation      int64            `json:"generation"`
+	ExportedAt      time.Time        `json:"exportedAt"`
+	Entries         []Entry          `json:"entries"`
+	Workspace       json.RawMessage  `json:"workspace,omitempty"`
+	References      []Reference      `json:"references"`
+	NodeCredentials []NodeCredential `json:"nodeCredentials"`
+}
+
+// Entry is one catalogue entry with its material in clear: PEM for inline entries, paths
+// for file-sourced ones. Metadata is what the database held when the file was written.
+type Entry struct {
+	ID                string    `json:"id"`
+	Name              string    `json:"name"`
+	Type              string    `json:"type"`
+	Source            string    `json:"source"`
+	Notes             string    `json:"notes"`
+	CertPEM           string    `json:"certPem,omitempty"`
+	KeyPEM            string    `json:"keyPem,omitempty"`
+	CertPath          string    `json:"certPath,omitempty"`
+	KeyPath           string    `json:"keyPath,omitempty"`
+	FingerprintSHA256 string    `json:"fingerprintSha256"`
+	Subject           string    `json:"subject"`
+	Issuer            string    `json:"issuer"`
+	SerialNumber      string    `json:"serialNumber"`
+	NotBefore         time.Time `json:"notBefore"`
+	NotAfter          time.Time `json:"notAfter"`
+	DNSNames          []string  `json:"dnsNames"`
+	CertCount         int       `json:"certCount"`
+	KeyAlgorithm      string    `json:"keyAlgorithm"`
+	HasPrivateKey     bool      `json:"hasPrivateKey"`
+	CreatedAt         time.Time `json:"createdAt"`
+	UpdatedAt         time.Time `json:"updatedAt"`
+}
+
+// Reference is one deployed node field naming an entry.
+type Reference struct {
+	EntryID  string `json:"entryId"`
+	FlowID   string `json:"flowId"`
+	NodeID   string `json:"nodeId"`
+	NodeType string `json:"nodeType"`
+	Field    string `json:"field"`
+}
+
+// NodeCredential is one secret of a node, in clear. Value is the text itself, or its
+// base64 when Encoding is "base64" (a value that is not UTF-8).
+type NodeCredential struct {
+	NodeID   string `json:"nodeId"`
+	Name     string `json:"name"`
+	Value    string `json:"value"`
+	Encoding string `json:"encoding,omitempty"`
+}
+
+// EncodingBase64 marks a NodeCredential whose Value is base64.
+const EncodingBase64 = "base64"
+
+// Bytes returns the credential's value as stored.
+func (c NodeCredential) Bytes() ([]byte, error) {
+	if c.Encoding == EncodingBase64 {
+		b, err := base64.StdEncoding.DecodeString(c.Value)
+		if err != nil {
+			return nil, fmt.Errorf("node %s credential %s: value is not base64", c.NodeID, c.Name)
+		}
+		return b, nil
+	}
+	if c.Encoding != "" {
+		return nil, fmt.Errorf("node %s credential %s: unknown encoding", c.NodeID, c.Name)
+	}
+	return []byte(c.Value), nil
+}
+
+// summary is what a document prints as: counts only.
+func (d *Document) summary() string {
+	if d == nil {
+		return "fileexport.Document(nil)"
+	}
+	return fmt.Sprintf("fileexport.Document{tenant: %s, generation: %d, entries: %d, references: %d, nodeCredentials: %d}",
+		d.Tenant, d.Generation, len(d.Entries), len(d.References), len(d.NodeCredentials))
+}
+
+// String implements fmt.Stringer with counts only: the document holds keys.
+func (d *Document) String() string { return d.summary() }
+
+// GoString implements fmt.GoStringer.
+func (d *Document) GoString() string { return d.summary() }
+
+// Format implements fmt.Formatter, so no verb reaches the material.
+func (d *Document) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, d.summary()) }
+
+// LogValue implements slog.LogValuer.
+func (d *Document) LogValue() slog.Value { return slog.StringValue(d.summary()) }
+
+// Format implements fmt.Formatter: an entry prints its ID only.
+func (e Entry) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, "fileexport.Entry{id: "+e.ID+"}") }
+
+// LogValue implements slog.LogValuer.
+func (e Entry) LogValue() slog.Value { return slog.StringValue("entry " + e.ID) }
+
+// Format implements fmt.Formatter: a credential prints where it lives, never its value.
+func (c NodeCredential) Format(f fmt.State, _ rune) {
+	_, _ = io.WriteString(f, "fileexport.NodeCredential{node: "+c.NodeID+", name: "+c.Name+", value: "+secret.Redacted+"}")
+}
+
+// LogValue implements slog.LogValuer.
+func (c NodeCredential) LogValue() slog.Value {
+	return slog.StringValue("node " + c.NodeID + " credential " + c.Name)
+}
+
+// Seal encrypts doc under ring's current key and returns the file's bytes and header.
+// doc.Tenant and doc.Generation go into the header.
+func Seal(ring *envelope.Ring, doc *Document) ([]byte, Header, error) {
+	plain, err := json.Marshal(doc)
+	if err != nil {
+		return nil, Header{}, fmt.Errorf("encode credentials of %s: %w", doc.Tenant, err)
+	}
+	defer clear(plain)
+	h := Header{Format: Format, Version: Version, Tenant: doc.Tenant, Generation: doc.Generation, Cipher: Cipher}
+	keyID, sealed, err := ring.SealWithCurrent(plain, h.AAD())
+	if err != nil {
+		return nil, Header{}, fmt.Errorf("seal credentials of %s: %w", doc.Tenant, err)
+	}
+	h.KeyID = keyID
+	out, err := json.MarshalIndent(file{Header: h, Ciphertext: base64.StdEncoding.EncodeToString(sealed)}, "", "  ")
+	if err != nil {
+		return nil, Header{}, fmt.Errorf("encode credentials file of %s: %w", doc.Tenant, err)
+	}
+	return append(out, '\n'), h, nil
+}
+
+// ParseHeader reads a file's header without decrypting anything.
+func ParseHeader(data []byte) (Header, error) {
+	f, err := parseFile(data)
+	return f.Header, err
+}
+
+func parseFile(data []byte) (file, error) {
+	var f file
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&f); err != nil {
+		// The decoder's message may quote a fragment of the input; the input is not secret
+		// (it is ciphertext or a stray file) but is kept out anyway.
+		return file{}, fmt.Errorf("%w: not valid JSON", ErrNotCredentialsFile)
+	}
+	if err := f.check(); err != nil {
+		return file{}, err
+	}
+	return f, nil
+}
+
+// Open decrypts a file's bytes with ring and returns its document. The header must name
+// tenant (ErrWrongTenant otherwise); an empty tenant accepts any. Errors wrap
+// envelope.ErrUnknownKey when ring lacks the file's key, envelope.ErrDecrypt when the file
+// was altered, and ErrNotCredentialsFile when it is not a credentials file at all.
+func Open(ring *envelope.Ring, data []byte, tenant string) (*Document, Header, error) {
+	f, err := parseFile(data)
+	if err != nil {
+		return nil, Header{}, err
+	}
+	if tenant != "" && f.Tenant != tenant {
+		return nil, f.Header, fmt.Errorf("%w: it is %s's, not %s's", ErrWrongTenant, f.Tenant, tenant)
+	}
+	sealed, err := base64.StdEncoding.DecodeString(f.Ciphertext)
+	if err != nil {
+		return nil, f.Header, fmt.Errorf("%w: ciphertext is not base64", ErrNotCredentialsFile)
+	}
+	plain, err := ring.OpenWith(f.KeyID, sealed, f.Header.AAD())
+	if err != nil {
+		return nil, f.Header, fmt.Errorf("decrypt credentials of %s: %w", f.Tenant, err)
+	}
+	defer clear(plain)
+	var doc Document
+	if err := json.Unmarshal(plain, &doc); err != nil {
+		return nil, f.Header, fmt.Errorf("%w: decrypted document is not valid JSON", ErrNotCredentialsFile)
+	}
+	if doc.Tenant != f.Tenant || doc.Generation != f.Generation {
+		// Cannot happen to a file this package wrote: the header is authenticated.
+		return nil, f.Header, fmt.Errorf("%w: document and header disagree", ErrNotCredentialsFile)
+	}
+	return &doc, f.Header, nil
+}

@@ -1,0 +1,246 @@
+package fileexport
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/material/materialtest"
+)
+
+func sampleDoc(t testing.TB, tenant string, gen int64) *Document {
+	cert, key := materialtest.Pair(t, materialtest.Options{CommonName: "edge"})
+	return &Document{
+		Tenant: tenant, Generation: gen,
+		Entries: []Entry{{ID: "edge", Name: "Edge", Type: "client-pair", Source: "inline",
+			CertPEM: string(cert), KeyPEM: string(key), DNSNames: []string{}}},
+		Workspace:       json.RawMessage(`{"flows":[]}`),
+		References:      []Reference{{EntryID: "edge", FlowID: "f", NodeID: "n", NodeType: "tcp-out", Field: "tls.clientCertRef"}},
+		NodeCredentials: []NodeCredential{{NodeID: "n", Name: "password", Value: "hunter2"}},
+	}
+}
+
+// TestFileDecryptsWithOnlyTheFileAndTheKey follows docs/credentials-format.md step by step
+// with nothing but the standard library, the file and loopze.key.
+func TestFileDecryptsWithOnlyTheFileAndTheKey(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ring, err := envelope.Load(dir, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	want := sampleDoc(t, "acme", 42)
+	data, _, err := Seal(ring, want)
+	require.NoError(t, err)
+	require.NoError(t, WriteAtomic(Path(dir, "acme"), data))
+
+	// 1. The key: base64 of 32 bytes; its ID is the hex of the first 8 bytes of its SHA-256.
+	keyText, err := os.ReadFile(filepath.Join(dir, "loopze.key"))
+	require.NoError(t, err)
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(keyText)))
+	require.NoError(t, err)
+	require.Len(t, key, 32)
+	sum := sha256.Sum256(key)
+
+	// 2. The file: JSON with the header fields and the base64 ciphertext.
+	raw, err := os.ReadFile(filepath.Join(dir, "tenants", "acme", "credentials.json"))
+	require.NoError(t, err)
+	var f struct {
+		Format     string `json:"format"`
+		Version    int    `json:"version"`
+		Tenant     string `json:"tenant"`
+		Generation int64  `json:"generation"`
+		KeyID      string `json:"keyId"`
+		Cipher     string `json:"cipher"`
+		Ciphertext string `json:"ciphertext"`
+	}
+	require.NoError(t, json.Unmarshal(raw, &f))
+	require.Equal(t, "loopze-credentials", f.Format)
+	require.Equal(t, 1, f.Version)
+	require.Equal(t, "AES-256-GCM", f.Cipher)
+	require.Equal(t, hex.EncodeToString(sum[:8]), f.KeyID)
+
+	// 3. The AAD: label, version byte, raw key ID, then the header bytes.
+	rawKeyID, err := hex.DecodeString(f.KeyID)
+	require.NoError(t, err)
+	aad := []byte("loopze/envelope/v1/file\x00\x01")
+	aad = append(aad, rawKeyID...)
+	aad = append(aad, "loopze-credentials/v1\x00"+f.Tenant+"\x00"+strconv.FormatInt(f.Generation, 10)...)
+
+	// 4. AES-256-GCM: a 12-byte nonce, then ciphertext and a 16-byte tag.
+	sealed, err := base64.StdEncoding.DecodeString(f.Ciphertext)
+	require.NoError(t, err)
+	block, err := aes.NewCipher(key)
+	require.NoError(t, err)
+	gcm, err := cipher.NewGCM(block)
+	require.NoError(t, err)
+	plain, err := gcm.Open(nil, sealed[:12], sealed[12:], aad)
+	require.NoError(t, err)
+
+	var got struct {
+		Tenant     string `json:"tenant"`
+		Generation int64  `json:"generation"`
+		Entries    []struct {
+			ID, CertPem, KeyPem string
+		} `json:"entries"`
+		NodeCredentials []struct{ NodeID, Name, Value string } `json:"nodeCredentials"`
+		References      []struct{ EntryID, Field string }     `json:"references"`
+		Workspace       json.RawMessage                       `json:"workspace"`
+	}
+	require.NoError(t, json.Unmarshal(plain, &got))
+	require.Equal(t, "acme", got.Tenant)
+	require.EqualValues(t, 42, got.Generation)
+	require.Equal(t, want.Entries[0].CertPEM, got.Entries[0].CertPem)
+	require.Equal(t, want.Entries[0].KeyPEM, got.Entries[0].KeyPem)
+	require.Equal(t, "hunter2", got.NodeCredentials[0].Value)
+	require.Equal(t, "tls.clientCertRef", got.References[0].Field)
+	require.JSONEq(t, `{"flows":[]}`, string(got.Workspace))
+
+	// The clear part of the file carries no material.
+	requireNoPEM(t, string(raw))
+	require.NotContains(t, string(raw), "hunter2")
+}
+
+func TestOpenRefusesAlteredFiles(t *testing.T) {
+	t.Parallel()
+	ring, err := envelope.NewRing(make([]byte, 32))
+	require.NoError(t, err)
+	data, h, err := Seal(ring, sampleDoc(t, "acme", 3))
+	require.NoError(t, err)
+	other, err := envelope.NewRing(append(make([]byte, 31), 1))
+	require.NoError(t, err)
+
+	edit := func(fn func(m map[string]any)) []byte {
+		var m map[string]any
+		require.NoError(t, json.Unmarshal(data, &m))
+		fn(m)
+		out, err := json.Marshal(m)
+		require.NoError(t, err)
+		return out
+	}
+	flipped := func(m map[string]any) {
+		b, _ := base64.StdEncoding.DecodeString(m["ciphertext"].(string))
+		b[len(b)/2] ^= 1
+		m["ciphertext"] = base64.StdEncoding.EncodeToString(b)
+	}
+	cases := []struct {
+		name string
+		data []byte
+		ring *envelope.Ring
+		want error
+	}{
+		{"generation changed", edit(func(m map[string]any) { m["generation"] = 4 }), ring, envelope.ErrDecrypt},
+		{"generation rolled back", edit(func(m map[string]any) { m["generation"] = 2 }), ring, envelope.ErrDecrypt},
+		{"ciphertext flipped", edit(flipped), ring, envelope.ErrDecrypt},
+		{"key ID of another key", edit(func(m map[string]any) { m["keyId"] = other.CurrentKeyID() }), ring, envelope.ErrUnknownKey},
+		{"key ID not hex", edit(func(m map[string]any) { m["keyId"] = "zz" }), ring, envelope.ErrMalformed},
+		{"other key", data, other, envelope.ErrUnknownKey},
+		{"tenant changed", edit(func(m map[string]any) { m["tenant"] = "other" }), ring, ErrWrongTenant},
+		{"unknown version", edit(func(m map[string]any) { m["version"] = 2 }), ring, ErrNotCredentialsFile},
+		{"not a credentials file", []byte(`{"hello":"world"}`), ring, ErrNotCredentialsFile},
+		{"truncated", data[:len(data)/2], ring, ErrNotCredentialsFile},
+		{"ciphertext not base64", edit(func(m map[string]any) { m["ciphertext"] = "%%%" }), ring, ErrNotCredentialsFile},
+		{"ciphertext too short", edit(func(m map[string]any) { m["ciphertext"] = "AAAA" }), ring, envelope.ErrMalformed},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, _, err := Open(tc.ring, tc.data, "acme")
+			require.ErrorIs(t, err, tc.want)
+		})
+	}
+	doc, got, err := Open(ring, data, "acme")
+	require.NoError(t, err)
+	require.Equal(t, h, got)
+	require.Equal(t, "hunter2", doc.NodeCredentials[0].Value)
+}
+
+func TestDocumentPrintsNoMaterial(t *testing.T) {
+	t.Parallel()
+	doc := sampleDoc(t, "acme", 1)
+	for _, s := range []string{
+		fmt.Sprint(doc), fmt.Sprintf("%+v", doc), fmt.Sprintf("%#v", doc), fmt.Sprintf("%v", *doc),
+		fmt.Sprintf("%v", doc.Entries), fmt.Sprintf("%+v", doc.NodeCredentials),
+	} {
+		requireNoPEM(t, s)
+		require.NotContains(t, s, "hunter2")
+	}
+	var buf strings.Builder
+	slog.New(slog.NewJSONHandler(&buf, nil)).Info("x", "doc", doc, "entry", doc.Entries[0], "cred", doc.NodeCredentials[0])
+	requireNoPEM(t, buf.String())
+	require.NotContains(t, buf.String(), "hunter2")
+}
+
+func TestNodeCredentialKeepsBinaryValues(t *testing.T) {
+	t.Parallel()
+	for _, v := range [][]byte{[]byte("plain text"), {0xff, 0x00, 0xfe}, {}} {
+		c := nodeCredential("n", "k", v)
+		got, err := c.Bytes()
+		require.NoError(t, err)
+		require.Equal(t, string(v), string(got))
+	}
+	_, err := NodeCredential{Value: "x", Encoding: "rot13"}.Bytes()
+	require.Error(t, err)
+}
+
+func TestWriteAtomic(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "tenants", "acme")
+	path := filepath.Join(dir, FileName)
+	require.NoError(t, WriteAtomic(path, []byte("one")))
+	require.NoError(t, os.WriteFile(path, []byte("one"), 0o644)) // loosened by someone
+	require.NoError(t, WriteAtomic(path, []byte("two")))
+	got, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.Equal(t, "two", string(got))
+	info, err := os.Stat(path)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), info.Mode().Perm())
+	dinfo, err := os.Stat(dir)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o700), dinfo.Mode().Perm())
+	left, err := filepath.Glob(filepath.Join(dir, ".*tmp*"))
+	require.NoError(t, err)
+	require.Empty(t, left)
+}
+
+func TestPath(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, filepath.Join("d", "credentials.json"), Path("d", "default"))
+	require.Equal(t, filepath.Join("d", "tenants", "acme", "credentials.json"), Path("d", "acme"))
+}
+
+func FuzzOpen(f *testing.F) {
+	ring, err := envelope.NewRing(make([]byte, 32))
+	if err != nil {
+		f.Fatal(err)
+	}
+	data, _, err := Seal(ring, &Document{Tenant: "acme", Generation: 1})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(data)
+	f.Add([]byte(`{"format":"loopze-credentials","version":1,"tenant":"a","generation":1,"keyId":"00","ciphertext":""}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, _ = ParseHeader(b)
+		doc, _, err := Open(ring, b, "")
+		if err == nil && doc == nil {
+			t.Fatal("no error and no document")
+		}
+		if err != nil && strings.Contains(err.Error(), "-----BEGIN") {
+			t.Fatal("error quotes PEM")
+		}
+	})
+}

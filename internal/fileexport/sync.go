@@ -1,0 +1,217 @@
+package fileexport
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/loopze/certstore/internal/repo"
+)
+
+// KeyringChannel is the NOTIFY channel a master key rotation signals on: every server that
+// hears it reloads its key ring from its data directory and rewrites its files.
+const KeyringChannel = "loopze_keyring"
+
+// Defaults of a Syncer.
+const (
+	DefaultReconcile = 30 * time.Second
+	DefaultDebounce  = 50 * time.Millisecond
+)
+
+// Syncer keeps every tenant's file in step with the database: a pass at start, then an
+// export whenever a change is announced (LISTEN on repo.GenerationChannel), plus a periodic
+// reconcile that also catches notices lost while the listening connection was down. Bursts
+// of notices for a tenant coalesce: at most one export per tenant runs at a time, and
+// notices that arrive during it cause exactly one more.
+type Syncer struct {
+	// Exporter writes the files; its Pool also provides the listening connection's settings.
+	Exporter *Exporter
+	// Logger receives errors and reconnects.
+	Logger *slog.Logger
+	// Reconcile is the period of the full pass; DefaultReconcile when zero.
+	Reconcile time.Duration
+	// Debounce is how long a first notice waits for more before the export starts;
+	// DefaultDebounce when zero.
+	Debounce time.Duration
+
+	mu      sync.Mutex
+	workers map[string]chan struct{}
+	wg      sync.WaitGroup
+}
+
+func (s *Syncer) logger() *slog.Logger {
+	if s.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Logger
+}
+
+// Run works until ctx ends, then waits for running exports to finish and returns nil.
+func (s *Syncer) Run(ctx context.Context) error {
+	reconcile := s.Reconcile
+	if reconcile <= 0 {
+		reconcile = DefaultReconcile
+	}
+	defer s.wg.Wait()
+
+	// The pass at start runs once the listener is up (see listenOnce), so no change falls
+	// between the two.
+	listenErr := make(chan struct{})
+	s.wg.Go(func() {
+		defer close(listenErr)
+		s.listen(ctx)
+	})
+	t := time.NewTicker(reconcile)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-listenErr:
+			return nil
+		case <-t.C:
+			s.reloadKeys()
+			s.reconcileAll(ctx)
+		}
+	}
+}
+
+// reconcileAll asks for an export of every tenant the database knows; tenants whose file is
+// current cost one small query each.
+func (s *Syncer) reconcileAll(ctx context.Context) {
+	tenants, err := repo.ListTenants(ctx, s.Exporter.Pool)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.logger().Error("export reconcile: list tenants", "err", err)
+		}
+		return
+	}
+	for _, t := range tenants {
+		s.kick(ctx, t.ID)
+	}
+}
+
+func (s *Syncer) reloadKeys() {
+	if err := s.Exporter.Ring.Reload(); err != nil {
+		s.logger().Error("reload master keys", "err", err)
+	}
+}
+
+// kick asks tenant's worker for an export, starting the worker on first use.
+func (s *Syncer) kick(ctx context.Context, tenant string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ctx.Err() != nil {
+		return
+	}
+	if s.workers == nil {
+		s.workers = map[string]chan struct{}{}
+	}
+	ch, ok := s.workers[tenant]
+	if !ok {
+		ch = make(chan struct{}, 1)
+		s.workers[tenant] = ch
+		s.wg.Go(func() { s.work(ctx, tenant, ch) })
+	}
+	select {
+	case ch <- struct{}{}:
+	default: // an export is already asked for; it will see this change too
+	}
+}
+
+// work exports one tenant each time it is kicked, after the debounce window.
+func (s *Syncer) work(ctx context.Context, tenant string, kicks <-chan struct{}) {
+	debounce := s.Debounce
+	if debounce <= 0 {
+		debounce = DefaultDebounce
+	}
+	timer := time.NewTimer(0)
+	<-timer.C
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-kicks:
+		}
+		timer.Reset(debounce)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-timer.C:
+		}
+		// Kicks that came during the window are answered by this export.
+		select {
+		case <-kicks:
+		default:
+		}
+		if _, err := s.Exporter.ExportTenant(ctx, tenant, false); err != nil && ctx.Err() == nil {
+			s.logger().Error("export failed; retried at the next change or reconcile", "tenant", tenant, "err", err)
+		}
+	}
+}
+
+// listen holds a connection LISTENing on the generation and keyring channels, reconnecting
+// with backoff. After every connect it reconciles: that is the pass at start, and it
+// catches the notices sent while no connection listened.
+func (s *Syncer) listen(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		began := time.Now()
+		err := s.listenOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(began) > time.Minute {
+			backoff = 100 * time.Millisecond // it was a healthy connection that dropped
+		}
+		s.logger().Warn("export listener disconnected; reconnecting", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+func (s *Syncer) listenOnce(ctx context.Context) error {
+	conn, err := pgx.ConnectConfig(ctx, s.Exporter.Pool.Config().ConnConfig.Copy())
+	if err != nil {
+		return err
+	}
+	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
+	for _, ch := range []string{repo.GenerationChannel, KeyringChannel} {
+		if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
+			return err
+		}
+	}
+	s.reconcileAll(ctx)
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			if errors.Is(err, context.Canceled) || ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		switch n.Channel {
+		case KeyringChannel:
+			s.logger().Info("master key rotation announced; reloading keys")
+			s.reloadKeys()
+			s.reconcileAll(ctx)
+		case repo.GenerationChannel:
+			tenant, _, _ := strings.Cut(n.Payload, ":")
+			if tenant == "" {
+				continue
+			}
+			s.Exporter.MarkPending(tenant, s.Exporter.now())
+			s.kick(ctx, tenant)
+		}
+	}
+}
