@@ -199,7 +199,9 @@ func (d *Document) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, d.summ
 func (d *Document) LogValue() slog.Value { return slog.StringValue(d.summary()) }
 
 // Format implements fmt.Formatter: an entry prints its ID only.
-func (e Entry) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, "fileexport.Entry{id: "+e.ID+"}") }
+func (e Entry) Format(f fmt.State, _ rune) {
+	_, _ = io.WriteString(f, "fileexport.Entry{id: "+e.ID+"}")
+}
 
 // LogValue implements slog.LogValuer.
 func (e Entry) LogValue() slog.Value { return slog.StringValue("entry " + e.ID) }

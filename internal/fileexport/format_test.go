@@ -95,8 +95,8 @@ func TestFileDecryptsWithOnlyTheFileAndTheKey(t *testing.T) {
 			ID, CertPem, KeyPem string
 		} `json:"entries"`
 		NodeCredentials []struct{ NodeID, Name, Value string } `json:"nodeCredentials"`
-		References      []struct{ EntryID, Field string }     `json:"references"`
-		Workspace       json.RawMessage                       `json:"workspace"`
+		References      []struct{ EntryID, Field string }      `json:"references"`
+		Workspace       json.RawMessage                        `json:"workspace"`
 	}
 	require.NoError(t, json.Unmarshal(plain, &got))
 	require.Equal(t, "acme", got.Tenant)
