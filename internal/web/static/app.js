@@ -109,7 +109,7 @@
       const field = String(p.location || '').replace(/^body\./, '');
       const slot = $('err-' + field);
       const input = inputFor(field);
-      if (slot && input && !slot.closest('[hidden]')) {
+      if (slot && input && !slot.parentElement.closest('[hidden]')) {
         slot.textContent = slot.textContent ? slot.textContent + ' ' + p.message : p.message;
         slot.hidden = false;
         input.setAttribute('aria-invalid', 'true');
