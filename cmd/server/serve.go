@@ -57,7 +57,7 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	defer pool.Close()
 
 	svc.connect(pool, logger)
-	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: version, Verifier: svc.verifier, Catalog: svc.catalog})
+	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: version, Verifier: svc.verifier, Catalog: svc.catalog, Workspace: svc.workspace})
 	httpSrv := &http.Server{
 		Handler:           srv.Handler,
 		ReadHeaderTimeout: 10 * time.Second,

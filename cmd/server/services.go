@@ -11,6 +11,8 @@ import (
 	"github.com/loopze/certstore/internal/config"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material"
+	"github.com/loopze/certstore/internal/refs"
+	"github.com/loopze/certstore/internal/workspace"
 )
 
 // services are the long-lived pieces every serving process wires together.
@@ -19,6 +21,8 @@ type services struct {
 	verifier *auth.Verifier
 	roots    material.Roots
 	catalog  *catalog.Service
+	// workspace deploys the tenants' flows and resolves their TLS.
+	workspace *workspace.Service
 }
 
 // loadServices loads what needs no database: the master key ring and the JWT keys from
@@ -43,6 +47,8 @@ func loadServices(cfg config.Config, logger *slog.Logger) (*services, error) {
 // connect builds the database-backed services over pool.
 func (s *services) connect(pool *pgxpool.Pool, logger *slog.Logger) {
 	s.catalog = &catalog.Service{Pool: pool, Ring: s.ring, Roots: s.roots, Logger: logger}
+	s.workspace = &workspace.Service{Pool: pool, Ring: s.ring, Roots: s.roots, Logger: logger,
+		Resolver: &refs.Resolver{Catalog: s.catalog, Logger: logger}}
 }
 
 func newVerifier(cfg config.Config) (*auth.Verifier, error) {

@@ -30,6 +30,11 @@ type ErrorBody struct {
 type ErrorDetail struct {
 	Location string `json:"location" doc:"Where the problem is, e.g. body.certPem" example:"body.keyPem"`
 	Message  string `json:"message" example:"private key does not match the certificate's public key"`
+	// FlowID, NodeID, NodeType and Field locate a problem of a workspace deploy.
+	FlowID   string `json:"flowId,omitempty" doc:"Workspace deploys: the flow of the problem" example:"ingest-line-1"`
+	NodeID   string `json:"nodeId,omitempty" doc:"Workspace deploys: the node of the problem" example:"tcp-out-3"`
+	NodeType string `json:"nodeType,omitempty" doc:"Workspace deploys: the node's type" example:"tcp-out"`
+	Field    string `json:"field,omitempty" doc:"Workspace deploys: the field, relative to the node" example:"tls.caBundleRef"`
 }
 
 // ErrorDetail lets details pass through huma.NewError unchanged.

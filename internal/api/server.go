@@ -22,6 +22,7 @@ import (
 	"github.com/loopze/certstore/internal/auth"
 	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/web"
+	"github.com/loopze/certstore/internal/workspace"
 )
 
 // Title and Version describe the API in its OpenAPI document.
@@ -38,6 +39,8 @@ type Deps struct {
 	Version  string
 	Verifier *auth.Verifier
 	Catalog  *catalog.Service
+	// Workspace deploys and reads the tenant's flows.
+	Workspace *workspace.Service
 }
 
 // Server is the assembled HTTP handler and the Huma API behind it.
@@ -76,6 +79,7 @@ func Register(api huma.API, s *Server) {
 	api.UseMiddleware(s.authMiddleware(api))
 	registerHealth(api, s)
 	registerCerts(api, s)
+	registerFlows(api, s)
 }
 
 type ctxKey int

@@ -29,7 +29,9 @@ import (
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/logging"
 	"github.com/loopze/certstore/internal/material"
+	"github.com/loopze/certstore/internal/refs"
 	"github.com/loopze/certstore/internal/testdb"
+	"github.com/loopze/certstore/internal/workspace"
 )
 
 // Env is one running API and everything behind it.
@@ -40,10 +42,12 @@ type Env struct {
 	Pool    *pgxpool.Pool
 	Ring    *envelope.Ring
 	Catalog *catalog.Service
-	Server  *api.Server
-	Logs    *Buffer
-	Logger  *slog.Logger
-	secret  []byte
+	// Workspace is the deploy service behind /api/v1/flows.
+	Workspace *workspace.Service
+	Server    *api.Server
+	Logs      *Buffer
+	Logger    *slog.Logger
+	secret    []byte
 }
 
 // Options adjust the environment.
@@ -95,11 +99,13 @@ func New(t testing.TB, opts ...Options) *Env {
 	require.NoError(t, err)
 	roots := material.ParseRoots(o.FileRoots)
 	cat := &catalog.Service{Pool: pool, Ring: ring, Roots: roots, Logger: logger}
-	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: "test", Verifier: verifier, Catalog: cat})
+	ws := &workspace.Service{Pool: pool, Ring: ring, Roots: roots, Logger: logger,
+		Resolver: &refs.Resolver{Catalog: cat, Logger: logger}}
+	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: "test", Verifier: verifier, Catalog: cat, Workspace: ws})
 	hs := httptest.NewServer(srv.Handler)
 	t.Cleanup(hs.Close)
 	return &Env{URL: hs.URL, DBURL: url, DataDir: dataDir, Pool: pool, Ring: ring, Catalog: cat,
-		Server: srv, Logs: logs, Logger: logger, secret: secret}
+		Workspace: ws, Server: srv, Logs: logs, Logger: logger, secret: secret}
 }
 
 // testWriter shows server logs in verbose test output.

@@ -1,0 +1,333 @@
+package refs
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/loopze/certstore/internal/catalog"
+	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/material"
+	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/secret"
+)
+
+// Origins of a resolved TLS part.
+const (
+	OriginRef    = "ref"
+	OriginFile   = "file"
+	OriginInline = "inline"
+)
+
+// ErrUnresolved wraps every failure to turn a tls block into material: a reference to a
+// missing entry or one of the wrong type, an unreadable file, PEM that does not parse, a
+// pair whose halves do not match.
+var ErrUnresolved = errors.New("tls block does not resolve")
+
+// DefaultRetryPause is how long a file pair that does not match waits before it is read
+// again: long enough for the second mv of a rotation, short enough for a connection init.
+const DefaultRetryPause = 100 * time.Millisecond
+
+// Resolver turns tls blocks into TLS material at connection init. Store references are
+// resolved in the tenant and type-checked again; stored inline material is decrypted;
+// file material, of stored file entries and direct paths alike, is read fresh on every
+// call, so a rotation on disk applies to the next connection with no restart.
+type Resolver struct {
+	// Catalog reaches the entries, opens inline material and confines file paths.
+	Catalog *catalog.Service
+	Logger  *slog.Logger
+	// Now dates expiry warnings; nil means time.Now.
+	Now func() time.Time
+	// RetryPause is the pause before a file pair that failed to load is read once more (a
+	// rotation caught between its two renames); zero means DefaultRetryPause.
+	RetryPause time.Duration
+	// Wait pauses for d or until ctx ends; nil uses a timer. Tests hook the rotation in here.
+	Wait func(ctx context.Context, d time.Duration) error
+}
+
+func (r *Resolver) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+func (r *Resolver) wait(ctx context.Context) error {
+	d := r.RetryPause
+	if d <= 0 {
+		d = DefaultRetryPause
+	}
+	if r.Wait != nil {
+		return r.Wait(ctx, d)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// PartReport is what one TLS part resolves to now. It never carries PEM.
+type PartReport struct {
+	// Part is caBundle, clientCert or serverCert.
+	Part string
+	// Origin is ref, file or inline.
+	Origin string
+	// Ref is the entry named, for origin ref; EntrySource is that entry's source.
+	Ref         string
+	EntrySource string
+	// CertPath and KeyPath are the files read, for origin file and for file entries.
+	CertPath, KeyPath string
+	// Metadata of the leaf certificate; zero when the part does not resolve.
+	FingerprintSHA256 string
+	Subject           string
+	NotAfter          time.Time
+	// Warnings do not stop a connection (expiry, weak keys, chain breaks).
+	Warnings []string
+	// Error says why the part does not resolve now; empty when it does.
+	Error string
+}
+
+// resolved is one part's material and report.
+type resolved struct {
+	part     Part
+	material *material.Material
+	report   PartReport
+	err      error
+}
+
+// Report resolves every configured part of block and reports each, whether it resolves
+// or not. Inline PEM must be present in block (not a {"set": true} marker).
+func (r *Resolver) Report(ctx context.Context, tenant string, block *TLS) ([]PartReport, error) {
+	parts, err := r.resolve(ctx, tenant, block)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]PartReport, 0, len(parts))
+	for _, p := range parts {
+		out = append(out, p.report)
+	}
+	return out, nil
+}
+
+// BuildTLSConfig turns a tls block into a *tls.Config for one connection init:
+//   - caBundle: RootCAs (verifying the server) and ClientCAs (verifying clients, which a
+//     block with a server part then requires);
+//   - clientCert: presented to servers that ask, through GetClientCertificate;
+//   - serverCert: Certificates, for a listening node.
+//
+// Expired material is logged as a warning and used anyway. Any part that does not resolve
+// fails the whole call with an error wrapping ErrUnresolved that names the part and why,
+// never the material. Inline PEM must be present in block (not a {"set": true} marker).
+func (r *Resolver) BuildTLSConfig(ctx context.Context, tenant string, block *TLS) (*tls.Config, error) {
+	parts, err := r.resolve(ctx, tenant, block)
+	if err != nil {
+		return nil, err
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if block != nil {
+		cfg.ServerName = block.ServerName
+	}
+	hasServer := false
+	for _, p := range parts {
+		if p.err != nil {
+			return nil, p.err
+		}
+		for _, w := range p.report.Warnings {
+			r.Logger.Warn("tls material warning", "tenant", tenant, "part", p.part.Name, "origin", p.report.Origin,
+				"ref", p.report.Ref, "cert_path", p.report.CertPath, "warning", w)
+		}
+		switch p.part.Kind {
+		case material.CABundle:
+			pool := p.material.CertPool()
+			cfg.RootCAs, cfg.ClientCAs = pool, pool
+		case material.ClientPair:
+			cert, err := p.material.TLSCertificate()
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", p.part.Name, err)
+			}
+			cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
+		case material.ServerPair:
+			cert, err := p.material.TLSCertificate()
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", p.part.Name, err)
+			}
+			cfg.Certificates = []tls.Certificate{cert}
+			hasServer = true
+		}
+	}
+	if hasServer && cfg.ClientCAs != nil {
+		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return cfg, nil
+}
+
+// resolve loads every configured part of block. Failures of one part are recorded on it;
+// the error is for failures of the lookup itself (the database).
+func (r *Resolver) resolve(ctx context.Context, tenant string, block *TLS) ([]resolved, error) {
+	if block == nil {
+		return nil, nil
+	}
+	var ids []string
+	for _, p := range Parts {
+		if ref := block.Spec(p).Ref; ref != "" {
+			ids = append(ids, ref)
+		}
+	}
+	entries := map[string]*repo.Entry{}
+	if len(ids) > 0 {
+		var list []*repo.Entry
+		err := db.InTenant(ctx, r.Catalog.Pool, tenant, func(tx pgx.Tx) error {
+			var err error
+			list, err = repo.GetEntries(ctx, tx, tenant, ids)
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("resolve tls references: %w", err)
+		}
+		for _, e := range list {
+			entries[e.ID] = e
+		}
+	}
+	var out []resolved
+	for _, p := range Parts {
+		s := block.Spec(p)
+		if s.empty() {
+			continue
+		}
+		res := resolved{part: p, report: PartReport{Part: p.Name}}
+		res.material, res.err = r.resolvePart(ctx, tenant, p, s, entries, &res.report)
+		if res.err != nil {
+			res.report.Error = res.err.Error()
+			res.err = fmt.Errorf("%s: %w: %w", p.Name, ErrUnresolved, res.err)
+		} else {
+			m := res.material.Metadata
+			res.report.FingerprintSHA256, res.report.Subject, res.report.NotAfter = m.FingerprintSHA256, m.Subject, m.NotAfter.UTC()
+			for _, w := range res.material.Warnings {
+				res.report.Warnings = append(res.report.Warnings, w.String())
+			}
+		}
+		out = append(out, res)
+	}
+	return out, nil
+}
+
+func (r *Resolver) resolvePart(ctx context.Context, tenant string, p Part, s *PartSpec, entries map[string]*repo.Entry, rep *PartReport) (*material.Material, error) {
+	switch {
+	case s.Ref != "":
+		rep.Origin, rep.Ref = OriginRef, s.Ref
+		e, ok := entries[s.Ref]
+		if !ok {
+			return nil, fmt.Errorf("tls.%s names %q, which is no entry of this tenant's certificate store", p.Ref, s.Ref)
+		}
+		if e.Type != p.Kind {
+			return nil, fmt.Errorf("tls.%s names %q, a %s; it must name a %s", p.Ref, s.Ref, e.Type, p.Kind)
+		}
+		rep.EntrySource = e.Source
+		if e.Source == catalog.SourceFile {
+			rep.CertPath, rep.KeyPath = e.CertPath, e.KeyPath
+			return r.loadFiles(ctx, tenant, p.Kind, e.CertPath, e.KeyPath, material.PathFields)
+		}
+		cert, key, err := r.Catalog.Open(e)
+		if err != nil {
+			return nil, fmt.Errorf("open entry %s: %w", e.ID, err)
+		}
+		m, issues := material.Inspect(p.Kind, cert, key, material.PEMFields, r.now())
+		if len(issues) > 0 {
+			return nil, fmt.Errorf("entry %s: %s", e.ID, joinIssues(issues))
+		}
+		return m, nil
+	case s.CertFile != "" || s.KeyFile != "":
+		rep.Origin, rep.CertPath, rep.KeyPath = OriginFile, s.CertFile, s.KeyFile
+		return r.loadFiles(ctx, tenant, p.Kind, s.CertFile, s.KeyFile,
+			material.Fields{Cert: "tls." + p.CertFile, Key: "tls." + keyField(p)})
+	default:
+		rep.Origin = OriginInline
+		var cert, key secret.PEM
+		for _, x := range []struct {
+			v     *Value
+			field string
+			dst   *secret.PEM
+		}{{s.CertPEM, p.CertPEM, &cert}, {s.KeyPEM, p.KeyPEM, &key}} {
+			if x.v == nil {
+				continue
+			}
+			if x.v.Keep {
+				return nil, fmt.Errorf("tls.%s: the stored value was not loaded", x.field)
+			}
+			*x.dst = secret.PEM(x.v.Text)
+		}
+		m, issues := material.Inspect(p.Kind, cert, key,
+			material.Fields{Cert: "tls." + p.CertPEM, Key: "tls." + keyPEMField(p)}, r.now())
+		if len(issues) > 0 {
+			return nil, errors.New(joinIssues(issues))
+		}
+		return m, nil
+	}
+}
+
+func keyField(p Part) string {
+	if p.KeyFile == "" {
+		return "keyFile"
+	}
+	return p.KeyFile
+}
+
+func keyPEMField(p Part) string {
+	if p.KeyPEM == "" {
+		return "keyPem"
+	}
+	return p.KeyPEM
+}
+
+// loadFiles reads a file part fresh. When it fails for a reason a rotation in progress
+// explains (the certificate already renamed, the key not yet; a file half written), it
+// waits once and reads again; only the second failure is an error.
+func (r *Resolver) loadFiles(ctx context.Context, tenant string, k material.Kind, certPath, keyPath string, f material.Fields) (*material.Material, error) {
+	roots := r.Catalog.Roots
+	m, issues := roots.LoadFiles(k, tenant, certPath, keyPath, f, r.now())
+	if len(issues) == 0 {
+		return m, nil
+	}
+	if !retryable(issues) {
+		return nil, errors.New(joinIssues(issues))
+	}
+	r.Logger.Debug("tls files do not load; reading again after a pause", "tenant", tenant,
+		"cert_path", certPath, "key_path", keyPath, "problem", joinIssues(issues))
+	if err := r.wait(ctx); err != nil {
+		return nil, fmt.Errorf("%s (retry cancelled: %w)", joinIssues(issues), err)
+	}
+	m, issues = roots.LoadFiles(k, tenant, certPath, keyPath, f, r.now())
+	if len(issues) > 0 {
+		return nil, errors.New(joinIssues(issues))
+	}
+	return m, nil
+}
+
+// retryable reports whether reading again could help: a path that is relative or outside
+// the roots stays so.
+func retryable(issues []material.Issue) bool {
+	for _, is := range issues {
+		if strings.Contains(is.Message, material.ErrOutsideRoots.Error()) || strings.Contains(is.Message, material.ErrRelativePath.Error()) {
+			return false
+		}
+	}
+	return true
+}
+
+func joinIssues(issues []material.Issue) string {
+	parts := make([]string, len(issues))
+	for i, is := range issues {
+		parts[i] = is.String()
+	}
+	return strings.Join(parts, "; ")
+}

@@ -1,0 +1,516 @@
+// Package workspace is the deploy service: it validates a tenant's whole workspace
+// (internal/refs), type-checks every reference against the certificate store, seals node
+// credentials and inline TLS PEM into node_secrets, stores the workspace document without
+// them, replaces the tenant's reference rows and moves the tenant's generation, all in one
+// transaction, so a refused deploy leaves nothing behind and a concurrent delete of a
+// referenced entry is refused by the database itself. It also answers what a saved node's
+// tls block resolves to now.
+package workspace
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/material"
+	"github.com/loopze/certstore/internal/refs"
+	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/secret"
+)
+
+// Sentinel errors callers branch on, besides repo.ErrVersionMismatch.
+var (
+	// ErrInvalid wraps a *ValidationError.
+	ErrInvalid = errors.New("invalid workspace")
+	// ErrNodeNotFound means the saved workspace has no such flow or node.
+	ErrNodeNotFound = errors.New("no such node in the saved workspace")
+	// ErrConcurrentChange means an entry the deploy references disappeared while it ran.
+	ErrConcurrentChange = errors.New("the certificate store changed during the deploy")
+)
+
+// ValidationError lists every problem of a refused deploy, each naming flow, node and field.
+type ValidationError struct {
+	Issues []refs.Issue
+}
+
+func (e *ValidationError) Error() string {
+	parts := make([]string, len(e.Issues))
+	for i, is := range e.Issues {
+		parts[i] = is.String()
+	}
+	return "invalid workspace: " + strings.Join(parts, "; ")
+}
+
+// Unwrap makes errors.Is(err, ErrInvalid) true.
+func (e *ValidationError) Unwrap() error { return ErrInvalid }
+
+// Service deploys and reads workspaces.
+type Service struct {
+	Pool     *pgxpool.Pool
+	Ring     *envelope.Ring
+	Roots    material.Roots
+	Logger   *slog.Logger
+	Resolver *refs.Resolver
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+func (s *Service) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+// aad binds a node secret to its tenant, node and name.
+func aad(tenant, nodeID, name string) envelope.AAD {
+	return envelope.AAD{Tenant: tenant, Owner: "node:" + nodeID, Field: name}
+}
+
+// AAD is the additional authenticated data of a node secret: tenant, "node:<nodeID>" and
+// the secret's name ("credentials.<key>" or "tls.<field>"). Export and import use it too.
+func AAD(tenant, nodeID, name string) envelope.AAD { return aad(tenant, nodeID, name) }
+
+// Result is a saved deploy.
+type Result struct {
+	Version    int64
+	UpdatedAt  time.Time
+	References int
+	// Warnings did not stop the deploy: expired material, unreadable direct files, legacy
+	// opcua-server properties.
+	Warnings []refs.Issue
+}
+
+// Deploy replaces the tenant's workspace. ifVersion, when non-zero, is the version the
+// caller last saw (repo.ErrVersionMismatch when it moved). A workspace with problems is
+// refused whole with a *ValidationError listing all of them.
+//
+// Node credentials: a node without a credentials object keeps what is stored; within the
+// object a string sets a key, "" or null clears it, {"set": true} keeps it, and an
+// omitted key is kept. Inline PEM in a tls block is declarative: a string sets it,
+// {"set": true} keeps it, and an absent field removes it. A removed node's secrets go.
+func (s *Service) Deploy(ctx context.Context, tenant string, ws *refs.Workspace, ifVersion int64) (*Result, error) {
+	res := &Result{}
+	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
+		// The tenant row lock serialises this deploy with every other write of the tenant
+		// (catalogue changes take it first too), so the checks below stay true until commit.
+		if _, err := repo.BumpGeneration(ctx, tx, tenant); err != nil {
+			return err
+		}
+		keys, err := repo.ListNodeSecretKeys(ctx, tx, tenant)
+		if err != nil {
+			return err
+		}
+		stored := newStoredSecrets(ctx, tx, s.Ring, tenant, keys)
+		checker := refs.Checker{Tenant: tenant, Roots: s.Roots, Now: s.now(), Stored: stored}
+		issues, warnings := checker.Check(ws)
+		if stored.err != nil {
+			return stored.err
+		}
+		list := refs.Extract(ws)
+		kinds, err := repo.EntryKinds(ctx, tx, tenant, entryIDs(list))
+		if err != nil {
+			return err
+		}
+		issues = append(issues, refs.CheckTypes(list, kinds)...)
+		if len(issues) > 0 {
+			sortIssues(issues)
+			return &ValidationError{Issues: issues}
+		}
+		if err := s.saveSecrets(ctx, tx, tenant, ws, stored); err != nil {
+			return err
+		}
+		doc, err := json.Marshal(ws.Stripped())
+		if err != nil {
+			return fmt.Errorf("encode workspace: %w", err)
+		}
+		if res.Version, res.UpdatedAt, err = repo.SaveWorkspace(ctx, tx, tenant, doc, ifVersion); err != nil {
+			return err
+		}
+		if err := replaceReferences(ctx, tx, tenant, list); err != nil {
+			return err
+		}
+		res.References, res.Warnings = len(list), warnings
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.logWarnings(tenant, ws, res.Warnings)
+	return res, nil
+}
+
+func sortIssues(is []refs.Issue) {
+	slices.SortStableFunc(is, func(a, b refs.Issue) int {
+		if c := a.FlowIndex - b.FlowIndex; c != 0 {
+			return c
+		}
+		if c := a.NodeIndex - b.NodeIndex; c != 0 {
+			return c
+		}
+		return strings.Compare(a.Field, b.Field)
+	})
+}
+
+// logWarnings logs one WARN per warning, and one deprecation WARN per opcua-server node
+// that still carries the legacy file properties.
+func (s *Service) logWarnings(tenant string, ws *refs.Workspace, warnings []refs.Issue) {
+	for _, f := range ws.Flows {
+		for _, n := range f.Nodes {
+			if n.Type != refs.TypeOPCUAServer {
+				continue
+			}
+			cf, _, _ := n.Prop(refs.PropLegacyCertFile)
+			kf, _, _ := n.Prop(refs.PropLegacyKeyFile)
+			if cf != "" || kf != "" {
+				s.Logger.Warn("opcua-server node uses the deprecated clientCertFile/clientKeyFile; use certRef to a client-pair entry",
+					"tenant", tenant, "flow", f.ID, "node", n.ID)
+			}
+		}
+	}
+	for _, w := range warnings {
+		if w.NodeType == refs.TypeOPCUAServer && w.Field == refs.PropLegacyCertFile && strings.Contains(w.Message, "deprecated") {
+			continue // logged above, once per node
+		}
+		s.Logger.Warn("deploy warning", "tenant", tenant, "flow", w.FlowID, "node", w.NodeID, "field", w.Field, "warning", w.Message)
+	}
+}
+
+func entryIDs(list []refs.Reference) []string {
+	seen := make(map[string]bool, len(list))
+	ids := make([]string, 0, len(list))
+	for _, r := range list {
+		if !seen[r.EntryID] {
+			seen[r.EntryID] = true
+			ids = append(ids, r.EntryID)
+		}
+	}
+	return ids
+}
+
+// replaceReferences makes the tenant's reference rows equal list, touching only the rows
+// that change, so redeploying an unchanged workspace writes no reference rows at all.
+func replaceReferences(ctx context.Context, tx pgx.Tx, tenant string, list []refs.Reference) error {
+	existing, err := repo.ListTenantReferences(ctx, tx, tenant)
+	if err != nil {
+		return err
+	}
+	type key struct{ entry, flow, node, nodeType, field string }
+	want := make(map[key]bool, len(list))
+	for _, r := range list {
+		want[key{r.EntryID, r.FlowID, r.NodeID, r.NodeType, r.Field}] = true
+	}
+	var drop []repo.Reference
+	for _, r := range existing {
+		k := key{r.EntryID, r.FlowID, r.NodeID, r.NodeType, r.Field}
+		if want[k] {
+			delete(want, k) // already stored
+			continue
+		}
+		drop = append(drop, r)
+	}
+	add := make([]repo.Reference, 0, len(want))
+	for _, r := range list {
+		if want[key{r.EntryID, r.FlowID, r.NodeID, r.NodeType, r.Field}] {
+			add = append(add, repo.Reference{EntryID: r.EntryID, FlowID: r.FlowID, NodeID: r.NodeID, NodeType: r.NodeType, Field: r.Field})
+		}
+	}
+	if err := repo.DeleteReferences(ctx, tx, tenant, drop); err != nil {
+		return err
+	}
+	if err := repo.InsertReferences(ctx, tx, tenant, add); err != nil {
+		if errors.Is(err, repo.ErrReferenced) {
+			return fmt.Errorf("store references: %w", ErrConcurrentChange)
+		}
+		return err
+	}
+	return nil
+}
+
+// saveSecrets seals the new write-only values of ws and removes the cleared ones and those
+// of removed nodes; kept values are not touched.
+func (s *Service) saveSecrets(ctx context.Context, tx pgx.Tx, tenant string, ws *refs.Workspace, stored *storedSecrets) error {
+	var (
+		upsert []repo.NodeSecret
+		keep   = map[repo.NodeSecretKey]bool{}
+	)
+	set := func(nodeID, name string, v refs.Value) error {
+		k := repo.NodeSecretKey{NodeID: nodeID, Name: name}
+		switch {
+		case v.Keep:
+			keep[k] = true
+		case v.Cleared():
+		default:
+			sealed, err := s.Ring.Seal([]byte(v.Text.Reveal()), aad(tenant, nodeID, name))
+			if err != nil {
+				return fmt.Errorf("seal %s of node %s: %w", name, nodeID, err)
+			}
+			upsert = append(upsert, repo.NodeSecret{NodeID: nodeID, Name: name, Sealed: sealed, KeyID: s.Ring.CurrentKeyID()})
+			keep[k] = true
+		}
+		return nil
+	}
+	nodes := map[string]*refs.Node{}
+	for _, f := range ws.Flows {
+		for _, n := range f.Nodes {
+			nodes[n.ID] = n
+			for k, v := range n.Credentials {
+				if err := set(n.ID, refs.SecretName(k), v); err != nil {
+					return err
+				}
+			}
+			if n.TLS == nil {
+				continue
+			}
+			for _, p := range refs.Parts {
+				sp := n.TLS.Spec(p)
+				for _, x := range []struct {
+					field string
+					v     *refs.Value
+				}{{p.CertPEM, sp.CertPEM}, {p.KeyPEM, sp.KeyPEM}} {
+					if x.v != nil {
+						if err := set(n.ID, refs.PEMSecretName(x.field), *x.v); err != nil {
+							return err
+						}
+					}
+				}
+			}
+		}
+	}
+	var drop []repo.NodeSecretKey
+	for k := range stored.keys {
+		if keep[k] {
+			continue
+		}
+		n, ok := nodes[k.NodeID]
+		if ok {
+			if key, isCred := refs.IsCredentialName(k.Name); isCred {
+				v, mentioned := n.Credentials[key]
+				if !mentioned || !v.Cleared() {
+					continue // an omitted credential keeps its stored value
+				}
+			}
+		}
+		drop = append(drop, k)
+	}
+	slices.SortFunc(drop, func(a, b repo.NodeSecretKey) int {
+		return strings.Compare(a.NodeID+"\x00"+a.Name, b.NodeID+"\x00"+b.Name)
+	})
+	if err := repo.DeleteNodeSecrets(ctx, tx, tenant, drop); err != nil {
+		return err
+	}
+	return repo.UpsertNodeSecrets(ctx, tx, tenant, upsert)
+}
+
+// storedSecrets answers refs.Checker about the values already stored, opening one only
+// when a part mixes a kept half with a new one.
+type storedSecrets struct {
+	ctx    context.Context
+	tx     pgx.Tx
+	ring   *envelope.Ring
+	tenant string
+	keys   map[repo.NodeSecretKey]bool
+	err    error
+}
+
+func newStoredSecrets(ctx context.Context, tx pgx.Tx, ring *envelope.Ring, tenant string, keys []repo.NodeSecretKey) *storedSecrets {
+	m := make(map[repo.NodeSecretKey]bool, len(keys))
+	for _, k := range keys {
+		m[k] = true
+	}
+	return &storedSecrets{ctx: ctx, tx: tx, ring: ring, tenant: tenant, keys: m}
+}
+
+// Has implements refs.StoredSecrets.
+func (s *storedSecrets) Has(nodeID, name string) bool {
+	return s.keys[repo.NodeSecretKey{NodeID: nodeID, Name: name}]
+}
+
+// Open implements refs.StoredSecrets.
+func (s *storedSecrets) Open(nodeID, name string) (secret.String, error) {
+	list, err := repo.ListNodeSecrets(s.ctx, s.tx, s.tenant, nodeID)
+	if err != nil {
+		s.err = err
+		return "", err
+	}
+	for _, ns := range list {
+		if ns.Name == name {
+			return openSecret(s.ring, s.tenant, ns)
+		}
+	}
+	return "", fmt.Errorf("node %s has no stored %s", nodeID, name)
+}
+
+// openSecret decrypts a node secret, reloading the key ring once when another replica
+// rotated the master key.
+func openSecret(ring *envelope.Ring, tenant string, ns repo.NodeSecret) (secret.String, error) {
+	pt, err := ring.Open(ns.Sealed, aad(tenant, ns.NodeID, ns.Name))
+	if errors.Is(err, envelope.ErrUnknownKey) {
+		if rerr := ring.Reload(); rerr != nil {
+			return "", fmt.Errorf("reload master keys: %w", rerr)
+		}
+		pt, err = ring.Open(ns.Sealed, aad(tenant, ns.NodeID, ns.Name))
+	}
+	if err != nil {
+		return "", fmt.Errorf("open %s of node %s: %w", ns.Name, ns.NodeID, err)
+	}
+	return secret.String(pt), nil
+}
+
+// Saved is a tenant's saved workspace with its version (0 before the first deploy).
+type Saved struct {
+	Workspace *refs.Workspace
+	Version   int64
+	UpdatedAt time.Time
+}
+
+// Get returns the tenant's saved workspace: write-only values show as {"set": true}
+// markers (credentials by key, inline PEM by field), so deploying it back unchanged keeps
+// them. A tenant that never deployed has an empty workspace at version 0.
+func (s *Service) Get(ctx context.Context, tenant string) (*Saved, error) {
+	var (
+		row  *repo.Workspace
+		keys []repo.NodeSecretKey
+	)
+	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
+		var err error
+		if row, err = repo.GetWorkspace(ctx, tx, tenant); err != nil {
+			return err
+		}
+		keys, err = repo.ListNodeSecretKeys(ctx, tx, tenant)
+		return err
+	})
+	if errors.Is(err, repo.ErrNotFound) {
+		return &Saved{Workspace: &refs.Workspace{Flows: []*refs.Flow{}}}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	ws, err := refs.Parse(row.Flows)
+	if err != nil {
+		return nil, fmt.Errorf("decode saved workspace: %w", err)
+	}
+	markSecrets(ws, keys)
+	return &Saved{Workspace: ws, Version: row.Version, UpdatedAt: row.UpdatedAt}, nil
+}
+
+// markSecrets puts {"set": true} markers where values are stored.
+func markSecrets(ws *refs.Workspace, keys []repo.NodeSecretKey) {
+	byNode := map[string][]string{}
+	for _, k := range keys {
+		byNode[k.NodeID] = append(byNode[k.NodeID], k.Name)
+	}
+	for _, f := range ws.Flows {
+		for _, n := range f.Nodes {
+			for _, name := range byNode[n.ID] {
+				if key, ok := refs.IsCredentialName(name); ok {
+					if n.Credentials == nil {
+						n.Credentials = map[string]refs.Value{}
+					}
+					n.Credentials[key] = refs.Value{Keep: true}
+					continue
+				}
+				field, ok := strings.CutPrefix(name, "tls.")
+				if !ok || n.TLS == nil {
+					continue
+				}
+				for _, p := range refs.Parts {
+					sp := n.TLS.Spec(p)
+					switch field {
+					case p.CertPEM:
+						sp.CertPEM = &refs.Value{Keep: true}
+					case p.KeyPEM:
+						if p.KeyPEM != "" {
+							sp.KeyPEM = &refs.Value{Keep: true}
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// Node returns one node of the saved workspace with its inline TLS PEM opened (never its
+// credentials), ready for BuildTLSConfig. ErrNodeNotFound when the flow or node is not there.
+func (s *Service) Node(ctx context.Context, tenant, flowID, nodeID string) (*refs.Node, error) {
+	var (
+		row     *repo.Workspace
+		secrets []repo.NodeSecret
+	)
+	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
+		var err error
+		if row, err = repo.GetWorkspace(ctx, tx, tenant); err != nil {
+			return err
+		}
+		secrets, err = repo.ListNodeSecrets(ctx, tx, tenant, nodeID)
+		return err
+	})
+	if errors.Is(err, repo.ErrNotFound) {
+		return nil, fmt.Errorf("flow %s, node %s: %w", flowID, nodeID, ErrNodeNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	ws, err := refs.Parse(row.Flows)
+	if err != nil {
+		return nil, fmt.Errorf("decode saved workspace: %w", err)
+	}
+	_, n := ws.Find(flowID, nodeID)
+	if n == nil {
+		return nil, fmt.Errorf("flow %s, node %s: %w", flowID, nodeID, ErrNodeNotFound)
+	}
+	for _, ns := range secrets {
+		field, ok := strings.CutPrefix(ns.Name, "tls.")
+		if !ok || n.TLS == nil {
+			continue
+		}
+		v, err := openSecret(s.Ring, tenant, ns)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range refs.Parts {
+			sp := n.TLS.Spec(p)
+			switch {
+			case field == p.CertPEM:
+				sp.CertPEM = &refs.Value{Text: v}
+			case field == p.KeyPEM && p.KeyPEM != "":
+				sp.KeyPEM = &refs.Value{Text: v}
+			}
+		}
+	}
+	return n, nil
+}
+
+// NodeTLS reports what a saved node's TLS resolves to now, part by part. An opcua-server
+// node's certRef (or legacy files) counts as its clientCert part.
+func (s *Service) NodeTLS(ctx context.Context, tenant, flowID, nodeID string) (*refs.Node, []refs.PartReport, error) {
+	n, err := s.Node(ctx, tenant, flowID, nodeID)
+	if err != nil {
+		return nil, nil, err
+	}
+	rep, err := s.Resolver.Report(ctx, tenant, n.EffectiveTLS())
+	if err != nil {
+		return nil, nil, err
+	}
+	return n, rep, nil
+}
+
+// NodeTLSConfig builds the *tls.Config a saved node's connection init uses now.
+func (s *Service) NodeTLSConfig(ctx context.Context, tenant, flowID, nodeID string) (*tls.Config, error) {
+	n, err := s.Node(ctx, tenant, flowID, nodeID)
+	if err != nil {
+		return nil, err
+	}
+	return s.Resolver.BuildTLSConfig(ctx, tenant, n.EffectiveTLS())
+}
