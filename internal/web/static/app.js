@@ -286,9 +286,9 @@
         if (first) first.focus();
         return;
       }
-      showErrors(res.body.errors);
+      const first = showErrors(res.body.errors);
       showPreview(res);
-      preview.focus();
+      (res.body.valid ? preview : first || preview).focus();
     });
 
     form.addEventListener('submit', async function (ev) {
