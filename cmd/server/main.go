@@ -38,6 +38,9 @@ var commands = map[string]command{
 	"healthcheck": {"exit 0 when the server at --url answers 200 (for container health checks)", runHealthcheck},
 	"version":     {"print the version", runVersion},
 	"token":       {"print a JWT for a tenant and role (for automation and the web UI sign-in)", runToken},
+	"export":      {"write tenants' credentials.json files now and report them", runExport},
+	"import":      {"restore a tenant from a credentials.json file", runImport},
+	"rotate-key":  {"rotate the master key (or finish an interrupted rotation)", runRotateKey},
 }
 
 // errUsage marks errors that are the caller's: printed with the usage hint.

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"text/tabwriter"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/loopze/certstore/internal/config"
+	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/fileexport"
+)
+
+// runExport writes tenants' credentials.json files now and reports what it wrote.
+func runExport(ctx context.Context, env *environ, args []string) error {
+	var tenant string
+	cfg, logger, _, err := setup(env, "export", args, func(fs *flag.FlagSet) {
+		fs.StringVar(&tenant, "tenant", "", "export only this tenant (default: every tenant)")
+	})
+	if err != nil {
+		return err
+	}
+	if tenant != "" && !validTenant(tenant) {
+		return fmt.Errorf("%w: --tenant %q must match ^[a-z0-9][a-z0-9_-]{0,63}$", errUsage, tenant)
+	}
+	st, err := openStore(ctx, cfg, logger, true)
+	if err != nil {
+		return err
+	}
+	defer st.Close(ctx)
+	ring, err := envelope.LoadExisting(cfg.DataDir, logger)
+	if err != nil {
+		return err
+	}
+	x := &fileexport.Exporter{Pool: st.pool, Ring: ring, DataDir: cfg.DataDir, Logger: logger}
+	var results []fileexport.Result
+	if tenant != "" {
+		r, err := x.ExportTenant(ctx, tenant, true)
+		if err != nil {
+			return err
+		}
+		results = append(results, r)
+	} else {
+		results, err = x.ExportAll(ctx, true)
+		defer printExports(env, results)
+		return err
+	}
+	printExports(env, results)
+	return nil
+}
+
+func printExports(env *environ, results []fileexport.Result) {
+	if len(results) == 0 {
+		fmt.Fprintln(env.stdout, "no tenants to export")
+		return
+	}
+	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TENANT\tGENERATION\tENTRIES\tREFERENCES\tNODE CREDENTIALS\tKEY ID\tFILE")
+	for _, r := range results {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%s\n", r.Tenant, r.Generation, r.Entries, r.References,
+			r.NodeCredentials, r.KeyID, r.Path)
+	}
+	_ = tw.Flush()
+}
+
+// store is a migrated database pool and what closing it takes.
+type store struct {
+	pool     *pgxpool.Pool
+	database *database
+}
+
+// openStore opens the configured database (borrowing or starting the embedded cluster, as
+// every subcommand does), migrates it when asked, and opens a pool.
+func openStore(ctx context.Context, cfg config.Config, logger *slog.Logger, migrate bool) (*store, error) {
+	database, err := openDatabase(ctx, cfg, logger, false)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*store, error) {
+		_ = database.Close(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	if migrate {
+		if _, err := db.Migrate(ctx, database.URL, logger); err != nil {
+			return fail(err)
+		}
+	}
+	pool, err := db.Open(ctx, database.URL, logger)
+	if err != nil {
+		return fail(err)
+	}
+	return &store{pool: pool, database: database}, nil
+}
+
+// Close closes the pool and stops a cluster this command started.
+func (s *store) Close(ctx context.Context) {
+	s.pool.Close()
+	_ = s.database.Close(context.WithoutCancel(ctx))
+}

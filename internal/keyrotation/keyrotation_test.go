@@ -1,0 +1,301 @@
+package keyrotation
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/loopze/certstore/internal/catalog"
+	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/material/materialtest"
+	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/testdb"
+)
+
+// The crash helper is this test binary re-executed: it runs one rotation with small
+// batches, printing each durable step, until it finishes or the test kills it.
+const (
+	envHelper = "LOOPZE_KEYROTATION_HELPER"
+	envDB     = "LOOPZE_KEYROTATION_DB"
+	envDir    = "LOOPZE_KEYROTATION_DIR"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envHelper) != "" {
+		os.Exit(runHelper())
+	}
+	testdb.Main(m)
+}
+
+func runHelper() int {
+	ctx := context.Background()
+	pool, err := db.Open(ctx, os.Getenv(envDB), slog.New(slog.DiscardHandler))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	stepHook = func(s string) {
+		fmt.Println(s)
+		time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond)
+	}
+	fmt.Println("ready")
+	r := &Rotator{Pool: pool, DataDir: os.Getenv(envDir), BatchSize: 3, Settle: 10 * time.Millisecond}
+	if _, err := r.Rotate(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+var tenants = []string{"default", "acme"}
+
+type fixture struct {
+	url     string
+	pool    *pgxpool.Pool
+	dataDir string
+	// server is a catalogue whose ring was loaded before any rotation and is never
+	// reloaded by the test: it stands for a running server.
+	server *catalog.Service
+}
+
+func setup(t *testing.T) *fixture {
+	t.Helper()
+	ctx := context.Background()
+	url := testdb.URL(t)
+	pool, err := db.Open(ctx, url, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	dir := t.TempDir()
+	ring, err := envelope.Load(dir, nil)
+	require.NoError(t, err)
+	f := &fixture{url: url, pool: pool, dataDir: dir,
+		server: &catalog.Service{Pool: pool, Ring: ring, Logger: slog.New(slog.DiscardHandler)}}
+	for _, tenant := range tenants {
+		for i := range 8 {
+			id := fmt.Sprintf("e%d", i)
+			cert, key := materialtest.Pair(t, materialtest.Options{CommonName: id})
+			s := func(v string) *string { return &v }
+			_, err := f.server.Create(ctx, tenant, catalog.Input{ID: id, Name: s(id), Type: s("client-pair"),
+				Source: s("inline"), CertPEM: cert, KeyPEM: key})
+			require.NoError(t, err)
+		}
+		require.NoError(t, db.InTenant(ctx, pool, tenant, func(tx pgx.Tx) error {
+			var rows []repo.NodeSecretRow
+			for i := range 4 {
+				node := fmt.Sprintf("n%d", i)
+				sealed, err := ring.Seal([]byte("secret of "+node), fileexport.NodeSecretAAD(tenant, node, "password"))
+				if err != nil {
+					return err
+				}
+				rows = append(rows, repo.NodeSecretRow{NodeID: node, Name: "password", Sealed: sealed, KeyID: ring.CurrentKeyID()})
+			}
+			if _, err := repo.BumpGeneration(ctx, tx, tenant); err != nil {
+				return err
+			}
+			return repo.ImportNodeSecrets(ctx, tx, tenant, rows)
+		}))
+	}
+	_, err = (&fileexport.Exporter{Pool: pool, Ring: ring, DataDir: dir}).ExportAll(ctx, false)
+	require.NoError(t, err)
+	return f
+}
+
+// requireAllReadable checks that every row opens with the keys in the data directory and
+// through the running server, and that every file opens with the data directory's keys.
+func (f *fixture) requireAllReadable(t *testing.T, when string) {
+	t.Helper()
+	ctx := context.Background()
+	ring, err := envelope.LoadExisting(f.dataDir, nil)
+	require.NoError(t, err, when)
+	for _, tenant := range tenants {
+		var (
+			entries []*repo.Entry
+			secrets []repo.NodeSecretRow
+		)
+		require.NoError(t, db.InTenant(ctx, f.pool, tenant, func(tx pgx.Tx) error {
+			var err error
+			if entries, err = repo.ExportEntries(ctx, tx, tenant); err != nil {
+				return err
+			}
+			secrets, err = repo.ExportNodeSecrets(ctx, tx, tenant)
+			return err
+		}))
+		require.Len(t, entries, 8)
+		require.Len(t, secrets, 4)
+		for _, e := range entries {
+			_, err := ring.Open(e.CertSealed, fileexport.EntryAAD(tenant, e.ID, "certPem"))
+			require.NoError(t, err, "%s: %s/%s with the data dir's keys", when, tenant, e.ID)
+			_, err = ring.Open(e.KeySealed, fileexport.EntryAAD(tenant, e.ID, "keyPem"))
+			require.NoError(t, err, "%s: %s/%s key with the data dir's keys", when, tenant, e.ID)
+			keyID, err := envelope.KeyID(e.CertSealed)
+			require.NoError(t, err)
+			require.Equal(t, keyID, e.KeyID, "the row records the key that wraps it")
+			_, _, err = f.server.Open(e)
+			require.NoError(t, err, "%s: %s/%s through the running server", when, tenant, e.ID)
+		}
+		for _, s := range secrets {
+			pt, err := ring.Open(s.Sealed, fileexport.NodeSecretAAD(tenant, s.NodeID, s.Name))
+			require.NoError(t, err, when)
+			require.Equal(t, "secret of "+s.NodeID, string(pt))
+		}
+		data, err := os.ReadFile(fileexport.Path(f.dataDir, tenant))
+		require.NoError(t, err)
+		_, _, err = fileexport.Open(ring, data, tenant)
+		require.NoError(t, err, "%s: file of %s", when, tenant)
+	}
+}
+
+// TestRotationSurvivesKillAtAnyPoint kills a real rotate-key process at random instants,
+// many times; after each kill everything still decrypts, and running it again finishes.
+func TestRotationSurvivesKillAtAnyPoint(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	firstKey := f.server.Ring.CurrentKeyID()
+
+	lastSteps := map[string]int{}
+	completed := 0
+	for i := range 25 {
+		cmd := exec.Command(exe, "-test.run=^$")
+		cmd.Env = append(os.Environ(), envHelper+"=1", envDB+"="+f.url, envDir+"="+f.dataDir)
+		out, err := cmd.StdoutPipe()
+		require.NoError(t, err)
+		require.NoError(t, cmd.Start())
+		lines := bufio.NewReader(out)
+		line, err := lines.ReadString('\n')
+		require.NoError(t, err)
+		require.Equal(t, "ready\n", line)
+		var (
+			mu   sync.Mutex
+			last = "ready"
+			read = make(chan struct{})
+		)
+		go func() {
+			defer close(read)
+			for {
+				l, err := lines.ReadString('\n')
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				last = strings.TrimSpace(l)
+				mu.Unlock()
+			}
+		}()
+		// The kill instant is the test's random variable.
+		time.Sleep(time.Duration(rand.IntN(60)) * time.Millisecond)
+		_ = cmd.Process.Kill()
+		<-read
+		err = cmd.Wait()
+		if err == nil {
+			completed++
+		}
+		mu.Lock()
+		lastSteps[last]++
+		mu.Unlock()
+		f.requireAllReadable(t, fmt.Sprintf("after kill %d (last step %s)", i, last))
+	}
+	t.Logf("last step before each kill: %v; %d rotation(s) completed", lastSteps, completed)
+	require.GreaterOrEqual(t, len(lastSteps), 3, "kills landed at too few points to prove anything")
+
+	// Running it again finishes whatever was left half done.
+	r := &Rotator{Pool: f.pool, DataDir: f.dataDir, BatchSize: 3, Settle: 10 * time.Millisecond}
+	rep, err := r.Rotate(context.Background())
+	require.NoError(t, err)
+	_, err = os.Stat(filepath.Join(f.dataDir, envelope.NextKeyFile))
+	require.ErrorIs(t, err, os.ErrNotExist)
+	f.requireAllReadable(t, "after the final rotation")
+	ids, err := KeyIDsInUse(context.Background(), f.pool)
+	require.NoError(t, err)
+	require.Equal(t, []string{rep.NewKeyID}, ids, "every row is under the new key")
+	require.NotEqual(t, firstKey, rep.NewKeyID)
+	ring, err := envelope.LoadExisting(f.dataDir, nil)
+	require.NoError(t, err)
+	require.Equal(t, []string{rep.NewKeyID}, ring.KeyIDs(), "only the new key is left on disk")
+	for _, tenant := range tenants {
+		data, err := os.ReadFile(fileexport.Path(f.dataDir, tenant))
+		require.NoError(t, err)
+		h, err := fileexport.ParseHeader(data)
+		require.NoError(t, err)
+		require.Equal(t, rep.NewKeyID, h.KeyID)
+	}
+}
+
+func TestPrepareThenRotate(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	r := &Rotator{Pool: f.pool, DataDir: f.dataDir, Settle: 10 * time.Millisecond}
+	id, created, err := r.Prepare()
+	require.NoError(t, err)
+	require.True(t, created)
+	info, err := os.Stat(filepath.Join(f.dataDir, envelope.NextKeyFile))
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), info.Mode().Perm())
+	again, created, err := r.Prepare()
+	require.NoError(t, err)
+	require.False(t, created)
+	require.Equal(t, id, again)
+	// Prepare changes no row.
+	ids, err := KeyIDsInUse(context.Background(), f.pool)
+	require.NoError(t, err)
+	require.Equal(t, []string{f.server.Ring.CurrentKeyID()}, ids)
+
+	rep, err := r.Rotate(context.Background())
+	require.NoError(t, err)
+	require.True(t, rep.Resumed)
+	require.Equal(t, id, rep.NewKeyID)
+	require.EqualValues(t, 2*(8+4), rep.Rewrapped)
+	require.Len(t, rep.Files, 2)
+	f.requireAllReadable(t, "after rotation")
+}
+
+// TestRotationRefusesToRetireAKeyStillInUse: a server that never reloads keeps sealing
+// under the old key; the rotation gives up without replacing loopze.key.
+func TestRotationRefusesToRetireAKeyStillInUse(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// A stale server: its ring is built from the old key bytes only, so Reload cannot help.
+	oldKey, err := envelope.ReadKeyFile(filepath.Join(f.dataDir, envelope.KeyFile))
+	require.NoError(t, err)
+	staleRing, err := envelope.NewRing(oldKey)
+	require.NoError(t, err)
+	stale := &catalog.Service{Pool: f.pool, Ring: staleRing, Logger: slog.New(slog.DiscardHandler)}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; ctx.Err() == nil; i++ {
+			cert, _ := materialtest.Pair(t, materialtest.Options{})
+			s := func(v string) *string { return &v }
+			_, _ = stale.Create(ctx, "acme", catalog.Input{ID: fmt.Sprintf("late-%d", i), Name: s("late"),
+				Type: s("ca-bundle"), Source: s("inline"), CertPEM: cert})
+		}
+	})
+	r := &Rotator{Pool: f.pool, DataDir: f.dataDir, Passes: 2, Settle: 50 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	_, err = r.Rotate(ctx)
+	cancel()
+	wg.Wait()
+	require.ErrorIs(t, err, ErrStaleSealer)
+	got, err := envelope.ReadKeyFile(filepath.Join(f.dataDir, envelope.KeyFile))
+	require.NoError(t, err)
+	require.Equal(t, []byte(oldKey), []byte(got), "the old key file stays")
+	_, err = os.Stat(filepath.Join(f.dataDir, envelope.NextKeyFile))
+	require.NoError(t, err, "the new key stays beside it")
+}
