@@ -41,6 +41,7 @@ var commands = map[string]command{
 	"export":      {"write tenants' credentials.json files now and report them", runExport},
 	"import":      {"restore a tenant from a credentials.json file", runImport},
 	"rotate-key":  {"rotate the master key (or finish an interrupted rotation)", runRotateKey},
+	"doctor":      {"check key and file permissions, key/file/database agreement and expiring entries", runDoctor},
 }
 
 // errUsage marks errors that are the caller's: printed with the usage hint.

@@ -1,0 +1,339 @@
+// Package doctor checks a certificate store installation the way an operator would before
+// a backup or after an incident: key and credentials files are 0600, the master key loads,
+// each tenant's file decrypts and is at the database's generation, every sealed row
+// decrypts, file-sourced material is readable, and which entries are expired or expire
+// soon. It changes nothing.
+package doctor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/material"
+	"github.com/loopze/certstore/internal/repo"
+)
+
+// Status is the outcome of one check.
+type Status string
+
+// The outcomes. Anything but OK makes the report fail.
+const (
+	OK   Status = "ok"
+	Warn Status = "warn"
+	Fail Status = "fail"
+)
+
+// DefaultExpiringWithin is how far ahead expiring entries are listed.
+const DefaultExpiringWithin = 30 * 24 * time.Hour
+
+// maxRowFailures bounds the rows listed per tenant when many fail the same way.
+const maxRowFailures = 20
+
+// Check is one finding.
+type Check struct {
+	// Check names what was checked: key-file, key, database, credentials-file, rows,
+	// file-material, expiry.
+	Check string `json:"check"`
+	// Status is ok, warn or fail.
+	Status Status `json:"status"`
+	// Subject is what the finding is about: a path, a tenant, "tenant/entry".
+	Subject string `json:"subject,omitempty"`
+	// Message says what was found; it never quotes file contents.
+	Message string `json:"message"`
+}
+
+// Report is every finding, in the order checked.
+type Report struct {
+	OK     bool    `json:"ok"`
+	Checks []Check `json:"checks"`
+}
+
+// Doctor runs the checks over one data directory and database.
+type Doctor struct {
+	// Pool reaches the database; nil skips every database check (and fails the report).
+	Pool *pgxpool.Pool
+	// PoolErr says why Pool is nil, for the report.
+	PoolErr error
+	// DataDir holds the key and the files.
+	DataDir string
+	// Roots confines file-sourced paths, as for the API.
+	Roots material.Roots
+	// ExpiringWithin is how far ahead expiry is reported; DefaultExpiringWithin when zero,
+	// no expiry check when negative.
+	ExpiringWithin time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Logger receives the key loading messages.
+	Logger *slog.Logger
+
+	report Report
+}
+
+func (d *Doctor) now() time.Time {
+	if d.Now != nil {
+		return d.Now()
+	}
+	return time.Now()
+}
+
+func (d *Doctor) add(check string, st Status, subject, format string, args ...any) {
+	d.report.Checks = append(d.report.Checks, Check{Check: check, Status: st, Subject: subject, Message: fmt.Sprintf(format, args...)})
+}
+
+// Run runs every check and returns the report.
+func (d *Doctor) Run(ctx context.Context) Report {
+	d.report = Report{}
+	d.checkKeyFiles()
+	ring := d.loadKeys()
+	if d.Pool == nil {
+		reason := "no database to check"
+		if d.PoolErr != nil {
+			reason = d.PoolErr.Error()
+		}
+		d.add("database", Fail, "", "%s", reason)
+	} else if d.checkDatabase(ctx) {
+		tenants, err := repo.ListTenants(ctx, d.Pool)
+		if err != nil {
+			d.add("database", Fail, "", "list tenants: %v", err)
+		}
+		for _, t := range tenants {
+			d.checkFile(ring, t)
+			d.checkRows(ctx, ring, t.ID)
+		}
+	}
+	d.report.OK = true
+	for _, c := range d.report.Checks {
+		if c.Status != OK {
+			d.report.OK = false
+		}
+	}
+	return d.report
+}
+
+// checkKeyFiles checks loopze.key (and loopze.key.next) exist with mode 0600.
+func (d *Doctor) checkKeyFiles() {
+	for _, name := range []string{envelope.KeyFile, envelope.NextKeyFile} {
+		path := filepath.Join(d.DataDir, name)
+		info, err := os.Stat(path)
+		switch {
+		case errors.Is(err, fs.ErrNotExist) && name == envelope.NextKeyFile:
+			continue
+		case err != nil:
+			d.add("key-file", Fail, path, "%v", err)
+			continue
+		}
+		if name == envelope.NextKeyFile {
+			d.add("key-file", Warn, path, "a master key rotation is under way or was interrupted: run rotate-key to finish it")
+		}
+		d.checkMode("key-file", path, info)
+	}
+}
+
+// checkMode warns when a secret file grants anything to group or others.
+func (d *Doctor) checkMode(check, path string, info fs.FileInfo) {
+	mode := info.Mode().Perm()
+	if runtime.GOOS != "windows" && mode&0o077 != 0 {
+		d.add(check, Warn, path, "mode %#o is readable by others: chmod 600 %s", mode, path)
+		return
+	}
+	d.add(check, OK, path, "mode %#o", mode)
+}
+
+func (d *Doctor) loadKeys() *envelope.Ring {
+	logger := d.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	ring, err := envelope.LoadExisting(d.DataDir, logger)
+	if err != nil {
+		d.add("key", Fail, d.DataDir, "%v", err)
+		return nil
+	}
+	d.add("key", OK, d.DataDir, "loaded; current key %s, keys %v", ring.CurrentKeyID(), ring.KeyIDs())
+	return ring
+}
+
+func (d *Doctor) checkDatabase(ctx context.Context) bool {
+	pending, err := db.Pending(ctx, d.Pool)
+	switch {
+	case err != nil:
+		d.add("database", Fail, "", "%v", err)
+		return false
+	case pending:
+		d.add("database", Fail, "", "migrations are pending: run loopze-certs migrate (or start the server)")
+		return false
+	}
+	d.add("database", OK, "", "reachable and migrated")
+	return true
+}
+
+// checkFile checks a tenant's file: present, 0600, decrypts, at the database's generation.
+func (d *Doctor) checkFile(ring *envelope.Ring, t repo.Tenant) {
+	path := fileexport.Path(d.DataDir, t.ID)
+	info, err := os.Stat(path)
+	if err != nil {
+		d.add("credentials-file", Fail, path, "tenant %s: %v", t.ID, err)
+		return
+	}
+	d.checkMode("credentials-file", path, info)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		d.add("credentials-file", Fail, path, "%v", err)
+		return
+	}
+	var h fileexport.Header
+	if ring == nil {
+		if h, err = fileexport.ParseHeader(data); err != nil {
+			d.add("credentials-file", Fail, path, "%v", err)
+			return
+		}
+	} else if _, h, err = fileexport.Open(ring, data, t.ID); err != nil {
+		d.add("credentials-file", Fail, path, "does not decrypt: %v", err)
+		return
+	}
+	switch {
+	case h.Generation < t.Generation:
+		d.add("credentials-file", Fail, path, "generation %d is behind the database's %d: is the export job running? (loopze-certs export writes it now)", h.Generation, t.Generation)
+	case h.Generation > t.Generation:
+		d.add("credentials-file", Fail, path, "generation %d is ahead of the database's %d: the database is older than the file (restored from an older backup?)", h.Generation, t.Generation)
+	case ring != nil && h.KeyID != ring.CurrentKeyID():
+		d.add("credentials-file", Warn, path, "sealed under key %s, not the current %s: the next export rewrites it", h.KeyID, ring.CurrentKeyID())
+	default:
+		d.add("credentials-file", OK, path, "decrypts; generation %d, key %s", h.Generation, h.KeyID)
+	}
+}
+
+// checkRows opens every sealed row of a tenant, reads its file-sourced material, and lists
+// expired and expiring entries.
+func (d *Doctor) checkRows(ctx context.Context, ring *envelope.Ring, tenant string) {
+	var (
+		entries []*repo.Entry
+		secrets []repo.NodeSecretRow
+	)
+	err := db.InTenant(ctx, d.Pool, tenant, func(tx pgx.Tx) error {
+		var err error
+		if entries, err = repo.ExportEntries(ctx, tx, tenant); err != nil {
+			return err
+		}
+		secrets, err = repo.ExportNodeSecrets(ctx, tx, tenant)
+		return err
+	})
+	if err != nil {
+		d.add("rows", Fail, tenant, "read rows: %v", err)
+		return
+	}
+	now := d.now()
+	failures := 0
+	fail := func(subject, format string, args ...any) {
+		failures++
+		if failures <= maxRowFailures {
+			d.add("rows", Fail, subject, format, args...)
+		}
+	}
+	for _, e := range entries {
+		subject := tenant + "/" + e.ID
+		notAfter := e.Meta.NotAfter
+		if e.Source == "file" {
+			m, issues := d.Roots.LoadFiles(e.Type, tenant, e.CertPath, e.KeyPath, material.PathFields, now)
+			if len(issues) > 0 {
+				d.add("file-material", Fail, subject, "%s", issues[0])
+			} else {
+				d.add("file-material", OK, subject, "readable: %s", e.CertPath)
+				notAfter = m.Metadata.NotAfter
+			}
+		} else if ring != nil {
+			for _, f := range []struct {
+				name string
+				blob []byte
+			}{{"certPem", e.CertSealed}, {"keyPem", e.KeySealed}} {
+				if len(f.blob) == 0 {
+					continue
+				}
+				if _, err := ring.Open(f.blob, fileexport.EntryAAD(tenant, e.ID, f.name)); err != nil {
+					fail(subject, "%s does not decrypt: %v", f.name, err)
+				}
+			}
+		}
+		d.checkExpiry(subject, notAfter, now)
+	}
+	if ring != nil {
+		for _, s := range secrets {
+			if _, err := ring.Open(s.Sealed, fileexport.NodeSecretAAD(tenant, s.NodeID, s.Name)); err != nil {
+				fail(tenant+"/node:"+s.NodeID, "credential %s does not decrypt: %v", s.Name, err)
+			}
+		}
+	}
+	switch {
+	case ring == nil:
+		d.add("rows", Fail, tenant, "not checked: the master key does not load")
+	case failures > maxRowFailures:
+		d.add("rows", Fail, tenant, "%d more row(s) do not decrypt", failures-maxRowFailures)
+	case failures == 0:
+		d.add("rows", OK, tenant, "%d entries and %d node credentials decrypt", len(entries), len(secrets))
+	}
+}
+
+func (d *Doctor) checkExpiry(subject string, notAfter, now time.Time) {
+	within := d.ExpiringWithin
+	if within == 0 {
+		within = DefaultExpiringWithin
+	}
+	if within < 0 {
+		return
+	}
+	day := "2006-01-02 15:04Z"
+	switch {
+	case !notAfter.After(now):
+		d.add("expiry", Warn, subject, "expired on %s", notAfter.UTC().Format(day))
+	case notAfter.Before(now.Add(within)):
+		d.add("expiry", Warn, subject, "expires on %s (in %d days)", notAfter.UTC().Format(day), int(notAfter.Sub(now).Hours()/24))
+	}
+}
+
+// WriteTable prints the report for people: one line per finding, problems first.
+func (r Report) WriteTable(w io.Writer, verbose bool) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "STATUS\tCHECK\tSUBJECT\tDETAIL")
+	shown := 0
+	for _, want := range []Status{Fail, Warn, OK} {
+		for _, c := range r.Checks {
+			if c.Status != want || (c.Status == OK && !verbose) {
+				continue
+			}
+			shown++
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", c.Status, c.Check, c.Subject, c.Message)
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	verdict := "everything checked is fine"
+	if !r.OK {
+		verdict = "problems found"
+	}
+	_, err := fmt.Fprintf(w, "%d check(s), %d shown: %s\n", len(r.Checks), shown, verdict)
+	return err
+}
+
+// WriteJSON prints the report for scripts.
+func (r Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}

@@ -1,0 +1,175 @@
+package doctor_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/loopze/certstore/internal/catalog"
+	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/doctor"
+	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/material/materialtest"
+	"github.com/loopze/certstore/internal/testdb"
+)
+
+func TestMain(m *testing.M) { testdb.Main(m) }
+
+type fixture struct {
+	doctor  *doctor.Doctor
+	catalog *catalog.Service
+	export  *fileexport.Exporter
+	dataDir string
+	fileDir string
+}
+
+func s(v string) *string { return &v }
+
+// healthy is a store with an inline pair, a file pair valid for a year, and current files.
+func healthy(t *testing.T) *fixture {
+	t.Helper()
+	ctx := context.Background()
+	pool, err := db.Open(ctx, testdb.URL(t), slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	dir := t.TempDir()
+	ring, err := envelope.Load(dir, nil)
+	require.NoError(t, err)
+	f := &fixture{
+		doctor:  &doctor.Doctor{Pool: pool, DataDir: dir},
+		catalog: &catalog.Service{Pool: pool, Ring: ring, Logger: slog.New(slog.DiscardHandler)},
+		export:  &fileexport.Exporter{Pool: pool, Ring: ring, DataDir: dir},
+		dataDir: dir, fileDir: t.TempDir(),
+	}
+	year := materialtest.Options{NotAfter: time.Now().Add(365 * 24 * time.Hour)}
+	cert, key := materialtest.Pair(t, year)
+	_, err = f.catalog.Create(ctx, "acme", catalog.Input{ID: "inline", Name: s("inline"), Type: s("client-pair"),
+		Source: s("inline"), CertPEM: cert, KeyPEM: key})
+	require.NoError(t, err)
+	cert, key = materialtest.Pair(t, year)
+	certPath := materialtest.WriteFile(t, f.fileDir, "c.pem", cert)
+	keyPath := materialtest.WriteFile(t, f.fileDir, "k.pem", key)
+	_, err = f.catalog.Create(ctx, "acme", catalog.Input{ID: "onfile", Name: s("on file"), Type: s("client-pair"),
+		Source: s("file"), CertPath: &certPath, KeyPath: &keyPath})
+	require.NoError(t, err)
+	_, err = f.export.ExportAll(ctx, false)
+	require.NoError(t, err)
+	return f
+}
+
+func (f *fixture) entry(t *testing.T, id string, notAfter time.Time) {
+	t.Helper()
+	cert, _ := materialtest.Pair(t, materialtest.Options{NotBefore: notAfter.Add(-48 * time.Hour), NotAfter: notAfter})
+	_, err := f.catalog.Create(context.Background(), "acme", catalog.Input{ID: id, Name: s(id), Type: s("ca-bundle"),
+		Source: s("inline"), CertPEM: cert})
+	require.NoError(t, err)
+}
+
+func (f *fixture) reexport(t *testing.T) {
+	t.Helper()
+	_, err := f.export.ExportAll(context.Background(), false)
+	require.NoError(t, err)
+}
+
+func TestDoctor(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name    string
+		break_  func(t *testing.T, f *fixture)
+		check   string
+		status  doctor.Status
+		subject string
+	}{
+		{"healthy", func(*testing.T, *fixture) {}, "", doctor.OK, ""},
+		{"key file 0644", func(t *testing.T, f *fixture) {
+			require.NoError(t, os.Chmod(filepath.Join(f.dataDir, "loopze.key"), 0o644))
+		}, "key-file", doctor.Warn, "loopze.key"},
+		{"credentials file 0640", func(t *testing.T, f *fixture) {
+			require.NoError(t, os.Chmod(filepath.Join(f.dataDir, "tenants", "acme", "credentials.json"), 0o640))
+		}, "credentials-file", doctor.Warn, "credentials.json"},
+		{"file behind the database", func(t *testing.T, f *fixture) {
+			f.entry(t, "later", time.Now().Add(365*24*time.Hour))
+		}, "credentials-file", doctor.Fail, "credentials.json"},
+		{"file missing", func(t *testing.T, f *fixture) {
+			require.NoError(t, os.Remove(filepath.Join(f.dataDir, "tenants", "acme", "credentials.json")))
+		}, "credentials-file", doctor.Fail, "credentials.json"},
+		{"file damaged", func(t *testing.T, f *fixture) {
+			require.NoError(t, os.WriteFile(filepath.Join(f.dataDir, "tenants", "acme", "credentials.json"), []byte("{}"), 0o600))
+		}, "credentials-file", doctor.Fail, "credentials.json"},
+		{"key missing", func(t *testing.T, f *fixture) {
+			require.NoError(t, os.Remove(filepath.Join(f.dataDir, "loopze.key")))
+		}, "key", doctor.Fail, ""},
+		{"another key", func(t *testing.T, f *fixture) {
+			path := filepath.Join(f.dataDir, "loopze.key")
+			require.NoError(t, os.Remove(path))
+			key, err := envelope.GenerateKey()
+			require.NoError(t, err)
+			require.NoError(t, envelope.WriteKeyFile(path, key))
+		}, "rows", doctor.Fail, "acme/inline"},
+		{"file material gone", func(t *testing.T, f *fixture) {
+			require.NoError(t, os.RemoveAll(f.fileDir))
+		}, "file-material", doctor.Fail, "acme/onfile"},
+		{"expired entry", func(t *testing.T, f *fixture) {
+			f.entry(t, "old", time.Now().Add(-time.Hour))
+			f.reexport(t)
+		}, "expiry", doctor.Warn, "acme/old"},
+		{"entry expiring in 10 days", func(t *testing.T, f *fixture) {
+			f.entry(t, "soon", time.Now().Add(10*24*time.Hour))
+			f.reexport(t)
+		}, "expiry", doctor.Warn, "acme/soon"},
+		{"rotation interrupted", func(t *testing.T, f *fixture) {
+			key, err := envelope.GenerateKey()
+			require.NoError(t, err)
+			require.NoError(t, envelope.WriteKeyFile(filepath.Join(f.dataDir, "loopze.key.next"), key))
+		}, "key-file", doctor.Warn, "loopze.key.next"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			f := healthy(t)
+			tc.break_(t, f)
+			rep := f.doctor.Run(context.Background())
+			if tc.status == doctor.OK {
+				require.True(t, rep.OK, "%+v", rep.Checks)
+				return
+			}
+			require.False(t, rep.OK)
+			found := false
+			for _, c := range rep.Checks {
+				if c.Check == tc.check && c.Status == tc.status && bytes.Contains([]byte(c.Subject), []byte(tc.subject)) {
+					found = true
+				}
+			}
+			require.True(t, found, "want a %s %s about %s in %+v", tc.status, tc.check, tc.subject, rep.Checks)
+		})
+	}
+}
+
+func TestReportOutputs(t *testing.T) {
+	t.Parallel()
+	f := healthy(t)
+	require.NoError(t, os.Chmod(filepath.Join(f.dataDir, "loopze.key"), 0o644))
+	rep := f.doctor.Run(context.Background())
+
+	var js bytes.Buffer
+	require.NoError(t, rep.WriteJSON(&js))
+	var back doctor.Report
+	require.NoError(t, json.Unmarshal(js.Bytes(), &back))
+	require.Equal(t, rep, back)
+	require.False(t, back.OK)
+
+	var table bytes.Buffer
+	require.NoError(t, rep.WriteTable(&table, false))
+	require.Contains(t, table.String(), "chmod 600")
+	require.Contains(t, table.String(), "problems found")
+	require.NotContains(t, table.String(), "\nok ")
+	require.NotContains(t, table.String(), "-----BEGIN")
+}
