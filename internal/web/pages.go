@@ -2,6 +2,7 @@ package web
 
 import (
 	"errors"
+	"html/template"
 	"math"
 	"net/http"
 	"strings"
@@ -22,6 +23,15 @@ const soonDays = 30
 // maxShownReferences bounds the references the delete page lists; the count says how
 // many there are in all.
 const maxShownReferences = 1000
+
+// breakDN lets a distinguished name wrap after its commas rather than inside words.
+func breakDN(dn string) template.HTML {
+	parts := strings.Split(dn, ",")
+	for i, p := range parts {
+		parts[i] = template.HTMLEscapeString(p)
+	}
+	return template.HTML(strings.Join(parts, ",<wbr>"))
+}
 
 // Types are the entry types in the order the UI offers them.
 var Types = []material.Kind{material.CABundle, material.ClientPair, material.ServerPair}
@@ -60,10 +70,10 @@ func toRow(e *repo.Entry, now time.Time) row {
 	}
 }
 
-// shortFingerprint keeps the first and last four bytes of an "AB:CD:..." fingerprint:
+// shortFingerprint keeps the first and last three bytes of an "AB:CD:..." fingerprint:
 // enough to tell entries apart at a glance; the full one is on hover and copyable.
 func shortFingerprint(fp string) string {
-	const keep = 4*3 - 1 // four bytes, three characters each but the last colon
+	const keep = 3*3 - 1 // three bytes, three characters each but the last colon
 	if len(fp) <= 2*keep+1 {
 		return fp
 	}
