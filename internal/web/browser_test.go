@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,11 +17,9 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
-	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/apitest"
-	"github.com/loopze/certstore/internal/db"
 )
 
 // EnvRequireBrowser makes the browser tests fail, not skip, when Chromium is missing (CI).
@@ -205,14 +204,34 @@ func fingerprint(t testing.TB, certPEM []byte) string {
 	return strings.Join(parts, ":")
 }
 
-// reference records that a deployed node uses entry, as a workspace deploy would.
-func reference(t testing.TB, env *apitest.Env, tenant, entry, flow, node, nodeType, field string) {
+// ref is one deployed node field that names an entry, as in "tls.caBundleRef".
+type ref struct{ flow, node, nodeType, field, entry string }
+
+// deploy saves, through PUT /api/v1/flows, a workspace whose nodes make the given
+// references; it replaces whatever was deployed before.
+func deploy(t testing.TB, env *apitest.Env, token string, refs ...ref) {
 	t.Helper()
-	err := db.InTenant(context.Background(), env.Pool, tenant, func(tx pgx.Tx) error {
-		_, err := tx.Exec(context.Background(), `INSERT INTO entry_references
-			(tenant_id, entry_id, flow_id, node_id, node_type, field) VALUES ($1, $2, $3, $4, $5, $6)`,
-			tenant, entry, flow, node, nodeType, field)
-		return err
-	})
-	require.NoError(t, err)
+	var flows []map[string]any
+	flowByID := map[string]map[string]any{}
+	nodeByID := map[string]map[string]any{}
+	for _, r := range refs {
+		f, ok := flowByID[r.flow]
+		if !ok {
+			f = map[string]any{"id": r.flow, "label": r.flow, "nodes": []any{}}
+			flowByID[r.flow] = f
+			flows = append(flows, f)
+		}
+		n, ok := nodeByID[r.node]
+		if !ok {
+			n = map[string]any{"id": r.node, "type": r.nodeType, "tls": map[string]any{}}
+			nodeByID[r.node] = n
+			f["nodes"] = append(f["nodes"].([]any), n)
+		}
+		key, found := strings.CutPrefix(r.field, "tls.")
+		require.True(t, found, "only tls references: %s", r.field)
+		n["tls"].(map[string]any)[key] = r.entry
+	}
+	res := env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/flows", Token: token,
+		Body: map[string]any{"flows": flows}})
+	require.Equal(t, http.StatusOK, res.Status, "deploy: %s", res.Body)
 }

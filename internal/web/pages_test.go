@@ -53,7 +53,7 @@ func TestListPage(t *testing.T) {
 		"certPem": string(pairCert), "keyPem": string(pairKey), "notes": "owned by <ops> & co"})
 	create(t, env, admin, map[string]any{"id": "bb-soon", "name": "Soon", "type": "ca-bundle", "source": "inline", "certPem": string(soon.CertPEM())})
 	create(t, env, admin, map[string]any{"id": "aa-old", "name": "Old", "type": "ca-bundle", "source": "inline", "certPem": string(old.CertPEM())})
-	reference(t, env, "default", "bb-soon", "f1", "n1", "tcp-out", "tls.caBundleRef")
+	deploy(t, env, admin, ref{"f1", "n1", "tcp-out", "tls.caBundleRef", "bb-soon"})
 
 	status, body := page(t, env, admin, "/certs")
 	require.Equal(t, http.StatusOK, status)
@@ -122,7 +122,7 @@ func TestDeletePage(t *testing.T) {
 	ca := materialtest.NewCA(t, materialtest.Options{})
 	create(t, env, admin, map[string]any{"id": "root", "name": "Root", "type": "ca-bundle", "source": "inline", "certPem": string(ca.CertPEM())})
 	create(t, env, admin, map[string]any{"id": "spare", "name": "Spare", "type": "ca-bundle", "source": "inline", "certPem": string(ca.CertPEM())})
-	reference(t, env, "default", "root", "ingest-line-1", "tcp-out-3", "tcp-out", "tls.caBundleRef")
+	deploy(t, env, admin, ref{"ingest-line-1", "tcp-out-3", "tcp-out", "tls.caBundleRef", "root"})
 
 	_, body := page(t, env, admin, "/certs/root/delete")
 	require.Contains(t, body, `id="blocked"`)

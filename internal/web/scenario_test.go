@@ -32,12 +32,13 @@ func TestBrowserCertificateLifecycle(t *testing.T) {
 	admin := env.Token(t, "default", "admin")
 	viewer := env.Token(t, "default", "viewer")
 
-	// A referenced entry, made beforehand the way a deploy would leave it.
+	// A referenced entry: a deployed workspace uses it.
 	shared := string(materialtest.NewCA(t, materialtest.Options{CommonName: "Shared Root CA"}).CertPEM())
 	create(t, env, admin, map[string]any{"id": "shared-root", "name": "Shared Root CA", "type": "ca-bundle",
 		"source": "inline", "certPem": shared})
-	reference(t, env, "default", "shared-root", "ingest-line-1", "tcp-out-3", "tcp-out", "tls.caBundleRef")
-	reference(t, env, "default", "shared-root", "ingest-line-2", "mqtt-broker-1", "mqtt-broker", "tls.caBundleRef")
+	deploy(t, env, admin,
+		ref{"ingest-line-1", "tcp-out-3", "tcp-out", "tls.caBundleRef", "shared-root"},
+		ref{"ingest-line-2", "mqtt-broker-1", "mqtt-broker", "tls.caBundleRef", "shared-root"})
 
 	ca := materialtest.NewCA(t, materialtest.Options{CommonName: "UI Made Root CA"})
 	certPEM := ca.CertPEM()

@@ -8,9 +8,8 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/require"
 
-	"github.com/loopze/certstore/internal/material/materialtest"
-
 	"github.com/loopze/certstore/internal/apitest"
+	"github.com/loopze/certstore/internal/material/materialtest"
 )
 
 // EnvScreenshot names the PNG file TestScreenshotForDocs writes. The README's picture is
@@ -45,10 +44,11 @@ func TestScreenshotForDocs(t *testing.T) {
 		"certPem": string(broker.ChainPEM()), "keyPem": string(broker.KeyPEM()), "notes": "Renewal ticket OPS-412 open"})
 	create(t, env, admin, map[string]any{"id": "partner-logistics-ca", "name": "Partner logistics CA", "type": "ca-bundle", "source": "inline",
 		"certPem": string(partner.CertPEM()), "notes": "Partner rotated; replace before re-enabling the SFTP flow"})
-	reference(t, env, "default", "internal-root-ca", "ingest-line-1", "tcp-out-3", "tcp-out", "tls.caBundleRef")
-	reference(t, env, "default", "internal-root-ca", "ingest-line-2", "mqtt-in-1", "mqtt-broker", "tls.caBundleRef")
-	reference(t, env, "default", "internal-root-ca", "cloud-sync", "http-request-7", "http-request", "tls.caBundleRef")
-	reference(t, env, "default", "edge-client-2026", "cloud-sync", "http-request-7", "http-request", "tls.clientCertRef")
+	deploy(t, env, admin,
+		ref{"ingest-line-1", "tcp-out-3", "tcp-out", "tls.caBundleRef", "internal-root-ca"},
+		ref{"ingest-line-2", "mqtt-in-1", "mqtt-broker", "tls.caBundleRef", "internal-root-ca"},
+		ref{"cloud-sync", "http-request-7", "http-request", "tls.caBundleRef", "internal-root-ca"},
+		ref{"cloud-sync", "http-request-7", "http-request", "tls.clientCertRef", "edge-client-2026"})
 
 	b := newBrowser(t, 1280, 800)
 	b.signIn(t, env.URL, env.Token(t, "default", "editor"))
