@@ -1,0 +1,293 @@
+// Package metrics exposes the service's Prometheus metrics at /metrics: HTTP request
+// durations by operation, the database pool's figures, the export job's lag per tenant,
+// and the expiry (notAfter) of every catalogue entry, so that "alert before a certificate
+// expires" is one rule. File-sourced entries are re-read, so a rotation on disk shows up
+// without an API call; the expiry figures are cached briefly so frequent scrapes of a
+// large catalogue stay cheap.
+package metrics
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/material"
+	"github.com/loopze/certstore/internal/repo"
+)
+
+// DefaultExpiryTTL is how long the expiry figures are reused between scrapes.
+const DefaultExpiryTTL = 30 * time.Second
+
+// Options are what the collectors read.
+type Options struct {
+	// Pool is the database pool: its figures, and the entries' expiry. Nil leaves both out.
+	Pool *pgxpool.Pool
+	// Exporter reports the export job's state; nil leaves the export metrics out.
+	Exporter *fileexport.Exporter
+	// Roots confines the re-read of file-sourced material, as for the API.
+	Roots material.Roots
+	// Logger receives collection errors.
+	Logger *slog.Logger
+	// ExpiryTTL is how long expiry figures are cached; DefaultExpiryTTL when zero.
+	ExpiryTTL time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Metrics is the registry and the /metrics handler.
+type Metrics struct {
+	reg     *prometheus.Registry
+	httpDur *prometheus.HistogramVec
+	handler http.Handler
+}
+
+// New builds the registry with every collector Options allow.
+func New(o Options) *Metrics {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.ExpiryTTL <= 0 {
+		o.ExpiryTTL = DefaultExpiryTTL
+	}
+	reg := prometheus.NewRegistry()
+	m := &Metrics{
+		reg: reg,
+		httpDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "loopze_http_request_duration_seconds",
+			Help:    "Duration of HTTP requests, by operation (OpenAPI operation ID, or route), method and status code.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"operation", "method", "code"}),
+	}
+	reg.MustRegister(m.httpDur, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if o.Pool != nil {
+		reg.MustRegister(&poolCollector{pool: o.Pool})
+		reg.MustRegister(&expiryCollector{o: o})
+	}
+	if o.Exporter != nil {
+		reg.MustRegister(&exportCollector{x: o.Exporter, now: o.Now})
+	}
+	m.handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogErrorLog{o.Logger}})
+	return m
+}
+
+// ServeHTTP serves the metrics in the Prometheus text format.
+func (m *Metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) { m.handler.ServeHTTP(w, r) }
+
+// ObserveHTTP records one request's duration.
+func (m *Metrics) ObserveHTTP(operation, method string, status int, d time.Duration) {
+	m.httpDur.WithLabelValues(operation, method, strconv.Itoa(status)).Observe(d.Seconds())
+}
+
+// Registry is the underlying registry, for tests and extra collectors.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// slogErrorLog adapts the logger to promhttp's error log.
+type slogErrorLog struct{ l *slog.Logger }
+
+func (s slogErrorLog) Println(v ...any) {
+	s.l.Error("metrics collection", "err", fmt.Sprint(v...))
+}
+
+// poolCollector reads pgxpool's statistics at scrape time.
+type poolCollector struct{ pool *pgxpool.Pool }
+
+var (
+	poolGauges = map[string]*prometheus.Desc{
+		"acquired": prometheus.NewDesc("loopze_db_pool_acquired_connections", "Connections in use.", nil, nil),
+		"idle":     prometheus.NewDesc("loopze_db_pool_idle_connections", "Idle connections.", nil, nil),
+		"total":    prometheus.NewDesc("loopze_db_pool_total_connections", "Open connections (acquired, idle and being built).", nil, nil),
+		"max":      prometheus.NewDesc("loopze_db_pool_max_connections", "Largest the pool may grow.", nil, nil),
+	}
+	poolAcquires     = prometheus.NewDesc("loopze_db_pool_acquires_total", "Connections acquired from the pool.", nil, nil)
+	poolEmptyAcquire = prometheus.NewDesc("loopze_db_pool_empty_acquires_total", "Acquires that had to wait for a connection.", nil, nil)
+	poolCanceled     = prometheus.NewDesc("loopze_db_pool_canceled_acquires_total", "Acquires cancelled while waiting.", nil, nil)
+	poolWait         = prometheus.NewDesc("loopze_db_pool_acquire_wait_seconds_total", "Time spent acquiring connections.", nil, nil)
+	poolNewConns     = prometheus.NewDesc("loopze_db_pool_new_connections_total", "Connections opened.", nil, nil)
+)
+
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range poolGauges {
+		ch <- d
+	}
+	for _, d := range []*prometheus.Desc{poolAcquires, poolEmptyAcquire, poolCanceled, poolWait, poolNewConns} {
+		ch <- d
+	}
+}
+
+func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.pool.Stat()
+	ch <- prometheus.MustNewConstMetric(poolGauges["acquired"], prometheus.GaugeValue, float64(s.AcquiredConns()))
+	ch <- prometheus.MustNewConstMetric(poolGauges["idle"], prometheus.GaugeValue, float64(s.IdleConns()))
+	ch <- prometheus.MustNewConstMetric(poolGauges["total"], prometheus.GaugeValue, float64(s.TotalConns()))
+	ch <- prometheus.MustNewConstMetric(poolGauges["max"], prometheus.GaugeValue, float64(s.MaxConns()))
+	ch <- prometheus.MustNewConstMetric(poolAcquires, prometheus.CounterValue, float64(s.AcquireCount()))
+	ch <- prometheus.MustNewConstMetric(poolEmptyAcquire, prometheus.CounterValue, float64(s.EmptyAcquireCount()))
+	ch <- prometheus.MustNewConstMetric(poolCanceled, prometheus.CounterValue, float64(s.CanceledAcquireCount()))
+	ch <- prometheus.MustNewConstMetric(poolWait, prometheus.CounterValue, s.AcquireDuration().Seconds())
+	ch <- prometheus.MustNewConstMetric(poolNewConns, prometheus.CounterValue, float64(s.NewConnsCount()))
+}
+
+// exportCollector reports the export job's state per tenant.
+type exportCollector struct {
+	x   *fileexport.Exporter
+	now func() time.Time
+}
+
+var (
+	exportLag = prometheus.NewDesc("loopze_export_lag_seconds",
+		"How long the oldest change not yet in the tenant's credentials.json has waited; 0 when the file is current.", []string{"tenant"}, nil)
+	exportGen = prometheus.NewDesc("loopze_export_file_generation",
+		"Generation of the tenant's credentials.json as last written or checked.", []string{"tenant"}, nil)
+	exportLastWrite = prometheus.NewDesc("loopze_export_last_write_timestamp_seconds",
+		"When the tenant's credentials.json was last written by this process.", []string{"tenant"}, nil)
+	exportWrites = prometheus.NewDesc("loopze_export_writes_total",
+		"Credentials files written for the tenant.", []string{"tenant"}, nil)
+	exportErrors = prometheus.NewDesc("loopze_export_errors_total",
+		"Exports of the tenant that failed.", []string{"tenant"}, nil)
+)
+
+func (c *exportCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{exportLag, exportGen, exportLastWrite, exportWrites, exportErrors} {
+		ch <- d
+	}
+}
+
+func (c *exportCollector) Collect(ch chan<- prometheus.Metric) {
+	now := c.now()
+	for _, s := range c.x.Status() {
+		lag := 0.0
+		if !s.PendingSince.IsZero() {
+			lag = max(now.Sub(s.PendingSince).Seconds(), 0)
+		}
+		ch <- prometheus.MustNewConstMetric(exportLag, prometheus.GaugeValue, lag, s.Tenant)
+		ch <- prometheus.MustNewConstMetric(exportGen, prometheus.GaugeValue, float64(s.FileGeneration), s.Tenant)
+		if !s.LastWrite.IsZero() {
+			ch <- prometheus.MustNewConstMetric(exportLastWrite, prometheus.GaugeValue, float64(s.LastWrite.UnixMilli())/1000, s.Tenant)
+		}
+		ch <- prometheus.MustNewConstMetric(exportWrites, prometheus.CounterValue, float64(s.Writes), s.Tenant)
+		ch <- prometheus.MustNewConstMetric(exportErrors, prometheus.CounterValue, float64(s.Errors), s.Tenant)
+	}
+}
+
+// expiryCollector reports every entry's notAfter, from a snapshot refreshed at most once
+// per TTL.
+type expiryCollector struct {
+	o Options
+
+	mu      sync.Mutex
+	taken   time.Time
+	samples []expirySample
+	fileErr []expirySample
+}
+
+type expirySample struct {
+	tenant, id, typ, source string
+	notAfter                time.Time
+}
+
+var (
+	certNotAfter = prometheus.NewDesc("loopze_cert_not_after_seconds",
+		"notAfter of the entry's leaf certificate, as a Unix timestamp. File-sourced entries are re-read from disk.",
+		[]string{"tenant", "id", "type", "source"}, nil)
+	certFileUnreadable = prometheus.NewDesc("loopze_cert_file_unreadable",
+		"1 for a file-sourced entry whose certificate file cannot be read or parsed now (its stored notAfter is reported).",
+		[]string{"tenant", "id"}, nil)
+)
+
+func (c *expiryCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- certNotAfter
+	ch <- certFileUnreadable
+}
+
+func (c *expiryCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock() // one refresh at a time; concurrent scrapes reuse its result
+	if now := c.o.Now(); c.samples == nil || now.Sub(c.taken) >= c.o.ExpiryTTL {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		samples, fileErr, err := c.refresh(ctx)
+		cancel()
+		if err != nil {
+			c.o.Logger.Error("collect certificate expiry", "err", err)
+		} else {
+			c.samples, c.fileErr, c.taken = samples, fileErr, now
+		}
+	}
+	for _, s := range c.samples {
+		ch <- prometheus.MustNewConstMetric(certNotAfter, prometheus.GaugeValue,
+			float64(s.notAfter.Unix()), s.tenant, s.id, s.typ, s.source)
+	}
+	for _, s := range c.fileErr {
+		ch <- prometheus.MustNewConstMetric(certFileUnreadable, prometheus.GaugeValue, 1, s.tenant, s.id)
+	}
+}
+
+func (c *expiryCollector) refresh(ctx context.Context) (samples, fileErr []expirySample, err error) {
+	tenants, err := repo.ListTenants(ctx, c.o.Pool)
+	if err != nil {
+		return nil, nil, err
+	}
+	samples = []expirySample{}
+	for _, t := range tenants {
+		var rows []repo.ExpiryRow
+		err := db.InTenant(ctx, c.o.Pool, t.ID, func(tx pgx.Tx) error {
+			var err error
+			rows, err = repo.ListExpiry(ctx, tx, t.ID)
+			return err
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, r := range rows {
+			s := expirySample{tenant: t.ID, id: r.ID, typ: r.Type, source: r.Source, notAfter: r.NotAfter}
+			if r.Source == "file" {
+				if na, ok := c.leafNotAfter(t.ID, r.CertPath); ok {
+					s.notAfter = na
+				} else {
+					fileErr = append(fileErr, s)
+				}
+			}
+			samples = append(samples, s)
+		}
+	}
+	return samples, fileErr, nil
+}
+
+// leafNotAfter reads a certificate file and returns its first certificate's notAfter.
+func (c *expiryCollector) leafNotAfter(tenant, path string) (time.Time, bool) {
+	data, err := c.o.Roots.ReadFile(tenant, path)
+	if err != nil {
+		return time.Time{}, false
+	}
+	for rest := []byte(data); ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			return time.Time{}, false
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		cert, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return time.Time{}, false
+		}
+		return cert.NotAfter, true
+	}
+}
