@@ -41,6 +41,8 @@ type Deps struct {
 	Catalog  *catalog.Service
 	// Workspace deploys and reads the tenant's flows.
 	Workspace *workspace.Service
+	// Metrics serves /metrics and records request durations; nil leaves both out.
+	Metrics Metrics
 }
 
 // Server is the assembled HTTP handler and the Huma API behind it.
@@ -48,6 +50,7 @@ type Server struct {
 	API     huma.API
 	Handler http.Handler
 	deps    Deps
+	ops     map[string]string // route pattern to operation ID, for metrics
 }
 
 // New builds the router: every operation registered, wrapped in request id, logging and
@@ -64,6 +67,10 @@ func New(d Deps) *Server {
 	hapi := humago.New(mux, cfg)
 	s := &Server{API: hapi, deps: d}
 	Register(hapi, s)
+	s.ops = operationIDs(hapi)
+	if d.Metrics != nil {
+		mux.Handle("GET /metrics", d.Metrics)
+	}
 	var cat web.Catalog
 	if d.Catalog != nil {
 		cat = d.Catalog
@@ -159,6 +166,7 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			log.Info("request", "method", r.Method, "route", route, "path", r.URL.Path,
 				"status", rec.status, "duration_ms", float64(time.Since(start).Microseconds())/1000,
 				"bytes", rec.bytes, "request_id", id)
+			s.observe(r, rec.status, time.Since(start))
 		}()
 		next.ServeHTTP(rec, r)
 	})
