@@ -10,6 +10,7 @@ import (
 
 	"github.com/loopze/certstore/internal/api"
 	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/metrics"
 )
 
 // shutdownGrace is how long in-flight requests may take to finish on SIGINT/SIGTERM.
@@ -57,7 +58,13 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	defer pool.Close()
 
 	svc.connect(pool, logger)
-	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: version, Verifier: svc.verifier, Catalog: svc.catalog, Workspace: svc.workspace})
+	exporter, stopExport, err := startExport(ctx, cfg, svc, pool, logger)
+	if err != nil {
+		return err
+	}
+	defer stopExport()
+	mx := metrics.New(metrics.Options{Pool: pool, Exporter: exporter, Roots: svc.roots, Logger: logger})
+	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: version, Verifier: svc.verifier, Catalog: svc.catalog, Workspace: svc.workspace, Metrics: mx})
 	httpSrv := &http.Server{
 		Handler:           srv.Handler,
 		ReadHeaderTimeout: 10 * time.Second,

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/material/materialtest"
+	"github.com/loopze/certstore/internal/testdb"
+)
+
+// runCLICode runs the binary and returns its exit code, standard output and both
+// outputs together.
+func runCLICode(t *testing.T, env []string, args ...string) (code int, stdout, all string) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var out, both bytes.Buffer
+	cmd.Stdout, cmd.Stderr = io.MultiWriter(&out, &both), &both
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return exit.ExitCode(), out.String(), both.String()
+	}
+	require.NoError(t, err)
+	return 0, out.String(), both.String()
+}
+
+// fileHeader waits until data/credentials.json satisfies ok, and returns its header. The
+// file is written by another process, so polling is the only way to see it.
+func fileHeader(t *testing.T, dataDir, what string, ok func(fileexport.Header) bool) fileexport.Header {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		data, err := os.ReadFile(filepath.Join(dataDir, "credentials.json"))
+		if err == nil {
+			if h, err := fileexport.ParseHeader(data); err == nil && ok(h) {
+				return h
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: credentials.json not as expected within 2s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestExportRotateDoctorImportAgainstARunningServer drives the operator subcommands beside
+// a running server: the file follows API writes, rotate-key leaves the server working,
+// doctor judges permissions, and import restores into another database.
+func TestExportRotateDoctorImportAgainstARunningServer(t *testing.T) {
+	t.Parallel()
+	dataDir := filepath.Join(t.TempDir(), "data")
+	env := []string{"LOOPZE_DATA_DIR=" + dataDir, "LOOPZE_DATABASE_URL=" + testdb.URL(t), "LOOPZE_LOG_FORMAT=json"}
+	s := start(t, env)
+	s.waitReady(t)
+	tok := runCLI(t, env, "token", "--tenant", "default", "--role", "editor")
+	post := func(id string) {
+		ca := materialtest.NewCA(t, materialtest.Options{CommonName: id, NotAfter: time.Now().Add(365 * 24 * time.Hour)})
+		body, _ := json.Marshal(map[string]string{"id": id, "name": id, "type": "ca-bundle", "source": "inline",
+			"certPem": string(materialtest.EncodeCert(ca.Cert))})
+		req, _ := http.NewRequest(http.MethodPost, "http://"+s.addr+"/api/v1/certs", bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusCreated, resp.StatusCode)
+	}
+
+	post("first-ca")
+	h := fileHeader(t, dataDir, "after the first POST", func(h fileexport.Header) bool { return h.Generation >= 1 })
+	firstKey := h.KeyID
+
+	resp, err := http.Get("http://" + s.addr + "/metrics")
+	require.NoError(t, err)
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Contains(t, string(metrics), `loopze_cert_not_after_seconds{id="first-ca",source="inline",tenant="default",type="ca-bundle"}`)
+	require.Contains(t, string(metrics), `loopze_http_request_duration_seconds_count{code="201",method="POST"`)
+	require.Contains(t, string(metrics), `loopze_export_lag_seconds{tenant="default"}`)
+	require.Contains(t, string(metrics), `loopze_db_pool_max_connections`)
+
+	out := runCLI(t, env, "export")
+	require.Contains(t, out, "default")
+	require.Contains(t, out, filepath.Join(dataDir, "credentials.json"))
+
+	code, _, all := runCLICode(t, env, "doctor")
+	require.Equal(t, 0, code, all)
+
+	// Rotate under the running server; it hears of it, reloads, and exports a later change
+	// (which means opening rows rewrapped under the new key) under the new key.
+	out = runCLI(t, env, "rotate-key")
+	require.Contains(t, out, "rotated")
+	require.NoFileExists(t, filepath.Join(dataDir, envelope.NextKeyFile))
+	post("second-ca")
+	h = fileHeader(t, dataDir, "after rotation and a POST", func(h fileexport.Header) bool {
+		return h.KeyID != firstKey && h.Generation >= 2
+	})
+	code, out, all = runCLICode(t, env, "doctor", "--json")
+	require.Equal(t, 0, code, all)
+	var rep struct{ OK bool }
+	require.NoError(t, json.Unmarshal([]byte(out), &rep))
+	require.True(t, rep.OK)
+
+	// A key file readable by others: doctor fails.
+	require.NoError(t, os.Chmod(filepath.Join(dataDir, envelope.KeyFile), 0o644))
+	code, out, _ = runCLICode(t, env, "doctor")
+	require.Equal(t, 1, code)
+	require.Contains(t, out, "chmod 600")
+	require.NoError(t, os.Chmod(filepath.Join(dataDir, envelope.KeyFile), 0o600))
+
+	// Restore the file into another database and data directory, opening it with its key.
+	other := []string{"LOOPZE_DATA_DIR=" + filepath.Join(t.TempDir(), "data2"), "LOOPZE_DATABASE_URL=" + testdb.URL(t)}
+	out = runCLI(t, other, "import", "--tenant", "default", "--file", filepath.Join(dataDir, "credentials.json"),
+		"--key", filepath.Join(dataDir, envelope.KeyFile))
+	require.Contains(t, out, "2 entries")
+	code, _, all = runCLICode(t, other, "import", "--tenant", "default", "--file", filepath.Join(dataDir, "credentials.json"),
+		"--key", filepath.Join(dataDir, envelope.KeyFile))
+	require.Equal(t, 1, code)
+	require.Contains(t, all, "not empty")
+
+	s.stop(t, syscall.SIGTERM)
+	require.NotContains(t, s.stderr.String(), "-----BEGIN")
+	require.False(t, strings.Contains(s.stderr.String(), `"level":"ERROR"`), s.stderr.String())
+}

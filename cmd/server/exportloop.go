@@ -1,0 +1,37 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/loopze/certstore/internal/config"
+	"github.com/loopze/certstore/internal/fileexport"
+)
+
+// startExport restores the default tenant from data/credentials.json when the database is
+// empty (the move from a file-backed installation), then starts the loop that keeps every
+// tenant's file in step with the database. stop ends the loop and waits for a write in
+// progress to finish.
+func startExport(ctx context.Context, cfg config.Config, svc *services, pool *pgxpool.Pool, logger *slog.Logger) (x *fileexport.Exporter, stop func(), err error) {
+	im := &fileexport.Importer{Pool: pool, Ring: svc.ring, Roots: svc.roots, Logger: logger}
+	res, imported, err := im.BootImport(ctx, cfg.DataDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	if imported {
+		logger.Info("restored the default tenant from credentials.json into the empty database",
+			"path", fileexport.Path(cfg.DataDir, fileexport.DefaultTenant), "entries", res.Entries,
+			"references", res.References, "node_credentials", res.NodeCredentials, "file_generation", res.FileGeneration)
+	}
+	x = &fileexport.Exporter{Pool: pool, Ring: svc.ring, DataDir: cfg.DataDir, Logger: logger}
+	sy := &fileexport.Syncer{Exporter: x, Logger: logger}
+	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = sy.Run(loopCtx)
+	}()
+	return x, func() { cancel(); <-done }, nil
+}
