@@ -383,3 +383,27 @@ func TestBuildTLSConfigRules(t *testing.T) {
 	require.False(t, errors.Is(err, refs.ErrUnresolved))
 	requireNoSecrets(t, te.env, nil, client, server, expired)
 }
+
+// TestInlineEntryExpiresWhileCached: a stored inline entry is parsed once per version, yet
+// it still warns once its certificate expires.
+func TestInlineEntryExpiresWhileCached(t *testing.T) {
+	t.Parallel()
+	te := newTLSEnv(t)
+	soon := te.ca.Issue(t, materialtest.Options{CommonName: "short-lived", NotAfter: time.Now().Add(time.Hour)})
+	post(t, te.env, te.tok, inlinePair("short", soon))
+	var now atomic.Pointer[time.Time]
+	t0 := time.Now()
+	now.Store(&t0)
+	r := &refs.Resolver{Catalog: te.env.Catalog, Logger: te.env.Logger, Now: func() time.Time { return *now.Load() }}
+	block := &refs.TLS{ClientCert: refs.PartSpec{Ref: "short"}}
+	for range 2 {
+		_, err := r.BuildTLSConfig(context.Background(), "acme", block)
+		require.NoError(t, err)
+	}
+	require.NotContains(t, te.env.Logs.String(), "expired")
+	later := t0.Add(2 * time.Hour)
+	now.Store(&later)
+	_, err := r.BuildTLSConfig(context.Background(), "acme", block)
+	require.NoError(t, err)
+	require.Contains(t, te.env.Logs.String(), "expired")
+}

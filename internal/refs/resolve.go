@@ -7,12 +7,10 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/loopze/certstore/internal/catalog"
-	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/secret"
@@ -49,6 +47,67 @@ type Resolver struct {
 	RetryPause time.Duration
 	// Wait pauses for d or until ctx ends; nil uses a timer. Tests hook the rotation in here.
 	Wait func(ctx context.Context, d time.Duration) error
+
+	// parsed caches the material of stored inline entries by (tenant, ID, version): every
+	// change moves the version, so an entry is decrypted and parsed once per version, not
+	// once per connection. File material is never cached.
+	mu     sync.Mutex
+	parsed map[inlineKey]parsedEntry
+}
+
+// parsedEntry is cached material, good until a certificate's validity boundary passes
+// (the expiry warnings must then be computed again).
+type parsedEntry struct {
+	m     *material.Material
+	until time.Time
+}
+
+// nextBoundary is the first NotBefore or NotAfter of m's certificates after now.
+func nextBoundary(m *material.Material, now time.Time) time.Time {
+	until := now.Add(24 * time.Hour)
+	for _, c := range m.Certs {
+		for _, b := range []time.Time{c.NotBefore, c.NotAfter} {
+			if b.After(now) && b.Before(until) {
+				until = b
+			}
+		}
+	}
+	return until
+}
+
+type inlineKey struct {
+	tenant, id string
+	version    int64
+}
+
+// maxParsed bounds the inline cache; when full it starts over, which costs one parse per
+// entry in use.
+const maxParsed = 4096
+
+func (r *Resolver) inline(tenant string, e *repo.Entry, k material.Kind) (*material.Material, error) {
+	key := inlineKey{tenant, e.ID, e.Version}
+	now := r.now()
+	r.mu.Lock()
+	pe, ok := r.parsed[key]
+	r.mu.Unlock()
+	if ok && now.Before(pe.until) {
+		return pe.m, nil
+	}
+	cert, keyPEM, err := r.Catalog.Open(e)
+	if err != nil {
+		return nil, fmt.Errorf("open entry %s: %w", e.ID, err)
+	}
+	m, issues := material.Inspect(k, cert, keyPEM, material.PEMFields, now)
+	if len(issues) > 0 {
+		return nil, fmt.Errorf("entry %s: %s", e.ID, joinIssues(issues))
+	}
+	r.mu.Lock()
+	if r.parsed == nil || len(r.parsed) >= maxParsed {
+		r.parsed = map[inlineKey]parsedEntry{}
+	}
+	r.parsed[key] = parsedEntry{m: m, until: nextBoundary(m, now)}
+	r.mu.Unlock()
+	return m, nil
 }
 
 func (r *Resolver) now() time.Time {
@@ -185,12 +244,7 @@ func (r *Resolver) resolve(ctx context.Context, tenant string, block *TLS) ([]re
 	}
 	entries := map[string]*repo.Entry{}
 	if len(ids) > 0 {
-		var list []*repo.Entry
-		err := db.InTenant(ctx, r.Catalog.Pool, tenant, func(tx pgx.Tx) error {
-			var err error
-			list, err = repo.GetEntries(ctx, tx, tenant, ids)
-			return err
-		})
+		list, err := repo.LookupEntries(ctx, r.Catalog.Pool, tenant, ids)
 		if err != nil {
 			return nil, fmt.Errorf("resolve tls references: %w", err)
 		}
@@ -237,15 +291,7 @@ func (r *Resolver) resolvePart(ctx context.Context, tenant string, p Part, s *Pa
 			rep.CertPath, rep.KeyPath = e.CertPath, e.KeyPath
 			return r.loadFiles(ctx, tenant, p.Kind, e.CertPath, e.KeyPath, material.PathFields)
 		}
-		cert, key, err := r.Catalog.Open(e)
-		if err != nil {
-			return nil, fmt.Errorf("open entry %s: %w", e.ID, err)
-		}
-		m, issues := material.Inspect(p.Kind, cert, key, material.PEMFields, r.now())
-		if len(issues) > 0 {
-			return nil, fmt.Errorf("entry %s: %s", e.ID, joinIssues(issues))
-		}
-		return m, nil
+		return r.inline(tenant, e, p.Kind)
 	case s.CertFile != "" || s.KeyFile != "":
 		rep.Origin, rep.CertPath, rep.KeyPath = OriginFile, s.CertFile, s.KeyFile
 		return r.loadFiles(ctx, tenant, p.Kind, s.CertFile, s.KeyFile,
