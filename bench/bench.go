@@ -1,0 +1,271 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/envelope"
+)
+
+// Tenants of the run, each serving one purpose so scenarios do not disturb each other.
+const (
+	tenantMain   = "bench"  // Entries client pairs: GET, list, BuildTLSConfig, export
+	tenantPost   = "post"   // POST load and the change-to-disk lag
+	tenantRefs   = "refs"   // one CA referenced by References nodes: the DELETE conflict
+	tenantDeploy = "deploy" // workspace deploys
+	refdEntry    = "referenced-ca"
+	deployCA     = "internal-root-ca"
+)
+
+// bench is one run: its settings, what it started, and what it measured so far.
+type bench struct {
+	s      settings
+	out    io.Writer
+	log    *slog.Logger
+	report *Report
+
+	tmp      string
+	pg       *cluster
+	srv      *server
+	ring     *envelope.Ring
+	pool     *pgxpool.Pool // the server's kind of pool (app role, RLS), for in-process scenarios
+	pki      *pki
+	seed     *seeder
+	client   *http.Client
+	tokens   map[string]string // "tenant/role" -> JWT
+	ids      []string          // IDs of the main tenant's entries
+	cleanups []func() error
+
+	// Figures later rows are judged against.
+	selectTPS, insertTPS, pgxTPS float64
+	getP99                       time.Duration
+	ourDeployP50                 time.Duration
+}
+
+func (b *bench) progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+}
+
+func (b *bench) onCleanup(f func() error) { b.cleanups = append(b.cleanups, f) }
+
+// cleanup undoes setup in reverse order and reports every failure.
+func (b *bench) cleanup() error {
+	var errs []error
+	for i := len(b.cleanups) - 1; i >= 0; i-- {
+		if err := b.cleanups[i](); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	b.cleanups = nil
+	return errors.Join(errs...)
+}
+
+// setup starts PostgreSQL, migrates, seeds, builds and starts the server and mints tokens.
+func (b *bench) setup(ctx context.Context) error {
+	tmp, err := os.MkdirTemp("", "loopze-bench-")
+	if err != nil {
+		return fmt.Errorf("create work dir: %w", err)
+	}
+	b.onCleanup(func() error { return os.RemoveAll(tmp) })
+	// The postgres user must reach the cluster directory inside.
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return fmt.Errorf("open work dir to the postgres user: %w", err)
+	}
+	b.tmp = tmp
+
+	t0 := time.Now()
+	bin, err := buildServer(ctx, b.s.Root, tmp)
+	if err != nil {
+		return err
+	}
+	b.progress("built the server in %s", since(t0))
+
+	t0 = time.Now()
+	if b.pg, err = startCluster(ctx, tmp, b.log); err != nil {
+		return err
+	}
+	b.onCleanup(func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		return b.pg.Stop(ctx)
+	})
+	if b.report.Postgres, err = b.pg.facts(ctx); err != nil {
+		return err
+	}
+	for k, v := range pgSettings {
+		b.report.Postgres["bench setting "+k] = v
+	}
+	url := b.pg.URL(appDatabase)
+	if _, err := db.Migrate(ctx, url, b.log); err != nil {
+		return err
+	}
+	b.progress("PostgreSQL %s up and migrated in %s (fsync=%s, synchronous_commit=%s)", b.report.Postgres["server_version"],
+		since(t0), b.report.Postgres["fsync"], b.report.Postgres["synchronous_commit"])
+
+	dataDir := filepath.Join(tmp, "data")
+	if err := os.Mkdir(dataDir, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	// The bench creates the master key the server then loads, so it can seal seeded rows
+	// exactly as the server would.
+	if b.ring, err = envelope.Load(dataDir, b.log); err != nil {
+		return fmt.Errorf("load master key: %w", err)
+	}
+	if b.pki, err = newPKI(4); err != nil {
+		return err
+	}
+	b.seed = &seeder{url: url, ring: b.ring, pki: b.pki}
+	if err := b.seedBase(ctx); err != nil {
+		return err
+	}
+
+	if b.srv, err = newServer(bin, dataDir, url); err != nil {
+		return err
+	}
+	t0 = time.Now()
+	if err := b.srv.start(ctx); err != nil {
+		return err
+	}
+	b.onCleanup(b.srv.stop)
+	b.progress("server up at %s in %s (pid %d)", b.srv.base, since(t0), b.srv.pid())
+
+	b.tokens = map[string]string{}
+	for _, tr := range []string{tenantMain + "/viewer", tenantMain + "/editor", tenantPost + "/editor",
+		tenantRefs + "/editor", tenantDeploy + "/editor"} {
+		tenant, role, _ := strings.Cut(tr, "/")
+		tok, err := b.srv.token(ctx, tenant, role)
+		if err != nil {
+			return err
+		}
+		b.tokens[tr] = tok
+	}
+	b.client = newClient(b.s.Concurrency)
+	b.onCleanup(func() error { b.client.CloseIdleConnections(); return nil })
+
+	if b.pool, err = db.Open(ctx, url, b.log); err != nil {
+		return err
+	}
+	b.onCleanup(func() error { b.pool.Close(); return nil })
+	return nil
+}
+
+// seedBase writes the data every scenario but the scale one needs.
+func (b *bench) seedBase(ctx context.Context) error {
+	t0 := time.Now()
+	if err := b.seed.clientPairs(ctx, []string{tenantMain}, b.s.Entries, 1); err != nil {
+		return err
+	}
+	b.ids = make([]string, b.s.Entries)
+	for i := range b.ids {
+		b.ids[i] = entryID(i)
+	}
+	conn, err := pgx.Connect(ctx, b.seed.url)
+	if err != nil {
+		return fmt.Errorf("connect to seed: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if err := ensureTenants(ctx, conn, []string{tenantPost, tenantRefs, tenantDeploy}); err != nil {
+		return err
+	}
+	for _, te := range [][2]string{{tenantRefs, refdEntry}, {tenantDeploy, deployCA}} {
+		row, err := b.seed.caBundleRow(te[0], te[1])
+		if err != nil {
+			return err
+		}
+		if err := insertRow(ctx, conn, row); err != nil {
+			return err
+		}
+	}
+	if err := analyze(ctx, conn); err != nil {
+		return err
+	}
+	b.progress("seeded %d entries in %s", b.s.Entries+2, since(t0))
+	return nil
+}
+
+func since(t time.Time) string { return time.Since(t).Round(10 * time.Millisecond).String() }
+
+// add appends a row to the report and echoes it.
+func (b *bench) add(r Row) {
+	b.report.Rows = append(b.report.Rows, r)
+	extra := ""
+	if r.Note != "" {
+		extra = " (" + r.Note + ")"
+	}
+	b.progress("  %-44s %s%s", r.Scenario, r.Status, extra)
+}
+
+// runAll runs the baselines and the scenarios in an order that keeps each one's data
+// undisturbed by the ones before it; the scale scenario, which grows the database a
+// hundredfold, comes last.
+func (b *bench) runAll(ctx context.Context) {
+	steps := []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{"baselines", b.baselines},
+		{"GET by ID", b.scenarioGet},
+		{"GET list", b.scenarioList},
+		{"POST", b.scenarioPost},
+		{"BuildTLSConfig", b.scenarioBuildTLS},
+		{"DELETE conflict", b.scenarioDelete},
+		{"workspace deploy", b.scenarioDeploy},
+		{"Node-RED deploy", b.scenarioNodeRED},
+		{"export", b.scenarioExport},
+		{"scale", b.scenarioScale},
+	}
+	for _, st := range steps {
+		if ctx.Err() != nil {
+			return
+		}
+		t0 := time.Now()
+		b.progress("%s ...", st.name)
+		if err := st.fn(ctx); err != nil {
+			b.progress("%s failed: %v", st.name, err)
+			b.report.Notes = append(b.report.Notes, fmt.Sprintf("%s failed: %v", st.name, err))
+		}
+		b.progress("%s done in %s", st.name, since(t0))
+	}
+}
+
+// finish prints the table and the facts, saves the JSON and profiles what missed.
+func (b *bench) finish(ctx context.Context) error {
+	if b.s.Profile {
+		b.profileMisses(ctx)
+	}
+	b.report.Elapsed = time.Since(b.report.StartedAt).Round(time.Second).String()
+	fmt.Fprintln(b.out)
+	if err := WriteTable(b.out, b.report.Rows); err != nil {
+		return err
+	}
+	fmt.Fprintln(b.out)
+	fmt.Fprintln(b.out, "baselines (same run):")
+	for _, bl := range b.report.Baselines {
+		fmt.Fprintf(b.out, "  %-16s %-10s %s\n", bl.Name, fmtRate(bl.Throughput), bl.Command)
+	}
+	fmt.Fprintln(b.out)
+	WriteFacts(b.out, "machine", b.report.Machine)
+	WriteFacts(b.out, "postgres", b.report.Postgres)
+	for _, n := range b.report.Notes {
+		fmt.Fprintln(b.out, "note:", n)
+	}
+	path, err := b.report.Save(b.s.ResultsDir)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(b.out, "\n%d concurrent clients, %s per load scenario%s; whole run %s; written to %s\n",
+		b.s.Concurrency, b.s.Duration, map[bool]string{true: " (BENCH_QUICK)", false: ""}[b.s.Quick], b.report.Elapsed, path)
+	return nil
+}

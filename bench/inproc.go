@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/loopze/certstore/internal/catalog"
+	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/refs"
+)
+
+// resolver is a TLS resolver over the run's database and master key, as the server has.
+func (b *bench) resolver() *refs.Resolver {
+	return &refs.Resolver{Catalog: &catalog.Service{Pool: b.pool, Ring: b.ring, Logger: b.log}, Logger: b.log}
+}
+
+// buildTLSOp resolves a tls block referencing a random stored inline client pair.
+func (b *bench) buildTLSOp(r *refs.Resolver) Op {
+	return func(ctx context.Context, _ int, rnd *rand.Rand) error {
+		block := &refs.TLS{ClientCert: refs.PartSpec{Ref: b.ids[rnd.IntN(len(b.ids))]}}
+		cfg, err := r.BuildTLSConfig(ctx, tenantMain, block)
+		if err != nil {
+			return err
+		}
+		if cfg.GetClientCertificate == nil {
+			return errors.New("BuildTLSConfig: no client certificate in the config")
+		}
+		return nil
+	}
+}
+
+// scenarioBuildTLS: BuildTLSConfig of a block referencing a stored inline client pair, in
+// process: a row read in the tenant, two envelope opens, PEM parse, key match.
+func (b *bench) scenarioBuildTLS(ctx context.Context) error {
+	res := runLoad(ctx, b.s.Concurrency, b.s.Warmup, b.s.Duration, b.buildTLSOp(b.resolver()))
+	r := ratioRow(loadRow("BuildTLSConfig, inline client-pair ref (in process)", res), "raw pgx by PK", b.pgxTPS, 0.5)
+	p99 := res.Hist.Quantile(0.99)
+	r.Target = "p99 < 500µs and " + r.Target
+	if r.Status == statusMet && p99 >= 500*time.Microsecond {
+		r.Status = statusNotMet
+	}
+	b.add(r)
+	return nil
+}
+
+// exportOp exports the main tenant, forced, into dir.
+func (b *bench) exportOp(dir string) (Op, *fileexport.Result) {
+	x := &fileexport.Exporter{Pool: b.pool, Ring: b.ring, DataDir: dir, Logger: b.log}
+	last := &fileexport.Result{}
+	return func(ctx context.Context, _ int, _ *rand.Rand) error {
+		res, err := x.ExportTenant(ctx, tenantMain, true)
+		*last = res
+		return err
+	}, last
+}
+
+// scenarioExport: a forced export of the main tenant (every entry opened and sealed into
+// one file, written atomically), in process, one at a time; and once through the binary's
+// export subcommand, process start included.
+func (b *bench) scenarioExport(ctx context.Context) error {
+	dir := filepath.Join(b.tmp, "export")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return fmt.Errorf("create export dir: %w", err)
+	}
+	op, last := b.exportOp(dir)
+	res := runSequence(ctx, 1, b.s.Exports, op)
+	r := loadRow(fmt.Sprintf("export of a %dk-entry tenant (in process)", b.s.Entries/1000), res)
+	worst := res.Hist.Max()
+	r = underRow(r, "every run", worst, time.Second)
+	r.Note = joinNote(r.Note, fmt.Sprintf("%d forced exports, slowest %s, %d entries", res.Ops, fmtDur(worst), last.Entries))
+	t0 := time.Now()
+	if _, err := b.srv.run(ctx, "export", "--tenant", tenantMain); err != nil {
+		r.Note = joinNote(r.Note, "export subcommand: "+err.Error())
+	} else {
+		r.Note = joinNote(r.Note, fmt.Sprintf("`loopze-certs export --tenant %s` took %s with process start", tenantMain, fmtDur(time.Since(t0))))
+	}
+	b.add(r)
+	return nil
+}
