@@ -28,9 +28,14 @@ lint:
 openapi:
 	$(GO) run ./cmd/server openapi -format yaml -o openapi/openapi.yaml
 
+# make bench: load, latency and scale scenarios against the real server, with raw-PostgreSQL
+# baselines measured in the same run (docs/performance.md), then the micro-benchmarks of the
+# hot pieces. BENCH_QUICK=1 runs the one-minute smoke version.
+BENCH_QUICK ?=
+BENCH_TIME := $(if $(filter-out 0,$(BENCH_QUICK)),100ms,1s)
 bench:
-	@echo "make bench: the load benchmarks are not built yet; micro-benchmarks:"
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	BENCH_QUICK=$(BENCH_QUICK) $(GO) run ./bench
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCH_TIME) ./internal/material ./internal/envelope ./internal/refs
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzInspect -fuzztime 30s -fuzzminimizetime 2s ./internal/material
