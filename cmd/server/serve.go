@@ -10,6 +10,7 @@ import (
 
 	"github.com/loopze/certstore/internal/api"
 	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/opcua"
 	"github.com/loopze/certstore/internal/metrics"
 )
 
@@ -58,6 +59,12 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	defer pool.Close()
 
 	svc.connect(pool, logger)
+	// The OPC UA migration runs after the schema migrations and before the first request,
+	// so no deploy sees a half-migrated workspace from this process.
+	mig := &opcua.Migrator{Pool: pool, Catalog: svc.catalog, Workspace: svc.workspace, Logger: logger}
+	if _, err := mig.Run(ctx); err != nil {
+		return err
+	}
 	exporter, stopExport, err := startExport(ctx, cfg, svc, pool, logger)
 	if err != nil {
 		return err
