@@ -10,8 +10,8 @@ import (
 
 	"github.com/loopze/certstore/internal/api"
 	"github.com/loopze/certstore/internal/db"
-	"github.com/loopze/certstore/internal/opcua"
 	"github.com/loopze/certstore/internal/metrics"
+	"github.com/loopze/certstore/internal/opcua"
 )
 
 // shutdownGrace is how long in-flight requests may take to finish on SIGINT/SIGTERM.
