@@ -47,6 +47,7 @@ type Exporter struct {
 // tenantState is the Exporter's per-tenant bookkeeping.
 type tenantState struct {
 	write sync.Mutex // held for a whole export
+	seen  seenFile   // guarded by write
 
 	// The fields below are guarded by Exporter.mu.
 	fileGeneration int64
@@ -173,7 +174,7 @@ func (x *Exporter) ExportTenant(ctx context.Context, tenant string, force bool) 
 	defer st.write.Unlock()
 
 	start := x.now()
-	res, err := x.export(ctx, tenant, force)
+	res, err := x.export(ctx, st, tenant, force)
 	res.Duration = x.now().Sub(start)
 
 	x.mu.Lock()
@@ -211,7 +212,7 @@ func (x *Exporter) ExportTenant(ctx context.Context, tenant string, force bool) 
 	return res, nil
 }
 
-func (x *Exporter) export(ctx context.Context, tenant string, force bool) (Result, error) {
+func (x *Exporter) export(ctx context.Context, st *tenantState, tenant string, force bool) (Result, error) {
 	path := Path(x.DataDir, tenant)
 	res := Result{Tenant: tenant, Path: path}
 	if err := os.MkdirAll(filepath.Dir(path), dirMode); err != nil {
@@ -224,7 +225,7 @@ func (x *Exporter) export(ctx context.Context, tenant string, force bool) (Resul
 	defer unlock()
 	removeStaleTemps(filepath.Dir(path))
 
-	onDisk, haveFile := x.readHeader(path)
+	onDisk, haveFile := x.readHeader(st, path)
 	doc, err := x.snapshot(ctx, tenant, func(gen int64) bool {
 		return !force && haveFile && onDisk.Generation == gen && onDisk.KeyID == x.Ring.CurrentKeyID()
 	})
@@ -249,8 +250,12 @@ func (x *Exporter) export(ctx context.Context, tenant string, force bool) (Resul
 	if err != nil {
 		return res, err
 	}
+	st.seen = seenFile{}
 	if err := WriteAtomic(path, data); err != nil {
 		return res, err
+	}
+	if info, err := os.Stat(path); err == nil {
+		st.seen = seenFile{info: info, header: h}
 	}
 	res.Generation, res.KeyID, res.Written = h.Generation, h.KeyID, true
 	res.Entries, res.References, res.NodeCredentials = len(doc.Entries), len(doc.References), len(doc.NodeCredentials)
@@ -262,8 +267,14 @@ func lockPath(path string) string {
 	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".lock")
 }
 
-// readHeader returns the header of the file at path, if it has a readable one.
-func (x *Exporter) readHeader(path string) (Header, bool) {
+// readHeader returns the header of the file at path, if it has a readable one. A large
+// tenant's file is tens of megabytes, so the header is remembered with the file's size,
+// modification time and inode, and re-read only when one of them changed.
+func (x *Exporter) readHeader(st *tenantState, path string) (Header, bool) {
+	info, err := os.Stat(path)
+	if err == nil && st.seen.same(info) {
+		return st.seen.header, true
+	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
@@ -276,7 +287,20 @@ func (x *Exporter) readHeader(path string) (Header, bool) {
 		x.logger().Warn("credentials file is damaged; rewriting it", "path", path, "err", err)
 		return Header{}, false
 	}
+	if info != nil {
+		st.seen = seenFile{info: info, header: h}
+	}
 	return h, true
+}
+
+// seenFile is a file's header as last read or written, with the stat that identified it.
+type seenFile struct {
+	info   fs.FileInfo
+	header Header
+}
+
+func (s seenFile) same(info fs.FileInfo) bool {
+	return s.info != nil && os.SameFile(s.info, info) && s.info.Size() == info.Size() && s.info.ModTime().Equal(info.ModTime())
 }
 
 // snapshot reads the tenant's generation and rows in one repeatable-read transaction, so

@@ -62,7 +62,7 @@ func setup(t *testing.T) *bundle {
 }
 
 // setupOn opens a pool on url with a fresh data directory (and master key).
-func setupOn(t *testing.T, url string) *bundle {
+func setupOn(t testing.TB, url string) *bundle {
 	t.Helper()
 	ctx := context.Background()
 	logger := testLogger(t)

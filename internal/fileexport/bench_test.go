@@ -1,0 +1,57 @@
+package fileexport
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/material"
+	"github.com/loopze/certstore/internal/material/materialtest"
+	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/secret"
+	"github.com/loopze/certstore/internal/testdb"
+)
+
+// BenchmarkExportTenant10k measures a forced export of a tenant of 10,000 inline pairs.
+func BenchmarkExportTenant10k(b *testing.B) {
+	bb := setupBench(b)
+	ctx := context.Background()
+	x := &Exporter{Pool: bb.pool, Ring: bb.ring, DataDir: bb.dataDir}
+	b.ResetTimer()
+	for b.Loop() {
+		res, err := x.ExportTenant(ctx, "big", true)
+		require.NoError(b, err)
+		require.Equal(b, 10000, res.Entries)
+	}
+}
+
+func setupBench(b *testing.B) *bundle {
+	b.Helper()
+	ctx := context.Background()
+	bb := setupOn(b, testdb.URL(b))
+	cert, key := materialtest.Pair(b, materialtest.Options{})
+	m, issues := material.Inspect(material.ClientPair, secret.PEM(cert), secret.PEM(key), material.PEMFields, time.Now())
+	require.Empty(b, issues)
+	entries := make([]*repo.Entry, 0, 10000)
+	for i := range 10000 {
+		id := fmt.Sprintf("entry-%05d", i)
+		cs, err := bb.ring.Seal(cert, EntryAAD("big", id, "certPem"))
+		require.NoError(b, err)
+		ks, err := bb.ring.Seal(key, EntryAAD("big", id, "keyPem"))
+		require.NoError(b, err)
+		entries = append(entries, &repo.Entry{TenantID: "big", ID: id, Name: id, Type: material.ClientPair,
+			Source: "inline", CertSealed: cs, KeySealed: ks, KeyID: bb.ring.CurrentKeyID(), Meta: m.Metadata})
+	}
+	require.NoError(b, db.InTenant(ctx, bb.pool, "big", func(tx pgx.Tx) error {
+		if _, err := repo.BumpGeneration(ctx, tx, "big"); err != nil {
+			return err
+		}
+		return repo.ImportEntries(ctx, tx, entries)
+	}))
+	return bb
+}
