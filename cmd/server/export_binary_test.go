@@ -28,7 +28,11 @@ func runCLICode(t *testing.T, env []string, args ...string) (code int, stdout, a
 	t.Helper()
 	cmd := exec.Command(binary, args...)
 	cmd.Env = append(os.Environ(), env...)
-	var out, both bytes.Buffer
+	// Two copiers write both at once: it must be a locked buffer.
+	var (
+		out  bytes.Buffer
+		both syncBuffer
+	)
 	cmd.Stdout, cmd.Stderr = io.MultiWriter(&out, &both), &both
 	err := cmd.Run()
 	var exit *exec.ExitError
