@@ -19,7 +19,9 @@ type recorder struct {
 	ops []string
 }
 
-func (r *recorder) ServeHTTP(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("# metrics\n")) }
+func (r *recorder) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	_, _ = w.Write([]byte("# metrics\n"))
+}
 
 func (r *recorder) ObserveHTTP(op, method string, status int, _ time.Duration) {
 	r.mu.Lock()
