@@ -39,8 +39,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "build loopze-certs: %v\n%s", err, out)
 		os.Exit(1)
 	}
-	defer os.RemoveAll(dir)
-	testdb.Main(m)
+	code := testdb.Run(m)
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 // reachableDir makes a directory the postgres user can pass through (t.TempDir is 0700

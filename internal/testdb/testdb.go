@@ -85,6 +85,12 @@ var (
 // Main wraps TestMain: it runs the tests, then stops any server the harness started
 // (also when tests failed, and on SIGINT/SIGTERM), and exits with the tests' code.
 func Main(m *testing.M) {
+	os.Exit(Run(m))
+}
+
+// Run is Main without the exit, for a TestMain that has its own cleanup to do after the
+// tests: it returns the tests' exit code.
+func Run(m *testing.M) int {
 	mainRunning.Store(true)
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
@@ -96,7 +102,7 @@ func Main(m *testing.M) {
 	}()
 	code := run(m)
 	signal.Stop(sigs)
-	os.Exit(code)
+	return code
 }
 
 // run is separate from Main so the deferred shutdown also runs when m.Run panics.
