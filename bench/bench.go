@@ -47,6 +47,9 @@ type bench struct {
 	tokens   map[string]string // "tenant/role" -> JWT
 	ids      []string          // IDs of the main tenant's entries
 	cleanups []func() error
+	inproc   http.Handler // the server's handler in this process, for profiles
+	// profileTops are the pprof excerpts of the targets missed, printed after the table.
+	profileTops []string
 
 	// Figures later rows are judged against.
 	selectTPS, insertTPS, pgxTPS float64
@@ -104,8 +107,11 @@ func (b *bench) setup(ctx context.Context) error {
 	if b.report.Postgres, err = b.pg.facts(ctx); err != nil {
 		return err
 	}
-	for k, v := range pgSettings {
+	for k, v := range settingsWithStatements() {
 		b.report.Postgres["bench setting "+k] = v
+	}
+	if err := b.pg.exec(ctx, appDatabase, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"); err != nil {
+		return err
 	}
 	url := b.pg.URL(appDatabase)
 	if _, err := db.Migrate(ctx, url, b.log); err != nil {
@@ -241,15 +247,13 @@ func (b *bench) runAll(ctx context.Context) {
 }
 
 // finish prints the table and the facts, saves the JSON and profiles what missed.
-func (b *bench) finish(ctx context.Context) error {
-	if b.s.Profile {
-		b.profileMisses(ctx)
-	}
+func (b *bench) finish() error {
 	b.report.Elapsed = time.Since(b.report.StartedAt).Round(time.Second).String()
 	fmt.Fprintln(b.out)
 	if err := WriteTable(b.out, b.report.Rows); err != nil {
 		return err
 	}
+	b.writeProfiles(b.out)
 	fmt.Fprintln(b.out)
 	fmt.Fprintln(b.out, "baselines (same run):")
 	for _, bl := range b.report.Baselines {

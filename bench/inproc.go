@@ -45,6 +45,7 @@ func (b *bench) scenarioBuildTLS(ctx context.Context) error {
 		r.Status = statusNotMet
 	}
 	b.add(r)
+	b.profile(ctx, r, "buildtls", b.s.Concurrency, b.buildTLSOp(b.resolver()))
 	return nil
 }
 
@@ -80,5 +81,7 @@ func (b *bench) scenarioExport(ctx context.Context) error {
 		r.Note = joinNote(r.Note, fmt.Sprintf("`loopze-certs export --tenant %s` took %s with process start", tenantMain, fmtDur(time.Since(t0))))
 	}
 	b.add(r)
+	op, _ = b.exportOp(dir)
+	b.profile(ctx, r, "export", 1, op)
 	return nil
 }

@@ -131,7 +131,7 @@ func run(ctx context.Context, s settings, out io.Writer, logger *slog.Logger) (e
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted: %w", ctx.Err())
 	}
-	return b.finish(ctx)
+	return b.finish()
 }
 
 // machineFacts describes the machine the figures come from.

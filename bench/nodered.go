@@ -192,6 +192,7 @@ func (b *bench) scenarioNodeRED(ctx context.Context) error {
 		r.Note = joinNote(r.Note, "Node-RED logged errors: "+lastLines(msgs, 2))
 	}
 	b.add(r)
+	b.profileHTTP(ctx, r, "deploy-vs-nodered", 1, b.deployRequest(), http.StatusOK)
 	return nil
 }
 

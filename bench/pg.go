@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -30,6 +31,16 @@ var pgSettings = map[string]string{
 	"max_connections":    "200",
 }
 
+// statementsSettings add pg_stat_statements, which only observes: the profile of a missed
+// target then shows the SQL the server spent its database time on, which a Go CPU profile
+// cannot see.
+var statementsSettings = map[string]string{
+	"shared_preload_libraries":  "pg_stat_statements",
+	"pg_stat_statements.track":  "all",
+	"pg_stat_statements.max":    "1000",
+	"track_activity_query_size": "4096",
+}
+
 // appDatabase is the server's database; pgbenchDatabase holds pgbench's own tables.
 const (
 	appDatabase     = "loopze"
@@ -52,7 +63,7 @@ func startCluster(ctx context.Context, dir string, logger *slog.Logger) (*cluste
 		DataDir:       filepath.Join(dir, "pg"),
 		BinDir:        binDir,
 		Database:      appDatabase,
-		Settings:      pgSettings,
+		Settings:      settingsWithStatements(),
 		DieWithParent: true,
 		Logger:        logger,
 		StartTimeout:  2 * time.Minute,
@@ -61,6 +72,12 @@ func startCluster(ctx context.Context, dir string, logger *slog.Logger) (*cluste
 		return nil, err
 	}
 	return &cluster{Cluster: c, binDir: binDir}, nil
+}
+
+func settingsWithStatements() map[string]string {
+	m := maps.Clone(pgSettings)
+	maps.Copy(m, statementsSettings)
+	return m
 }
 
 // facts reads the server version and the settings that shape the figures.
@@ -264,4 +281,45 @@ func pgbenchError(out string) string {
 		return lastLines(out, 5)
 	}
 	return strings.Join(keep[:min(len(keep), 4)], " | ")
+}
+
+// resetStatements clears pg_stat_statements before a profiled run.
+func (c *cluster) resetStatements(ctx context.Context) error {
+	return c.exec(ctx, appDatabase, "SELECT pg_stat_statements_reset()")
+}
+
+// topStatements lists the n statements of the app database that took the most execution
+// time since the last reset, one line each: total, calls, mean, rows per call, the query.
+func (c *cluster) topStatements(ctx context.Context, n int) (string, error) {
+	conn, err := pgx.Connect(ctx, c.URL(appDatabase))
+	if err != nil {
+		return "", fmt.Errorf("connect for statements: %w", err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `
+		SELECT total_exec_time, calls, mean_exec_time, rows::float8 / greatest(calls, 1), regexp_replace(query, '\s+', ' ', 'g')
+		FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+		WHERE d.datname = $1 AND query NOT LIKE '%pg_stat_statements%'
+		ORDER BY total_exec_time DESC LIMIT $2`, appDatabase, n)
+	if err != nil {
+		return "", fmt.Errorf("read pg_stat_statements: %w", err)
+	}
+	defer rows.Close()
+	var b strings.Builder
+	fmt.Fprintf(&b, "%10s %8s %9s %8s  %s\n", "total ms", "calls", "mean ms", "rows", "query")
+	for rows.Next() {
+		var (
+			total, mean, perCall float64
+			calls                int64
+			query                string
+		)
+		if err := rows.Scan(&total, &calls, &mean, &perCall, &query); err != nil {
+			return "", fmt.Errorf("scan pg_stat_statements: %w", err)
+		}
+		if len(query) > 160 {
+			query = query[:157] + "..."
+		}
+		fmt.Fprintf(&b, "%10.0f %8d %9.3f %8.1f  %s\n", total, calls, mean, perCall, query)
+	}
+	return b.String(), rows.Err()
 }

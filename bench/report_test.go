@@ -73,3 +73,9 @@ func TestSaveJSON(t *testing.T) {
 	require.InDelta(t, 1.5, back.Rows[0]["p99Ms"], 1e-9)
 	require.Equal(t, "met", back.Rows[0]["status"])
 }
+
+func TestTopLines(t *testing.T) {
+	t.Parallel()
+	out := []byte("File: bench\nType: cpu\nDuration: 1s\n      flat  flat%\n a\n b\n c\n")
+	require.Equal(t, "Duration: 1s\n      flat  flat%\n a\n b\n", topLines(out, 2))
+}

@@ -62,12 +62,12 @@ func (b *bench) scenarioScale(ctx context.Context) error {
 	if err := os.WriteFile("/proc/"+strconv.Itoa(b.srv.pid())+"/clear_refs", []byte("5"), 0); err != nil {
 		peakNote = "peak RSS over the server's lifetime (could not reset the peak)"
 	}
-	res := runLoad(ctx, b.s.Concurrency, b.s.Warmup, b.s.Duration, func(ctx context.Context, _ int, rnd *rand.Rand) error {
-		ti := rnd.IntN(nt)
-		req, _ := http.NewRequest(http.MethodGet, b.srv.base+"/api/v1/certs/"+entryID(rnd.IntN(per)), nil)
-		req.Header.Set("Authorization", "Bearer "+tokens[ti])
-		return do(ctx, b.client, req, http.StatusOK)
-	})
+	req := func(_, _ int, rnd *rand.Rand) *http.Request {
+		r, _ := http.NewRequest(http.MethodGet, b.srv.base+"/api/v1/certs/"+entryID(rnd.IntN(per)), nil)
+		r.Header.Set("Authorization", "Bearer "+tokens[rnd.IntN(nt)])
+		return r
+	}
+	res := runLoad(ctx, b.s.Concurrency, b.s.Warmup, b.s.Duration, b.httpOp(req, http.StatusOK))
 	r := loadRow(name, res)
 	p99 := res.Hist.Quantile(0.99)
 	r.Target = "p99 <= 1.5 x the 10k run's p99"
@@ -79,6 +79,7 @@ func (b *bench) scenarioScale(ctx context.Context) error {
 		r.Status = statusNotAvailable
 	}
 	b.add(r)
+	b.profileHTTP(ctx, r, "scale-get", b.s.Concurrency, req, http.StatusOK)
 
 	peak, err := procStatus(b.srv.pid(), "VmHWM")
 	if err != nil {

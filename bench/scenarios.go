@@ -94,19 +94,30 @@ func (b *bench) baselines(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// getOp reads a random entry of the main tenant.
-func (b *bench) getOp() Op {
-	return func(ctx context.Context, _ int, rnd *rand.Rand) error {
-		id := b.ids[rnd.IntN(len(b.ids))]
-		return do(ctx, b.client, b.request(http.MethodGet, "/api/v1/certs/"+id, tenantMain+"/viewer", nil), http.StatusOK)
+// getRequest reads a random entry of the main tenant.
+func (b *bench) getRequest(_, _ int, rnd *rand.Rand) *http.Request {
+	return b.request(http.MethodGet, "/api/v1/certs/"+b.ids[rnd.IntN(len(b.ids))], tenantMain+"/viewer", nil)
+}
+
+// httpOp sends the requests req builds to the server and expects status want.
+func (b *bench) httpOp(req func(w, i int, rnd *rand.Rand) *http.Request, want int) Op {
+	counts := make([]int, b.s.Concurrency)
+	return func(ctx context.Context, w int, rnd *rand.Rand) error {
+		r := req(w, counts[w], rnd)
+		counts[w]++
+		return do(ctx, b.client, r, want)
 	}
 }
+
+func (b *bench) getOp() Op { return b.httpOp(b.getRequest, http.StatusOK) }
 
 // scenarioGet: GET /api/v1/certs/{id} of random IDs among the main tenant's entries.
 func (b *bench) scenarioGet(ctx context.Context) error {
 	res := runLoad(ctx, b.s.Concurrency, b.s.Warmup, b.s.Duration, b.getOp())
 	b.getP99 = res.Hist.Quantile(0.99)
-	b.add(ratioRow(loadRow(fmt.Sprintf("GET /certs/{id}, %dk entries", b.s.Entries/1000), res), "pgbench -S", b.selectTPS, 0.35))
+	r := ratioRow(loadRow(fmt.Sprintf("GET /certs/{id}, %dk entries", b.s.Entries/1000), res), "pgbench -S", b.selectTPS, 0.35)
+	b.add(r)
+	b.profileHTTP(ctx, r, "get", b.s.Concurrency, b.getRequest, http.StatusOK)
 	return nil
 }
 
@@ -136,16 +147,18 @@ func (b *bench) scenarioList(ctx context.Context) error {
 		}
 		cursors = append(cursors, page.NextCursor)
 	}
-	res := runLoad(ctx, b.s.Concurrency, b.s.Warmup, b.s.Duration, func(ctx context.Context, _ int, rnd *rand.Rand) error {
+	req := func(_, _ int, rnd *rand.Rand) *http.Request {
 		path := "/api/v1/certs?limit=100"
 		if c := cursors[rnd.IntN(len(cursors))]; c != "" {
 			path += "&cursor=" + url.QueryEscape(c)
 		}
-		return do(ctx, b.client, b.request(http.MethodGet, path, tenantMain+"/viewer", nil), http.StatusOK)
-	})
+		return b.request(http.MethodGet, path, tenantMain+"/viewer", nil)
+	}
+	res := runLoad(ctx, b.s.Concurrency, b.s.Warmup, b.s.Duration, b.httpOp(req, http.StatusOK))
 	r := underRow(loadRow(fmt.Sprintf("GET /certs?limit=100, %dk entries", b.s.Entries/1000), res), "p99", res.Hist.Quantile(0.99), 15*time.Millisecond)
 	r.Note = joinNote(r.Note, fmt.Sprintf("random page of %d", len(cursors)))
 	b.add(r)
+	b.profileHTTP(ctx, r, "list", b.s.Concurrency, req, http.StatusOK)
 	return nil
 }
 
@@ -162,22 +175,24 @@ func (b *bench) postBody(id string, i int) []byte {
 // scenarioPost: POST of new inline client pairs into one tenant, with the change-to-disk
 // lag of that tenant's credentials.json measured meanwhile.
 func (b *bench) scenarioPost(ctx context.Context) error {
-	counters := make([]int, b.s.Concurrency)
 	lag := newLagProbe(b, tenantPost)
 	lagCtx, stopLag := context.WithCancel(ctx)
 	lagDone := make(chan struct{})
 	go func() { defer close(lagDone); lag.run(lagCtx) }()
-	res := runLoad(ctx, b.s.Concurrency, b.s.Warmup, b.s.Duration, func(ctx context.Context, w int, _ *rand.Rand) error {
-		n := counters[w]
-		counters[w]++
-		id := fmt.Sprintf("p%d-%07d", w, n)
-		return do(ctx, b.client, b.request(http.MethodPost, "/api/v1/certs", tenantPost+"/editor", b.postBody(id, n)), http.StatusCreated)
-	})
+	req := func(prefix string) func(w, i int, _ *rand.Rand) *http.Request {
+		return func(w, i int, _ *rand.Rand) *http.Request {
+			id := fmt.Sprintf("%s%d-%07d", prefix, w, i)
+			return b.request(http.MethodPost, "/api/v1/certs", tenantPost+"/editor", b.postBody(id, i))
+		}
+	}
+	res := runLoad(ctx, b.s.Concurrency, b.s.Warmup, b.s.Duration, b.httpOp(req("p"), http.StatusCreated))
 	lag.finish()
 	<-lagDone
 	stopLag()
-	b.add(ratioRow(loadRow("POST inline ECDSA P-256 client-pair", res), "pgbench insert", b.insertTPS, 0.25))
+	r := ratioRow(loadRow("POST inline ECDSA P-256 client-pair", res), "pgbench insert", b.insertTPS, 0.25)
+	b.add(r)
 	b.add(lag.row())
+	b.profileHTTP(ctx, r, "post", b.s.Concurrency, req("q"), http.StatusCreated)
 	return nil
 }
 
@@ -204,10 +219,13 @@ func (b *bench) scenarioDelete(ctx context.Context) error {
 		_ = analyze(context.WithoutCancel(ctx), conn)
 	}()
 
-	res := runLoad(ctx, b.s.Concurrency, b.s.Warmup, b.s.Duration, func(ctx context.Context, _ int, _ *rand.Rand) error {
-		return do(ctx, b.client, b.request(http.MethodDelete, "/api/v1/certs/"+refdEntry, tenantRefs+"/editor", nil), http.StatusConflict)
-	})
-	b.add(underRow(loadRow(fmt.Sprintf("DELETE with %dk references (409)", b.s.References/1000), res), "p99", res.Hist.Quantile(0.99), 20*time.Millisecond))
+	req := func(_, _ int, _ *rand.Rand) *http.Request {
+		return b.request(http.MethodDelete, "/api/v1/certs/"+refdEntry, tenantRefs+"/editor", nil)
+	}
+	res := runLoad(ctx, b.s.Concurrency, b.s.Warmup, b.s.Duration, b.httpOp(req, http.StatusConflict))
+	dr := underRow(loadRow(fmt.Sprintf("DELETE with %dk references (409)", b.s.References/1000), res), "p99", res.Hist.Quantile(0.99), 20*time.Millisecond)
+	b.add(dr)
+	b.profileHTTP(ctx, dr, "delete", b.s.Concurrency, req, http.StatusConflict)
 
 	// The same GET as scenarioGet, in a tenant without a single reference, while another
 	// tenant holds the 100k: informational, the issue sets no target for it.
@@ -237,6 +255,14 @@ func workspaceDoc(prefix string, n int) []byte {
 	return doc
 }
 
+// deployRequest alternates between two workspaces of the same shape.
+func (b *bench) deployRequest() func(w, i int, _ *rand.Rand) *http.Request {
+	docs := [2][]byte{workspaceDoc("a", b.s.Nodes), workspaceDoc("b", b.s.Nodes)}
+	return func(_, i int, _ *rand.Rand) *http.Request {
+		return b.request(http.MethodPut, "/api/v1/flows", tenantDeploy+"/editor", docs[i%2])
+	}
+}
+
 // scenarioDeploy: PUT /api/v1/flows of n nodes with n references, one deploy at a time,
 // alternating between two documents.
 func (b *bench) scenarioDeploy(ctx context.Context) error {
@@ -247,18 +273,13 @@ func (b *bench) scenarioDeploy(ctx context.Context) error {
 		b.add(Row{Scenario: name, Target: target, Status: statusNotAvailable, Note: "the server has no /api/v1/flows: " + probe.Error()})
 		return nil
 	}
-	docs := [2][]byte{workspaceDoc("a", b.s.Nodes), workspaceDoc("b", b.s.Nodes)}
-	i := 0
-	res := runSequence(ctx, 2, b.s.Deploys, func(ctx context.Context, _ int, _ *rand.Rand) error {
-		doc := docs[i%2]
-		i++
-		return do(ctx, b.client, b.request(http.MethodPut, "/api/v1/flows", tenantDeploy+"/editor", doc), http.StatusOK)
-	})
+	res := runSequence(ctx, 2, b.s.Deploys, b.httpOp(b.deployRequest(), http.StatusOK))
 	b.ourDeployP50 = res.Hist.Quantile(0.5)
 	r := loadRow(name, res)
 	r.Throughput = 0
 	r = underRow(r, "p50", b.ourDeployP50, 300*time.Millisecond)
-	r.Note = joinNote(r.Note, fmt.Sprintf("%d sequential deploys, %d KiB each, alternating node IDs", res.Ops, len(docs[0])>>10))
+	r.Note = joinNote(r.Note, fmt.Sprintf("%d sequential deploys, %d KiB each, alternating node IDs", res.Ops, len(workspaceDoc("a", b.s.Nodes))>>10))
 	b.add(r)
+	b.profileHTTP(ctx, r, "deploy", 1, b.deployRequest(), http.StatusOK)
 	return nil
 }
