@@ -266,12 +266,13 @@ func TestPairMismatchIsRetriedOnce(t *testing.T) {
 	}
 	r := &refs.Resolver{Catalog: te.env.Catalog, Logger: te.env.Logger, Wait: finishRotation}
 
-	_, err = r.BuildTLSConfig(context.Background(), "acme", n.TLS)
+	cfg, err := r.BuildTLSConfig(context.Background(), "acme", n.TLS)
 	require.NoError(t, err)
 	require.Zero(t, waits.Load(), "a matching pair reads once")
+	require.Equal(t, fingerprint(v1), dial(t, te.addr, cfg).presented(t))
 
 	rotate(t, certPath, v2.ChainPEM()) // the first rename only
-	cfg, err := r.BuildTLSConfig(context.Background(), "acme", n.TLS)
+	cfg, err = r.BuildTLSConfig(context.Background(), "acme", n.TLS)
 	require.NoError(t, err)
 	require.EqualValues(t, 1, waits.Load())
 	require.Equal(t, fingerprint(v2), dial(t, te.addr, cfg).presented(t))
