@@ -43,6 +43,9 @@ type Deps struct {
 	Workspace *workspace.Service
 	// Metrics serves /metrics and records request durations; nil leaves both out.
 	Metrics Metrics
+	// SecureCookies marks the session cookie Secure even on plain HTTP, for a server
+	// behind a TLS-terminating proxy (LOOPZE_SECURE_COOKIES).
+	SecureCookies bool
 }
 
 // Server is the assembled HTTP handler and the Huma API behind it.
@@ -75,7 +78,7 @@ func New(d Deps) *Server {
 	if d.Catalog != nil {
 		cat = d.Catalog
 	}
-	web.New(web.Config{Logger: d.Logger, Verifier: d.Verifier, Catalog: cat}).Register(mux)
+	web.New(web.Config{Logger: d.Logger, Verifier: d.Verifier, Catalog: cat, SecureCookies: d.SecureCookies}).Register(mux)
 	s.Handler = s.middleware(mux)
 	return s
 }

@@ -41,6 +41,9 @@ type Config struct {
 	JWTIssuer, JWTAudience string
 	// AllowedOrigins lists extra origins allowed to make cookie-authenticated writes.
 	AllowedOrigins []string
+	// SecureCookies marks the session cookie Secure on plain HTTP too, for a server behind
+	// a TLS-terminating proxy (LOOPZE_SECURE_COOKIES=true).
+	SecureCookies bool
 }
 
 // Environment variable names, listed once so flags, docs and errors agree.
@@ -56,6 +59,7 @@ const (
 	EnvJWTIssuer      = "LOOPZE_JWT_ISSUER"
 	EnvJWTAudience    = "LOOPZE_JWT_AUDIENCE"
 	EnvAllowedOrigins = "LOOPZE_ALLOWED_ORIGINS"
+	EnvSecureCookies  = "LOOPZE_SECURE_COOKIES"
 )
 
 // Defaults.
@@ -84,6 +88,7 @@ func FromEnv(getenv func(string) string) Config {
 		JWTIssuer:      getenv(EnvJWTIssuer),
 		JWTAudience:    getenv(EnvJWTAudience),
 		AllowedOrigins: origins,
+		SecureCookies:  getenv(EnvSecureCookies) == "true" || getenv(EnvSecureCookies) == "1",
 	}
 }
 
@@ -99,6 +104,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.JWTPublicKeys, "jwt-public-keys", c.JWTPublicKeys, "PEM or JWKS file of JWT verification keys ("+EnvJWTPublicKeys+")")
 	fs.StringVar(&c.JWTIssuer, "jwt-issuer", c.JWTIssuer, "required JWT iss ("+EnvJWTIssuer+")")
 	fs.StringVar(&c.JWTAudience, "jwt-audience", c.JWTAudience, "required JWT aud ("+EnvJWTAudience+")")
+	fs.BoolVar(&c.SecureCookies, "secure-cookies", c.SecureCookies, "mark the session cookie Secure behind a TLS-terminating proxy ("+EnvSecureCookies+")")
 }
 
 // Validate checks what can be checked without side effects, so bad configuration fails

@@ -1,0 +1,56 @@
+package config_test
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/loopze/certstore/internal/config"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestDefaultsWorkOnALaptop(t *testing.T) {
+	t.Parallel()
+	c := config.FromEnv(env(nil))
+	require.Equal(t, "127.0.0.1:8080", c.Addr)
+	require.Equal(t, "./data", c.DataDir)
+	require.True(t, c.Embedded())
+	require.Equal(t, "data/pg", c.ClusterDir())
+	require.NoError(t, c.Validate())
+	require.False(t, c.SecureCookies)
+}
+
+func TestFromEnv(t *testing.T) {
+	t.Parallel()
+	c := config.FromEnv(env(map[string]string{
+		"LOOPZE_ADDR": "0.0.0.0:9000", "LOOPZE_DATABASE_URL": "postgres://u:p@db:5432/x",
+		"LOOPZE_ALLOWED_ORIGINS": " https://a.example , ,https://b.example", "LOOPZE_SECURE_COOKIES": "true",
+		"LOOPZE_JWT_SECRET": "s3cr3t-value-that-is-long-enough-123",
+	}))
+	require.False(t, c.Embedded())
+	require.Equal(t, []string{"https://a.example", "https://b.example"}, c.AllowedOrigins)
+	require.True(t, c.SecureCookies)
+	require.NoError(t, c.Validate())
+	require.NotContains(t, c.JWTSecret.String(), "s3cr3t")
+}
+
+func TestValidate(t *testing.T) {
+	t.Parallel()
+	for name, m := range map[string]map[string]string{
+		"addr without port": {"LOOPZE_ADDR": "localhost"},
+		"empty data dir":    {"LOOPZE_DATA_DIR": ""},
+		"mysql url":         {"LOOPZE_DATABASE_URL": "mysql://x"},
+		"bad url":           {"LOOPZE_DATABASE_URL": "postgres://u:p@h:port/db"},
+		"log format":        {"LOOPZE_LOG_FORMAT": "xml"},
+		"log level":         {"LOOPZE_LOG_LEVEL": "chatty"},
+	} {
+		c := config.FromEnv(env(m))
+		if name == "empty data dir" {
+			c.DataDir = ""
+		}
+		err := c.Validate()
+		require.Error(t, err, name)
+		require.NotContains(t, err.Error(), ":p@", name)
+	}
+}
