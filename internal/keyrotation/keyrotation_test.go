@@ -1,17 +1,17 @@
 package keyrotation
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -34,6 +34,7 @@ const (
 	envHelper = "LOOPZE_KEYROTATION_HELPER"
 	envDB     = "LOOPZE_KEYROTATION_DB"
 	envDir    = "LOOPZE_KEYROTATION_DIR"
+	envKillAt = "LOOPZE_KEYROTATION_KILL_AT"
 )
 
 func TestMain(m *testing.M) {
@@ -50,9 +51,19 @@ func runHelper() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	// LOOPZE_KEYROTATION_KILL_AT is a step count ("3": the third step) or a step name
+	// ("exported": its first occurrence).
+	killAt := os.Getenv(envKillAt)
+	steps := 0
 	stepHook = func(s string) {
 		fmt.Println(s)
-		time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond)
+		steps++
+		if killAt == strconv.Itoa(steps) || killAt == s {
+			// A real SIGKILL, right after the step became durable: nothing of ours runs
+			// after it, as after a power cut or an OOM kill.
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {}
+		}
 	}
 	fmt.Println("ready")
 	r := &Rotator{Pool: pool, DataDir: os.Getenv(envDir), BatchSize: 3, Settle: 10 * time.Millisecond}
@@ -161,8 +172,10 @@ func (f *fixture) requireAllReadable(t *testing.T, when string) {
 	}
 }
 
-// TestRotationSurvivesKillAtAnyPoint kills a real rotate-key process at random instants,
-// many times; after each kill everything still decrypts, and running it again finishes.
+// TestRotationSurvivesKillAtAnyPoint kills a real rotate-key process right after each of
+// its durable steps in turn (the k-th run dies at its k-th step, each run resuming what the
+// one before left); after every kill everything still decrypts, and running it again
+// finishes.
 func TestRotationSurvivesKillAtAnyPoint(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
@@ -171,49 +184,41 @@ func TestRotationSurvivesKillAtAnyPoint(t *testing.T) {
 	firstKey := f.server.Ring.CurrentKeyID()
 
 	lastSteps := map[string]int{}
-	completed := 0
-	for i := range 25 {
+	killed := 0
+	for k := 1; k <= 60; k++ {
 		cmd := exec.Command(exe, "-test.run=^$")
-		cmd.Env = append(os.Environ(), envHelper+"=1", envDB+"="+f.url, envDir+"="+f.dataDir)
-		out, err := cmd.StdoutPipe()
-		require.NoError(t, err)
-		require.NoError(t, cmd.Start())
-		lines := bufio.NewReader(out)
-		line, err := lines.ReadString('\n')
-		require.NoError(t, err)
-		require.Equal(t, "ready\n", line)
-		var (
-			mu   sync.Mutex
-			last = "ready"
-			read = make(chan struct{})
-		)
-		go func() {
-			defer close(read)
-			for {
-				l, err := lines.ReadString('\n')
-				if err != nil {
-					return
-				}
-				mu.Lock()
-				last = strings.TrimSpace(l)
-				mu.Unlock()
-			}
-		}()
-		// The kill instant is the test's random variable.
-		time.Sleep(time.Duration(rand.IntN(60)) * time.Millisecond)
-		_ = cmd.Process.Kill()
-		<-read
-		err = cmd.Wait()
+		cmd.Env = append(os.Environ(), envHelper+"=1", envDB+"="+f.url, envDir+"="+f.dataDir,
+			fmt.Sprintf("%s=%d", envKillAt, k))
+		out, err := cmd.Output()
+		lines := strings.Fields(string(out))
+		require.NotEmpty(t, lines)
+		last := lines[len(lines)-1]
 		if err == nil {
-			completed++
+			t.Logf("run %d finished the rotation", k)
+			break
 		}
-		mu.Lock()
+		var exit *exec.ExitError
+		require.ErrorAs(t, err, &exit)
+		require.Equal(t, "signal: killed", exit.Error(), "run %d must die by the kill, not fail", k)
+		killed++
 		lastSteps[last]++
-		mu.Unlock()
-		f.requireAllReadable(t, fmt.Sprintf("after kill %d (last step %s)", i, last))
+		f.requireAllReadable(t, fmt.Sprintf("after kill %d (last step %s)", k, last))
 	}
-	t.Logf("last step before each kill: %v; %d rotation(s) completed", lastSteps, completed)
-	require.GreaterOrEqual(t, len(lastSteps), 3, "kills landed at too few points to prove anything")
+	// Then a kill right after each kind of step by name, whatever run it falls in: a run
+	// that finds the rotation complete starts the next one.
+	for _, name := range []string{"next-written", "batch-committed", "exported", "promoted"} {
+		cmd := exec.Command(exe, "-test.run=^$")
+		cmd.Env = append(os.Environ(), envHelper+"=1", envDB+"="+f.url, envDir+"="+f.dataDir, envKillAt+"="+name)
+		out, err := cmd.Output()
+		var exit *exec.ExitError
+		require.ErrorAs(t, err, &exit, "output: %s", out)
+		lines := strings.Fields(string(out))
+		require.Equal(t, name, lines[len(lines)-1])
+		lastSteps[name]++
+		f.requireAllReadable(t, "after a kill right after "+name)
+	}
+	t.Logf("last step before each kill: %v", lastSteps)
+	require.GreaterOrEqual(t, killed, 3)
 
 	// Running it again finishes whatever was left half done.
 	r := &Rotator{Pool: f.pool, DataDir: f.dataDir, BatchSize: 3, Settle: 10 * time.Millisecond}
