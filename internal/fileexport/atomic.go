@@ -17,6 +17,8 @@ const dirMode os.FileMode = 0o700
 // Steps of an atomic write, named for the crash tests' hook.
 const (
 	stepTempWritten = "temp-written" // data written, not yet synced
+	stepTempCreated = "temp-created" // empty temp file exists
+	stepTempPartial = "temp-partial" // half the data is in the temp file
 	stepTempSynced  = "temp-synced"  // temp file synced and closed
 	stepRenamed     = "renamed"      // renamed over the target, directory not yet synced
 )
@@ -53,7 +55,13 @@ func WriteAtomic(path string, data []byte) error {
 			_ = os.Remove(tmpName)
 		}
 	}()
-	_, werr := tmp.Write(data)
+	step(stepTempCreated)
+	half := len(data) / 2
+	_, werr := tmp.Write(data[:half])
+	if werr == nil {
+		step(stepTempPartial)
+		_, werr = tmp.Write(data[half:])
+	}
 	if werr == nil {
 		step(stepTempWritten)
 		// CreateTemp makes 0600 already; Chmod states it rather than relying on that.
