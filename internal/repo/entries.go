@@ -49,6 +49,20 @@ func scanEntry(row pgx.Row, extra ...any) (*Entry, error) {
 	return &e, nil
 }
 
+// collectEntries scans every row of an entryColumns query and closes rows.
+func collectEntries(rows pgx.Rows, what string) ([]*Entry, error) {
+	defer rows.Close()
+	var out []*Entry
+	for rows.Next() {
+		e, err := scanEntry(rows)
+		if err != nil {
+			return nil, mapErr("scan entry", err)
+		}
+		out = append(out, e)
+	}
+	return out, mapErr(what, rows.Err())
+}
+
 func nullIfEmpty(s string) any {
 	if s == "" {
 		return nil

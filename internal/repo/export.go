@@ -29,16 +29,7 @@ func ExportEntries(ctx context.Context, q db.DBTX, tenant string) ([]*Entry, err
 	if err != nil {
 		return nil, mapErr("export entries", err)
 	}
-	defer rows.Close()
-	var out []*Entry
-	for rows.Next() {
-		e, err := scanEntry(rows)
-		if err != nil {
-			return nil, mapErr("scan entry", err)
-		}
-		out = append(out, e)
-	}
-	return out, mapErr("export entries", rows.Err())
+	return collectEntries(rows, "export entries")
 }
 
 // ExportWorkspace returns the tenant's deployed workspace document as JSON; nil when the

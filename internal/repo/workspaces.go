@@ -232,16 +232,7 @@ func GetEntries(ctx context.Context, q db.DBTX, tenant string, ids []string) ([]
 	if err != nil {
 		return nil, mapErr("get entries", err)
 	}
-	defer rows.Close()
-	var out []*Entry
-	for rows.Next() {
-		e, err := scanEntry(rows)
-		if err != nil {
-			return nil, mapErr("scan entry", err)
-		}
-		out = append(out, e)
-	}
-	return out, mapErr("get entries", rows.Err())
+	return collectEntries(rows, "get entries")
 }
 
 // LookupEntries is GetEntries without a transaction of the caller's, in one round trip:
@@ -262,18 +253,9 @@ func LookupEntries(ctx context.Context, q db.DBTX, tenant string, ids []string) 
 	if err != nil {
 		return nil, mapErr("look up entries", err)
 	}
-	defer rows.Close()
-	var out []*Entry
-	for rows.Next() {
-		e, err := scanEntry(rows)
-		if err != nil {
-			return nil, mapErr("scan entry", err)
-		}
-		out = append(out, e)
+	out, err := collectEntries(rows, "look up entries")
+	if err != nil {
+		return nil, err
 	}
-	if err := rows.Err(); err != nil {
-		return nil, mapErr("look up entries", err)
-	}
-	rows.Close()
 	return out, mapErr("look up entries", br.Close())
 }
