@@ -2,16 +2,21 @@ package db_test
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
+	"net/url"
 	"sync"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	_ "github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/logging"
 	"github.com/loopze/certstore/internal/testdb"
+	"github.com/loopze/certstore/migrations"
 )
 
 func TestMain(m *testing.M) { testdb.Main(m) }
@@ -22,19 +27,7 @@ func TestMain(m *testing.M) { testdb.Main(m) }
 func TestReplicasMigrateAtOnce(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	admin, err := pgx.Connect(ctx, testdb.AdminURL(t))
-	require.NoError(t, err)
-	defer admin.Close(ctx)
-	name := "replicas_migrate_test"
-	_, _ = admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name)
-	_, err = admin.Exec(ctx, "CREATE DATABASE "+name)
-	require.NoError(t, err)
-	t.Cleanup(func() { _, _ = admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)") })
-	cfg := admin.Config()
-	url := fmt.Sprintf("postgres://%s@/%s?host=%s&port=%d&sslmode=disable", cfg.User, name, cfg.Host, cfg.Port)
-	if cfg.Password != "" {
-		url = fmt.Sprintf("postgres://%s:%s@/%s?host=%s&port=%d&sslmode=disable", cfg.User, cfg.Password, name, cfg.Host, cfg.Port)
-	}
+	url := freshDatabase(t, "replicas_migrate_test")
 
 	const replicas = 4
 	var (
@@ -85,4 +78,72 @@ func TestReplicasMigrateAtOnce(t *testing.T) {
 		return tx.QueryRow(ctx, `SELECT count(*) FROM workspaces`).Scan(&visible)
 	}))
 	require.Equal(t, 1, visible)
+}
+
+// TestReferenceCountBackfill upgrades a database that already holds references from
+// before the ref_count column (migration 4): the backfill counts every tenant's rows,
+// whatever row-level security would show the migrating role.
+func TestReferenceCountBackfill(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := freshDatabase(t, "refcount_backfill_test")
+	sqlDB, err := sql.Open("pgx", url)
+	require.NoError(t, err)
+	defer sqlDB.Close()
+	p, err := goose.NewProvider(goose.DialectPostgres, sqlDB, migrations.FS)
+	require.NoError(t, err)
+	_, err = p.UpTo(ctx, 3)
+	require.NoError(t, err)
+	for _, stmt := range []string{
+		`INSERT INTO tenants (id) VALUES ('acme'), ('beta')`,
+		`INSERT INTO entries (tenant_id, id, name, type, source, cert_path, fingerprint_sha256, subject, issuer,
+			serial_number, not_before, not_after, cert_count, key_algorithm, has_private_key)
+		 SELECT t, e, e, 'ca-bundle', 'file', '/x.pem', 'AA', 'CN=x', 'CN=x', '01', now(), now(), 1, 'Ed25519', false
+		 FROM (VALUES ('acme'), ('beta')) tt(t), (VALUES ('ca'), ('unused')) ee(e)`,
+		`INSERT INTO entry_references SELECT 'acme', 'ca', 'f', 'n' || i, 'tcp-out', 'tls.caBundleRef' FROM generate_series(1, 12) i`,
+		`INSERT INTO entry_references SELECT 'beta', 'ca', 'f', 'n' || i, 'tcp-out', 'tls.caBundleRef' FROM generate_series(1, 5) i`,
+	} {
+		_, err := sqlDB.ExecContext(ctx, stmt)
+		require.NoError(t, err)
+	}
+	_, err = db.Migrate(ctx, url, logging.Discard())
+	require.NoError(t, err)
+
+	rows, err := sqlDB.QueryContext(ctx, `SELECT tenant_id || '/' || id, ref_count FROM entries ORDER BY 1`)
+	require.NoError(t, err)
+	got := map[string]int{}
+	for rows.Next() {
+		var k string
+		var n int
+		require.NoError(t, rows.Scan(&k, &n))
+		got[k] = n
+	}
+	require.NoError(t, rows.Err())
+	require.Equal(t, map[string]int{"acme/ca": 12, "acme/unused": 0, "beta/ca": 5, "beta/unused": 0}, got)
+}
+
+// freshDatabase creates an empty database on the test server as its superuser.
+func freshDatabase(t *testing.T, name string) string {
+	t.Helper()
+	ctx := context.Background()
+	admin, err := pgx.Connect(ctx, testdb.AdminURL(t))
+	require.NoError(t, err)
+	defer admin.Close(ctx)
+	_, _ = admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name)
+	_, err = admin.Exec(ctx, "CREATE DATABASE "+name)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		c, err := pgx.Connect(context.Background(), testdb.AdminURL(t))
+		if err == nil {
+			_, _ = c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+			_ = c.Close(context.Background())
+		}
+	})
+	cfg := admin.Config()
+	u := &url.URL{Scheme: "postgres", User: url.UserPassword(cfg.User, cfg.Password), Path: "/" + name,
+		RawQuery: url.Values{"host": {cfg.Host}, "port": {fmt.Sprint(cfg.Port)}, "sslmode": {"disable"}}.Encode()}
+	if cfg.Password == "" {
+		u.User = url.User(cfg.User)
+	}
+	return u.String()
 }

@@ -231,5 +231,6 @@ func escapeLike(s string) string {
 	return r.Replace(s)
 }
 
-// refCountExpr counts an entry's references in the listing query (alias e).
-const refCountExpr = `(SELECT count(*) FROM entry_references r WHERE r.tenant_id = e.tenant_id AND r.entry_id = e.id)`
+// refCountExpr is an entry's reference count (alias e), kept by triggers on
+// entry_references (migration 00004).
+const refCountExpr = `e.ref_count`

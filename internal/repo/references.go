@@ -48,9 +48,11 @@ func ListReferences(ctx context.Context, q db.DBTX, tenant, entryID string, afte
 	return out, mapErr("list references", rows.Err())
 }
 
-// CountReferences counts the references to entryID.
+// CountReferences returns how many references name entryID (0 for an unknown entry). The
+// count is the entry's ref_count column, which triggers keep exact in the transaction of
+// every reference change, so it costs one index lookup however many references there are.
 func CountReferences(ctx context.Context, q db.DBTX, tenant, entryID string) (int, error) {
 	var n int
-	err := q.QueryRow(ctx, `SELECT count(*) FROM entry_references WHERE tenant_id = $1 AND entry_id = $2`, tenant, entryID).Scan(&n)
+	err := q.QueryRow(ctx, `SELECT coalesce((SELECT ref_count FROM entries WHERE tenant_id = $1 AND id = $2), 0)`, tenant, entryID).Scan(&n)
 	return n, mapErr("count references", err)
 }

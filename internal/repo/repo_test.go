@@ -122,3 +122,64 @@ func TestEntrySentinels(t *testing.T) {
 	require.NoError(t, err)
 	require.EqualValues(t, 1, gen)
 }
+
+// TestReferenceCountIsKeptExact: the triggers on entry_references keep entries.ref_count
+// equal to the rows, through inserts, deletes and updates in one statement or many.
+func TestReferenceCountIsKeptExact(t *testing.T) {
+	t.Parallel()
+	pool := setup(t)
+	insert(t, pool, fileEntry("acme", "ca"))
+	insert(t, pool, fileEntry("acme", "other"))
+	insert(t, pool, fileEntry("beta", "ca"))
+
+	counts := func() (ca, other int) {
+		require.NoError(t, db.InTenant(t.Context(), pool, "acme", func(tx pgx.Tx) error {
+			var err error
+			if ca, err = repo.CountReferences(t.Context(), tx, "acme", "ca"); err != nil {
+				return err
+			}
+			other, err = repo.CountReferences(t.Context(), tx, "acme", "other")
+			return err
+		}))
+		return ca, other
+	}
+	exec := func(sql string) {
+		require.NoError(t, db.InTenant(t.Context(), pool, "acme", func(tx pgx.Tx) error {
+			_, err := tx.Exec(t.Context(), sql)
+			return err
+		}))
+	}
+	exec(`INSERT INTO entry_references (tenant_id, entry_id, flow_id, node_id, node_type, field)
+		SELECT 'acme', 'ca', 'f' || (i % 7), 'n' || i, 'tcp-out', 'tls.caBundleRef' FROM generate_series(1, 250) i`)
+	exec(`INSERT INTO entry_references VALUES ('acme', 'other', 'f1', 'x', 'mqtt-broker', 'tls.caBundleRef')`)
+	ca, other := counts()
+	require.Equal(t, 250, ca)
+	require.Equal(t, 1, other)
+
+	exec(`DELETE FROM entry_references WHERE entry_id = 'ca' AND node_id IN ('n1', 'n2', 'n3')`)
+	exec(`UPDATE entry_references SET entry_id = 'other' WHERE entry_id = 'ca' AND node_id IN ('n4', 'n5')`)
+	ca, other = counts()
+	require.Equal(t, 245, ca)
+	require.Equal(t, 3, other)
+
+	var rows int
+	require.NoError(t, db.InTenant(t.Context(), pool, "acme", func(tx pgx.Tx) error {
+		return tx.QueryRow(t.Context(), `SELECT count(*) FROM entry_references WHERE entry_id = 'ca'`).Scan(&rows)
+	}))
+	require.Equal(t, ca, rows)
+
+	// Another tenant's entry of the same ID is untouched, and the list view shows the count.
+	require.NoError(t, db.InTenant(t.Context(), pool, "beta", func(tx pgx.Tx) error {
+		e, err := repo.GetEntry(t.Context(), tx, "beta", "ca")
+		require.Zero(t, e.RefCount)
+		return err
+	}))
+	require.NoError(t, db.InTenant(t.Context(), pool, "acme", func(tx pgx.Tx) error {
+		list, _, err := repo.ListEntries(t.Context(), tx, "acme", repo.ListFilter{})
+		require.Equal(t, 245, list[0].RefCount)
+		return err
+	}))
+	exec(`DELETE FROM entry_references`)
+	ca, other = counts()
+	require.Zero(t, ca+other)
+}
