@@ -309,27 +309,13 @@ func (s *Service) logWarnings(tenant, id string, ws []material.Issue) {
 	}
 }
 
-// Get returns one entry.
+// Get returns one entry, in one round trip.
 func (s *Service) Get(ctx context.Context, tenant, id string) (*repo.Entry, error) {
-	var e *repo.Entry
-	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
-		var err error
-		e, err = repo.GetEntry(ctx, tx, tenant, id)
-		return err
-	})
-	return e, err
+	return repo.GetEntryScoped(ctx, s.Pool, tenant, id)
 }
 
-// List returns a page of entries and whether more follow.
+// List returns a page of entries and whether more follow, in one round trip. Listed
+// entries carry no sealed material.
 func (s *Service) List(ctx context.Context, tenant string, f repo.ListFilter) ([]*repo.Entry, bool, error) {
-	var (
-		out  []*repo.Entry
-		more bool
-	)
-	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
-		var err error
-		out, more, err = repo.ListEntries(ctx, tx, tenant, f)
-		return err
-	})
-	return out, more, err
+	return repo.ListEntriesScoped(ctx, s.Pool, tenant, f)
 }
