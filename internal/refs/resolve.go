@@ -80,9 +80,9 @@ type inlineKey struct {
 	version    int64
 }
 
-// maxParsed bounds the inline cache; when full it starts over, which costs one parse per
-// entry in use.
-const maxParsed = 4096
+// maxParsed bounds the inline cache; when full, an arbitrary entry makes room, so a
+// working set larger than the cache costs a parse on a fraction of calls, never all.
+const maxParsed = 16384
 
 func (r *Resolver) inline(tenant string, e *repo.Entry, k material.Kind) (*material.Material, error) {
 	key := inlineKey{tenant, e.ID, e.Version}
@@ -102,8 +102,14 @@ func (r *Resolver) inline(tenant string, e *repo.Entry, k material.Kind) (*mater
 		return nil, fmt.Errorf("entry %s: %s", e.ID, joinIssues(issues))
 	}
 	r.mu.Lock()
-	if r.parsed == nil || len(r.parsed) >= maxParsed {
+	if r.parsed == nil {
 		r.parsed = map[inlineKey]parsedEntry{}
+	}
+	if len(r.parsed) >= maxParsed {
+		for k := range r.parsed { // map order is random: this evicts one at random
+			delete(r.parsed, k)
+			break
+		}
 	}
 	r.parsed[key] = parsedEntry{m: m, until: nextBoundary(m, now)}
 	r.mu.Unlock()
