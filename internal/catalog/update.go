@@ -163,32 +163,46 @@ func (s *Service) updateIn(ctx context.Context, tx pgx.Tx, tenant string, cur *r
 // from the references table makes the database refuse it too, so a concurrent deploy can
 // never be left pointing at nothing. File contents on disk are never touched.
 func (s *Service) Delete(ctx context.Context, tenant, id string, ifMatch int64) error {
+	var refErr *ReferencedError
 	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
 		if _, err := repo.BumpGeneration(ctx, tx, tenant); err != nil {
 			return err
 		}
-		return repo.DeleteEntry(ctx, tx, tenant, id, ifMatch)
-	})
-	if !errors.Is(err, repo.ErrReferenced) {
-		return err
-	}
-	var refErr *ReferencedError
-	lerr := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
+		// The count is exact (kept by triggers) and the tenant row lock taken above
+		// orders this against every deploy, so a referenced entry is answered from the
+		// list without attempting the delete; the foreign key still refuses it if
+		// anything ever slipped past.
 		n, err := repo.CountReferences(ctx, tx, tenant, id)
 		if err != nil {
 			return err
+		}
+		if n == 0 {
+			// A savepoint, so that a refusal by the foreign key leaves the transaction
+			// usable for listing what refused it.
+			sp, err := tx.Begin(ctx)
+			if err != nil {
+				return fmt.Errorf("delete entry %s: %w", id, err)
+			}
+			err = repo.DeleteEntry(ctx, sp, tenant, id, ifMatch)
+			if !errors.Is(err, repo.ErrReferenced) {
+				if err != nil {
+					_ = sp.Rollback(ctx)
+					return err
+				}
+				return sp.Commit(ctx)
+			}
+			if err := sp.Rollback(ctx); err != nil {
+				return fmt.Errorf("delete entry %s: %w", id, err)
+			}
 		}
 		refs, err := repo.ListReferences(ctx, tx, tenant, id, nil, MaxConflictReferences)
 		if err != nil {
 			return err
 		}
-		refErr = &ReferencedError{EntryID: id, References: refs, Total: n}
-		return nil
+		refErr = &ReferencedError{EntryID: id, References: refs, Total: max(n, len(refs))}
+		return refErr // rolls back: the generation does not move for a refused delete
 	})
-	if lerr != nil {
-		return lerr
-	}
-	return refErr
+	return err
 }
 
 // References pages through the references to an entry; ErrNotFound when the entry does
