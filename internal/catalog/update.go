@@ -163,8 +163,28 @@ func (s *Service) updateIn(ctx context.Context, tx pgx.Tx, tenant string, cur *r
 // from the references table makes the database refuse it too, so a concurrent deploy can
 // never be left pointing at nothing. File contents on disk are never touched.
 func (s *Service) Delete(ctx context.Context, tenant, id string, ifMatch int64) error {
+	// A referenced entry is refused from a read alone: a refused delete changes nothing,
+	// so it need not queue behind the tenant's writers for the generation lock.
 	var refErr *ReferencedError
 	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
+		n, err := repo.CountReferences(ctx, tx, tenant, id)
+		if err != nil || n == 0 {
+			return err
+		}
+		refs, err := repo.ListReferences(ctx, tx, tenant, id, nil, MaxConflictReferences)
+		if err != nil {
+			return err
+		}
+		refErr = &ReferencedError{EntryID: id, References: refs, Total: max(n, len(refs))}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if refErr != nil {
+		return refErr
+	}
+	err = db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
 		if _, err := repo.BumpGeneration(ctx, tx, tenant); err != nil {
 			return err
 		}
