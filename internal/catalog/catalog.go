@@ -15,10 +15,8 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
@@ -290,13 +288,7 @@ func (s *Service) Create(ctx context.Context, tenant string, in Input) (*Result,
 	if err := s.seal(p); err != nil {
 		return nil, err
 	}
-	err = db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
-		if _, err := repo.BumpGeneration(ctx, tx, tenant); err != nil {
-			return err
-		}
-		return repo.InsertEntry(ctx, tx, p.entry)
-	})
-	if err != nil {
+	if err := repo.CreateEntry(ctx, s.Pool, p.entry); err != nil {
 		return nil, err
 	}
 	s.logWarnings(tenant, p.entry.ID, p.warnings)

@@ -76,20 +76,40 @@ func nullIfEmpty(s string) any {
 	return s
 }
 
-// InsertEntry stores a new entry; ErrDuplicate when the ID is taken in the tenant.
-func InsertEntry(ctx context.Context, q db.DBTX, e *Entry) error {
-	err := q.QueryRow(ctx, `
+// insertEntrySQL stores one entry and returns what the database assigns.
+const insertEntrySQL = `
 		INSERT INTO entries (tenant_id, id, name, type, source, notes, cert_path, key_path,
 			cert_sealed, key_sealed, key_id, fingerprint_sha256, subject, issuer, serial_number,
 			not_before, not_after, dns_names, cert_count, key_algorithm, has_private_key)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
-		RETURNING version, created_at, updated_at`,
-		e.TenantID, e.ID, e.Name, e.Type, e.Source, e.Notes, nullIfEmpty(e.CertPath), nullIfEmpty(e.KeyPath),
+		RETURNING version, created_at, updated_at`
+
+func insertEntryArgs(e *Entry) []any {
+	return []any{e.TenantID, e.ID, e.Name, e.Type, e.Source, e.Notes, nullIfEmpty(e.CertPath), nullIfEmpty(e.KeyPath),
 		e.CertSealed, e.KeySealed, nullIfEmpty(e.KeyID), e.Meta.FingerprintSHA256, e.Meta.Subject, e.Meta.Issuer,
 		e.Meta.SerialNumber, e.Meta.NotBefore, e.Meta.NotAfter, nonNil(e.Meta.DNSNames), e.Meta.CertCount,
-		e.Meta.KeyAlgorithm, e.Meta.HasPrivateKey,
-	).Scan(&e.Version, &e.CreatedAt, &e.UpdatedAt)
+		e.Meta.KeyAlgorithm, e.Meta.HasPrivateKey}
+}
+
+// InsertEntry stores a new entry; ErrDuplicate when the ID is taken in the tenant.
+func InsertEntry(ctx context.Context, q db.DBTX, e *Entry) error {
+	err := q.QueryRow(ctx, insertEntrySQL, insertEntryArgs(e)...).Scan(&e.Version, &e.CreatedAt, &e.UpdatedAt)
 	return mapErr("insert entry", err)
+}
+
+// CreateEntry stores a new entry of e.TenantID and moves the tenant's generation, in one
+// round trip: the tenant scope, the generation (with its notification) and the insert
+// travel as one batch, which PostgreSQL runs as one implicit transaction, all or nothing.
+// The tenant row is locked first, as by every other write of the tenant, but only for the
+// server-side time of the insert and commit, so concurrent creates barely queue on it.
+func CreateEntry(ctx context.Context, q db.DBTX, e *Entry) error {
+	b := &pgx.Batch{}
+	b.Queue(`SELECT set_config('`+db.TenantSetting+`', $1, true)`, e.TenantID)
+	b.Queue(bumpGenerationSQL, e.TenantID, GenerationChannel)
+	b.Queue(insertEntrySQL, insertEntryArgs(e)...).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&e.Version, &e.CreatedAt, &e.UpdatedAt)
+	})
+	return mapErr("insert entry", q.SendBatch(ctx, b).Close())
 }
 
 func nonNil(s []string) []string {

@@ -183,3 +183,32 @@ func TestReferenceCountIsKeptExact(t *testing.T) {
 	ca, other = counts()
 	require.Zero(t, ca+other)
 }
+
+// TestCreateEntryIsAllOrNothing: the one-round-trip create moves the generation only when
+// the entry is stored, and a duplicate leaves both untouched.
+func TestCreateEntryIsAllOrNothing(t *testing.T) {
+	t.Parallel()
+	pool := setup(t)
+	e := fileEntry("acme", "one")
+	require.NoError(t, repo.CreateEntry(t.Context(), pool, e))
+	require.EqualValues(t, 1, e.Version)
+	require.False(t, e.CreatedAt.IsZero())
+	gen, err := repo.GetGeneration(t.Context(), pool, "acme")
+	require.NoError(t, err)
+	require.EqualValues(t, 1, gen)
+
+	err = repo.CreateEntry(t.Context(), pool, fileEntry("acme", "one"))
+	require.ErrorIs(t, err, repo.ErrDuplicate)
+	gen, err = repo.GetGeneration(t.Context(), pool, "acme")
+	require.NoError(t, err)
+	require.EqualValues(t, 1, gen, "a refused create must not move the generation")
+
+	// The scope is the entry's tenant: row-level security refuses a row of another.
+	other := fileEntry("beta", "two")
+	require.NoError(t, repo.CreateEntry(t.Context(), pool, other))
+	require.NoError(t, db.InTenant(t.Context(), pool, "acme", func(tx pgx.Tx) error {
+		_, err := repo.GetEntry(t.Context(), tx, "acme", "two")
+		require.ErrorIs(t, err, repo.ErrNotFound)
+		return nil
+	}))
+}

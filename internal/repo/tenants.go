@@ -15,20 +15,26 @@ func EnsureTenant(ctx context.Context, q db.DBTX, tenant string) error {
 	return mapErr("ensure tenant", err)
 }
 
+// bumpGenerationSQL moves a tenant's generation (creating its row on the first write) and
+// queues a notification, delivered when and only if the transaction commits. $2 is
+// GenerationChannel.
+const bumpGenerationSQL = `
+	WITH g AS (
+		INSERT INTO tenants (id, generation) VALUES ($1, 1)
+		ON CONFLICT (id) DO UPDATE SET generation = tenants.generation + 1
+		RETURNING generation)
+	SELECT generation, pg_notify($2, $1) IS NULL FROM g`
+
 // BumpGeneration moves the tenant's generation in the caller's transaction and queues a
 // notification that is delivered when (and only if) that transaction commits. It creates
 // the tenant row when missing, so every write path calls just this.
 func BumpGeneration(ctx context.Context, q db.DBTX, tenant string) (int64, error) {
-	var gen int64
-	err := q.QueryRow(ctx, `
-		INSERT INTO tenants (id, generation) VALUES ($1, 1)
-		ON CONFLICT (id) DO UPDATE SET generation = tenants.generation + 1
-		RETURNING generation`, tenant).Scan(&gen)
-	if err != nil {
+	var (
+		gen  int64
+		void bool
+	)
+	if err := q.QueryRow(ctx, bumpGenerationSQL, tenant, GenerationChannel).Scan(&gen, &void); err != nil {
 		return 0, mapErr("bump generation", err)
-	}
-	if _, err := q.Exec(ctx, `SELECT pg_notify($1, $2)`, GenerationChannel, tenant); err != nil {
-		return 0, mapErr("notify generation", err)
 	}
 	return gen, nil
 }
