@@ -301,7 +301,7 @@ func (s *Service) logWarnings(tenant, id string, ws []material.Issue) {
 	}
 }
 
-// Get returns one entry, in one round trip.
+// Get returns one entry without its sealed material, in one round trip.
 func (s *Service) Get(ctx context.Context, tenant, id string) (*repo.Entry, error) {
 	return repo.GetEntryScoped(ctx, s.Pool, tenant, id)
 }

@@ -222,10 +222,12 @@ func ListEntriesScoped(ctx context.Context, q db.DBTX, tenant string, f ListFilt
 	return out, more, mapErr("list entries", br.Close())
 }
 
-// GetEntryScoped is GetEntry in one round trip, without a transaction of the caller's.
+// GetEntryScoped is GetEntry in one round trip, without a transaction of the caller's,
+// and without the sealed material (CertSealed and KeySealed are nil): what is shown of an
+// entry, never what is opened.
 func GetEntryScoped(ctx context.Context, q db.DBTX, tenant, id string) (*Entry, error) {
 	br, rows, err := scopedQuery(ctx, q, tenant,
-		`SELECT `+entryColumns+`, `+refCountExpr+` FROM entries e WHERE tenant_id = $1 AND id = $2`, tenant, id)
+		`SELECT `+listColumns+`, `+refCountExpr+` FROM entries e WHERE tenant_id = $1 AND id = $2`, tenant, id)
 	if err != nil {
 		return nil, mapErr("get entry "+id, err)
 	}
