@@ -242,6 +242,9 @@ func (s *Service) Open(e *repo.Entry) (cert, key secret.PEM, err error) {
 	if e.Source != SourceInline {
 		return nil, nil, fmt.Errorf("open %s: not an inline entry", e.ID)
 	}
+	if len(e.CertSealed) == 0 {
+		return nil, nil, fmt.Errorf("open %s: the entry was read without its sealed material", e.ID)
+	}
 	open := func(blob []byte, field string) (secret.PEM, error) {
 		if len(blob) == 0 {
 			return nil, nil

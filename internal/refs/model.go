@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 
 	"github.com/loopze/certstore/internal/material"
@@ -397,12 +398,21 @@ func (f *Flow) MarshalJSON() ([]byte, error) {
 	if f.Label != "" {
 		put(m, "label", f.Label)
 	}
-	nodes := f.Nodes
-	if nodes == nil {
-		nodes = []*Node{}
+	// The nodes are written straight into one array: encoding/json would re-validate and
+	// compact each node's bytes once per level they pass through.
+	nodes := []byte{'['}
+	for i, n := range f.Nodes {
+		if i > 0 {
+			nodes = append(nodes, ',')
+		}
+		b, err := n.MarshalJSON()
+		if err != nil {
+			return nil, err
+		}
+		nodes = append(nodes, b...)
 	}
-	put(m, "nodes", nodes)
-	return json.Marshal(m)
+	m["nodes"] = append(nodes, ']')
+	return appendObject(nil, m), nil
 }
 
 // UnmarshalJSON implements json.Unmarshaler.
@@ -433,7 +443,7 @@ func (n *Node) MarshalJSON() ([]byte, error) {
 	if len(n.Credentials) > 0 {
 		put(m, "credentials", n.Credentials)
 	}
-	return json.Marshal(m)
+	return appendObject(nil, m), nil
 }
 
 // UnmarshalJSON implements json.Unmarshaler.
@@ -469,7 +479,24 @@ func (t *TLS) MarshalJSON() ([]byte, error) {
 			m[p.KeyPEM] = setMarker
 		}
 	}
-	return json.Marshal(m)
+	return appendObject(nil, m), nil
+}
+
+// appendObject appends m as a JSON object with sorted keys, as encoding/json writes a map,
+// but takes the values as the JSON they already are instead of validating and compacting
+// them again: they come from json.Marshal or from a document json.Unmarshal accepted.
+func appendObject(dst []byte, m map[string]json.RawMessage) []byte {
+	dst = append(dst, '{')
+	for i, k := range slices.Sorted(maps.Keys(m)) {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		key, _ := json.Marshal(k) // a string always marshals
+		dst = append(dst, key...)
+		dst = append(dst, ':')
+		dst = append(dst, m[k]...)
+	}
+	return append(dst, '}')
 }
 
 // UnmarshalJSON implements json.Unmarshaler.
