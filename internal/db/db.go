@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -26,6 +27,9 @@ import (
 
 // AppRole is the role that queries run as when the login role would bypass row-level security.
 const AppRole = "loopze_app"
+
+// DefaultMaxConns is the pool size unless the URL's pool_max_conns sets one.
+const DefaultMaxConns = 12
 
 // TenantSetting is the transaction-local setting the RLS policies read.
 const TenantSetting = "loopze.tenant"
@@ -49,6 +53,11 @@ func Open(ctx context.Context, url string, logger *slog.Logger) (*pgxpool.Pool, 
 	}
 	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
 		return dropPrivileges(ctx, c)
+	}
+	// pgxpool's default (4 on a small machine) leaves too little beside the export job's
+	// listener and writer; pool_max_conns in the URL still decides when given.
+	if !strings.Contains(url, "pool_max_conns") {
+		cfg.MaxConns = max(cfg.MaxConns, DefaultMaxConns)
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

@@ -38,11 +38,37 @@ type Syncer struct {
 	// Debounce is how long a first notice waits for more before the export starts;
 	// DefaultDebounce when zero.
 	Debounce time.Duration
+	// Concurrency bounds how many tenants export at once; DefaultConcurrency when zero.
+	// A reconcile pass asks every tenant at once, and exports are CPU work that also hold
+	// a pool connection: unbounded, a thousand tenants would starve the API of both.
+	Concurrency int
 
 	mu      sync.Mutex
 	workers map[string]chan struct{}
+	slots   chan struct{}
 	wg      sync.WaitGroup
 }
+
+// DefaultConcurrency is how many tenants export at once unless Syncer.Concurrency says.
+const DefaultConcurrency = 1
+
+// acquire waits for an export slot; false when ctx ended first.
+func (s *Syncer) acquire(ctx context.Context) bool {
+	s.mu.Lock()
+	if s.slots == nil {
+		s.slots = make(chan struct{}, max(s.Concurrency, DefaultConcurrency))
+	}
+	slots := s.slots
+	s.mu.Unlock()
+	select {
+	case slots <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (s *Syncer) release() { <-s.slots }
 
 func (s *Syncer) logger() *slog.Logger {
 	if s.Logger == nil {
@@ -150,7 +176,12 @@ func (s *Syncer) work(ctx context.Context, tenant string, kicks <-chan struct{})
 		case <-kicks:
 		default:
 		}
-		if _, err := s.Exporter.ExportTenant(ctx, tenant, false); err != nil && ctx.Err() == nil {
+		if !s.acquire(ctx) {
+			return
+		}
+		_, err := s.Exporter.ExportTenant(ctx, tenant, false)
+		s.release()
+		if err != nil && ctx.Err() == nil {
 			s.logger().Error("export failed; retried at the next change or reconcile", "tenant", tenant, "err", err)
 		}
 	}
