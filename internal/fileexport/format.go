@@ -230,11 +230,28 @@ func Seal(ring *envelope.Ring, doc *Document) ([]byte, Header, error) {
 		return nil, Header{}, fmt.Errorf("seal credentials of %s: %w", doc.Tenant, err)
 	}
 	h.KeyID = keyID
-	out, err := json.MarshalIndent(file{Header: h, Ciphertext: base64.StdEncoding.EncodeToString(sealed)}, "", "  ")
+	out, err := encodeFile(h, sealed)
 	if err != nil {
 		return nil, Header{}, fmt.Errorf("encode credentials file of %s: %w", doc.Tenant, err)
 	}
-	return append(out, '\n'), h, nil
+	return out, h, nil
+}
+
+// encodeFile writes what json.MarshalIndent(file{...}, "", "  ") writes, without making the
+// indenter scan megabytes of base64: only the small header goes through encoding/json, and
+// base64's alphabet needs no JSON escaping.
+func encodeFile(h Header, sealed []byte) ([]byte, error) {
+	hb, err := json.MarshalIndent(h, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	hb = bytes.TrimSuffix(hb, []byte("\n}"))
+	enc := base64.StdEncoding
+	out := make([]byte, 0, len(hb)+enc.EncodedLen(len(sealed))+32)
+	out = append(out, hb...)
+	out = append(out, ",\n  \"ciphertext\": \""...)
+	out = enc.AppendEncode(out, sealed)
+	return append(out, "\"\n}\n"...), nil
 }
 
 // ParseHeader reads a file's header without decrypting anything.

@@ -244,3 +244,21 @@ func FuzzOpen(f *testing.F) {
 		}
 	})
 }
+
+// TestEncodeFileMatchesEncodingJSON: the hand-built file is byte for byte what
+// encoding/json would write.
+func TestEncodeFileMatchesEncodingJSON(t *testing.T) {
+	t.Parallel()
+	h := Header{Format: Format, Version: Version, Tenant: "acme", Generation: 42, KeyID: "0123456789abcdef", Cipher: Cipher}
+	for _, n := range []int{0, 1, 2, 3, 100, 4099} {
+		sealed := make([]byte, n)
+		for i := range sealed {
+			sealed[i] = byte(i*7 + 3)
+		}
+		want, err := json.MarshalIndent(file{Header: h, Ciphertext: base64.StdEncoding.EncodeToString(sealed)}, "", "  ")
+		require.NoError(t, err)
+		got, err := encodeFile(h, sealed)
+		require.NoError(t, err)
+		require.Equal(t, string(want)+"\n", string(got), n)
+	}
+}
