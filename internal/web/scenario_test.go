@@ -154,3 +154,40 @@ func TestBrowserCertificateLifecycle(t *testing.T) {
 	require.Empty(t, b.problems(), "the pages ran without script errors or CSP refusals")
 	require.NotContains(t, env.Logs.String(), strings.TrimSpace(string(certPEM))[30:90], "no PEM in the server log")
 }
+
+// TestBrowserSaveShowsWarnings: an entry saved with warnings (an expired CA) is stored, and
+// the form says so and lists the warnings before going back to the list.
+func TestBrowserSaveShowsWarnings(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	admin := env.Token(t, "default", "admin")
+	old := materialtest.NewCA(t, materialtest.Options{CommonName: "Retired Root",
+		NotBefore: time.Now().Add(-72 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)})
+
+	b := newBrowser(t, 1280, 800)
+	b.signIn(t, env.URL, admin)
+	b.do(t, "create an expired CA through the form",
+		chromedp.Click(chromedp.ID("new-cert")),
+		chromedp.WaitVisible(chromedp.ID("cert-form")),
+		chromedp.WaitEnabled(chromedp.ID("save")),
+		chromedp.SetValue(chromedp.ID("f-id"), "retired-root"),
+		chromedp.SetValue(chromedp.ID("f-name"), "Retired Root"),
+		chromedp.SetValue(chromedp.ID("f-certPem"), string(old.CertPEM())),
+		chromedp.Click(chromedp.ID("save")),
+		chromedp.WaitVisible(chromedp.ID("saved-continue")),
+	)
+	status := run(t, b, "status", chromedp.Text(chromedp.ID("preview-status")))
+	require.Contains(t, status, "Created, with the warnings below.")
+	warnings := run(t, b, "warnings", chromedp.Text(chromedp.ID("preview-warnings")))
+	require.Contains(t, warnings, "expired")
+	require.True(t, run(t, b, "save disabled", chromedp.Evaluate[bool](`document.getElementById('save').disabled`)),
+		"a second click must not try to create it again")
+	res := env.Do(t, apitest.Request{Method: http.MethodGet, Path: "/api/v1/certs/retired-root", Token: admin})
+	require.Equal(t, http.StatusOK, res.Status, "saved anyway")
+
+	b.do(t, "back to the list",
+		chromedp.Click(chromedp.ID("saved-continue")),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-id="retired-root"]`)),
+	)
+	require.Empty(t, b.problems())
+}

@@ -305,7 +305,24 @@
       }
       if (res.status === 200 || res.status === 201) {
         const id = (res.body && res.body.id) || body.id || form.dataset.id;
-        window.location.assign('/certs?' + (mode === 'create' ? 'created=' : 'updated=') + encodeURIComponent(id));
+        const dest = '/certs?' + (mode === 'create' ? 'created=' : 'updated=') + encodeURIComponent(id);
+        const warnings = (res.body && res.body.warnings) || [];
+        if (warnings.length === 0) {
+          window.location.assign(dest);
+          return;
+        }
+        // Saved anyway (an expired certificate is a warning, not a failure): say so, show
+        // what was found, and let the operator read it before going back to the list.
+        setBusy('');
+        showPreview({ body: { valid: true, metadata: res.body, warnings: warnings, errors: [] } });
+        const status = $('preview-status');
+        status.textContent = (mode === 'create' ? 'Created' : 'Saved') + ', with the warnings below. ';
+        const back = el('a', 'Back to the list');
+        back.href = dest;
+        back.id = 'saved-continue';
+        status.appendChild(back);
+        $('save').disabled = true;
+        back.focus();
         return;
       }
       setBusy('');
