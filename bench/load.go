@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -163,6 +162,3 @@ func do(ctx context.Context, c *http.Client, req *http.Request, want int) error 
 	_, err = io.Copy(io.Discard, resp.Body)
 	return err
 }
-
-// errNotAvailable marks a scenario whose code is not in the tree yet.
-var errNotAvailable = errors.New("not available")
