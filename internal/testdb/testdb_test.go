@@ -97,6 +97,7 @@ func TestKind(t *testing.T) {
 	t.Parallel()
 	testdb.URL(t) // skips when there is no source at all
 	require.Contains(t, []string{testdb.KindEnv, testdb.KindTestcontainers, testdb.KindLocal}, testdb.Kind())
+	t.Logf("database source: %s", testdb.Kind())
 	if want := os.Getenv(testdb.EnvSource); want != "" && os.Getenv(testdb.EnvURL) == "" {
 		require.Equal(t, want, testdb.Kind(), "the forced source must be the one in use")
 	}
