@@ -52,16 +52,7 @@ func ExportReferences(ctx context.Context, q db.DBTX, tenant string) ([]Referenc
 	if err != nil {
 		return nil, mapErr("export references", err)
 	}
-	defer rows.Close()
-	var out []Reference
-	for rows.Next() {
-		var r Reference
-		if err := rows.Scan(&r.EntryID, &r.FlowID, &r.NodeID, &r.NodeType, &r.Field); err != nil {
-			return nil, mapErr("scan reference", err)
-		}
-		out = append(out, r)
-	}
-	return out, mapErr("export references", rows.Err())
+	return collectReferences(rows, "export references")
 }
 
 // ExportNodeSecrets returns every sealed node secret of the tenant, in (node, name) order.

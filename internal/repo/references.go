@@ -3,6 +3,8 @@ package repo
 import (
 	"context"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/loopze/certstore/internal/db"
 )
 
@@ -36,16 +38,20 @@ func ListReferences(ctx context.Context, q db.DBTX, tenant, entryID string, afte
 	if err != nil {
 		return nil, mapErr("list references", err)
 	}
-	defer rows.Close()
-	out := []Reference{}
-	for rows.Next() {
-		var r Reference
-		if err := rows.Scan(&r.EntryID, &r.FlowID, &r.NodeID, &r.NodeType, &r.Field); err != nil {
-			return nil, mapErr("scan reference", err)
-		}
-		out = append(out, r)
+	return collectReferences(rows, "list references")
+}
+
+// collectReferences scans rows of (entry_id, flow_id, node_id, node_type, field) and
+// closes them; the result is never nil, so an empty list encodes as [].
+func collectReferences(rows pgx.Rows, what string) ([]Reference, error) {
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Reference])
+	if err != nil {
+		return nil, mapErr(what, err)
 	}
-	return out, mapErr("list references", rows.Err())
+	if out == nil {
+		out = []Reference{}
+	}
+	return out, nil
 }
 
 // CountReferences returns how many references name entryID (0 for an unknown entry). The

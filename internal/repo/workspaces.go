@@ -89,16 +89,7 @@ func ListTenantReferences(ctx context.Context, q db.DBTX, tenant string) ([]Refe
 	if err != nil {
 		return nil, mapErr("list workspace references", err)
 	}
-	defer rows.Close()
-	var out []Reference
-	for rows.Next() {
-		var r Reference
-		if err := rows.Scan(&r.EntryID, &r.FlowID, &r.NodeID, &r.NodeType, &r.Field); err != nil {
-			return nil, mapErr("scan reference", err)
-		}
-		out = append(out, r)
-	}
-	return out, mapErr("list workspace references", rows.Err())
+	return collectReferences(rows, "list workspace references")
 }
 
 func referenceColumns(refs []Reference) (entries, flows, nodes, types, fields []string) {
