@@ -187,6 +187,8 @@ func TestEmbeddedLifecycle(t *testing.T) {
 	require.DirExists(t, pgDir)
 	require.FileExists(t, filepath.Join(dataDir, "loopze.key"))
 	require.True(t, postmasterAlive(pgDir))
+	// The embedded cluster logs in as a superuser: tenant isolation must hold all the same.
+	requireTenantIsolation(t, env, s.addr)
 	// A subcommand borrows the running server's cluster through its socket...
 	out := runCLI(t, env, "migrate", "status")
 	require.Contains(t, out, "00001_tenants.sql")
@@ -302,4 +304,37 @@ func TestBadConfigurationExitsWithOneLine(t *testing.T) {
 			require.NotContains(t, out, ":p@", "a password must not be echoed")
 		})
 	}
+}
+
+// requireTenantIsolation creates an entry as one tenant and checks another tenant can
+// neither read it nor see it listed.
+func requireTenantIsolation(t *testing.T, env []string, addr string) {
+	t.Helper()
+	a := runCLI(t, env, "token", "--tenant", "tenant-a", "--role", "editor")
+	b := runCLI(t, env, "token", "--tenant", "tenant-b", "--role", "admin")
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	body, _ := json.Marshal(map[string]string{"id": "private-ca", "name": "A's CA", "type": "ca-bundle",
+		"source": "inline", "certPem": string(materialtest.EncodeCert(ca.Cert))})
+	call := func(method, path, token string, body []byte) (int, string) {
+		req, _ := http.NewRequest(method, "http://"+addr+path, bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var buf bytes.Buffer
+		_, _ = buf.ReadFrom(resp.Body)
+		return resp.StatusCode, buf.String()
+	}
+	code, _ := call(http.MethodPost, "/api/v1/certs", a, body)
+	require.Equal(t, http.StatusCreated, code)
+	code, _ = call(http.MethodGet, "/api/v1/certs/private-ca", a, nil)
+	require.Equal(t, http.StatusOK, code)
+	code, _ = call(http.MethodGet, "/api/v1/certs/private-ca", b, nil)
+	require.Equal(t, http.StatusNotFound, code)
+	code, list := call(http.MethodGet, "/api/v1/certs", b, nil)
+	require.Equal(t, http.StatusOK, code)
+	require.JSONEq(t, `{"items":[]}`, list)
+	code, _ = call(http.MethodDelete, "/api/v1/certs/private-ca", b, nil)
+	require.Equal(t, http.StatusNotFound, code)
 }
