@@ -72,7 +72,7 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	defer stopExport()
 	mx := metrics.New(metrics.Options{Pool: pool, Exporter: exporter, Roots: svc.roots, Logger: logger})
 	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: version, Verifier: svc.verifier, Catalog: svc.catalog, Workspace: svc.workspace, Metrics: mx,
-		SecureCookies: cfg.SecureCookies})
+		SecureCookies: cfg.SecureCookies, MetricsToken: cfg.MetricsToken})
 	httpSrv := &http.Server{
 		Handler:           srv.Handler,
 		ReadHeaderTimeout: 10 * time.Second,

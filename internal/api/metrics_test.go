@@ -43,3 +43,25 @@ func TestMetricsRouteAndDurationsByOperation(t *testing.T) {
 	defer rec.mu.Unlock()
 	require.Equal(t, []string{"GET healthz OK", "GET GET /metrics OK", "GET unmatched Not Found"}, rec.ops)
 }
+
+func TestMetricsToken(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(api.New(api.Deps{Logger: slog.New(slog.DiscardHandler), Metrics: &recorder{},
+		MetricsToken: "scrape-me-0123456789"}).Handler)
+	t.Cleanup(srv.Close)
+	for auth, want := range map[string]int{
+		"":                            http.StatusUnauthorized,
+		"Bearer wrong":                http.StatusUnauthorized,
+		"scrape-me-0123456789":        http.StatusUnauthorized,
+		"Bearer scrape-me-0123456789": http.StatusOK,
+	} {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/metrics", nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		require.NoError(t, resp.Body.Close())
+		require.Equal(t, want, resp.StatusCode, auth)
+	}
+}

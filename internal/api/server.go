@@ -7,6 +7,7 @@ package api
 import (
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/loopze/certstore/internal/auth"
 	"github.com/loopze/certstore/internal/catalog"
+	"github.com/loopze/certstore/internal/secret"
 	"github.com/loopze/certstore/internal/web"
 	"github.com/loopze/certstore/internal/workspace"
 )
@@ -43,6 +45,8 @@ type Deps struct {
 	Workspace *workspace.Service
 	// Metrics serves /metrics and records request durations; nil leaves both out.
 	Metrics Metrics
+	// MetricsToken, when set, is the bearer token /metrics requires (LOOPZE_METRICS_TOKEN).
+	MetricsToken secret.String
 	// SecureCookies marks the session cookie Secure even on plain HTTP, for a server
 	// behind a TLS-terminating proxy (LOOPZE_SECURE_COOKIES).
 	SecureCookies bool
@@ -72,7 +76,7 @@ func New(d Deps) *Server {
 	Register(hapi, s)
 	s.ops = operationIDs(hapi)
 	if d.Metrics != nil {
-		mux.Handle("GET /metrics", d.Metrics)
+		mux.Handle("GET /metrics", metricsGuard(d.MetricsToken, d.Metrics))
 	}
 	var cat web.Catalog
 	if d.Catalog != nil {
@@ -191,4 +195,25 @@ func Spec(format string) ([]byte, error) {
 		return s.API.OpenAPI().MarshalJSON()
 	}
 	return nil, fmt.Errorf("unknown format %q: want yaml or json", format)
+}
+
+// metricsGuard requires Authorization: Bearer <token> on /metrics when a token is set: the
+// series name tenants and entries. Unset, /metrics is open, for a listener only the
+// monitoring network reaches.
+func metricsGuard(token secret.String, next http.Handler) http.Handler {
+	if token == "" {
+		return next
+	}
+	want := []byte("Bearer " + token.Reveal())
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := []byte(r.Header.Get("Authorization"))
+		if subtle.ConstantTimeCompare(got, want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="loopze-metrics"`)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = w.Write([]byte(`{"error":"Unauthorized","message":"/metrics needs the bearer token set in LOOPZE_METRICS_TOKEN"}` + "\n"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }

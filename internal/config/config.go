@@ -41,6 +41,8 @@ type Config struct {
 	JWTIssuer, JWTAudience string
 	// AllowedOrigins lists extra origins allowed to make cookie-authenticated writes.
 	AllowedOrigins []string
+	// MetricsToken, when set, is the bearer token /metrics requires (LOOPZE_METRICS_TOKEN).
+	MetricsToken secret.String
 	// SecureCookies marks the session cookie Secure on plain HTTP too, for a server behind
 	// a TLS-terminating proxy (LOOPZE_SECURE_COOKIES=true).
 	SecureCookies bool
@@ -60,6 +62,7 @@ const (
 	EnvJWTAudience    = "LOOPZE_JWT_AUDIENCE"
 	EnvAllowedOrigins = "LOOPZE_ALLOWED_ORIGINS"
 	EnvSecureCookies  = "LOOPZE_SECURE_COOKIES"
+	EnvMetricsToken   = "LOOPZE_METRICS_TOKEN"
 )
 
 // Defaults.
@@ -89,6 +92,7 @@ func FromEnv(getenv func(string) string) Config {
 		JWTAudience:    getenv(EnvJWTAudience),
 		AllowedOrigins: origins,
 		SecureCookies:  getenv(EnvSecureCookies) == "true" || getenv(EnvSecureCookies) == "1",
+		MetricsToken:   secret.String(getenv(EnvMetricsToken)),
 	}
 }
 
