@@ -13,7 +13,7 @@ build:
 
 run: build
 	@echo "Sign in to the web UI at http://$${LOOPZE_ADDR:-127.0.0.1:8080}/ with a token from:"
-	@echo "  $(BIN) token --tenant default --role admin --sub $$USER"
+	@echo "  $(BIN) token --tenant default --role admin --sub $${USER:-operator}"
 	$(BIN) serve
 
 test:
