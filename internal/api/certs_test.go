@@ -483,3 +483,26 @@ func TestPutChangesTypeAndSource(t *testing.T) {
 	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
 	require.Equal(t, keyPath, res.JSON(t)["keyPath"])
 }
+
+// TestDeleteLeavesFilesAlone: deleting a file-sourced entry removes the store entry only;
+// the certificate and key files stay on disk, byte for byte.
+func TestDeleteLeavesFilesAlone(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	tok := env.Token(t, "acme", "editor")
+	c := materialtest.NewCA(t, materialtest.Options{}).Issue(t, materialtest.Options{})
+	dir := t.TempDir()
+	certPath := apitest.WriteFile(t, dir, "edge.crt", c.ChainPEM())
+	keyPath := apitest.WriteFile(t, dir, "edge.key", c.KeyPEM())
+	res := env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok,
+		Body: map[string]any{"id": "edge", "name": "edge", "type": "client-pair", "source": "file", "certPath": certPath, "keyPath": keyPath}})
+	require.Equal(t, http.StatusCreated, res.Status, "%s", res.Body)
+	require.Equal(t, http.StatusNoContent, env.Do(t, apitest.Request{Method: http.MethodDelete, Path: "/api/v1/certs/edge", Token: tok}).Status)
+
+	gotCert, err := os.ReadFile(certPath)
+	require.NoError(t, err)
+	require.Equal(t, c.ChainPEM(), gotCert)
+	gotKey, err := os.ReadFile(keyPath)
+	require.NoError(t, err)
+	require.Equal(t, c.KeyPEM(), gotKey)
+}
