@@ -506,3 +506,40 @@ func TestDeleteLeavesFilesAlone(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, c.KeyPEM(), gotKey)
 }
+
+// TestValuesPostgreSQLCannotStore: NUL and other control characters are refused with a
+// 422 naming the field, never passed on to the database to fail as a 500.
+func TestValuesPostgreSQLCannotStore(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	tok := env.Token(t, "acme", "admin")
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	for field, value := range map[string]string{"name": "a\x00b", "notes": "a\x00b"} {
+		body := inlineCA("nul-"+field, ca)
+		body[field] = value
+		res := env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok, Body: body})
+		require.Equal(t, http.StatusUnprocessableEntity, res.Status, "%s: %s", field, res.Body)
+		require.Contains(t, string(res.Body), `"location":"body.`+field+`"`)
+	}
+	body := inlineCA("bell", ca)
+	body["name"] = "ring\x07"
+	require.Equal(t, http.StatusUnprocessableEntity, env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok, Body: body}).Status)
+	body = inlineCA("multiline-notes", ca)
+	body["notes"] = "line one\n\tline two"
+	require.Equal(t, http.StatusCreated, env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok, Body: body}).Status)
+
+	for name, doc := range map[string]string{
+		"NUL in a label":           `{"flows":[{"id":"f","label":"x\u0000","nodes":[]}]}`,
+		"NUL in a credential":      `{"flows":[{"id":"f","nodes":[{"id":"n","type":"tcp-out","credentials":{"p":"a\u0000b"}}]}]}`,
+		"NUL in an extra field":    `{"flows":[{"id":"f","nodes":[{"id":"n","type":"tcp-out","host":"h\u0000"}]}]}`,
+		"bytes that are not UTF-8": "{\"flows\":[{\"id\":\"f\",\"nodes\":[{\"id\":\"n\",\"type\":\"tcp-out\",\"host\":\"\xff\xfe\"}]}]}",
+	} {
+		res := env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/flows", Token: tok, Body: []byte(doc)})
+		require.Equal(t, http.StatusUnprocessableEntity, res.Status, "%s: %s", name, res.Body)
+		require.Equal(t, "Unprocessable Entity", res.JSON(t)["error"], name)
+	}
+	// An escaped backslash before "u0000" is text, not a NUL.
+	res := env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/flows", Token: tok,
+		Body: []byte(`{"flows":[{"id":"f","nodes":[{"id":"n","type":"tcp-out","host":"C:\\u0000"}]}]}`)})
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+}

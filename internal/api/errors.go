@@ -113,6 +113,9 @@ func (s *Server) mapError(ctx context.Context, err error) error {
 		return newError(http.StatusNotFound, "no such cert in this tenant")
 	case errors.Is(err, repo.ErrDuplicate):
 		return newError(http.StatusConflict, "a cert with this ID already exists")
+	case errors.Is(err, repo.ErrInvalidData):
+		s.deps.Logger.Warn("request refused by the database as invalid data", "request_id", RequestID(ctx), "err", err)
+		return newError(http.StatusUnprocessableEntity, "a value in the request cannot be stored (for example a NUL character)")
 	case errors.Is(err, repo.ErrVersionMismatch):
 		return newError(http.StatusPreconditionFailed, "the entry has changed since the ETag given in If-Match; GET it again")
 	case errors.Is(err, context.Canceled):

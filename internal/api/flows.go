@@ -231,6 +231,10 @@ func parseError(err error) error {
 	if !errors.As(err, &fe) {
 		return newError(http.StatusBadRequest, "the body is not a workspace document")
 	}
+	if errors.Is(err, refs.ErrUnstorable) {
+		return newError(http.StatusUnprocessableEntity, "the workspace is not valid",
+			&ErrorDetail{Location: fe.Path, Message: fe.Message})
+	}
 	if fe.Path == "body" {
 		return newError(http.StatusBadRequest, "the body is not a workspace document",
 			&ErrorDetail{Location: "body", Message: fe.Message})

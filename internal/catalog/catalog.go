@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -150,6 +151,12 @@ func checkFields(id, name, typ, source, notes string) []material.Issue {
 	}
 	if n := utf8.RuneCountInString(notes); n > MaxNotesLen {
 		add("notes", fmt.Sprintf("is %d characters long; at most %d are allowed", n, MaxNotesLen))
+	}
+	if strings.ContainsFunc(name, unicode.IsControl) {
+		add("name", "must not contain control characters")
+	}
+	if strings.ContainsFunc(notes, func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\r' && r != '\t' }) {
+		add("notes", "must not contain control characters other than tab and line breaks")
 	}
 	return issues
 }

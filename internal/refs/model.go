@@ -18,6 +18,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/secret"
@@ -171,13 +172,24 @@ func (v *Value) UnmarshalJSON(b []byte) error {
 type FieldError struct {
 	Path    string
 	Message string
+	// Err is a sentinel the error also is (errors.Is), such as ErrUnstorable; may be nil.
+	Err error
 }
 
 func (e *FieldError) Error() string { return e.Path + ": " + e.Message }
 
+// Unwrap exposes the sentinel.
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// ErrUnstorable marks a document that is valid JSON but holds text PostgreSQL cannot store.
+var ErrUnstorable = errors.New("document cannot be stored")
+
 // Parse decodes a workspace document. A malformed document is a *FieldError (or a
 // *json.SyntaxError for broken JSON), never an error quoting the input.
 func Parse(data []byte) (*Workspace, error) {
+	if err := storable(data); err != nil {
+		return nil, err
+	}
 	var raw struct {
 		Flows []json.RawMessage `json:"flows"`
 	}
@@ -623,4 +635,26 @@ func PEMSecretName(field string) string { return "tls." + field }
 // IsCredentialName reports whether a node secret name is a credential, and its key.
 func IsCredentialName(name string) (key string, ok bool) {
 	return strings.CutPrefix(name, "credentials.")
+}
+
+// storable refuses what JSON allows but PostgreSQL cannot store in jsonb or text: bytes that
+// are not UTF-8 (kept as they are in the nodes' extra properties) and the escape \u0000 in
+// any string. Checked once over the raw body, before anything is parsed.
+func storable(data []byte) error {
+	if !utf8.Valid(data) {
+		return &FieldError{Path: "body", Message: "must be UTF-8 text", Err: ErrUnstorable}
+	}
+	inString := false
+	for i := 0; i < len(data); i++ {
+		switch c := data[i]; {
+		case c == '"':
+			inString = !inString
+		case c == '\\' && inString:
+			if i+5 < len(data) && data[i+1] == 'u' && string(data[i+2:i+6]) == "0000" {
+				return &FieldError{Path: "body", Message: "strings must not contain \\u0000 (NUL cannot be stored)", Err: ErrUnstorable}
+			}
+			i++ // skip the escaped character, so \" does not end the string
+		}
+	}
+	return nil
 }

@@ -7,6 +7,7 @@ package repo
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -18,6 +19,9 @@ var (
 	ErrDuplicate       = errors.New("already exists")
 	ErrReferenced      = errors.New("still referenced")
 	ErrVersionMismatch = errors.New("version mismatch")
+	// ErrInvalidData is a value PostgreSQL cannot store (a data exception, SQLSTATE class
+	// 22): input checks should catch these first; this keeps any that slip through a 4xx.
+	ErrInvalidData = errors.New("value cannot be stored")
 )
 
 // mapErr turns driver errors into sentinels, wrapping with what was being done.
@@ -35,6 +39,9 @@ func mapErr(what string, err error) error {
 			return fmt.Errorf("%s: %w", what, ErrDuplicate)
 		case "23503": // foreign_key_violation
 			return fmt.Errorf("%s: %w", what, ErrReferenced)
+		}
+		if strings.HasPrefix(pgErr.Code, "22") { // data exception
+			return fmt.Errorf("%s: %w (%s)", what, ErrInvalidData, pgErr.Message)
 		}
 	}
 	return fmt.Errorf("%s: %w", what, err)

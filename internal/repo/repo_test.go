@@ -212,3 +212,13 @@ func TestCreateEntryIsAllOrNothing(t *testing.T) {
 		return nil
 	}))
 }
+
+// TestDataExceptionsAreInvalidData: a value PostgreSQL refuses to store is ErrInvalidData
+// (the API answers 422), not an unexplained failure.
+func TestDataExceptionsAreInvalidData(t *testing.T) {
+	t.Parallel()
+	pool := setup(t)
+	e := fileEntry("acme", "nul")
+	e.Notes = "a\x00b"
+	require.ErrorIs(t, repo.CreateEntry(t.Context(), pool, e), repo.ErrInvalidData)
+}
