@@ -538,8 +538,13 @@ func TestValuesPostgreSQLCannotStore(t *testing.T) {
 		require.Equal(t, http.StatusUnprocessableEntity, res.Status, "%s: %s", name, res.Body)
 		require.Equal(t, "Unprocessable Entity", res.JSON(t)["error"], name)
 	}
+	// Searching for a NUL finds nothing rather than failing.
+	res := env.Do(t, apitest.Request{Method: http.MethodGet, Path: "/api/v1/certs?q=%00", Token: tok})
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+	require.JSONEq(t, `{"items":[]}`, string(res.Body))
+
 	// An escaped backslash before "u0000" is text, not a NUL.
-	res := env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/flows", Token: tok,
+	res = env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/flows", Token: tok,
 		Body: []byte(`{"flows":[{"id":"f","nodes":[{"id":"n","type":"tcp-out","host":"C:\\u0000"}]}]}`)})
 	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
 }
