@@ -319,10 +319,13 @@ func (s *Service) Get(ctx context.Context, tenant, id string) (*repo.Entry, erro
 // List returns a page of entries and whether more follow, in one round trip. Listed
 // entries carry no sealed material.
 func (s *Service) List(ctx context.Context, tenant string, f repo.ListFilter) ([]*repo.Entry, bool, error) {
-	if strings.ContainsRune(f.Search, 0) || strings.ContainsRune(f.After, 0) {
-		// No stored text holds a NUL (names and notes refuse it), and PostgreSQL cannot
-		// even compare with one: nothing matches.
+	if !storableText(f.Search) || !storableText(f.After) {
+		// No stored text holds a NUL or bytes that are not UTF-8, and PostgreSQL cannot
+		// even compare with them: nothing matches.
 		return []*repo.Entry{}, false, nil
 	}
 	return repo.ListEntriesScoped(ctx, s.Pool, tenant, f)
 }
+
+// storableText reports whether PostgreSQL can take s as text.
+func storableText(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
