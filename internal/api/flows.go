@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"reflect"
 	"time"
@@ -19,14 +20,14 @@ import (
 const flowsPath = "/api/v1/flows"
 
 // MaxWorkspaceBytes bounds a deployed workspace document.
-const MaxWorkspaceBytes = 32 << 20
+const MaxWorkspaceBytes = refs.MaxBytes
 
 // The types below document the workspace document in the OpenAPI file; the handlers read
 // and write it through internal/refs, which keeps every property they do not list.
 
 // Workspace is a tenant's whole workspace, as deployed.
 type Workspace struct {
-	Flows []Flow `json:"flows" doc:"Every flow of the tenant. Flow IDs are unique and non-empty."`
+	Flows []Flow `json:"flows" maxItems:"2000" doc:"Every flow of the tenant. Flow IDs are unique and non-empty."`
 }
 
 // Flow is one flow (an editor tab).
@@ -34,7 +35,7 @@ type Flow struct {
 	_     struct{}   `additionalProperties:"true"`
 	ID    string     `json:"id" doc:"Unique among flows, non-empty" example:"ingest-line-1"`
 	Label string     `json:"label,omitempty" example:"Ingest line 1"`
-	Nodes []FlowNode `json:"nodes" doc:"The flow's nodes. Any other property of the flow is kept as sent."`
+	Nodes []FlowNode `json:"nodes" maxItems:"20000" doc:"The flow's nodes. Any other property of the flow is kept as sent."`
 }
 
 // FlowNode is one node. Properties not listed here are kept as sent.
@@ -53,8 +54,9 @@ type FlowNode struct {
 // TLSBlock is a node's tls block. Each part (caBundle, clientCert, serverCert) comes from
 // exactly one of a store reference, direct files or inline PEM.
 type TLSBlock struct {
-	_              struct{} `additionalProperties:"true"`
+	_              struct{} `additionalProperties:"false"`
 	ServerName     string   `json:"serverName,omitempty" doc:"Server name to verify (and send as SNI), when it differs from the host dialled"`
+	ALPNProtocol   string   `json:"alpnProtocol,omitempty" doc:"Kept as sent, for the runtime"`
 	CABundleRef    string   `json:"caBundleRef,omitempty" doc:"ID of a ca-bundle entry" example:"internal-root-ca"`
 	CABundleFile   string   `json:"caBundleFile,omitempty" doc:"Absolute path of a PEM CA bundle, read at every connection init"`
 	CABundlePem    any      `json:"caBundlePem,omitempty" doc:"Inline PEM (write-only): a string sets it, {\"set\": true} keeps the stored value, leaving the field out removes it. Reads show {\"set\": true}."`
@@ -153,6 +155,11 @@ func registerFlows(api huma.API, s *Server) {
 			"(tls.caBundleRef a ca-bundle, tls.clientCertRef a client-pair, tls.serverCertRef a server-pair, an opcua-server node's certRef a client-pair); " +
 			"a missing entry, a wrong type, two ways for one TLS part, a relative or out-of-roots path, inline PEM that does not parse, " +
 			"empty or duplicate flow or node IDs are a 422 listing every problem with its flow, node and field, and nothing of the deploy is saved. " +
+			fmt.Sprintf("Bounds, each a 422 naming the path: at most %d bytes, %d flows, %d nodes in all, %d properties per node, nesting %d levels deep; ",
+				refs.MaxBytes, refs.MaxFlows, refs.MaxNodes, refs.MaxNodeProperties, refs.MaxDepth) +
+			fmt.Sprintf("numbers must fit a 64-bit float and take at most %d digits in plain decimal; property names must be unique. ", refs.MaxNumberDigits) +
+			"PEM armour (-----BEGIN) is refused everywhere but in node credentials and the tls block's *Pem fields, which are sealed; " +
+			"a tls block takes only its part fields, serverName and alpnProtocol (names are case-sensitive). " +
 			"References are stored with the workspace, so a referenced entry cannot be deleted (409). " +
 			"Credentials and inline PEM are sealed at rest and never returned. Send If-Match with the ETag of GET to refuse a lost update (412).",
 		MaxBodyBytes: MaxWorkspaceBytes,
@@ -231,11 +238,8 @@ func parseError(err error) error {
 	if !errors.As(err, &fe) {
 		return newError(http.StatusBadRequest, "the body is not a workspace document")
 	}
-	if errors.Is(err, refs.ErrUnstorable) {
-		return newError(http.StatusUnprocessableEntity, "the workspace is not valid",
-			&ErrorDetail{Location: fe.Path, Message: fe.Message})
-	}
-	if fe.Path == "body" {
+	refused := errors.Is(err, refs.ErrUnstorable) || errors.Is(err, refs.ErrRefused)
+	if fe.Path == "body" && !refused {
 		return newError(http.StatusBadRequest, "the body is not a workspace document",
 			&ErrorDetail{Location: "body", Message: fe.Message})
 	}

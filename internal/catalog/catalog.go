@@ -158,6 +158,12 @@ func checkFields(id, name, typ, source, notes string) []material.Issue {
 	if strings.ContainsFunc(notes, func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\r' && r != '\t' }) {
 		add("notes", "must not contain control characters other than tab and line breaks")
 	}
+	for _, f := range []struct{ name, v string }{{"name", name}, {"notes", notes}} {
+		if strings.Contains(f.v, "-----BEGIN") {
+			add(f.name, "must not hold PEM (-----BEGIN ...): names and notes are stored and shown in clear. "+
+				"Certificates go in certPem, private keys in keyPem, where they are sealed and never returned")
+		}
+	}
 	return issues
 }
 

@@ -18,7 +18,6 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/secret"
@@ -187,7 +186,7 @@ var ErrUnstorable = errors.New("document cannot be stored")
 // Parse decodes a workspace document. A malformed document is a *FieldError (or a
 // *json.SyntaxError for broken JSON), never an error quoting the input.
 func Parse(data []byte) (*Workspace, error) {
-	if err := storable(data); err != nil {
+	if err := scan(data); err != nil {
 		return nil, err
 	}
 	var raw struct {
@@ -211,11 +210,18 @@ func Parse(data []byte) (*Workspace, error) {
 	if raw.Flows == nil {
 		return nil, &FieldError{Path: "flows", Message: "is required (an empty workspace is {\"flows\": []})"}
 	}
+	if len(raw.Flows) > MaxFlows {
+		return nil, &FieldError{Path: "flows", Message: fmt.Sprintf("has %d flows; a workspace may have at most %d", len(raw.Flows), MaxFlows), Err: ErrRefused}
+	}
 	ws := &Workspace{Flows: make([]*Flow, 0, len(raw.Flows))}
+	nodes := 0
 	for i, rf := range raw.Flows {
 		f, err := parseFlow(rf, fmt.Sprintf("flows[%d]", i))
 		if err != nil {
 			return nil, err
+		}
+		if nodes += len(f.Nodes); nodes > MaxNodes {
+			return nil, &FieldError{Path: fmt.Sprintf("flows[%d].nodes", i), Message: fmt.Sprintf("brings the workspace past %d nodes, the most it may have", MaxNodes), Err: ErrRefused}
 		}
 		ws.Flows = append(ws.Flows, f)
 	}
@@ -314,6 +320,9 @@ func parseNode(b json.RawMessage, path string) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(m) > MaxNodeProperties {
+		return nil, &FieldError{Path: path, Message: fmt.Sprintf("has %d properties; a node may have at most %d", len(m), MaxNodeProperties), Err: ErrRefused}
+	}
 	n := &Node{}
 	for _, f := range []struct {
 		key string
@@ -396,8 +405,36 @@ func parseTLS(b json.RawMessage, path string) (*TLS, error) {
 			}
 		}
 	}
+	for k := range m {
+		if !tlsOptions[k] {
+			return nil, &FieldError{Path: path + "." + k, Message: unknownTLSProperty(k), Err: ErrRefused}
+		}
+	}
 	t.Extra = nilIfEmpty(m)
 	return t, nil
+}
+
+// tlsOptions are the properties of a tls block besides its parts and serverName; they are
+// kept as sent. Anything else is refused, so that a mistyped field (clientKeyPEM for
+// clientKeyPem) cannot land in clear beside the sealed ones.
+var tlsOptions = map[string]bool{"alpnProtocol": true}
+
+// unknownTLSProperty explains an unknown tls property, naming the known one it is a case
+// variant of.
+func unknownTLSProperty(k string) string {
+	known := []string{"serverName"}
+	for _, p := range Parts {
+		known = append(known, p.Ref, p.CertFile, p.KeyFile, p.CertPEM, p.KeyPEM)
+	}
+	for o := range tlsOptions {
+		known = append(known, o)
+	}
+	for _, f := range known {
+		if f != "" && strings.EqualFold(f, k) {
+			return "is not a tls property; names are case-sensitive: did you mean " + f + "?"
+		}
+	}
+	return "is not a tls property (the parts are caBundle*, clientCert*/clientKey*, serverCert*/serverKey* as Ref, File or Pem; besides them serverName and alpnProtocol)"
 }
 
 // MarshalJSON implements json.Marshaler: the known fields merged with the extras.
@@ -635,26 +672,4 @@ func PEMSecretName(field string) string { return "tls." + field }
 // IsCredentialName reports whether a node secret name is a credential, and its key.
 func IsCredentialName(name string) (key string, ok bool) {
 	return strings.CutPrefix(name, "credentials.")
-}
-
-// storable refuses what JSON allows but PostgreSQL cannot store in jsonb or text: bytes that
-// are not UTF-8 (kept as they are in the nodes' extra properties) and the escape \u0000 in
-// any string. Checked once over the raw body, before anything is parsed.
-func storable(data []byte) error {
-	if !utf8.Valid(data) {
-		return &FieldError{Path: "body", Message: "must be UTF-8 text", Err: ErrUnstorable}
-	}
-	inString := false
-	for i := 0; i < len(data); i++ {
-		switch c := data[i]; {
-		case c == '"':
-			inString = !inString
-		case c == '\\' && inString:
-			if i+5 < len(data) && data[i+1] == 'u' && string(data[i+2:i+6]) == "0000" {
-				return &FieldError{Path: "body", Message: "strings must not contain \\u0000 (NUL cannot be stored)", Err: ErrUnstorable}
-			}
-			i++ // skip the escaped character, so \" does not end the string
-		}
-	}
-	return nil
 }

@@ -20,7 +20,7 @@ func TestStorable(t *testing.T) {
 		`{"a":"é ✓ \u00e9"}`:                 true,
 		`{"a":"\\\u0000"}`:                   false, // an escaped backslash, then a NUL
 	} {
-		err := storable([]byte(doc))
+		err := scan([]byte(doc))
 		if ok {
 			require.NoError(t, err, doc)
 			continue

@@ -1,0 +1,112 @@
+package api_test
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/loopze/certstore/internal/apitest"
+	"github.com/loopze/certstore/internal/material/materialtest"
+)
+
+// errorLocations returns the locations of a 422's error details.
+func errorLocations(t *testing.T, res *apitest.Response) []string {
+	t.Helper()
+	var body struct {
+		Errors []struct{ Location, Message string } `json:"errors"`
+	}
+	res.Decode(t, &body)
+	var out []string
+	for _, e := range body.Errors {
+		out = append(out, e.Location)
+	}
+	return out
+}
+
+// A few kilobytes of number literals that jsonb writes back in full (1e131071 is 131,072
+// digits) were stored and came back as tens of megabytes, in GET and in the export file.
+func TestDeployRefusesNumberAmplification(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	tok := env.Token(t, "acme", "editor")
+	nums := strings.TrimSuffix(strings.Repeat("1e131071,", 300), ",")
+	body := `{"flows":[{"id":"f","nodes":[{"id":"n","type":"function","x":[` + nums + `]}]}]}`
+	require.Less(t, len(body), 2800, "the body of the report: about 2.7 KB")
+
+	res := deploy(t, env, tok, body)
+	require.Equal(t, http.StatusUnprocessableEntity, res.Status, "%s", res.Body)
+	require.Equal(t, []string{"body.flows[0].nodes[0].x[0]"}, errorLocations(t, res))
+	require.Contains(t, string(res.Body), "64-bit float")
+
+	// In float64 range, but 301 digits once stored: refused too.
+	res = deploy(t, env, tok, `{"flows":[{"id":"f","nodes":[{"id":"n","type":"function","cfg":{"max":1e300}}]}]}`)
+	require.Equal(t, http.StatusUnprocessableEntity, res.Status, "%s", res.Body)
+	require.Equal(t, []string{"body.flows[0].nodes[0].cfg.max"}, errorLocations(t, res))
+
+	got := getFlows(t, env, tok)
+	require.JSONEq(t, `{"flows":[]}`, string(got.Body), "nothing of a refused deploy is stored")
+
+	// Ordinary numbers round-trip as sent.
+	res = deploy(t, env, tok, `{"flows":[{"id":"f","nodes":[{"id":"n","type":"function","x":120,"y":-40.5,"ratio":0.30000000000000004,"ts":1764633600000}]}]}`)
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+	got = getFlows(t, env, tok)
+	require.JSONEq(t, `{"flows":[{"id":"f","nodes":[{"id":"n","type":"function","x":120,"y":-40.5,"ratio":0.30000000000000004,"ts":1764633600000}]}]}`, string(got.Body))
+}
+
+// PEM in free text was stored verbatim and shown in clear to viewers.
+func TestPEMRefusedInFreeText(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	tok := env.Token(t, "acme", "editor")
+	viewer := env.Token(t, "acme", "viewer")
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	pair := ca.Issue(t, materialtest.Options{})
+	key := string(pair.KeyPEM())
+
+	res := env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok,
+		Body: obj{"id": "root", "name": "Root", "type": "ca-bundle", "source": "inline", "certPem": string(ca.CertPEM()), "notes": "backup of the key:\n" + key}})
+	require.Equal(t, http.StatusUnprocessableEntity, res.Status, "%s", res.Body)
+	require.Equal(t, []string{"body.notes"}, errorLocations(t, res))
+	require.Contains(t, string(res.Body), "keyPem")
+	require.NotContains(t, string(res.Body), "PRIVATE KEY-----")
+
+	post(t, env, tok, inlineCA("root", ca))
+	res = env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/certs/root", Token: tok, Body: obj{"notes": key}})
+	require.Equal(t, http.StatusUnprocessableEntity, res.Status, "%s", res.Body)
+	require.Equal(t, []string{"body.notes"}, errorLocations(t, res))
+
+	for _, c := range []struct {
+		ws  any
+		loc string
+	}{
+		{obj{"flows": []any{obj{"id": "f", "label": key, "nodes": []any{}}}}, "body.flows[0].label"},
+		{workspaceOf(flow("f", node("n", "tcp-out", obj{"privateKey": key}))), "body.flows[0].nodes[0].privateKey"},
+		{workspaceOf(flow("f", node("n", "tcp-out", obj{"config": obj{"auth": obj{"keys": []any{key}}}}))), "body.flows[0].nodes[0].config.auth.keys[0]"},
+		{workspaceOf(flow("f", node("n", "tcp-out", obj{"tls": obj{"clientKeyPEM": key}}))), "body.flows[0].nodes[0].tls.clientKeyPEM"},
+	} {
+		res := deploy(t, env, tok, c.ws)
+		require.Equal(t, http.StatusUnprocessableEntity, res.Status, "%s", res.Body)
+		require.Equal(t, []string{c.loc}, errorLocations(t, res))
+		require.Contains(t, string(res.Body), "credentials")
+		require.NotContains(t, string(res.Body), "PRIVATE KEY-----")
+	}
+	// A mis-cased tls field without PEM is named for what it is.
+	res = deploy(t, env, tok, workspaceOf(flow("f", node("n", "tcp-out", obj{"tls": obj{"clientKeyPEM": "x"}}))))
+	require.Equal(t, http.StatusUnprocessableEntity, res.Status, "%s", res.Body)
+	require.Contains(t, string(res.Body), "did you mean clientKeyPem?")
+
+	// Where PEM belongs it is taken, sealed and never shown.
+	res = deploy(t, env, tok, workspaceOf(flow("f", node("n", "tcp-out", obj{
+		"tls":         obj{"clientCertPem": string(pair.ChainPEM()), "clientKeyPem": key},
+		"credentials": obj{"sshKey": key}}))))
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+	for _, who := range []string{viewer, tok} {
+		got := getFlows(t, env, who)
+		require.NotContains(t, string(got.Body), "-----BEGIN")
+		res = env.Do(t, apitest.Request{Method: http.MethodGet, Path: "/api/v1/certs/root", Token: who})
+		require.NotContains(t, string(res.Body), "-----BEGIN")
+	}
+	require.NotContains(t, env.Logs.String(), "PRIVATE KEY-----")
+}
