@@ -230,6 +230,7 @@ func (b *bench) runAll(ctx context.Context) {
 		{"workspace deploy", b.scenarioDeploy},
 		{"Node-RED deploy", b.scenarioNodeRED},
 		{"export", b.scenarioExport},
+		{"largest workspace", b.scenarioBigWorkspace},
 		{"scale", b.scenarioScale},
 	}
 	for _, st := range steps {

@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -72,11 +71,11 @@ type TLSBlock struct {
 	ServerKeyPem   any      `json:"serverKeyPem,omitempty" doc:"Inline PEM private key (write-only), as caBundlePem"`
 }
 
-// WorkspaceOutput is the saved workspace, encoded by internal/refs.
+// WorkspaceOutput is the saved workspace, streamed by internal/workspace.
 type WorkspaceOutput struct {
 	ETag        string `header:"ETag" doc:"The workspace version; send it as If-Match to deploy only over what you read"`
 	ContentType string `header:"Content-Type"`
-	Body        []byte
+	Body        func(huma.Context)
 }
 
 // DeployProblem is a warning of a deploy, located like an error detail.
@@ -137,15 +136,18 @@ func registerFlows(api huma.API, s *Server) {
 		Responses: map[string]*huma.Response{"200": {Description: "OK", Content: map[string]*huma.MediaType{
 			"application/json": {Schema: wsSchema}}}},
 	}, auth.Viewer), func(ctx context.Context, _ *struct{}) (*WorkspaceOutput, error) {
-		saved, err := s.deps.Workspace.Get(ctx, principalFrom(ctx).Tenant)
+		doc, err := s.deps.Workspace.Document(ctx, principalFrom(ctx).Tenant)
 		if err != nil {
 			return nil, s.mapFlowError(ctx, err)
 		}
-		b, err := json.Marshal(saved.Workspace)
-		if err != nil {
-			return nil, s.mapFlowError(ctx, err)
-		}
-		return &WorkspaceOutput{ETag: etag(saved.Version), ContentType: "application/json", Body: b}, nil
+		log := s.deps.Logger
+		return &WorkspaceOutput{ETag: etag(doc.Version), ContentType: "application/json", Body: func(hc huma.Context) {
+			hc.SetStatus(http.StatusOK)
+			if _, err := doc.WriteTo(hc.BodyWriter()); err != nil {
+				// The status is out: all that is left is to cut the body short and say why.
+				log.Error("write workspace", "request_id", RequestID(ctx), "error", err)
+			}
+		}}, nil
 	})
 
 	huma.Register(api, secured(huma.Operation{

@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
@@ -109,4 +110,42 @@ func TestPEMRefusedInFreeText(t *testing.T) {
 		require.NotContains(t, string(res.Body), "-----BEGIN")
 	}
 	require.NotContains(t, env.Logs.String(), "PRIVATE KEY-----")
+}
+
+// The streamed GET /api/v1/flows says what a decoded and re-encoded workspace says,
+// markers included, for nodes with and without stored values.
+func TestStreamedWorkspaceMatchesDecoded(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	tok := env.Token(t, "acme", "editor")
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	pair := ca.Issue(t, materialtest.Options{})
+	post(t, env, tok, inlineCA("root", ca))
+	res := deploy(t, env, tok, workspaceOf(
+		flow("a",
+			node("n1", "tcp-out", obj{"x": 10, "y": 20, "z": "a", "wires": []any{[]any{"n2"}},
+				"tls":         obj{"caBundleRef": "root", "clientCertPem": string(pair.ChainPEM()), "clientKeyPem": string(pair.KeyPEM()), "alpnProtocol": "h2"},
+				"credentials": obj{"user": "u", "password": "p"}}),
+			node("n2", "function", obj{"func": "return msg;", "config": obj{"tls": obj{"id": "not a node"}, "nodes": []any{obj{"id": "n1"}}}}),
+			node("n3", "http-request", obj{"credentials": obj{"token": "t"}})),
+		flow("b", node("n4", "mqtt-broker", obj{"tls": obj{"caBundlePem": string(ca.CertPEM())}})),
+		obj{"id": "c", "nodes": []any{}, "info": "empty"}))
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+
+	saved, err := env.Workspace.Get(t.Context(), "acme")
+	require.NoError(t, err)
+	want, err := json.Marshal(saved.Workspace)
+	require.NoError(t, err)
+	got := getFlows(t, env, tok)
+	require.JSONEq(t, string(want), string(got.Body))
+	require.Contains(t, string(got.Body), `"clientKeyPem":{"set":true}`)
+	require.Contains(t, string(got.Body), `"credentials":{"password":{"set":true},"user":{"set":true}}`)
+	require.NotContains(t, string(got.Body), "-----BEGIN")
+	require.Equal(t, `"1"`, got.Header.Get("ETag"))
+
+	// Deploying what was read back changes nothing.
+	res = deploy(t, env, tok, got.Body)
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+	again := getFlows(t, env, tok)
+	require.JSONEq(t, string(got.Body), string(again.Body))
 }

@@ -49,9 +49,6 @@ const pemPlaces = "PEM belongs in a store entry (POST /api/v1/certs) or, sealed,
 // duplicated names, nesting, numbers and PEM armour. Errors are *FieldError naming the
 // JSON path, and never quote the document.
 func scan(data []byte) error {
-	if len(data) > MaxBytes {
-		return &FieldError{Path: "body", Message: fmt.Sprintf("is %d bytes; a workspace may be at most %d", len(data), MaxBytes), Err: ErrRefused}
-	}
 	if !utf8.Valid(data) {
 		return &FieldError{Path: "body", Message: "must be UTF-8 text", Err: ErrUnstorable}
 	}

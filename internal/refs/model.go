@@ -183,12 +183,24 @@ func (e *FieldError) Unwrap() error { return e.Err }
 // ErrUnstorable marks a document that is valid JSON but holds text PostgreSQL cannot store.
 var ErrUnstorable = errors.New("document cannot be stored")
 
-// Parse decodes a workspace document. A malformed document is a *FieldError (or a
+// Parse decodes a workspace document sent for a deploy, holding it to every rule of what
+// may be stored (see scan and the bounds). A malformed document is a *FieldError (or a
 // *json.SyntaxError for broken JSON), never an error quoting the input.
 func Parse(data []byte) (*Workspace, error) {
+	if len(data) > MaxBytes {
+		return nil, &FieldError{Path: "body", Message: fmt.Sprintf("is %d bytes; a workspace may be at most %d", len(data), MaxBytes), Err: ErrRefused}
+	}
 	if err := scan(data); err != nil {
 		return nil, err
 	}
+	return parse(data, true)
+}
+
+// ParseStored decodes a workspace document that was stored before: it was held to the
+// rules of its time when deployed, and is read back as it is.
+func ParseStored(data []byte) (*Workspace, error) { return parse(data, false) }
+
+func parse(data []byte, strict bool) (*Workspace, error) {
 	var raw struct {
 		Flows []json.RawMessage `json:"flows"`
 	}
@@ -210,17 +222,17 @@ func Parse(data []byte) (*Workspace, error) {
 	if raw.Flows == nil {
 		return nil, &FieldError{Path: "flows", Message: "is required (an empty workspace is {\"flows\": []})"}
 	}
-	if len(raw.Flows) > MaxFlows {
+	if strict && len(raw.Flows) > MaxFlows {
 		return nil, &FieldError{Path: "flows", Message: fmt.Sprintf("has %d flows; a workspace may have at most %d", len(raw.Flows), MaxFlows), Err: ErrRefused}
 	}
 	ws := &Workspace{Flows: make([]*Flow, 0, len(raw.Flows))}
 	nodes := 0
 	for i, rf := range raw.Flows {
-		f, err := parseFlow(rf, fmt.Sprintf("flows[%d]", i))
+		f, err := parseFlow(rf, fmt.Sprintf("flows[%d]", i), strict)
 		if err != nil {
 			return nil, err
 		}
-		if nodes += len(f.Nodes); nodes > MaxNodes {
+		if nodes += len(f.Nodes); strict && nodes > MaxNodes {
 			return nil, &FieldError{Path: fmt.Sprintf("flows[%d].nodes", i), Message: fmt.Sprintf("brings the workspace past %d nodes, the most it may have", MaxNodes), Err: ErrRefused}
 		}
 		ws.Flows = append(ws.Flows, f)
@@ -275,7 +287,7 @@ func takeString(m map[string]json.RawMessage, key, path string) (string, error) 
 
 func isNull(b json.RawMessage) bool { return bytes.Equal(bytes.TrimSpace(b), []byte("null")) }
 
-func parseFlow(b json.RawMessage, path string) (*Flow, error) {
+func parseFlow(b json.RawMessage, path string, strict bool) (*Flow, error) {
 	m, err := object(b, path)
 	if err != nil {
 		return nil, err
@@ -297,7 +309,7 @@ func parseFlow(b json.RawMessage, path string) (*Flow, error) {
 		}
 		f.Nodes = make([]*Node, 0, len(nodes))
 		for j, b := range nodes {
-			n, err := parseNode(b, fmt.Sprintf("%s.nodes[%d]", path, j))
+			n, err := parseNode(b, fmt.Sprintf("%s.nodes[%d]", path, j), strict)
 			if err != nil {
 				return nil, err
 			}
@@ -315,12 +327,12 @@ func nilIfEmpty(m map[string]json.RawMessage) map[string]json.RawMessage {
 	return m
 }
 
-func parseNode(b json.RawMessage, path string) (*Node, error) {
+func parseNode(b json.RawMessage, path string, strict bool) (*Node, error) {
 	m, err := object(b, path)
 	if err != nil {
 		return nil, err
 	}
-	if len(m) > MaxNodeProperties {
+	if strict && len(m) > MaxNodeProperties {
 		return nil, &FieldError{Path: path, Message: fmt.Sprintf("has %d properties; a node may have at most %d", len(m), MaxNodeProperties), Err: ErrRefused}
 	}
 	n := &Node{}
@@ -335,7 +347,7 @@ func parseNode(b json.RawMessage, path string) (*Node, error) {
 	if rt, ok := m["tls"]; ok {
 		delete(m, "tls")
 		if !isNull(rt) {
-			if n.TLS, err = parseTLS(rt, path+".tls"); err != nil {
+			if n.TLS, err = parseTLS(rt, path+".tls", strict); err != nil {
 				return nil, err
 			}
 		}
@@ -361,7 +373,7 @@ func parseNode(b json.RawMessage, path string) (*Node, error) {
 	return n, nil
 }
 
-func parseTLS(b json.RawMessage, path string) (*TLS, error) {
+func parseTLS(b json.RawMessage, path string, strict bool) (*TLS, error) {
 	m, err := object(b, path)
 	if err != nil {
 		return nil, err
@@ -406,7 +418,7 @@ func parseTLS(b json.RawMessage, path string) (*TLS, error) {
 		}
 	}
 	for k := range m {
-		if !tlsOptions[k] {
+		if strict && !tlsOptions[k] {
 			return nil, &FieldError{Path: path + "." + k, Message: unknownTLSProperty(k), Err: ErrRefused}
 		}
 	}
@@ -466,7 +478,7 @@ func (f *Flow) MarshalJSON() ([]byte, error) {
 
 // UnmarshalJSON implements json.Unmarshaler.
 func (f *Flow) UnmarshalJSON(b []byte) error {
-	g, err := parseFlow(b, "flow")
+	g, err := parseFlow(b, "flow", false)
 	if err != nil {
 		return err
 	}
@@ -497,7 +509,7 @@ func (n *Node) MarshalJSON() ([]byte, error) {
 
 // UnmarshalJSON implements json.Unmarshaler.
 func (n *Node) UnmarshalJSON(b []byte) error {
-	g, err := parseNode(b, "node")
+	g, err := parseNode(b, "node", false)
 	if err != nil {
 		return err
 	}
@@ -550,7 +562,7 @@ func appendObject(dst []byte, m map[string]json.RawMessage) []byte {
 
 // UnmarshalJSON implements json.Unmarshaler.
 func (t *TLS) UnmarshalJSON(b []byte) error {
-	g, err := parseTLS(b, "tls")
+	g, err := parseTLS(b, "tls", false)
 	if err != nil {
 		return err
 	}

@@ -125,6 +125,10 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"flows":[]}`))
 	f.Add([]byte(`{"flows":[{"id":"f","nodes":[{"id":"n","type":"t","tls":{"caBundlePem":"x"},"credentials":{"a":""}}]}]}`))
 	f.Add([]byte(`{"flows":[{"nodes":null,"id":null}]}`))
+	// The bounds: numbers, PEM armour, tls properties, duplicates, nesting.
+	f.Add([]byte(`{"flows":[{"id":"f","nodes":[{"id":"n","x":[1e131071,1e-300,0.5,-0]}]}]}`))
+	f.Add([]byte(`{"flows":[{"id":"f","label":"-----BEGIN X-----","nodes":[{"id":"n","tls":{"clientKeyPEM":"x","clientKeyPem":"-----BEGIN"}}]}]}`))
+	f.Add([]byte(`{"flows":[{"id":"f","id":"g","nodes":[{"id":"n","credentials":{"k":"-----BEGIN"},"a":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}]}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ws, err := refs.Parse(data)
 		if err != nil {

@@ -31,6 +31,24 @@ func GetWorkspace(ctx context.Context, q db.DBTX, tenant string) (*Workspace, er
 	return w, nil
 }
 
+// GetWorkspaceNode returns one node of the tenant's workspace as its JSON document, found
+// by a jsonb path query so that the rest of the workspace never leaves the database;
+// ErrNotFound when there is no workspace, or no such node in that flow.
+func GetWorkspaceNode(ctx context.Context, q db.DBTX, tenant, flowID, nodeID string) ([]byte, error) {
+	var node []byte
+	err := q.QueryRow(ctx, `
+		SELECT jsonb_path_query_first(flows, '$.flows[*] ? (@.id == $flow).nodes[*] ? (@.id == $node)',
+		                              jsonb_build_object('flow', $2::text, 'node', $3::text))
+		FROM workspaces WHERE tenant_id = $1`, tenant, flowID, nodeID).Scan(&node)
+	if err != nil {
+		return nil, mapErr("get workspace node", err)
+	}
+	if node == nil {
+		return nil, fmt.Errorf("get workspace node: %w", ErrNotFound)
+	}
+	return node, nil
+}
+
 // SaveWorkspace replaces the tenant's workspace document and returns its new version.
 // ifVersion, when non-zero, is the version the caller last saw: ErrVersionMismatch when the
 // stored one differs (or there is none yet).

@@ -397,7 +397,7 @@ func (s *Service) Get(ctx context.Context, tenant string) (*Saved, error) {
 	if err != nil {
 		return nil, err
 	}
-	ws, err := refs.Parse(row.Flows)
+	ws, err := refs.ParseStored(row.Flows)
 	if err != nil {
 		return nil, fmt.Errorf("decode saved workspace: %w", err)
 	}
@@ -442,15 +442,16 @@ func markSecrets(ws *refs.Workspace, keys []repo.NodeSecretKey) {
 }
 
 // Node returns one node of the saved workspace with its inline TLS PEM opened (never its
-// credentials), ready for BuildTLSConfig. ErrNodeNotFound when the flow or node is not there.
+// credentials), ready for BuildTLSConfig. Only that node is read from the database, not
+// the whole workspace. ErrNodeNotFound when the flow or node is not there.
 func (s *Service) Node(ctx context.Context, tenant, flowID, nodeID string) (*refs.Node, error) {
 	var (
-		row     *repo.Workspace
+		doc     []byte
 		secrets []repo.NodeSecret
 	)
 	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
 		var err error
-		if row, err = repo.GetWorkspace(ctx, tx, tenant); err != nil {
+		if doc, err = repo.GetWorkspaceNode(ctx, tx, tenant, flowID, nodeID); err != nil {
 			return err
 		}
 		secrets, err = repo.ListNodeSecrets(ctx, tx, tenant, nodeID)
@@ -462,13 +463,9 @@ func (s *Service) Node(ctx context.Context, tenant, flowID, nodeID string) (*ref
 	if err != nil {
 		return nil, err
 	}
-	ws, err := refs.Parse(row.Flows)
-	if err != nil {
-		return nil, fmt.Errorf("decode saved workspace: %w", err)
-	}
-	_, n := ws.Find(flowID, nodeID)
-	if n == nil {
-		return nil, fmt.Errorf("flow %s, node %s: %w", flowID, nodeID, ErrNodeNotFound)
+	n := &refs.Node{}
+	if err := json.Unmarshal(doc, n); err != nil {
+		return nil, fmt.Errorf("decode saved node: %w", err)
 	}
 	for _, ns := range secrets {
 		field, ok := strings.CutPrefix(ns.Name, "tls.")
