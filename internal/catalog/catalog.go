@@ -21,6 +21,7 @@ import (
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/sealing"
 	"github.com/loopze/certstore/internal/secret"
 )
 
@@ -221,11 +222,6 @@ func (s *Service) prepare(tenant, id, name, typ, source, notes string, certPEM, 
 	return &prepared{entry: e, material: m, warnings: m.Warnings, certPEM: certPEM, keyPEM: keyPEM}, nil
 }
 
-// aad binds a sealed field to its tenant, entry and field.
-func aad(tenant, id, field string) envelope.AAD {
-	return envelope.AAD{Tenant: tenant, Owner: "entry:" + id, Field: field}
-}
-
 // seal encrypts inline material into the entry.
 func (s *Service) seal(p *prepared) error {
 	e := p.entry
@@ -233,13 +229,13 @@ func (s *Service) seal(p *prepared) error {
 	if e.Source != SourceInline {
 		return nil
 	}
-	c, err := s.Ring.Seal(p.certPEM, aad(e.TenantID, e.ID, "certPem"))
+	c, err := s.Ring.Seal(p.certPEM, sealing.Entry(e.TenantID, e.ID, sealing.FieldCert))
 	if err != nil {
 		return fmt.Errorf("seal certificate of %s: %w", e.ID, err)
 	}
 	e.CertSealed = c
 	if len(p.keyPEM) > 0 {
-		k, err := s.Ring.Seal(p.keyPEM, aad(e.TenantID, e.ID, "keyPem"))
+		k, err := s.Ring.Seal(p.keyPEM, sealing.Entry(e.TenantID, e.ID, sealing.FieldKey))
 		if err != nil {
 			return fmt.Errorf("seal key of %s: %w", e.ID, err)
 		}
@@ -262,22 +258,16 @@ func (s *Service) Open(e *repo.Entry) (cert, key secret.PEM, err error) {
 		if len(blob) == 0 {
 			return nil, nil
 		}
-		pt, err := s.Ring.Open(blob, aad(e.TenantID, e.ID, field))
-		if errors.Is(err, envelope.ErrUnknownKey) {
-			if rerr := s.Ring.Reload(); rerr != nil {
-				return nil, fmt.Errorf("reload master keys: %w", rerr)
-			}
-			pt, err = s.Ring.Open(blob, aad(e.TenantID, e.ID, field))
-		}
+		pt, err := sealing.Open(s.Ring, blob, sealing.Entry(e.TenantID, e.ID, field))
 		if err != nil {
 			return nil, fmt.Errorf("open %s of %s: %w", field, e.ID, err)
 		}
 		return secret.PEM(pt), nil
 	}
-	if cert, err = open(e.CertSealed, "certPem"); err != nil {
+	if cert, err = open(e.CertSealed, sealing.FieldCert); err != nil {
 		return nil, nil, err
 	}
-	if key, err = open(e.KeySealed, "keyPem"); err != nil {
+	if key, err = open(e.KeySealed, sealing.FieldKey); err != nil {
 		return nil, nil, err
 	}
 	return cert, key, nil

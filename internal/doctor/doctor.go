@@ -27,6 +27,7 @@ import (
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/sealing"
 )
 
 // Status is the outcome of one check.
@@ -261,11 +262,11 @@ func (d *Doctor) checkRows(ctx context.Context, ring *envelope.Ring, tenant stri
 			for _, f := range []struct {
 				name string
 				blob []byte
-			}{{"certPem", e.CertSealed}, {"keyPem", e.KeySealed}} {
+			}{{sealing.FieldCert, e.CertSealed}, {sealing.FieldKey, e.KeySealed}} {
 				if len(f.blob) == 0 {
 					continue
 				}
-				if _, err := ring.Open(f.blob, fileexport.EntryAAD(tenant, e.ID, f.name)); err != nil {
+				if _, err := ring.Open(f.blob, sealing.Entry(tenant, e.ID, f.name)); err != nil {
 					fail(subject, "%s does not decrypt: %v", f.name, err)
 				}
 			}
@@ -274,7 +275,7 @@ func (d *Doctor) checkRows(ctx context.Context, ring *envelope.Ring, tenant stri
 	}
 	if ring != nil {
 		for _, s := range secrets {
-			if _, err := ring.Open(s.Sealed, fileexport.NodeSecretAAD(tenant, s.NodeID, s.Name)); err != nil {
+			if _, err := ring.Open(s.Sealed, sealing.NodeSecret(tenant, s.NodeID, s.Name)); err != nil {
 				fail(tenant+"/node:"+s.NodeID, "credential %s does not decrypt: %v", s.Name, err)
 			}
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/sealing"
 	"github.com/loopze/certstore/internal/secret"
 	"github.com/loopze/certstore/internal/testdb"
 )
@@ -40,9 +41,9 @@ func setupBench(b *testing.B) *bundle {
 	entries := make([]*repo.Entry, 0, 10000)
 	for i := range 10000 {
 		id := fmt.Sprintf("entry-%05d", i)
-		cs, err := bb.ring.Seal(cert, EntryAAD("big", id, "certPem"))
+		cs, err := bb.ring.Seal(cert, sealing.Entry("big", id, sealing.FieldCert))
 		require.NoError(b, err)
-		ks, err := bb.ring.Seal(key, EntryAAD("big", id, "keyPem"))
+		ks, err := bb.ring.Seal(key, sealing.Entry("big", id, sealing.FieldKey))
 		require.NoError(b, err)
 		entries = append(entries, &repo.Entry{TenantID: "big", ID: id, Name: id, Type: material.ClientPair,
 			Source: "inline", CertSealed: cs, KeySealed: ks, KeyID: bb.ring.CurrentKeyID(), Meta: m.Metadata})

@@ -19,6 +19,7 @@ import (
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/sealing"
 )
 
 // Exporter writes tenants' files from the database into one data directory. It is safe
@@ -355,7 +356,7 @@ func (x *Exporter) snapshot(ctx context.Context, tenant string, current func(int
 		doc.References = append(doc.References, Reference(r))
 	}
 	for _, s := range secrets {
-		plain, err := x.open(s.Sealed, NodeSecretAAD(tenant, s.NodeID, s.Name))
+		plain, err := sealing.Open(x.Ring, s.Sealed, sealing.NodeSecret(tenant, s.NodeID, s.Name))
 		if err != nil {
 			return nil, fmt.Errorf("open node %s credential %s: %w", s.NodeID, s.Name, err)
 		}
@@ -384,47 +385,18 @@ func (x *Exporter) documentEntry(tenant string, e *repo.Entry) (Entry, error) {
 		HasPrivateKey: e.Meta.HasPrivateKey, CreatedAt: e.CreatedAt.UTC(), UpdatedAt: e.UpdatedAt.UTC(),
 	}
 	if len(e.CertSealed) > 0 {
-		pt, err := x.open(e.CertSealed, EntryAAD(tenant, e.ID, "certPem"))
+		pt, err := sealing.Open(x.Ring, e.CertSealed, sealing.Entry(tenant, e.ID, sealing.FieldCert))
 		if err != nil {
 			return Entry{}, fmt.Errorf("open certPem of %s: %w", e.ID, err)
 		}
 		de.CertPEM = string(pt)
 	}
 	if len(e.KeySealed) > 0 {
-		pt, err := x.open(e.KeySealed, EntryAAD(tenant, e.ID, "keyPem"))
+		pt, err := sealing.Open(x.Ring, e.KeySealed, sealing.Entry(tenant, e.ID, sealing.FieldKey))
 		if err != nil {
 			return Entry{}, fmt.Errorf("open keyPem of %s: %w", e.ID, err)
 		}
 		de.KeyPEM = string(pt)
 	}
 	return de, nil
-}
-
-// open opens a sealed value, reloading the ring once when it meets a key it does not hold
-// (another process rotated the master key).
-func (x *Exporter) open(blob []byte, aad envelope.AAD) ([]byte, error) {
-	return OpenReloading(x.Ring, blob, aad)
-}
-
-// OpenReloading opens blob with ring, reloading the ring from its data directory once when
-// the blob names a master key the ring does not hold.
-func OpenReloading(ring *envelope.Ring, blob []byte, aad envelope.AAD) ([]byte, error) {
-	pt, err := ring.Open(blob, aad)
-	if errors.Is(err, envelope.ErrUnknownKey) {
-		if rerr := ring.Reload(); rerr != nil {
-			return nil, errors.Join(err, rerr)
-		}
-		pt, err = ring.Open(blob, aad)
-	}
-	return pt, err
-}
-
-// EntryAAD is where an entry's sealed field lives, as internal/catalog seals it.
-func EntryAAD(tenant, id, field string) envelope.AAD {
-	return envelope.AAD{Tenant: tenant, Owner: "entry:" + id, Field: field}
-}
-
-// NodeSecretAAD is where a node secret lives: tenant, "node:"+nodeID, credential name.
-func NodeSecretAAD(tenant, nodeID, name string) envelope.AAD {
-	return envelope.AAD{Tenant: tenant, Owner: "node:" + nodeID, Field: name}
 }

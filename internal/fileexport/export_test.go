@@ -2,12 +2,13 @@ package fileexport
 
 import (
 	"context"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
@@ -17,6 +18,7 @@ import (
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/sealing"
 	"github.com/loopze/certstore/internal/testdb"
 )
 
@@ -188,7 +190,7 @@ func TestRoundTripThroughAFreshDatabase(t *testing.T) {
 	values := map[string]string{}
 	for _, s := range secrets {
 		require.Equal(t, dst.ring.CurrentKeyID(), s.KeyID)
-		pt, err := dst.ring.Open(s.Sealed, NodeSecretAAD("acme", s.NodeID, s.Name))
+		pt, err := dst.ring.Open(s.Sealed, sealing.NodeSecret("acme", s.NodeID, s.Name))
 		require.NoError(t, err)
 		values[s.NodeID+"/"+s.Name] = string(pt)
 	}
@@ -258,7 +260,7 @@ func TestBootImport(t *testing.T) {
 	e, err := sealedEntry(ctx, dst.pool, "default", "edge")
 	require.NoError(t, err)
 	require.Equal(t, src.ring.CurrentKeyID(), e.KeyID)
-	_, err = src.ring.Open(e.CertSealed, EntryAAD("default", "edge", "certPem"))
+	_, err = src.ring.Open(e.CertSealed, sealing.Entry("default", "edge", sealing.FieldCert))
 	require.NoError(t, err)
 
 	// Not again: the database is no longer empty.

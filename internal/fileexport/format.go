@@ -18,10 +18,10 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/sealing"
 	"github.com/loopze/certstore/internal/secret"
 )
 
@@ -36,7 +36,7 @@ const TenantsDir = "tenants"
 
 // Format identifies the file; Version is the only version written and read.
 const (
-	Format  = "loopze-credentials"
+	Format  = sealing.FileFormat
 	Version = 1
 	// Cipher names the whole-file encryption in the header, for people reading it.
 	Cipher = "AES-256-GCM"
@@ -80,16 +80,7 @@ type file struct {
 // AAD returns the header bytes authenticated with the ciphertext (besides the key ID,
 // which the envelope binds itself): "loopze-credentials/v1", NUL, tenant, NUL, generation
 // in decimal. docs/credentials-format.md describes the exact bytes.
-func (h Header) AAD() []byte {
-	b := make([]byte, 0, len(Format)+len(h.Tenant)+24)
-	b = append(b, Format...)
-	b = append(b, "/v"...)
-	b = strconv.AppendInt(b, int64(h.Version), 10)
-	b = append(b, 0)
-	b = append(b, h.Tenant...)
-	b = append(b, 0)
-	return strconv.AppendInt(b, h.Generation, 10)
-}
+func (h Header) AAD() []byte { return sealing.File(h.Version, h.Tenant, h.Generation) }
 
 func (h Header) check() error {
 	if h.Format != Format {

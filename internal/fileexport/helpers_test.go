@@ -18,6 +18,7 @@ import (
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/sealing"
 	"github.com/loopze/certstore/internal/secret"
 	"github.com/loopze/certstore/internal/testdb"
 )
@@ -116,7 +117,7 @@ func (b *bundle) deploy(t *testing.T, tenant string, refs []repo.Reference, cred
 	var rows []repo.NodeSecretRow
 	for k, v := range creds {
 		node, name, _ := strings.Cut(k, "/")
-		sealed, err := b.ring.Seal([]byte(v), NodeSecretAAD(tenant, node, name))
+		sealed, err := b.ring.Seal([]byte(v), sealing.NodeSecret(tenant, node, name))
 		require.NoError(t, err)
 		rows = append(rows, repo.NodeSecretRow{NodeID: node, Name: name, Sealed: sealed, KeyID: b.ring.CurrentKeyID()})
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/sealing"
 	"github.com/loopze/certstore/internal/secret"
 )
 
@@ -127,7 +128,7 @@ func (im *Importer) Import(ctx context.Context, data []byte, o ImportOptions) (I
 		if err != nil {
 			return res, fmt.Errorf("%w: %w", ErrInvalidDocument, err)
 		}
-		sealed, err := im.Ring.Seal(value, NodeSecretAAD(o.Tenant, c.NodeID, c.Name))
+		sealed, err := im.Ring.Seal(value, sealing.NodeSecret(o.Tenant, c.NodeID, c.Name))
 		clear(value)
 		if err != nil {
 			return res, fmt.Errorf("seal node %s credential %s: %w", c.NodeID, c.Name, err)
@@ -209,11 +210,11 @@ func (im *Importer) prepareEntries(tenant string, doc *Document) ([]*repo.Entry,
 			}
 			e.Meta = m.Metadata
 			var err error
-			if e.CertSealed, err = im.Ring.Seal(cert, EntryAAD(tenant, de.ID, "certPem")); err != nil {
+			if e.CertSealed, err = im.Ring.Seal(cert, sealing.Entry(tenant, de.ID, sealing.FieldCert)); err != nil {
 				return nil, nil, fmt.Errorf("seal certificate of %s: %w", de.ID, err)
 			}
 			if len(key) > 0 {
-				if e.KeySealed, err = im.Ring.Seal(key, EntryAAD(tenant, de.ID, "keyPem")); err != nil {
+				if e.KeySealed, err = im.Ring.Seal(key, sealing.Entry(tenant, de.ID, sealing.FieldKey)); err != nil {
 					return nil, nil, fmt.Errorf("seal key of %s: %w", de.ID, err)
 				}
 			}

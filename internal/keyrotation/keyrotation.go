@@ -26,6 +26,7 @@ import (
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/sealing"
 )
 
 // ErrStaleSealer means rows kept appearing under an old key while the rotation ran: some
@@ -231,11 +232,11 @@ func (r *Rotator) rewrapTenant(ctx context.Context, ring *envelope.Ring, tenant,
 				return err
 			}
 			for _, e := range entries {
-				if e.CertSealed, err = ring.Rewrap(e.CertSealed, fileexport.EntryAAD(tenant, e.ID, "certPem")); err != nil {
+				if e.CertSealed, err = ring.Rewrap(e.CertSealed, sealing.Entry(tenant, e.ID, sealing.FieldCert)); err != nil {
 					return fmt.Errorf("rewrap certPem of %s: %w", e.ID, err)
 				}
 				if len(e.KeySealed) > 0 {
-					if e.KeySealed, err = ring.Rewrap(e.KeySealed, fileexport.EntryAAD(tenant, e.ID, "keyPem")); err != nil {
+					if e.KeySealed, err = ring.Rewrap(e.KeySealed, sealing.Entry(tenant, e.ID, sealing.FieldKey)); err != nil {
 						return fmt.Errorf("rewrap keyPem of %s: %w", e.ID, err)
 					}
 				}
@@ -254,7 +255,7 @@ func (r *Rotator) rewrapTenant(ctx context.Context, ring *envelope.Ring, tenant,
 			}
 			for i := range secrets {
 				s := &secrets[i]
-				if s.Sealed, err = ring.Rewrap(s.Sealed, fileexport.NodeSecretAAD(tenant, s.NodeID, s.Name)); err != nil {
+				if s.Sealed, err = ring.Rewrap(s.Sealed, sealing.NodeSecret(tenant, s.NodeID, s.Name)); err != nil {
 					return fmt.Errorf("rewrap node %s credential %s: %w", s.NodeID, s.Name, err)
 				}
 				s.KeyID = newID

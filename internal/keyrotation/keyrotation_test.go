@@ -25,6 +25,7 @@ import (
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/sealing"
 	"github.com/loopze/certstore/internal/testdb"
 )
 
@@ -110,7 +111,7 @@ func setup(t *testing.T) *fixture {
 			var rows []repo.NodeSecretRow
 			for i := range 4 {
 				node := fmt.Sprintf("n%d", i)
-				sealed, err := ring.Seal([]byte("secret of "+node), fileexport.NodeSecretAAD(tenant, node, "password"))
+				sealed, err := ring.Seal([]byte("secret of "+node), sealing.NodeSecret(tenant, node, "password"))
 				if err != nil {
 					return err
 				}
@@ -150,9 +151,9 @@ func (f *fixture) requireAllReadable(t *testing.T, when string) {
 		require.Len(t, entries, 8)
 		require.Len(t, secrets, 4)
 		for _, e := range entries {
-			_, err := ring.Open(e.CertSealed, fileexport.EntryAAD(tenant, e.ID, "certPem"))
+			_, err := ring.Open(e.CertSealed, sealing.Entry(tenant, e.ID, sealing.FieldCert))
 			require.NoError(t, err, "%s: %s/%s with the data dir's keys", when, tenant, e.ID)
-			_, err = ring.Open(e.KeySealed, fileexport.EntryAAD(tenant, e.ID, "keyPem"))
+			_, err = ring.Open(e.KeySealed, sealing.Entry(tenant, e.ID, sealing.FieldKey))
 			require.NoError(t, err, "%s: %s/%s key with the data dir's keys", when, tenant, e.ID)
 			keyID, err := envelope.KeyID(e.CertSealed)
 			require.NoError(t, err)
@@ -161,7 +162,7 @@ func (f *fixture) requireAllReadable(t *testing.T, when string) {
 			require.NoError(t, err, "%s: %s/%s through the running server", when, tenant, e.ID)
 		}
 		for _, s := range secrets {
-			pt, err := ring.Open(s.Sealed, fileexport.NodeSecretAAD(tenant, s.NodeID, s.Name))
+			pt, err := ring.Open(s.Sealed, sealing.NodeSecret(tenant, s.NodeID, s.Name))
 			require.NoError(t, err, when)
 			require.Equal(t, "secret of "+s.NodeID, string(pt))
 		}

@@ -26,6 +26,7 @@ import (
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/refs"
 	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/sealing"
 	"github.com/loopze/certstore/internal/secret"
 )
 
@@ -72,15 +73,6 @@ func (s *Service) now() time.Time {
 	}
 	return time.Now()
 }
-
-// aad binds a node secret to its tenant, node and name.
-func aad(tenant, nodeID, name string) envelope.AAD {
-	return envelope.AAD{Tenant: tenant, Owner: "node:" + nodeID, Field: name}
-}
-
-// AAD is the additional authenticated data of a node secret: tenant, "node:<nodeID>" and
-// the secret's name ("credentials.<key>" or "tls.<field>"). Export and import use it too.
-func AAD(tenant, nodeID, name string) envelope.AAD { return aad(tenant, nodeID, name) }
 
 // Result is a saved deploy.
 type Result struct {
@@ -252,7 +244,7 @@ func (s *Service) saveSecrets(ctx context.Context, tx pgx.Tx, tenant string, ws 
 			keep[k] = true
 		case v.Cleared():
 		default:
-			sealed, err := s.Ring.Seal([]byte(v.Text.Reveal()), aad(tenant, nodeID, name))
+			sealed, err := s.Ring.Seal([]byte(v.Text.Reveal()), sealing.NodeSecret(tenant, nodeID, name))
 			if err != nil {
 				return fmt.Errorf("seal %s of node %s: %w", name, nodeID, err)
 			}
@@ -355,13 +347,7 @@ func (s *storedSecrets) Open(nodeID, name string) (secret.String, error) {
 // openSecret decrypts a node secret, reloading the key ring once when another replica
 // rotated the master key.
 func openSecret(ring *envelope.Ring, tenant string, ns repo.NodeSecret) (secret.String, error) {
-	pt, err := ring.Open(ns.Sealed, aad(tenant, ns.NodeID, ns.Name))
-	if errors.Is(err, envelope.ErrUnknownKey) {
-		if rerr := ring.Reload(); rerr != nil {
-			return "", fmt.Errorf("reload master keys: %w", rerr)
-		}
-		pt, err = ring.Open(ns.Sealed, aad(tenant, ns.NodeID, ns.Name))
-	}
+	pt, err := sealing.Open(ring, ns.Sealed, sealing.NodeSecret(tenant, ns.NodeID, ns.Name))
 	if err != nil {
 		return "", fmt.Errorf("open %s of node %s: %w", ns.Name, ns.NodeID, err)
 	}
