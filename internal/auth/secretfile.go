@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/loopze/certstore/internal/durable"
 	"github.com/loopze/certstore/internal/secret"
 )
 
@@ -94,7 +95,7 @@ func readAllLimited(f *os.File, limit int64) ([]byte, error) {
 	return data, nil
 }
 
-func createSecretFile(dataDir, path string) (err error) {
+func createSecretFile(dataDir, path string) error {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return fmt.Errorf("create data directory %s: %w", dataDir, err)
 	}
@@ -105,50 +106,13 @@ func createSecretFile(dataDir, path string) (err error) {
 	text := base64.StdEncoding.AppendEncode(nil, raw)
 	text = append(text, '\n')
 
-	// CreateTemp opens with mode 0600, so the secret is never readable by others, not
-	// even for the instant before a chmod.
-	tmp, err := os.CreateTemp(dataDir, ".jwt.secret-*")
+	err := durable.CreateExclusive(path, text)
+	if errors.Is(err, fs.ErrExist) {
+		// Another process won the race; its secret is the one everybody uses.
+		return nil
+	}
 	if err != nil {
-		return fmt.Errorf("create JWT secret %s: %w", path, err)
-	}
-	defer func() {
-		// The temporary name is always removed: after a successful link the secret lives
-		// on under path; after a failure it must not linger.
-		if rerr := os.Remove(tmp.Name()); rerr != nil && err == nil && !errors.Is(rerr, fs.ErrNotExist) {
-			err = fmt.Errorf("remove temporary JWT secret: %w", rerr)
-		}
-	}()
-	if _, err := tmp.Write(text); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write JWT secret %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync JWT secret %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close JWT secret %s: %w", path, err)
-	}
-	if err := os.Link(tmp.Name(), path); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			// Another process won the race; its secret is the one everybody uses.
-			return nil
-		}
-		return fmt.Errorf("install JWT secret %s: %w", path, err)
-	}
-	return syncDir(dataDir)
-}
-
-// syncDir makes the new directory entry durable, so a crash right after first boot does
-// not lose the secret that tokens were already minted with.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open data directory %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync data directory %s: %w", dir, err)
+		return fmt.Errorf("create JWT secret: %w", err)
 	}
 	return nil
 }

@@ -11,9 +11,9 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"runtime"
 
+	"github.com/loopze/certstore/internal/durable"
 	"github.com/loopze/certstore/internal/secret"
 )
 
@@ -122,61 +122,12 @@ func WriteKeyFile(path string, key []byte) error {
 	if len(key) != KeySize {
 		return fmt.Errorf("write master key %s: key is %d bytes, want %d", path, len(key), KeySize)
 	}
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write master key %s: %w", path, err)
-	}
-	tmpName := tmp.Name()
-	defer os.Remove(tmpName)
-
 	text := make([]byte, keyEncoding.EncodedLen(len(key))+1)
 	defer clear(text)
 	keyEncoding.Encode(text, key)
 	text[len(text)-1] = '\n'
-
-	if err := writeSynced(tmp, text); err != nil {
-		return fmt.Errorf("write master key %s: %w", path, err)
-	}
-	if err := os.Link(tmpName, path); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("write master key %s: refusing to overwrite: %w", path, fs.ErrExist)
-		}
-		return fmt.Errorf("write master key %s: %w", path, err)
-	}
-	if err := syncDir(dir); err != nil {
-		return fmt.Errorf("write master key %s: %w", path, err)
-	}
-	return nil
-}
-
-// writeSynced writes, forces mode 0600 (CreateTemp's mode is subject to umask) and syncs,
-// then closes f.
-func writeSynced(f *os.File, data []byte) error {
-	_, werr := f.Write(data)
-	if werr == nil && runtime.GOOS != "windows" {
-		werr = f.Chmod(keyFileMode)
-	}
-	if werr == nil {
-		werr = f.Sync()
-	}
-	cerr := f.Close()
-	return errors.Join(werr, cerr)
-}
-
-// syncDir makes a new directory entry durable, so a key reported written survives a crash.
-func syncDir(dir string) error {
-	if runtime.GOOS == "windows" {
-		return nil // directories cannot be opened for sync there; NTFS journals the entry
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync directory: %w", err)
-	}
-	serr := d.Sync()
-	cerr := d.Close()
-	if err := errors.Join(serr, cerr); err != nil {
-		return fmt.Errorf("sync directory: %w", err)
+	if err := durable.CreateExclusive(path, text, durable.Mode(keyFileMode)); err != nil {
+		return fmt.Errorf("write master key: %w", err)
 	}
 	return nil
 }

@@ -224,7 +224,7 @@ func (x *Exporter) export(ctx context.Context, st *tenantState, tenant string, f
 		return res, err
 	}
 	defer unlock()
-	removeStaleTemps(filepath.Dir(path))
+	removeStaleTemps(path)
 
 	onDisk, haveFile := x.readHeader(st, path)
 	doc, err := x.snapshot(ctx, tenant, func(gen int64) bool {

@@ -15,7 +15,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/durable"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/repo"
@@ -303,18 +303,8 @@ func (r *Rotator) remaining(ctx context.Context, newID string) (int64, error) {
 func (r *Rotator) promote() error {
 	next := filepath.Join(r.DataDir, envelope.NextKeyFile)
 	cur := filepath.Join(r.DataDir, envelope.KeyFile)
-	if err := os.Rename(next, cur); err != nil {
+	if err := durable.Rename(next, cur); err != nil {
 		return fmt.Errorf("rotate master key: replace %s: %w", cur, err)
-	}
-	if runtime.GOOS == "windows" {
-		return nil
-	}
-	d, err := os.Open(r.DataDir)
-	if err != nil {
-		return fmt.Errorf("rotate master key: sync %s: %w", r.DataDir, err)
-	}
-	if err := errors.Join(d.Sync(), d.Close()); err != nil {
-		return fmt.Errorf("rotate master key: sync %s: %w", r.DataDir, err)
 	}
 	return nil
 }
