@@ -2,6 +2,7 @@ package repo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -157,7 +158,7 @@ func UpdateEntry(ctx context.Context, q db.DBTX, e *Entry) error {
 		e.Meta.SerialNumber, e.Meta.NotBefore, e.Meta.NotAfter, nonNil(e.Meta.DNSNames), e.Meta.CertCount,
 		e.Meta.KeyAlgorithm, e.Meta.HasPrivateKey, e.Version,
 	).Scan(&e.Version, &e.UpdatedAt)
-	if err == pgx.ErrNoRows {
+	if errors.Is(err, pgx.ErrNoRows) {
 		if _, gerr := GetEntry(ctx, q, e.TenantID, e.ID); gerr != nil {
 			return gerr
 		}
@@ -331,3 +332,118 @@ func escapeLike(s string) string {
 // refCountExpr is an entry's reference count (alias e), kept by triggers on
 // entry_references (migration 00004).
 const refCountExpr = `e.ref_count`
+
+// ExportEntries returns every entry of tenant with its sealed material, ordered by ID.
+func ExportEntries(ctx context.Context, q db.DBTX, tenant string) ([]*Entry, error) {
+	rows, err := q.Query(ctx, `SELECT `+entryColumns+` FROM entries WHERE tenant_id = $1 ORDER BY id`, tenant)
+	if err != nil {
+		return nil, mapErr("export entries", err)
+	}
+	return collectEntries(rows, "export entries")
+}
+
+// ImportEntries inserts restored entries in one round trip, keeping their creation and
+// update times. The caller has sealed the material under the current key. (COPY would be
+// faster but PostgreSQL refuses it on tables under row-level security.)
+func ImportEntries(ctx context.Context, q db.DBTX, entries []*Entry) error {
+	now := time.Now()
+	b := &pgx.Batch{}
+	for _, e := range entries {
+		created, updated := e.CreatedAt, e.UpdatedAt
+		if created.IsZero() {
+			created = now
+		}
+		if updated.IsZero() {
+			updated = created
+		}
+		b.Queue(`
+			INSERT INTO entries (tenant_id, id, name, type, source, notes, cert_path, key_path,
+				cert_sealed, key_sealed, key_id, fingerprint_sha256, subject, issuer, serial_number,
+				not_before, not_after, dns_names, cert_count, key_algorithm, has_private_key,
+				created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+				$19, $20, $21, $22, $23)`,
+			e.TenantID, e.ID, e.Name, string(e.Type), e.Source, e.Notes, nullIfEmpty(e.CertPath),
+			nullIfEmpty(e.KeyPath), e.CertSealed, e.KeySealed, nullIfEmpty(e.KeyID), e.Meta.FingerprintSHA256,
+			e.Meta.Subject, e.Meta.Issuer, e.Meta.SerialNumber, e.Meta.NotBefore, e.Meta.NotAfter,
+			nonNil(e.Meta.DNSNames), e.Meta.CertCount, e.Meta.KeyAlgorithm, e.Meta.HasPrivateKey,
+			created, updated)
+	}
+	return execBatch(ctx, q, b, "import entries")
+}
+
+// ExpiryRow is what the expiry metric needs of an entry.
+type ExpiryRow struct {
+	ID       string
+	Type     string
+	Source   string
+	CertPath string
+	NotAfter time.Time
+}
+
+// ListExpiry returns the expiry of every entry of tenant, ordered by ID.
+func ListExpiry(ctx context.Context, q db.DBTX, tenant string) ([]ExpiryRow, error) {
+	rows, err := q.Query(ctx, `SELECT id, type, source, coalesce(cert_path, ''), not_after
+		FROM entries WHERE tenant_id = $1 ORDER BY id`, tenant)
+	if err != nil {
+		return nil, mapErr("list expiry", err)
+	}
+	defer rows.Close()
+	var out []ExpiryRow
+	for rows.Next() {
+		var r ExpiryRow
+		if err := rows.Scan(&r.ID, &r.Type, &r.Source, &r.CertPath, &r.NotAfter); err != nil {
+			return nil, mapErr("scan expiry", err)
+		}
+		out = append(out, r)
+	}
+	return out, mapErr("list expiry", rows.Err())
+}
+
+// EntryKinds returns the type of every entry of tenant among ids, in one query. The rows
+// are share-locked until the transaction ends, so a concurrent type change or delete waits
+// for the deploy that reads them.
+func EntryKinds(ctx context.Context, q db.DBTX, tenant string, ids []string) (map[string]material.Kind, error) {
+	rows, err := q.Query(ctx, `SELECT id, type FROM entries WHERE tenant_id = $1 AND id = ANY($2) FOR KEY SHARE`, tenant, ids)
+	if err != nil {
+		return nil, mapErr("look up referenced entries", err)
+	}
+	defer rows.Close()
+	out := make(map[string]material.Kind, len(ids))
+	for rows.Next() {
+		var (
+			id string
+			k  material.Kind
+		)
+		if err := rows.Scan(&id, &k); err != nil {
+			return nil, mapErr("scan referenced entry", err)
+		}
+		out[id] = k
+	}
+	return out, mapErr("look up referenced entries", rows.Err())
+}
+
+// LookupEntries is GetEntries without a transaction of the caller's, in one round trip:
+// the tenant setting and the query travel as one batch, which PostgreSQL runs as one
+// implicit transaction, so the setting scopes the query for row-level security as
+// db.InTenant would. Connection init calls it on every dial, where four round trips
+// (begin, scope, query, commit) would be most of the cost.
+func LookupEntries(ctx context.Context, q db.DBTX, tenant string, ids []string) ([]*Entry, error) {
+	b := &pgx.Batch{}
+	b.Queue(`SELECT set_config('`+db.TenantSetting+`', $1, true)`, tenant)
+	b.Queue(`SELECT `+entryColumns+` FROM entries WHERE tenant_id = $1 AND id = ANY($2)`, tenant, ids)
+	br := q.SendBatch(ctx, b)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return nil, mapErr("scope lookup to tenant", err)
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return nil, mapErr("look up entries", err)
+	}
+	out, err := collectEntries(rows, "look up entries")
+	if err != nil {
+		return nil, err
+	}
+	return out, mapErr("look up entries", br.Close())
+}

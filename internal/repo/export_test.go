@@ -36,7 +36,7 @@ func TestExportRestoreAndRewrapQueries(t *testing.T) {
 		all, err := repo.ExportEntries(ctx, tx, "acme")
 		require.NoError(t, err)
 		require.Len(t, all, 5, "one tenant's rows only")
-		require.NoError(t, repo.ImportNodeSecrets(ctx, tx, "acme", []repo.NodeSecretRow{
+		require.NoError(t, repo.ImportNodeSecrets(ctx, tx, "acme", []repo.NodeSecret{
 			{NodeID: "n1", Name: "password", Sealed: []byte("s1"), KeyID: "old"},
 			{NodeID: "n2", Name: "token", Sealed: []byte("s2"), KeyID: "new"},
 		}))
@@ -57,7 +57,7 @@ func TestExportRestoreAndRewrapQueries(t *testing.T) {
 		require.Len(t, rest, 1)
 		secrets, err := repo.NodeSecretsToRewrap(ctx, tx, "acme", "new", 10)
 		require.NoError(t, err)
-		require.Equal(t, []repo.NodeSecretRow{{NodeID: "n1", Name: "password", Sealed: []byte("s1"), KeyID: "old"}}, secrets)
+		require.Equal(t, []repo.NodeSecret{{NodeID: "n1", Name: "password", Sealed: []byte("s1"), KeyID: "old"}}, secrets)
 		secrets[0].Sealed, secrets[0].KeyID = []byte("s1'"), "new"
 		require.NoError(t, repo.RewrapNodeSecrets(ctx, tx, "acme", secrets))
 		usage, err = repo.KeyUsage(ctx, tx, "acme")

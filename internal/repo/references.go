@@ -8,6 +8,31 @@ import (
 	"github.com/loopze/certstore/internal/db"
 )
 
+// This file holds the SQL of entry_references: the deployed node fields that name
+// entries, written with each deploy and read by the delete safety net.
+
+// ExportReferences returns every reference of the tenant's deployed nodes to entries, in
+// (entry, flow, node, field) order.
+func ExportReferences(ctx context.Context, q db.DBTX, tenant string) ([]Reference, error) {
+	rows, err := q.Query(ctx, `
+		SELECT entry_id, flow_id, node_id, node_type, field FROM entry_references
+		WHERE tenant_id = $1 ORDER BY entry_id, flow_id, node_id, field`, tenant)
+	if err != nil {
+		return nil, mapErr("export references", err)
+	}
+	return collectReferences(rows, "export references")
+}
+
+// ImportReferences inserts restored references; each must name an entry of the tenant.
+func ImportReferences(ctx context.Context, q db.DBTX, tenant string, refs []Reference) error {
+	b := &pgx.Batch{}
+	for _, r := range refs {
+		b.Queue(`INSERT INTO entry_references (tenant_id, entry_id, flow_id, node_id, node_type, field)
+			VALUES ($1, $2, $3, $4, $5, $6)`, tenant, r.EntryID, r.FlowID, r.NodeID, r.NodeType, r.Field)
+	}
+	return execBatch(ctx, q, b, "import references")
+}
+
 // Reference is one node field of the deployed workspace that names an entry.
 type Reference struct {
 	EntryID  string
@@ -61,4 +86,54 @@ func CountReferences(ctx context.Context, q db.DBTX, tenant, entryID string) (in
 	var n int
 	err := q.QueryRow(ctx, `SELECT coalesce((SELECT ref_count FROM entries WHERE tenant_id = $1 AND id = $2), 0)`, tenant, entryID).Scan(&n)
 	return n, mapErr("count references", err)
+}
+
+// ListTenantReferences returns every reference of the tenant's workspace.
+func ListTenantReferences(ctx context.Context, q db.DBTX, tenant string) ([]Reference, error) {
+	rows, err := q.Query(ctx, `
+		SELECT entry_id, flow_id, node_id, node_type, field FROM entry_references
+		WHERE tenant_id = $1`, tenant)
+	if err != nil {
+		return nil, mapErr("list workspace references", err)
+	}
+	return collectReferences(rows, "list workspace references")
+}
+
+func referenceColumns(refs []Reference) (entries, flows, nodes, types, fields []string) {
+	n := len(refs)
+	entries, flows, nodes, types, fields = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	for i, r := range refs {
+		entries[i], flows[i], nodes[i], types[i], fields[i] = r.EntryID, r.FlowID, r.NodeID, r.NodeType, r.Field
+	}
+	return
+}
+
+// DeleteReferences removes the given references of tenant, in one statement.
+func DeleteReferences(ctx context.Context, q db.DBTX, tenant string, refs []Reference) error {
+	if len(refs) == 0 {
+		return nil
+	}
+	entries, flows, nodes, _, fields := referenceColumns(refs)
+	_, err := q.Exec(ctx, `
+		DELETE FROM entry_references r
+		USING unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS d (entry_id, flow_id, node_id, field)
+		WHERE r.tenant_id = $1 AND r.entry_id = d.entry_id AND r.flow_id = d.flow_id
+		  AND r.node_id = d.node_id AND r.field = d.field`, tenant, entries, flows, nodes, fields)
+	return mapErr("delete references", err)
+}
+
+// InsertReferences adds references of tenant in one statement. A reference to an entry
+// that does not exist (deleted since it was looked up) is ErrReferenced, from the foreign
+// key. COPY would be the bulk path, but PostgreSQL refuses COPY FROM into a table under
+// row-level security; one INSERT over unnest'ed arrays is the next best.
+func InsertReferences(ctx context.Context, q db.DBTX, tenant string, refs []Reference) error {
+	if len(refs) == 0 {
+		return nil
+	}
+	entries, flows, nodes, types, fields := referenceColumns(refs)
+	_, err := q.Exec(ctx, `
+		INSERT INTO entry_references (tenant_id, entry_id, flow_id, node_id, node_type, field)
+		SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[])`,
+		tenant, entries, flows, nodes, types, fields)
+	return mapErr("insert references", err)
 }

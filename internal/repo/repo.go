@@ -5,13 +5,31 @@
 package repo
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/loopze/certstore/internal/db"
 )
+
+// execBatch sends b and reports the first statement of it that fails.
+func execBatch(ctx context.Context, q db.DBTX, b *pgx.Batch, what string) error {
+	if b.Len() == 0 {
+		return nil
+	}
+	br := q.SendBatch(ctx, b)
+	for range b.Len() {
+		if _, err := br.Exec(); err != nil {
+			_ = br.Close()
+			return mapErr(what, err)
+		}
+	}
+	return mapErr(what, br.Close())
+}
 
 // Sentinel errors callers branch on.
 var (

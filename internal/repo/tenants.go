@@ -6,14 +6,50 @@ import (
 	"github.com/loopze/certstore/internal/db"
 )
 
-// GenerationChannel is the NOTIFY channel that carries "tenant:generation" on every change.
-const GenerationChannel = "loopze_generation"
-
-// EnsureTenant creates the tenant's row on its first write.
-func EnsureTenant(ctx context.Context, q db.DBTX, tenant string) error {
-	_, err := q.Exec(ctx, `INSERT INTO tenants (id) VALUES ($1) ON CONFLICT (id) DO NOTHING`, tenant)
-	return mapErr("ensure tenant", err)
+// TenantHasData reports whether the tenant holds any entry, workspace, reference or node
+// secret: a restore refuses such a tenant unless told to replace it.
+func TenantHasData(ctx context.Context, q db.DBTX, tenant string) (bool, error) {
+	var has bool
+	err := q.QueryRow(ctx, `SELECT
+		EXISTS (SELECT 1 FROM entries WHERE tenant_id = $1) OR
+		EXISTS (SELECT 1 FROM workspaces WHERE tenant_id = $1) OR
+		EXISTS (SELECT 1 FROM entry_references WHERE tenant_id = $1) OR
+		EXISTS (SELECT 1 FROM node_secrets WHERE tenant_id = $1)`, tenant).Scan(&has)
+	return has, mapErr("check tenant for data", err)
 }
+
+// ClearTenantData deletes the tenant's references, node secrets, workspace and entries, in
+// the order the foreign keys need. The tenant row and its generation stay.
+func ClearTenantData(ctx context.Context, q db.DBTX, tenant string) error {
+	for _, table := range []string{"entry_references", "node_secrets", "workspaces", "entries"} {
+		if _, err := q.Exec(ctx, `DELETE FROM `+table+` WHERE tenant_id = $1`, tenant); err != nil {
+			return mapErr("clear "+table, err)
+		}
+	}
+	return nil
+}
+
+// RaiseGeneration moves the tenant's generation past floor (to max(generation, floor)+1)
+// and queues the change notification, like BumpGeneration. A restore uses it so the
+// restored tenant's generation is ahead of the file it came from, and the export job
+// rewrites that file under the current key.
+func RaiseGeneration(ctx context.Context, q db.DBTX, tenant string, floor int64) (int64, error) {
+	var gen int64
+	err := q.QueryRow(ctx, `
+		INSERT INTO tenants (id, generation) VALUES ($1, greatest($2::bigint, 0) + 1)
+		ON CONFLICT (id) DO UPDATE SET generation = greatest(tenants.generation, $2::bigint) + 1
+		RETURNING generation`, tenant, floor).Scan(&gen)
+	if err != nil {
+		return 0, mapErr("raise generation", err)
+	}
+	if _, err := q.Exec(ctx, `SELECT pg_notify($1, $2)`, GenerationChannel, tenant); err != nil {
+		return 0, mapErr("notify generation", err)
+	}
+	return gen, nil
+}
+
+// GenerationChannel is the NOTIFY channel that carries the tenant's name on every change of it.
+const GenerationChannel = "loopze_generation"
 
 // bumpGenerationSQL moves a tenant's generation (creating its row on the first write) and
 // queues a notification, delivered when and only if the transaction commits. $2 is

@@ -21,7 +21,7 @@ func TestSaveWorkspaceVersions(t *testing.T) {
 	save := func(ifVersion int64) (int64, error) {
 		var v int64
 		err := db.InTenant(ctx, pool, "acme", func(tx pgx.Tx) error {
-			if err := repo.EnsureTenant(ctx, tx, "acme"); err != nil {
+			if err := bump(ctx, tx, "acme"); err != nil {
 				return err
 			}
 			var err error
@@ -140,4 +140,10 @@ func TestLookupEntriesScopesOneBatch(t *testing.T) {
 	var n int
 	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM entries`).Scan(&n))
 	require.Zero(t, n)
+}
+
+// bump creates the tenant's row on its first write, as every write does.
+func bump(ctx context.Context, tx pgx.Tx, tenant string) error {
+	_, err := repo.BumpGeneration(ctx, tx, tenant)
+	return err
 }
