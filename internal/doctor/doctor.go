@@ -225,7 +225,7 @@ func (d *Doctor) checkFile(ring *envelope.Ring, t repo.Tenant) {
 func (d *Doctor) checkRows(ctx context.Context, ring *envelope.Ring, tenant string) {
 	var (
 		entries []*repo.Entry
-		secrets []repo.NodeSecretRow
+		secrets []repo.NodeSecret
 	)
 	err := db.InTenant(ctx, d.Pool, tenant, func(tx pgx.Tx) error {
 		var err error

@@ -177,7 +177,7 @@ func TestRoundTripThroughAFreshDatabase(t *testing.T) {
 	}
 	// References and node credentials come back as they were.
 	var refs []repo.Reference
-	var secrets []repo.NodeSecretRow
+	var secrets []repo.NodeSecret
 	require.NoError(t, db.InTenant(ctx, dst.pool, "acme", func(tx pgx.Tx) error {
 		var err error
 		if refs, err = repo.ExportReferences(ctx, tx, "acme"); err != nil {

@@ -114,12 +114,12 @@ func (b *bundle) createFile(t *testing.T, tenant, id, dir string) *repo.Entry {
 func (b *bundle) deploy(t *testing.T, tenant string, refs []repo.Reference, creds map[string]string) {
 	t.Helper()
 	ctx := context.Background()
-	var rows []repo.NodeSecretRow
+	var rows []repo.NodeSecret
 	for k, v := range creds {
 		node, name, _ := strings.Cut(k, "/")
 		sealed, err := b.ring.Seal([]byte(v), sealing.NodeSecret(tenant, node, name))
 		require.NoError(t, err)
-		rows = append(rows, repo.NodeSecretRow{NodeID: node, Name: name, Sealed: sealed, KeyID: b.ring.CurrentKeyID()})
+		rows = append(rows, repo.NodeSecret{NodeID: node, Name: name, Sealed: sealed, KeyID: b.ring.CurrentKeyID()})
 	}
 	flows := fmt.Sprintf(`{"flows":[{"id":"f1","label":"line","nodes":[{"id":"n1","type":"tcp-out","tls":{"caBundleRef":%q}}]}]}`, refs[0].EntryID)
 	require.NoError(t, db.InTenant(ctx, b.pool, tenant, func(tx pgx.Tx) error {

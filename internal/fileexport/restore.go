@@ -122,7 +122,7 @@ func (im *Importer) Import(ctx context.Context, data []byte, o ImportOptions) (I
 		return res, err
 	}
 	res.Warnings = warnings
-	secrets := make([]repo.NodeSecretRow, 0, len(doc.NodeCredentials))
+	secrets := make([]repo.NodeSecret, 0, len(doc.NodeCredentials))
 	for _, c := range doc.NodeCredentials {
 		value, err := c.Bytes()
 		if err != nil {
@@ -133,7 +133,7 @@ func (im *Importer) Import(ctx context.Context, data []byte, o ImportOptions) (I
 		if err != nil {
 			return res, fmt.Errorf("seal node %s credential %s: %w", c.NodeID, c.Name, err)
 		}
-		secrets = append(secrets, repo.NodeSecretRow{NodeID: c.NodeID, Name: c.Name, Sealed: sealed, KeyID: im.Ring.CurrentKeyID()})
+		secrets = append(secrets, repo.NodeSecret{NodeID: c.NodeID, Name: c.Name, Sealed: sealed, KeyID: im.Ring.CurrentKeyID()})
 	}
 	refs := make([]repo.Reference, len(doc.References))
 	for i, r := range doc.References {

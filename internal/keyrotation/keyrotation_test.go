@@ -108,14 +108,14 @@ func setup(t *testing.T) *fixture {
 			require.NoError(t, err)
 		}
 		require.NoError(t, db.InTenant(ctx, pool, tenant, func(tx pgx.Tx) error {
-			var rows []repo.NodeSecretRow
+			var rows []repo.NodeSecret
 			for i := range 4 {
 				node := fmt.Sprintf("n%d", i)
 				sealed, err := ring.Seal([]byte("secret of "+node), sealing.NodeSecret(tenant, node, "password"))
 				if err != nil {
 					return err
 				}
-				rows = append(rows, repo.NodeSecretRow{NodeID: node, Name: "password", Sealed: sealed, KeyID: ring.CurrentKeyID()})
+				rows = append(rows, repo.NodeSecret{NodeID: node, Name: "password", Sealed: sealed, KeyID: ring.CurrentKeyID()})
 			}
 			if _, err := repo.BumpGeneration(ctx, tx, tenant); err != nil {
 				return err
@@ -138,7 +138,7 @@ func (f *fixture) requireAllReadable(t *testing.T, when string) {
 	for _, tenant := range tenants {
 		var (
 			entries []*repo.Entry
-			secrets []repo.NodeSecretRow
+			secrets []repo.NodeSecret
 		)
 		require.NoError(t, db.InTenant(ctx, f.pool, tenant, func(tx pgx.Tx) error {
 			var err error
