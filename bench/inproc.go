@@ -12,15 +12,16 @@ import (
 	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/refs"
+	"github.com/loopze/certstore/internal/resolver"
 )
 
 // resolver is a TLS resolver over the run's database and master key, as the server has.
-func (b *bench) resolver() *refs.Resolver {
-	return &refs.Resolver{Catalog: &catalog.Service{Pool: b.pool, Ring: b.ring, Logger: b.log}, Logger: b.log}
+func (b *bench) resolver() *resolver.Resolver {
+	return &resolver.Resolver{Entries: &catalog.Service{Pool: b.pool, Ring: b.ring, Logger: b.log}, Logger: b.log}
 }
 
 // buildTLSOp resolves a tls block referencing a random stored inline client pair.
-func (b *bench) buildTLSOp(r *refs.Resolver) Op {
+func (b *bench) buildTLSOp(r *resolver.Resolver) Op {
 	return func(ctx context.Context, _ int, rnd *rand.Rand) error {
 		block := &refs.TLS{ClientCert: refs.PartSpec{Ref: b.ids[rnd.IntN(len(b.ids))]}}
 		cfg, err := r.BuildTLSConfig(ctx, tenantMain, block)

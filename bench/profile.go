@@ -18,7 +18,7 @@ import (
 	"github.com/loopze/certstore/internal/api"
 	"github.com/loopze/certstore/internal/auth"
 	"github.com/loopze/certstore/internal/catalog"
-	"github.com/loopze/certstore/internal/refs"
+	"github.com/loopze/certstore/internal/resolver"
 	"github.com/loopze/certstore/internal/workspace"
 )
 
@@ -41,7 +41,7 @@ func (b *bench) handler() (http.Handler, error) {
 		return nil, fmt.Errorf("JWT verifier: %w", err)
 	}
 	cat := &catalog.Service{Pool: b.pool, Ring: b.ring, Logger: b.log}
-	ws := &workspace.Service{Pool: b.pool, Ring: b.ring, Logger: b.log, Resolver: &refs.Resolver{Catalog: cat, Logger: b.log}}
+	ws := &workspace.Service{Pool: b.pool, Ring: b.ring, Logger: b.log, Resolver: &resolver.Resolver{Entries: cat, Roots: cat.Roots, Logger: b.log}}
 	b.inproc = api.New(api.Deps{Logger: b.log, Pool: b.pool, Version: "bench", Verifier: verifier, Catalog: cat, Workspace: ws}).Handler
 	return b.inproc, nil
 }

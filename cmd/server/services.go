@@ -11,7 +11,7 @@ import (
 	"github.com/loopze/certstore/internal/config"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material"
-	"github.com/loopze/certstore/internal/refs"
+	"github.com/loopze/certstore/internal/resolver"
 	"github.com/loopze/certstore/internal/workspace"
 )
 
@@ -48,7 +48,7 @@ func loadServices(cfg config.Config, logger *slog.Logger) (*services, error) {
 func (s *services) connect(pool *pgxpool.Pool, logger *slog.Logger) {
 	s.catalog = &catalog.Service{Pool: pool, Ring: s.ring, Roots: s.roots, Logger: logger}
 	s.workspace = &workspace.Service{Pool: pool, Ring: s.ring, Roots: s.roots, Logger: logger,
-		Resolver: &refs.Resolver{Catalog: s.catalog, Logger: logger}}
+		Resolver: &resolver.Resolver{Entries: s.catalog, Roots: s.catalog.Roots, Logger: logger}}
 }
 
 func newVerifier(cfg config.Config) (*auth.Verifier, error) {

@@ -20,6 +20,7 @@ import (
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/refs"
+	"github.com/loopze/certstore/internal/resolver"
 )
 
 // peerServer is a TLS server that requires a client certificate signed by its CA and,
@@ -264,7 +265,7 @@ func TestPairMismatchIsRetriedOnce(t *testing.T) {
 		rotate(t, keyPath, v2.KeyPEM())
 		return nil
 	}
-	r := &refs.Resolver{Catalog: te.env.Catalog, Logger: te.env.Logger, Wait: finishRotation}
+	r := &resolver.Resolver{Entries: te.env.Catalog, Roots: te.env.Catalog.Roots, Logger: te.env.Logger, Wait: finishRotation}
 
 	cfg, err := r.BuildTLSConfig(context.Background(), "acme", n.TLS)
 	require.NoError(t, err)
@@ -283,7 +284,7 @@ func TestPairMismatchIsRetriedOnce(t *testing.T) {
 	waits.Store(0)
 	r.Wait = func(context.Context, time.Duration) error { waits.Add(1); return nil }
 	_, err = r.BuildTLSConfig(context.Background(), "acme", n.TLS)
-	require.ErrorIs(t, err, refs.ErrUnresolved)
+	require.ErrorIs(t, err, resolver.ErrUnresolved)
 	require.Contains(t, err.Error(), "tls.clientKeyFile")
 	require.Contains(t, err.Error(), "does not match")
 	require.NotContains(t, err.Error(), "BEGIN")
@@ -332,7 +333,7 @@ func TestBuildTLSConfigRules(t *testing.T) {
 		{"acme", &refs.TLS{CABundle: refs.PartSpec{CertPEM: &refs.Value{Keep: true}}}, "not loaded"},
 	} {
 		_, err := r.BuildTLSConfig(ctx, c.tenant, c.block)
-		require.ErrorIs(t, err, refs.ErrUnresolved)
+		require.ErrorIs(t, err, resolver.ErrUnresolved)
 		require.Contains(t, err.Error(), c.msg)
 	}
 
@@ -381,7 +382,7 @@ func TestBuildTLSConfigRules(t *testing.T) {
 		_ = c2.Close()
 	}
 	require.Error(t, err)
-	require.False(t, errors.Is(err, refs.ErrUnresolved))
+	require.False(t, errors.Is(err, resolver.ErrUnresolved))
 	requireNoSecrets(t, te.env, nil, client, server, expired)
 }
 
@@ -395,7 +396,7 @@ func TestInlineEntryExpiresWhileCached(t *testing.T) {
 	var now atomic.Pointer[time.Time]
 	t0 := time.Now()
 	now.Store(&t0)
-	r := &refs.Resolver{Catalog: te.env.Catalog, Logger: te.env.Logger, Now: func() time.Time { return *now.Load() }}
+	r := &resolver.Resolver{Entries: te.env.Catalog, Roots: te.env.Catalog.Roots, Logger: te.env.Logger, Now: func() time.Time { return *now.Load() }}
 	block := &refs.TLS{ClientCert: refs.PartSpec{Ref: "short"}}
 	for range 2 {
 		_, err := r.BuildTLSConfig(context.Background(), "acme", block)

@@ -29,7 +29,7 @@ import (
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/logging"
 	"github.com/loopze/certstore/internal/material"
-	"github.com/loopze/certstore/internal/refs"
+	"github.com/loopze/certstore/internal/resolver"
 	"github.com/loopze/certstore/internal/testdb"
 	"github.com/loopze/certstore/internal/workspace"
 )
@@ -100,7 +100,7 @@ func New(t testing.TB, opts ...Options) *Env {
 	roots := material.ParseRoots(o.FileRoots)
 	cat := &catalog.Service{Pool: pool, Ring: ring, Roots: roots, Logger: logger}
 	ws := &workspace.Service{Pool: pool, Ring: ring, Roots: roots, Logger: logger,
-		Resolver: &refs.Resolver{Catalog: cat, Logger: logger}}
+		Resolver: &resolver.Resolver{Entries: cat, Roots: cat.Roots, Logger: logger}}
 	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: "test", Verifier: verifier, Catalog: cat, Workspace: ws})
 	hs := httptest.NewServer(srv.Handler)
 	t.Cleanup(hs.Close)

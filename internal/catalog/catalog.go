@@ -273,6 +273,12 @@ func (s *Service) Open(e *repo.Entry) (cert, key secret.PEM, err error) {
 	return cert, key, nil
 }
 
+// Lookup returns the entries of tenant among ids (those that exist), with their sealed
+// material, in one round trip: what a connection init needs of the references it follows.
+func (s *Service) Lookup(ctx context.Context, tenant string, ids []string) ([]*repo.Entry, error) {
+	return repo.LookupEntries(ctx, s.Pool, tenant, ids)
+}
+
 // Validate parses an entry exactly as Create would and persists nothing.
 func (s *Service) Validate(tenant string, in Input) (*material.Metadata, []material.Issue, []material.Issue) {
 	p, err := s.prepare(tenant, in.ID, str(in.Name), str(in.Type), str(in.Source), str(in.Notes),

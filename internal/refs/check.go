@@ -408,7 +408,7 @@ func (nc *nodeCheck) opcua() {
 		nc.fail(PropLegacyKeyFile, "must be a string")
 	}
 	legacy := (hasCF && cf != "") || (hasKF && kf != "")
-	if n.TLS != nil && !n.TLS.ClientCert.empty() && ((hasRef && ref != "") || legacy) {
+	if n.TLS != nil && !n.TLS.ClientCert.Empty() && ((hasRef && ref != "") || legacy) {
 		nc.fail(PropCertRef, "an opcua-server node takes its client pair from certRef; it cannot also set tls.clientCert*")
 	}
 	if !legacy {

@@ -1,9 +1,7 @@
 // Package refs owns the workspace model of LOOPZE (flows, nodes and their tls blocks), the
-// extraction of the references nodes make to certificate-store entries, the rules a
-// workspace must obey to be deployed (unique IDs, one way per TLS part, type-checked
-// references), and TLS resolution at connection init: BuildTLSConfig turns a node's tls
-// block into a *tls.Config, reading file material fresh on every call so rotations by
-// cert-manager, certbot or a plain mv need no restart.
+// extraction of the references nodes make to certificate-store entries, and the rules a
+// workspace must obey to be deployed (its bounds, unique IDs, one way per TLS part,
+// type-checked references). Turning a tls block into a *tls.Config is internal/resolver's.
 //
 // Nodes carry arbitrary properties besides the ones this package knows; they round-trip
 // unchanged. Write-only values (node credentials, inline PEM in a tls block) are Values:
@@ -73,8 +71,8 @@ type PartSpec struct {
 	KeyPEM   *Value
 }
 
-// empty reports whether the part is not configured at all.
-func (p PartSpec) empty() bool {
+// Empty reports whether the part is not configured at all.
+func (p PartSpec) Empty() bool {
 	return p.Ref == "" && p.CertFile == "" && p.KeyFile == "" && p.CertPEM == nil && p.KeyPEM == nil
 }
 

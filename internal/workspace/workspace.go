@@ -26,6 +26,7 @@ import (
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/refs"
 	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/resolver"
 	"github.com/loopze/certstore/internal/sealing"
 	"github.com/loopze/certstore/internal/secret"
 )
@@ -62,7 +63,7 @@ type Service struct {
 	Ring     *envelope.Ring
 	Roots    material.Roots
 	Logger   *slog.Logger
-	Resolver *refs.Resolver
+	Resolver *resolver.Resolver
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -477,7 +478,7 @@ func (s *Service) Node(ctx context.Context, tenant, flowID, nodeID string) (*ref
 
 // NodeTLS reports what a saved node's TLS resolves to now, part by part. An opcua-server
 // node's certRef (or legacy files) counts as its clientCert part.
-func (s *Service) NodeTLS(ctx context.Context, tenant, flowID, nodeID string) (*refs.Node, []refs.PartReport, error) {
+func (s *Service) NodeTLS(ctx context.Context, tenant, flowID, nodeID string) (*refs.Node, []resolver.PartReport, error) {
 	n, err := s.Node(ctx, tenant, flowID, nodeID)
 	if err != nil {
 		return nil, nil, err

@@ -1,4 +1,4 @@
-package refs_test
+package resolver_test
 
 import (
 	"context"

@@ -1,4 +1,12 @@
-package refs
+// Package resolver turns a node's tls block into TLS material at connection init:
+// BuildTLSConfig returns the *tls.Config a connection uses and Report says what each part
+// resolves to. Store references are type-checked again; inline material of stored entries
+// comes from an Entries source (the catalogue in the server) and is parsed once per
+// version; file material, of stored file entries and direct paths alike, is read fresh on
+// every call, with one retry for a rotation caught between its two renames, so
+// cert-manager, certbot or a plain mv need no restart. It knows the workspace model from
+// internal/refs and nothing of where the workspace is stored.
+package resolver
 
 import (
 	"context"
@@ -10,8 +18,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/material"
+	"github.com/loopze/certstore/internal/refs"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/secret"
 )
@@ -28,18 +36,29 @@ const (
 // pair whose halves do not match.
 var ErrUnresolved = errors.New("tls block does not resolve")
 
+// sourceFile is the source of file-sourced entries (catalog.SourceFile).
+const sourceFile = "file"
+
 // DefaultRetryPause is how long a file pair that does not match waits before it is read
 // again: long enough for the second mv of a rotation, short enough for a connection init.
 const DefaultRetryPause = 100 * time.Millisecond
 
-// Resolver turns tls blocks into TLS material at connection init. Store references are
-// resolved in the tenant and type-checked again; stored inline material is decrypted;
-// file material, of stored file entries and direct paths alike, is read fresh on every
-// call, so a rotation on disk applies to the next connection with no restart.
+// Entries is where a Resolver finds the entries that store references name.
+type Entries interface {
+	// Lookup returns the entries of tenant among ids (those that exist). Inline entries
+	// must come with what Open needs.
+	Lookup(ctx context.Context, tenant string, ids []string) ([]*repo.Entry, error)
+	// Open returns an inline entry's certificate chain and key.
+	Open(e *repo.Entry) (cert, key secret.PEM, err error)
+}
+
+// Resolver turns tls blocks into TLS material at connection init.
 type Resolver struct {
-	// Catalog reaches the entries, opens inline material and confines file paths.
-	Catalog *catalog.Service
-	Logger  *slog.Logger
+	// Entries reaches the entries references name and opens their inline material.
+	Entries Entries
+	// Roots confines file paths (LOOPZE_FILE_ROOTS).
+	Roots  material.Roots
+	Logger *slog.Logger
 	// Now dates expiry warnings; nil means time.Now.
 	Now func() time.Time
 	// RetryPause is the pause before a file pair that failed to load is read once more (a
@@ -93,7 +112,7 @@ func (r *Resolver) inline(tenant string, e *repo.Entry, k material.Kind) (*mater
 	if ok && now.Before(pe.until) {
 		return pe.m, nil
 	}
-	cert, keyPEM, err := r.Catalog.Open(e)
+	cert, keyPEM, err := r.Entries.Open(e)
 	if err != nil {
 		return nil, fmt.Errorf("open entry %s: %w", e.ID, err)
 	}
@@ -164,7 +183,7 @@ type PartReport struct {
 
 // resolved is one part's material and report.
 type resolved struct {
-	part     Part
+	part     refs.Part
 	material *material.Material
 	report   PartReport
 	err      error
@@ -172,7 +191,7 @@ type resolved struct {
 
 // Report resolves every configured part of block and reports each, whether it resolves
 // or not. Inline PEM must be present in block (not a {"set": true} marker).
-func (r *Resolver) Report(ctx context.Context, tenant string, block *TLS) ([]PartReport, error) {
+func (r *Resolver) Report(ctx context.Context, tenant string, block *refs.TLS) ([]PartReport, error) {
 	parts, err := r.resolve(ctx, tenant, block)
 	if err != nil {
 		return nil, err
@@ -193,7 +212,7 @@ func (r *Resolver) Report(ctx context.Context, tenant string, block *TLS) ([]Par
 // Expired material is logged as a warning and used anyway. Any part that does not resolve
 // fails the whole call with an error wrapping ErrUnresolved that names the part and why,
 // never the material. Inline PEM must be present in block (not a {"set": true} marker).
-func (r *Resolver) BuildTLSConfig(ctx context.Context, tenant string, block *TLS) (*tls.Config, error) {
+func (r *Resolver) BuildTLSConfig(ctx context.Context, tenant string, block *refs.TLS) (*tls.Config, error) {
 	parts, err := r.resolve(ctx, tenant, block)
 	if err != nil {
 		return nil, err
@@ -238,19 +257,19 @@ func (r *Resolver) BuildTLSConfig(ctx context.Context, tenant string, block *TLS
 
 // resolve loads every configured part of block. Failures of one part are recorded on it;
 // the error is for failures of the lookup itself (the database).
-func (r *Resolver) resolve(ctx context.Context, tenant string, block *TLS) ([]resolved, error) {
+func (r *Resolver) resolve(ctx context.Context, tenant string, block *refs.TLS) ([]resolved, error) {
 	if block == nil {
 		return nil, nil
 	}
 	var ids []string
-	for _, p := range Parts {
+	for _, p := range refs.Parts {
 		if ref := block.Spec(p).Ref; ref != "" {
 			ids = append(ids, ref)
 		}
 	}
 	entries := map[string]*repo.Entry{}
 	if len(ids) > 0 {
-		list, err := repo.LookupEntries(ctx, r.Catalog.Pool, tenant, ids)
+		list, err := r.Entries.Lookup(ctx, tenant, ids)
 		if err != nil {
 			return nil, fmt.Errorf("resolve tls references: %w", err)
 		}
@@ -259,9 +278,9 @@ func (r *Resolver) resolve(ctx context.Context, tenant string, block *TLS) ([]re
 		}
 	}
 	var out []resolved
-	for _, p := range Parts {
+	for _, p := range refs.Parts {
 		s := block.Spec(p)
-		if s.empty() {
+		if s.Empty() {
 			continue
 		}
 		res := resolved{part: p, report: PartReport{Part: p.Name}}
@@ -281,7 +300,7 @@ func (r *Resolver) resolve(ctx context.Context, tenant string, block *TLS) ([]re
 	return out, nil
 }
 
-func (r *Resolver) resolvePart(ctx context.Context, tenant string, p Part, s *PartSpec, entries map[string]*repo.Entry, rep *PartReport) (*material.Material, error) {
+func (r *Resolver) resolvePart(ctx context.Context, tenant string, p refs.Part, s *refs.PartSpec, entries map[string]*repo.Entry, rep *PartReport) (*material.Material, error) {
 	switch {
 	case s.Ref != "":
 		rep.Origin, rep.Ref = OriginRef, s.Ref
@@ -293,7 +312,7 @@ func (r *Resolver) resolvePart(ctx context.Context, tenant string, p Part, s *Pa
 			return nil, fmt.Errorf("tls.%s names %q, a %s; it must name a %s", p.Ref, s.Ref, e.Type, p.Kind)
 		}
 		rep.EntrySource = e.Source
-		if e.Source == catalog.SourceFile {
+		if e.Source == sourceFile {
 			rep.CertPath, rep.KeyPath = e.CertPath, e.KeyPath
 			return r.loadFiles(ctx, tenant, p.Kind, e.CertPath, e.KeyPath, material.PathFields)
 		}
@@ -306,7 +325,7 @@ func (r *Resolver) resolvePart(ctx context.Context, tenant string, p Part, s *Pa
 		rep.Origin = OriginInline
 		var cert, key secret.PEM
 		for _, x := range []struct {
-			v     *Value
+			v     *refs.Value
 			field string
 			dst   *secret.PEM
 		}{{s.CertPEM, p.CertPEM, &cert}, {s.KeyPEM, p.KeyPEM, &key}} {
@@ -327,14 +346,14 @@ func (r *Resolver) resolvePart(ctx context.Context, tenant string, p Part, s *Pa
 	}
 }
 
-func keyField(p Part) string {
+func keyField(p refs.Part) string {
 	if p.KeyFile == "" {
 		return "keyFile"
 	}
 	return p.KeyFile
 }
 
-func keyPEMField(p Part) string {
+func keyPEMField(p refs.Part) string {
 	if p.KeyPEM == "" {
 		return "keyPem"
 	}
@@ -345,7 +364,7 @@ func keyPEMField(p Part) string {
 // explains (the certificate already renamed, the key not yet; a file half written), it
 // waits once and reads again; only the second failure is an error.
 func (r *Resolver) loadFiles(ctx context.Context, tenant string, k material.Kind, certPath, keyPath string, f material.Fields) (*material.Material, error) {
-	roots := r.Catalog.Roots
+	roots := r.Roots
 	m, issues := roots.LoadFiles(k, tenant, certPath, keyPath, f, r.now())
 	if len(issues) == 0 {
 		return m, nil

@@ -1,0 +1,116 @@
+package resolver_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/loopze/certstore/internal/logging"
+	"github.com/loopze/certstore/internal/material"
+	"github.com/loopze/certstore/internal/material/materialtest"
+	"github.com/loopze/certstore/internal/refs"
+	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/resolver"
+	"github.com/loopze/certstore/internal/secret"
+)
+
+// memEntries is an Entries source held in memory, as a runtime holding a snapshot has one.
+type memEntries struct {
+	entries map[string]*repo.Entry
+	pem     map[string][2]secret.PEM
+	opened  int
+}
+
+func (m *memEntries) Lookup(_ context.Context, tenant string, ids []string) ([]*repo.Entry, error) {
+	var out []*repo.Entry
+	for _, id := range ids {
+		if e, ok := m.entries[tenant+"/"+id]; ok {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+func (m *memEntries) Open(e *repo.Entry) (secret.PEM, secret.PEM, error) {
+	m.opened++
+	p, ok := m.pem[e.TenantID+"/"+e.ID]
+	if !ok {
+		return nil, nil, errors.New("no material")
+	}
+	return p[0], p[1], nil
+}
+
+// leafCN is the common name of the certificate a config presents.
+func leafCN(t *testing.T, cfg *tls.Config) string {
+	t.Helper()
+	cert, err := cfg.GetClientCertificate(nil)
+	require.NoError(t, err)
+	c, err := x509.ParseCertificate(cert.Certificate[0])
+	require.NoError(t, err)
+	return c.Subject.CommonName
+}
+
+func TestResolverFromAnEntriesSource(t *testing.T) {
+	t.Parallel()
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	a, b := ca.Issue(t, materialtest.Options{CommonName: "a"}), ca.Issue(t, materialtest.Options{CommonName: "b"})
+	src := &memEntries{
+		entries: map[string]*repo.Entry{
+			"acme/pair": {TenantID: "acme", ID: "pair", Type: material.ClientPair, Source: "inline", Version: 1},
+			"acme/root": {TenantID: "acme", ID: "root", Type: material.CABundle, Source: "inline", Version: 1},
+		},
+		pem: map[string][2]secret.PEM{
+			"acme/pair": {secret.PEM(a.ChainPEM()), secret.PEM(a.KeyPEM())},
+			"acme/root": {secret.PEM(ca.CertPEM()), nil},
+		},
+	}
+	dir := t.TempDir()
+	certPath, keyPath := filepath.Join(dir, "c.crt"), filepath.Join(dir, "c.key")
+	require.NoError(t, os.WriteFile(certPath, b.ChainPEM(), 0o600))
+	require.NoError(t, os.WriteFile(keyPath, b.KeyPEM(), 0o600))
+
+	r := &resolver.Resolver{Entries: src, Logger: logging.Discard()}
+	ctx := context.Background()
+	cfg, err := r.BuildTLSConfig(ctx, "acme", &refs.TLS{CABundle: refs.PartSpec{Ref: "root"}, ClientCert: refs.PartSpec{Ref: "pair"}})
+	require.NoError(t, err)
+	require.NotNil(t, cfg.RootCAs)
+	require.Equal(t, "a", leafCN(t, cfg))
+
+	// Inline material is opened once per version, not once per connection.
+	_, err = r.BuildTLSConfig(ctx, "acme", &refs.TLS{ClientCert: refs.PartSpec{Ref: "pair"}})
+	require.NoError(t, err)
+	require.Equal(t, 2, src.opened, "pair and root once each")
+
+	// Wrong type, missing entry, another tenant: refused, naming the field.
+	for _, block := range []*refs.TLS{
+		{CABundle: refs.PartSpec{Ref: "pair"}},
+		{ClientCert: refs.PartSpec{Ref: "missing"}},
+	} {
+		_, err := r.BuildTLSConfig(ctx, "acme", block)
+		require.ErrorIs(t, err, resolver.ErrUnresolved)
+	}
+	_, err = r.BuildTLSConfig(ctx, "globex", &refs.TLS{ClientCert: refs.PartSpec{Ref: "pair"}})
+	require.ErrorIs(t, err, resolver.ErrUnresolved)
+
+	// Direct files are read at every call: a rename is seen by the next one.
+	block := &refs.TLS{ClientCert: refs.PartSpec{CertFile: certPath, KeyFile: keyPath}}
+	cfg, err = r.BuildTLSConfig(ctx, "acme", block)
+	require.NoError(t, err)
+	require.Equal(t, "b", leafCN(t, cfg))
+	c := ca.Issue(t, materialtest.Options{CommonName: "c"})
+	require.NoError(t, os.WriteFile(certPath+".new", c.ChainPEM(), 0o600))
+	require.NoError(t, os.WriteFile(keyPath+".new", c.KeyPEM(), 0o600))
+	require.NoError(t, os.Rename(certPath+".new", certPath))
+	// Caught between the two renames: the retry after the pause sees the pair whole.
+	r.Wait = func(context.Context, time.Duration) error { return os.Rename(keyPath+".new", keyPath) }
+	cfg, err = r.BuildTLSConfig(ctx, "acme", block)
+	require.NoError(t, err)
+	require.Equal(t, "c", leafCN(t, cfg))
+}
