@@ -23,7 +23,8 @@ type Document struct {
 	Version   int64
 	UpdatedAt time.Time
 	doc       []byte
-	secrets   map[string][]repo.NodeSecretKey
+	keys      []repo.NodeSecretKey
+	secrets   map[string][]repo.NodeSecretKey // keys by node
 }
 
 // Document reads the tenant's saved workspace for WriteTo. A tenant that never deployed
@@ -47,7 +48,7 @@ func (s *Service) Document(ctx context.Context, tenant string) (*Document, error
 	if err != nil {
 		return nil, err
 	}
-	d := &Document{Version: row.Version, UpdatedAt: row.UpdatedAt, doc: row.Flows, secrets: map[string][]repo.NodeSecretKey{}}
+	d := &Document{Version: row.Version, UpdatedAt: row.UpdatedAt, doc: row.Flows, keys: keys, secrets: map[string][]repo.NodeSecretKey{}}
 	for _, k := range keys {
 		d.secrets[k.NodeID] = append(d.secrets[k.NodeID], k)
 	}

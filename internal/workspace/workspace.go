@@ -366,30 +366,19 @@ type Saved struct {
 // markers (credentials by key, inline PEM by field), so deploying it back unchanged keeps
 // them. A tenant that never deployed has an empty workspace at version 0.
 func (s *Service) Get(ctx context.Context, tenant string) (*Saved, error) {
-	var (
-		row  *repo.Workspace
-		keys []repo.NodeSecretKey
-	)
-	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
-		var err error
-		if row, err = repo.GetWorkspace(ctx, tx, tenant); err != nil {
-			return err
-		}
-		keys, err = repo.ListNodeSecretKeys(ctx, tx, tenant)
-		return err
-	})
-	if errors.Is(err, repo.ErrNotFound) {
-		return &Saved{Workspace: &refs.Workspace{Flows: []*refs.Flow{}}}, nil
-	}
+	d, err := s.Document(ctx, tenant)
 	if err != nil {
 		return nil, err
 	}
-	ws, err := refs.ParseStored(row.Flows)
+	if d.doc == nil {
+		return &Saved{Workspace: &refs.Workspace{Flows: []*refs.Flow{}}}, nil
+	}
+	ws, err := refs.ParseStored(d.doc)
 	if err != nil {
 		return nil, fmt.Errorf("decode saved workspace: %w", err)
 	}
-	markSecrets(ws, keys)
-	return &Saved{Workspace: ws, Version: row.Version, UpdatedAt: row.UpdatedAt}, nil
+	markSecrets(ws, d.keys)
+	return &Saved{Workspace: ws, Version: d.Version, UpdatedAt: d.UpdatedAt}, nil
 }
 
 // markSecrets puts {"set": true} markers where values are stored.
