@@ -78,22 +78,9 @@ func ListNodeSecretKeys(ctx context.Context, q db.DBTX, tenant string) ([]NodeSe
 // ListNodeSecrets returns the sealed secrets of one node of tenant, or of every node when
 // nodeID is empty, ordered by node and name.
 func ListNodeSecrets(ctx context.Context, q db.DBTX, tenant, nodeID string) ([]NodeSecret, error) {
-	rows, err := q.Query(ctx, `
+	return queryNodeSecrets(ctx, q, "list node secrets", `
 		SELECT node_id, name, sealed, key_id FROM node_secrets
 		WHERE tenant_id = $1 AND ($2 = '' OR node_id = $2) ORDER BY node_id, name`, tenant, nodeID)
-	if err != nil {
-		return nil, mapErr("list node secrets", err)
-	}
-	defer rows.Close()
-	var out []NodeSecret
-	for rows.Next() {
-		var s NodeSecret
-		if err := rows.Scan(&s.NodeID, &s.Name, &s.Sealed, &s.KeyID); err != nil {
-			return nil, mapErr("scan node secret", err)
-		}
-		out = append(out, s)
-	}
-	return out, mapErr("list node secrets", rows.Err())
 }
 
 // UpsertNodeSecrets stores sealed values of tenant, replacing those of the same names, in

@@ -20,16 +20,7 @@ func EntriesToRewrap(ctx context.Context, q db.DBTX, tenant, keyID string, limit
 	if err != nil {
 		return nil, mapErr("select entries to rewrap", err)
 	}
-	defer rows.Close()
-	var out []*Entry
-	for rows.Next() {
-		e, err := scanEntry(rows)
-		if err != nil {
-			return nil, mapErr("scan entry", err)
-		}
-		out = append(out, e)
-	}
-	return out, mapErr("select entries to rewrap", rows.Err())
+	return collectEntries(rows, "select entries to rewrap")
 }
 
 // NodeSecretsToRewrap locks and returns up to limit node secrets of tenant wrapped under
