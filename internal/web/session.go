@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"path"
 	"strings"
 	"time"
 
@@ -162,16 +163,59 @@ func expiry(token string) (time.Time, error) {
 	return c.ExpiresAt.Time, nil
 }
 
-// safeNext keeps the post-sign-in redirect on this site: a local absolute path, never
-// "//host" or "/\host", which browsers treat as another origin.
+// safeNext keeps the post-sign-in redirect on this site. The candidate is cleaned first,
+// exactly as http.Redirect will clean it, and the cleaned form is what is judged and
+// returned: checking the raw string and letting the redirect clean it afterwards turned
+// "/./\host" into "/\host", which browsers resolve to another origin. Anything that is not
+// a plain same-origin path (a scheme, a host, "//", any backslash, control characters
+// browsers strip, raw or percent-encoded) falls back to the list.
 func safeNext(next string) string {
-	if next == "" || !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, `/\`) ||
-		strings.ContainsAny(next, "\r\n") {
-		return "/certs"
+	const fallback = "/certs"
+	if next == "" || next[0] != '/' || strings.HasPrefix(next, "//") || hasUnsafeByte(next) {
+		return fallback
 	}
-	u, err := url.Parse(next)
-	if err != nil || u.Scheme != "" || u.Host != "" || u.Path == "/login" {
-		return "/certs"
+	p, query, _ := strings.Cut(next, "?")
+	if i := strings.IndexByte(query, '#'); i >= 0 {
+		query = query[:i]
 	}
-	return next
+	if i := strings.IndexByte(p, '#'); i >= 0 {
+		p, query = p[:i], ""
+	}
+	trailing := strings.HasSuffix(p, "/")
+	p = path.Clean(p)
+	if trailing && !strings.HasSuffix(p, "/") {
+		p += "/"
+	}
+	cleaned := p
+	if query != "" {
+		cleaned += "?" + query
+	}
+	if strings.HasPrefix(cleaned, "//") {
+		return fallback
+	}
+	u, err := url.Parse(cleaned)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || u.Opaque != "" {
+		return fallback
+	}
+	// The decoded forms must be as plain as the raw one: "/%5Chost" or "/%2F%2Fhost" are
+	// harmless to a browser today, but nothing legitimate needs them.
+	q, err := url.QueryUnescape(u.RawQuery)
+	if err != nil || hasUnsafeByte(u.Path) || hasUnsafeByte(q) || strings.HasPrefix(u.Path, "//") || !strings.HasPrefix(u.Path, "/") {
+		return fallback
+	}
+	if path.Clean(u.Path) == "/login" {
+		return fallback
+	}
+	return cleaned
+}
+
+// hasUnsafeByte reports a backslash or an ASCII control character (tab, CR and LF
+// included, which browsers silently drop from URLs).
+func hasUnsafeByte(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c == '\\' || c < 0x20 || c == 0x7f {
+			return true
+		}
+	}
+	return false
 }
