@@ -64,6 +64,9 @@ func (s *Server) authMiddleware(api huma.API) func(huma.Context, func(huma.Conte
 			next(ctx)
 			return
 		}
+		// Whatever an authenticated operation answers is the tenant's data or a verdict on
+		// a token: no browser or proxy cache may keep it.
+		ctx.SetHeader("Cache-Control", "no-store")
 		if s.deps.Verifier == nil {
 			_ = huma.WriteErr(api, ctx, http.StatusServiceUnavailable, "authentication is not configured")
 			return

@@ -206,6 +206,7 @@ func metricsGuard(token secret.String, next http.Handler) http.Handler {
 	}
 	want := []byte("Bearer " + token.Reveal())
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-store")
 		got := []byte(r.Header.Get("Authorization"))
 		if subtle.ConstantTimeCompare(got, want) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="loopze-metrics"`)

@@ -155,10 +155,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	mux.ServeHTTP(w, r)
 }
 
-// wrap adds the security headers every UI response carries.
+// wrap adds the security headers every UI response carries. Pages and redirects are never
+// stored by a browser or proxy cache: they show a signed-in user's catalogue or carry the
+// session cookie. Static files set their own caching.
 func (h *Handler) wrap(fn http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hd := w.Header()
+		hd.Set("Cache-Control", "no-store")
 		hd.Set("Content-Security-Policy", ContentSecurityPolicy)
 		hd.Set("X-Content-Type-Options", "nosniff")
 		hd.Set("X-Frame-Options", "DENY")
