@@ -452,7 +452,7 @@ func TestFileRootsConfineTenants(t *testing.T) {
 
 func TestPutChangesTypeAndSource(t *testing.T) {
 	t.Parallel()
-	env := apitest.New(t)
+	env := apitest.New(t, tempRoots())
 	tok := env.Token(t, "acme", "editor")
 	ca := materialtest.NewCA(t, materialtest.Options{})
 	c := ca.Issue(t, materialtest.Options{})
@@ -488,7 +488,7 @@ func TestPutChangesTypeAndSource(t *testing.T) {
 // the certificate and key files stay on disk, byte for byte.
 func TestDeleteLeavesFilesAlone(t *testing.T) {
 	t.Parallel()
-	env := apitest.New(t)
+	env := apitest.New(t, tempRoots())
 	tok := env.Token(t, "acme", "editor")
 	c := materialtest.NewCA(t, materialtest.Options{}).Issue(t, materialtest.Options{})
 	dir := t.TempDir()

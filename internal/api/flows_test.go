@@ -334,7 +334,7 @@ func TestDeployRules(t *testing.T) {
 
 func TestDeployWarnings(t *testing.T) {
 	t.Parallel()
-	env := apitest.New(t)
+	env := apitest.New(t, tempRoots())
 	tok := env.Token(t, "acme", "editor")
 	ca := materialtest.NewCA(t, materialtest.Options{})
 	c := ca.Issue(t, materialtest.Options{})

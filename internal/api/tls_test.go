@@ -107,7 +107,7 @@ type tlsEnv struct {
 
 func newTLSEnv(t *testing.T) *tlsEnv {
 	t.Helper()
-	env := apitest.New(t)
+	env := apitest.New(t, tempRoots())
 	te := &tlsEnv{env: env, tok: env.Token(t, "acme", "editor"), ca: materialtest.NewCA(t, materialtest.Options{})}
 	post(t, env, te.tok, inlineCA("root-ca", te.ca))
 	te.addr = peerServer(t, te.ca)

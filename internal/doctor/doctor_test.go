@@ -17,6 +17,7 @@ import (
 	"github.com/loopze/certstore/internal/doctor"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/testdb"
 )
@@ -44,8 +45,9 @@ func healthy(t *testing.T) *fixture {
 	ring, err := envelope.Load(dir, nil)
 	require.NoError(t, err)
 	f := &fixture{
-		doctor:  &doctor.Doctor{Pool: pool, DataDir: dir},
-		catalog: &catalog.Service{Pool: pool, Ring: ring, Logger: slog.New(slog.DiscardHandler)},
+		// Tenants other than the default read files only inside LOOPZE_FILE_ROOTS.
+		doctor:  &doctor.Doctor{Pool: pool, DataDir: dir, Roots: material.Roots{os.TempDir()}},
+		catalog: &catalog.Service{Pool: pool, Ring: ring, Roots: material.Roots{os.TempDir()}, Logger: slog.New(slog.DiscardHandler)},
 		export:  &fileexport.Exporter{Pool: pool, Ring: ring, DataDir: dir},
 		dataDir: dir, fileDir: t.TempDir(),
 	}

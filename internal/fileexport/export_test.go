@@ -143,7 +143,7 @@ func TestRoundTripThroughAFreshDatabase(t *testing.T) {
 	// Another database and another master key: the file is opened with its own key
 	// (import --key) and everything is sealed again under the new one.
 	dst := setupOn(t, testdb.URL(t))
-	im := &Importer{Pool: dst.pool, Ring: dst.ring, FileRing: src.ring, Logger: testLogger(t)}
+	im := &Importer{Pool: dst.pool, Ring: dst.ring, FileRing: src.ring, Roots: material.Roots{os.TempDir()}, Logger: testLogger(t)}
 	got, err := im.Import(ctx, file, ImportOptions{Tenant: "acme"})
 	require.NoError(t, err)
 	require.Equal(t, 3, got.Entries)

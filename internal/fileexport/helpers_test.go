@@ -16,6 +16,7 @@ import (
 	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/sealing"
@@ -74,7 +75,8 @@ func setupOn(t testing.TB, url string) *bundle {
 	ring, err := envelope.Load(dataDir, logger)
 	require.NoError(t, err)
 	return &bundle{url: url, pool: pool, dataDir: dataDir, ring: ring,
-		catalog: &catalog.Service{Pool: pool, Ring: ring, Logger: logger}}
+		// Tenants other than the default read files only inside LOOPZE_FILE_ROOTS.
+		catalog: &catalog.Service{Pool: pool, Ring: ring, Roots: material.Roots{os.TempDir()}, Logger: logger}}
 }
 
 func (b *bundle) exporter(t *testing.T) *Exporter {

@@ -117,7 +117,9 @@ func (in *inspection) parseCerts(data []byte) []*x509.Certificate {
 		case strings.HasSuffix(b.Type, "PRIVATE KEY"):
 			in.fail(field, "PEM block %d is a private key, not a certificate: the key belongs in %s", b.n, in.f.Key)
 		default:
-			in.fail(field, "PEM block %d is a %s, not a CERTIFICATE", b.n, blockLabel(b.Type))
+			// The label is not quoted back: for a file it would tell the caller what the
+			// server holds at a path it may not read.
+			in.fail(field, "PEM block %d is not a CERTIFICATE", b.n)
 		}
 	}
 	if len(certs) == 0 && !in.failed(field) {
@@ -160,7 +162,7 @@ func (in *inspection) parseKey(data []byte) crypto.Signer {
 			}
 			keys = append(keys, k)
 		default:
-			in.fail(field, "PEM block %d is a %s, not a private key", b.n, blockLabel(b.Type))
+			in.fail(field, "PEM block %d is not a private key", b.n)
 		}
 	}
 	switch {

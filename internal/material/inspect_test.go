@@ -173,7 +173,7 @@ func TestInspectErrors(t *testing.T) {
 		{"only a key in certPem", material.CABundle, key, nil, material.PEMFields,
 			[]want{{"certPem", "PEM block 1 is a private key"}}},
 		{"csr in certPem", material.CABundle, csr, nil, material.PEMFields,
-			[]want{{"certPem", `PEM block 1 is a "CERTIFICATE REQUEST", not a CERTIFICATE`}}},
+			[]want{{"certPem", `PEM block 1 is not a CERTIFICATE`}}},
 		{"certificate does not parse", material.CABundle, badCert, nil, material.PEMFields,
 			[]want{{"certPem", "certificate in PEM block 1 does not parse"}}},
 		{"key does not match", material.ServerPair, cert, other.KeyPEM(), material.PEMFields,

@@ -27,14 +27,25 @@ var (
 	ErrTooLarge = fmt.Errorf("file is larger than the %d KiB limit", MaxSize>>10)
 	// ErrPathChanged means the path kept changing while it was read (a rotation racing the read).
 	ErrPathChanged = errors.New("path changed while it was being read")
+	// ErrFileRootsRequired means a tenant other than DefaultTenant named a file while no
+	// roots are configured. It wraps ErrOutsideRoots: without roots such a tenant has none,
+	// so every path lies outside them.
+	ErrFileRootsRequired = fmt.Errorf("%w: file-sourced material of tenants other than %q needs LOOPZE_FILE_ROOTS, which is unset; "+
+		"set it to the directories each tenant may read, e.g. LOOPZE_FILE_ROOTS=/etc/loopze/certs/{tenant}", ErrOutsideRoots, DefaultTenant)
 )
+
+// DefaultTenant is the single-tenant installation's tenant. Without roots it may name any
+// absolute path, as the operator documentation promises; every other tenant needs roots,
+// or one tenant's editors could read another's key files.
+const DefaultTenant = "default"
 
 // TenantPlaceholder is replaced by the tenant ID in each root.
 const TenantPlaceholder = "{tenant}"
 
 // Roots confines the paths of file-sourced material (LOOPZE_FILE_ROOTS). Each root is an
 // absolute directory and may contain "{tenant}", so one setting gives every tenant its own
-// directory. Empty Roots allows any absolute path, as the operator documentation promises.
+// directory. Empty Roots allows the default tenant any absolute path, as the operator
+// documentation promises, and every other tenant none (ErrFileRootsRequired).
 //
 // Roots guard against configuration mistakes and API callers naming files they should not
 // read; they are not a defence against a local user able to rewrite symlinks inside a root
@@ -70,13 +81,21 @@ func (r Roots) Validate() error {
 
 // ReadFile reads one material file for tenant. The path must be absolute. Symlinks are
 // followed (certbot live/ links, Kubernetes ..data swaps) and the final target must be a
-// regular file of at most MaxSize bytes. When r is non-empty, the resolved path must lie
-// inside one root, with {tenant} expanded and the root's own symlinks resolved, compared on
-// path boundaries (/a/b does not admit /a/bc). Errors name the path and why, never the
-// contents.
+// regular file of at most MaxSize bytes.
+//
+// When r is non-empty, the cleaned path must lie inside one root, with {tenant} expanded,
+// compared on path boundaries (/a/b does not admit /a/bc), before anything on the file
+// system is looked at: a path outside the roots gets the same answer whether it exists,
+// is a directory or is unreadable. After symlinks are resolved the target must lie inside
+// a root too (the root's own symlinks resolved); a target outside is refused without
+// being named. When r is empty, only DefaultTenant may read files. Errors name the path
+// and why, never the contents.
 func (r Roots) ReadFile(tenant, path string) (secret.PEM, error) {
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("read %s: %w", path, ErrRelativePath)
+	}
+	if err := r.Admits(tenant, path); err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	// A Kubernetes secret update swaps the ..data link and then deletes the old directory;
 	// a read that resolved just before the swap finds its target gone. Resolving again
@@ -99,17 +118,43 @@ func (r Roots) ReadFile(tenant, path string) (secret.PEM, error) {
 	return nil, err
 }
 
+// Admits checks, without touching the file system at path, whether tenant may name path:
+// ErrRelativePath, ErrFileRootsRequired (no roots, a tenant other than DefaultTenant) or
+// ErrOutsideRoots (the cleaned path lies in no root), else nil. ReadFile still checks where
+// symlinks lead.
+func (r Roots) Admits(tenant, path string) error {
+	if !filepath.IsAbs(path) {
+		return ErrRelativePath
+	}
+	if len(r) == 0 {
+		if tenant != DefaultTenant {
+			return ErrFileRootsRequired
+		}
+		return nil
+	}
+	if !r.admit(tenant, filepath.Clean(path)) {
+		return ErrOutsideRoots
+	}
+	return nil
+}
+
 func (r Roots) readOnce(tenant, path string) (secret.PEM, error) {
 	resolved, err := filepath.EvalSymlinks(path)
 	if err != nil {
+		// The failing component may be a link target outside the roots: name only the
+		// path asked for, and the reason.
+		var pe *fs.PathError
+		if len(r) > 0 && errors.As(err, &pe) {
+			err = pe.Err
+		}
 		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(r) > 0 && !r.admit(tenant, resolved) {
+		return nil, fmt.Errorf("read %s: %w (a symlink leads out of them)", path, ErrOutsideRoots)
 	}
 	where := path
 	if resolved != path {
 		where = fmt.Sprintf("%s (resolves to %s)", path, resolved)
-	}
-	if len(r) > 0 && !r.admit(tenant, resolved) {
-		return nil, fmt.Errorf("read %s: %w", where, ErrOutsideRoots)
 	}
 	// O_NONBLOCK keeps open from hanging on a FIFO with no writer; it changes nothing for a
 	// regular file. The type is checked on the open descriptor, not on a prior Stat.
@@ -140,8 +185,9 @@ func (r Roots) readOnce(tenant, path string) (secret.PEM, error) {
 	return secret.PEM(data), nil
 }
 
-// admit reports whether resolved lies inside one of the roots for tenant.
-func (r Roots) admit(tenant, resolved string) bool {
+// admit reports whether p (clean and absolute) lies inside one of the roots for tenant,
+// as written or with the root's own symlinks resolved.
+func (r Roots) admit(tenant, p string) bool {
 	for _, root := range r {
 		if strings.Contains(root, TenantPlaceholder) {
 			if !safeTenant(tenant) {
@@ -153,10 +199,10 @@ func (r Roots) admit(tenant, resolved string) bool {
 			continue
 		}
 		root = filepath.Clean(root)
-		if real, err := filepath.EvalSymlinks(root); err == nil {
-			root = real
+		if within(root, p) {
+			return true
 		}
-		if within(root, resolved) {
+		if real, err := filepath.EvalSymlinks(root); err == nil && within(real, p) {
 			return true
 		}
 	}

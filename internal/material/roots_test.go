@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -67,7 +68,7 @@ func TestReadFileRefusals(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			data, err := material.Roots(nil).ReadFile("acme", tc.path)
+			data, err := material.Roots(nil).ReadFile(material.DefaultTenant, tc.path)
 			if tc.want == nil {
 				require.NoError(t, err)
 				require.NotEmpty(t, data)
@@ -154,13 +155,15 @@ func TestReadFileRoots(t *testing.T) {
 		{"outside every root", roots, "acme", outside, material.ErrOutsideRoots},
 		{"prefix is not a parent", roots, "acme", prefixTrick, material.ErrOutsideRoots},
 		{"symlink escaping the root", roots, "acme", escape, material.ErrOutsideRoots},
-		{"symlink from outside into the root", roots, "acme", inward, nil},
+		{"symlink from outside into the root", roots, "acme", inward, material.ErrOutsideRoots},
 		{"dot-dot in the path", roots, "acme", filepath.Join(base, "tenants/acme/tls/../../other/tls/ca.pem"), material.ErrOutsideRoots},
 		{"tenant that climbs", roots, "../other", otherFile, material.ErrOutsideRoots},
 		{"empty tenant", material.Roots{filepath.Join(base, "tenants/{tenant}")}, "", acmeFile, material.ErrOutsideRoots},
 		{"root that is a symlink", material.Roots{linkedRoot}, "acme", filepath.Join(linkedRoot, "ca.pem"), nil},
 		{"relative root admits nothing", material.Roots{"tenants"}, "acme", acmeFile, material.ErrOutsideRoots},
-		{"no roots admit any absolute path", nil, "acme", outside, nil},
+		{"no roots admit any absolute path to the default tenant", nil, material.DefaultTenant, outside, nil},
+		{"no roots admit nothing to another tenant", nil, "acme", outside, material.ErrFileRootsRequired},
+		{"no roots, another tenant, missing file", nil, "acme", filepath.Join(base, "nope.pem"), material.ErrFileRootsRequired},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -216,7 +219,7 @@ func TestLoadFiles(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			m, issues := tc.roots.LoadFiles(tc.kind, "acme", tc.cert, tc.key, tc.fields, time.Now())
+			m, issues := tc.roots.LoadFiles(tc.kind, material.DefaultTenant, tc.cert, tc.key, tc.fields, time.Now())
 			requireIssues(t, issues, tc.want)
 			requireClean(t, issues, leaf.KeyPEM(), leaf.ChainPEM())
 			if len(tc.want) == 0 {
@@ -226,5 +229,43 @@ func TestLoadFiles(t *testing.T) {
 				require.Nil(t, m)
 			}
 		})
+	}
+}
+
+// TestReadFileOutsideRootsIsNoOracle proves the roots are checked on the cleaned path before
+// the file system is: whether a path outside the roots exists, is a directory, is a file or
+// is unreadable, the answer is the same, and a symlink leading out of a root is refused
+// without naming where it leads.
+func TestReadFileOutsideRootsIsNoOracle(t *testing.T) {
+	t.Parallel()
+	base := t.TempDir()
+	root := filepath.Join(base, "tenants/acme")
+	require.NoError(t, os.MkdirAll(root, 0o700))
+	secretDir := filepath.Join(base, "secret-place")
+	secretFile := mt.WriteFile(t, secretDir, "key.pem", []byte("-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n"))
+	unreadable := mt.WriteFile(t, secretDir, "locked.pem", []byte("x"))
+	require.NoError(t, os.Chmod(unreadable, 0))
+	roots := material.Roots{filepath.Join(base, "tenants/{tenant}")}
+
+	for name, roots := range map[string]material.Roots{"roots set": roots, "roots unset": nil} {
+		answers := map[string]bool{}
+		for _, p := range []string{secretFile, secretDir, unreadable, filepath.Join(secretDir, "missing.pem"),
+			filepath.Join(base, "no-such-dir/x.pem"), "/etc/shadow", "/", filepath.Join(root, "../../secret-place/key.pem")} {
+			_, err := roots.ReadFile("acme", p)
+			require.ErrorIs(t, err, material.ErrOutsideRoots, "%s: %s", name, p)
+			answers[strings.Replace(err.Error(), p, "PATH", 1)] = true
+		}
+		require.Len(t, answers, 1, "%s: one answer for every path outside: %v", name, answers)
+	}
+
+	// Symlinks planted inside the root: the target is never named, existing or not.
+	for target, link := range map[string]string{secretFile: "out.pem", filepath.Join(secretDir, "gone.pem"): "dangling.pem",
+		filepath.Join(secretDir, "gone/deeper.pem"): "deep.pem"} {
+		p := filepath.Join(root, link)
+		require.NoError(t, os.Symlink(target, p))
+		_, err := roots.ReadFile("acme", p)
+		require.Error(t, err)
+		require.NotContains(t, err.Error(), "secret-place", "the symlink target outside the roots is not echoed")
+		require.NotContains(t, err.Error(), "BEGIN")
 	}
 }

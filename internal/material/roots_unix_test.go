@@ -18,7 +18,7 @@ func TestReadFileFIFO(t *testing.T) {
 	t.Parallel()
 	fifo := filepath.Join(t.TempDir(), "cert.pem")
 	require.NoError(t, syscall.Mkfifo(fifo, 0o600))
-	_, err := material.Roots(nil).ReadFile("acme", fifo)
+	_, err := material.Roots(nil).ReadFile(material.DefaultTenant, fifo)
 	require.ErrorIs(t, err, material.ErrNotRegular)
 	require.Contains(t, err.Error(), "a FIFO")
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/metrics"
 	"github.com/loopze/certstore/internal/testdb"
@@ -88,7 +89,9 @@ func TestMetrics(t *testing.T) {
 	dir := t.TempDir()
 	ring, err := envelope.Load(dir, nil)
 	require.NoError(t, err)
-	cat := &catalog.Service{Pool: pool, Ring: ring, Logger: slog.New(slog.DiscardHandler)}
+	// Tenants other than the default read files only inside LOOPZE_FILE_ROOTS.
+	roots := material.Roots{os.TempDir()}
+	cat := &catalog.Service{Pool: pool, Ring: ring, Roots: roots, Logger: slog.New(slog.DiscardHandler)}
 
 	inlineEnd := time.Now().Add(90 * 24 * time.Hour).Truncate(time.Second)
 	cert, key := materialtest.Pair(t, materialtest.Options{NotAfter: inlineEnd})
@@ -106,7 +109,7 @@ func TestMetrics(t *testing.T) {
 
 	clk := &clock{t: time.Now()}
 	x := &fileexport.Exporter{Pool: pool, Ring: ring, DataDir: dir, Now: clk.Now}
-	m := metrics.New(metrics.Options{Pool: pool, Exporter: x, Now: clk.Now, ExpiryTTL: time.Minute})
+	m := metrics.New(metrics.Options{Pool: pool, Exporter: x, Roots: roots, Now: clk.Now, ExpiryTTL: time.Minute})
 
 	// Expiry, with tenant, id, type and source labels.
 	v, ok := gauge(t, m, "loopze_cert_not_after_seconds", map[string]string{"tenant": "acme", "id": "inline", "type": "client-pair", "source": "inline"})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 
@@ -64,7 +65,8 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	env := apitest.New(t)
+	// Tenants other than the default read files only inside LOOPZE_FILE_ROOTS.
+	env := apitest.New(t, apitest.Options{FileRoots: os.TempDir()})
 	f := &fixture{env: env, tok: env.Token(t, "acme", "editor")}
 	ca := materialtest.NewCA(t, materialtest.Options{})
 	c := ca.Issue(t, materialtest.Options{CommonName: "plc-client"})

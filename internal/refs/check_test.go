@@ -85,7 +85,7 @@ func TestCheck(t *testing.T) {
 			t.Parallel()
 			ws, err := refs.Parse([]byte(c.doc))
 			require.NoError(t, err)
-			errs, warnings := refs.Checker{Tenant: "acme", Roots: c.roots, Now: time.Now(), Stored: prev}.Check(ws)
+			errs, warnings := refs.Checker{Tenant: material.DefaultTenant, Roots: c.roots, Now: time.Now(), Stored: prev}.Check(ws)
 			requireIssues(t, errs, c.errs)
 			requireIssues(t, warnings, c.warnings)
 		})
