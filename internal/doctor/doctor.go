@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -113,6 +114,7 @@ func (d *Doctor) Run(ctx context.Context) Report {
 		if err != nil {
 			d.add("database", Fail, "", "list tenants: %v", err)
 		}
+		d.checkFileRoots(tenants)
 		for _, t := range tenants {
 			d.checkFile(ring, t)
 			d.checkRows(ctx, ring, t.ID)
@@ -146,11 +148,40 @@ func (d *Doctor) checkKeyFiles() {
 	}
 }
 
-// checkMode warns when a secret file grants anything to group or others.
+// checkFileRoots reports tenants other than the default while LOOPZE_FILE_ROOTS is unset:
+// their file-sourced entries and direct *File paths are refused until it is set.
+func (d *Doctor) checkFileRoots(tenants []repo.Tenant) {
+	if len(d.Roots) > 0 {
+		return
+	}
+	var others []string
+	for _, t := range tenants {
+		if t.ID != material.DefaultTenant {
+			others = append(others, t.ID)
+		}
+	}
+	if len(others) == 0 {
+		return
+	}
+	shown := others
+	if len(shown) > 5 {
+		shown = append(shown[:5:5], "…")
+	}
+	d.add("file-roots", Warn, "LOOPZE_FILE_ROOTS",
+		"unset, and %d tenant(s) other than %s exist (%s): they cannot use file-sourced material until it is set, e.g. LOOPZE_FILE_ROOTS=/etc/loopze/certs/{tenant}",
+		len(others), material.DefaultTenant, strings.Join(shown, ", "))
+}
+
+// checkMode reports a secret file that grants anything to group or others: a failure for
+// the master key, which the server refuses to start with, a warning for the rest.
 func (d *Doctor) checkMode(check, path string, info fs.FileInfo) {
 	mode := info.Mode().Perm()
 	if runtime.GOOS != "windows" && mode&0o077 != 0 {
-		d.add(check, Warn, path, "mode %#o is readable by others: chmod 600 %s", mode, path)
+		st := Warn
+		if check == "key-file" {
+			st = Fail
+		}
+		d.add(check, st, path, "mode %#o is readable by others: chmod 600 %s", mode, path)
 		return
 	}
 	d.add(check, OK, path, "mode %#o", mode)

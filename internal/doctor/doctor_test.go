@@ -93,7 +93,7 @@ func TestDoctor(t *testing.T) {
 		{"healthy", func(*testing.T, *fixture) {}, "", doctor.OK, ""},
 		{"key file 0644", func(t *testing.T, f *fixture) {
 			require.NoError(t, os.Chmod(filepath.Join(f.dataDir, "loopze.key"), 0o644))
-		}, "key-file", doctor.Warn, "loopze.key"},
+		}, "key-file", doctor.Fail, "loopze.key"},
 		{"credentials file 0640", func(t *testing.T, f *fixture) {
 			require.NoError(t, os.Chmod(filepath.Join(f.dataDir, "tenants", "acme", "credentials.json"), 0o640))
 		}, "credentials-file", doctor.Warn, "credentials.json"},
@@ -127,6 +127,9 @@ func TestDoctor(t *testing.T) {
 			f.entry(t, "soon", time.Now().Add(10*24*time.Hour))
 			f.reexport(t)
 		}, "expiry", doctor.Warn, "acme/soon"},
+		{"file roots unset with a tenant other than the default", func(t *testing.T, f *fixture) {
+			f.doctor.Roots = nil
+		}, "file-roots", doctor.Warn, "LOOPZE_FILE_ROOTS"},
 		{"rotation interrupted", func(t *testing.T, f *fixture) {
 			key, err := envelope.GenerateKey()
 			require.NoError(t, err)
@@ -174,4 +177,48 @@ func TestReportOutputs(t *testing.T) {
 	require.Contains(t, table.String(), "problems found")
 	require.NotContains(t, table.String(), "\nok ")
 	require.NotContains(t, table.String(), "-----BEGIN")
+}
+
+// TestFileRootsFindingNeedsAnotherTenant: a single-tenant installation without
+// LOOPZE_FILE_ROOTS is what the operator documentation describes, and no finding; the
+// first tenant other than the default makes it one.
+func TestFileRootsFindingNeedsAnotherTenant(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, err := db.Open(ctx, testdb.URL(t), slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	dir := t.TempDir()
+	ring, err := envelope.Load(dir, nil)
+	require.NoError(t, err)
+	cat := &catalog.Service{Pool: pool, Ring: ring, Logger: slog.New(slog.DiscardHandler)}
+	cert, key := materialtest.Pair(t, materialtest.Options{NotAfter: time.Now().Add(365 * 24 * time.Hour)})
+	certPath := materialtest.WriteFile(t, t.TempDir(), "c.pem", cert)
+	keyPath := materialtest.WriteFile(t, t.TempDir(), "k.pem", key)
+	_, err = cat.Create(ctx, material.DefaultTenant, catalog.Input{ID: "onfile", Name: s("on file"), Type: s("client-pair"),
+		Source: s("file"), CertPath: &certPath, KeyPath: &keyPath})
+	require.NoError(t, err)
+	export := &fileexport.Exporter{Pool: pool, Ring: ring, DataDir: dir}
+	_, err = export.ExportAll(ctx, false)
+	require.NoError(t, err)
+
+	d := &doctor.Doctor{Pool: pool, DataDir: dir}
+	rep := d.Run(ctx)
+	require.True(t, rep.OK, "%+v", rep.Checks)
+
+	_, err = cat.Create(ctx, "globex", catalog.Input{ID: "ca", Name: s("ca"), Type: s("ca-bundle"), Source: s("inline"), CertPEM: cert})
+	require.NoError(t, err)
+	_, err = export.ExportAll(ctx, false)
+	require.NoError(t, err)
+	rep = d.Run(ctx)
+	require.False(t, rep.OK)
+	var found []doctor.Check
+	for _, c := range rep.Checks {
+		if c.Check == "file-roots" {
+			found = append(found, c)
+		}
+	}
+	require.Len(t, found, 1, "%+v", rep.Checks)
+	require.Contains(t, found[0].Message, "globex")
+	require.Contains(t, found[0].Message, "/etc/loopze/certs/{tenant}")
 }
