@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/loopze/certstore/internal/api"
+	"github.com/loopze/certstore/internal/config"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/metrics"
 	"github.com/loopze/certstore/internal/opcua"
@@ -31,6 +32,13 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
 	}
 	defer ln.Close()
+	var metricsLn net.Listener
+	if cfg.MetricsAddr != "" {
+		if metricsLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			return fmt.Errorf("listen on %s (%s): %w", cfg.MetricsAddr, config.EnvMetricsAddr, err)
+		}
+		defer metricsLn.Close()
+	}
 
 	svc, err := loadServices(cfg, logger)
 	if err != nil {
@@ -59,6 +67,9 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	defer pool.Close()
 
 	svc.connect(pool, logger)
+	if err := warnFileRoots(ctx, pool, svc.roots, logger); err != nil {
+		return err
+	}
 	// The OPC UA migration runs after the schema migrations and before the first request,
 	// so no deploy sees a half-migrated workspace from this process.
 	mig := &opcua.Migrator{Pool: pool, Catalog: svc.catalog, Workspace: svc.workspace, Logger: logger}
@@ -72,7 +83,7 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	defer stopExport()
 	mx := metrics.New(metrics.Options{Pool: pool, Exporter: exporter, Roots: svc.roots, Logger: logger})
 	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: version, Verifier: svc.verifier, Catalog: svc.catalog, Workspace: svc.workspace, Metrics: mx,
-		SecureCookies: cfg.SecureCookies, MetricsToken: cfg.MetricsToken})
+		SecureCookies: cfg.SecureCookies, MetricsToken: cfg.MetricsToken, MetricsOwnListener: metricsLn != nil})
 	httpSrv := &http.Server{
 		Handler:           srv.Handler,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -81,8 +92,15 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          nil,
 	}
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- httpSrv.Serve(ln) }()
+	var metricsSrv *http.Server
+	if metricsLn != nil {
+		metricsSrv = &http.Server{Handler: srv.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout: 10 * time.Second, WriteTimeout: 60 * time.Second, IdleTimeout: 120 * time.Second}
+		go func() { errc <- metricsSrv.Serve(metricsLn) }()
+		logger.Info("serving /metrics on its own listener", "metrics_addr", metricsLn.Addr().String())
+	}
 	logger.Info("serving", "addr", ln.Addr().String(), "version", version, "embedded_db", cfg.Embedded(), "data_dir", cfg.DataDir)
 
 	select {
@@ -93,6 +111,9 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	logger.Info("shutting down: draining in-flight requests", "grace", shutdownGrace)
 	shCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
 	defer cancel()
+	if metricsSrv != nil {
+		_ = metricsSrv.Shutdown(shCtx)
+	}
 	if err := httpSrv.Shutdown(shCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		logger.Warn("shutdown did not drain in time", "err", err)
 	}

@@ -1,8 +1,14 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -11,6 +17,7 @@ import (
 	"github.com/loopze/certstore/internal/config"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material"
+	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/resolver"
 	"github.com/loopze/certstore/internal/workspace"
 )
@@ -37,6 +44,9 @@ func loadServices(cfg config.Config, logger *slog.Logger) (*services, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkKeyModes(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	ring, err := envelope.Load(cfg.DataDir, logger)
 	if err != nil {
 		return nil, fmt.Errorf("load master key: %w", err)
@@ -49,6 +59,53 @@ func (s *services) connect(pool *pgxpool.Pool, logger *slog.Logger) {
 	s.catalog = &catalog.Service{Pool: pool, Ring: s.ring, Roots: s.roots, Logger: logger}
 	s.workspace = &workspace.Service{Pool: pool, Ring: s.ring, Roots: s.roots, Logger: logger,
 		Resolver: &resolver.Resolver{Entries: s.catalog, Roots: s.catalog.Roots, Logger: logger}}
+}
+
+// checkKeyModes refuses master key files that group or others may read, as a loose
+// jwt.secret is refused: whoever reads loopze.key opens every sealed row and every
+// credentials.json. Missing files are left to envelope.Load (first boot creates one 0600).
+func checkKeyModes(dataDir string) error {
+	if runtime.GOOS == "windows" {
+		return nil
+	}
+	for _, name := range []string{envelope.KeyFile, envelope.NextKeyFile} {
+		path := filepath.Join(dataDir, name)
+		info, err := os.Stat(path)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			continue
+		case err != nil:
+			return fmt.Errorf("load master key: %w", err)
+		}
+		if perm := info.Mode().Perm(); perm&0o077 != 0 {
+			return fmt.Errorf("load master key: %s has mode %04o; it must not be readable by group or others: chmod 600 %s", path, perm, path)
+		}
+	}
+	return nil
+}
+
+// warnFileRoots says at start what an installation with tenants other than the default
+// and no LOOPZE_FILE_ROOTS cannot do: their file-sourced material is refused.
+func warnFileRoots(ctx context.Context, pool *pgxpool.Pool, roots material.Roots, logger *slog.Logger) error {
+	if len(roots) > 0 {
+		return nil
+	}
+	tenants, err := repo.ListTenants(ctx, pool)
+	if err != nil {
+		return fmt.Errorf("list tenants: %w", err)
+	}
+	others := 0
+	for _, t := range tenants {
+		if t.ID != material.DefaultTenant {
+			others++
+		}
+	}
+	if others > 0 {
+		logger.Warn(config.EnvFileRoots+" is unset: tenants other than "+material.DefaultTenant+
+			" cannot use file-sourced entries or *File paths until it is set, e.g. "+config.EnvFileRoots+"=/etc/loopze/certs/{tenant}",
+			"tenants_without_roots", others)
+	}
+	return nil
 }
 
 func newVerifier(cfg config.Config) (*auth.Verifier, error) {

@@ -47,6 +47,9 @@ type Deps struct {
 	Metrics Metrics
 	// MetricsToken, when set, is the bearer token /metrics requires (LOOPZE_METRICS_TOKEN).
 	MetricsToken secret.String
+	// MetricsOwnListener leaves /metrics off Handler: it is served by MetricsHandler on a
+	// listener of its own (LOOPZE_METRICS_ADDR).
+	MetricsOwnListener bool
 	// SecureCookies marks the session cookie Secure even on plain HTTP, for a server
 	// behind a TLS-terminating proxy (LOOPZE_SECURE_COOKIES).
 	SecureCookies bool
@@ -75,7 +78,7 @@ func New(d Deps) *Server {
 	s := &Server{API: hapi, deps: d}
 	Register(hapi, s)
 	s.ops = operationIDs(hapi)
-	if d.Metrics != nil {
+	if d.Metrics != nil && !d.MetricsOwnListener {
 		mux.Handle("GET /metrics", metricsGuard(d.MetricsToken, d.Metrics))
 	}
 	var cat web.Catalog
@@ -85,6 +88,16 @@ func New(d Deps) *Server {
 	web.New(web.Config{Logger: d.Logger, Verifier: d.Verifier, Catalog: cat, SecureCookies: d.SecureCookies}).Register(mux)
 	s.Handler = s.middleware(mux)
 	return s
+}
+
+// MetricsHandler serves /metrics alone, for the listener of LOOPZE_METRICS_ADDR; the token,
+// when set, is required there too. Any other path is a 404.
+func (s *Server) MetricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	if s.deps.Metrics != nil {
+		mux.Handle("GET /metrics", metricsGuard(s.deps.MetricsToken, s.deps.Metrics))
+	}
+	return mux
 }
 
 // Register adds every operation to api. It is the one list of routes.

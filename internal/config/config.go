@@ -43,6 +43,9 @@ type Config struct {
 	AllowedOrigins []string
 	// MetricsToken, when set, is the bearer token /metrics requires (LOOPZE_METRICS_TOKEN).
 	MetricsToken secret.String
+	// MetricsAddr, when set, is a listen address of its own for /metrics, which the main
+	// listener then no longer serves (LOOPZE_METRICS_ADDR).
+	MetricsAddr string
 	// SecureCookies marks the session cookie Secure on plain HTTP too, for a server behind
 	// a TLS-terminating proxy (LOOPZE_SECURE_COOKIES=true).
 	SecureCookies bool
@@ -63,6 +66,7 @@ const (
 	EnvAllowedOrigins = "LOOPZE_ALLOWED_ORIGINS"
 	EnvSecureCookies  = "LOOPZE_SECURE_COOKIES"
 	EnvMetricsToken   = "LOOPZE_METRICS_TOKEN"
+	EnvMetricsAddr    = "LOOPZE_METRICS_ADDR"
 )
 
 // Defaults.
@@ -93,6 +97,7 @@ func FromEnv(getenv func(string) string) Config {
 		AllowedOrigins: origins,
 		SecureCookies:  getenv(EnvSecureCookies) == "true" || getenv(EnvSecureCookies) == "1",
 		MetricsToken:   secret.String(getenv(EnvMetricsToken)),
+		MetricsAddr:    getenv(EnvMetricsAddr),
 	}
 }
 
@@ -108,6 +113,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.JWTPublicKeys, "jwt-public-keys", c.JWTPublicKeys, "PEM or JWKS file of JWT verification keys ("+EnvJWTPublicKeys+")")
 	fs.StringVar(&c.JWTIssuer, "jwt-issuer", c.JWTIssuer, "required JWT iss ("+EnvJWTIssuer+")")
 	fs.StringVar(&c.JWTAudience, "jwt-audience", c.JWTAudience, "required JWT aud ("+EnvJWTAudience+")")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "separate listen address for /metrics; empty serves it on --addr ("+EnvMetricsAddr+")")
 	fs.BoolVar(&c.SecureCookies, "secure-cookies", c.SecureCookies, "mark the session cookie Secure behind a TLS-terminating proxy ("+EnvSecureCookies+")")
 }
 
@@ -117,6 +123,13 @@ func (c *Config) Validate() error {
 	var errs []error
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		errs = append(errs, fmt.Errorf("%s %q is not host:port", EnvAddr, c.Addr))
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q is not host:port", EnvMetricsAddr, c.MetricsAddr))
+		} else if c.MetricsAddr == c.Addr {
+			errs = append(errs, fmt.Errorf("%s must differ from %s", EnvMetricsAddr, EnvAddr))
+		}
 	}
 	if c.DataDir == "" {
 		errs = append(errs, fmt.Errorf("%s must not be empty", EnvDataDir))

@@ -26,8 +26,9 @@ func TestFromEnv(t *testing.T) {
 	c := config.FromEnv(env(map[string]string{
 		"LOOPZE_ADDR": "0.0.0.0:9000", "LOOPZE_DATABASE_URL": "postgres://u:p@db:5432/x",
 		"LOOPZE_ALLOWED_ORIGINS": " https://a.example , ,https://b.example", "LOOPZE_SECURE_COOKIES": "true",
-		"LOOPZE_JWT_SECRET": "s3cr3t-value-that-is-long-enough-123",
+		"LOOPZE_JWT_SECRET": "s3cr3t-value-that-is-long-enough-123", "LOOPZE_METRICS_ADDR": "10.0.0.5:9090",
 	}))
+	require.Equal(t, "10.0.0.5:9090", c.MetricsAddr)
 	require.False(t, c.Embedded())
 	require.Equal(t, []string{"https://a.example", "https://b.example"}, c.AllowedOrigins)
 	require.True(t, c.SecureCookies)
@@ -44,6 +45,8 @@ func TestValidate(t *testing.T) {
 		"bad url":           {"LOOPZE_DATABASE_URL": "postgres://u:p@h:port/db"},
 		"log format":        {"LOOPZE_LOG_FORMAT": "xml"},
 		"log level":         {"LOOPZE_LOG_LEVEL": "chatty"},
+		"metrics addr":      {"LOOPZE_METRICS_ADDR": "9090"},
+		"metrics on main":   {"LOOPZE_ADDR": "127.0.0.1:9000", "LOOPZE_METRICS_ADDR": "127.0.0.1:9000"},
 	} {
 		c := config.FromEnv(env(m))
 		if name == "empty data dir" {
