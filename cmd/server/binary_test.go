@@ -20,6 +20,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/testdb"
@@ -265,6 +266,17 @@ func TestBadConfigurationExitsWithOneLine(t *testing.T) {
 	ok := filepath.Join(t.TempDir(), "data")
 	badKey := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(badKey, "loopze.key"), []byte("not-base64-at-all!!\n"), 0o600))
+	// A good key and a good secret, each readable by others.
+	looseKey, looseSecret := t.TempDir(), t.TempDir()
+	key, err := envelope.GenerateKey()
+	require.NoError(t, err)
+	require.NoError(t, envelope.WriteKeyFile(filepath.Join(looseKey, "loopze.key"), key))
+	require.NoError(t, os.Chmod(filepath.Join(looseKey, "loopze.key"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(looseSecret, "jwt.secret"), []byte(strings.Repeat("s", 44)+"\n"), 0o640))
+	looseNext := t.TempDir()
+	require.NoError(t, envelope.WriteKeyFile(filepath.Join(looseNext, "loopze.key"), key))
+	require.NoError(t, envelope.WriteKeyFile(filepath.Join(looseNext, "loopze.key.next"), key))
+	require.NoError(t, os.Chmod(filepath.Join(looseNext, "loopze.key.next"), 0o604))
 
 	cases := []struct {
 		name string
@@ -281,6 +293,11 @@ func TestBadConfigurationExitsWithOneLine(t *testing.T) {
 		{"malformed master key", []string{"LOOPZE_DATA_DIR=" + badKey}, "loopze.key"},
 		{"short JWT secret", []string{"LOOPZE_DATA_DIR=" + ok, "LOOPZE_JWT_SECRET=short"}, "JWT"},
 		{"relative file root", []string{"LOOPZE_DATA_DIR=" + ok, "LOOPZE_FILE_ROOTS=certs/{tenant}"}, "LOOPZE_FILE_ROOTS"},
+		{"master key readable by others", []string{"LOOPZE_DATA_DIR=" + looseKey}, "chmod 600 " + filepath.Join(looseKey, "loopze.key")},
+		{"next master key readable by others", []string{"LOOPZE_DATA_DIR=" + looseNext}, "chmod 600 " + filepath.Join(looseNext, "loopze.key.next")},
+		{"JWT secret readable by group", []string{"LOOPZE_DATA_DIR=" + looseSecret}, "chmod 600 " + filepath.Join(looseSecret, "jwt.secret")},
+		{"bad metrics address", []string{"LOOPZE_DATA_DIR=" + ok, "LOOPZE_METRICS_ADDR=9090"}, "LOOPZE_METRICS_ADDR"},
+		{"metrics port in use", []string{"LOOPZE_DATA_DIR=" + ok, "LOOPZE_METRICS_ADDR=" + busy.Addr().String()}, "address already in use"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -32,6 +32,9 @@ func runExport(ctx context.Context, env *environ, args []string) error {
 		return err
 	}
 	defer st.Close(ctx)
+	if err := checkKeyModes(cfg.DataDir); err != nil {
+		return err
+	}
 	ring, err := envelope.LoadExisting(cfg.DataDir, logger)
 	if err != nil {
 		return err

@@ -41,6 +41,9 @@ func runImport(ctx context.Context, env *environ, args []string) error {
 
 	// The data dir's key seals what is restored. Without --key it must open the file too,
 	// so it must exist; with --key (a restore onto a new machine) it is created if missing.
+	if err := checkKeyModes(cfg.DataDir); err != nil {
+		return err
+	}
 	var ring, fileRing *envelope.Ring
 	if keyPath != "" {
 		key, err := envelope.ReadKeyFile(keyPath)

@@ -26,6 +26,9 @@ func runRotateKey(ctx context.Context, env *environ, args []string) error {
 	if batch <= 0 {
 		return fmt.Errorf("%w: --batch-size must be positive", errUsage)
 	}
+	if err := checkKeyModes(cfg.DataDir); err != nil {
+		return err
+	}
 	r := &keyrotation.Rotator{DataDir: cfg.DataDir, Logger: logger, BatchSize: batch}
 	next := filepath.Join(cfg.DataDir, envelope.NextKeyFile)
 	if prepare {

@@ -69,7 +69,7 @@ func readSecretFile(path string) (secret.Bytes, error) {
 	}
 	// Anyone who can read the secret can mint an admin token for any tenant.
 	if perm := info.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("JWT secret %s has mode %04o; it must not be readable by group or others (chmod 600)", path, perm)
+		return nil, fmt.Errorf("JWT secret %s has mode %04o; it must not be readable by group or others: chmod 600 %s", path, perm, path)
 	}
 	data, err := readAllLimited(f, 4096)
 	if err != nil {
