@@ -16,7 +16,7 @@ import (
 	"github.com/loopze/certstore/internal/auth"
 )
 
-// TestLenientClaimsAreRefusedOverHTTP sends the review's tokens, correctly signed, to the
+// TestLenientClaimsAreRefusedOverHTTP sends the attacking tokens, correctly signed, to the
 // API over a real database: a viewer of acme who repeats tenant and role in capitals was
 // served as an admin of globex; a second, capitalised iss passed the issuer check.
 func TestLenientClaimsAreRefusedOverHTTP(t *testing.T) {

@@ -32,7 +32,7 @@ func validationErrors(t *testing.T, res *apitest.Response) map[string]string {
 	return out
 }
 
-// TestOtherTenantsNeedFileRoots replays the review: with LOOPZE_FILE_ROOTS unset, an editor
+// TestOtherTenantsNeedFileRoots replays the attack: with LOOPZE_FILE_ROOTS unset, an editor
 // of tenant acme created a client-pair from tenant globex's key files. Now every way a
 // tenant other than the default names a file (a file entry by POST or PUT, validate, a
 // direct *File path in a deploy) is a 422 saying how to enable it, while the default

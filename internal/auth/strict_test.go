@@ -22,7 +22,7 @@ func signRaw(t *testing.T, header, claims string) string {
 	return signing + "." + enc(sig)
 }
 
-// TestClaimsAreDecodedStrictly is the review's table: every token is correctly signed with
+// TestClaimsAreDecodedStrictly: every token of the table is correctly signed with
 // the server's secret, so only the strict reading of its header and claims can refuse it.
 func TestClaimsAreDecodedStrictly(t *testing.T) {
 	t.Parallel()

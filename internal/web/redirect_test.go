@@ -47,7 +47,7 @@ func sameOrigin(t *testing.T, base, loc string) bool {
 	return err == nil && u.Scheme == b.Scheme && u.Host == b.Host
 }
 
-// TestSignInNeverRedirectsOffSite sends the reviewed requests, GET /login with a valid
+// TestSignInNeverRedirectsOffSite sends the attacking requests, GET /login with a valid
 // session and POST /login, with hostile next values: every answer stays on this site and
 // is a path http.Redirect leaves as it is.
 func TestSignInNeverRedirectsOffSite(t *testing.T) {
@@ -55,7 +55,7 @@ func TestSignInNeverRedirectsOffSite(t *testing.T) {
 	env := apitest.New(t)
 	tok := env.Token(t, "default", "viewer")
 
-	// The two requests of the report, byte for byte.
+	// The two requests that redirected to evil.com, byte for byte.
 	require.Equal(t, "/certs", signInLocation(t, env, tok, http.MethodGet, "next=%2F.%2F%5Cevil.com", nil))
 	require.Equal(t, "/certs", signInLocation(t, env, tok, http.MethodPost, "", url.Values{"token": {tok}, "next": {`/./\evil.com`}}))
 
