@@ -2,6 +2,7 @@ package auth
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -94,4 +95,41 @@ func TestStrictTokenStructure(t *testing.T) {
 		require.Error(t, strictToken(tok), name)
 	}
 	require.NoError(t, strictToken(obj+"."+obj+".sig"))
+}
+
+// FuzzStrictClaims signs arbitrary claims with the server's secret: whatever is accepted
+// must say exactly what a plain reading of the JSON says, with no second spelling of a
+// claim the principal came from.
+func FuzzStrictClaims(f *testing.F) {
+	exp := time.Now().Add(time.Hour).Unix()
+	f.Add(fmt.Sprintf(`{"sub":"a","tenant":"acme","role":"viewer","exp":%d}`, exp))
+	f.Add(fmt.Sprintf(`{"sub":"a","tenant":"acme","role":"viewer","TENANT":"globex","ROLE":"admin","exp":%d}`, exp))
+	f.Add(fmt.Sprintf(`{"sub":"a","tenant":"acme","role":"viewer","role":"admin","exp":"%d"}`, exp))
+	f.Add(fmt.Sprintf(`{"sub":"a","ten\u0061nt":"acme","role":"editor","exp":%d,"x":[{"y":null}]}`, exp))
+	v, err := NewVerifier(Config{HMACSecret: testSecret})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, claims string) {
+		enc := base64.RawURLEncoding.EncodeToString
+		signing := enc([]byte(`{"alg":"HS256","typ":"JWT"}`)) + "." + enc([]byte(claims))
+		sig, err := jwt.SigningMethodHS256.Sign(signing, testSecret)
+		require.NoError(t, err)
+		p, err := v.Verify(signing + "." + enc(sig))
+		if err != nil {
+			require.ErrorIs(t, err, ErrUnauthenticated)
+			return
+		}
+		var m map[string]any
+		require.NoError(t, json.Unmarshal([]byte(claims), &m))
+		require.Equal(t, p.Tenant, m["tenant"])
+		require.Equal(t, p.Role.String(), m["role"])
+		require.Equal(t, p.Subject, m["sub"])
+		require.IsType(t, float64(0), m["exp"])
+		for name := range m {
+			for _, known := range knownClaims {
+				require.False(t, name != known && strings.EqualFold(name, known), "%q accepted beside %q", name, known)
+			}
+		}
+	})
 }
