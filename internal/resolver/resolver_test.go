@@ -76,7 +76,8 @@ func TestResolverFromAnEntriesSource(t *testing.T) {
 	require.NoError(t, os.WriteFile(certPath, b.ChainPEM(), 0o600))
 	require.NoError(t, os.WriteFile(keyPath, b.KeyPEM(), 0o600))
 
-	r := &resolver.Resolver{Entries: src, Logger: logging.Discard()}
+	// Tenants other than the default read files only inside LOOPZE_FILE_ROOTS.
+	r := &resolver.Resolver{Entries: src, Roots: material.Roots{os.TempDir()}, Logger: logging.Discard()}
 	ctx := context.Background()
 	cfg, err := r.BuildTLSConfig(ctx, "acme", &refs.TLS{CABundle: refs.PartSpec{Ref: "root"}, ClientCert: refs.PartSpec{Ref: "pair"}})
 	require.NoError(t, err)
