@@ -315,7 +315,7 @@ func (s *Service) logWarnings(tenant, id string, ws []material.Issue) {
 
 // Get returns one entry without its sealed material, in one round trip.
 func (s *Service) Get(ctx context.Context, tenant, id string) (*repo.Entry, error) {
-	return repo.GetEntryScoped(ctx, s.Pool, tenant, id)
+	return repo.GetEntry(ctx, s.Pool, tenant, id)
 }
 
 // List returns a page of entries and whether more follow, in one round trip. Listed
@@ -326,7 +326,7 @@ func (s *Service) List(ctx context.Context, tenant string, f repo.ListFilter) ([
 		// even compare with them: nothing matches.
 		return []*repo.Entry{}, false, nil
 	}
-	return repo.ListEntriesScoped(ctx, s.Pool, tenant, f)
+	return repo.ListEntries(ctx, s.Pool, tenant, f)
 }
 
 // storableText reports whether PostgreSQL can take s as text.

@@ -11,8 +11,11 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -44,15 +47,79 @@ type DBTX interface {
 	CopyFrom(ctx context.Context, tableName pgx.Identifier, columnNames []string, rowSrc pgx.CopyFromSource) (int64, error)
 }
 
-// Open connects a pool to url and checks it answers. Connections of a login that would
-// bypass RLS switch to AppRole (when the migrations have created it).
-func Open(ctx context.Context, url string, logger *slog.Logger) (*pgxpool.Pool, error) {
+// Pooler says what sits between the service and PostgreSQL.
+type Pooler string
+
+// The values of LOOPZE_DATABASE_POOLER.
+const (
+	// PoolerAuto detects a pooler at start (see Open) and treats one as transaction pooling.
+	PoolerAuto Pooler = "auto"
+	// PoolerNone is a direct connection: session state holds.
+	PoolerNone Pooler = "none"
+	// PoolerSession is a pooler that keeps a server connection for a client's whole session.
+	PoolerSession Pooler = "session"
+	// PoolerTransaction is a pooler that hands the server connection to another client
+	// after each transaction (PgBouncer pool_mode=transaction): no session state, no
+	// named prepared statements (PgBouncer before 1.21), no LISTEN, no session locks.
+	PoolerTransaction Pooler = "transaction"
+)
+
+// ParsePooler checks a LOOPZE_DATABASE_POOLER value; empty is PoolerAuto.
+func ParsePooler(s string) (Pooler, error) {
+	switch p := Pooler(s); p {
+	case "":
+		return PoolerAuto, nil
+	case PoolerAuto, PoolerNone, PoolerSession, PoolerTransaction:
+		return p, nil
+	}
+	return "", fmt.Errorf("pooler %q: want auto, none, session or transaction", s)
+}
+
+// Sentinel errors of Open and Writable.
+var (
+	// ErrReadOnly is a database that refuses writes: a standby (in recovery), a server with
+	// default_transaction_read_only, or a multi-host URL with target_session_attrs=read-write
+	// whose every host is one of those.
+	ErrReadOnly = errors.New("database is read-only")
+)
+
+// Open connects a pool to url and checks it answers, is writable and is reached the way
+// pooler says. With PoolerAuto, a probe connection compares the backend process ID the
+// server announced at connect with pg_backend_pid(): a pooler answers the startup itself
+// with a key of its own, so the two differ behind PgBouncer (or any pooler) and agree on a
+// direct connection. A detected pooler is treated as transaction pooling, the mode that
+// keeps no session state; say PoolerSession to keep LISTEN on the main URL behind a
+// session pooler.
+//
+// On a direct or session-pooled connection a login that would bypass RLS switches to
+// AppRole for the whole session, so even an unscoped statement meets row-level security.
+// Behind a transaction pooler that session-level switch would land on one server
+// connection only, so it is left out: every tenant-scoped transaction switches the role
+// for itself (scopeSQL), and the queries are sent without named prepared statements
+// unless the URL's default_query_exec_mode says otherwise (PgBouncer 1.21 and later with
+// max_prepared_statements can take cache_statement).
+func Open(ctx context.Context, url string, logger *slog.Logger, pooler ...Pooler) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("parse database URL: %w", redactURLError(err))
 	}
-	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
-		return dropPrivileges(ctx, c)
+	mode := PoolerAuto
+	if len(pooler) > 0 && pooler[0] != "" {
+		mode = pooler[0]
+	}
+	if mode == PoolerAuto {
+		if mode, err = detectPooler(ctx, cfg.ConnConfig); err != nil {
+			return nil, err
+		}
+	}
+	if mode == PoolerTransaction {
+		if !strings.Contains(url, "default_query_exec_mode") {
+			cfg.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
+		}
+	} else {
+		cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+			return dropPrivileges(ctx, c)
+		}
 	}
 	// pgxpool's default (4 on a small machine) leaves too little beside the export job's
 	// listener and writer; pool_max_conns in the URL still decides when given.
@@ -67,10 +134,112 @@ func Open(ctx context.Context, url string, logger *slog.Logger) (*pgxpool.Pool, 
 	defer cancel()
 	if err := pool.Ping(pingCtx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("connect to database %s: %w", describe(cfg.ConnConfig), err)
+		return nil, connectError(cfg.ConnConfig, err)
 	}
-	logger.Debug("database pool open", "target", describe(cfg.ConnConfig), "max_conns", cfg.MaxConns)
+	if err := Writable(pingCtx, pool); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("database %s: %w", describe(cfg.ConnConfig), err)
+	}
+	logger.Debug("database pool open", "target", describe(cfg.ConnConfig), "max_conns", cfg.MaxConns, "pooler", mode)
 	return pool, nil
+}
+
+// DetectPooler resolves PoolerAuto for url the way Open does, so a caller can decide what
+// else needs a direct connection (LISTEN, migrations) before it opens anything; other
+// values come back as they are.
+func DetectPooler(ctx context.Context, url string, p Pooler) (Pooler, error) {
+	if p != PoolerAuto && p != "" {
+		return p, nil
+	}
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return "", fmt.Errorf("parse database URL: %w", redactURLError(err))
+	}
+	return detectPooler(ctx, cfg)
+}
+
+// connectError says what failed to connect, and says it plainly when every host answered
+// but none was writable (a URL of standbys with target_session_attrs=read-write).
+func connectError(c *pgx.ConnConfig, err error) error {
+	if errors.Is(err, pgconn.ErrReadOnlyConnection) {
+		return fmt.Errorf("connect to database %s: no writable host, every host that answered is read-only "+
+			"(a standby; target_session_attrs=read-write refuses it): %w", describe(c), ErrReadOnly)
+	}
+	return fmt.Errorf("connect to database %s: %w", describe(c), err)
+}
+
+// detectPooler opens one connection and compares the backend PID of the startup with the
+// server's own; it runs in the simple protocol, which leaves no prepared statement behind
+// on a pooled server connection.
+func detectPooler(ctx context.Context, c *pgx.ConnConfig) (Pooler, error) {
+	probe := c.Copy()
+	probe.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(ctx, probe)
+	if err != nil {
+		return "", connectError(c, err)
+	}
+	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
+	var pid uint32
+	if err := conn.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		return "", fmt.Errorf("probe database %s for a pooler: %w", describe(c), err)
+	}
+	if pid != conn.PgConn().PID() {
+		return PoolerTransaction, nil
+	}
+	return PoolerNone, nil
+}
+
+// Writable reports ErrReadOnly when the server behind pool would refuse a write: it is a
+// standby, or read-only by default. /readyz calls it, so a replica whose database was
+// demoted or not yet promoted is taken out of the load balancer.
+func Writable(ctx context.Context, pool *pgxpool.Pool) error {
+	var ro bool
+	err := pool.QueryRow(ctx, `SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::bool`).Scan(&ro)
+	if err != nil {
+		return fmt.Errorf("check the database is writable: %w", err)
+	}
+	if ro {
+		return ErrReadOnly
+	}
+	return nil
+}
+
+// Unavailable reports whether err means the database could not be reached or could not
+// take the statement just now (a failover, a restart, a pooler without a server): a caller
+// may retry later, and the API answers 503, not 500.
+func Unavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, ErrReadOnly) || errors.Is(err, pgconn.ErrReadOnlyConnection) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case strings.HasPrefix(pgErr.Code, "08"): // connection exception (PgBouncer's errors too)
+			return true
+		case pgErr.Code == "25006": // read_only_sql_transaction: the server is a standby now
+			return true
+		case pgErr.Code == "57P01", pgErr.Code == "57P02", pgErr.Code == "57P03": // shutting down, starting up
+			return true
+		case pgErr.Code == "40001" && strings.Contains(pgErr.Message, "recovery"): // conflict with recovery
+			return true
+		}
+		return false
+	}
+	var connErr *pgconn.ConnectError
+	if errors.As(err, &connErr) || pgconn.Timeout(err) || pgconn.SafeToRetry(err) {
+		return true
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) {
+		return true
+	}
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE)
 }
 
 // dropPrivileges switches a superuser or BYPASSRLS session to AppRole so that row-level
@@ -94,7 +263,11 @@ func dropPrivileges(ctx context.Context, c *pgx.Conn) error {
 }
 
 func describe(c *pgx.ConnConfig) string {
-	return fmt.Sprintf("%s@%s:%d/%s", c.User, c.Host, c.Port, c.Database)
+	hosts := fmt.Sprintf("%s:%d", c.Host, c.Port)
+	for _, f := range c.Fallbacks {
+		hosts += fmt.Sprintf(",%s:%d", f.Host, f.Port)
+	}
+	return fmt.Sprintf("%s@%s/%s", c.User, hosts, c.Database)
 }
 
 // redactURLError keeps a password in a malformed URL out of the message.
@@ -201,47 +374,4 @@ func latestVersion() int64 {
 		}
 	}
 	return max
-}
-
-// InTenant runs fn in a transaction scoped to tenant: the RLS setting is local to it.
-// The transaction rolls back when fn fails or panics, and commits otherwise.
-func InTenant(ctx context.Context, pool *pgxpool.Pool, tenant string, fn func(pgx.Tx) error) error {
-	return InTx(ctx, pool, func(tx pgx.Tx) error {
-		if err := SetTenant(ctx, tx, tenant); err != nil {
-			return err
-		}
-		return fn(tx)
-	})
-}
-
-// SetTenant scopes the current transaction to tenant.
-func SetTenant(ctx context.Context, tx DBTX, tenant string) error {
-	if _, err := tx.Exec(ctx, `SELECT set_config('`+TenantSetting+`', $1, true)`, tenant); err != nil {
-		return fmt.Errorf("scope transaction to tenant: %w", err)
-	}
-	return nil
-}
-
-// InTx runs fn in a transaction; rollback runs even when ctx is cancelled.
-func InTx(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) (err error) {
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		return fmt.Errorf("begin transaction: %w", err)
-	}
-	defer func() {
-		if p := recover(); p != nil {
-			_ = tx.Rollback(context.WithoutCancel(ctx))
-			panic(p)
-		}
-		if err != nil {
-			_ = tx.Rollback(context.WithoutCancel(ctx))
-		}
-	}()
-	if err = fn(tx); err != nil {
-		return err
-	}
-	if err = tx.Commit(ctx); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	return nil
 }

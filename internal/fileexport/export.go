@@ -308,14 +308,13 @@ func (s seenFile) same(info fs.FileInfo) bool {
 // the generation labels exactly the rows read. When current(generation) is true it stops
 // there and returns nil.
 func (x *Exporter) snapshot(ctx context.Context, tenant string, current func(int64) bool) (*Document, error) {
-	tx, err := x.Pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
-	if err != nil {
-		return nil, fmt.Errorf("begin snapshot: %w", err)
-	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if err := db.SetTenant(ctx, tx, tenant); err != nil {
-		return nil, err
-	}
+	return db.InTenantV(ctx, x.Pool, tenant, func(tx pgx.Tx) (*Document, error) {
+		return x.read(ctx, tx, tenant, current)
+	}, db.Snapshot())
+}
+
+// read builds the tenant's document inside the snapshot transaction tx.
+func (x *Exporter) read(ctx context.Context, tx pgx.Tx, tenant string, current func(int64) bool) (*Document, error) {
 	gen, err := repo.GetGeneration(ctx, tx, tenant)
 	if err != nil {
 		return nil, err

@@ -376,7 +376,7 @@ func sealedEntry(ctx context.Context, pool *pgxpool.Pool, tenant, id string) (*r
 	var e *repo.Entry
 	err := db.InTenant(ctx, pool, tenant, func(tx pgx.Tx) error {
 		var err error
-		e, err = repo.GetEntry(ctx, tx, tenant, id)
+		e, err = repo.GetEntryForUpdate(ctx, tx, tenant, id)
 		return err
 	})
 	return e, err

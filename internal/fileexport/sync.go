@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -12,10 +11,6 @@ import (
 
 	"github.com/loopze/certstore/internal/repo"
 )
-
-// KeyringChannel is the NOTIFY channel a master key rotation signals on: every server that
-// hears it reloads its key ring from its data directory and rewrites its files.
-const KeyringChannel = "loopze_keyring"
 
 // Defaults of a Syncer.
 const (
@@ -29,8 +24,11 @@ const (
 // of notices for a tenant coalesce: at most one export per tenant runs at a time, and
 // notices that arrive during it cause exactly one more.
 type Syncer struct {
-	// Exporter writes the files; its Pool also provides the listening connection's settings.
+	// Exporter writes the files.
 	Exporter *Exporter
+	// ListenConfig is the connection that LISTENs: a direct one, past any transaction
+	// pooler (LOOPZE_LISTEN_DATABASE_URL). Nil uses the settings of the Exporter's pool.
+	ListenConfig *pgx.ConnConfig
 	// Logger receives errors and reconnects.
 	Logger *slog.Logger
 	// Reconcile is the period of the full pass; DefaultReconcile when zero.
@@ -189,39 +187,61 @@ func (s *Syncer) work(ctx context.Context, tenant string, kicks <-chan struct{})
 
 // listen holds a connection LISTENing on the generation and keyring channels, reconnecting
 // with backoff. After every connect it reconciles: that is the pass at start, and it
-// catches the notices sent while no connection listened.
+// catches the notices sent while no connection listened (a failover, a restart of the
+// server or of a pooler). An outage is logged when it begins and when it ends, not at
+// every retry.
 func (s *Syncer) listen(ctx context.Context) {
-	backoff := 100 * time.Millisecond
+	const first = 100 * time.Millisecond
+	var (
+		backoff  = first
+		down     time.Time // when the current outage began; zero while listening
+		attempts int
+	)
+	up := func() {
+		if !down.IsZero() {
+			s.logger().Info("export listener reconnected; reconciling every tenant",
+				"outage", time.Since(down).Round(time.Millisecond), "attempts", attempts)
+		}
+		down, attempts, backoff = time.Time{}, 0, first
+	}
 	for ctx.Err() == nil {
-		began := time.Now()
-		err := s.listenOnce(ctx)
+		err := s.listenOnce(ctx, up)
 		if ctx.Err() != nil {
 			return
 		}
-		if time.Since(began) > time.Minute {
-			backoff = 100 * time.Millisecond // it was a healthy connection that dropped
+		attempts++
+		if down.IsZero() {
+			down = time.Now()
+			s.logger().Warn("export listener lost its database connection; reconnecting with backoff, logged again when back",
+				"err", err)
+		} else {
+			s.logger().Debug("export listener still disconnected", "err", err, "attempts", attempts, "next_in", backoff)
 		}
-		s.logger().Warn("export listener disconnected; reconnecting", "err", err, "in", backoff)
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, 10*time.Second)
+		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 
-func (s *Syncer) listenOnce(ctx context.Context) error {
-	conn, err := pgx.ConnectConfig(ctx, s.Exporter.Pool.Config().ConnConfig.Copy())
+// listenOnce connects, listens, calls connected, reconciles and then serves notifications
+// until the connection fails.
+func (s *Syncer) listenOnce(ctx context.Context, connected func()) error {
+	cfg := s.ListenConfig
+	if cfg == nil {
+		cfg = s.Exporter.Pool.Config().ConnConfig
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg.Copy())
 	if err != nil {
 		return err
 	}
 	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
-	for _, ch := range []string{repo.GenerationChannel, KeyringChannel} {
-		if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
-			return err
-		}
+	if err := repo.Listen(ctx, conn); err != nil {
+		return err
 	}
+	connected()
 	s.reconcileAll(ctx)
 	for {
 		n, err := conn.WaitForNotification(ctx)
@@ -232,12 +252,12 @@ func (s *Syncer) listenOnce(ctx context.Context) error {
 			return err
 		}
 		switch n.Channel {
-		case KeyringChannel:
+		case repo.KeyringChannel:
 			s.logger().Info("master key rotation announced; reloading keys")
 			s.reloadKeys()
 			s.reconcileAll(ctx)
 		case repo.GenerationChannel:
-			tenant, _, _ := strings.Cut(n.Payload, ":")
+			tenant := n.Payload
 			if tenant == "" {
 				continue
 			}

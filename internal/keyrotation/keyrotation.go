@@ -195,7 +195,7 @@ func (r *Rotator) Rotate(ctx context.Context) (Report, error) {
 // announce tells running servers to reload their key rings. It is best effort: servers
 // also reload on their reconcile tick and whenever they meet a key they do not hold.
 func (r *Rotator) announce(ctx context.Context) {
-	if _, err := r.Pool.Exec(ctx, `SELECT pg_notify($1, '')`, fileexport.KeyringChannel); err != nil {
+	if err := repo.AnnounceKeyRotation(ctx, r.Pool); err != nil {
 		r.logger().Warn("could not announce the key rotation; servers pick it up at their next reconcile", "err", err)
 	}
 }

@@ -104,8 +104,7 @@ func InsertEntry(ctx context.Context, q db.DBTX, e *Entry) error {
 // The tenant row is locked first, as by every other write of the tenant, but only for the
 // server-side time of the insert and commit, so concurrent creates barely queue on it.
 func CreateEntry(ctx context.Context, q db.DBTX, e *Entry) error {
-	b := &pgx.Batch{}
-	b.Queue(`SELECT set_config('`+db.TenantSetting+`', $1, true)`, e.TenantID)
+	b := db.TenantBatch(e.TenantID)
 	b.Queue(bumpGenerationSQL, e.TenantID, GenerationChannel)
 	b.Queue(insertEntrySQL, insertEntryArgs(e)...).QueryRow(func(row pgx.Row) error {
 		return row.Scan(&e.Version, &e.CreatedAt, &e.UpdatedAt)
@@ -120,16 +119,23 @@ func nonNil(s []string) []string {
 	return s
 }
 
-// GetEntry returns one entry of tenant; ErrNotFound when it does not exist there.
+// GetEntry returns what is shown of one entry of tenant, with its reference count and
+// without the sealed material (CertSealed and KeySealed are nil); ErrNotFound when it does
+// not exist there. It scopes itself (see scopedQuery), so it takes a pool as well as a
+// transaction, in one round trip either way.
 func GetEntry(ctx context.Context, q db.DBTX, tenant, id string) (*Entry, error) {
-	row := q.QueryRow(ctx, `SELECT `+entryColumns+`, `+refCountExpr+` FROM entries e WHERE tenant_id = $1 AND id = $2`, tenant, id)
-	var refs int
-	e, err := scanEntry(row, &refs)
+	var page []*Entry
+	err := scopedQuery(ctx, q, tenant, func(rows pgx.Rows) (err error) {
+		page, _, err = collectPage(rows, 1)
+		return err
+	}, `SELECT `+listColumns+`, `+refCountExpr+` FROM entries e WHERE tenant_id = $1 AND id = $2`, tenant, id)
 	if err != nil {
 		return nil, mapErr("get entry "+id, err)
 	}
-	e.RefCount = refs
-	return e, nil
+	if len(page) == 0 {
+		return nil, mapErr("get entry "+id, pgx.ErrNoRows)
+	}
+	return page[0], nil
 }
 
 // GetEntryForUpdate is GetEntry with a row lock, for read-modify-write in one transaction.
@@ -197,73 +203,44 @@ type ListFilter struct {
 }
 
 // ListEntries returns up to f.Limit entries of tenant after f.After, and whether more
-// follow. Sealed material is left out (Entry.CertSealed and KeySealed are nil).
+// follow. Sealed material is left out (Entry.CertSealed and KeySealed are nil). It scopes
+// itself, so it takes a pool as well as a transaction, in one round trip either way.
 func ListEntries(ctx context.Context, q db.DBTX, tenant string, f ListFilter) ([]*Entry, bool, error) {
 	sql, args, limit := listQuery(tenant, f)
-	rows, err := q.Query(ctx, sql, args...)
+	var (
+		out  []*Entry
+		more bool
+	)
+	err := scopedQuery(ctx, q, tenant, func(rows pgx.Rows) (err error) {
+		out, more, err = collectPage(rows, limit)
+		return err
+	}, sql, args...)
 	if err != nil {
 		return nil, false, mapErr("list entries", err)
 	}
-	return collectPage(rows, limit)
+	return out, more, nil
 }
 
-// ListEntriesScoped is ListEntries in one round trip, without a transaction of the
-// caller's: the tenant scope and the query travel as one batch (see LookupEntries).
-func ListEntriesScoped(ctx context.Context, q db.DBTX, tenant string, f ListFilter) ([]*Entry, bool, error) {
-	sql, args, limit := listQuery(tenant, f)
-	br, rows, err := scopedQuery(ctx, q, tenant, sql, args...)
-	if err != nil {
-		return nil, false, mapErr("list entries", err)
-	}
-	defer br.Close()
-	out, more, err := collectPage(rows, limit)
-	if err != nil {
-		return nil, false, err
-	}
-	return out, more, mapErr("list entries", br.Close())
-}
-
-// GetEntryScoped is GetEntry in one round trip, without a transaction of the caller's,
-// and without the sealed material (CertSealed and KeySealed are nil): what is shown of an
-// entry, never what is opened.
-func GetEntryScoped(ctx context.Context, q db.DBTX, tenant, id string) (*Entry, error) {
-	br, rows, err := scopedQuery(ctx, q, tenant,
-		`SELECT `+listColumns+`, `+refCountExpr+` FROM entries e WHERE tenant_id = $1 AND id = $2`, tenant, id)
-	if err != nil {
-		return nil, mapErr("get entry "+id, err)
-	}
-	defer br.Close()
-	page, _, err := collectPage(rows, 1)
-	if err != nil {
-		return nil, err
-	}
-	if err := br.Close(); err != nil {
-		return nil, mapErr("get entry "+id, err)
-	}
-	if len(page) == 0 {
-		return nil, mapErr("get entry "+id, pgx.ErrNoRows)
-	}
-	return page[0], nil
-}
-
-// scopedQuery sends the tenant scope and one query as a single batch, which PostgreSQL
-// runs as one implicit transaction, so the transaction-local setting scopes the query for
-// row-level security as db.InTenant would, in one round trip instead of four.
-func scopedQuery(ctx context.Context, q db.DBTX, tenant, sql string, args ...any) (pgx.BatchResults, pgx.Rows, error) {
-	b := &pgx.Batch{}
-	b.Queue(`SELECT set_config('`+db.TenantSetting+`', $1, true)`, tenant)
+// scopedQuery runs one query behind the tenant scope, as one batch (db.TenantBatch), and
+// hands its rows to collect. On a pool the batch is one implicit transaction the scope
+// covers; in a transaction of the caller's, already scoped, the scope is set again to the
+// same tenant. Either way it is one round trip.
+func scopedQuery(ctx context.Context, q db.DBTX, tenant string, collect func(pgx.Rows) error, sql string, args ...any) error {
+	b := db.TenantBatch(tenant)
 	b.Queue(sql, args...)
-	br := q.SendBatch(ctx, b)
-	if _, err := br.Exec(); err != nil {
-		_ = br.Close()
-		return nil, nil, fmt.Errorf("scope to tenant: %w", err)
+	br, err := db.SendTenantBatch(ctx, q, b)
+	if err != nil {
+		return err
 	}
+	defer br.Close()
 	rows, err := br.Query()
 	if err != nil {
-		_ = br.Close()
-		return nil, nil, err
+		return err
 	}
-	return br, rows, nil
+	if err := collect(rows); err != nil {
+		return err
+	}
+	return br.Close()
 }
 
 func listQuery(tenant string, f ListFilter) (string, []any, int) {
@@ -423,27 +400,19 @@ func EntryKinds(ctx context.Context, q db.DBTX, tenant string, ids []string) (ma
 	return out, mapErr("look up referenced entries", rows.Err())
 }
 
-// LookupEntries is GetEntries without a transaction of the caller's, in one round trip:
-// the tenant setting and the query travel as one batch, which PostgreSQL runs as one
-// implicit transaction, so the setting scopes the query for row-level security as
-// db.InTenant would. Connection init calls it on every dial, where four round trips
-// (begin, scope, query, commit) would be most of the cost.
+// LookupEntries returns the entries of tenant among ids (those that exist), with their
+// sealed material, in one round trip. It scopes itself (see scopedQuery), so it takes a
+// pool as well as a transaction: connection init calls it on every dial without a
+// transaction, where four round trips (begin, scope, query, commit) would be most of the
+// cost.
 func LookupEntries(ctx context.Context, q db.DBTX, tenant string, ids []string) ([]*Entry, error) {
-	b := &pgx.Batch{}
-	b.Queue(`SELECT set_config('`+db.TenantSetting+`', $1, true)`, tenant)
-	b.Queue(`SELECT `+entryColumns+` FROM entries WHERE tenant_id = $1 AND id = ANY($2)`, tenant, ids)
-	br := q.SendBatch(ctx, b)
-	defer br.Close()
-	if _, err := br.Exec(); err != nil {
-		return nil, mapErr("scope lookup to tenant", err)
-	}
-	rows, err := br.Query()
+	var out []*Entry
+	err := scopedQuery(ctx, q, tenant, func(rows pgx.Rows) (err error) {
+		out, err = collectEntries(rows, "look up entries")
+		return err
+	}, `SELECT `+entryColumns+` FROM entries WHERE tenant_id = $1 AND id = ANY($2)`, tenant, ids)
 	if err != nil {
 		return nil, mapErr("look up entries", err)
 	}
-	out, err := collectEntries(rows, "look up entries")
-	if err != nil {
-		return nil, err
-	}
-	return out, mapErr("look up entries", br.Close())
+	return out, nil
 }

@@ -2,9 +2,41 @@ package repo
 
 import (
 	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/loopze/certstore/internal/db"
 )
+
+// The NOTIFY channels. Notifications are delivered only to sessions that LISTEN, which
+// needs a connection of its own past any transaction pooler (see Listen).
+const (
+	// GenerationChannel carries the tenant's ID on every change of its generation.
+	GenerationChannel = "loopze_generation"
+	// KeyringChannel is signalled, with an empty payload, when the master key rotated:
+	// every server that hears it reloads its key ring and rewrites its files.
+	KeyringChannel = "loopze_keyring"
+)
+
+// Listen subscribes conn to GenerationChannel and KeyringChannel. LISTEN is session
+// state: conn must be a direct connection (or one through a session pooler), held for as
+// long as notifications are wanted, never a pooled connection of a transaction pooler.
+func Listen(ctx context.Context, conn *pgx.Conn) error {
+	for _, ch := range []string{GenerationChannel, KeyringChannel} {
+		if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
+			return fmt.Errorf("listen on %s: %w", ch, err)
+		}
+	}
+	return nil
+}
+
+// AnnounceKeyRotation notifies KeyringChannel. NOTIFY is transactional and keeps no session
+// state, so q may be any pool, through a pooler or not.
+func AnnounceKeyRotation(ctx context.Context, q db.DBTX) error {
+	_, err := q.Exec(ctx, `SELECT pg_notify($1, '')`, KeyringChannel)
+	return mapErr("announce key rotation", err)
+}
 
 // TenantHasData reports whether the tenant holds any entry, workspace, reference or node
 // secret: a restore refuses such a tenant unless told to replace it.
@@ -47,9 +79,6 @@ func RaiseGeneration(ctx context.Context, q db.DBTX, tenant string, floor int64)
 	}
 	return gen, nil
 }
-
-// GenerationChannel is the NOTIFY channel that carries the tenant's name on every change of it.
-const GenerationChannel = "loopze_generation"
 
 // bumpGenerationSQL moves a tenant's generation (creating its row on the first write) and
 // queues a notification, delivered when and only if the transaction commits. $2 is
