@@ -9,6 +9,7 @@ import (
 	"net/url"
 
 	"github.com/loopze/certstore/internal/config"
+	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/logging"
 	"github.com/loopze/certstore/internal/pgembed"
 )
@@ -85,4 +86,43 @@ func openDatabase(ctx context.Context, cfg config.Config, logger *slog.Logger, s
 		return nil, fmt.Errorf("embedded PostgreSQL: %w", err)
 	}
 	return &database{URL: c.URL(EmbeddedDatabase), cluster: c}, nil
+}
+
+// paths decides how the parts reach the database: the pool through URL (perhaps a
+// transaction pooler), LISTEN and the migrations' session lock through a direct URL. A
+// transaction pooler without LOOPZE_LISTEN_DATABASE_URL is refused here, at start, since
+// neither LISTEN nor the lock would hold through it.
+func (d *database) paths(ctx context.Context, cfg config.Config, logger *slog.Logger) (pooler db.Pooler, direct string, err error) {
+	if d.cluster != nil || cfg.Embedded() {
+		return db.PoolerNone, d.URL, nil
+	}
+	declared, err := db.ParsePooler(cfg.DatabasePooler)
+	if err != nil {
+		return "", "", fmt.Errorf("%s: %w", config.EnvPooler, err)
+	}
+	pooler, err = db.DetectPooler(ctx, d.URL, declared)
+	if err != nil {
+		return "", "", err
+	}
+	direct = cfg.DirectDatabaseURL()
+	if pooler == db.PoolerTransaction && cfg.ListenDatabaseURL == "" {
+		why := "it was declared so by " + config.EnvPooler
+		if declared == db.PoolerAuto {
+			why = "the server's backend process ID differs from the one the connection announced, as behind PgBouncer"
+		}
+		return "", "", fmt.Errorf("%s goes through a transaction pooler (%s): LISTEN and the migrations' session lock "+
+			"need a direct connection; set %s to a URL past the pooler, or %s=session if the pooler keeps sessions",
+			config.EnvDatabaseURL, why, config.EnvListenURL, config.EnvPooler)
+	}
+	logger.Info("database paths", "pooler", pooler, "listen_direct", cfg.ListenDatabaseURL != "")
+	return pooler, direct, nil
+}
+
+// direct is the URL for the migrations: the listen URL when one is set, since the
+// migrations' advisory lock is session state a transaction pooler would not keep.
+func (d *database) direct(cfg config.Config) string {
+	if d.cluster != nil || cfg.Embedded() {
+		return d.URL
+	}
+	return cfg.DirectDatabaseURL()
 }

@@ -87,12 +87,16 @@ func openStore(ctx context.Context, cfg config.Config, logger *slog.Logger, migr
 		_ = database.Close(context.WithoutCancel(ctx))
 		return nil, err
 	}
+	pooler, direct, err := database.paths(ctx, cfg, logger)
+	if err != nil {
+		return fail(err)
+	}
 	if migrate {
-		if _, err := db.Migrate(ctx, database.URL, logger); err != nil {
+		if _, err := db.Migrate(ctx, direct, logger); err != nil {
 			return fail(err)
 		}
 	}
-	pool, err := db.Open(ctx, database.URL, logger)
+	pool, err := db.Open(ctx, database.URL, logger, pooler)
 	if err != nil {
 		return fail(err)
 	}

@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/loopze/certstore/internal/config"
@@ -14,7 +16,12 @@ import (
 // empty (the move from a file-backed installation), then starts the loop that keeps every
 // tenant's file in step with the database. stop ends the loop and waits for a write in
 // progress to finish.
-func startExport(ctx context.Context, cfg config.Config, svc *services, pool *pgxpool.Pool, logger *slog.Logger) (x *fileexport.Exporter, stop func(), err error) {
+// The loop LISTENs on listenURL, a direct connection past any transaction pooler.
+func startExport(ctx context.Context, cfg config.Config, svc *services, pool *pgxpool.Pool, listenURL string, logger *slog.Logger) (x *fileexport.Exporter, stop func(), err error) {
+	listen, err := pgx.ParseConfig(listenURL)
+	if err != nil {
+		return nil, nil, fmt.Errorf("parse %s: malformed connection string", config.EnvListenURL)
+	}
 	im := &fileexport.Importer{Pool: pool, Ring: svc.ring, Roots: svc.roots, Logger: logger}
 	res, imported, err := im.BootImport(ctx, cfg.DataDir)
 	if err != nil {
@@ -26,7 +33,7 @@ func startExport(ctx context.Context, cfg config.Config, svc *services, pool *pg
 			"references", res.References, "node_credentials", res.NodeCredentials, "file_generation", res.FileGeneration)
 	}
 	x = &fileexport.Exporter{Pool: pool, Ring: svc.ring, DataDir: cfg.DataDir, Logger: logger}
-	sy := &fileexport.Syncer{Exporter: x, Logger: logger}
+	sy := &fileexport.Syncer{Exporter: x, ListenConfig: listen, Logger: logger}
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
 	go func() {

@@ -27,14 +27,14 @@ func runMigrate(ctx context.Context, env *environ, args []string) error {
 	defer database.Close(context.WithoutCancel(ctx))
 
 	if action == "up" {
-		n, err := db.Migrate(ctx, database.URL, logger)
+		n, err := db.Migrate(ctx, database.direct(cfg), logger)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(env.stdout, "applied %d migration(s)\n", n)
 		return nil
 	}
-	states, err := db.Status(ctx, database.URL)
+	states, err := db.Status(ctx, database.direct(cfg))
 	if err != nil {
 		return err
 	}

@@ -57,10 +57,14 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 		}
 	}()
 
-	if _, err := db.Migrate(ctx, database.URL, logger); err != nil {
+	pooler, direct, err := database.paths(ctx, cfg, logger)
+	if err != nil {
 		return err
 	}
-	pool, err := db.Open(ctx, database.URL, logger)
+	if _, err := db.Migrate(ctx, direct, logger); err != nil {
+		return err
+	}
+	pool, err := db.Open(ctx, database.URL, logger, pooler)
 	if err != nil {
 		return err
 	}
@@ -76,7 +80,7 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	if _, err := mig.Run(ctx); err != nil {
 		return err
 	}
-	exporter, stopExport, err := startExport(ctx, cfg, svc, pool, logger)
+	exporter, stopExport, err := startExport(ctx, cfg, svc, pool, direct, logger)
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/danielgtaylor/huma/v2"
 
 	"github.com/loopze/certstore/internal/catalog"
+	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/repo"
 )
 
@@ -120,6 +121,11 @@ func (s *Server) mapError(ctx context.Context, err error) error {
 		return newError(http.StatusPreconditionFailed, "the entry has changed since the ETag given in If-Match; GET it again")
 	case errors.Is(err, context.Canceled):
 		return newError(http.StatusServiceUnavailable, "request cancelled")
+	case db.Unavailable(err):
+		// A failover, a restart or a pooler without a server: nothing the request did
+		// wrong, and worth a retry.
+		s.deps.Logger.Warn("database unavailable", "request_id", RequestID(ctx), "err", err)
+		return newError(http.StatusServiceUnavailable, "the database is unavailable; retry shortly")
 	}
 	id := RequestID(ctx)
 	s.deps.Logger.Error("request failed", "request_id", id, "err", err)

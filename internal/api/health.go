@@ -35,7 +35,7 @@ func registerHealth(api huma.API, s *Server) {
 		OperationID: "readyz",
 		Method:      http.MethodGet,
 		Path:        "/readyz",
-		Summary:     "Readiness: the database answers and its migrations are current",
+		Summary:     "Readiness: the database answers, takes writes and its migrations are current",
 		Tags:        []string{"health"},
 		Errors:      []int{http.StatusServiceUnavailable},
 	}, func(ctx context.Context, _ *struct{}) (*HealthOutput, error) {
@@ -48,6 +48,12 @@ func registerHealth(api huma.API, s *Server) {
 			s.deps.Logger.Warn("readiness: database unreachable", "err", err)
 			return nil, newError(http.StatusServiceUnavailable, "database unreachable")
 		}
+		if err := db.Writable(ctx, s.deps.Pool); err != nil {
+			// A standby (before or after a failover) or a read-only server: this replica
+			// could not take a write, so the load balancer should send none to it.
+			s.deps.Logger.Warn("readiness: no writable database", "err", err)
+			return nil, newError(http.StatusServiceUnavailable, "no writable database")
+		}
 		pending, err := db.Pending(ctx, s.deps.Pool)
 		if err != nil {
 			s.deps.Logger.Warn("readiness: migration state unknown", "err", err)
@@ -58,7 +64,7 @@ func registerHealth(api huma.API, s *Server) {
 		}
 		out := &HealthOutput{}
 		out.Body.Status = "ok"
-		out.Body.Checks = map[string]string{"database": "ok", "migrations": "current"}
+		out.Body.Checks = map[string]string{"database": "ok", "writable": "yes", "migrations": "current"}
 		return out, nil
 	})
 }

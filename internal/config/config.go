@@ -27,6 +27,13 @@ type Config struct {
 	DataDir string
 	// DatabaseURL selects an external PostgreSQL; empty means the embedded cluster in DataDir/pg.
 	DatabaseURL string
+	// ListenDatabaseURL is a direct connection to the same database, past any transaction
+	// pooler, for what needs a session: LISTEN and the migrations' advisory lock
+	// (LOOPZE_LISTEN_DATABASE_URL). Empty uses DatabaseURL.
+	ListenDatabaseURL string
+	// DatabasePooler says what DatabaseURL goes through: auto (detect), none, session or
+	// transaction (LOOPZE_DATABASE_POOLER).
+	DatabasePooler string
 	// LogFormat is "text" or "json".
 	LogFormat string
 	// LogLevel is debug, info, warn or error.
@@ -56,6 +63,8 @@ const (
 	EnvAddr           = "LOOPZE_ADDR"
 	EnvDataDir        = "LOOPZE_DATA_DIR"
 	EnvDatabaseURL    = "LOOPZE_DATABASE_URL"
+	EnvListenURL      = "LOOPZE_LISTEN_DATABASE_URL"
+	EnvPooler         = "LOOPZE_DATABASE_POOLER"
 	EnvLogFormat      = "LOOPZE_LOG_FORMAT"
 	EnvLogLevel       = "LOOPZE_LOG_LEVEL"
 	EnvFileRoots      = "LOOPZE_FILE_ROOTS"
@@ -84,20 +93,22 @@ func FromEnv(getenv func(string) string) Config {
 		}
 	}
 	return Config{
-		Addr:           cmp.Or(getenv(EnvAddr), DefaultAddr),
-		DataDir:        cmp.Or(getenv(EnvDataDir), DefaultDataDir),
-		DatabaseURL:    getenv(EnvDatabaseURL),
-		LogFormat:      cmp.Or(getenv(EnvLogFormat), "text"),
-		LogLevel:       cmp.Or(getenv(EnvLogLevel), "info"),
-		FileRoots:      getenv(EnvFileRoots),
-		JWTSecret:      secret.String(getenv(EnvJWTSecret)),
-		JWTPublicKeys:  getenv(EnvJWTPublicKeys),
-		JWTIssuer:      getenv(EnvJWTIssuer),
-		JWTAudience:    getenv(EnvJWTAudience),
-		AllowedOrigins: origins,
-		SecureCookies:  getenv(EnvSecureCookies) == "true" || getenv(EnvSecureCookies) == "1",
-		MetricsToken:   secret.String(getenv(EnvMetricsToken)),
-		MetricsAddr:    getenv(EnvMetricsAddr),
+		Addr:              cmp.Or(getenv(EnvAddr), DefaultAddr),
+		DataDir:           cmp.Or(getenv(EnvDataDir), DefaultDataDir),
+		DatabaseURL:       getenv(EnvDatabaseURL),
+		ListenDatabaseURL: getenv(EnvListenURL),
+		DatabasePooler:    cmp.Or(getenv(EnvPooler), "auto"),
+		LogFormat:         cmp.Or(getenv(EnvLogFormat), "text"),
+		LogLevel:          cmp.Or(getenv(EnvLogLevel), "info"),
+		FileRoots:         getenv(EnvFileRoots),
+		JWTSecret:         secret.String(getenv(EnvJWTSecret)),
+		JWTPublicKeys:     getenv(EnvJWTPublicKeys),
+		JWTIssuer:         getenv(EnvJWTIssuer),
+		JWTAudience:       getenv(EnvJWTAudience),
+		AllowedOrigins:    origins,
+		SecureCookies:     getenv(EnvSecureCookies) == "true" || getenv(EnvSecureCookies) == "1",
+		MetricsToken:      secret.String(getenv(EnvMetricsToken)),
+		MetricsAddr:       getenv(EnvMetricsAddr),
 	}
 }
 
@@ -107,6 +118,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Addr, "addr", c.Addr, "HTTP listen address ("+EnvAddr+")")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "data directory ("+EnvDataDir+")")
 	fs.StringVar(&c.DatabaseURL, "database-url", c.DatabaseURL, "PostgreSQL URL; empty runs the embedded cluster ("+EnvDatabaseURL+")")
+	fs.StringVar(&c.ListenDatabaseURL, "listen-database-url", c.ListenDatabaseURL, "direct PostgreSQL URL past any transaction pooler, for LISTEN and migrations; empty uses the database URL ("+EnvListenURL+")")
+	fs.StringVar(&c.DatabasePooler, "database-pooler", c.DatabasePooler, "what the database URL goes through: auto, none, session or transaction ("+EnvPooler+")")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json ("+EnvLogFormat+")")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn, error ("+EnvLogLevel+")")
 	fs.StringVar(&c.FileRoots, "file-roots", c.FileRoots, "directories file paths must lie in, ':'-separated, {tenant} expanded ("+EnvFileRoots+")")
@@ -135,9 +148,21 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("%s must not be empty", EnvDataDir))
 	}
 	if c.DatabaseURL != "" {
-		if err := checkDatabaseURL(c.DatabaseURL); err != nil {
+		if err := checkDatabaseURL(EnvDatabaseURL, c.DatabaseURL); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if c.ListenDatabaseURL != "" {
+		if c.DatabaseURL == "" {
+			errs = append(errs, fmt.Errorf("%s needs %s: the embedded cluster has no pooler to go past", EnvListenURL, EnvDatabaseURL))
+		} else if err := checkDatabaseURL(EnvListenURL, c.ListenDatabaseURL); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	switch c.DatabasePooler {
+	case "auto", "none", "session", "transaction":
+	default:
+		errs = append(errs, fmt.Errorf("%s %q: want auto, none, session or transaction", EnvPooler, c.DatabasePooler))
 	}
 	switch c.LogFormat {
 	case "text", "json":
@@ -150,19 +175,35 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// checkDatabaseURL rejects URLs pgx would refuse, without echoing a password.
-func checkDatabaseURL(raw string) error {
-	if strings.HasPrefix(raw, "postgres://") || strings.HasPrefix(raw, "postgresql://") {
-		if _, err := url.Parse(raw); err != nil {
-			return fmt.Errorf("%s is not a valid URL (expected postgres://user:pass@host:5432/db)", EnvDatabaseURL)
+// checkDatabaseURL rejects URLs pgx would refuse, without echoing a password. A
+// multi-host URL (postgres://u@h1:5432,h2:5432/db) is not a URL net/url can parse, so the
+// host list is checked apart from the rest.
+func checkDatabaseURL(name, raw string) error {
+	if rest, ok := strings.CutPrefix(raw, "postgres://"); ok || strings.HasPrefix(raw, "postgresql://") {
+		if !ok {
+			rest = strings.TrimPrefix(raw, "postgresql://")
+		}
+		authority, tail, _ := strings.Cut(rest, "/")
+		userinfo, hosts, found := strings.Cut(authority, "@")
+		if !found {
+			userinfo, hosts = "", authority
+		}
+		for h := range strings.SplitSeq(hosts, ",") {
+			if _, err := url.Parse("postgres://" + userinfo + "@" + h + "/" + tail); err != nil {
+				return fmt.Errorf("%s is not a valid URL (expected postgres://user:pass@host:5432/db)", name)
+			}
 		}
 		return nil
 	}
 	if strings.Contains(raw, "=") { // keyword/value form: host=... dbname=...
 		return nil
 	}
-	return fmt.Errorf("%s is not a PostgreSQL URL (expected postgres://user:pass@host:5432/db)", EnvDatabaseURL)
+	return fmt.Errorf("%s is not a PostgreSQL URL (expected postgres://user:pass@host:5432/db)", name)
 }
+
+// DirectDatabaseURL is the connection for LISTEN and migrations: ListenDatabaseURL when
+// set, DatabaseURL otherwise.
+func (c *Config) DirectDatabaseURL() string { return cmp.Or(c.ListenDatabaseURL, c.DatabaseURL) }
 
 // ParseLevel maps a level name to slog.Level.
 func ParseLevel(s string) (slog.Level, error) {

@@ -47,6 +47,9 @@ func TestValidate(t *testing.T) {
 		"log level":         {"LOOPZE_LOG_LEVEL": "chatty"},
 		"metrics addr":      {"LOOPZE_METRICS_ADDR": "9090"},
 		"metrics on main":   {"LOOPZE_ADDR": "127.0.0.1:9000", "LOOPZE_METRICS_ADDR": "127.0.0.1:9000"},
+		"pooler":            {"LOOPZE_DATABASE_URL": "postgres://u:p@h/db", "LOOPZE_DATABASE_POOLER": "statement"},
+		"listen url alone":  {"LOOPZE_LISTEN_DATABASE_URL": "postgres://u:p@h/db"},
+		"bad listen url":    {"LOOPZE_DATABASE_URL": "postgres://u:p@h/db", "LOOPZE_LISTEN_DATABASE_URL": "postgres://u:p@h1:port,h2/db"},
 	} {
 		c := config.FromEnv(env(m))
 		if name == "empty data dir" {
@@ -56,4 +59,19 @@ func TestValidate(t *testing.T) {
 		require.Error(t, err, name)
 		require.NotContains(t, err.Error(), ":p@", name)
 	}
+}
+
+// TestHighAvailabilityURLs: a multi-host URL is a valid database URL, the listen URL is the
+// direct one when given, and the pooler setting defaults to detection.
+func TestHighAvailabilityURLs(t *testing.T) {
+	t.Parallel()
+	c := config.FromEnv(env(map[string]string{
+		"LOOPZE_DATABASE_URL":        "postgres://u:p@127.0.0.1:6432/loopze",
+		"LOOPZE_LISTEN_DATABASE_URL": "postgres://u:p@10.0.0.1:5432,10.0.0.2:5432/loopze?target_session_attrs=read-write",
+	}))
+	require.NoError(t, c.Validate())
+	require.Equal(t, "auto", c.DatabasePooler)
+	require.Equal(t, c.ListenDatabaseURL, c.DirectDatabaseURL())
+	c.ListenDatabaseURL = ""
+	require.Equal(t, c.DatabaseURL, c.DirectDatabaseURL())
 }

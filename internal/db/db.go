@@ -300,6 +300,26 @@ func newProvider(url string) (*goose.Provider, *sql.DB, error) {
 	return p, sqlDB, nil
 }
 
+// preflight connects before goose does, so an unreachable or read-only database is
+// reported as such instead of as a failed migration lock.
+func preflight(ctx context.Context, sqlDB *sql.DB, url string) error {
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return fmt.Errorf("parse database URL: %w", redactURLError(err))
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var ro bool
+	err = sqlDB.QueryRowContext(ctx, `SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::bool`).Scan(&ro)
+	if err != nil {
+		return connectError(cfg, err)
+	}
+	if ro {
+		return fmt.Errorf("migrate database %s: %w", describe(cfg), ErrReadOnly)
+	}
+	return nil
+}
+
 // Migrate applies pending migrations and returns how many ran.
 func Migrate(ctx context.Context, url string, logger *slog.Logger) (int, error) {
 	p, sqlDB, err := newProvider(url)
@@ -307,6 +327,9 @@ func Migrate(ctx context.Context, url string, logger *slog.Logger) (int, error) 
 		return 0, err
 	}
 	defer sqlDB.Close()
+	if err := preflight(ctx, sqlDB, url); err != nil {
+		return 0, err
+	}
 	res, err := p.Up(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("apply migrations: %w", err)

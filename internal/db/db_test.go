@@ -3,12 +3,16 @@ package db_test
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
+	"io"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 	"github.com/stretchr/testify/require"
@@ -146,4 +150,149 @@ func freshDatabase(t *testing.T, name string) string {
 		u.User = url.User(cfg.User)
 	}
 	return u.String()
+}
+
+// TestTenantTransactionsBehindATransactionPooler opens the pool as it is opened behind
+// PgBouncer in transaction mode: no session-level role switch, so a superuser login is
+// itself outside a scope, and every tenant transaction and scoped batch drops to the
+// application role for itself only, leaving nothing behind on the server connection.
+func TestTenantTransactionsBehindATransactionPooler(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := freshDatabase(t, "pooler_scope_test")
+	_, err := db.Migrate(ctx, url, logging.Discard())
+	require.NoError(t, err)
+	pool, err := db.Open(ctx, url+"&pool_max_conns=1", logging.Discard(), db.PoolerTransaction)
+	require.NoError(t, err)
+	defer pool.Close()
+
+	var login string
+	require.NoError(t, pool.QueryRow(ctx, `SELECT session_user`).Scan(&login))
+	current := func(q db.DBTX) (role, tenant string) {
+		require.NoError(t, q.QueryRow(ctx, `SELECT current_user, coalesce(current_setting('`+db.TenantSetting+`', true), '')`).Scan(&role, &tenant))
+		return role, tenant
+	}
+	role, _ := current(pool)
+	require.Equal(t, login, role, "no session-level SET ROLE behind a transaction pooler")
+
+	got, err := db.InTenantV(ctx, pool, "acme", func(tx pgx.Tx) (string, error) {
+		if _, err := tx.Exec(ctx, `INSERT INTO tenants (id) VALUES ('acme')`); err != nil {
+			return "", err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO workspaces (tenant_id, flows) VALUES ('acme', '{}')`); err != nil {
+			return "", err
+		}
+		r, tn := current(tx)
+		return r + "/" + tn, nil
+	})
+	require.NoError(t, err)
+	require.Equal(t, db.AppRole+"/acme", got)
+	role, tenant := current(pool)
+	require.Equal(t, login, role, "the role switch ends with the transaction")
+	require.Empty(t, tenant, "the tenant scope ends with the transaction")
+
+	// A scoped batch: one implicit transaction, the same scope, nothing left behind.
+	b := db.TenantBatch("other")
+	b.Queue(`SELECT current_user, (SELECT count(*) FROM workspaces)`)
+	br, err := db.SendTenantBatch(ctx, pool, b)
+	require.NoError(t, err)
+	var visible int
+	require.NoError(t, br.QueryRow().Scan(&role, &visible))
+	require.NoError(t, br.Close())
+	require.Equal(t, db.AppRole, role)
+	require.Zero(t, visible, "row-level security applies inside the batch: another tenant sees nothing")
+	role, tenant = current(pool)
+	require.Equal(t, login, role)
+	require.Empty(t, tenant)
+}
+
+// TestSnapshotIsReadOnly: the export's snapshot option refuses writes and keeps one view.
+func TestSnapshotIsReadOnly(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := freshDatabase(t, "snapshot_test")
+	_, err := db.Migrate(ctx, url, logging.Discard())
+	require.NoError(t, err)
+	pool, err := db.Open(ctx, url, logging.Discard())
+	require.NoError(t, err)
+	defer pool.Close()
+
+	iso, err := db.InTenantV(ctx, pool, "acme", func(tx pgx.Tx) (string, error) {
+		var iso string
+		err := tx.QueryRow(ctx, `SHOW transaction_isolation`).Scan(&iso)
+		return iso, err
+	}, db.Snapshot())
+	require.NoError(t, err)
+	require.Equal(t, "repeatable read", iso)
+	err = db.InTenant(ctx, pool, "acme", func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO tenants (id) VALUES ('acme')`)
+		return err
+	}, db.Snapshot())
+	require.ErrorContains(t, err, "read-only transaction")
+}
+
+// TestReadOnlyDatabaseIsRefusedAtStart: a database that takes no writes (as a standby, or
+// a multi-host URL with target_session_attrs=read-write whose every host is one) stops the
+// start with ErrReadOnly and a message that says so, for the pool and the migrations.
+func TestReadOnlyDatabaseIsRefusedAtStart(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := freshDatabase(t, "read_only_test")
+	_, err := db.Migrate(ctx, url, logging.Discard())
+	require.NoError(t, err)
+	admin, err := pgx.Connect(ctx, testdb.AdminURL(t))
+	require.NoError(t, err)
+	defer admin.Close(ctx)
+	_, err = admin.Exec(ctx, `ALTER DATABASE read_only_test SET default_transaction_read_only = on`)
+	require.NoError(t, err)
+
+	_, err = db.Open(ctx, url, logging.Discard())
+	require.ErrorIs(t, err, db.ErrReadOnly)
+	_, err = db.Migrate(ctx, url, logging.Discard())
+	require.ErrorIs(t, err, db.ErrReadOnly)
+
+	cfg, err := pgx.ParseConfig(url)
+	require.NoError(t, err)
+	// Two hosts (the same server twice), both read-only, and a URL that wants a writer.
+	multi := fmt.Sprintf("postgres://%s@%s:%d,%s:%d/read_only_test?sslmode=disable&target_session_attrs=read-write",
+		cfg.User, cfg.Host, cfg.Port, cfg.Host, cfg.Port)
+	if strings.HasPrefix(cfg.Host, "/") { // a unix socket: the keyword form takes host lists too
+		multi = fmt.Sprintf("host=%s,%s port=%d,%d user=%s dbname=read_only_test sslmode=disable target_session_attrs=read-write",
+			cfg.Host, cfg.Host, cfg.Port, cfg.Port, cfg.User)
+	}
+	_, err = db.Open(ctx, multi, logging.Discard())
+	require.ErrorIs(t, err, db.ErrReadOnly)
+	require.ErrorContains(t, err, "every host that answered is read-only")
+	require.True(t, db.Unavailable(err), "a read-only database is one to wait for, not a bug")
+}
+
+// TestDetectPoolerDirect: a direct connection is recognised as one.
+func TestDetectPoolerDirect(t *testing.T) {
+	t.Parallel()
+	p, err := db.DetectPooler(context.Background(), testdb.URL(t), db.PoolerAuto)
+	require.NoError(t, err)
+	require.Equal(t, db.PoolerNone, p)
+	p, err = db.DetectPooler(context.Background(), testdb.URL(t), db.PoolerTransaction)
+	require.NoError(t, err)
+	require.Equal(t, db.PoolerTransaction, p, "a declared pooler is taken as said")
+}
+
+// TestUnavailable: what a failover or a pooler without a server looks like is "retry",
+// what a query did wrong is not.
+func TestUnavailable(t *testing.T) {
+	t.Parallel()
+	for err, want := range map[error]bool{
+		&pgconn.PgError{Code: "08P01", Message: "server conn crashed?"}:                             true,
+		&pgconn.PgError{Code: "57P01", Message: "terminating connection due to administrator"}:      true,
+		&pgconn.PgError{Code: "25006", Message: "cannot execute INSERT in a read-only transaction"}: true,
+		fmt.Errorf("begin transaction: %w", io.ErrUnexpectedEOF):                                    true,
+		fmt.Errorf("wrap: %w", db.ErrReadOnly):                                                      true,
+		&pgconn.PgError{Code: "23505"}:                                                              false,
+		&pgconn.PgError{Code: "42P01"}:                                                              false,
+		errors.New("something else"):                                                                false,
+	} {
+		require.Equal(t, want, db.Unavailable(err), err.Error())
+	}
+	_, err := pgx.Connect(context.Background(), "postgres://nobody@127.0.0.1:1/none?connect_timeout=2")
+	require.True(t, db.Unavailable(err), "a refused connection")
 }
