@@ -63,7 +63,7 @@ func main() {
 // write creates entries prefix-W-N from workers goroutines until duration has passed or
 // max entries are acknowledged. An entry is retried (same ID) until it gets a definite
 // answer: 201, or 409 when an earlier attempt was committed but its answer lost. Every
-// attempt is a log line "unix_ms status id" (status 0: no HTTP answer).
+// attempt is a log line "sent_unix_ms answered_unix_ms status id" (status 0: no HTTP answer).
 func write(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("write", flag.ExitOnError)
 	base := fs.String("url", "", "base URL of the load balancer")
@@ -89,10 +89,10 @@ func write(ctx context.Context, args []string) error {
 		w     = bufio.NewWriter(out)
 		count int
 	)
-	logLine := func(status int, id string) {
+	logLine := func(sent time.Time, status int, id string) {
 		mu.Lock()
 		defer mu.Unlock()
-		fmt.Fprintf(w, "%d %d %s\n", time.Now().UnixMilli(), status, id)
+		fmt.Fprintf(w, "%d %d %d %s\n", sent.UnixMilli(), time.Now().UnixMilli(), status, id)
 	}
 	take := func() bool {
 		mu.Lock()
@@ -115,8 +115,9 @@ func write(ctx context.Context, args []string) error {
 					"id": id, "name": "HA smoke " + id, "type": "ca-bundle", "source": "inline", "certPem": certPEM,
 				})
 				for ctx.Err() == nil {
+					sent := time.Now()
 					status := post(ctx, client, *base+"/api/v1/certs", *token, body)
-					logLine(status, id)
+					logLine(sent, status, id)
 					if status == http.StatusCreated || status == http.StatusConflict || (status >= 400 && status < 500) {
 						break
 					}
@@ -171,9 +172,9 @@ func selfSigned() (string, error) {
 }
 
 type attempt struct {
-	at     int64
-	status int
-	id     string
+	sent, at int64 // when the request went out and when its answer came
+	status   int
+	id       string
 }
 
 // check reads the attempt log and the events file ("name unix_ms" lines), lists what the
@@ -220,7 +221,9 @@ func check(ctx context.Context, args []string) error {
 		if a.status == http.StatusCreated || a.status == http.StatusConflict {
 			acked[a.id] = true
 		}
-		if a.at >= killed && a.status == http.StatusCreated && firstAfter < 0 {
+		// The first write sent after the kill that succeeded: one sent before could have
+		// committed before the kill.
+		if a.sent >= killed && a.status == http.StatusCreated && (firstAfter < 0 || a.at < firstAfter) {
 			firstAfter = a.at
 		}
 		if a.status >= 500 && a.status != http.StatusServiceUnavailable {
@@ -286,12 +289,13 @@ func readAttempts(path string) ([]attempt, error) {
 	var out []attempt
 	for line := range strings.SplitSeq(strings.TrimSpace(string(data)), "\n") {
 		f := strings.Fields(line)
-		if len(f) != 3 {
+		if len(f) != 4 {
 			continue
 		}
-		at, _ := strconv.ParseInt(f[0], 10, 64)
-		st, _ := strconv.Atoi(f[1])
-		out = append(out, attempt{at: at, status: st, id: f[2]})
+		sent, _ := strconv.ParseInt(f[0], 10, 64)
+		at, _ := strconv.ParseInt(f[1], 10, 64)
+		st, _ := strconv.Atoi(f[2])
+		out = append(out, attempt{sent: sent, at: at, status: st, id: f[3]})
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].at < out[j].at })
 	return out, nil
