@@ -1,9 +1,12 @@
-// Package db owns the connection to PostgreSQL: opening the pool, running the goose
-// migrations under a session lock, readiness, and the transaction helpers every repository
-// call goes through. Tenant isolation has two walls: each query filters by tenant_id, and
-// row-level security (FORCE, policy on the transaction setting loopze.tenant) refuses
-// whatever a query forgot. The second wall only stands for roles that do not bypass RLS, so a
-// superuser or BYPASSRLS login drops to the loopze_app role on every connection.
+// Package db owns the connection to PostgreSQL: opening the pool (directly, through a
+// multi-host URL, or through a transaction-pooling PgBouncer, which Open detects), running
+// the goose migrations under a session lock, readiness and writability, and the
+// tenant-transaction helpers every repository call goes through (tx.go). Tenant isolation
+// has two walls: each query filters by tenant_id, and row-level security (FORCE, policy on
+// the transaction setting loopze.tenant) refuses whatever a query forgot. The second wall
+// only stands for roles that do not bypass RLS, so a superuser or BYPASSRLS login drops to
+// the loopze_app role: for the session on a direct connection, and for each tenant-scoped
+// transaction always, since behind a transaction pooler a session is not ours to keep.
 package db
 
 import (
