@@ -38,7 +38,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: hasmoke write|check|converge [flags]")
+		fmt.Fprintln(os.Stderr, "usage: hasmoke write|check|paths|converge [flags]")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -51,6 +51,8 @@ func main() {
 		err = check(ctx, os.Args[2:])
 	case "converge":
 		err = converge(ctx, os.Args[2:])
+	case "paths":
+		err = paths(ctx, os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -406,4 +408,70 @@ func converge(ctx context.Context, args []string) error {
 		}
 		sleep(ctx, 100*time.Millisecond)
 	}
+}
+
+// paths runs the other query paths once each through the load balancer, after the
+// failover: a deploy (a workspace transaction), the workspace read, a node's TLS resolution
+// (the scoped one-round-trip lookup), one entry, its references, an update, a refused and
+// an accepted delete, and the metrics. Each must answer what it answers on a direct
+// database; a 503 is retried for a few seconds.
+func paths(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("paths", flag.ExitOnError)
+	base := fs.String("url", "", "base URL of the load balancer")
+	token := fs.String("token", "", "bearer token")
+	prefix := fs.String("prefix", "ha", "entry ID prefix of write")
+	_ = fs.Parse(args)
+	ref, renamed, gone := *prefix+"-0-00001", *prefix+"-0-00002", *prefix+"-0-00003"
+	workspace := fmt.Sprintf(`{"flows":[{"id":"f1","label":"Flow f1","nodes":[
+		{"id":"n1","type":"tcp-out","tls":{"caBundleRef":%q}}]}]}`, ref)
+	steps := []struct {
+		method, path, body string
+		want               int
+	}{
+		{http.MethodPut, "/api/v1/flows", workspace, http.StatusOK},
+		{http.MethodGet, "/api/v1/flows", "", http.StatusOK},
+		{http.MethodGet, "/api/v1/flows/f1/nodes/n1/tls", "", http.StatusOK},
+		{http.MethodGet, "/api/v1/certs/" + ref, "", http.StatusOK},
+		{http.MethodGet, "/api/v1/certs/" + ref + "/references", "", http.StatusOK},
+		{http.MethodDelete, "/api/v1/certs/" + ref, "", http.StatusConflict},
+		{http.MethodPut, "/api/v1/certs/" + renamed, `{"name":"renamed after the failover"}`, http.StatusOK},
+		{http.MethodDelete, "/api/v1/certs/" + gone, "", http.StatusNoContent},
+		{http.MethodGet, "/api/v1/certs/" + gone, "", http.StatusNotFound},
+		{http.MethodGet, "/metrics", "", http.StatusOK},
+	}
+	client := &http.Client{Timeout: 10 * time.Second}
+	var failures []string
+	for _, st := range steps {
+		status := 0
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			var body io.Reader
+			if st.body != "" {
+				body = strings.NewReader(st.body)
+			}
+			req, err := http.NewRequestWithContext(ctx, st.method, *base+st.path, body)
+			if err != nil {
+				return err
+			}
+			req.Header.Set("Authorization", "Bearer "+*token)
+			req.Header.Set("Content-Type", "application/json")
+			if resp, err := client.Do(req); err == nil {
+				status = resp.StatusCode
+				_, _ = io.Copy(io.Discard, resp.Body)
+				_ = resp.Body.Close()
+			}
+			if (status != 0 && status != http.StatusServiceUnavailable) || time.Now().After(deadline) {
+				break
+			}
+			sleep(ctx, 200*time.Millisecond)
+		}
+		if status != st.want {
+			failures = append(failures, fmt.Sprintf("%s %s: %d, want %d", st.method, st.path, status, st.want))
+		}
+	}
+	fmt.Printf("ha-smoke: other query paths through HAProxy and PgBouncer after the failover: %d of %d as expected\n",
+		len(steps)-len(failures), len(steps))
+	if len(failures) > 0 {
+		return errors.New(strings.Join(failures, "; "))
+	}
+	return nil
 }
