@@ -296,3 +296,47 @@ func TestUnavailable(t *testing.T) {
 	_, err := pgx.Connect(context.Background(), "postgres://nobody@127.0.0.1:1/none?connect_timeout=2")
 	require.True(t, db.Unavailable(err), "a refused connection")
 }
+
+// TestMultiHostURLFindsTheWritableHost: a URL whose first host is down (a failed primary)
+// serves the migrations, the pool and a listening connection from the next host, as after
+// a failover.
+func TestMultiHostURLFindsTheWritableHost(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := freshDatabase(t, "multi_host_test")
+	cfg, err := pgx.ParseConfig(url)
+	require.NoError(t, err)
+	multi := fmt.Sprintf("postgres://%s@127.0.0.1:1,%s:%d/multi_host_test?sslmode=disable&target_session_attrs=read-write&connect_timeout=2",
+		cfg.User, cfg.Host, cfg.Port)
+	if strings.HasPrefix(cfg.Host, "/") {
+		multi = fmt.Sprintf("host=/nonexistent-loopze-socket-dir,%s port=%d,%d user=%s dbname=multi_host_test sslmode=disable target_session_attrs=read-write connect_timeout=2",
+			cfg.Host, cfg.Port, cfg.Port, cfg.User)
+	}
+	if cfg.Password != "" {
+		u, _ := url2(multi, cfg.Password)
+		multi = u
+	}
+	n, err := db.Migrate(ctx, multi, logging.Discard())
+	require.NoError(t, err)
+	require.Positive(t, n)
+	pool, err := db.Open(ctx, multi, logging.Discard())
+	require.NoError(t, err)
+	defer pool.Close()
+	pending, err := db.Pending(ctx, pool)
+	require.NoError(t, err)
+	require.False(t, pending)
+	listener, err := pgx.Connect(ctx, multi)
+	require.NoError(t, err)
+	defer listener.Close(ctx)
+	_, err = listener.Exec(ctx, "LISTEN loopze_generation")
+	require.NoError(t, err)
+}
+
+// url2 adds a password to a multi-host URL or keyword string.
+func url2(s, password string) (string, error) {
+	if strings.HasPrefix(s, "postgres://") {
+		user, rest, _ := strings.Cut(strings.TrimPrefix(s, "postgres://"), "@")
+		return "postgres://" + user + ":" + url.QueryEscape(password) + "@" + rest, nil
+	}
+	return s + " password=" + password, nil
+}
