@@ -3,11 +3,13 @@ package api
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 
 	"github.com/danielgtaylor/huma/v2"
 	"github.com/danielgtaylor/huma/v2/adapters/humago"
 
+	"github.com/loopze/certstore/internal/audit"
 	"github.com/loopze/certstore/internal/auth"
 )
 
@@ -87,6 +89,16 @@ func (s *Server) authMiddleware(api huma.API) func(huma.Context, func(huma.Conte
 			_ = huma.WriteErr(api, ctx, http.StatusForbidden, "this operation needs the "+min.String()+" role; the token has "+p.Role.String())
 			return
 		}
-		next(huma.WithValue(ctx, principalKey{}, p))
+		ctx = huma.WithValue(ctx, principalKey{}, p)
+		next(huma.WithContext(ctx, audit.WithActor(ctx.Context(), actorOf(ctx.Context(), r, p))))
 	}
+}
+
+// actorOf is who the audit trail records for an authenticated request.
+func actorOf(ctx context.Context, r *http.Request, p auth.Principal) audit.Actor {
+	addr := r.RemoteAddr
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		addr = host
+	}
+	return audit.Actor{Subject: p.Subject, Role: p.Role.String(), RequestID: RequestID(ctx), ClientAddr: addr}
 }

@@ -107,6 +107,8 @@ func Register(api huma.API, s *Server) {
 	registerHealth(api, s)
 	registerCerts(api, s)
 	registerFlows(api, s)
+	registerHistory(api, s)
+	registerAudit(api, s)
 }
 
 type ctxKey int

@@ -300,7 +300,7 @@ func (s *Service) Create(ctx context.Context, tenant string, in Input) (*Result,
 	if err := s.seal(p); err != nil {
 		return nil, err
 	}
-	if err := repo.CreateEntry(ctx, s.Pool, p.entry); err != nil {
+	if err := s.createEntry(ctx, p.entry); err != nil {
 		return nil, err
 	}
 	s.logWarnings(tenant, p.entry.ID, p.warnings)

@@ -33,7 +33,10 @@ func (s *Service) Put(ctx context.Context, tenant string, in Input, ifMatch int6
 			if ifMatch != 0 {
 				return err
 			}
-			res, err = s.createIn(ctx, tx, tenant, in)
+			if res, err = s.createIn(ctx, tx, tenant, in); err != nil {
+				return err
+			}
+			_, err = s.record(ctx, tx, change{action: repo.VersionCreate, after: res.Entry})
 			return err
 		}
 		if err != nil {
@@ -42,7 +45,10 @@ func (s *Service) Put(ctx context.Context, tenant string, in Input, ifMatch int6
 		if ifMatch != 0 && cur.Version != ifMatch {
 			return fmt.Errorf("update entry %s: %w", in.ID, repo.ErrVersionMismatch)
 		}
-		res, err = s.updateIn(ctx, tx, tenant, cur, in)
+		if res, err = s.updateIn(ctx, tx, tenant, cur, in); err != nil {
+			return err
+		}
+		_, err = s.record(ctx, tx, change{action: repo.VersionUpdate, before: cur, after: res.Entry})
 		return err
 	})
 	if err != nil {
@@ -182,6 +188,7 @@ func (s *Service) Delete(ctx context.Context, tenant, id string, ifMatch int64) 
 		return err
 	}
 	if refErr != nil {
+		s.recordRefusedDelete(ctx, tenant, id, refErr)
 		return refErr
 	}
 	err = db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
@@ -197,6 +204,10 @@ func (s *Service) Delete(ctx context.Context, tenant, id string, ifMatch int64) 
 			return err
 		}
 		if n == 0 {
+			cur, err := s.deleting(ctx, tx, tenant, id, ifMatch)
+			if err != nil {
+				return err
+			}
 			// A savepoint, so that a refusal by the foreign key leaves the transaction
 			// usable for listing what refused it.
 			sp, err := tx.Begin(ctx)
@@ -209,7 +220,11 @@ func (s *Service) Delete(ctx context.Context, tenant, id string, ifMatch int64) 
 					_ = sp.Rollback(ctx)
 					return err
 				}
-				return sp.Commit(ctx)
+				if err := sp.Commit(ctx); err != nil {
+					return fmt.Errorf("delete entry %s: %w", id, err)
+				}
+				_, err = s.record(ctx, tx, change{action: repo.VersionDelete, before: cur})
+				return err
 			}
 			if err := sp.Rollback(ctx); err != nil {
 				return fmt.Errorf("delete entry %s: %w", id, err)
@@ -222,6 +237,9 @@ func (s *Service) Delete(ctx context.Context, tenant, id string, ifMatch int64) 
 		refErr = &ReferencedError{EntryID: id, References: refs, Total: max(n, len(refs))}
 		return refErr // rolls back: the generation does not move for a refused delete
 	})
+	if errors.As(err, &refErr) {
+		s.recordRefusedDelete(ctx, tenant, id, refErr)
+	}
 	return err
 }
 

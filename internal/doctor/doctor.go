@@ -23,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
@@ -255,12 +256,16 @@ func (d *Doctor) checkFile(ring *envelope.Ring, t repo.Tenant) {
 // expired and expiring entries.
 func (d *Doctor) checkRows(ctx context.Context, ring *envelope.Ring, tenant string) {
 	var (
-		entries []*repo.Entry
-		secrets []repo.NodeSecret
+		entries  []*repo.Entry
+		versions []*repo.Version
+		secrets  []repo.NodeSecret
 	)
 	err := db.InTenant(ctx, d.Pool, tenant, func(tx pgx.Tx) error {
 		var err error
 		if entries, err = repo.ExportEntries(ctx, tx, tenant); err != nil {
+			return err
+		}
+		if versions, err = repo.ExportVersions(ctx, tx, tenant); err != nil {
 			return err
 		}
 		secrets, err = repo.ExportNodeSecrets(ctx, tx, tenant)
@@ -305,6 +310,19 @@ func (d *Doctor) checkRows(ctx context.Context, ring *envelope.Ring, tenant stri
 		d.checkExpiry(subject, notAfter, now)
 	}
 	if ring != nil {
+		for _, v := range versions {
+			for _, f := range []struct {
+				name string
+				blob []byte
+			}{{"certPem", v.CertSealed}, {"keyPem", v.KeySealed}} {
+				if len(f.blob) == 0 {
+					continue
+				}
+				if _, err := ring.Open(f.blob, catalog.VersionAAD(tenant, v.EntryID, v.Version, f.name)); err != nil {
+					fail(fmt.Sprintf("%s/%s@%d", tenant, v.EntryID, v.Version), "%s of version %d does not decrypt: %v", f.name, v.Version, err)
+				}
+			}
+		}
 		for _, s := range secrets {
 			if _, err := ring.Open(s.Sealed, sealing.NodeSecret(tenant, s.NodeID, s.Name)); err != nil {
 				fail(tenant+"/node:"+s.NodeID, "credential %s does not decrypt: %v", s.Name, err)
@@ -317,7 +335,7 @@ func (d *Doctor) checkRows(ctx context.Context, ring *envelope.Ring, tenant stri
 	case failures > maxRowFailures:
 		d.add("rows", Fail, tenant, "%d more row(s) do not decrypt", failures-maxRowFailures)
 	case failures == 0:
-		d.add("rows", OK, tenant, "%d entries and %d node credentials decrypt", len(entries), len(secrets))
+		d.add("rows", OK, tenant, "%d entries, %d versions and %d node credentials decrypt", len(entries), len(versions), len(secrets))
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/loopze/certstore/internal/audit"
 	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
@@ -172,7 +173,12 @@ func (im *Importer) Import(ctx context.Context, data []byte, o ImportOptions) (I
 		if err := repo.ImportReferences(ctx, tx, o.Tenant, refs); err != nil {
 			return err
 		}
-		return repo.ImportNodeSecrets(ctx, tx, o.Tenant, secrets)
+		if err := repo.ImportNodeSecrets(ctx, tx, o.Tenant, secrets); err != nil {
+			return err
+		}
+		return audit.Record(ctx, tx, audit.Event{Tenant: o.Tenant, Action: audit.TenantImport, Target: "tenant",
+			Detail: map[string]any{"entries": len(entries), "references": len(refs), "nodeCredentials": len(secrets),
+				"replaced": has, "fromTenant": fileTenant, "fileGeneration": h.Generation}})
 	})
 	if err != nil {
 		return ImportResult{Tenant: o.Tenant, FileGeneration: h.Generation}, err

@@ -60,7 +60,7 @@ type Report struct {
 	Resumed bool
 	// NewKeyID is the key everything is sealed under now.
 	NewKeyID string
-	// Rewrapped counts the rows (entries and node secrets) moved to the new key.
+	// Rewrapped counts the rows (entries, their versions and node secrets) moved to the new key.
 	Rewrapped int64
 	// Files are the credentials files written under the new key.
 	Files []fileexport.Result
@@ -247,7 +247,15 @@ func (r *Rotator) rewrapTenant(ctx context.Context, ring *envelope.Ring, tenant,
 			}
 			n = len(entries)
 			if n == batch {
-				return nil
+				return recordRotation(ctx, tx, tenant, newID, n)
+			}
+			versions, err := rewrapVersions(ctx, tx, ring, tenant, newID, batch-n)
+			if err != nil {
+				return err
+			}
+			n += versions
+			if n == batch {
+				return recordRotation(ctx, tx, tenant, newID, n)
 			}
 			secrets, err := repo.NodeSecretsToRewrap(ctx, tx, tenant, newID, batch-n)
 			if err != nil {
@@ -261,7 +269,10 @@ func (r *Rotator) rewrapTenant(ctx context.Context, ring *envelope.Ring, tenant,
 				s.KeyID = newID
 			}
 			n += len(secrets)
-			return repo.RewrapNodeSecrets(ctx, tx, tenant, secrets)
+			if err := repo.RewrapNodeSecrets(ctx, tx, tenant, secrets); err != nil {
+				return err
+			}
+			return recordRotation(ctx, tx, tenant, newID, n)
 		})
 		if err != nil {
 			return total, err

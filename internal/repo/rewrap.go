@@ -53,12 +53,14 @@ func RewrapNodeSecrets(ctx context.Context, q db.DBTX, tenant string, rows []Nod
 	return execBatch(ctx, q, b, "rewrap node secrets")
 }
 
-// KeyUsage counts, for one tenant, the sealed rows (inline entries and node secrets) per
-// master key ID.
+// KeyUsage counts, for one tenant, the sealed rows (inline entries, their versions and
+// node secrets) per master key ID.
 func KeyUsage(ctx context.Context, q db.DBTX, tenant string) (map[string]int64, error) {
 	rows, err := q.Query(ctx, `
 		SELECT key_id, count(*) FROM (
 			SELECT key_id FROM entries WHERE tenant_id = $1 AND key_id IS NOT NULL
+			UNION ALL
+			SELECT key_id FROM entry_versions WHERE tenant_id = $1 AND key_id IS NOT NULL
 			UNION ALL
 			SELECT key_id FROM node_secrets WHERE tenant_id = $1
 		) k GROUP BY key_id`, tenant)

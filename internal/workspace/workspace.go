@@ -121,7 +121,8 @@ func (s *Service) Deploy(ctx context.Context, tenant string, ws *refs.Workspace,
 			sortIssues(issues)
 			return &ValidationError{Issues: issues}
 		}
-		if err := s.saveSecrets(ctx, tx, tenant, ws, stored); err != nil {
+		set, cleared, err := s.saveSecrets(ctx, tx, tenant, ws, stored)
+		if err != nil {
 			return err
 		}
 		doc, err := json.Marshal(ws.Stripped())
@@ -131,12 +132,17 @@ func (s *Service) Deploy(ctx context.Context, tenant string, ws *refs.Workspace,
 		if res.Version, res.UpdatedAt, err = repo.SaveWorkspace(ctx, tx, tenant, doc, ifVersion); err != nil {
 			return err
 		}
-		if err := replaceReferences(ctx, tx, tenant, list); err != nil {
+		added, removed, err := replaceReferences(ctx, tx, tenant, list)
+		if err != nil {
 			return err
 		}
 		res.References, res.Warnings = len(list), warnings
-		return nil
+		return recordDeploy(ctx, tx, tenant, res, added, removed, set, cleared)
 	})
+	var ve *ValidationError
+	if errors.As(err, &ve) {
+		s.recordRefusedDeploy(ctx, tenant, ve)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -194,10 +200,10 @@ func entryIDs(list []refs.Reference) []string {
 
 // replaceReferences makes the tenant's reference rows equal list, touching only the rows
 // that change, so redeploying an unchanged workspace writes no reference rows at all.
-func replaceReferences(ctx context.Context, tx pgx.Tx, tenant string, list []refs.Reference) error {
+func replaceReferences(ctx context.Context, tx pgx.Tx, tenant string, list []refs.Reference) (added, removed int, err error) {
 	existing, err := repo.ListTenantReferences(ctx, tx, tenant)
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	type key struct{ entry, flow, node, nodeType, field string }
 	want := make(map[key]bool, len(list))
@@ -220,20 +226,21 @@ func replaceReferences(ctx context.Context, tx pgx.Tx, tenant string, list []ref
 		}
 	}
 	if err := repo.DeleteReferences(ctx, tx, tenant, drop); err != nil {
-		return err
+		return 0, 0, err
 	}
 	if err := repo.InsertReferences(ctx, tx, tenant, add); err != nil {
 		if errors.Is(err, repo.ErrReferenced) {
-			return fmt.Errorf("store references: %w", ErrConcurrentChange)
+			return 0, 0, fmt.Errorf("store references: %w", ErrConcurrentChange)
 		}
-		return err
+		return 0, 0, err
 	}
-	return nil
+	return len(add), len(drop), nil
 }
 
 // saveSecrets seals the new write-only values of ws and removes the cleared ones and those
-// of removed nodes; kept values are not touched.
-func (s *Service) saveSecrets(ctx context.Context, tx pgx.Tx, tenant string, ws *refs.Workspace, stored *storedSecrets) error {
+// of removed nodes; kept values are not touched. It returns what it set and removed, by
+// name, for the audit trail.
+func (s *Service) saveSecrets(ctx context.Context, tx pgx.Tx, tenant string, ws *refs.Workspace, stored *storedSecrets) ([]repo.NodeSecret, []repo.NodeSecretKey, error) {
 	var (
 		upsert []repo.NodeSecret
 		keep   = map[repo.NodeSecretKey]bool{}
@@ -260,7 +267,7 @@ func (s *Service) saveSecrets(ctx context.Context, tx pgx.Tx, tenant string, ws 
 			nodes[n.ID] = n
 			for k, v := range n.Credentials {
 				if err := set(n.ID, refs.SecretName(k), v); err != nil {
-					return err
+					return nil, nil, err
 				}
 			}
 			if n.TLS == nil {
@@ -274,7 +281,7 @@ func (s *Service) saveSecrets(ctx context.Context, tx pgx.Tx, tenant string, ws 
 				}{{p.CertPEM, sp.CertPEM}, {p.KeyPEM, sp.KeyPEM}} {
 					if x.v != nil {
 						if err := set(n.ID, refs.PEMSecretName(x.field), *x.v); err != nil {
-							return err
+							return nil, nil, err
 						}
 					}
 				}
@@ -301,9 +308,9 @@ func (s *Service) saveSecrets(ctx context.Context, tx pgx.Tx, tenant string, ws 
 		return strings.Compare(a.NodeID+"\x00"+a.Name, b.NodeID+"\x00"+b.Name)
 	})
 	if err := repo.DeleteNodeSecrets(ctx, tx, tenant, drop); err != nil {
-		return err
+		return nil, nil, err
 	}
-	return repo.UpsertNodeSecrets(ctx, tx, tenant, upsert)
+	return upsert, drop, repo.UpsertNodeSecrets(ctx, tx, tenant, upsert)
 }
 
 // storedSecrets answers refs.Checker about the values already stored, opening one only

@@ -1,0 +1,156 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/danielgtaylor/huma/v2"
+
+	"github.com/loopze/certstore/internal/auth"
+	"github.com/loopze/certstore/internal/catalog"
+	"github.com/loopze/certstore/internal/repo"
+)
+
+// Version is one version of an entry's history as the API shows it: the entry's fields
+// and metadata as they were, never PEM or keys.
+type Version struct {
+	Version           int64     `json:"version" doc:"Number of this version in the entry ID's history, from 1; the {version} of the routes below"`
+	Action            string    `json:"action" enum:"create,update,delete,restore,baseline" doc:"The change that made this version; baseline is the state of an entry older than its history, recorded at its first change"`
+	EntryVersion      int64     `json:"entryVersion" doc:"The entry's version (ETag) this state had; for a delete, the version deleted"`
+	RestoredFrom      int64     `json:"restoredFrom,omitempty" doc:"For a restore: the version brought back"`
+	ChangedAt         time.Time `json:"changedAt"`
+	ChangedBy         string    `json:"changedBy" doc:"Subject of the token (or the operator command) that made the change"`
+	Name              string    `json:"name"`
+	Type              string    `json:"type" enum:"ca-bundle,client-pair,server-pair"`
+	Source            string    `json:"source" enum:"inline,file"`
+	Notes             string    `json:"notes"`
+	CertPath          string    `json:"certPath,omitempty"`
+	KeyPath           string    `json:"keyPath,omitempty"`
+	HasPrivateKey     bool      `json:"hasPrivateKey"`
+	FingerprintSHA256 string    `json:"fingerprintSha256"`
+	Subject           string    `json:"subject"`
+	Issuer            string    `json:"issuer"`
+	SerialNumber      string    `json:"serialNumber"`
+	NotBefore         time.Time `json:"notBefore"`
+	NotAfter          time.Time `json:"notAfter"`
+	DNSNames          []string  `json:"dnsNames"`
+	CertCount         int       `json:"certCount"`
+	KeyAlgorithm      string    `json:"keyAlgorithm"`
+}
+
+func toVersion(v *repo.Version) Version {
+	return Version{
+		Version: v.Version, Action: v.Action, EntryVersion: v.EntryVersion, RestoredFrom: v.RestoredFrom,
+		ChangedAt: v.ChangedAt.UTC(), ChangedBy: v.ChangedBy, Name: v.Name, Type: string(v.Type), Source: v.Source,
+		Notes: v.Notes, CertPath: v.CertPath, KeyPath: v.KeyPath, HasPrivateKey: v.Meta.HasPrivateKey,
+		FingerprintSHA256: v.Meta.FingerprintSHA256, Subject: v.Meta.Subject, Issuer: v.Meta.Issuer,
+		SerialNumber: v.Meta.SerialNumber, NotBefore: v.Meta.NotBefore.UTC(), NotAfter: v.Meta.NotAfter.UTC(),
+		DNSNames: nonNilStrings(v.Meta.DNSNames), CertCount: v.Meta.CertCount, KeyAlgorithm: v.Meta.KeyAlgorithm,
+	}
+}
+
+// VersionParam is the {id} and {version} path parameters.
+type VersionParam struct {
+	CertIDParam
+	Version int64 `path:"version" minimum:"1" doc:"Version number, from the history listing" example:"3"`
+}
+
+// VersionsOutput is a page of an entry's history, newest first.
+type VersionsOutput struct {
+	Body struct {
+		Items      []Version `json:"items"`
+		NextCursor string    `json:"nextCursor,omitempty" doc:"Pass as cursor for the next (older) page; absent on the last page"`
+	}
+}
+
+// VersionOutput is one version.
+type VersionOutput struct {
+	Body Version
+}
+
+// historyError maps the errors of the history routes, then defers to mapError.
+func (s *Server) historyError(ctx context.Context, err error) error {
+	if errors.Is(err, catalog.ErrUnknownVersion) {
+		return newError(http.StatusNotFound, "no such version of this cert in this tenant")
+	}
+	if errors.Is(err, repo.ErrNotFound) {
+		return newError(http.StatusNotFound, "no such cert, and no history of one, in this tenant")
+	}
+	return s.mapError(ctx, err)
+}
+
+func registerHistory(api huma.API, s *Server) {
+	tags := []string{"history"}
+
+	huma.Register(api, secured(huma.Operation{
+		OperationID: "listCertVersions", Method: http.MethodGet, Path: certsPath + "/{id}/versions", Tags: tags,
+		Summary: "List an entry's versions",
+		Description: "Every create, update, delete and restore of the entry kept a version; newest first, with cursor pagination. " +
+			"A deleted entry's history stays readable until the retention prunes it. Never returns PEM or keys.",
+		Errors: []int{http.StatusBadRequest, http.StatusNotFound},
+	}, auth.Viewer), func(ctx context.Context, in *struct {
+		CertIDParam
+		Limit  int    `query:"limit" default:"50" minimum:"1" maximum:"1000" doc:"Page size"`
+		Cursor string `query:"cursor" maxLength:"200" doc:"nextCursor of the previous page"`
+	}) (*VersionsOutput, error) {
+		var before int64
+		if in.Cursor != "" {
+			if err := decodeCursor(in.Cursor, &before); err != nil {
+				return nil, err
+			}
+			if before < 1 {
+				return nil, decodeCursor("!", &before)
+			}
+		}
+		vs, more, err := s.deps.Catalog.Versions(ctx, principalFrom(ctx).Tenant, in.ID, before, in.Limit)
+		if err != nil {
+			return nil, s.historyError(ctx, err)
+		}
+		out := &VersionsOutput{}
+		out.Body.Items = make([]Version, 0, len(vs))
+		for _, v := range vs {
+			out.Body.Items = append(out.Body.Items, toVersion(v))
+		}
+		if more && len(vs) > 0 {
+			out.Body.NextCursor = encodeCursor(vs[len(vs)-1].Version)
+		}
+		return out, nil
+	})
+
+	huma.Register(api, secured(huma.Operation{
+		OperationID: "getCertVersion", Method: http.MethodGet, Path: certsPath + "/{id}/versions/{version}", Tags: tags,
+		Summary:     "Get one version of an entry",
+		Description: "The entry's fields and metadata as this version kept them. Never returns PEM or keys.",
+		Errors:      []int{http.StatusNotFound},
+	}, auth.Viewer), func(ctx context.Context, in *VersionParam) (*VersionOutput, error) {
+		v, err := s.deps.Catalog.Version(ctx, principalFrom(ctx).Tenant, in.ID, in.Version)
+		if err != nil {
+			return nil, s.historyError(ctx, err)
+		}
+		return &VersionOutput{Body: toVersion(v)}, nil
+	})
+
+	huma.Register(api, secured(huma.Operation{
+		OperationID: "restoreCertVersion", Method: http.MethodPost, Path: certsPath + "/{id}/versions/{version}/restore", Tags: tags,
+		Summary: "Restore a version of an entry",
+		Description: "Makes a new version whose fields and material are those of the given one; the references to the entry are untouched, " +
+			"so a type change is refused with 409 while the entry is referenced. A deleted entry is recreated (201). " +
+			"File-sourced material is read from the version's paths again. Send If-Match with the entry's ETag to refuse a lost update (412).",
+		Errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusPreconditionFailed, http.StatusUnprocessableEntity},
+	}, auth.Editor), func(ctx context.Context, in *struct {
+		VersionParam
+		IfMatch string `header:"If-Match" doc:"ETag of the entry version being replaced"`
+	}) (*CertSavedOutput, error) {
+		ifMatch, err := parseIfMatch(in.IfMatch)
+		if err != nil {
+			return nil, err
+		}
+		res, err := s.deps.Catalog.Restore(ctx, principalFrom(ctx).Tenant, in.ID, in.Version, ifMatch)
+		if err != nil {
+			return nil, s.historyError(ctx, err)
+		}
+		return s.saved(res), nil
+	})
+}

@@ -1,0 +1,156 @@
+// Package audit owns the tamper-evident audit trail: who did what to which target of a
+// tenant, recorded in the same transaction as the change (or, for a refused operation, in
+// a small transaction of its own after the refusal). Records form one hash chain per
+// tenant; Verify walks every chain and names the first broken link. The actor reaches
+// domain code through the context (WithActor), so no HTTP type travels below the API.
+// Records never hold PEM, keys or credential values: only names, IDs and fingerprints.
+package audit
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/repo"
+)
+
+// Actions recorded.
+const (
+	EntryCreate            = "entry.create"
+	EntryUpdate            = "entry.update"
+	EntryDelete            = "entry.delete"
+	EntryRestore           = "entry.restore"
+	EntryDeleteRefused     = "entry.delete.refused"
+	WorkspaceDeploy        = "workspace.deploy"
+	WorkspaceDeployRefused = "workspace.deploy.refused"
+	NodeCredentials        = "node.credentials"
+	TenantImport           = "tenant.import"
+	KeyRotate              = "key.rotate"
+)
+
+// Actions lists every action, for the API's filter.
+var Actions = []string{EntryCreate, EntryUpdate, EntryDelete, EntryRestore, EntryDeleteRefused,
+	WorkspaceDeploy, WorkspaceDeployRefused, NodeCredentials, TenantImport, KeyRotate}
+
+// Actor is who makes a change: the token's subject and role for API calls, the command
+// for operator subcommands, with the request id and client address when there is one.
+type Actor struct {
+	Subject    string
+	Role       string
+	RequestID  string
+	ClientAddr string
+}
+
+type actorKey struct{}
+
+// WithActor returns ctx carrying a.
+func WithActor(ctx context.Context, a Actor) context.Context {
+	return context.WithValue(ctx, actorKey{}, a)
+}
+
+// ActorFrom returns the actor ctx carries; the zero Actor when none.
+func ActorFrom(ctx context.Context) Actor {
+	a, _ := ctx.Value(actorKey{}).(Actor)
+	return a
+}
+
+// Event is what a write reports; the actor and time are added by Record.
+type Event struct {
+	Tenant string
+	Action string
+	// Target names what changed: "entry:<id>", "workspace", "node:<id>", "tenant".
+	Target            string
+	FingerprintBefore string
+	FingerprintAfter  string
+	// Detail holds counts and names, never values; nil is {}.
+	Detail map[string]any
+}
+
+// EntryTarget is the target of an entry's records.
+func EntryTarget(id string) string { return "entry:" + id }
+
+// NodeTarget is the target of a node's records.
+func NodeTarget(id string) string { return "node:" + id }
+
+// Now is the clock of records; tests may replace it.
+var Now = time.Now
+
+// Record appends ev to its tenant's chain in the caller's transaction (scoped to the
+// tenant), stamped with the context's actor and the current time.
+func Record(ctx context.Context, q db.DBTX, ev Event) error {
+	a := ActorFrom(ctx)
+	detail := []byte("{}")
+	if len(ev.Detail) > 0 {
+		var err error
+		if detail, err = json.Marshal(ev.Detail); err != nil {
+			return fmt.Errorf("encode audit detail: %w", err)
+		}
+	}
+	r := &repo.AuditRecord{
+		TenantID: ev.Tenant, At: Now().UTC().Truncate(time.Microsecond),
+		Subject: a.Subject, Role: a.Role, Action: ev.Action, Target: ev.Target,
+		FingerprintBefore: ev.FingerprintBefore, FingerprintAfter: ev.FingerprintAfter,
+		RequestID: a.RequestID, ClientAddr: a.ClientAddr, Detail: string(detail),
+	}
+	if err := repo.AppendAudit(ctx, q, r, Canonical(r)); err != nil {
+		return fmt.Errorf("record %s of %s: %w", ev.Action, ev.Target, err)
+	}
+	return nil
+}
+
+// RecordAlone records ev in a transaction of its own: for refused operations, whose own
+// transaction rolled back. The tenant row is created when missing (a refused first deploy).
+func RecordAlone(ctx context.Context, pool *pgxpool.Pool, ev Event) error {
+	return db.InTenant(ctx, pool, ev.Tenant, func(tx pgx.Tx) error {
+		if err := repo.EnsureTenant(ctx, tx, ev.Tenant); err != nil {
+			return err
+		}
+		return Record(ctx, tx, ev)
+	})
+}
+
+// canonicalMagic opens every record's canonical bytes, naming the encoding's version.
+const canonicalMagic = "loopze-audit-v1\n"
+
+// TimeLayout is how a record's time enters its canonical bytes: UTC, microseconds.
+const TimeLayout = "2006-01-02T15:04:05.000000Z"
+
+// Canonical returns a record's canonical bytes: canonicalMagic, then each of tenant,
+// time (TimeLayout), subject, role, action, target, fingerprint before, fingerprint after,
+// request id, client address and detail (its stored JSON text) as a 4-byte big-endian
+// length and the UTF-8 bytes. The sequence number and previous hash are not part of them:
+// they enter the hash directly (see Hash).
+func Canonical(r *repo.AuditRecord) []byte {
+	var b bytes.Buffer
+	b.WriteString(canonicalMagic)
+	for _, f := range []string{r.TenantID, r.At.UTC().Format(TimeLayout), r.Subject, r.Role, r.Action, r.Target,
+		r.FingerprintBefore, r.FingerprintAfter, r.RequestID, r.ClientAddr, r.Detail} {
+		var n [4]byte
+		binary.BigEndian.PutUint32(n[:], uint32(len(f)))
+		b.Write(n[:])
+		b.WriteString(f)
+	}
+	return b.Bytes()
+}
+
+// Hash is a record's chain hash: SHA-256(prev || seq as 8 big-endian bytes || canonical).
+func Hash(prev []byte, seq int64, canonical []byte) []byte {
+	h := sha256.New()
+	h.Write(prev)
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(seq))
+	h.Write(n[:])
+	h.Write(canonical)
+	return h.Sum(nil)
+}
+
+// ZeroHash is the previous hash of a tenant's first record.
+var ZeroHash = make([]byte, sha256.Size)

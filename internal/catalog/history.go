@@ -1,0 +1,354 @@
+package catalog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/loopze/certstore/internal/audit"
+	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/secret"
+)
+
+// ErrUnknownVersion means the entry's history has no such version (in this tenant). It
+// wraps repo.ErrNotFound.
+var ErrUnknownVersion = fmt.Errorf("no such version: %w", repo.ErrNotFound)
+
+// Retention defaults (LOOPZE_HISTORY_KEEP, LOOPZE_HISTORY_DAYS).
+const (
+	DefaultHistoryKeep = 20
+	DefaultHistoryDays = 90
+)
+
+// VersionAAD binds a version's sealed field to its tenant, entry, version and field. The
+// owner "entry-version:<id>:<n>" can never equal an entry's own "entry:<id>" (IDs hold no
+// colon), so neither ciphertext opens in the other's place.
+func VersionAAD(tenant, id string, version int64, field string) envelope.AAD {
+	return envelope.AAD{Tenant: tenant, Owner: "entry-version:" + id + ":" + strconv.FormatInt(version, 10), Field: field}
+}
+
+// openBlob decrypts one sealed value, reloading the key ring once when it names a master
+// key this process does not hold (another replica rotated).
+func (s *Service) openBlob(blob []byte, a envelope.AAD) (secret.PEM, error) {
+	if len(blob) == 0 {
+		return nil, nil
+	}
+	pt, err := s.Ring.Open(blob, a)
+	if errors.Is(err, envelope.ErrUnknownKey) {
+		if rerr := s.Ring.Reload(); rerr != nil {
+			return nil, fmt.Errorf("reload master keys: %w", rerr)
+		}
+		pt, err = s.Ring.Open(blob, a)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return secret.PEM(pt), nil
+}
+
+// OpenVersion decrypts an inline version's sealed material.
+func (s *Service) OpenVersion(v *repo.Version) (cert, key secret.PEM, err error) {
+	if v.Source != SourceInline {
+		return nil, nil, fmt.Errorf("open version %d of %s: not an inline version", v.Version, v.EntryID)
+	}
+	if cert, err = s.openBlob(v.CertSealed, VersionAAD(v.TenantID, v.EntryID, v.Version, "certPem")); err != nil {
+		return nil, nil, fmt.Errorf("open certPem of version %d of %s: %w", v.Version, v.EntryID, err)
+	}
+	if key, err = s.openBlob(v.KeySealed, VersionAAD(v.TenantID, v.EntryID, v.Version, "keyPem")); err != nil {
+		return nil, nil, fmt.Errorf("open keyPem of version %d of %s: %w", v.Version, v.EntryID, err)
+	}
+	return cert, key, nil
+}
+
+// materialOf opens an inline entry's stored material; nil for a file entry.
+func (s *Service) materialOf(e *repo.Entry) (cert, key secret.PEM, err error) {
+	if e == nil || e.Source != SourceInline {
+		return nil, nil, nil
+	}
+	return s.Open(e)
+}
+
+// writeVersion stores e (with its material) as version n of its history.
+func (s *Service) writeVersion(ctx context.Context, tx pgx.Tx, e *repo.Entry, n int64, action string, restoredFrom int64) error {
+	v := &repo.Version{
+		TenantID: e.TenantID, EntryID: e.ID, Version: n, Action: action, EntryVersion: e.Version,
+		RestoredFrom: restoredFrom, Name: e.Name, Type: e.Type, Source: e.Source, Notes: e.Notes,
+		CertPath: e.CertPath, KeyPath: e.KeyPath, Meta: e.Meta, ChangedBy: audit.ActorFrom(ctx).Subject,
+	}
+	if e.Source == SourceInline {
+		cert, key, err := s.materialOf(e)
+		if err != nil {
+			return fmt.Errorf("record version %d of %s: %w", n, e.ID, err)
+		}
+		if v.CertSealed, err = s.Ring.Seal(cert, VersionAAD(e.TenantID, e.ID, n, "certPem")); err != nil {
+			return fmt.Errorf("seal version %d of %s: %w", n, e.ID, err)
+		}
+		if len(key) > 0 {
+			if v.KeySealed, err = s.Ring.Seal(key, VersionAAD(e.TenantID, e.ID, n, "keyPem")); err != nil {
+				return fmt.Errorf("seal version %d of %s: %w", n, e.ID, err)
+			}
+		}
+		v.KeyID = s.Ring.CurrentKeyID()
+	}
+	return repo.InsertVersion(ctx, tx, v)
+}
+
+// change is one write of an entry, as history and audit record it.
+type change struct {
+	action       string // repo.Version* action
+	before       *repo.Entry
+	after        *repo.Entry
+	restoredFrom int64
+}
+
+var auditActions = map[string]string{
+	repo.VersionCreate: audit.EntryCreate, repo.VersionUpdate: audit.EntryUpdate,
+	repo.VersionDelete: audit.EntryDelete, repo.VersionRestore: audit.EntryRestore,
+}
+
+// record writes a change's version row and audit record in its transaction, which holds
+// the tenant's row lock: version numbers are the entry ID's last plus one. An entry that
+// predates history gets its state before the change recorded first, as a baseline.
+func (s *Service) record(ctx context.Context, tx pgx.Tx, c change) (int64, error) {
+	e := c.after
+	if e == nil {
+		e = c.before
+	}
+	last, err := repo.LastVersion(ctx, tx, e.TenantID, e.ID)
+	if err != nil {
+		return 0, err
+	}
+	if last == 0 && c.before != nil && c.action != repo.VersionDelete {
+		last = 1
+		if err := s.writeVersion(ctx, tx, c.before, last, repo.VersionBaseline, 0); err != nil {
+			return 0, err
+		}
+	}
+	n := last + 1
+	if err := s.writeVersion(ctx, tx, e, n, c.action, c.restoredFrom); err != nil {
+		return 0, err
+	}
+	ev := audit.Event{Tenant: e.TenantID, Action: auditActions[c.action], Target: audit.EntryTarget(e.ID),
+		Detail: map[string]any{"version": n}}
+	if c.before != nil {
+		ev.FingerprintBefore = c.before.Meta.FingerprintSHA256
+	}
+	if c.after != nil {
+		ev.FingerprintAfter = c.after.Meta.FingerprintSHA256
+	}
+	if c.restoredFrom > 0 {
+		ev.Detail["restoredFrom"] = c.restoredFrom
+	}
+	return n, audit.Record(ctx, tx, ev)
+}
+
+// recordRefusedDelete audits a delete refused because deployed nodes reference the entry.
+// The refusal changed nothing, so its record gets a transaction of its own; failing to
+// write it is logged, and the refusal still answers.
+func (s *Service) recordRefusedDelete(ctx context.Context, tenant, id string, re *ReferencedError) {
+	err := audit.RecordAlone(ctx, s.Pool, audit.Event{Tenant: tenant, Action: audit.EntryDeleteRefused,
+		Target: audit.EntryTarget(id), Detail: map[string]any{"references": re.Total}})
+	if err != nil {
+		s.Logger.Error("audit record of a refused delete failed", "tenant", tenant, "entry", id, "err", err)
+	}
+}
+
+// Versions returns a page of entry id's history, newest first, below version before (0:
+// from the newest), and whether more follow. Versions carry no sealed material. An ID
+// with neither an entry nor history is repo.ErrNotFound; an entry that predates history
+// has an empty one.
+func (s *Service) Versions(ctx context.Context, tenant, id string, before int64, limit int) ([]*repo.Version, bool, error) {
+	var (
+		out  []*repo.Version
+		more bool
+	)
+	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
+		var err error
+		if out, more, err = repo.ListVersions(ctx, tx, tenant, id, before, limit); err != nil || len(out) > 0 || before > 0 {
+			return err
+		}
+		_, err = repo.GetEntry(ctx, tx, tenant, id)
+		return err
+	})
+	return out, more, err
+}
+
+// Version returns one version of entry id, without its sealed material; ErrUnknownVersion
+// when there is no such version in the tenant.
+func (s *Service) Version(ctx context.Context, tenant, id string, version int64) (*repo.Version, error) {
+	var v *repo.Version
+	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
+		var err error
+		v, err = repo.GetVersion(ctx, tx, tenant, id, version)
+		return err
+	})
+	if errors.Is(err, repo.ErrNotFound) {
+		return nil, fmt.Errorf("version %d of %s: %w", version, id, ErrUnknownVersion)
+	}
+	if err != nil {
+		return nil, err
+	}
+	v.CertSealed, v.KeySealed = nil, nil
+	return v, nil
+}
+
+// Restore makes a new version of entry id whose fields and material are those of the
+// given version; a deleted entry is recreated. References are untouched, so a type change
+// of a referenced entry is refused with a *ReferencedError. ifMatch, when non-zero, is the
+// entry version the caller last saw (a deleted entry has none: ErrVersionMismatch).
+// File-sourced material is read from its paths again and must be valid there now.
+func (s *Service) Restore(ctx context.Context, tenant, id string, version, ifMatch int64) (*Result, error) {
+	var res *Result
+	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
+		if _, err := repo.BumpGeneration(ctx, tx, tenant); err != nil {
+			return err
+		}
+		v, err := repo.GetVersion(ctx, tx, tenant, id, version)
+		if errors.Is(err, repo.ErrNotFound) {
+			return fmt.Errorf("restore version %d of %s: %w", version, id, ErrUnknownVersion)
+		}
+		if err != nil {
+			return err
+		}
+		var cert, key secret.PEM
+		if v.Source == SourceInline {
+			if cert, key, err = s.OpenVersion(v); err != nil {
+				return err
+			}
+		}
+		cur, err := repo.GetEntryForUpdate(ctx, tx, tenant, id)
+		switch {
+		case errors.Is(err, repo.ErrNotFound):
+			cur = nil
+			if ifMatch != 0 {
+				return fmt.Errorf("restore %s: the entry is deleted: %w", id, repo.ErrVersionMismatch)
+			}
+		case err != nil:
+			return err
+		case ifMatch != 0 && cur.Version != ifMatch:
+			return fmt.Errorf("restore %s: %w", id, repo.ErrVersionMismatch)
+		case cur.Type != v.Type:
+			n, err := repo.CountReferences(ctx, tx, tenant, id)
+			if err != nil {
+				return err
+			}
+			if n > 0 {
+				refs, err := repo.ListReferences(ctx, tx, tenant, id, nil, MaxConflictReferences)
+				if err != nil {
+					return err
+				}
+				return &ReferencedError{EntryID: id, References: refs, Total: n}
+			}
+		}
+		p, err := s.prepare(tenant, id, v.Name, string(v.Type), v.Source, v.Notes, cert, key, v.CertPath, v.KeyPath)
+		if err != nil {
+			return err
+		}
+		if err := s.seal(p); err != nil {
+			return err
+		}
+		res = &Result{Entry: p.entry, Warnings: p.warnings}
+		if cur == nil {
+			if err := repo.InsertEntry(ctx, tx, p.entry); err != nil {
+				return err
+			}
+			res.Created = true
+		} else {
+			p.entry.Version, p.entry.CreatedAt = cur.Version, cur.CreatedAt
+			if err := repo.UpdateEntry(ctx, tx, p.entry); err != nil {
+				return err
+			}
+		}
+		_, err = s.record(ctx, tx, change{action: repo.VersionRestore, before: cur, after: p.entry, restoredFrom: v.Version})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.logWarnings(tenant, id, res.Warnings)
+	return res, nil
+}
+
+// PruneHistory applies the retention to every tenant: each entry keeps its keep newest
+// versions, and a deleted entry's history goes once its newest version is older than
+// maxAge. It returns how many versions went.
+func (s *Service) PruneHistory(ctx context.Context, keep int, maxAge time.Duration) (int64, error) {
+	if keep < 1 {
+		return 0, fmt.Errorf("prune history: keep must be at least 1, not %d", keep)
+	}
+	tenants, err := repo.ListTenants(ctx, s.Pool)
+	if err != nil {
+		return 0, fmt.Errorf("prune history: %w", err)
+	}
+	var total int64
+	cutoff := s.now().Add(-maxAge)
+	for _, t := range tenants {
+		err := db.InTenant(ctx, s.Pool, t.ID, func(tx pgx.Tx) error {
+			n, err := repo.PruneVersions(ctx, tx, t.ID, keep, cutoff)
+			total += n
+			return err
+		})
+		if err != nil {
+			return total, fmt.Errorf("prune history of %s: %w", t.ID, err)
+		}
+	}
+	return total, nil
+}
+
+// RunPruner prunes the history at once and then every interval until ctx ends, logging
+// what it removed. serve runs it in the background.
+func (s *Service) RunPruner(ctx context.Context, keep int, maxAge, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		n, err := s.PruneHistory(ctx, keep, maxAge)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			s.Logger.Error("history pruning failed; retrying at the next interval", "err", err)
+		case n > 0:
+			s.Logger.Info("history pruned", "versions", n, "keep", keep, "deleted_after", maxAge)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// createEntry stores a new entry with its first version and audit record, in one
+// transaction that takes the tenant's row lock first, as every write of the tenant does.
+func (s *Service) createEntry(ctx context.Context, e *repo.Entry) error {
+	return db.InTenant(ctx, s.Pool, e.TenantID, func(tx pgx.Tx) error {
+		if _, err := repo.BumpGeneration(ctx, tx, e.TenantID); err != nil {
+			return err
+		}
+		if err := repo.InsertEntry(ctx, tx, e); err != nil {
+			return err
+		}
+		_, err := s.record(ctx, tx, change{action: repo.VersionCreate, after: e})
+		return err
+	})
+}
+
+// deleting reads the entry a delete is about to remove, with its material, for the
+// version that keeps it: ErrNotFound when it is gone, ErrVersionMismatch when ifMatch
+// (non-zero) is not its version.
+func (s *Service) deleting(ctx context.Context, tx pgx.Tx, tenant, id string, ifMatch int64) (*repo.Entry, error) {
+	cur, err := repo.GetEntryForUpdate(ctx, tx, tenant, id)
+	if err != nil {
+		return nil, err
+	}
+	if ifMatch != 0 && cur.Version != ifMatch {
+		return nil, fmt.Errorf("delete entry %s: %w", id, repo.ErrVersionMismatch)
+	}
+	return cur, nil
+}

@@ -1,0 +1,44 @@
+package keyrotation
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/loopze/certstore/internal/audit"
+	"github.com/loopze/certstore/internal/catalog"
+	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/repo"
+)
+
+// rewrapVersions moves up to limit of the tenant's entry versions to newID and returns
+// how many it moved. Only the wrapped data keys change: a version's content is immutable.
+func rewrapVersions(ctx context.Context, tx pgx.Tx, ring *envelope.Ring, tenant, newID string, limit int) (int, error) {
+	versions, err := repo.VersionsToRewrap(ctx, tx, tenant, newID, limit)
+	if err != nil {
+		return 0, err
+	}
+	for _, v := range versions {
+		if v.CertSealed, err = ring.Rewrap(v.CertSealed, catalog.VersionAAD(tenant, v.EntryID, v.Version, "certPem")); err != nil {
+			return 0, fmt.Errorf("rewrap certPem of version %d of %s: %w", v.Version, v.EntryID, err)
+		}
+		if len(v.KeySealed) > 0 {
+			if v.KeySealed, err = ring.Rewrap(v.KeySealed, catalog.VersionAAD(tenant, v.EntryID, v.Version, "keyPem")); err != nil {
+				return 0, fmt.Errorf("rewrap keyPem of version %d of %s: %w", v.Version, v.EntryID, err)
+			}
+		}
+		v.KeyID = newID
+	}
+	return len(versions), repo.RewrapVersions(ctx, tx, versions)
+}
+
+// recordRotation audits one rewrap transaction of a tenant in that transaction; a batch
+// that moved nothing is not recorded.
+func recordRotation(ctx context.Context, tx pgx.Tx, tenant, newID string, rows int) error {
+	if rows == 0 {
+		return nil
+	}
+	return audit.Record(ctx, tx, audit.Event{Tenant: tenant, Action: audit.KeyRotate, Target: "tenant",
+		Detail: map[string]any{"keyId": newID, "rowsRewrapped": rows}})
+}

@@ -1,0 +1,201 @@
+package repo
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/material"
+)
+
+// Version is one row of an entry's history: the entry as it was after a change (for a
+// delete, as it was when deleted). Sealed fields hold envelope ciphertext bound to this
+// version, never PEM.
+type Version struct {
+	TenantID     string
+	EntryID      string
+	Version      int64
+	Action       string
+	EntryVersion int64
+	// RestoredFrom is the version a restore brought back; 0 otherwise.
+	RestoredFrom int64
+	Name         string
+	Type         material.Kind
+	Source       string
+	Notes        string
+	CertPath     string
+	KeyPath      string
+	CertSealed   []byte
+	KeySealed    []byte
+	KeyID        string
+	Meta         material.Metadata
+	ChangedAt    time.Time
+	ChangedBy    string
+}
+
+// Version actions.
+const (
+	VersionCreate   = "create"
+	VersionUpdate   = "update"
+	VersionDelete   = "delete"
+	VersionRestore  = "restore"
+	VersionBaseline = "baseline"
+)
+
+const versionColumns = `tenant_id, entry_id, version, action, entry_version, coalesce(restored_from, 0), name, type,
+	source, notes, coalesce(cert_path, ''), coalesce(key_path, ''), %s, coalesce(key_id, ''),
+	fingerprint_sha256, subject, issuer, serial_number, not_before, not_after, dns_names, cert_count,
+	key_algorithm, has_private_key, changed_at, changed_by`
+
+var (
+	versionSealedColumns = fmt.Sprintf(versionColumns, `cert_sealed, key_sealed`)
+	versionListColumns   = fmt.Sprintf(versionColumns, `NULL::bytea, NULL::bytea`)
+)
+
+func scanVersion(row pgx.Row) (*Version, error) {
+	var v Version
+	err := row.Scan(&v.TenantID, &v.EntryID, &v.Version, &v.Action, &v.EntryVersion, &v.RestoredFrom, &v.Name,
+		&v.Type, &v.Source, &v.Notes, &v.CertPath, &v.KeyPath, &v.CertSealed, &v.KeySealed, &v.KeyID,
+		&v.Meta.FingerprintSHA256, &v.Meta.Subject, &v.Meta.Issuer, &v.Meta.SerialNumber, &v.Meta.NotBefore,
+		&v.Meta.NotAfter, &v.Meta.DNSNames, &v.Meta.CertCount, &v.Meta.KeyAlgorithm, &v.Meta.HasPrivateKey,
+		&v.ChangedAt, &v.ChangedBy)
+	if err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+func collectVersions(rows pgx.Rows, what string) ([]*Version, error) {
+	defer rows.Close()
+	out := []*Version{}
+	for rows.Next() {
+		v, err := scanVersion(rows)
+		if err != nil {
+			return nil, mapErr("scan version", err)
+		}
+		out = append(out, v)
+	}
+	return out, mapErr(what, rows.Err())
+}
+
+// LastVersion returns the highest version number of entry id's history (0 when it has
+// none). The caller holds the tenant's row lock, so the next number is this plus one.
+func LastVersion(ctx context.Context, q db.DBTX, tenant, id string) (int64, error) {
+	var n int64
+	err := q.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM entry_versions WHERE tenant_id = $1 AND entry_id = $2`,
+		tenant, id).Scan(&n)
+	return n, mapErr("read last version of "+id, err)
+}
+
+// InsertVersion stores one history row and returns its time.
+func InsertVersion(ctx context.Context, q db.DBTX, v *Version) error {
+	var restored any
+	if v.RestoredFrom > 0 {
+		restored = v.RestoredFrom
+	}
+	err := q.QueryRow(ctx, `
+		INSERT INTO entry_versions (tenant_id, entry_id, version, action, entry_version, restored_from, name, type,
+			source, notes, cert_path, key_path, cert_sealed, key_sealed, key_id, fingerprint_sha256, subject,
+			issuer, serial_number, not_before, not_after, dns_names, cert_count, key_algorithm, has_private_key,
+			changed_by)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
+			$22, $23, $24, $25, $26)
+		RETURNING changed_at`,
+		v.TenantID, v.EntryID, v.Version, v.Action, v.EntryVersion, restored, v.Name, v.Type, v.Source, v.Notes,
+		nullIfEmpty(v.CertPath), nullIfEmpty(v.KeyPath), v.CertSealed, v.KeySealed, nullIfEmpty(v.KeyID),
+		v.Meta.FingerprintSHA256, v.Meta.Subject, v.Meta.Issuer, v.Meta.SerialNumber, v.Meta.NotBefore,
+		v.Meta.NotAfter, nonNil(v.Meta.DNSNames), v.Meta.CertCount, v.Meta.KeyAlgorithm, v.Meta.HasPrivateKey,
+		v.ChangedBy,
+	).Scan(&v.ChangedAt)
+	return mapErr(fmt.Sprintf("insert version %d of %s", v.Version, v.EntryID), err)
+}
+
+// GetVersion returns one version of entry id with its sealed material; ErrNotFound when
+// the tenant has no such version.
+func GetVersion(ctx context.Context, q db.DBTX, tenant, id string, version int64) (*Version, error) {
+	v, err := scanVersion(q.QueryRow(ctx, `SELECT `+versionSealedColumns+` FROM entry_versions
+		WHERE tenant_id = $1 AND entry_id = $2 AND version = $3`, tenant, id, version))
+	if err != nil {
+		return nil, mapErr(fmt.Sprintf("get version %d of %s", version, id), err)
+	}
+	return v, nil
+}
+
+// ListVersions returns up to limit versions of entry id, newest first, older than before
+// (0: from the newest), without their sealed material, and whether more follow.
+func ListVersions(ctx context.Context, q db.DBTX, tenant, id string, before int64, limit int) ([]*Version, bool, error) {
+	rows, err := q.Query(ctx, `SELECT `+versionListColumns+` FROM entry_versions
+		WHERE tenant_id = $1 AND entry_id = $2 AND ($3 = 0 OR version < $3)
+		ORDER BY version DESC LIMIT $4`, tenant, id, before, limit+1)
+	if err != nil {
+		return nil, false, mapErr("list versions of "+id, err)
+	}
+	out, err := collectVersions(rows, "list versions of "+id)
+	if err != nil {
+		return nil, false, err
+	}
+	more := len(out) > limit
+	if more {
+		out = out[:limit]
+	}
+	return out, more, nil
+}
+
+// ExportVersions returns every version of the tenant with its sealed material, in (entry,
+// version) order: for doctor.
+func ExportVersions(ctx context.Context, q db.DBTX, tenant string) ([]*Version, error) {
+	rows, err := q.Query(ctx, `SELECT `+versionSealedColumns+` FROM entry_versions
+		WHERE tenant_id = $1 ORDER BY entry_id, version`, tenant)
+	if err != nil {
+		return nil, mapErr("export versions", err)
+	}
+	return collectVersions(rows, "export versions")
+}
+
+// VersionsToRewrap locks and returns up to limit inline versions of tenant whose material
+// is wrapped under another master key than keyID.
+func VersionsToRewrap(ctx context.Context, q db.DBTX, tenant, keyID string, limit int) ([]*Version, error) {
+	rows, err := q.Query(ctx, `SELECT `+versionSealedColumns+` FROM entry_versions
+		WHERE tenant_id = $1 AND key_id IS NOT NULL AND key_id <> $2
+		ORDER BY entry_id, version LIMIT $3 FOR UPDATE`, tenant, keyID, limit)
+	if err != nil {
+		return nil, mapErr("select versions to rewrap", err)
+	}
+	return collectVersions(rows, "select versions to rewrap")
+}
+
+// RewrapVersions stores rewrapped material and its key ID for each version, in one round
+// trip. Nothing else of a version ever changes.
+func RewrapVersions(ctx context.Context, q db.DBTX, versions []*Version) error {
+	b := &pgx.Batch{}
+	for _, v := range versions {
+		b.Queue(`UPDATE entry_versions SET cert_sealed = $4, key_sealed = $5, key_id = $6
+			WHERE tenant_id = $1 AND entry_id = $2 AND version = $3`,
+			v.TenantID, v.EntryID, v.Version, v.CertSealed, v.KeySealed, v.KeyID)
+	}
+	return execBatch(ctx, q, b, "rewrap versions")
+}
+
+// PruneVersions applies the retention to one tenant: each entry keeps its keep newest
+// versions, and the whole history of an entry that no longer exists goes once its newest
+// version is older than deletedBefore. It returns how many rows went.
+func PruneVersions(ctx context.Context, q db.DBTX, tenant string, keep int, deletedBefore time.Time) (int64, error) {
+	tag, err := q.Exec(ctx, `
+		DELETE FROM entry_versions v
+		USING (
+			SELECT entry_id, max(version) AS last, max(changed_at) AS last_at
+			FROM entry_versions WHERE tenant_id = $1 GROUP BY entry_id
+		) h
+		WHERE v.tenant_id = $1 AND v.entry_id = h.entry_id
+		  AND (v.version <= h.last - $2
+		       OR (h.last_at < $3 AND NOT EXISTS (
+		           SELECT 1 FROM entries e WHERE e.tenant_id = $1 AND e.id = v.entry_id)))`,
+		tenant, keep, deletedBefore)
+	if err != nil {
+		return 0, mapErr("prune versions", err)
+	}
+	return tag.RowsAffected(), nil
+}
