@@ -70,6 +70,7 @@ func runImport(ctx context.Context, env *environ, args []string) error {
 		return err
 	}
 	defer st.Close(ctx)
+	ctx = operator(ctx, "import")
 	im := &fileexport.Importer{Pool: st.pool, Ring: ring, FileRing: fileRing, Roots: roots, Logger: logger}
 	res, err := im.ImportFile(ctx, file, fileexport.ImportOptions{Tenant: tenant, FileTenant: fromTenant, Replace: replace})
 	if err != nil {

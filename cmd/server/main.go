@@ -42,6 +42,7 @@ var commands = map[string]command{
 	"import":      {"restore a tenant from a credentials.json file", runImport},
 	"rotate-key":  {"rotate the master key (or finish an interrupted rotation)", runRotateKey},
 	"doctor":      {"check key and file permissions, key/file/database agreement and expiring entries", runDoctor},
+	"audit":       {"verify the audit trail's hash chains (verify) or write a tenant's trail as JSON lines (export --tenant T)", runAudit},
 }
 
 // errUsage marks errors that are the caller's: printed with the usage hint.

@@ -49,7 +49,7 @@ func runRotateKey(ctx context.Context, env *environ, args []string) error {
 	}
 	defer st.Close(ctx)
 	r.Pool = st.pool
-	rep, err := r.Rotate(ctx)
+	rep, err := r.Rotate(operator(ctx, "rotate-key"))
 	if err != nil {
 		return err
 	}

@@ -74,6 +74,8 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	if err := warnFileRoots(ctx, pool, svc.roots, logger); err != nil {
 		return err
 	}
+	stopPruner := startPruner(ctx, cfg, svc)
+	defer stopPruner()
 	// The OPC UA migration runs after the schema migrations and before the first request,
 	// so no deploy sees a half-migrated workspace from this process.
 	mig := &opcua.Migrator{Pool: pool, Catalog: svc.catalog, Workspace: svc.workspace, Logger: logger}

@@ -120,6 +120,13 @@ func (s *Service) record(ctx context.Context, tx pgx.Tx, c change) (int64, error
 	if e == nil {
 		e = c.before
 	}
+	if c.before == nil {
+		v, err := repo.ContinueEntryVersion(ctx, tx, e.TenantID, e.ID, e.Version)
+		if err != nil {
+			return 0, err
+		}
+		e.Version = v
+	}
 	last, err := repo.LastVersion(ctx, tx, e.TenantID, e.ID)
 	if err != nil {
 		return 0, err

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/loopze/certstore/internal/secret"
@@ -56,6 +57,10 @@ type Config struct {
 	// SecureCookies marks the session cookie Secure on plain HTTP too, for a server behind
 	// a TLS-terminating proxy (LOOPZE_SECURE_COOKIES=true).
 	SecureCookies bool
+	// HistoryKeep is how many versions each entry keeps (LOOPZE_HISTORY_KEEP, at least 1).
+	HistoryKeep int
+	// HistoryDays is how long a deleted entry's history stays (LOOPZE_HISTORY_DAYS, at least 1).
+	HistoryDays int
 }
 
 // Environment variable names, listed once so flags, docs and errors agree.
@@ -76,12 +81,17 @@ const (
 	EnvSecureCookies  = "LOOPZE_SECURE_COOKIES"
 	EnvMetricsToken   = "LOOPZE_METRICS_TOKEN"
 	EnvMetricsAddr    = "LOOPZE_METRICS_ADDR"
+	EnvHistoryKeep    = "LOOPZE_HISTORY_KEEP"
+	EnvHistoryDays    = "LOOPZE_HISTORY_DAYS"
 )
 
 // Defaults.
 const (
 	DefaultAddr    = "127.0.0.1:8080"
 	DefaultDataDir = "./data"
+	// DefaultHistoryKeep and DefaultHistoryDays are the history retention.
+	DefaultHistoryKeep = 20
+	DefaultHistoryDays = 90
 )
 
 // FromEnv reads the configuration from getenv (os.Getenv in main, a map in tests).
@@ -109,7 +119,22 @@ func FromEnv(getenv func(string) string) Config {
 		SecureCookies:     getenv(EnvSecureCookies) == "true" || getenv(EnvSecureCookies) == "1",
 		MetricsToken:      secret.String(getenv(EnvMetricsToken)),
 		MetricsAddr:       getenv(EnvMetricsAddr),
+		HistoryKeep:       positive(getenv(EnvHistoryKeep), DefaultHistoryKeep),
+		HistoryDays:       positive(getenv(EnvHistoryDays), DefaultHistoryDays),
 	}
+}
+
+// positive parses a count from the environment: def when empty, 0 (refused by Validate)
+// when it is not a whole number.
+func positive(s string, def int) int {
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n
 }
 
 // RegisterFlags adds flags mirroring the environment to fs, with c's values as defaults, so
@@ -127,6 +152,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.JWTIssuer, "jwt-issuer", c.JWTIssuer, "required JWT iss ("+EnvJWTIssuer+")")
 	fs.StringVar(&c.JWTAudience, "jwt-audience", c.JWTAudience, "required JWT aud ("+EnvJWTAudience+")")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "separate listen address for /metrics; empty serves it on --addr ("+EnvMetricsAddr+")")
+	fs.IntVar(&c.HistoryKeep, "history-keep", c.HistoryKeep, "versions each entry keeps ("+EnvHistoryKeep+")")
+	fs.IntVar(&c.HistoryDays, "history-days", c.HistoryDays, "days a deleted entry's history stays ("+EnvHistoryDays+")")
 	fs.BoolVar(&c.SecureCookies, "secure-cookies", c.SecureCookies, "mark the session cookie Secure behind a TLS-terminating proxy ("+EnvSecureCookies+")")
 }
 
@@ -171,6 +198,12 @@ func (c *Config) Validate() error {
 	}
 	if _, err := ParseLevel(c.LogLevel); err != nil {
 		errs = append(errs, err)
+	}
+	if c.HistoryKeep < 1 {
+		errs = append(errs, fmt.Errorf("%s must be a whole number of at least 1", EnvHistoryKeep))
+	}
+	if c.HistoryDays < 1 || c.HistoryDays > 36500 {
+		errs = append(errs, fmt.Errorf("%s must be a whole number of days from 1 to 36500", EnvHistoryDays))
 	}
 	return errors.Join(errs...)
 }

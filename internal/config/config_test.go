@@ -75,3 +75,27 @@ func TestHighAvailabilityURLs(t *testing.T) {
 	c.ListenDatabaseURL = ""
 	require.Equal(t, c.DatabaseURL, c.DirectDatabaseURL())
 }
+
+func TestHistoryRetention(t *testing.T) {
+	t.Parallel()
+	c := config.FromEnv(env(nil))
+	require.Equal(t, 20, c.HistoryKeep)
+	require.Equal(t, 90, c.HistoryDays)
+
+	c = config.FromEnv(env(map[string]string{"LOOPZE_HISTORY_KEEP": "3", "LOOPZE_HISTORY_DAYS": "7"}))
+	require.Equal(t, 3, c.HistoryKeep)
+	require.Equal(t, 7, c.HistoryDays)
+	require.NoError(t, c.Validate())
+
+	for _, bad := range []map[string]string{
+		{"LOOPZE_HISTORY_KEEP": "0"}, {"LOOPZE_HISTORY_KEEP": "many"}, {"LOOPZE_HISTORY_KEEP": "-2"},
+		{"LOOPZE_HISTORY_DAYS": "0"}, {"LOOPZE_HISTORY_DAYS": "1.5"},
+	} {
+		c := config.FromEnv(env(bad))
+		err := c.Validate()
+		require.Error(t, err, "%v", bad)
+		for k := range bad {
+			require.Contains(t, err.Error(), k)
+		}
+	}
+}

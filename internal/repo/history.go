@@ -199,3 +199,18 @@ func PruneVersions(ctx context.Context, q db.DBTX, tenant string, keep int, dele
 	}
 	return tag.RowsAffected(), nil
 }
+
+// ContinueEntryVersion moves a just-created entry's version past every version the ID had
+// before (a deleted entry recreated), so an ETag or a cache keyed by (ID, version) never
+// takes the new entry for the old one. It returns the entry's version.
+func ContinueEntryVersion(ctx context.Context, q db.DBTX, tenant, id string, version int64) (int64, error) {
+	err := q.QueryRow(ctx, `
+		UPDATE entries e SET version = h.v + 1
+		FROM (SELECT max(entry_version) AS v FROM entry_versions WHERE tenant_id = $1 AND entry_id = $2) h
+		WHERE e.tenant_id = $1 AND e.id = $2 AND h.v >= e.version
+		RETURNING e.version`, tenant, id).Scan(&version)
+	if err == pgx.ErrNoRows {
+		return version, nil
+	}
+	return version, mapErr("continue version of "+id, err)
+}
