@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -13,6 +12,7 @@ import (
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/sealing"
 	"github.com/loopze/certstore/internal/secret"
 )
 
@@ -26,26 +26,13 @@ const (
 	DefaultHistoryDays = 90
 )
 
-// VersionAAD binds a version's sealed field to its tenant, entry, version and field. The
-// owner "entry-version:<id>:<n>" can never equal an entry's own "entry:<id>" (IDs hold no
-// colon), so neither ciphertext opens in the other's place.
-func VersionAAD(tenant, id string, version int64, field string) envelope.AAD {
-	return envelope.AAD{Tenant: tenant, Owner: "entry-version:" + id + ":" + strconv.FormatInt(version, 10), Field: field}
-}
-
 // openBlob decrypts one sealed value, reloading the key ring once when it names a master
 // key this process does not hold (another replica rotated).
 func (s *Service) openBlob(blob []byte, a envelope.AAD) (secret.PEM, error) {
 	if len(blob) == 0 {
 		return nil, nil
 	}
-	pt, err := s.Ring.Open(blob, a)
-	if errors.Is(err, envelope.ErrUnknownKey) {
-		if rerr := s.Ring.Reload(); rerr != nil {
-			return nil, fmt.Errorf("reload master keys: %w", rerr)
-		}
-		pt, err = s.Ring.Open(blob, a)
-	}
+	pt, err := sealing.Open(s.Ring, blob, a)
 	if err != nil {
 		return nil, err
 	}
@@ -57,10 +44,10 @@ func (s *Service) OpenVersion(v *repo.Version) (cert, key secret.PEM, err error)
 	if v.Source != SourceInline {
 		return nil, nil, fmt.Errorf("open version %d of %s: not an inline version", v.Version, v.EntryID)
 	}
-	if cert, err = s.openBlob(v.CertSealed, VersionAAD(v.TenantID, v.EntryID, v.Version, "certPem")); err != nil {
+	if cert, err = s.openBlob(v.CertSealed, sealing.EntryVersion(v.TenantID, v.EntryID, v.Version, sealing.FieldCert)); err != nil {
 		return nil, nil, fmt.Errorf("open certPem of version %d of %s: %w", v.Version, v.EntryID, err)
 	}
-	if key, err = s.openBlob(v.KeySealed, VersionAAD(v.TenantID, v.EntryID, v.Version, "keyPem")); err != nil {
+	if key, err = s.openBlob(v.KeySealed, sealing.EntryVersion(v.TenantID, v.EntryID, v.Version, sealing.FieldKey)); err != nil {
 		return nil, nil, fmt.Errorf("open keyPem of version %d of %s: %w", v.Version, v.EntryID, err)
 	}
 	return cert, key, nil
@@ -86,11 +73,11 @@ func (s *Service) writeVersion(ctx context.Context, tx pgx.Tx, e *repo.Entry, n 
 		if err != nil {
 			return fmt.Errorf("record version %d of %s: %w", n, e.ID, err)
 		}
-		if v.CertSealed, err = s.Ring.Seal(cert, VersionAAD(e.TenantID, e.ID, n, "certPem")); err != nil {
+		if v.CertSealed, err = s.Ring.Seal(cert, sealing.EntryVersion(e.TenantID, e.ID, n, sealing.FieldCert)); err != nil {
 			return fmt.Errorf("seal version %d of %s: %w", n, e.ID, err)
 		}
 		if len(key) > 0 {
-			if v.KeySealed, err = s.Ring.Seal(key, VersionAAD(e.TenantID, e.ID, n, "keyPem")); err != nil {
+			if v.KeySealed, err = s.Ring.Seal(key, sealing.EntryVersion(e.TenantID, e.ID, n, sealing.FieldKey)); err != nil {
 				return fmt.Errorf("seal version %d of %s: %w", n, e.ID, err)
 			}
 		}

@@ -23,7 +23,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
@@ -314,11 +313,11 @@ func (d *Doctor) checkRows(ctx context.Context, ring *envelope.Ring, tenant stri
 			for _, f := range []struct {
 				name string
 				blob []byte
-			}{{"certPem", v.CertSealed}, {"keyPem", v.KeySealed}} {
+			}{{sealing.FieldCert, v.CertSealed}, {sealing.FieldKey, v.KeySealed}} {
 				if len(f.blob) == 0 {
 					continue
 				}
-				if _, err := ring.Open(f.blob, catalog.VersionAAD(tenant, v.EntryID, v.Version, f.name)); err != nil {
+				if _, err := ring.Open(f.blob, sealing.EntryVersion(tenant, v.EntryID, v.Version, f.name)); err != nil {
 					fail(fmt.Sprintf("%s/%s@%d", tenant, v.EntryID, v.Version), "%s of version %d does not decrypt: %v", f.name, v.Version, err)
 				}
 			}

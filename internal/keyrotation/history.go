@@ -7,9 +7,9 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/loopze/certstore/internal/audit"
-	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/sealing"
 )
 
 // rewrapVersions moves up to limit of the tenant's entry versions to newID and returns
@@ -20,11 +20,11 @@ func rewrapVersions(ctx context.Context, tx pgx.Tx, ring *envelope.Ring, tenant,
 		return 0, err
 	}
 	for _, v := range versions {
-		if v.CertSealed, err = ring.Rewrap(v.CertSealed, catalog.VersionAAD(tenant, v.EntryID, v.Version, "certPem")); err != nil {
+		if v.CertSealed, err = ring.Rewrap(v.CertSealed, sealing.EntryVersion(tenant, v.EntryID, v.Version, sealing.FieldCert)); err != nil {
 			return 0, fmt.Errorf("rewrap certPem of version %d of %s: %w", v.Version, v.EntryID, err)
 		}
 		if len(v.KeySealed) > 0 {
-			if v.KeySealed, err = ring.Rewrap(v.KeySealed, catalog.VersionAAD(tenant, v.EntryID, v.Version, "keyPem")); err != nil {
+			if v.KeySealed, err = ring.Rewrap(v.KeySealed, sealing.EntryVersion(tenant, v.EntryID, v.Version, sealing.FieldKey)); err != nil {
 				return 0, fmt.Errorf("rewrap keyPem of version %d of %s: %w", v.Version, v.EntryID, err)
 			}
 		}

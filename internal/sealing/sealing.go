@@ -27,6 +27,14 @@ func Entry(tenant, entryID, field string) envelope.AAD {
 	return envelope.AAD{Tenant: tenant, Owner: "entry:" + entryID, Field: field}
 }
 
+// EntryVersion is where a sealed field of one version of an entry's history lives:
+// tenant, "entry-version:<id>:<version>" and the field. Entry IDs hold no colon, so the
+// owner never equals an entry's own, and a version's ciphertext opens neither in its
+// entry's row nor in another version's.
+func EntryVersion(tenant, entryID string, version int64, field string) envelope.AAD {
+	return envelope.AAD{Tenant: tenant, Owner: "entry-version:" + entryID + ":" + strconv.FormatInt(version, 10), Field: field}
+}
+
 // NodeSecret is where a node's sealed value lives: tenant, "node:"+nodeID and the secret's
 // name ("credentials.<key>" or "tls.<field>").
 func NodeSecret(tenant, nodeID, name string) envelope.AAD {

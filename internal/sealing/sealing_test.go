@@ -56,6 +56,8 @@ func TestLayoutsOpenGoldenCiphertexts(t *testing.T) {
 	}{
 		{"entry-cert", sealing.Entry("acme", "edge-client", sealing.FieldCert), envelope.AAD{Tenant: "acme", Owner: "entry:edge-client", Field: "certPem"}},
 		{"entry-key", sealing.Entry("acme", "edge-client", sealing.FieldKey), envelope.AAD{Tenant: "acme", Owner: "entry:edge-client", Field: "keyPem"}},
+		{"entry-version-cert", sealing.EntryVersion("acme", "edge-client", 7, sealing.FieldCert), envelope.AAD{Tenant: "acme", Owner: "entry-version:edge-client:7", Field: "certPem"}},
+		{"entry-version-key", sealing.EntryVersion("acme", "edge-client", 7, sealing.FieldKey), envelope.AAD{Tenant: "acme", Owner: "entry-version:edge-client:7", Field: "keyPem"}},
 		{"node-credential", sealing.NodeSecret("acme", "tcp-out-3", "credentials.password"), envelope.AAD{Tenant: "acme", Owner: "node:tcp-out-3", Field: "credentials.password"}},
 		{"node-tls", sealing.NodeSecret("acme", "tcp-out-3", "tls.clientKeyPem"), envelope.AAD{Tenant: "acme", Owner: "node:tcp-out-3", Field: "tls.clientKeyPem"}},
 	}
