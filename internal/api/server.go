@@ -81,11 +81,11 @@ func New(d Deps) *Server {
 	if d.Metrics != nil && !d.MetricsOwnListener {
 		mux.Handle("GET /metrics", metricsGuard(d.MetricsToken, d.Metrics))
 	}
-	var cat web.Catalog
+	wc := web.Config{Logger: d.Logger, Verifier: d.Verifier, SecureCookies: d.SecureCookies}
 	if d.Catalog != nil {
-		cat = d.Catalog
+		wc.Catalog, wc.History, wc.Audit = d.Catalog, d.Catalog, s.audit()
 	}
-	web.New(web.Config{Logger: d.Logger, Verifier: d.Verifier, Catalog: cat, SecureCookies: d.SecureCookies}).Register(mux)
+	web.New(wc).Register(mux)
 	s.Handler = s.middleware(mux)
 	return s
 }

@@ -267,7 +267,8 @@ func TestPrepareThenRotate(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, rep.Resumed)
 	require.Equal(t, id, rep.NewKeyID)
-	require.EqualValues(t, 2*(8+4), rep.Rewrapped)
+	// Per tenant: 8 inline entries, the version each one's create recorded, 4 node secrets.
+	require.EqualValues(t, 2*(8+8+4), rep.Rewrapped)
 	require.Len(t, rep.Files, 2)
 	f.requireAllReadable(t, "after rotation")
 }

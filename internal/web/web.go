@@ -52,6 +52,10 @@ type Config struct {
 	// Verifier checks the token on sign-in and the session cookie on every page.
 	Verifier *auth.Verifier
 	Catalog  Catalog
+	// History lists an entry's versions for its History page; nil leaves the page out.
+	History History
+	// Audit lists the tenant's audit trail for admins; nil leaves the page out.
+	Audit AuditLog
 	// SecureCookies marks the session cookie Secure even when the request did not arrive
 	// over TLS here, for deployments behind a TLS-terminating proxy.
 	SecureCookies bool
@@ -76,7 +80,7 @@ type asset struct {
 }
 
 // pageNames are the views; each is parsed together with the layout.
-var pageNames = []string{"login", "list", "form", "delete", "docs", "error"}
+var pageNames = []string{"login", "list", "form", "delete", "docs", "error", "history", "audit"}
 
 // New parses the embedded templates and indexes the static files. It panics only when the
 // embedded files themselves are broken, which the tests catch.
@@ -144,6 +148,8 @@ func (h *Handler) Register(mux *http.ServeMux) {
 	mux.Handle("GET /certs/new", h.wrap(h.newForm))
 	mux.Handle("GET /certs/{id}/edit", h.wrap(h.editForm))
 	mux.Handle("GET /certs/{id}/delete", h.wrap(h.deletePage))
+	mux.Handle("GET /certs/{id}/history", h.wrap(h.history))
+	mux.Handle("GET /audit", h.wrap(h.auditPage))
 	mux.Handle("GET /docs", h.wrap(h.docs))
 	mux.Handle("GET /static/{file}", h.wrap(h.static))
 }

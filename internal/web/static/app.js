@@ -399,7 +399,62 @@
     button.disabled = false;
   }
 
+  // ---- Restore a version (History) ----------------------------------------------------
+  // Restore asks first, in the page: the version, its fingerprint, and that it becomes a
+  // new version of the entry. The request carries the entry's ETag, so a restore over a
+  // change made meanwhile is refused (412) instead of undoing it silently.
+  function initRestore(table) {
+    const id = table.dataset.id;
+    const entryVersion = table.dataset.version;
+    const box = $('restore-confirm');
+    const question = $('restore-question');
+    const yes = $('restore-yes');
+    const errBox = $('restore-error');
+    let chosen = null;
+    table.querySelectorAll('button.restore').forEach(function (b) {
+      b.addEventListener('click', function () {
+        chosen = b;
+        errBox.hidden = true;
+        question.textContent = 'Restore version ' + b.dataset.version + ' of ' + id + ' (fingerprint ' +
+          b.dataset.fingerprint + ')? Its fields and material become a new version; references stay as they are.';
+        yes.textContent = 'Restore version ' + b.dataset.version;
+        box.hidden = false;
+        yes.focus();
+      });
+      b.disabled = false;
+    });
+    $('restore-no').addEventListener('click', function () {
+      box.hidden = true;
+      if (chosen) chosen.focus();
+      chosen = null;
+    });
+    yes.addEventListener('click', async function () {
+      if (!chosen) return;
+      const version = chosen.dataset.version;
+      yes.disabled = true;
+      const headers = entryVersion !== '0' ? { 'If-Match': '"' + entryVersion + '"' } : {};
+      const res = await call('POST', api + '/' + encodeURIComponent(id) + '/versions/' + encodeURIComponent(version) + '/restore',
+        undefined, headers);
+      yes.disabled = false;
+      if (res.status === 200 || res.status === 201) {
+        window.location.assign('/certs/' + encodeURIComponent(id) + '/history?restored=' + encodeURIComponent(version));
+        return;
+      }
+      box.hidden = true;
+      if (res.status === 409 && res.body && res.body.references) {
+        errBox.textContent = 'Version ' + version + ' has another type, and ' + (res.body.totalReferences || res.body.references.length) +
+          ' deployed node field(s) reference this entry: change those nodes first.';
+      } else {
+        errBox.textContent = problemMessage(res);
+      }
+      errBox.hidden = false;
+      errBox.focus();
+    });
+  }
+
   document.addEventListener('DOMContentLoaded', function () {
+    const versions = $('versions');
+    if (versions) initRestore(versions);
     initCopy();
     const form = $('cert-form');
     if (form) initForm(form);
