@@ -295,7 +295,9 @@ func TestRotationRefusesToRetireAKeyStillInUse(t *testing.T) {
 				Type: s("ca-bundle"), Source: s("inline"), CertPEM: cert})
 		}
 	})
-	r := &Rotator{Pool: f.pool, DataDir: f.dataDir, Passes: 2, Settle: 50 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	// The settle window must outlast one create (entry, version and audit record, sealed
+	// twice) on a loaded machine, or the rotation sees a quiet moment and finishes.
+	r := &Rotator{Pool: f.pool, DataDir: f.dataDir, Passes: 2, Settle: 300 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	_, err = r.Rotate(ctx)
 	cancel()
 	wg.Wait()
