@@ -225,6 +225,7 @@ func (b *bench) runAll(ctx context.Context) {
 		{"GET by ID", b.scenarioGet},
 		{"GET list", b.scenarioList},
 		{"POST", b.scenarioPost},
+		{"history listing", b.scenarioVersions},
 		{"BuildTLSConfig", b.scenarioBuildTLS},
 		{"DELETE conflict", b.scenarioDelete},
 		{"workspace deploy", b.scenarioDeploy},

@@ -63,6 +63,8 @@ func newServer(bin, dataDir, databaseURL string) (*server, error) {
 		"LOOPZE_DATA_DIR="+dataDir,
 		"LOOPZE_ADDR="+addr,
 		"LOOPZE_LOG_LEVEL=warn",
+		// The history scenario lists 1,000 versions of one entry: keep them all.
+		"LOOPZE_HISTORY_KEEP=100000",
 	)
 	return &server{bin: bin, dataDir: dataDir, base: "http://" + addr, env: env}, nil
 }
