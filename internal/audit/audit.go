@@ -86,12 +86,25 @@ var Now = time.Now
 // Record appends ev to its tenant's chain in the caller's transaction (scoped to the
 // tenant), stamped with the context's actor and the current time.
 func Record(ctx context.Context, q db.DBTX, ev Event) error {
+	r, body, err := Prepare(ctx, ev)
+	if err != nil {
+		return err
+	}
+	if err := repo.AppendAudit(ctx, q, r, body); err != nil {
+		return fmt.Errorf("record %s of %s: %w", ev.Action, ev.Target, err)
+	}
+	return nil
+}
+
+// Prepare builds ev's record (actor from ctx, the current time) and its canonical bytes,
+// for callers that append it in a batch of their own (repo.RecordVersion).
+func Prepare(ctx context.Context, ev Event) (*repo.AuditRecord, []byte, error) {
 	a := ActorFrom(ctx)
 	detail := []byte("{}")
 	if len(ev.Detail) > 0 {
 		var err error
 		if detail, err = json.Marshal(ev.Detail); err != nil {
-			return fmt.Errorf("encode audit detail: %w", err)
+			return nil, nil, fmt.Errorf("encode audit detail: %w", err)
 		}
 	}
 	r := &repo.AuditRecord{
@@ -100,10 +113,7 @@ func Record(ctx context.Context, q db.DBTX, ev Event) error {
 		FingerprintBefore: ev.FingerprintBefore, FingerprintAfter: ev.FingerprintAfter,
 		RequestID: a.RequestID, ClientAddr: a.ClientAddr, Detail: string(detail),
 	}
-	if err := repo.AppendAudit(ctx, q, r, Canonical(r)); err != nil {
-		return fmt.Errorf("record %s of %s: %w", ev.Action, ev.Target, err)
-	}
-	return nil
+	return r, Canonical(r), nil
 }
 
 // RecordAlone records ev in a transaction of its own: for refused operations, whose own

@@ -61,29 +61,30 @@ func (s *Service) materialOf(e *repo.Entry) (cert, key secret.PEM, err error) {
 	return s.Open(e)
 }
 
-// writeVersion stores e (with its material) as version n of its history.
-func (s *Service) writeVersion(ctx context.Context, tx pgx.Tx, e *repo.Entry, n int64, action string, restoredFrom int64) error {
+// versionOf builds version n of e's history, its material sealed for that version.
+func (s *Service) versionOf(ctx context.Context, e *repo.Entry, n int64, action string, restoredFrom int64) (*repo.Version, error) {
 	v := &repo.Version{
 		TenantID: e.TenantID, EntryID: e.ID, Version: n, Action: action, EntryVersion: e.Version,
 		RestoredFrom: restoredFrom, Name: e.Name, Type: e.Type, Source: e.Source, Notes: e.Notes,
 		CertPath: e.CertPath, KeyPath: e.KeyPath, Meta: e.Meta, ChangedBy: audit.ActorFrom(ctx).Subject,
 	}
-	if e.Source == SourceInline {
-		cert, key, err := s.materialOf(e)
-		if err != nil {
-			return fmt.Errorf("record version %d of %s: %w", n, e.ID, err)
-		}
-		if v.CertSealed, err = s.Ring.Seal(cert, sealing.EntryVersion(e.TenantID, e.ID, n, sealing.FieldCert)); err != nil {
-			return fmt.Errorf("seal version %d of %s: %w", n, e.ID, err)
-		}
-		if len(key) > 0 {
-			if v.KeySealed, err = s.Ring.Seal(key, sealing.EntryVersion(e.TenantID, e.ID, n, sealing.FieldKey)); err != nil {
-				return fmt.Errorf("seal version %d of %s: %w", n, e.ID, err)
-			}
-		}
-		v.KeyID = s.Ring.CurrentKeyID()
+	if e.Source != SourceInline {
+		return v, nil
 	}
-	return repo.InsertVersion(ctx, tx, v)
+	cert, key, err := s.materialOf(e)
+	if err != nil {
+		return nil, fmt.Errorf("record version %d of %s: %w", n, e.ID, err)
+	}
+	if v.CertSealed, err = s.Ring.Seal(cert, sealing.EntryVersion(e.TenantID, e.ID, n, sealing.FieldCert)); err != nil {
+		return nil, fmt.Errorf("seal version %d of %s: %w", n, e.ID, err)
+	}
+	if len(key) > 0 {
+		if v.KeySealed, err = s.Ring.Seal(key, sealing.EntryVersion(e.TenantID, e.ID, n, sealing.FieldKey)); err != nil {
+			return nil, fmt.Errorf("seal version %d of %s: %w", n, e.ID, err)
+		}
+	}
+	v.KeyID = s.Ring.CurrentKeyID()
+	return v, nil
 }
 
 // change is one write of an entry, as history and audit record it.
@@ -120,13 +121,31 @@ func (s *Service) record(ctx context.Context, tx pgx.Tx, c change) (int64, error
 	}
 	if last == 0 && c.before != nil && c.action != repo.VersionDelete {
 		last = 1
-		if err := s.writeVersion(ctx, tx, c.before, last, repo.VersionBaseline, 0); err != nil {
+		base, err := s.versionOf(ctx, c.before, last, repo.VersionBaseline, 0)
+		if err != nil {
+			return 0, err
+		}
+		if err := repo.InsertVersion(ctx, tx, base); err != nil {
 			return 0, err
 		}
 	}
 	n := last + 1
-	if err := s.writeVersion(ctx, tx, e, n, c.action, c.restoredFrom); err != nil {
+	v, err := s.versionOf(ctx, e, n, c.action, c.restoredFrom)
+	if err != nil {
 		return 0, err
+	}
+	rec, body, err := audit.Prepare(ctx, c.event(n))
+	if err != nil {
+		return 0, err
+	}
+	return n, repo.RecordVersion(ctx, tx, v, rec, body)
+}
+
+// event is the audit record of a change that made version n.
+func (c change) event(n int64) audit.Event {
+	e := c.after
+	if e == nil {
+		e = c.before
 	}
 	ev := audit.Event{Tenant: e.TenantID, Action: auditActions[c.action], Target: audit.EntryTarget(e.ID),
 		Detail: map[string]any{"version": n}}
@@ -139,7 +158,7 @@ func (s *Service) record(ctx context.Context, tx pgx.Tx, c change) (int64, error
 	if c.restoredFrom > 0 {
 		ev.Detail["restoredFrom"] = c.restoredFrom
 	}
-	return n, audit.Record(ctx, tx, ev)
+	return ev
 }
 
 // recordRefusedDelete audits a delete refused because deployed nodes reference the entry.
@@ -318,9 +337,25 @@ func (s *Service) RunPruner(ctx context.Context, keep int, maxAge, interval time
 	}
 }
 
-// createEntry stores a new entry with its first version and audit record, in one
-// transaction that takes the tenant's row lock first, as every write of the tenant does.
+// createEntry stores a new entry with version 1 of its history and its audit record. An
+// ID that never had history (nearly every create) takes one round trip, the tenant's row
+// locked only server-side; an ID with a deleted entry's history continues its numbering
+// in a transaction that takes the tenant's row lock first, as every write does.
 func (s *Service) createEntry(ctx context.Context, e *repo.Entry) error {
+	c := change{action: repo.VersionCreate, after: e}
+	v, err := s.versionOf(ctx, e, 1, repo.VersionCreate, 0)
+	if err != nil {
+		return err
+	}
+	v.EntryVersion = 1 // what the insert assigns
+	rec, body, err := audit.Prepare(ctx, c.event(1))
+	if err != nil {
+		return err
+	}
+	err = repo.CreateEntryFirst(ctx, s.Pool, e, v, rec, body)
+	if !errors.Is(err, repo.ErrHasHistory) {
+		return err
+	}
 	return db.InTenant(ctx, s.Pool, e.TenantID, func(tx pgx.Tx) error {
 		if _, err := repo.BumpGeneration(ctx, tx, e.TenantID); err != nil {
 			return err
@@ -328,7 +363,7 @@ func (s *Service) createEntry(ctx context.Context, e *repo.Entry) error {
 		if err := repo.InsertEntry(ctx, tx, e); err != nil {
 			return err
 		}
-		_, err := s.record(ctx, tx, change{action: repo.VersionCreate, after: e})
+		_, err := s.record(ctx, tx, c)
 		return err
 	})
 }

@@ -32,12 +32,11 @@ type AuditRecord struct {
 	Hash     []byte
 }
 
-// AppendAudit appends a record to its tenant's chain. body is the record's canonical
-// bytes. The upsert of the tenant's audit head assigns the sequence number and computes
-// the hash in the database, so concurrent writers of one tenant queue on the head row and
-// the chain never forks, whatever other locks the caller holds.
-func AppendAudit(ctx context.Context, q db.DBTX, r *AuditRecord, body []byte) error {
-	err := q.QueryRow(ctx, `
+// appendAuditSQL appends a record to its tenant's chain. The upsert of the tenant's audit
+// head assigns the sequence number and computes the hash in the database, so concurrent
+// writers of one tenant queue on the head row and the chain never forks, whatever other
+// locks they hold. $3 is the record's canonical bytes.
+const appendAuditSQL = `
 		WITH head AS (
 			INSERT INTO audit_heads AS h (tenant_id, seq, prev_hash, hash)
 			VALUES ($1, 1, $2::bytea, sha256($2::bytea || int8send(1::bigint) || $3::bytea))
@@ -47,11 +46,25 @@ func AppendAudit(ctx context.Context, q db.DBTX, r *AuditRecord, body []byte) er
 		INSERT INTO audit_log (tenant_id, seq, at, subject, role, action, target, fingerprint_before,
 			fingerprint_after, request_id, client_addr, detail, prev_hash, hash)
 		SELECT $1, head.seq, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, head.prev_hash, head.hash FROM head
-		RETURNING seq, prev_hash, hash`,
-		r.TenantID, make([]byte, 32), body, r.At, r.Subject, r.Role, r.Action, r.Target, r.FingerprintBefore,
-		r.FingerprintAfter, r.RequestID, r.ClientAddr, r.Detail,
-	).Scan(&r.Seq, &r.PrevHash, &r.Hash)
+		RETURNING seq, prev_hash, hash`
+
+func appendAuditArgs(r *AuditRecord, body []byte) []any {
+	return []any{r.TenantID, make([]byte, 32), body, r.At, r.Subject, r.Role, r.Action, r.Target, r.FingerprintBefore,
+		r.FingerprintAfter, r.RequestID, r.ClientAddr, r.Detail}
+}
+
+// AppendAudit appends a record to its tenant's chain and fills in its sequence number and
+// hashes. body is the record's canonical bytes.
+func AppendAudit(ctx context.Context, q db.DBTX, r *AuditRecord, body []byte) error {
+	err := q.QueryRow(ctx, appendAuditSQL, appendAuditArgs(r, body)...).Scan(&r.Seq, &r.PrevHash, &r.Hash)
 	return mapErr("append audit record", err)
+}
+
+// queueAudit adds AppendAudit to a batch.
+func queueAudit(b *pgx.Batch, r *AuditRecord, body []byte) {
+	b.Queue(appendAuditSQL, appendAuditArgs(r, body)...).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&r.Seq, &r.PrevHash, &r.Hash)
+	})
 }
 
 const auditColumns = `tenant_id, seq, at, subject, role, action, target, fingerprint_before, fingerprint_after,

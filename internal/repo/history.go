@@ -2,10 +2,12 @@ package repo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/material"
@@ -90,27 +92,76 @@ func LastVersion(ctx context.Context, q db.DBTX, tenant, id string) (int64, erro
 	return n, mapErr("read last version of "+id, err)
 }
 
-// InsertVersion stores one history row and returns its time.
-func InsertVersion(ctx context.Context, q db.DBTX, v *Version) error {
-	var restored any
-	if v.RestoredFrom > 0 {
-		restored = v.RestoredFrom
-	}
-	err := q.QueryRow(ctx, `
+// insertVersionSQL stores one history row and returns its time. A NULL version (see
+// firstVersionSQL) fails the NOT NULL constraint.
+const insertVersionSQL = `
 		INSERT INTO entry_versions (tenant_id, entry_id, version, action, entry_version, restored_from, name, type,
 			source, notes, cert_path, key_path, cert_sealed, key_sealed, key_id, fingerprint_sha256, subject,
 			issuer, serial_number, not_before, not_after, dns_names, cert_count, key_algorithm, has_private_key,
 			changed_by)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
+		VALUES ($1, $2, %s, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
 			$22, $23, $24, $25, $26)
-		RETURNING changed_at`,
-		v.TenantID, v.EntryID, v.Version, v.Action, v.EntryVersion, restored, v.Name, v.Type, v.Source, v.Notes,
+		RETURNING changed_at`
+
+var (
+	// nextVersionSQL inserts the version numbered by the caller.
+	nextVersionSQL = fmt.Sprintf(insertVersionSQL, `$3`)
+	// firstVersionSQL inserts version $3 (1) only when the entry ID has no history at
+	// all; otherwise the version is NULL and the insert fails with not_null_violation.
+	firstVersionSQL = fmt.Sprintf(insertVersionSQL, `(SELECT CASE WHEN EXISTS (
+			SELECT 1 FROM entry_versions WHERE tenant_id = $1 AND entry_id = $2) THEN NULL ELSE $3::bigint END)`)
+)
+
+func insertVersionArgs(v *Version) []any {
+	var restored any
+	if v.RestoredFrom > 0 {
+		restored = v.RestoredFrom
+	}
+	return []any{v.TenantID, v.EntryID, v.Version, v.Action, v.EntryVersion, restored, v.Name, v.Type, v.Source, v.Notes,
 		nullIfEmpty(v.CertPath), nullIfEmpty(v.KeyPath), v.CertSealed, v.KeySealed, nullIfEmpty(v.KeyID),
 		v.Meta.FingerprintSHA256, v.Meta.Subject, v.Meta.Issuer, v.Meta.SerialNumber, v.Meta.NotBefore,
 		v.Meta.NotAfter, nonNil(v.Meta.DNSNames), v.Meta.CertCount, v.Meta.KeyAlgorithm, v.Meta.HasPrivateKey,
-		v.ChangedBy,
-	).Scan(&v.ChangedAt)
+		v.ChangedBy}
+}
+
+// InsertVersion stores one history row and returns its time.
+func InsertVersion(ctx context.Context, q db.DBTX, v *Version) error {
+	err := q.QueryRow(ctx, nextVersionSQL, insertVersionArgs(v)...).Scan(&v.ChangedAt)
 	return mapErr(fmt.Sprintf("insert version %d of %s", v.Version, v.EntryID), err)
+}
+
+// RecordVersion stores a history row and appends its audit record (body is the record's
+// canonical bytes), in one round trip of the caller's transaction.
+func RecordVersion(ctx context.Context, q db.DBTX, v *Version, r *AuditRecord, body []byte) error {
+	b := &pgx.Batch{}
+	b.Queue(nextVersionSQL, insertVersionArgs(v)...).QueryRow(func(row pgx.Row) error { return row.Scan(&v.ChangedAt) })
+	queueAudit(b, r, body)
+	return mapErr(fmt.Sprintf("record version %d of %s", v.Version, v.EntryID), q.SendBatch(ctx, b).Close())
+}
+
+// ErrHasHistory means CreateEntryFirst met an entry ID that has history (a deleted
+// entry's): nothing was stored, and the caller numbers the version itself.
+var ErrHasHistory = errors.New("the entry ID has history")
+
+// CreateEntryFirst stores a new entry of e.TenantID with version 1 of its history (v,
+// sealed for version 1) and its audit record, moving the tenant's generation, in one
+// round trip run by PostgreSQL as one implicit transaction, like CreateEntry. When the ID
+// has history already nothing is stored and the error is ErrHasHistory.
+func CreateEntryFirst(ctx context.Context, q db.DBTX, e *Entry, v *Version, r *AuditRecord, body []byte) error {
+	b := &pgx.Batch{}
+	b.Queue(`SELECT set_config('`+db.TenantSetting+`', $1, true)`, e.TenantID)
+	b.Queue(bumpGenerationSQL, e.TenantID, GenerationChannel)
+	b.Queue(insertEntrySQL, insertEntryArgs(e)...).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&e.Version, &e.CreatedAt, &e.UpdatedAt)
+	})
+	b.Queue(firstVersionSQL, insertVersionArgs(v)...).QueryRow(func(row pgx.Row) error { return row.Scan(&v.ChangedAt) })
+	queueAudit(b, r, body)
+	err := q.SendBatch(ctx, b).Close()
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23502" && pgErr.TableName == "entry_versions" {
+		return fmt.Errorf("insert entry %s: %w", e.ID, ErrHasHistory)
+	}
+	return mapErr("insert entry", err)
 }
 
 // GetVersion returns one version of entry id with its sealed material; ErrNotFound when

@@ -1,0 +1,70 @@
+package api_test
+
+import (
+	"fmt"
+	"net/http"
+	"sync/atomic"
+	"testing"
+
+	"github.com/loopze/certstore/internal/apitest"
+	"github.com/loopze/certstore/internal/material/materialtest"
+)
+
+// BenchmarkWrites measures POST of new inline pairs and notes-only PUTs over HTTP, eight
+// clients at once in one tenant: what history and audit add to every write.
+func BenchmarkWrites(b *testing.B) {
+	env := apitest.New(b)
+	tok := env.Token(b, "acme", "editor")
+	ca := materialtest.NewCA(b, materialtest.Options{})
+	pair := ca.Issue(b, materialtest.Options{CommonName: "bench"})
+	var n atomic.Int64
+	b.Run("POST", func(b *testing.B) {
+		b.SetParallelism(8)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				res := env.Do(b, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok,
+					Body: inlinePair(fmt.Sprint("p", n.Add(1)), pair)})
+				if res.Status != http.StatusCreated {
+					b.Fatalf("POST: %d %s", res.Status, res.Body)
+				}
+			}
+		})
+	})
+	for i := range 64 {
+		env.Do(b, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok, Body: inlinePair(fmt.Sprint("u", i), pair)})
+	}
+	b.Run("PUT", func(b *testing.B) {
+		b.SetParallelism(8)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				i := n.Add(1)
+				res := env.Do(b, apitest.Request{Method: http.MethodPut, Path: fmt.Sprint("/api/v1/certs/u", i%64), Token: tok,
+					Body: obj{"notes": fmt.Sprint("note ", i)}})
+				if res.Status != http.StatusOK {
+					b.Fatalf("PUT: %d %s", res.Status, res.Body)
+				}
+			}
+		})
+	})
+}
+
+// BenchmarkListVersions lists all 1,000 versions of one entry in one page.
+func BenchmarkListVersions(b *testing.B) {
+	env := apitest.New(b)
+	tok := env.Token(b, "acme", "editor")
+	env.Do(b, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok,
+		Body: inlineCA("root", materialtest.NewCA(b, materialtest.Options{}))})
+	for i := 1; i < 1000; i++ {
+		res := env.Do(b, apitest.Request{Method: http.MethodPut, Path: "/api/v1/certs/root", Token: tok, Body: obj{"notes": fmt.Sprint(i)}})
+		if res.Status != http.StatusOK {
+			b.Fatalf("PUT: %d", res.Status)
+		}
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		res := env.Do(b, apitest.Request{Method: http.MethodGet, Path: "/api/v1/certs/root/versions?limit=1000", Token: tok})
+		if res.Status != http.StatusOK || len(res.Body) < 1000*300 {
+			b.Fatalf("list: %d, %d bytes", res.Status, len(res.Body))
+		}
+	}
+}
