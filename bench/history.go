@@ -39,7 +39,9 @@ func (b *bench) scenarioVersions(ctx context.Context) error {
 		}
 	}
 	path := fmt.Sprintf("/api/v1/certs/%s/versions?limit=%d", historyEntry, historyVersions)
-	req := func(_, _ int, _ *rand.Rand) *http.Request { return b.request(http.MethodGet, path, tenantPost+"/editor", nil) }
+	req := func(_, _ int, _ *rand.Rand) *http.Request {
+		return b.request(http.MethodGet, path, tenantPost+"/editor", nil)
+	}
 	res := runLoad(ctx, b.s.Concurrency, b.s.Warmup, b.s.Duration, b.httpOp(req, http.StatusOK))
 	r := underRow(loadRow(fmt.Sprintf("GET /certs/{id}/versions, %d versions", historyVersions), res), "p99",
 		res.Hist.Quantile(0.99), 20*time.Millisecond)
