@@ -79,7 +79,7 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	// The OPC UA migration runs after the schema migrations and before the first request,
 	// so no deploy sees a half-migrated workspace from this process.
 	mig := &opcua.Migrator{Pool: pool, Catalog: svc.catalog, Workspace: svc.workspace, Logger: logger}
-	if _, err := mig.Run(ctx); err != nil {
+	if _, err := mig.Run(operator(ctx, "serve")); err != nil {
 		return err
 	}
 	exporter, stopExport, err := startExport(ctx, cfg, svc, pool, direct, logger)
