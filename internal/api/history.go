@@ -51,6 +51,31 @@ func toVersion(v *repo.Version) Version {
 	}
 }
 
+// VersionSummary is a version as the listing shows it: what tells versions apart (the
+// change, who and when, the fingerprint and expiry), without the rest of the metadata,
+// which GET .../versions/{version} returns.
+type VersionSummary struct {
+	Version           int64     `json:"version"`
+	Action            string    `json:"action" enum:"create,update,delete,restore,baseline"`
+	EntryVersion      int64     `json:"entryVersion"`
+	RestoredFrom      int64     `json:"restoredFrom,omitempty"`
+	ChangedAt         time.Time `json:"changedAt"`
+	ChangedBy         string    `json:"changedBy"`
+	Name              string    `json:"name"`
+	Type              string    `json:"type" enum:"ca-bundle,client-pair,server-pair"`
+	Source            string    `json:"source" enum:"inline,file"`
+	FingerprintSHA256 string    `json:"fingerprintSha256"`
+	NotAfter          time.Time `json:"notAfter"`
+}
+
+func toVersionSummary(v *repo.Version) VersionSummary {
+	return VersionSummary{
+		Version: v.Version, Action: v.Action, EntryVersion: v.EntryVersion, RestoredFrom: v.RestoredFrom,
+		ChangedAt: v.ChangedAt.UTC(), ChangedBy: v.ChangedBy, Name: v.Name, Type: string(v.Type), Source: v.Source,
+		FingerprintSHA256: v.Meta.FingerprintSHA256, NotAfter: v.Meta.NotAfter.UTC(),
+	}
+}
+
 // VersionParam is the {id} and {version} path parameters.
 type VersionParam struct {
 	CertIDParam
@@ -60,8 +85,8 @@ type VersionParam struct {
 // VersionsOutput is a page of an entry's history, newest first.
 type VersionsOutput struct {
 	Body struct {
-		Items      []Version `json:"items"`
-		NextCursor string    `json:"nextCursor,omitempty" doc:"Pass as cursor for the next (older) page; absent on the last page"`
+		Items      []VersionSummary `json:"items"`
+		NextCursor string           `json:"nextCursor,omitempty" doc:"Pass as cursor for the next (older) page; absent on the last page"`
 	}
 }
 
@@ -88,6 +113,7 @@ func registerHistory(api huma.API, s *Server) {
 		OperationID: "listCertVersions", Method: http.MethodGet, Path: certsPath + "/{id}/versions", Tags: tags,
 		Summary: "List an entry's versions",
 		Description: "Every create, update, delete and restore of the entry kept a version; newest first, with cursor pagination. " +
+			"Each item summarises its version; GET one version for all of its metadata. " +
 			"A deleted entry's history stays readable until the retention prunes it. Never returns PEM or keys.",
 		Errors: []int{http.StatusBadRequest, http.StatusNotFound},
 	}, auth.Viewer), func(ctx context.Context, in *struct {
@@ -109,9 +135,9 @@ func registerHistory(api huma.API, s *Server) {
 			return nil, s.historyError(ctx, err)
 		}
 		out := &VersionsOutput{}
-		out.Body.Items = make([]Version, 0, len(vs))
+		out.Body.Items = make([]VersionSummary, 0, len(vs))
 		for _, v := range vs {
-			out.Body.Items = append(out.Body.Items, toVersion(v))
+			out.Body.Items = append(out.Body.Items, toVersionSummary(v))
 		}
 		if more && len(vs) > 0 {
 			out.Body.NextCursor = encodeCursor(vs[len(vs)-1].Version)

@@ -177,19 +177,14 @@ func (s *Service) recordRefusedDelete(ctx context.Context, tenant, id string, re
 // with neither an entry nor history is repo.ErrNotFound; an entry that predates history
 // has an empty one.
 func (s *Service) Versions(ctx context.Context, tenant, id string, before int64, limit int) ([]*repo.Version, bool, error) {
-	var (
-		out  []*repo.Version
-		more bool
-	)
-	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
-		var err error
-		if out, more, err = repo.ListVersions(ctx, tx, tenant, id, before, limit); err != nil || len(out) > 0 || before > 0 {
-			return err
-		}
-		_, err = repo.GetEntry(ctx, tx, tenant, id)
-		return err
-	})
-	return out, more, err
+	out, more, err := repo.ListVersionsScoped(ctx, s.Pool, tenant, id, before, limit)
+	if err != nil || len(out) > 0 || before > 0 {
+		return out, more, err
+	}
+	if _, err := repo.GetEntryScoped(ctx, s.Pool, tenant, id); err != nil {
+		return nil, false, err
+	}
+	return out, false, nil
 }
 
 // Version returns one version of entry id, without its sealed material; ErrUnknownVersion

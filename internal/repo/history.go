@@ -175,18 +175,29 @@ func GetVersion(ctx context.Context, q db.DBTX, tenant, id string, version int64
 	return v, nil
 }
 
-// ListVersions returns up to limit versions of entry id, newest first, older than before
-// (0: from the newest), without their sealed material, and whether more follow.
-func ListVersions(ctx context.Context, q db.DBTX, tenant, id string, before int64, limit int) ([]*Version, bool, error) {
-	rows, err := q.Query(ctx, `SELECT `+versionListColumns+` FROM entry_versions
-		WHERE tenant_id = $1 AND entry_id = $2 AND ($3 = 0 OR version < $3)
-		ORDER BY version DESC LIMIT $4`, tenant, id, before, limit+1)
+// listVersionsSQL pages an entry's history newest first; $3 is the cursor (0: none).
+const listVersionsSQLFormat = `SELECT %s FROM entry_versions
+		WHERE tenant_id = $1 AND entry_id = $2 AND version < (CASE WHEN $3::bigint = 0 THEN 9223372036854775807 ELSE $3::bigint END)
+		ORDER BY version DESC LIMIT $4`
+
+var listVersionsSQL = fmt.Sprintf(listVersionsSQLFormat, versionListColumns)
+
+// ListVersionsScoped returns up to limit versions of entry id, newest first, older than
+// before (0: from the newest), without their sealed material, and whether more follow,
+// in one round trip without a transaction of the caller's (the tenant scope and the query
+// travel as one batch, as for ListEntriesScoped).
+func ListVersionsScoped(ctx context.Context, q db.DBTX, tenant, id string, before int64, limit int) ([]*Version, bool, error) {
+	br, rows, err := scopedQuery(ctx, q, tenant, listVersionsSQL, tenant, id, before, limit+1)
 	if err != nil {
 		return nil, false, mapErr("list versions of "+id, err)
 	}
+	defer br.Close()
 	out, err := collectVersions(rows, "list versions of "+id)
 	if err != nil {
 		return nil, false, err
+	}
+	if err := br.Close(); err != nil {
+		return nil, false, mapErr("list versions of "+id, err)
 	}
 	more := len(out) > limit
 	if more {
