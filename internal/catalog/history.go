@@ -93,6 +93,10 @@ type change struct {
 	before       *repo.Entry
 	after        *repo.Entry
 	restoredFrom int64
+	// last is the entry ID's last version number when the caller read it under the
+	// tenant's lock already (known); otherwise record reads it.
+	last  int64
+	known bool
 }
 
 var auditActions = map[string]string{
@@ -108,16 +112,19 @@ func (s *Service) record(ctx context.Context, tx pgx.Tx, c change) (int64, error
 	if e == nil {
 		e = c.before
 	}
-	if c.before == nil {
+	last := c.last
+	if !c.known {
+		var err error
+		if last, err = repo.LastVersion(ctx, tx, e.TenantID, e.ID); err != nil {
+			return 0, err
+		}
+	}
+	if c.before == nil && last > 0 {
 		v, err := repo.ContinueEntryVersion(ctx, tx, e.TenantID, e.ID, e.Version)
 		if err != nil {
 			return 0, err
 		}
 		e.Version = v
-	}
-	last, err := repo.LastVersion(ctx, tx, e.TenantID, e.ID)
-	if err != nil {
-		return 0, err
 	}
 	if last == 0 && c.before != nil && c.action != repo.VersionDelete {
 		last = 1

@@ -24,11 +24,9 @@ func (s *Service) Put(ctx context.Context, tenant string, in Input, ifMatch int6
 	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
 		// The tenant row first, as every write of the tenant does (Create, Delete, a
 		// workspace deploy): one lock order, so a PUT racing a deploy waits instead of
-		// deadlocking.
-		if _, err := repo.BumpGeneration(ctx, tx, tenant); err != nil {
-			return err
-		}
-		cur, err := repo.GetEntryForUpdate(ctx, tx, tenant, in.ID)
+		// deadlocking. The entry and its history's last version number come in the same
+		// round trip.
+		cur, last, err := repo.BeginEntryWrite(ctx, tx, tenant, in.ID)
 		if errors.Is(err, repo.ErrNotFound) {
 			if ifMatch != 0 {
 				return err
@@ -36,7 +34,7 @@ func (s *Service) Put(ctx context.Context, tenant string, in Input, ifMatch int6
 			if res, err = s.createIn(ctx, tx, tenant, in); err != nil {
 				return err
 			}
-			_, err = s.record(ctx, tx, change{action: repo.VersionCreate, after: res.Entry})
+			_, err = s.record(ctx, tx, change{action: repo.VersionCreate, after: res.Entry, last: last, known: true})
 			return err
 		}
 		if err != nil {
@@ -48,7 +46,7 @@ func (s *Service) Put(ctx context.Context, tenant string, in Input, ifMatch int6
 		if res, err = s.updateIn(ctx, tx, tenant, cur, in); err != nil {
 			return err
 		}
-		_, err = s.record(ctx, tx, change{action: repo.VersionUpdate, before: cur, after: res.Entry})
+		_, err = s.record(ctx, tx, change{action: repo.VersionUpdate, before: cur, after: res.Entry, last: last, known: true})
 		return err
 	})
 	if err != nil {

@@ -83,12 +83,50 @@ func collectVersions(rows pgx.Rows, what string) ([]*Version, error) {
 	return out, mapErr(what, rows.Err())
 }
 
+const lastVersionSQL = `SELECT coalesce(max(version), 0) FROM entry_versions WHERE tenant_id = $1 AND entry_id = $2`
+
+// BeginEntryWrite starts a write of entry id in the caller's transaction, in one round
+// trip: it moves the tenant's generation (taking the tenant's row lock first, as every
+// write does), reads the entry for update, and reads the last version number of its
+// history (0 when none). A missing entry is ErrNotFound, with the last version number
+// still given (a deleted entry's history).
+func BeginEntryWrite(ctx context.Context, q db.DBTX, tenant, id string) (*Entry, int64, error) {
+	b := &pgx.Batch{}
+	b.Queue(bumpGenerationSQL, tenant, GenerationChannel)
+	b.Queue(`SELECT `+entryColumns+` FROM entries WHERE tenant_id = $1 AND id = $2 FOR UPDATE`, tenant, id)
+	b.Queue(lastVersionSQL, tenant, id)
+	br := q.SendBatch(ctx, b)
+	defer br.Close()
+	var (
+		gen  int64
+		void bool
+		last int64
+	)
+	if err := br.QueryRow().Scan(&gen, &void); err != nil {
+		return nil, 0, mapErr("bump generation", err)
+	}
+	cur, err := scanEntry(br.QueryRow())
+	missing := errors.Is(err, pgx.ErrNoRows)
+	if err != nil && !missing {
+		return nil, 0, mapErr("get entry "+id, err)
+	}
+	if err := br.QueryRow().Scan(&last); err != nil {
+		return nil, 0, mapErr("read last version of "+id, err)
+	}
+	if err := br.Close(); err != nil {
+		return nil, 0, mapErr("get entry "+id, err)
+	}
+	if missing {
+		return nil, last, mapErr("get entry "+id, pgx.ErrNoRows)
+	}
+	return cur, last, nil
+}
+
 // LastVersion returns the highest version number of entry id's history (0 when it has
 // none). The caller holds the tenant's row lock, so the next number is this plus one.
 func LastVersion(ctx context.Context, q db.DBTX, tenant, id string) (int64, error) {
 	var n int64
-	err := q.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM entry_versions WHERE tenant_id = $1 AND entry_id = $2`,
-		tenant, id).Scan(&n)
+	err := q.QueryRow(ctx, lastVersionSQL, tenant, id).Scan(&n)
 	return n, mapErr("read last version of "+id, err)
 }
 
