@@ -20,12 +20,6 @@ import (
 // wraps repo.ErrNotFound.
 var ErrUnknownVersion = fmt.Errorf("no such version: %w", repo.ErrNotFound)
 
-// Retention defaults (LOOPZE_HISTORY_KEEP, LOOPZE_HISTORY_DAYS).
-const (
-	DefaultHistoryKeep = 20
-	DefaultHistoryDays = 90
-)
-
 // openBlob decrypts one sealed value, reloading the key ring once when it names a master
 // key this process does not hold (another replica rotated).
 func (s *Service) openBlob(blob []byte, a envelope.AAD) (secret.PEM, error) {
