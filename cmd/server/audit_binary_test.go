@@ -58,6 +58,28 @@ func TestAuditVerifyAndExport(t *testing.T) {
 	require.Equal(t, "ops", first["subject"])
 	require.NotContains(t, out, "BEGIN")
 
+	// An import and a key rotation are recorded as the operator commands that made them.
+	runCLI(t, env, "export")
+	runCLI(t, env, "import", "--tenant", "copy", "--from-tenant", "default", "--file", filepath.Join(dataDir, "credentials.json"))
+	runCLI(t, env, "rotate-key")
+	code, out, all = runCLICode(t, env, "audit", "export", "--tenant", "copy")
+	require.Equal(t, 0, code, all)
+	lines = strings.Split(strings.TrimSpace(out), "\n")
+	require.Len(t, lines, 2, out)
+	var imp, rot map[string]any
+	require.NoError(t, json.Unmarshal([]byte(lines[0]), &imp))
+	require.NoError(t, json.Unmarshal([]byte(lines[1]), &rot))
+	require.Equal(t, "tenant.import", imp["action"])
+	require.Equal(t, "loopze-certs import", imp["subject"])
+	require.Equal(t, "operator", imp["role"])
+	require.EqualValues(t, 3, imp["detail"].(map[string]any)["entries"])
+	require.Equal(t, "key.rotate", rot["action"])
+	require.Equal(t, "loopze-certs rotate-key", rot["subject"])
+	code, out, all = runCLICode(t, env, "audit", "verify")
+	require.Equal(t, 0, code, all)
+	require.Contains(t, out, "tenant copy: 2 record(s) verified: ok")
+	require.Contains(t, out, "tenant default: 4 record(s) verified: ok")
+
 	// A superuser switches the append-only trigger off and rewrites record 2.
 	admin, err := url.Parse(testdb.AdminURL(t))
 	require.NoError(t, err)
