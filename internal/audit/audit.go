@@ -80,9 +80,6 @@ func EntryTarget(id string) string { return "entry:" + id }
 // NodeTarget is the target of a node's records.
 func NodeTarget(id string) string { return "node:" + id }
 
-// Now is the clock of records; tests may replace it.
-var Now = time.Now
-
 // Record appends ev to its tenant's chain in the caller's transaction (scoped to the
 // tenant), stamped with the context's actor and the current time.
 func Record(ctx context.Context, q db.DBTX, ev Event) error {
@@ -108,7 +105,7 @@ func Prepare(ctx context.Context, ev Event) (*repo.AuditRecord, []byte, error) {
 		}
 	}
 	r := &repo.AuditRecord{
-		TenantID: ev.Tenant, At: Now().UTC().Truncate(time.Microsecond),
+		TenantID: ev.Tenant, At: time.Now().UTC().Truncate(time.Microsecond),
 		Subject: a.Subject, Role: a.Role, Action: ev.Action, Target: ev.Target,
 		FingerprintBefore: ev.FingerprintBefore, FingerprintAfter: ev.FingerprintAfter,
 		RequestID: a.RequestID, ClientAddr: a.ClientAddr, Detail: string(detail),
