@@ -182,7 +182,7 @@ func (s *Service) Versions(ctx context.Context, tenant, id string, before int64,
 	if err != nil || len(out) > 0 || before > 0 {
 		return out, more, err
 	}
-	if _, err := repo.GetEntryScoped(ctx, s.Pool, tenant, id); err != nil {
+	if _, err := repo.GetEntry(ctx, s.Pool, tenant, id); err != nil {
 		return nil, false, err
 	}
 	return out, false, nil

@@ -186,8 +186,7 @@ var ErrHasHistory = errors.New("the entry ID has history")
 // round trip run by PostgreSQL as one implicit transaction, like CreateEntry. When the ID
 // has history already nothing is stored and the error is ErrHasHistory.
 func CreateEntryFirst(ctx context.Context, q db.DBTX, e *Entry, v *Version, r *AuditRecord, body []byte) error {
-	b := &pgx.Batch{}
-	b.Queue(`SELECT set_config('`+db.TenantSetting+`', $1, true)`, e.TenantID)
+	b := db.TenantBatch(e.TenantID)
 	b.Queue(bumpGenerationSQL, e.TenantID, GenerationChannel)
 	b.Queue(insertEntrySQL, insertEntryArgs(e)...).QueryRow(func(row pgx.Row) error {
 		return row.Scan(&e.Version, &e.CreatedAt, &e.UpdatedAt)
@@ -225,16 +224,13 @@ var listVersionsSQL = fmt.Sprintf(listVersionsSQLFormat, versionListColumns)
 // in one round trip without a transaction of the caller's (the tenant scope and the query
 // travel as one batch, as for ListEntriesScoped).
 func ListVersionsScoped(ctx context.Context, q db.DBTX, tenant, id string, before int64, limit int) ([]*Version, bool, error) {
-	br, rows, err := scopedQuery(ctx, q, tenant, listVersionsSQL, tenant, id, before, limit+1)
+	var out []*Version
+	err := scopedQuery(ctx, q, tenant, func(rows pgx.Rows) error {
+		var err error
+		out, err = collectVersions(rows, "list versions of "+id)
+		return err
+	}, listVersionsSQL, tenant, id, before, limit+1)
 	if err != nil {
-		return nil, false, mapErr("list versions of "+id, err)
-	}
-	defer br.Close()
-	out, err := collectVersions(rows, "list versions of "+id)
-	if err != nil {
-		return nil, false, err
-	}
-	if err := br.Close(); err != nil {
 		return nil, false, mapErr("list versions of "+id, err)
 	}
 	more := len(out) > limit
