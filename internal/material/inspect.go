@@ -184,16 +184,27 @@ func parsePrivateKey(b *pem.Block) (crypto.Signer, string) {
 	if b.Type == "OPENSSH PRIVATE KEY" {
 		return nil, "is in OpenSSH format, which is not supported: convert it to PKCS#8 (ssh-keygen -p -m PKCS8 -f key)"
 	}
+	return parseKeyDER(b.Bytes)
+}
+
+// parseKeyDER parses an unencrypted PKCS#1, PKCS#8 or SEC1 key; the message completes
+// "private key ..." and is empty on success.
+func parseKeyDER(der []byte) (crypto.Signer, string) {
 	var key any
-	if k, err := x509.ParsePKCS1PrivateKey(b.Bytes); err == nil {
+	if k, err := x509.ParsePKCS1PrivateKey(der); err == nil {
 		key = k
-	} else if k, err := x509.ParsePKCS8PrivateKey(b.Bytes); err == nil {
+	} else if k, err := x509.ParsePKCS8PrivateKey(der); err == nil {
 		key = k
-	} else if k, err := x509.ParseECPrivateKey(b.Bytes); err == nil {
+	} else if k, err := x509.ParseECPrivateKey(der); err == nil {
 		key = k
 	} else {
 		return nil, "does not parse as PKCS#1, PKCS#8 or SEC1"
 	}
+	return checkKeyType(key)
+}
+
+// checkKeyType accepts the key algorithms TLS material may use.
+func checkKeyType(key any) (crypto.Signer, string) {
 	switch k := key.(type) {
 	case *rsa.PrivateKey:
 		return k, ""
@@ -250,12 +261,39 @@ func warnings(k Kind, certs []*x509.Certificate, field string, now time.Time) []
 		// Only the first break is reported: everything after it is unverifiable anyway.
 		for i := 0; i+1 < len(certs); i++ {
 			if err := certs[i].CheckSignatureFrom(certs[i+1]); err != nil {
-				warn("the chain does not link: certificate %d is not signed by certificate %d (%s)", i+1, i+2, errText(err))
+				at := -1
+				for j, c := range certs {
+					if j != i && bytes.Equal(certs[i].RawIssuer, c.RawSubject) && certs[i].CheckSignatureFrom(c) == nil {
+						at = j
+						break
+					}
+				}
+				switch {
+				case at >= 0:
+					warn("the chain does not link: certificate %d is not signed by certificate %d; its issuer is certificate %d (out of order)", i+1, i+2, at+1)
+				case !bytes.Equal(certs[i].RawIssuer, certs[i+1].RawSubject):
+					warn("the chain does not link: the issuer of certificate %d, %s, is missing (certificate %d is %s)",
+						i+1, nameText(certs[i].Issuer.String()), i+2, nameText(certs[i+1].Subject.String()))
+				default:
+					warn("the chain does not link: certificate %d is not signed by certificate %d (%s)", i+1, i+2, errText(err))
+				}
 				break
 			}
 		}
 	}
-	return ws
+	return append(ws, checks(k, certs, field)...)
+}
+
+// nameText bounds a distinguished name for a message.
+func nameText(s string) string {
+	if s == "" {
+		return "an empty name"
+	}
+	const limit = 120
+	if len(s) > limit {
+		s = s[:limit] + "…"
+	}
+	return s
 }
 
 func certName(i int, c *x509.Certificate) string {

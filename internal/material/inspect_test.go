@@ -39,10 +39,11 @@ func TestKind(t *testing.T) {
 func TestInspectValidMaterial(t *testing.T) {
 	t.Parallel()
 	root, inter, leaf := mt.NewChain(t, mt.Options{CommonName: "edge", DNSNames: []string{"edge.example.com"}})
-	rsa := mt.NewSelfSigned(t, mt.Options{Key: mt.RSA2048})
-	p256 := mt.NewSelfSigned(t, mt.Options{Key: mt.ECDSAP256})
-	p384 := mt.NewSelfSigned(t, mt.Options{Key: mt.ECDSAP384})
-	ed := mt.NewSelfSigned(t, mt.Options{Key: mt.Ed25519})
+	san := []string{"test.example.com"}
+	rsa := mt.NewSelfSigned(t, mt.Options{Key: mt.RSA2048, DNSNames: san})
+	p256 := mt.NewSelfSigned(t, mt.Options{Key: mt.ECDSAP256, DNSNames: san})
+	p384 := mt.NewSelfSigned(t, mt.Options{Key: mt.ECDSAP384, DNSNames: san})
+	ed := mt.NewSelfSigned(t, mt.Options{Key: mt.Ed25519, DNSNames: san})
 
 	tests := []struct {
 		name      string
@@ -230,10 +231,10 @@ func TestInspectErrors(t *testing.T) {
 func TestInspectWarnings(t *testing.T) {
 	t.Parallel()
 	now := time.Now()
-	root, inter, leaf := mt.NewChain(t, mt.Options{})
+	root, inter, leaf := mt.NewChain(t, mt.Options{DNSNames: []string{"test.example.com"}})
 	otherRoot := mt.NewCA(t, mt.Options{CommonName: "Other Root"})
 	expired := mt.NewSelfSigned(t, mt.Options{CommonName: "old", NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-24 * time.Hour)})
-	future := mt.NewSelfSigned(t, mt.Options{CommonName: "new", NotBefore: now.Add(24 * time.Hour), NotAfter: now.Add(48 * time.Hour)})
+	future := mt.NewSelfSigned(t, mt.Options{CommonName: "new", DNSNames: []string{"new.example.com"}, NotBefore: now.Add(24 * time.Hour), NotAfter: now.Add(48 * time.Hour)})
 	weak := mt.NewSelfSigned(t, mt.Options{Key: mt.RSA1024})
 	expiredCA := mt.NewCA(t, mt.Options{CommonName: "Old CA", NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)})
 
@@ -248,11 +249,11 @@ func TestInspectWarnings(t *testing.T) {
 		{"not yet valid", material.ServerPair, future.CertPEM(), future.KeyPEM(),
 			[]want{{"certPem", "is not valid before " + future.Cert.NotBefore.UTC().Format(time.RFC3339)}}},
 		{"chain does not link", material.ServerPair, mt.Bundle(leaf, otherRoot), leaf.KeyPEM(),
-			[]want{{"certPem", "the chain does not link: certificate 1 is not signed by certificate 2"}}},
+			[]want{{"certPem", "the chain does not link: the issuer of certificate 1, CN=Test Intermediate CA,O=LOOPZE Test, is missing (certificate 2 is CN=Other Root"}}},
 		{"chain out of order", material.ServerPair, mt.Bundle(leaf, root, inter), leaf.KeyPEM(),
-			[]want{{"certPem", "certificate 1 is not signed by certificate 2"}}},
+			[]want{{"certPem", "certificate 1 is not signed by certificate 2; its issuer is certificate 3 (out of order)"}}},
 		{"chain breaks further up", material.ServerPair, mt.Bundle(leaf, inter, otherRoot), leaf.KeyPEM(),
-			[]want{{"certPem", "certificate 2 is not signed by certificate 3"}}},
+			[]want{{"certPem", "the issuer of certificate 2, CN=Test Root CA,O=LOOPZE Test, is missing"}}},
 		{"non-CA in bundle", material.CABundle, mt.Bundle(root, leaf), nil,
 			[]want{{"certPem", "certificate 2 (CN=test,O=LOOPZE Test) is not a CA certificate"}}},
 		{"weak RSA", material.ClientPair, weak.CertPEM(), weak.KeyPEM(),

@@ -65,13 +65,15 @@ const FieldType = "type"
 // fall back to PEMFields.
 type Fields struct {
 	Cert, Key string
+	// Passphrase names the passphrase file of a file-sourced entry (LoadFilesWith).
+	Passphrase string
 }
 
 // PEMFields names the fields of an inline entry.
 var PEMFields = Fields{Cert: "certPem", Key: "keyPem"}
 
 // PathFields names the fields of a file-sourced entry.
-var PathFields = Fields{Cert: "certPath", Key: "keyPath"}
+var PathFields = Fields{Cert: "certPath", Key: "keyPath", Passphrase: "passphraseFile"}
 
 func (f Fields) withDefaults() Fields {
 	if f.Cert == "" {

@@ -240,16 +240,39 @@ func fileKind(m fs.FileMode) string {
 	return "mode " + m.Type().String()
 }
 
-// LoadFiles reads certPath (and keyPath for pairs) through ReadFile and inspects the
-// result. Read errors become issues on f.Cert / f.Key; Inspect's issues about a field whose
-// file could not be read are dropped, since they would only repeat that it is missing.
-// Empty names in f default to PathFields.
+// LoadFiles reads certPath (and keyPath for pairs) and inspects the result: LoadFilesWith
+// without a passphrase file.
 func (r Roots) LoadFiles(k Kind, tenant, certPath, keyPath string, f Fields, now time.Time) (*Material, []Issue) {
+	return r.LoadFilesWith(k, tenant, Paths{Cert: certPath, Key: keyPath}, f, now)
+}
+
+// Paths are the files of a file-sourced entry.
+type Paths struct {
+	// Cert holds PEM or DER certificates, or a PKCS#12 file with the pair's key.
+	Cert string
+	// Key holds the pair's key, PEM or DER, possibly encrypted; empty with a PKCS#12.
+	Key string
+	// Passphrase is a file whose first line is the passphrase of the PKCS#12 or of the
+	// encrypted key; empty when nothing is encrypted.
+	Passphrase string
+}
+
+// MaxPassphraseFile bounds a passphrase file.
+const MaxPassphraseFile = 4 << 10
+
+// LoadFilesWith reads the files of p through ReadFile, decodes whatever encoding they are
+// in (Decode) and inspects the result. Read errors become issues on f.Cert / f.Key /
+// f.Passphrase; Inspect's issues about a field whose file could not be read are dropped,
+// since they would only repeat that it is missing. Empty names in f default to PathFields.
+func (r Roots) LoadFilesWith(k Kind, tenant string, p Paths, f Fields, now time.Time) (*Material, []Issue) {
 	if f.Cert == "" {
 		f.Cert = PathFields.Cert
 	}
 	if f.Key == "" {
 		f.Key = PathFields.Key
+	}
+	if f.Passphrase == "" {
+		f.Passphrase = PathFields.Passphrase
 	}
 	var (
 		issues    []Issue
@@ -269,15 +292,60 @@ func (r Roots) LoadFiles(k Kind, tenant, certPath, keyPath string, f Fields, now
 		}
 		return data
 	}
-	cert = read(f.Cert, certPath, "a certificate")
+	cert = read(f.Cert, p.Cert, "a certificate")
+	_, isP12 := DetectFile(cert)
 	switch {
+	case k.IsPair() && isP12:
+		if strings.TrimSpace(p.Key) != "" {
+			issues = append(issues, Issue{Field: f.Key, Message: "the PKCS#12 file in " + f.Cert + " carries the key: leave " + f.Key + " empty"})
+			unread[f.Key] = true
+		}
 	case k.IsPair():
-		key = read(f.Key, keyPath, "a private key")
-	case k == CABundle && strings.TrimSpace(keyPath) != "":
+		key = read(f.Key, p.Key, "a private key")
+	case k == CABundle && strings.TrimSpace(p.Key) != "":
 		issues = append(issues, Issue{Field: f.Key, Message: "a ca-bundle carries no private key: leave " + f.Key + " empty"})
 		unread[f.Key] = true
 	}
-	m, errs := Inspect(k, cert, key, f, now)
+	var pass secret.String
+	if strings.TrimSpace(p.Passphrase) != "" {
+		data, err := r.ReadFile(tenant, p.Passphrase)
+		before := len(issues)
+		switch {
+		case err != nil:
+			issues = append(issues, Issue{Field: f.Passphrase, Message: err.Error()})
+		case len(data) > MaxPassphraseFile:
+			issues = append(issues, Issue{Field: f.Passphrase, Message: fmt.Sprintf("the passphrase file is over the %d KiB limit", MaxPassphraseFile>>10)})
+		default:
+			line, _, _ := strings.Cut(string(data), "\n")
+			pass = secret.String(strings.TrimSuffix(line, "\r"))
+			if pass == "" {
+				issues = append(issues, Issue{Field: f.Passphrase, Message: "the passphrase file is empty"})
+			}
+		}
+		unread[f.Passphrase] = len(issues) > before
+	}
+	if len(issues) > 0 && (unread[f.Cert] || unread[f.Passphrase]) {
+		return nil, issues
+	}
+	enc := Encoded{}
+	ef := EncodedFields{CertPEM: f.Cert, CertDER: f.Cert, PKCS12: f.Cert, KeyPEM: f.Key, KeyDER: f.Key,
+		Passphrase: f.Passphrase, KeyPassphrase: f.Passphrase}
+	if certPEM, _ := DetectFile(cert); certPEM || len(cert) == 0 {
+		enc.CertPEM = cert
+	} else if isP12 {
+		enc.PKCS12, enc.Passphrase = secret.Bytes(cert), pass
+	} else {
+		enc.CertDER = secret.Bytes(cert)
+	}
+	if !isP12 {
+		if keyPEM, _ := DetectFile(key); keyPEM || len(key) == 0 {
+			enc.KeyPEM = key
+		} else {
+			enc.KeyDER = secret.Bytes(key)
+		}
+		enc.KeyPassphrase = pass
+	}
+	m, _, errs := Decode(k, enc, ef, now)
 	for _, e := range errs {
 		if !unread[e.Field] {
 			issues = append(issues, e)
