@@ -110,11 +110,38 @@ type Input struct {
 	KeyPEM   secret.PEM
 	CertPath *string
 	KeyPath  *string
+
+	// Inline material in other encodings: DER certificates and key, or a PKCS#12 file
+	// with its Passphrase; KeyPassphrase opens an encrypted KeyPEM or KeyDER. Passphrases
+	// are used once to decrypt and never stored.
+	CertDER       secret.Bytes
+	KeyDER        secret.Bytes
+	PKCS12        secret.Bytes
+	Passphrase    secret.String
+	KeyPassphrase secret.String
+	// PassphrasePath is, for source file, the file holding the passphrase of a PKCS#12
+	// certPath or an encrypted keyPath.
+	PassphrasePath *string
+	// VerifyWith, when set, is the ID of a ca-bundle of the tenant the pair's leaf is
+	// checked against; the result comes back in Result.Verification.
+	VerifyWith string
 }
 
 // hasMaterial reports whether the input carries any new material.
 func (in *Input) hasMaterial() bool {
-	return len(in.CertPEM) > 0 || len(in.KeyPEM) > 0 || in.CertPath != nil || in.KeyPath != nil
+	return len(in.CertPEM) > 0 || len(in.KeyPEM) > 0 || in.CertPath != nil || in.KeyPath != nil ||
+		len(in.CertDER) > 0 || len(in.KeyDER) > 0 || len(in.PKCS12) > 0 || in.PassphrasePath != nil
+}
+
+// encoded is the inline material of the input.
+func (in *Input) encoded() material.Encoded {
+	return material.Encoded{CertPEM: in.CertPEM, KeyPEM: in.KeyPEM, CertDER: in.CertDER, KeyDER: in.KeyDER,
+		PKCS12: in.PKCS12, Passphrase: in.Passphrase, KeyPassphrase: in.KeyPassphrase}
+}
+
+// paths are the files of the input.
+func (in *Input) paths() material.Paths {
+	return material.Paths{Cert: str(in.CertPath), Key: str(in.KeyPath), Passphrase: str(in.PassphrasePath)}
 }
 
 // Result is a saved (or validated) entry and the warnings its material raised.
@@ -122,6 +149,14 @@ type Result struct {
 	Entry    *repo.Entry
 	Warnings []material.Issue
 	Created  bool
+	// Verification is the check against Input.VerifyWith; nil when none was asked for.
+	Verification *Verification
+}
+
+// Verification is whether a pair chains to a ca-bundle of the catalogue.
+type Verification struct {
+	CABundle string
+	material.Verification
 }
 
 func str(p *string) string {
@@ -177,35 +212,43 @@ type prepared struct {
 	keyPEM   secret.PEM
 }
 
-// prepare validates a complete entry and derives its metadata. certPEM/keyPEM are used
-// for inline entries, the paths for file entries.
-func (s *Service) prepare(tenant, id, name, typ, source, notes string, certPEM, keyPEM secret.PEM, certPath, keyPath string) (*prepared, error) {
+// prepare validates a complete entry and derives its metadata. The encoded material is
+// used for inline entries, the paths for file entries. Inline material comes out
+// normalised (certificates leaf first, the key unencrypted) in certPEM and keyPEM.
+func (s *Service) prepare(tenant, id, name, typ, source, notes string, enc material.Encoded, paths material.Paths) (*prepared, error) {
 	issues := checkFields(id, name, typ, source, notes)
 	kind := material.Kind(typ)
 	var (
 		m    *material.Material
 		errs []material.Issue
+		norm *material.Normalized
 	)
+	add := func(field, msg string) { errs = append(errs, material.Issue{Field: field, Message: msg}) }
 	switch {
 	case !kind.Valid() || (source != SourceInline && source != SourceFile):
 		// The material cannot be judged without a type and source.
 	case source == SourceInline:
-		if certPath != "" {
-			errs = append(errs, material.Issue{Field: "certPath", Message: "is for source file; an inline entry carries certPem"})
+		for _, x := range []struct{ field, v string }{{"certPath", paths.Cert}, {"keyPath", paths.Key}, {"passphraseFile", paths.Passphrase}} {
+			if x.v != "" {
+				add(x.field, "is for source file; an inline entry carries certPem/keyPem, certDer/keyDer or pkcs12")
+			}
 		}
-		if keyPath != "" {
-			errs = append(errs, material.Issue{Field: "keyPath", Message: "is for source file; an inline entry carries keyPem"})
-		}
-		mm, e := material.Inspect(kind, certPEM, keyPEM, material.PEMFields, s.now())
-		m, errs = mm, append(errs, e...)
+		mm, n, e := material.Decode(kind, enc, material.InlineFields, s.now())
+		m, norm, errs = mm, n, append(errs, e...)
 	default:
-		if len(certPEM) > 0 {
-			errs = append(errs, material.Issue{Field: "certPem", Message: "is for source inline; a file entry carries certPath"})
+		for _, x := range []struct {
+			field string
+			set   bool
+		}{{"certPem", len(enc.CertPEM) > 0}, {"keyPem", len(enc.KeyPEM) > 0}, {"certDer", len(enc.CertDER) > 0},
+			{"keyDer", len(enc.KeyDER) > 0}, {"pkcs12", len(enc.PKCS12) > 0}} {
+			if x.set {
+				add(x.field, "is for source inline; a file entry carries certPath, keyPath and passphraseFile")
+			}
 		}
-		if len(keyPEM) > 0 {
-			errs = append(errs, material.Issue{Field: "keyPem", Message: "is for source inline; a file entry carries keyPath"})
+		if enc.Passphrase != "" || enc.KeyPassphrase != "" {
+			add("passphraseFile", "a file entry reads its passphrase from passphraseFile; passphrase and keyPassphrase are for inline material")
 		}
-		mm, e := s.Roots.LoadFiles(kind, tenant, certPath, keyPath, material.PathFields, s.now())
+		mm, e := s.Roots.LoadFilesWith(kind, tenant, paths, material.PathFields, s.now())
 		m, errs = mm, append(errs, e...)
 	}
 	issues = append(issues, errs...)
@@ -216,10 +259,13 @@ func (s *Service) prepare(tenant, id, name, typ, source, notes string, certPEM, 
 		TenantID: tenant, ID: id, Name: name, Type: kind, Source: source, Notes: notes,
 		Meta: m.Metadata,
 	}
+	p := &prepared{entry: e, material: m, warnings: m.Warnings}
 	if source == SourceFile {
-		e.CertPath, e.KeyPath = certPath, keyPath
+		e.CertPath, e.KeyPath, e.PassphrasePath = paths.Cert, paths.Key, paths.Passphrase
+	} else {
+		p.certPEM, p.keyPEM = norm.Cert, norm.Key
 	}
-	return &prepared{entry: e, material: m, warnings: m.Warnings, certPEM: certPEM, keyPEM: keyPEM}, nil
+	return p, nil
 }
 
 // seal encrypts inline material into the entry.
@@ -281,8 +327,7 @@ func (s *Service) Lookup(ctx context.Context, tenant string, ids []string) ([]*r
 
 // Validate parses an entry exactly as Create would and persists nothing.
 func (s *Service) Validate(tenant string, in Input) (*material.Metadata, []material.Issue, []material.Issue) {
-	p, err := s.prepare(tenant, in.ID, str(in.Name), str(in.Type), str(in.Source), str(in.Notes),
-		in.CertPEM, in.KeyPEM, str(in.CertPath), str(in.KeyPath))
+	p, err := s.prepare(tenant, in.ID, str(in.Name), str(in.Type), str(in.Source), str(in.Notes), in.encoded(), in.paths())
 	var ve *ValidationError
 	if errors.As(err, &ve) {
 		return nil, nil, ve.Issues
@@ -290,10 +335,41 @@ func (s *Service) Validate(tenant string, in Input) (*material.Metadata, []mater
 	return &p.material.Metadata, p.warnings, nil
 }
 
+// Preview is what a validation derives: the metadata, warnings and verification, or the
+// problems.
+type Preview struct {
+	Metadata     *material.Metadata
+	Warnings     []material.Issue
+	Errors       []material.Issue
+	Verification *Verification
+}
+
+// ValidateWith is Validate with in.VerifyWith honoured; it reads the named bundle, hence
+// the context. Errors are for failures of the lookup itself.
+func (s *Service) ValidateWith(ctx context.Context, tenant string, in Input) (*Preview, error) {
+	p, err := s.prepare(tenant, in.ID, str(in.Name), str(in.Type), str(in.Source), str(in.Notes), in.encoded(), in.paths())
+	var ve *ValidationError
+	if errors.As(err, &ve) {
+		return &Preview{Errors: ve.Issues}, nil
+	}
+	v, err := s.verify(ctx, tenant, p, in.VerifyWith)
+	if err != nil {
+		var ve *ValidationError
+		if errors.As(err, &ve) {
+			return &Preview{Errors: ve.Issues}, nil
+		}
+		return nil, err
+	}
+	return &Preview{Metadata: &p.material.Metadata, Warnings: p.warnings, Verification: v}, nil
+}
+
 // Create validates, seals and stores a new entry.
 func (s *Service) Create(ctx context.Context, tenant string, in Input) (*Result, error) {
-	p, err := s.prepare(tenant, in.ID, str(in.Name), str(in.Type), str(in.Source), str(in.Notes),
-		in.CertPEM, in.KeyPEM, str(in.CertPath), str(in.KeyPath))
+	p, err := s.prepare(tenant, in.ID, str(in.Name), str(in.Type), str(in.Source), str(in.Notes), in.encoded(), in.paths())
+	if err != nil {
+		return nil, err
+	}
+	v, err := s.verify(ctx, tenant, p, in.VerifyWith)
 	if err != nil {
 		return nil, err
 	}
@@ -304,7 +380,7 @@ func (s *Service) Create(ctx context.Context, tenant string, in Input) (*Result,
 		return nil, err
 	}
 	s.logWarnings(tenant, p.entry.ID, p.warnings)
-	return &Result{Entry: p.entry, Warnings: p.warnings, Created: true}, nil
+	return &Result{Entry: p.entry, Warnings: p.warnings, Created: true, Verification: v}, nil
 }
 
 func (s *Service) logWarnings(tenant, id string, ws []material.Issue) {

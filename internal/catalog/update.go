@@ -10,7 +10,6 @@ import (
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
-	"github.com/loopze/certstore/internal/secret"
 )
 
 // Put replaces the mutable fields of entry in.ID, or creates it when it does not exist (as
@@ -57,8 +56,11 @@ func (s *Service) Put(ctx context.Context, tenant string, in Input, ifMatch int6
 }
 
 func (s *Service) createIn(ctx context.Context, tx pgx.Tx, tenant string, in Input) (*Result, error) {
-	p, err := s.prepare(tenant, in.ID, str(in.Name), str(in.Type), str(in.Source), str(in.Notes),
-		in.CertPEM, in.KeyPEM, str(in.CertPath), str(in.KeyPath))
+	p, err := s.prepare(tenant, in.ID, str(in.Name), str(in.Type), str(in.Source), str(in.Notes), in.encoded(), in.paths())
+	if err != nil {
+		return nil, err
+	}
+	v, err := s.verify(ctx, tenant, p, in.VerifyWith)
 	if err != nil {
 		return nil, err
 	}
@@ -68,7 +70,7 @@ func (s *Service) createIn(ctx context.Context, tx pgx.Tx, tenant string, in Inp
 	if err := repo.InsertEntry(ctx, tx, p.entry); err != nil {
 		return nil, err
 	}
-	return &Result{Entry: p.entry, Warnings: p.warnings, Created: true}, nil
+	return &Result{Entry: p.entry, Warnings: p.warnings, Created: true, Verification: v}, nil
 }
 
 func (s *Service) updateIn(ctx context.Context, tx pgx.Tx, tenant string, cur *repo.Entry, in Input) (*Result, error) {
@@ -102,13 +104,13 @@ func (s *Service) updateIn(ctx context.Context, tx pgx.Tx, tenant string, cur *r
 	sourceChanged := source != cur.Source
 	if sourceChanged && !in.hasMaterial() {
 		return nil, &ValidationError{Issues: []material.Issue{{Field: "source",
-			Message: "changing the source needs the new material (certPem/keyPem for inline, certPath/keyPath for file)"}}}
+			Message: "changing the source needs the new material (certPem/keyPem, certDer/keyDer or pkcs12 for inline, certPath/keyPath for file)"}}}
 	}
 	// Material: what the request brings, completed from what is stored unless the source
 	// changed (then nothing stored applies).
 	var (
-		certPEM, keyPEM   secret.PEM
-		certPath, keyPath string
+		enc   = in.encoded()
+		paths material.Paths
 	)
 	if !sourceChanged {
 		if cur.Source == SourceInline {
@@ -116,31 +118,41 @@ func (s *Service) updateIn(ctx context.Context, tx pgx.Tx, tenant string, cur *r
 			if err != nil {
 				return nil, err
 			}
-			certPEM, keyPEM = c, k
+			// A PKCS#12 replaces certificate and key; otherwise each half given replaces
+			// the stored one, in whichever encoding it comes.
+			if len(in.PKCS12) == 0 {
+				if len(in.CertPEM) == 0 && len(in.CertDER) == 0 {
+					enc.CertPEM = c
+				}
+				if len(in.KeyPEM) == 0 && len(in.KeyDER) == 0 {
+					enc.KeyPEM = k
+				}
+			}
 		} else {
-			certPath, keyPath = cur.CertPath, cur.KeyPath
+			paths = material.Paths{Cert: cur.CertPath, Key: cur.KeyPath, Passphrase: cur.PassphrasePath}
 		}
 	}
-	if len(in.CertPEM) > 0 {
-		certPEM = in.CertPEM
-	}
-	if len(in.KeyPEM) > 0 {
-		keyPEM = in.KeyPEM
-	}
 	if in.CertPath != nil {
-		certPath = *in.CertPath
+		paths.Cert = *in.CertPath
 	}
 	if in.KeyPath != nil {
-		keyPath = *in.KeyPath
+		paths.Key = *in.KeyPath
 	}
-	if source == SourceInline && material.Kind(typ) == material.CABundle && len(in.KeyPEM) == 0 {
-		keyPEM = nil // a pair turned into a bundle drops its stored key
+	if in.PassphrasePath != nil {
+		paths.Passphrase = *in.PassphrasePath
+	}
+	if source == SourceInline && material.Kind(typ) == material.CABundle && len(in.KeyPEM) == 0 && len(in.KeyDER) == 0 {
+		enc.KeyPEM = nil // a pair turned into a bundle drops its stored key
 	}
 	if source == SourceFile && material.Kind(typ) == material.CABundle && in.KeyPath == nil {
-		keyPath = ""
+		paths.Key = ""
 	}
 
-	p, err := s.prepare(tenant, cur.ID, name, typ, source, notes, certPEM, keyPEM, certPath, keyPath)
+	p, err := s.prepare(tenant, cur.ID, name, typ, source, notes, enc, paths)
+	if err != nil {
+		return nil, err
+	}
+	v, err := s.verify(ctx, tenant, p, in.VerifyWith)
 	if err != nil {
 		return nil, err
 	}
@@ -159,7 +171,7 @@ func (s *Service) updateIn(ctx context.Context, tx pgx.Tx, tenant string, cur *r
 	if err := repo.UpdateEntry(ctx, tx, p.entry); err != nil {
 		return nil, err
 	}
-	return &Result{Entry: p.entry, Warnings: p.warnings}, nil
+	return &Result{Entry: p.entry, Warnings: p.warnings, Verification: v}, nil
 }
 
 // Delete removes an entry. A referenced entry is refused with a *ReferencedError listing

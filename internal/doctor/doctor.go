@@ -286,7 +286,7 @@ func (d *Doctor) checkRows(ctx context.Context, ring *envelope.Ring, tenant stri
 		subject := tenant + "/" + e.ID
 		notAfter := e.Meta.NotAfter
 		if e.Source == "file" {
-			m, issues := d.Roots.LoadFiles(e.Type, tenant, e.CertPath, e.KeyPath, material.PathFields, now)
+			m, issues := d.Roots.LoadFilesWith(e.Type, tenant, material.Paths{Cert: e.CertPath, Key: e.KeyPath, Passphrase: e.PassphrasePath}, material.PathFields, now)
 			if len(issues) > 0 {
 				d.add("file-material", Fail, subject, "%s", issues[0])
 			} else {

@@ -377,7 +377,7 @@ func nodeCredential(nodeID, name string, value []byte) NodeCredential {
 func (x *Exporter) documentEntry(tenant string, e *repo.Entry) (Entry, error) {
 	de := Entry{
 		ID: e.ID, Name: e.Name, Type: string(e.Type), Source: e.Source, Notes: e.Notes,
-		CertPath: e.CertPath, KeyPath: e.KeyPath,
+		CertPath: e.CertPath, KeyPath: e.KeyPath, PassphraseFile: e.PassphrasePath,
 		FingerprintSHA256: e.Meta.FingerprintSHA256, Subject: e.Meta.Subject, Issuer: e.Meta.Issuer,
 		SerialNumber: e.Meta.SerialNumber, NotBefore: e.Meta.NotBefore.UTC(), NotAfter: e.Meta.NotAfter.UTC(),
 		DNSNames: e.Meta.DNSNames, CertCount: e.Meta.CertCount, KeyAlgorithm: e.Meta.KeyAlgorithm,

@@ -130,6 +130,8 @@ type Entry struct {
 	HasPrivateKey     bool      `json:"hasPrivateKey"`
 	CreatedAt         time.Time `json:"createdAt"`
 	UpdatedAt         time.Time `json:"updatedAt"`
+	// PassphraseFile is a file entry's passphrase file (its path, never the passphrase).
+	PassphraseFile string `json:"passphraseFile,omitempty"`
 }
 
 // Reference is one deployed node field naming an entry.

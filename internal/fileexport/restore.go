@@ -226,11 +226,12 @@ func (im *Importer) prepareEntries(tenant string, doc *Document) ([]*repo.Entry,
 			}
 			e.KeyID = im.Ring.CurrentKeyID()
 		default:
-			e.CertPath, e.KeyPath = de.CertPath, de.KeyPath
+			e.CertPath, e.KeyPath, e.PassphrasePath = de.CertPath, de.KeyPath, de.PassphraseFile
 			if e.CertPath == "" {
 				return nil, nil, fmt.Errorf("%w: file entry %s has no certPath", ErrInvalidDocument, de.ID)
 			}
-			m, issues := im.Roots.LoadFiles(kind, tenant, de.CertPath, de.KeyPath, material.PathFields, now)
+			m, issues := im.Roots.LoadFilesWith(kind, tenant,
+				material.Paths{Cert: de.CertPath, Key: de.KeyPath, Passphrase: de.PassphraseFile}, material.PathFields, now)
 			if len(issues) == 0 {
 				e.Meta = m.Metadata
 				break

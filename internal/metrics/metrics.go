@@ -275,6 +275,14 @@ func (c *expiryCollector) leafNotAfter(tenant, path string) (time.Time, bool) {
 	if err != nil {
 		return time.Time{}, false
 	}
+	if pemText, _ := material.DetectFile(data); !pemText {
+		// DER certificates; a PKCS#12 file needs its passphrase and counts as unreadable here.
+		certs, err := x509.ParseCertificates(data)
+		if err != nil || len(certs) == 0 {
+			return time.Time{}, false
+		}
+		return certs[0].NotAfter, true
+	}
 	for rest := []byte(data); ; {
 		var b *pem.Block
 		b, rest = pem.Decode(rest)

@@ -32,24 +32,29 @@ type Entry struct {
 	UpdatedAt  time.Time
 	// RefCount is filled by List and Get: how many deployed node fields reference the entry.
 	RefCount int
+
+	// PassphrasePath is a file-sourced entry's passphrase file; empty when none.
+	PassphrasePath string
 }
 
 const entryColumns = `tenant_id, id, name, type, source, notes, coalesce(cert_path, ''), coalesce(key_path, ''),
 	cert_sealed, key_sealed, coalesce(key_id, ''), fingerprint_sha256, subject, issuer, serial_number,
-	not_before, not_after, dns_names, cert_count, key_algorithm, has_private_key, version, created_at, updated_at`
+	not_before, not_after, dns_names, cert_count, key_algorithm, has_private_key, version, created_at, updated_at,
+	coalesce(passphrase_path, '')`
 
 // listColumns are entryColumns without the sealed material, which listings never show:
 // a page of 100 entries then moves kilobytes, not hundreds of them.
 const listColumns = `tenant_id, id, name, type, source, notes, coalesce(cert_path, ''), coalesce(key_path, ''),
 	NULL::bytea, NULL::bytea, coalesce(key_id, ''), fingerprint_sha256, subject, issuer, serial_number,
-	not_before, not_after, dns_names, cert_count, key_algorithm, has_private_key, version, created_at, updated_at`
+	not_before, not_after, dns_names, cert_count, key_algorithm, has_private_key, version, created_at, updated_at,
+	coalesce(passphrase_path, '')`
 
 func scanEntry(row pgx.Row, extra ...any) (*Entry, error) {
 	var e Entry
 	dest := []any{&e.TenantID, &e.ID, &e.Name, &e.Type, &e.Source, &e.Notes, &e.CertPath, &e.KeyPath,
 		&e.CertSealed, &e.KeySealed, &e.KeyID, &e.Meta.FingerprintSHA256, &e.Meta.Subject, &e.Meta.Issuer,
 		&e.Meta.SerialNumber, &e.Meta.NotBefore, &e.Meta.NotAfter, &e.Meta.DNSNames, &e.Meta.CertCount,
-		&e.Meta.KeyAlgorithm, &e.Meta.HasPrivateKey, &e.Version, &e.CreatedAt, &e.UpdatedAt}
+		&e.Meta.KeyAlgorithm, &e.Meta.HasPrivateKey, &e.Version, &e.CreatedAt, &e.UpdatedAt, &e.PassphrasePath}
 	if err := row.Scan(append(dest, extra...)...); err != nil {
 		return nil, err
 	}
@@ -81,15 +86,15 @@ func nullIfEmpty(s string) any {
 const insertEntrySQL = `
 		INSERT INTO entries (tenant_id, id, name, type, source, notes, cert_path, key_path,
 			cert_sealed, key_sealed, key_id, fingerprint_sha256, subject, issuer, serial_number,
-			not_before, not_after, dns_names, cert_count, key_algorithm, has_private_key)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
+			not_before, not_after, dns_names, cert_count, key_algorithm, has_private_key, passphrase_path)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)
 		RETURNING version, created_at, updated_at`
 
 func insertEntryArgs(e *Entry) []any {
 	return []any{e.TenantID, e.ID, e.Name, e.Type, e.Source, e.Notes, nullIfEmpty(e.CertPath), nullIfEmpty(e.KeyPath),
 		e.CertSealed, e.KeySealed, nullIfEmpty(e.KeyID), e.Meta.FingerprintSHA256, e.Meta.Subject, e.Meta.Issuer,
 		e.Meta.SerialNumber, e.Meta.NotBefore, e.Meta.NotAfter, nonNil(e.Meta.DNSNames), e.Meta.CertCount,
-		e.Meta.KeyAlgorithm, e.Meta.HasPrivateKey}
+		e.Meta.KeyAlgorithm, e.Meta.HasPrivateKey, nullIfEmpty(e.PassphrasePath)}
 }
 
 // InsertEntry stores a new entry; ErrDuplicate when the ID is taken in the tenant.
@@ -155,14 +160,14 @@ func UpdateEntry(ctx context.Context, q db.DBTX, e *Entry) error {
 		UPDATE entries SET name = $3, type = $4, source = $5, notes = $6, cert_path = $7, key_path = $8,
 			cert_sealed = $9, key_sealed = $10, key_id = $11, fingerprint_sha256 = $12, subject = $13,
 			issuer = $14, serial_number = $15, not_before = $16, not_after = $17, dns_names = $18,
-			cert_count = $19, key_algorithm = $20, has_private_key = $21,
+			cert_count = $19, key_algorithm = $20, has_private_key = $21, passphrase_path = $23,
 			version = version + 1, updated_at = now()
 		WHERE tenant_id = $1 AND id = $2 AND version = $22
 		RETURNING version, updated_at`,
 		e.TenantID, e.ID, e.Name, e.Type, e.Source, e.Notes, nullIfEmpty(e.CertPath), nullIfEmpty(e.KeyPath),
 		e.CertSealed, e.KeySealed, nullIfEmpty(e.KeyID), e.Meta.FingerprintSHA256, e.Meta.Subject, e.Meta.Issuer,
 		e.Meta.SerialNumber, e.Meta.NotBefore, e.Meta.NotAfter, nonNil(e.Meta.DNSNames), e.Meta.CertCount,
-		e.Meta.KeyAlgorithm, e.Meta.HasPrivateKey, e.Version,
+		e.Meta.KeyAlgorithm, e.Meta.HasPrivateKey, e.Version, nullIfEmpty(e.PassphrasePath),
 	).Scan(&e.Version, &e.UpdatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		if _, gerr := GetEntry(ctx, q, e.TenantID, e.ID); gerr != nil {
@@ -337,14 +342,14 @@ func ImportEntries(ctx context.Context, q db.DBTX, entries []*Entry) error {
 			INSERT INTO entries (tenant_id, id, name, type, source, notes, cert_path, key_path,
 				cert_sealed, key_sealed, key_id, fingerprint_sha256, subject, issuer, serial_number,
 				not_before, not_after, dns_names, cert_count, key_algorithm, has_private_key,
-				created_at, updated_at)
+				created_at, updated_at, passphrase_path)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-				$19, $20, $21, $22, $23)`,
+				$19, $20, $21, $22, $23, $24)`,
 			e.TenantID, e.ID, e.Name, string(e.Type), e.Source, e.Notes, nullIfEmpty(e.CertPath),
 			nullIfEmpty(e.KeyPath), e.CertSealed, e.KeySealed, nullIfEmpty(e.KeyID), e.Meta.FingerprintSHA256,
 			e.Meta.Subject, e.Meta.Issuer, e.Meta.SerialNumber, e.Meta.NotBefore, e.Meta.NotAfter,
 			nonNil(e.Meta.DNSNames), e.Meta.CertCount, e.Meta.KeyAlgorithm, e.Meta.HasPrivateKey,
-			created, updated)
+			created, updated, nullIfEmpty(e.PassphrasePath))
 	}
 	return execBatch(ctx, q, b, "import entries")
 }

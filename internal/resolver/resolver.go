@@ -314,12 +314,12 @@ func (r *Resolver) resolvePart(ctx context.Context, tenant string, p refs.Part, 
 		rep.EntrySource = e.Source
 		if e.Source == sourceFile {
 			rep.CertPath, rep.KeyPath = e.CertPath, e.KeyPath
-			return r.loadFiles(ctx, tenant, p.Kind, e.CertPath, e.KeyPath, material.PathFields)
+			return r.loadFiles(ctx, tenant, p.Kind, material.Paths{Cert: e.CertPath, Key: e.KeyPath, Passphrase: e.PassphrasePath}, material.PathFields)
 		}
 		return r.inline(tenant, e, p.Kind)
 	case s.CertFile != "" || s.KeyFile != "":
 		rep.Origin, rep.CertPath, rep.KeyPath = OriginFile, s.CertFile, s.KeyFile
-		return r.loadFiles(ctx, tenant, p.Kind, s.CertFile, s.KeyFile,
+		return r.loadFiles(ctx, tenant, p.Kind, material.Paths{Cert: s.CertFile, Key: s.KeyFile},
 			material.Fields{Cert: "tls." + p.CertFile, Key: "tls." + keyField(p)})
 	default:
 		rep.Origin = OriginInline
@@ -363,9 +363,9 @@ func keyPEMField(p refs.Part) string {
 // loadFiles reads a file part fresh. When it fails for a reason a rotation in progress
 // explains (the certificate already renamed, the key not yet; a file half written), it
 // waits once and reads again; only the second failure is an error.
-func (r *Resolver) loadFiles(ctx context.Context, tenant string, k material.Kind, certPath, keyPath string, f material.Fields) (*material.Material, error) {
+func (r *Resolver) loadFiles(ctx context.Context, tenant string, k material.Kind, paths material.Paths, f material.Fields) (*material.Material, error) {
 	roots := r.Roots
-	m, issues := roots.LoadFiles(k, tenant, certPath, keyPath, f, r.now())
+	m, issues := roots.LoadFilesWith(k, tenant, paths, f, r.now())
 	if len(issues) == 0 {
 		return m, nil
 	}
@@ -373,11 +373,11 @@ func (r *Resolver) loadFiles(ctx context.Context, tenant string, k material.Kind
 		return nil, errors.New(joinIssues(issues))
 	}
 	r.Logger.Debug("tls files do not load; reading again after a pause", "tenant", tenant,
-		"cert_path", certPath, "key_path", keyPath, "problem", joinIssues(issues))
+		"cert_path", paths.Cert, "key_path", paths.Key, "problem", joinIssues(issues))
 	if err := r.wait(ctx); err != nil {
 		return nil, fmt.Errorf("%s (retry cancelled: %w)", joinIssues(issues), err)
 	}
-	m, issues = roots.LoadFiles(k, tenant, certPath, keyPath, f, r.now())
+	m, issues = roots.LoadFilesWith(k, tenant, paths, f, r.now())
 	if len(issues) > 0 {
 		return nil, errors.New(joinIssues(issues))
 	}
