@@ -94,6 +94,7 @@ type CertBody struct {
 	KeyPEM   *string `json:"keyPem,omitempty" maxLength:"262144" doc:"Inline pairs: the PEM private key (PKCS#1, PKCS#8 or SEC1; RSA, ECDSA or Ed25519; not encrypted)"`
 	CertPath *string `json:"certPath,omitempty" maxLength:"4096" doc:"File source: absolute path of the PEM certificate file" example:"/etc/loopze/certs/edge.crt"`
 	KeyPath  *string `json:"keyPath,omitempty" maxLength:"4096" doc:"File source, pairs: absolute path of the PEM key file" example:"/etc/loopze/certs/edge.key"`
+	CertEncodings
 }
 
 func (b *CertBody) input() catalog.Input {
@@ -119,6 +120,7 @@ type CertPutBody struct {
 	KeyPEM   *string `json:"keyPem,omitempty" maxLength:"262144" doc:"New key PEM; omitted keeps the stored key"`
 	CertPath *string `json:"certPath,omitempty" maxLength:"4096"`
 	KeyPath  *string `json:"keyPath,omitempty" maxLength:"4096"`
+	CertEncodings
 }
 
 // CertOutput is one entry with its ETag.
@@ -135,7 +137,8 @@ type CertSavedOutput struct {
 	Location string `header:"Location"`
 	Body     struct {
 		Cert
-		Warnings []Problem `json:"warnings" doc:"Problems that did not stop the save: expired, not yet valid, broken chain, weak key, non-CA in a bundle"`
+		Warnings     []Problem        `json:"warnings" doc:"Problems that did not stop the save: expired, not yet valid, broken chain, weak key, non-CA in a bundle"`
+		Verification *VerificationOut `json:"verification,omitempty" doc:"With verifyWith: whether the pair chains to that ca-bundle"`
 	}
 }
 
@@ -163,6 +166,7 @@ func (s *Server) saved(res *catalog.Result) *CertSavedOutput {
 	}
 	out.Body.Cert = toCert(res.Entry, time.Now())
 	out.Body.Warnings = problems(res.Warnings)
+	out.Body.Verification = toVerification(res.Verification)
 	return out
 }
 
@@ -218,10 +222,11 @@ type ReferencesOutput struct {
 // ValidateOutput is the preview of an entry: what Create would derive, without saving.
 type ValidateOutput struct {
 	Body struct {
-		Valid    bool      `json:"valid"`
-		Metadata *Metadata `json:"metadata" doc:"Derived from the leaf certificate; null when invalid"`
-		Warnings []Problem `json:"warnings"`
-		Errors   []Problem `json:"errors"`
+		Valid        bool             `json:"valid"`
+		Metadata     *Metadata        `json:"metadata" doc:"Derived from the leaf certificate; null when invalid"`
+		Warnings     []Problem        `json:"warnings"`
+		Errors       []Problem        `json:"errors"`
+		Verification *VerificationOut `json:"verification,omitempty" doc:"With verifyWith: whether the pair chains to that ca-bundle"`
 	}
 }
 
@@ -313,7 +318,11 @@ func registerCerts(api huma.API, s *Server) {
 		DefaultStatus: http.StatusCreated,
 		Errors:        []int{http.StatusBadRequest, http.StatusConflict, http.StatusRequestEntityTooLarge, http.StatusUnprocessableEntity},
 	}, auth.Editor), func(ctx context.Context, in *struct{ Body CertBody }) (*CertSavedOutput, error) {
-		res, err := s.deps.Catalog.Create(ctx, principalFrom(ctx).Tenant, in.Body.input())
+		input := in.Body.input()
+		if err := in.Body.apply(&input); err != nil {
+			return nil, err
+		}
+		res, err := s.deps.Catalog.Create(ctx, principalFrom(ctx).Tenant, input)
 		if err != nil {
 			return nil, s.mapError(ctx, err)
 		}
@@ -342,7 +351,11 @@ func registerCerts(api huma.API, s *Server) {
 		}
 		b := CertBody{ID: in.ID, Name: in.Body.Name, Type: in.Body.Type, Source: in.Body.Source, Notes: in.Body.Notes,
 			CertPEM: in.Body.CertPEM, KeyPEM: in.Body.KeyPEM, CertPath: in.Body.CertPath, KeyPath: in.Body.KeyPath}
-		res, err := s.deps.Catalog.Put(ctx, principalFrom(ctx).Tenant, b.input(), ifMatch)
+		input := b.input()
+		if err := in.Body.apply(&input); err != nil {
+			return nil, err
+		}
+		res, err := s.deps.Catalog.Put(ctx, principalFrom(ctx).Tenant, input, ifMatch)
 		if err != nil {
 			return nil, s.mapError(ctx, err)
 		}
@@ -376,7 +389,15 @@ func registerCerts(api huma.API, s *Server) {
 		Description: "Parses exactly as create would and returns the derived metadata, warnings and errors. Never persists anything.",
 		Errors:      []int{http.StatusBadRequest, http.StatusRequestEntityTooLarge, http.StatusUnprocessableEntity},
 	}, auth.Editor), func(ctx context.Context, in *struct{ Body CertBody }) (*ValidateOutput, error) {
-		meta, warnings, errs := s.deps.Catalog.Validate(principalFrom(ctx).Tenant, in.Body.input())
+		input := in.Body.input()
+		if err := in.Body.apply(&input); err != nil {
+			return nil, err
+		}
+		pv, err := s.deps.Catalog.ValidateWith(ctx, principalFrom(ctx).Tenant, input)
+		if err != nil {
+			return nil, s.mapError(ctx, err)
+		}
+		meta, warnings, errs := pv.Metadata, pv.Warnings, pv.Errors
 		out := &ValidateOutput{}
 		out.Body.Valid = len(errs) == 0
 		if meta != nil {
@@ -384,8 +405,11 @@ func registerCerts(api huma.API, s *Server) {
 		}
 		out.Body.Warnings = problems(warnings)
 		out.Body.Errors = problems(errs)
+		out.Body.Verification = toVerification(pv.Verification)
 		return out, nil
 	})
+
+	registerCertificateExport(api, s, tags)
 }
 
 func toReferences(refs []repo.Reference) []Reference {
