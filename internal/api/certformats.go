@@ -18,16 +18,13 @@ import (
 	"github.com/loopze/certstore/internal/secret"
 )
 
-// maxBase64Len bounds a base64 field: MaxSize bytes encoded, with room for line breaks.
-const maxBase64Len = 360000
-
 // CertEncodings are the ways to hand over material besides PEM, shared by the create, update
 // and validate bodies. Passphrases are write-only: used once to decrypt, never stored or
 // returned.
 type CertEncodings struct {
-	CertDER        *string `json:"certDer,omitempty" maxLength:"360000" doc:"Inline: base64 of DER certificates (one, or several concatenated), instead of certPem"`
-	KeyDER         *string `json:"keyDer,omitempty" maxLength:"360000" doc:"Inline pairs: base64 of the DER private key (PKCS#1, PKCS#8, SEC1, or encrypted PKCS#8 with keyPassphrase), instead of keyPem"`
-	PKCS12         *string `json:"pkcs12,omitempty" maxLength:"360000" doc:"Inline pairs: base64 of a PKCS#12 / PFX file (modern AES or legacy RC2/3DES) holding the certificate, its chain and the key, with passphrase; replaces certPem and keyPem"`
+	CertDER        *string `json:"certDer,omitempty" maxLength:"400000" doc:"Inline: base64 of DER certificates (one, or several concatenated), instead of certPem"`
+	KeyDER         *string `json:"keyDer,omitempty" maxLength:"400000" doc:"Inline pairs: base64 of the DER private key (PKCS#1, PKCS#8, SEC1, or encrypted PKCS#8 with keyPassphrase), instead of keyPem"`
+	PKCS12         *string `json:"pkcs12,omitempty" maxLength:"400000" doc:"Inline pairs: base64 of a PKCS#12 / PFX file (modern AES or legacy RC2/3DES) holding the certificate, its chain and the key, with passphrase; replaces certPem and keyPem"`
 	Passphrase     *string `json:"passphrase,omitempty" maxLength:"1024" writeOnly:"true" doc:"The passphrase of pkcs12. Used once to decrypt; never stored, logged or returned"`
 	KeyPassphrase  *string `json:"keyPassphrase,omitempty" maxLength:"1024" writeOnly:"true" doc:"The passphrase of an encrypted keyPem (ENCRYPTED PRIVATE KEY, PBES2 with PBKDF2 or scrypt; or OpenSSL's legacy Proc-Type: 4,ENCRYPTED) or keyDer. Used once; never stored"`
 	PassphraseFile *string `json:"passphraseFile,omitempty" maxLength:"4096" doc:"File source: absolute path of a file whose first line is the passphrase of a PKCS#12 certPath or an encrypted keyPath; read with them at every connection init" example:"/etc/loopze/certs/edge.pass"`

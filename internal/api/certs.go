@@ -46,6 +46,7 @@ type Cert struct {
 	Version           int64     `json:"version" doc:"Increases with every change; the ETag carries it"`
 	CreatedAt         time.Time `json:"createdAt"`
 	UpdatedAt         time.Time `json:"updatedAt"`
+	PassphraseFile    string    `json:"passphraseFile,omitempty" doc:"For a file entry with a PKCS#12 or an encrypted key: the passphrase file (never the passphrase)" example:"/etc/loopze/certs/edge.pass"`
 }
 
 // Problem is a warning or error about one field.
@@ -63,7 +64,7 @@ func toCert(e *repo.Entry, now time.Time) Cert {
 		SerialNumber: e.Meta.SerialNumber, NotBefore: e.Meta.NotBefore.UTC(), NotAfter: e.Meta.NotAfter.UTC(),
 		DNSNames: nonNilStrings(e.Meta.DNSNames), CertCount: e.Meta.CertCount, KeyAlgorithm: e.Meta.KeyAlgorithm,
 		Expired: left < 0, DaysToExpiry: int(math.Floor(left.Hours() / 24)), ReferenceCount: e.RefCount,
-		Version: e.Version, CreatedAt: e.CreatedAt.UTC(), UpdatedAt: e.UpdatedAt.UTC(),
+		Version: e.Version, CreatedAt: e.CreatedAt.UTC(), UpdatedAt: e.UpdatedAt.UTC(), PassphraseFile: e.PassphrasePath,
 	}
 }
 

@@ -121,7 +121,17 @@ type NodeTLSOutput struct {
 		NodeID   string    `json:"nodeId"`
 		NodeType string    `json:"nodeType"`
 		Parts    []TLSPart `json:"parts" doc:"The configured parts, in the order caBundle, clientCert, serverCert"`
+		// ClientChain is set for a node with a client pair and a CA bundle that resolve.
+		ClientChain *ChainCheck `json:"clientChain,omitempty" doc:"For a node with a clientCert and a caBundle that both resolve: whether the client pair chains to the node's own CA bundle"`
 	}
+}
+
+// ChainCheck says whether a node's client pair chains to its CA bundle.
+type ChainCheck struct {
+	Chains  bool     `json:"chains"`
+	Path    []string `json:"path,omitempty" doc:"When it chains: the subjects from the leaf to the bundle's CA"`
+	Reason  string   `json:"reason,omitempty" enum:"unknown-authority,expired,name-constraints,not-authorized-to-sign,other"`
+	Message string   `json:"message,omitempty"`
 }
 
 func registerFlows(api huma.API, s *Server) {
@@ -204,17 +214,20 @@ func registerFlows(api huma.API, s *Server) {
 		Summary: "What a node's TLS resolves to now",
 		Description: "Resolves the saved node's tls block (an opcua-server node's certRef counts as its clientCert part) the way a connection init would, now: " +
 			"files are read afresh, so a rotation on disk shows at once. Per part: origin (ref, file, inline), ref or paths, the leaf's fingerprint, subject and notAfter, " +
-			"warnings, and an error when the part would fail a connection. Never PEM.",
+			"warnings, and an error when the part would fail a connection; for a node with a clientCert and a caBundle, whether the client pair chains to that bundle (clientChain). Never PEM.",
 		Errors: []int{http.StatusNotFound},
 	}, auth.Viewer), func(ctx context.Context, in *struct {
 		FlowID string `path:"flowId" maxLength:"200" example:"ingest-line-1"`
 		NodeID string `path:"nodeId" maxLength:"200" example:"tcp-out-3"`
 	}) (*NodeTLSOutput, error) {
-		n, parts, err := s.deps.Workspace.NodeTLS(ctx, principalFrom(ctx).Tenant, in.FlowID, in.NodeID)
+		n, parts, chain, err := s.deps.Workspace.NodeTLSCheck(ctx, principalFrom(ctx).Tenant, in.FlowID, in.NodeID)
 		if err != nil {
 			return nil, s.mapFlowError(ctx, err)
 		}
 		out := &NodeTLSOutput{}
+		if chain != nil {
+			out.Body.ClientChain = &ChainCheck{Chains: chain.Chains, Path: chain.Path, Reason: chain.Reason, Message: chain.Message}
+		}
 		out.Body.FlowID, out.Body.NodeID, out.Body.NodeType = in.FlowID, n.ID, n.Type
 		out.Body.Parts = make([]TLSPart, 0, len(parts))
 		for _, p := range parts {

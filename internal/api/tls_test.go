@@ -26,11 +26,14 @@ import (
 // peerServer is a TLS server that requires a client certificate signed by its CA and,
 // for every byte a client sends, answers with the fingerprint of the certificate that
 // client presented at its handshake.
-func peerServer(t *testing.T, ca *materialtest.Cert) string {
+func peerServer(t *testing.T, ca *materialtest.Cert, moreClientCAs ...*x509.Certificate) string {
 	t.Helper()
 	srv := ca.Issue(t, materialtest.Options{CommonName: "localhost", DNSNames: []string{"localhost"}})
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
+	for _, c := range moreClientCAs {
+		pool.AddCert(c)
+	}
 	cfg := &tls.Config{
 		Certificates: []tls.Certificate{{Certificate: [][]byte{srv.Cert.Raw}, PrivateKey: srv.Key, Leaf: srv.Cert}},
 		ClientCAs:    pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12,

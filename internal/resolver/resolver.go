@@ -192,15 +192,37 @@ type resolved struct {
 // Report resolves every configured part of block and reports each, whether it resolves
 // or not. Inline PEM must be present in block (not a {"set": true} marker).
 func (r *Resolver) Report(ctx context.Context, tenant string, block *refs.TLS) ([]PartReport, error) {
+	out, _, err := r.Check(ctx, tenant, block)
+	return out, err
+}
+
+// Check is Report plus, when block has a client pair and a CA bundle that both resolve,
+// whether the pair's leaf chains to that bundle (nil otherwise): a node whose own CA
+// bundle does not vouch for its client certificate usually has the wrong one of them.
+func (r *Resolver) Check(ctx context.Context, tenant string, block *refs.TLS) ([]PartReport, *material.Verification, error) {
 	parts, err := r.resolve(ctx, tenant, block)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out := make([]PartReport, 0, len(parts))
+	var bundle, client *material.Material
 	for _, p := range parts {
 		out = append(out, p.report)
+		if p.err != nil {
+			continue
+		}
+		switch p.part.Kind {
+		case material.CABundle:
+			bundle = p.material
+		case material.ClientPair:
+			client = p.material
+		}
 	}
-	return out, nil
+	if bundle == nil || client == nil {
+		return out, nil, nil
+	}
+	v := material.VerifyWith(client, bundle, r.now())
+	return out, &v, nil
 }
 
 // BuildTLSConfig turns a tls block into a *tls.Config for one connection init:

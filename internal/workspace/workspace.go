@@ -486,6 +486,20 @@ func (s *Service) NodeTLS(ctx context.Context, tenant, flowID, nodeID string) (*
 	return n, rep, nil
 }
 
+// NodeTLSCheck is NodeTLS plus whether the node's client pair chains to its CA bundle
+// (nil unless the node has both and they resolve).
+func (s *Service) NodeTLSCheck(ctx context.Context, tenant, flowID, nodeID string) (*refs.Node, []resolver.PartReport, *material.Verification, error) {
+	n, err := s.Node(ctx, tenant, flowID, nodeID)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	rep, v, err := s.Resolver.Check(ctx, tenant, n.EffectiveTLS())
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return n, rep, v, nil
+}
+
 // NodeTLSConfig builds the *tls.Config a saved node's connection init uses now.
 func (s *Service) NodeTLSConfig(ctx context.Context, tenant, flowID, nodeID string) (*tls.Config, error) {
 	n, err := s.Node(ctx, tenant, flowID, nodeID)
