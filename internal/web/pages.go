@@ -131,8 +131,10 @@ type formData struct {
 	Notes    string
 	CertPath string
 	KeyPath  string
-	Version  int64
-	Types    []material.Kind
+	// PassphraseFile is a file entry's passphrase file path.
+	PassphraseFile string
+	Version        int64
+	Types          []material.Kind
 	// Fingerprint and NotAfter describe the stored material on the edit form.
 	Fingerprint string
 	NotAfter    time.Time
@@ -195,7 +197,7 @@ func (h *Handler) editForm(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d := formData{Edit: true, ID: e.ID, Name: e.Name, Type: string(e.Type), Source: e.Source, Notes: e.Notes,
-		CertPath: e.CertPath, KeyPath: e.KeyPath, Version: e.Version, Types: Types,
+		CertPath: e.CertPath, KeyPath: e.KeyPath, PassphraseFile: e.PassphrasePath, Version: e.Version, Types: Types,
 		Fingerprint: e.Meta.FingerprintSHA256, NotAfter: e.Meta.NotAfter.UTC(), HasKey: e.Meta.HasPrivateKey}
 	h.render(w, r, http.StatusOK, "form", view{Title: "Edit " + e.ID, Page: "form", Nav: "certs",
 		User: p, CanEdit: true, Data: d})

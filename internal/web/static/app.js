@@ -80,11 +80,23 @@
   }
 
   // ---- The entry form ------------------------------------------------------------------
-  const fields = ['id', 'name', 'type', 'source', 'certPem', 'keyPem', 'certPath', 'keyPath', 'notes'];
+  const fields = ['id', 'name', 'type', 'source', 'certPem', 'keyPem', 'certPath', 'keyPath', 'notes',
+    'keyPassphrase', 'pkcs12', 'passphrase', 'passphraseFile'];
 
   function inputFor(field) {
     if (field === 'source') return $('f-source-inline');
+    if (field === 'pkcs12') return $('f-p12File');
     return $('f-' + field);
+  }
+
+  // base64 of an ArrayBuffer, in chunks so a large file does not overflow the call stack.
+  function base64Of(buf) {
+    const bytes = new Uint8Array(buf);
+    let s = '';
+    for (let i = 0; i < bytes.length; i += 0x8000) {
+      s += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+    }
+    return btoa(s);
   }
 
   function clearErrors() {
@@ -178,6 +190,35 @@
       });
     });
 
+    // A PKCS#12 file is read in the browser as bytes and sent base64 with Validate or
+    // Save; its passphrase goes with it and is never kept by the page or the server.
+    let p12 = '';
+    const p12Picker = $('f-p12File');
+    p12Picker.addEventListener('change', function () {
+      const file = p12Picker.files && p12Picker.files[0];
+      const slot = $('err-pkcs12');
+      p12 = '';
+      delete p12Picker.dataset.loaded;
+      if (!file) return;
+      if (file.size > maxFile) {
+        slot.textContent = 'That file is larger than 256 KiB; a PKCS#12 file is much smaller.';
+        slot.hidden = false;
+        return;
+      }
+      const reader = new FileReader();
+      reader.onload = function () {
+        p12 = base64Of(reader.result);
+        p12Picker.dataset.loaded = file.name;
+        slot.hidden = true;
+        p12Picker.removeAttribute('aria-invalid');
+      };
+      reader.onerror = function () {
+        slot.textContent = 'The file could not be read.';
+        slot.hidden = false;
+      };
+      reader.readAsArrayBuffer(file);
+    });
+
     // material returns the material fields the user gave; on the edit form, unchanged
     // paths are not material (the stored ones stay).
     function material() {
@@ -185,16 +226,24 @@
       if (source() === 'inline') {
         const cert = $('f-certPem').value.trim();
         const key = $('f-keyPem').value.trim();
+        if (isPair() && p12) {
+          m.pkcs12 = p12;
+          if ($('f-passphrase').value) m.passphrase = $('f-passphrase').value;
+          return m;
+        }
         if (cert) m.certPem = cert + '\n';
         if (key && isPair()) m.keyPem = key + '\n';
+        if (key && isPair() && $('f-keyPassphrase').value) m.keyPassphrase = $('f-keyPassphrase').value;
       } else {
         const cp = $('f-certPath').value.trim();
         const kp = $('f-keyPath').value.trim();
+        const pp = $('f-passphraseFile').value.trim();
         const changed = mode === 'create' || form.dataset.source !== 'file' ||
-          cp !== form.dataset.certPath || kp !== form.dataset.keyPath;
+          cp !== form.dataset.certPath || kp !== form.dataset.keyPath || pp !== form.dataset.passphraseFile;
         if (changed) {
           if (cp) m.certPath = cp;
           if (kp && isPair()) m.keyPath = kp;
+          if (isPair()) m.passphraseFile = pp;
         }
       }
       return m;
@@ -274,7 +323,7 @@
     $('validate').addEventListener('click', async function () {
       clearErrors();
       const body = entry(true);
-      if (mode === 'edit' && !body.certPem && !body.certPath) {
+      if (mode === 'edit' && !body.certPem && !body.certPath && !body.pkcs12) {
         showErrors([], 'Enter new material to validate it; the stored material was validated when it was saved.');
         return;
       }
