@@ -302,7 +302,7 @@ func (z *normalizer) keyFromPEM(data []byte, pass secret.String) (crypto.Signer,
 	// key is stored decrypted under the envelope instead.
 	der, err := x509.DecryptPEMBlock(b.Block, []byte(pass.Reveal())) //lint:ignore SA1019 reading legacy encrypted keys is the point; nothing is encrypted this way
 	if err != nil {
-		if errors.Is(err, x509.IncorrectPasswordError) { //lint:ignore SA1019 see above
+		if errors.Is(err, x509.IncorrectPasswordError) {
 			z.fail(z.f.KeyPassphrase, "does not decrypt the key in %s (wrong passphrase?)", field)
 		} else {
 			z.fail(field, "the legacy encrypted key in PEM block %d cannot be decrypted: %s", b.n, errText(err))

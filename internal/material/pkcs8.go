@@ -3,7 +3,6 @@ package material
 import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
-	"errors"
 )
 
 // Encrypted PKCS#8 (RFC 5958 EncryptedPrivateKeyInfo, "-----BEGIN ENCRYPTED PRIVATE KEY-----")
@@ -51,14 +50,4 @@ func decryptPKCS8(der, pass []byte) ([]byte, error) {
 		return nil, pbeErr(errUnsupported, "it uses a PKCS#12 PBE (%s), which is not supported here: re-encrypt it with openssl pkcs8 -topk8 -v2 aes-256-cbc", alg)
 	}
 	return nil, pbeErr(errUnsupported, "encryption algorithm %s is not supported (PBES2 is)", alg)
-}
-
-// pbeKind classifies an error of this file and pbe.go.
-func pbeKind(err error) error {
-	for _, k := range []error{errWrongPass, errUnsupported, errOverLimit, errMalformedPBE} {
-		if errors.Is(err, k) {
-			return k
-		}
-	}
-	return nil
 }
