@@ -559,3 +559,64 @@ type VerificationOutT struct {
 	Reason   string   `json:"reason"`
 	Message  string   `json:"message"`
 }
+
+// issue signs a certificate for a new EC key name.key with the issuing CA, with the given
+// extensions and digest, and returns its PEM and key PEM.
+func (p *opensslPKI) issue(t *testing.T, name, ext, digest string) (string, string) {
+	t.Helper()
+	osl(t, p.dir, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", name+".key")
+	require.NoError(t, os.WriteFile(p.path(name+".ext"), []byte(ext), 0o600))
+	osl(t, p.dir, "req", "-new", "-key", name+".key", "-out", name+".csr", "-subj", "/CN="+name)
+	osl(t, p.dir, "x509", "-req", "-"+digest, "-in", name+".csr", "-CA", "int.crt", "-CAkey", "int.key", "-CAserial", "ca.srl",
+		"-out", name+".crt", "-days", "1", "-extfile", name+".ext")
+	return string(readFile(t, p.path(name+".crt"))), string(readFile(t, p.path(name+".key")))
+}
+
+// TestExplainingChecks: material a peer would refuse is saved with a warning that says why.
+func TestExplainingChecks(t *testing.T) {
+	t.Parallel()
+	pki := newOpensslPKI(t)
+	env := apitest.New(t)
+	tok := env.Token(t, "acme", "editor")
+	inter := string(readFile(t, pki.path("int.crt")))
+	root := string(readFile(t, pki.path("root.crt")))
+	serverOnly, serverOnlyKey := pki.issue(t, "serveronly", "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:a.example.com\n", "sha256")
+	clientOnly, clientOnlyKey := pki.issue(t, "clientonly", "extendedKeyUsage=clientAuth\nsubjectAltName=DNS:a.example.com\n", "sha256")
+	noSAN, noSANKey := pki.issue(t, "nosan", "extendedKeyUsage=serverAuth\n", "sha256")
+	sha1, sha1Key := pki.issue(t, "sha1", "extendedKeyUsage=clientAuth\n", "sha1")
+	fine, fineKey := pki.issue(t, "fine", "extendedKeyUsage=clientAuth,serverAuth\nsubjectAltName=IP:127.0.0.1\n", "sha256")
+
+	cases := []struct {
+		name, typ, cert, key string
+		warn                 string
+	}{
+		{"client pair without clientAuth", "client-pair", serverOnly + inter, serverOnlyKey, "extended key usage without clientAuth"},
+		{"server pair without serverAuth", "server-pair", clientOnly + inter, clientOnlyKey, "extended key usage without serverAuth"},
+		{"server pair without SAN", "server-pair", noSAN + inter, noSANKey, "has no DNS or IP subject alternative name"},
+		{"SHA-1 signature", "client-pair", sha1 + inter, sha1Key, "CN=sha1) is signed with SHA-1"},
+		{"non-CA in a CA bundle", "ca-bundle", root + fine, "", "certificate 2 (CN=fine) is not a CA certificate"},
+		{"missing intermediate", "client-pair", fine + root, fineKey, "the issuer of certificate 1, CN=OpenSSL Issuing CA, is missing"},
+		{"duplicate dropped", "client-pair", fine + inter + inter, fineKey, "certificate 3 (CN=OpenSSL Issuing CA) is a duplicate of certificate 2 and was dropped"},
+		{"intermediates out of order", "client-pair", root + inter + fine, fineKey, "reordered leaf first, then each issuer: certificate 3 (CN=fine), then certificate 2 (CN=OpenSSL Issuing CA), then certificate 1 (CN=OpenSSL Root CA)"},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			body := obj{"id": "check-" + string(rune('a'+i)), "name": c.name, "type": c.typ, "source": "inline", "certPem": c.cert}
+			if c.key != "" {
+				body["keyPem"] = c.key
+			}
+			res := env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok, Body: body})
+			require.Equal(t, http.StatusCreated, res.Status, "%s", res.Body)
+			require.Contains(t, string(res.Body), c.warn)
+			require.Contains(t, string(res.Body), `"location":"body.certPem"`)
+		})
+	}
+	// A pair with nothing wrong carries no warning.
+	res := env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok, Body: obj{
+		"id": "fine", "name": "fine", "type": "server-pair", "source": "inline", "certPem": fine + inter, "keyPem": fineKey}})
+	require.Equal(t, http.StatusCreated, res.Status, "%s", res.Body)
+	require.Contains(t, string(res.Body), `"warnings":[]`)
+	// The stored chain is in order: the export shows leaf, issuing CA, root.
+	res = env.Do(t, apitest.Request{Method: http.MethodGet, Path: "/api/v1/certs/check-h/certificate", Token: tok})
+	require.Equal(t, fine+inter+root, string(res.Body))
+}
