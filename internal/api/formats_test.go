@@ -15,12 +15,14 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/apitest"
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material/materialtest"
+	"github.com/loopze/certstore/internal/refs"
 )
 
 // The material of these tests is made by the openssl command line, not by this project's
@@ -619,4 +621,50 @@ func TestExplainingChecks(t *testing.T) {
 	// The stored chain is in order: the export shows leaf, issuing CA, root.
 	res = env.Do(t, apitest.Request{Method: http.MethodGet, Path: "/api/v1/certs/check-h/certificate", Token: tok})
 	require.Equal(t, fine+inter+root, string(res.Body))
+}
+
+// TestTornRotationOfEncryptedDERFiles: a file entry of a DER certificate and an encrypted
+// DER key with a passphrase file, caught between the two renames of a rotation, is read
+// again after one pause and presents the new pair.
+func TestTornRotationOfEncryptedDERFiles(t *testing.T) {
+	t.Parallel()
+	pki := newOpensslPKI(t)
+	te := formatsEnv(t, pki)
+	dir := t.TempDir()
+	der := func(name string) (cert, key []byte, fp string) {
+		crt, fp := pki.leaf(t, name, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", name+".key")
+		osl(t, pki.dir, "x509", "-in", crt, "-outform", "der", "-out", name+".cer")
+		osl(t, pki.dir, "pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", name+".key", "-passout", "pass:"+opensslPass, "-outform", "der", "-out", name+".pk8")
+		osl(t, pki.dir, "x509", "-in", "int.crt", "-outform", "der", "-out", "int.cer")
+		chain := append(readFile(t, pki.path(name+".cer")), readFile(t, pki.path("int.cer"))...)
+		return chain, readFile(t, pki.path(name+".pk8")), fp
+	}
+	c1, k1, fp1 := der("torn1")
+	c2, k2, fp2 := der("torn2")
+	certPath := apitest.WriteFile(t, dir, "edge.cer", c1)
+	keyPath := apitest.WriteFile(t, dir, "edge.pk8", k1)
+	pass := apitest.WriteFile(t, dir, "edge.pass", []byte(opensslPass))
+	post(t, te.env, te.tok, obj{"id": "torn", "name": "torn", "type": "client-pair", "source": "file",
+		"certPath": certPath, "keyPath": keyPath, "passphraseFile": pass})
+	te.deployClient(t, obj{"clientCertRef": "torn"})
+	n, err := te.env.Workspace.Node(context.Background(), "acme", "line-1", "tcp-out-1")
+	require.NoError(t, err)
+
+	waits := 0
+	r := &refs.Resolver{Catalog: te.env.Catalog, Logger: te.env.Logger, Wait: func(context.Context, time.Duration) error {
+		waits++
+		rotate(t, keyPath, k2)
+		return nil
+	}}
+	cfg, err := r.BuildTLSConfig(context.Background(), "acme", n.TLS)
+	require.NoError(t, err)
+	require.Equal(t, fp1, dial(t, te.addr, cfg).presented(t))
+	require.Zero(t, waits)
+
+	rotate(t, certPath, c2) // the first rename only
+	cfg, err = r.BuildTLSConfig(context.Background(), "acme", n.TLS)
+	require.NoError(t, err)
+	require.Equal(t, 1, waits)
+	require.Equal(t, fp2, dial(t, te.addr, cfg).presented(t))
+	require.NotContains(t, te.env.Logs.String(), opensslPass)
 }
