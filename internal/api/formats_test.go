@@ -22,7 +22,7 @@ import (
 	"github.com/loopze/certstore/internal/apitest"
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material/materialtest"
-	"github.com/loopze/certstore/internal/refs"
+	"github.com/loopze/certstore/internal/resolver"
 )
 
 // The material of these tests is made by the openssl command line, not by this project's
@@ -651,7 +651,7 @@ func TestTornRotationOfEncryptedDERFiles(t *testing.T) {
 	require.NoError(t, err)
 
 	waits := 0
-	r := &refs.Resolver{Catalog: te.env.Catalog, Logger: te.env.Logger, Wait: func(context.Context, time.Duration) error {
+	r := &resolver.Resolver{Entries: te.env.Catalog, Roots: te.env.Catalog.Roots, Logger: te.env.Logger, Wait: func(context.Context, time.Duration) error {
 		waits++
 		rotate(t, keyPath, k2)
 		return nil
