@@ -377,6 +377,8 @@ func TestBadMaterialInputs(t *testing.T) {
 	osl(t, pki.dir, "pkcs12", "-export", "-inkey", "bad.key", "-in", crt, "-passout", pass, "-out", "bad.p12")
 	p12 := readFile(t, pki.path("bad.p12"))
 	osl(t, pki.dir, "pkcs12", "-export", "-nokeys", "-in", crt, "-passout", pass, "-out", "nokey.p12")
+	osl(t, pki.dir, "pkcs12", "-export", "-legacy", "-nokeys", "-in", crt, "-passout", pass, "-out", "legacynokey.p12")
+	osl(t, pki.dir, "pkcs12", "-export", "-legacy", "-inkey", "bad.key", "-in", crt, "-passout", pass, "-out", "legacy.p12")
 	osl(t, pki.dir, "pkcs12", "-export", "-keypbe", "NONE", "-certpbe", "NONE", "-nomac", "-inkey", "bad.key", "-in", crt, "-passout", "pass:", "-out", "plain.p12")
 	osl(t, pki.dir, "pkcs12", "-export", "-iter", "1000001", "-inkey", "bad.key", "-in", crt, "-passout", pass, "-out", "bomb.p12")
 	osl(t, pki.dir, "pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", "bad.key", "-passout", pass, "-out", "bad.enc")
@@ -410,6 +412,8 @@ func TestBadMaterialInputs(t *testing.T) {
 		{"base64 of garbage", base(obj{"pkcs12": b64([]byte("hello, this is not a PFX")), "passphrase": opensslPass}), "body.pkcs12", "is not a DER PKCS#12"},
 		{"pkcs12 without a key", base(obj{"pkcs12": b64(readFile(t, pki.path("nokey.p12"))), "passphrase": opensslPass}), "body.pkcs12", "holds no private key"},
 		{"pkcs12 with two keys", base(obj{"pkcs12": b64(twoKeys(t, readFile(t, pki.path("plain.p12"))))}), "body.pkcs12", "holds 2 private keys"},
+		{"legacy pkcs12 without a key", base(obj{"pkcs12": b64(readFile(t, pki.path("legacynokey.p12"))), "passphrase": opensslPass}), "body.pkcs12", "holds no private key"},
+		{"legacy pkcs12 wrong passphrase", base(obj{"pkcs12": b64(readFile(t, pki.path("legacy.p12"))), "passphrase": "wrong"}), "body.passphrase", "wrong passphrase"},
 		{"pkcs12 wrong passphrase", base(obj{"pkcs12": b64(p12), "passphrase": "wrong"}), "body.passphrase", "wrong passphrase"},
 		{"pkcs12 missing passphrase", base(obj{"pkcs12": b64(p12)}), "body.passphrase", "protected by a passphrase"},
 		{"passphrase on an unprotected pkcs12", base(obj{"pkcs12": b64(readFile(t, pki.path("plain.p12"))), "passphrase": opensslPass}), "body.passphrase", "not protected by a passphrase"},

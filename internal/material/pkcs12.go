@@ -19,7 +19,9 @@ import (
 // structure first and refuses, before any key derivation, files whose parameters are over
 // the work limits of pbe.go: the MAC, every encrypted content, and every shrouded key bag
 // it can see. Contents encrypted with PBES2 are decrypted once here to see their bags too;
-// contents under the legacy PKCS#12 PBEs (RC2, 3DES) are left to the library.
+// contents under the legacy PKCS#12 PBEs (RC2, 3DES) are decrypted by the library only, so
+// the file is handed over with its key bag first (pkcs12order.go) and no key bag hidden in
+// them is ever derived.
 
 var (
 	oidDataContent      = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 7, 1}
@@ -84,96 +86,120 @@ func (e *p12Error) Error() string { return e.msg }
 func p12Fail(format string, args ...any) error { return &p12Error{msg: fmt.Sprintf(format, args...)} }
 
 // scanPKCS12 checks the structure and work parameters of a PFX before the library sees it.
-// It returns the number of key bags it saw.
-func scanPKCS12(der []byte, pass string) (int, error) {
+// It returns the number of key bags it saw and the file to hand to the library: der itself,
+// or der with its unencrypted contents moved first (pkcs12order.go).
+func scanPKCS12(der []byte, pass string) (int, []byte, error) {
 	var pfx pfxPDU
 	if err := unmarshalAll(der, &pfx); err != nil {
-		return 0, p12Fail("is not a DER PKCS#12 (PFX) file: %s", errText(err))
+		return 0, nil, p12Fail("is not a DER PKCS#12 (PFX) file: %s", errText(err))
 	}
 	if pfx.Version != 3 {
-		return 0, p12Fail("is a PKCS#12 of version %d; only version 3 is supported", pfx.Version)
+		return 0, nil, p12Fail("is a PKCS#12 of version %d; only version 3 is supported", pfx.Version)
 	}
 	if !pfx.AuthSafe.ContentType.Equal(oidDataContent) {
-		return 0, p12Fail("uses public-key integrity protection, which is not supported: export it with a passphrase")
+		return 0, nil, p12Fail("uses public-key integrity protection, which is not supported: export it with a passphrase")
 	}
+	macIter := 0
 	if len(pfx.MacData.Mac.Algorithm.Algorithm) > 0 {
-		if err := checkMAC(pfx.MacData); err != nil {
-			return 0, err
+		n, err := checkMAC(pfx.MacData)
+		if err != nil {
+			return 0, nil, err
 		}
+		macIter = n
 	}
 	var content []byte
 	if err := unmarshalAll(pfx.AuthSafe.Content.Bytes, &content); err != nil {
-		return 0, p12Fail("is not a valid PKCS#12: the authenticated safe does not parse")
+		return 0, nil, p12Fail("is not a valid PKCS#12: the authenticated safe does not parse")
 	}
 	var safe []p12ContentInfo
 	if err := unmarshalAll(content, &safe); err != nil {
-		return 0, p12Fail("is not a valid PKCS#12: the authenticated safe does not parse")
+		return 0, nil, p12Fail("is not a valid PKCS#12: the authenticated safe does not parse")
 	}
 	if len(safe) == 0 || len(safe) > 2 {
-		return 0, p12Fail("holds %d safe contents; one or two (certificates and key) are supported", len(safe))
+		return 0, nil, p12Fail("holds %d safe contents; one or two (certificates and key) are supported", len(safe))
 	}
 	keys := 0
-	for _, ci := range safe {
+	legacy := -1         // the first content under a legacy PKCS#12 PBE
+	hiddenFirst := false // a legacy content comes before an unencrypted one
+	for i, ci := range safe {
 		var bags []byte
 		switch {
 		case ci.ContentType.Equal(oidDataContent):
 			if err := unmarshalAll(ci.Content.Bytes, &bags); err != nil {
-				return 0, p12Fail("is not a valid PKCS#12: a safe content does not parse")
+				return 0, nil, p12Fail("is not a valid PKCS#12: a safe content does not parse")
+			}
+			if legacy >= 0 {
+				hiddenFirst = true
 			}
 		case ci.ContentType.Equal(oidEncryptedContent):
 			var ed p12EncryptedData
 			if err := unmarshalAll(ci.Content.Bytes, &ed); err != nil {
-				return 0, p12Fail("is not a valid PKCS#12: an encrypted content does not parse")
+				return 0, nil, p12Fail("is not a valid PKCS#12: an encrypted content does not parse")
 			}
 			alg := ed.EncryptedContentInfo.ContentEncryptionAlgorithm
 			if err := checkPBE(alg); err != nil {
-				return 0, p12PBEError("its encrypted certificates", err)
+				return 0, nil, p12PBEError("its encrypted certificates", err)
 			}
 			if !alg.Algorithm.Equal(oidPBES2) {
+				if legacy < 0 {
+					legacy = i
+				}
 				continue // legacy PKCS#12 PBE: the library decrypts it
 			}
 			plain, err := decryptPBES2(alg.Parameters.FullBytes, ed.EncryptedContentInfo.EncryptedContent, []byte(pass))
 			if err != nil {
-				return 0, p12PBEError("its encrypted certificates", err)
+				return 0, nil, p12PBEError("its encrypted certificates", err)
 			}
 			bags = plain
 		default:
-			return 0, p12Fail("holds a safe content of type %s; only data and encrypted data are supported", ci.ContentType)
+			return 0, nil, p12Fail("holds a safe content of type %s; only data and encrypted data are supported", ci.ContentType)
 		}
 		n, err := scanBags(bags)
 		if err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 		keys += n
 	}
-	return keys, nil
+	switch {
+	case legacy < 0:
+		return keys, der, nil
+	case keys == 0:
+		// A key inside a legacy-encrypted content would be derived with parameters nobody
+		// checked; tools never put it there.
+		return 0, nil, p12Fail("holds no private key outside its encrypted certificates: a pair needs the certificate and its key (openssl pkcs12 -export -inkey key.pem -in cert.pem)")
+	case !hiddenFirst:
+		return keys, der, nil
+	}
+	out, err := unencryptedFirst(pfx, safe, pass, macIter)
+	return keys, out, err
 }
 
-func checkMAC(m p12MacData) error {
+func checkMAC(m p12MacData) (int, error) {
 	if m.Mac.Algorithm.Algorithm.Equal(oidPBMAC1) {
 		var p pbmac1Params
 		if err := unmarshalAll(m.Mac.Algorithm.Parameters.FullBytes, &p); err != nil {
-			return p12Fail("is not a valid PKCS#12: the PBMAC1 parameters do not parse")
+			return 0, p12Fail("is not a valid PKCS#12: the PBMAC1 parameters do not parse")
 		}
 		if _, err := kdfParams(p.KDF); err != nil {
-			return p12PBEError("its integrity check", err)
+			return 0, p12PBEError("its integrity check", err)
 		}
-		return nil
+		return 0, nil
 	}
 	if len(m.MacSalt) > maxSaltLen {
-		return p12Fail("has a MAC salt of %d bytes, over the limit of %d", len(m.MacSalt), maxSaltLen)
+		return 0, p12Fail("has a MAC salt of %d bytes, over the limit of %d", len(m.MacSalt), maxSaltLen)
 	}
 	if len(m.Iterations.FullBytes) == 0 {
-		return nil // DEFAULT 1
+		return 1, nil // DEFAULT 1
 	}
 	var it *big.Int
 	if err := unmarshalAll(m.Iterations.FullBytes, &it); err != nil {
-		return p12Fail("is not a valid PKCS#12: the MAC iteration count does not parse")
+		return 0, p12Fail("is not a valid PKCS#12: the MAC iteration count does not parse")
 	}
-	if _, err := boundedIterations(it); err != nil {
-		return p12PBEError("its integrity check", err)
+	n, err := boundedIterations(it)
+	if err != nil {
+		return 0, p12PBEError("its integrity check", err)
 	}
-	return nil
+	return n, nil
 }
 
 // scanBags checks the shrouded key bags of one safe content and counts the key bags.
@@ -210,7 +236,7 @@ func p12PBEError(what string, err error) error {
 
 // decodePKCS12 decodes a PFX into its certificates (in file order) and its one private key.
 func decodePKCS12(der []byte, pass string) ([]*x509.Certificate, crypto.Signer, error) {
-	keys, err := scanPKCS12(der, pass)
+	keys, der, err := scanPKCS12(der, pass)
 	if err != nil {
 		return nil, nil, err
 	}
