@@ -105,7 +105,7 @@ func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
 // formatsEnv is a tenant whose peer server trusts client certificates of the openssl root.
 func formatsEnv(t *testing.T, pki *opensslPKI) *tlsEnv {
 	t.Helper()
-	env := apitest.New(t)
+	env := apitest.New(t, tempRoots())
 	te := &tlsEnv{env: env, tok: env.Token(t, "acme", "editor"), ca: materialtest.NewCA(t, materialtest.Options{})}
 	post(t, env, te.tok, inlineCA("root-ca", te.ca))
 	te.addr = peerServer(t, te.ca, pki.root)
