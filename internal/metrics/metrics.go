@@ -257,7 +257,7 @@ func (c *expiryCollector) refresh(ctx context.Context) (samples, fileErr []expir
 		for _, r := range rows {
 			s := expirySample{tenant: t.ID, id: r.ID, typ: r.Type, source: r.Source, notAfter: r.NotAfter}
 			if r.Source == "file" {
-				if na, ok := c.leafNotAfter(t.ID, r.CertPath); ok {
+				if na, ok := c.leafNotAfter(t.ID, r); ok {
 					s.notAfter = na
 				} else {
 					fileErr = append(fileErr, s)
@@ -270,13 +270,20 @@ func (c *expiryCollector) refresh(ctx context.Context) (samples, fileErr []expir
 }
 
 // leafNotAfter reads a certificate file and returns its first certificate's notAfter.
-func (c *expiryCollector) leafNotAfter(tenant, path string) (time.Time, bool) {
-	data, err := c.o.Roots.ReadFile(tenant, path)
+func (c *expiryCollector) leafNotAfter(tenant string, r repo.ExpiryRow) (time.Time, bool) {
+	data, err := c.o.Roots.ReadFile(tenant, r.CertPath)
 	if err != nil {
 		return time.Time{}, false
 	}
-	if pemText, _ := material.DetectFile(data); !pemText {
-		// DER certificates; a PKCS#12 file needs its passphrase and counts as unreadable here.
+	if pemText, p12 := material.DetectFile(data); p12 {
+		// A PKCS#12 file is opened with its passphrase file; it carries the key too.
+		m, issues := c.o.Roots.LoadFilesWith(material.Kind(r.Type), tenant,
+			material.Paths{Cert: r.CertPath, Passphrase: r.PassphrasePath}, material.PathFields, time.Now())
+		if len(issues) > 0 {
+			return time.Time{}, false
+		}
+		return m.Metadata.NotAfter, true
+	} else if !pemText {
 		certs, err := x509.ParseCertificates(data)
 		if err != nil || len(certs) == 0 {
 			return time.Time{}, false

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -107,6 +109,20 @@ func TestMetrics(t *testing.T) {
 		Source: s("file"), CertPath: &certPath, KeyPath: &keyPath})
 	require.NoError(t, err)
 
+	// A PKCS#12 file entry, opened with its passphrase file.
+	p12End := time.Now().Add(40 * 24 * time.Hour).Truncate(time.Second)
+	cert, key = materialtest.Pair(t, materialtest.Options{NotAfter: p12End})
+	materialtest.WriteFile(t, fileDir, "p12.crt", cert)
+	materialtest.WriteFile(t, fileDir, "p12.key", key)
+	cmd := exec.Command("openssl", "pkcs12", "-export", "-in", "p12.crt", "-inkey", "p12.key", "-passout", "pass:m3trics#p12", "-out", "edge.p12")
+	cmd.Dir = fileDir
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "openssl: %s", out)
+	p12Path, passPath := filepath.Join(fileDir, "edge.p12"), materialtest.WriteFile(t, fileDir, "edge.pass", []byte("m3trics#p12\n"))
+	_, err = cat.Create(ctx, "acme", catalog.Input{ID: "onp12", Name: s("x"), Type: s("client-pair"),
+		Source: s("file"), CertPath: &p12Path, PassphrasePath: &passPath})
+	require.NoError(t, err)
+
 	clk := &clock{t: time.Now()}
 	x := &fileexport.Exporter{Pool: pool, Ring: ring, DataDir: dir, Now: clk.Now}
 	m := metrics.New(metrics.Options{Pool: pool, Exporter: x, Roots: roots, Now: clk.Now, ExpiryTTL: time.Minute})
@@ -118,6 +134,11 @@ func TestMetrics(t *testing.T) {
 	v, ok = gauge(t, m, "loopze_cert_not_after_seconds", map[string]string{"tenant": "acme", "id": "onfile", "type": "server-pair", "source": "file"})
 	require.True(t, ok)
 	require.Equal(t, float64(firstEnd.Unix()), v)
+	v, ok = gauge(t, m, "loopze_cert_not_after_seconds", map[string]string{"id": "onp12"})
+	require.True(t, ok)
+	require.Equal(t, float64(p12End.Unix()), v)
+	_, unreadable := gauge(t, m, "loopze_cert_file_unreadable", map[string]string{"id": "onp12"})
+	require.False(t, unreadable, "a PKCS#12 file with its passphrase file is readable")
 
 	// The certificate on disk is renewed: cached until the TTL passes, then re-read.
 	renewedEnd := time.Now().Add(200 * 24 * time.Hour).Truncate(time.Second)
@@ -129,7 +150,7 @@ func TestMetrics(t *testing.T) {
 	clk.Add(2 * time.Minute)
 	v, _ = gauge(t, m, "loopze_cert_not_after_seconds", map[string]string{"id": "onfile"})
 	require.Equal(t, float64(renewedEnd.Unix()), v, "re-read after the TTL")
-	_, unreadable := gauge(t, m, "loopze_cert_file_unreadable", map[string]string{"id": "onfile"})
+	_, unreadable = gauge(t, m, "loopze_cert_file_unreadable", map[string]string{"id": "onfile"})
 	require.False(t, unreadable)
 
 	// A file that goes away keeps its stored expiry and is flagged.

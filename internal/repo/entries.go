@@ -361,11 +361,13 @@ type ExpiryRow struct {
 	Source   string
 	CertPath string
 	NotAfter time.Time
+	// PassphrasePath is a file entry's passphrase file, which a PKCS#12 certPath needs.
+	PassphrasePath string
 }
 
 // ListExpiry returns the expiry of every entry of tenant, ordered by ID.
 func ListExpiry(ctx context.Context, q db.DBTX, tenant string) ([]ExpiryRow, error) {
-	rows, err := q.Query(ctx, `SELECT id, type, source, coalesce(cert_path, ''), not_after
+	rows, err := q.Query(ctx, `SELECT id, type, source, coalesce(cert_path, ''), not_after, coalesce(passphrase_path, '')
 		FROM entries WHERE tenant_id = $1 ORDER BY id`, tenant)
 	if err != nil {
 		return nil, mapErr("list expiry", err)
@@ -374,7 +376,7 @@ func ListExpiry(ctx context.Context, q db.DBTX, tenant string) ([]ExpiryRow, err
 	var out []ExpiryRow
 	for rows.Next() {
 		var r ExpiryRow
-		if err := rows.Scan(&r.ID, &r.Type, &r.Source, &r.CertPath, &r.NotAfter); err != nil {
+		if err := rows.Scan(&r.ID, &r.Type, &r.Source, &r.CertPath, &r.NotAfter, &r.PassphrasePath); err != nil {
 			return nil, mapErr("scan expiry", err)
 		}
 		out = append(out, r)
