@@ -17,7 +17,8 @@ import (
 
 // TestBrowserPKCS12Upload: a .p12 written by openssl goes in through the file picker with
 // its passphrase; a wrong passphrase is shown on the passphrase field, the right one
-// validates to openssl's fingerprint and saves, and the passphrase is in no log.
+// validates to openssl's fingerprint and saves, and the passphrase is in no log. DER files
+// (the key encrypted, with its passphrase) go in through the certificate and key pickers.
 func TestBrowserPKCS12Upload(t *testing.T) {
 	t.Parallel()
 	if _, err := exec.LookPath("openssl"); err != nil {
@@ -85,5 +86,33 @@ func TestBrowserPKCS12Upload(t *testing.T) {
 	require.Equal(t, true, got["hasPrivateKey"])
 	html := run(t, b, "page", chromedp.Evaluate[string](`document.documentElement.outerHTML`))
 	require.NotContains(t, html, pass)
+
+	// DER files through the certificate and key pickers, the key encrypted.
+	sh("x509", "-in", "ui.crt", "-outform", "der", "-out", "ui.cer")
+	sh("pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", "ui.key", "-passout", "pass:"+pass, "-outform", "der", "-out", "ui.pk8")
+	b.do(t, "DER files through the pickers",
+		chromedp.Click(chromedp.ID("new-cert")),
+		chromedp.WaitVisible(chromedp.ID("cert-form")),
+		chromedp.WaitEnabled(chromedp.ID("validate")),
+		chromedp.SetValue(chromedp.ID("f-id"), "ui-der"),
+		chromedp.SetValue(chromedp.ID("f-name"), "From DER files"),
+		chromedp.SetValue(chromedp.ID("f-type"), "client-pair"),
+		void(chromedp.Evaluate[bool](`(document.getElementById('f-type').dispatchEvent(new Event('change')), true)`)),
+		chromedp.WaitVisible(chromedp.ID("f-keyFile")),
+		chromedp.SetUploadFiles(chromedp.ID("f-certFile"), []string{filepath.Join(dir, "ui.cer")}),
+		chromedp.SetUploadFiles(chromedp.ID("f-keyFile"), []string{filepath.Join(dir, "ui.pk8")}),
+		chromedp.SendKeys(chromedp.ID("f-keyPassphrase"), pass),
+		void(chromedp.Poll[bool](`document.getElementById('f-certFile').dataset.der === 'ui.cer' && document.getElementById('f-keyFile').dataset.der === 'ui.pk8'`,
+			chromedp.WithPollingTimeout(10*time.Second))),
+		chromedp.Click(chromedp.ID("validate")),
+		chromedp.WaitVisible(chromedp.ID("preview-fingerprint")),
+	)
+	require.Equal(t, wantFP, run(t, b, "DER preview fingerprint", chromedp.Text(chromedp.ID("preview-fingerprint"))))
+	b.do(t, "create from DER",
+		chromedp.Click(chromedp.ID("save")),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-id="ui-der"]`)),
+	)
+	res = env.Do(t, apitest.Request{Method: http.MethodGet, Path: "/api/v1/certs/ui-der", Token: admin})
+	require.Equal(t, wantFP, res.JSON(t)["fingerprintSha256"])
 	require.NotContains(t, env.Logs.String(), pass)
 }

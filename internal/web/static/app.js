@@ -86,6 +86,8 @@
   function inputFor(field) {
     if (field === 'source') return $('f-source-inline');
     if (field === 'pkcs12') return $('f-p12File');
+    if (field === 'certDer') return $('f-certPem');
+    if (field === 'keyDer') return $('f-keyPem');
     return $('f-' + field);
   }
 
@@ -119,7 +121,7 @@
     const general = [];
     (problems || []).forEach(function (p) {
       const field = String(p.location || '').replace(/^body\./, '');
-      const slot = $('err-' + field);
+      const slot = $('err-' + ({ certDer: 'certPem', keyDer: 'keyPem' }[field] || field));
       const input = inputFor(field);
       if (slot && input && !slot.parentElement.closest('[hidden]')) {
         slot.textContent = slot.textContent ? slot.textContent + ' ' + p.message : p.message;
@@ -164,12 +166,15 @@
     sync();
 
     // A local file is read in the browser and put into the text area; it is sent only
-    // with Validate or Save, like pasted PEM.
+    // with Validate or Save, like pasted PEM. A binary (DER) file cannot be shown there: it
+    // is kept as base64 and sent as certDer or keyDer, until the text area is typed in.
+    const der = {};
     form.querySelectorAll('input[type=file][data-target]').forEach(function (picker) {
+      const target = $(picker.dataset.target);
+      target.addEventListener('input', function () { delete der[target.id]; delete picker.dataset.der; });
       picker.addEventListener('change', function () {
         const file = picker.files && picker.files[0];
         if (!file) return;
-        const target = $(picker.dataset.target);
         const slot = $('err-' + target.name);
         if (file.size > maxFile) {
           slot.textContent = 'That file is larger than 256 KiB; a PEM file is much smaller.';
@@ -178,7 +183,18 @@
         }
         const reader = new FileReader();
         reader.onload = function () {
-          target.value = String(reader.result);
+          const bytes = new Uint8Array(reader.result);
+          const text = new TextDecoder('utf-8', { fatal: false }).decode(bytes);
+          delete der[target.id];
+          delete picker.dataset.der;
+          if (text.includes('-----BEGIN')) {
+            target.value = text;
+          } else {
+            der[target.id] = base64Of(reader.result);
+            picker.dataset.der = file.name;
+            target.value = '';
+            target.placeholder = 'Binary (DER) file ' + file.name + ' loaded; it is sent as DER.';
+          }
           slot.hidden = true;
           target.removeAttribute('aria-invalid');
         };
@@ -186,7 +202,7 @@
           slot.textContent = 'The file could not be read.';
           slot.hidden = false;
         };
-        reader.readAsText(file);
+        reader.readAsArrayBuffer(file);
       });
     });
 
@@ -232,8 +248,10 @@
           return m;
         }
         if (cert) m.certPem = cert + '\n';
+        else if (der['f-certPem']) m.certDer = der['f-certPem'];
         if (key && isPair()) m.keyPem = key + '\n';
-        if (key && isPair() && $('f-keyPassphrase').value) m.keyPassphrase = $('f-keyPassphrase').value;
+        else if (der['f-keyPem'] && isPair()) m.keyDer = der['f-keyPem'];
+        if ((m.keyPem || m.keyDer) && $('f-keyPassphrase').value) m.keyPassphrase = $('f-keyPassphrase').value;
       } else {
         const cp = $('f-certPath').value.trim();
         const kp = $('f-keyPath').value.trim();
@@ -323,7 +341,7 @@
     $('validate').addEventListener('click', async function () {
       clearErrors();
       const body = entry(true);
-      if (mode === 'edit' && !body.certPem && !body.certPath && !body.pkcs12) {
+      if (mode === 'edit' && !body.certPem && !body.certDer && !body.certPath && !body.pkcs12) {
         showErrors([], 'Enter new material to validate it; the stored material was validated when it was saved.');
         return;
       }
