@@ -11,6 +11,7 @@ import (
 	"github.com/loopze/certstore/internal/audit"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/sealing"
 	"github.com/loopze/certstore/internal/secret"
@@ -255,7 +256,13 @@ func (s *Service) Restore(ctx context.Context, tenant, id string, version, ifMat
 				return &ReferencedError{EntryID: id, References: refs, Total: n}
 			}
 		}
-		p, err := s.prepare(tenant, id, v.Name, string(v.Type), v.Source, v.Notes, cert, key, v.CertPath, v.KeyPath)
+		// Versions do not record a passphrase file: a file entry keeps the one it has now.
+		paths := material.Paths{Cert: v.CertPath, Key: v.KeyPath}
+		if v.Source == SourceFile && cur != nil && cur.Source == SourceFile {
+			paths.Passphrase = cur.PassphrasePath
+		}
+		p, err := s.prepare(tenant, id, v.Name, string(v.Type), v.Source, v.Notes,
+			material.Encoded{CertPEM: cert, KeyPEM: key}, paths)
 		if err != nil {
 			return err
 		}
