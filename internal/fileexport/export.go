@@ -40,9 +40,16 @@ type Exporter struct {
 	OnWrite func(Result)
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// EncodedCacheBytes bounds the memory kept between exports so that an export encodes
+	// only the entries and node credentials that changed; DefaultEncodedCacheBytes when
+	// zero, no cache when negative.
+	EncodedCacheBytes int64
 
 	mu      sync.Mutex
 	tenants map[string]*tenantState
+
+	cacheOnce sync.Once
+	cache     *encodedCache
 }
 
 // tenantState is the Exporter's per-tenant bookkeeping.
@@ -237,7 +244,7 @@ func (x *Exporter) export(ctx context.Context, st *tenantState, tenant string, f
 		res.Generation, res.KeyID = onDisk.Generation, onDisk.KeyID
 		return res, nil
 	}
-	if haveFile && onDisk.Generation > doc.Generation {
+	if haveFile && onDisk.Generation > doc.generation {
 		// The database was restored from an older backup, or replaced. It is the source of
 		// truth, but the newer file is kept aside rather than lost.
 		aside := fmt.Sprintf("%s.ahead-%d", path, onDisk.Generation)
@@ -245,9 +252,10 @@ func (x *Exporter) export(ctx context.Context, st *tenantState, tenant string, f
 			return res, fmt.Errorf("keep %s aside before rewriting it: %w", path, err)
 		}
 		x.logger().Warn("credentials file is ahead of the database; kept it aside and rewriting it from the database",
-			"tenant", tenant, "path", path, "kept_as", aside, "file_generation", onDisk.Generation, "db_generation", doc.Generation)
+			"tenant", tenant, "path", path, "kept_as", aside, "file_generation", onDisk.Generation, "db_generation", doc.generation)
 	}
-	data, h, err := Seal(x.Ring, doc)
+	defer doc.release()
+	data, h, err := sealPlain(x.Ring, doc.tenant, doc.generation, doc.plain)
 	if err != nil {
 		return res, err
 	}
@@ -259,7 +267,7 @@ func (x *Exporter) export(ctx context.Context, st *tenantState, tenant string, f
 		st.seen = seenFile{info: info, header: h}
 	}
 	res.Generation, res.KeyID, res.Written = h.Generation, h.KeyID, true
-	res.Entries, res.References, res.NodeCredentials = len(doc.Entries), len(doc.References), len(doc.NodeCredentials)
+	res.Entries, res.References, res.NodeCredentials = doc.entries, doc.references, doc.nodeCreds
 	return res, nil
 }
 
@@ -305,16 +313,17 @@ func (s seenFile) same(info fs.FileInfo) bool {
 }
 
 // snapshot reads the tenant's generation and rows in one repeatable-read transaction, so
-// the generation labels exactly the rows read. When current(generation) is true it stops
-// there and returns nil.
-func (x *Exporter) snapshot(ctx context.Context, tenant string, current func(int64) bool) (*Document, error) {
-	return db.InTenantV(ctx, x.Pool, tenant, func(tx pgx.Tx) (*Document, error) {
+// the generation labels exactly the rows read, and encodes them as a document, reusing the
+// encodings of the rows that did not change since an earlier export. When
+// current(generation) is true it stops there and returns nil.
+func (x *Exporter) snapshot(ctx context.Context, tenant string, current func(int64) bool) (*encodedDocument, error) {
+	return db.InTenantV(ctx, x.Pool, tenant, func(tx pgx.Tx) (*encodedDocument, error) {
 		return x.read(ctx, tx, tenant, current)
 	}, db.Snapshot())
 }
 
-// read builds the tenant's document inside the snapshot transaction tx.
-func (x *Exporter) read(ctx context.Context, tx pgx.Tx, tenant string, current func(int64) bool) (*Document, error) {
+// read encodes the tenant's document inside the snapshot transaction tx.
+func (x *Exporter) read(ctx context.Context, tx pgx.Tx, tenant string, current func(int64) bool) (*encodedDocument, error) {
 	gen, err := repo.GetGeneration(ctx, tx, tenant)
 	if err != nil {
 		return nil, err
@@ -338,28 +347,29 @@ func (x *Exporter) read(ctx context.Context, tx pgx.Tx, tenant string, current f
 	if err != nil {
 		return nil, err
 	}
-	doc := &Document{
-		Tenant: tenant, Generation: gen, ExportedAt: x.now().UTC(), Workspace: workspace,
-		Entries:         make([]Entry, 0, len(entries)),
-		References:      make([]Reference, 0, len(refs)),
-		NodeCredentials: make([]NodeCredential, 0, len(secrets)),
-	}
+	encEntries := make([][]byte, 0, len(entries))
 	for _, e := range entries {
-		de, err := x.documentEntry(tenant, e)
+		b, err := x.encodeEntry(tenant, e)
 		if err != nil {
 			return nil, err
 		}
-		doc.Entries = append(doc.Entries, de)
+		encEntries = append(encEntries, b)
 	}
+	references := make([]Reference, 0, len(refs))
 	for _, r := range refs {
-		doc.References = append(doc.References, Reference(r))
+		references = append(references, Reference(r))
 	}
+	encCreds := make([][]byte, 0, len(secrets))
 	for _, s := range secrets {
-		plain, err := sealing.Open(x.Ring, s.Sealed, sealing.NodeSecret(tenant, s.NodeID, s.Name))
+		b, err := x.encodeNodeCredential(tenant, s)
 		if err != nil {
-			return nil, fmt.Errorf("open node %s credential %s: %w", s.NodeID, s.Name, err)
+			return nil, err
 		}
-		doc.NodeCredentials = append(doc.NodeCredentials, nodeCredential(s.NodeID, s.Name, plain))
+		encCreds = append(encCreds, b)
+	}
+	doc, err := encodeDocument(tenant, gen, x.now().UTC(), encEntries, workspace, references, encCreds)
+	if err != nil {
+		return nil, fmt.Errorf("encode credentials of %s: %w", tenant, err)
 	}
 	return doc, nil
 }

@@ -217,15 +217,20 @@ func Seal(ring *envelope.Ring, doc *Document) ([]byte, Header, error) {
 		return nil, Header{}, fmt.Errorf("encode credentials of %s: %w", doc.Tenant, err)
 	}
 	defer clear(plain)
-	h := Header{Format: Format, Version: Version, Tenant: doc.Tenant, Generation: doc.Generation, Cipher: Cipher}
+	return sealPlain(ring, doc.Tenant, doc.Generation, plain)
+}
+
+// sealPlain encrypts an encoded document of tenant at generation under ring's current key.
+func sealPlain(ring *envelope.Ring, tenant string, generation int64, plain []byte) ([]byte, Header, error) {
+	h := Header{Format: Format, Version: Version, Tenant: tenant, Generation: generation, Cipher: Cipher}
 	keyID, sealed, err := ring.SealWithCurrent(plain, h.AAD())
 	if err != nil {
-		return nil, Header{}, fmt.Errorf("seal credentials of %s: %w", doc.Tenant, err)
+		return nil, Header{}, fmt.Errorf("seal credentials of %s: %w", tenant, err)
 	}
 	h.KeyID = keyID
 	out, err := encodeFile(h, sealed)
 	if err != nil {
-		return nil, Header{}, fmt.Errorf("encode credentials file of %s: %w", doc.Tenant, err)
+		return nil, Header{}, fmt.Errorf("encode credentials file of %s: %w", tenant, err)
 	}
 	return out, h, nil
 }

@@ -1,0 +1,261 @@
+package fileexport
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/maypok86/otter/v2"
+
+	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/sealing"
+)
+
+// DefaultEncodedCacheBytes bounds the memory of an Exporter's cache of encoded entries and
+// node credentials unless Exporter.EncodedCacheBytes says otherwise. 64 MiB holds a tenant
+// of about 30,000 inline pairs.
+const DefaultEncodedCacheBytes = 64 << 20
+
+// encodedCache remembers the JSON form each entry and node credential takes inside a
+// document, keyed by where it lives and checked against a stamp of the row it came from, so
+// an export opens and encodes only the rows that changed since the last one. Its values
+// hold material in clear, like the document they go into: they are never logged and never
+// leave the package.
+type encodedCache struct {
+	c *otter.Cache[encodedKey, *encodedValue]
+	// encoded counts the values encoded (not found or stale): what an export paid for.
+	encoded atomic.Int64
+}
+
+type encodedKind uint8
+
+const (
+	kindEntry encodedKind = iota + 1
+	kindNodeCredential
+)
+
+// encodedKey names one entry (id) or one node credential (id is the node, name the
+// credential) of a tenant.
+type encodedKey struct {
+	kind   encodedKind
+	tenant string
+	id     string
+	name   string
+}
+
+// encodedValue is one element of the document's entries or nodeCredentials array, with the
+// stamp of the row it was encoded from.
+type encodedValue struct {
+	stamp stamp
+	json  []byte
+}
+
+// encodedOverhead approximates the bookkeeping of one cached value besides its bytes.
+const encodedOverhead = 160
+
+func newEncodedCache(maxBytes int64) *encodedCache {
+	if maxBytes <= 0 {
+		return nil
+	}
+	return &encodedCache{c: otter.Must(&otter.Options[encodedKey, *encodedValue]{
+		MaximumWeight: uint64(maxBytes),
+		Weigher: func(k encodedKey, v *encodedValue) uint32 {
+			n := len(v.json) + len(v.stamp.certPath) + len(v.stamp.keyPath) + len(k.tenant) + len(k.id) + len(k.name) + encodedOverhead
+			return uint32(min(n, 1<<31))
+		},
+		// Evictions run inline: the cache starts no goroutines an Exporter would leak.
+		Executor: func(fn func()) { fn() },
+	})}
+}
+
+// get returns the cached form of key when its stamp still matches.
+func (c *encodedCache) get(key encodedKey, st stamp) ([]byte, bool) {
+	if c == nil {
+		return nil, false
+	}
+	v, ok := c.c.GetIfPresent(key)
+	if !ok || v.stamp != st {
+		return nil, false
+	}
+	return v.json, true
+}
+
+func (c *encodedCache) put(key encodedKey, st stamp, data []byte) {
+	if c != nil {
+		c.encoded.Add(1)
+		c.c.Set(key, &encodedValue{stamp: st, json: data})
+	}
+}
+
+// tag is what identifies one sealed value: its length and its GCM tag. Every seal draws a
+// fresh nonce, so a changed value (a PUT, a restore, a rewrap under a new key) never carries
+// the tag of the one it replaces.
+type tag struct {
+	n int
+	t [16]byte
+}
+
+func sealTag(sealed []byte) tag {
+	t := tag{n: len(sealed)}
+	copy(t.t[:], sealed[max(0, len(sealed)-len(t.t)):])
+	return t
+}
+
+// stamp identifies the row an encoding was made from. For an entry, the version and
+// updated_at move with every change of its metadata; the tags and paths tell apart rows
+// that a restore or a rewrap replaced without moving them. A node credential has its
+// sealed value's tag only.
+type stamp struct {
+	version, created, updated int64
+	cert, key                 tag
+	certPath, keyPath         string
+}
+
+func entryStamp(e *repo.Entry) stamp {
+	return stamp{version: e.Version, created: e.CreatedAt.UnixNano(), updated: e.UpdatedAt.UnixNano(),
+		cert: sealTag(e.CertSealed), key: sealTag(e.KeySealed), certPath: e.CertPath, keyPath: e.KeyPath}
+}
+
+// encodedCacheFor returns the Exporter's cache, made on first use.
+func (x *Exporter) encodedCacheFor() *encodedCache {
+	x.cacheOnce.Do(func() {
+		size := x.EncodedCacheBytes
+		if size == 0 {
+			size = DefaultEncodedCacheBytes
+		}
+		x.cache = newEncodedCache(size)
+	})
+	return x.cache
+}
+
+// encodeEntry returns e's element of the document's entries array, from the cache when e
+// did not change.
+func (x *Exporter) encodeEntry(tenant string, e *repo.Entry) ([]byte, error) {
+	c := x.encodedCacheFor()
+	key, st := encodedKey{kind: kindEntry, tenant: tenant, id: e.ID}, entryStamp(e)
+	if b, ok := c.get(key, st); ok {
+		return b, nil
+	}
+	de, err := x.documentEntry(tenant, e)
+	if err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(de)
+	if err != nil {
+		return nil, fmt.Errorf("encode entry %s: %w", e.ID, err)
+	}
+	c.put(key, st, b)
+	return b, nil
+}
+
+// encodeNodeCredential returns s's element of the document's nodeCredentials array, from
+// the cache when its sealed bytes did not change.
+func (x *Exporter) encodeNodeCredential(tenant string, s repo.NodeSecret) ([]byte, error) {
+	c := x.encodedCacheFor()
+	key, st := encodedKey{kind: kindNodeCredential, tenant: tenant, id: s.NodeID, name: s.Name}, stamp{cert: sealTag(s.Sealed)}
+	if b, ok := c.get(key, st); ok {
+		return b, nil
+	}
+	plain, err := sealing.Open(x.Ring, s.Sealed, sealing.NodeSecret(tenant, s.NodeID, s.Name))
+	if err != nil {
+		return nil, fmt.Errorf("open node %s credential %s: %w", s.NodeID, s.Name, err)
+	}
+	b, err := json.Marshal(nodeCredential(s.NodeID, s.Name, plain))
+	clear(plain)
+	if err != nil {
+		return nil, fmt.Errorf("encode node %s credential %s: %w", s.NodeID, s.Name, err)
+	}
+	c.put(key, st, b)
+	return b, nil
+}
+
+// encodedDocument is a document already in its JSON form: the bytes json.Marshal writes
+// for the Document it stands for, built from the encoded elements.
+type encodedDocument struct {
+	tenant     string
+	generation int64
+	plain      []byte
+	entries    int
+	references int
+	nodeCreds  int
+}
+
+// bufPool recycles the buffers documents are assembled in; they are cleared before reuse.
+var bufPool sync.Pool
+
+// encodeDocument writes exactly what json.Marshal(&Document{...}) writes, with entries and
+// nodeCredentials given as their elements' encodings (TestEncodeDocumentMatchesMarshal).
+func encodeDocument(tenant string, gen int64, exportedAt time.Time, entries [][]byte,
+	workspace json.RawMessage, refs []Reference, creds [][]byte) (*encodedDocument, error) {
+	head, err := json.Marshal(struct {
+		Tenant     string    `json:"tenant"`
+		Generation int64     `json:"generation"`
+		ExportedAt time.Time `json:"exportedAt"`
+	}{tenant, gen, exportedAt})
+	if err != nil {
+		return nil, err
+	}
+	var ws []byte
+	if len(workspace) > 0 {
+		if ws, err = json.Marshal(workspace); err != nil {
+			return nil, fmt.Errorf("encode workspace: %w", err)
+		}
+	}
+	if refs == nil {
+		refs = []Reference{}
+	}
+	rb, err := json.Marshal(refs)
+	if err != nil {
+		return nil, fmt.Errorf("encode references: %w", err)
+	}
+	size := len(head) + len(ws) + len(rb) + 64
+	for _, e := range entries {
+		size += len(e) + 1
+	}
+	for _, c := range creds {
+		size += len(c) + 1
+	}
+	var buf *bytes.Buffer
+	if b, ok := bufPool.Get().(*bytes.Buffer); ok {
+		buf = b
+	} else {
+		buf = new(bytes.Buffer)
+	}
+	buf.Reset()
+	buf.Grow(size)
+	buf.Write(head[:len(head)-1])
+	buf.WriteString(`,"entries":[`)
+	for i, e := range entries {
+		if i > 0 {
+			buf.WriteByte(',')
+		}
+		buf.Write(e)
+	}
+	buf.WriteByte(']')
+	if ws != nil {
+		buf.WriteString(`,"workspace":`)
+		buf.Write(ws)
+	}
+	buf.WriteString(`,"references":`)
+	buf.Write(rb)
+	buf.WriteString(`,"nodeCredentials":[`)
+	for i, c := range creds {
+		if i > 0 {
+			buf.WriteByte(',')
+		}
+		buf.Write(c)
+	}
+	buf.WriteString("]}")
+	return &encodedDocument{tenant: tenant, generation: gen, plain: buf.Bytes(),
+		entries: len(entries), references: len(refs), nodeCreds: len(creds)}, nil
+}
+
+// release clears the document's clear bytes and returns its buffer for reuse.
+func (d *encodedDocument) release() {
+	clear(d.plain[:cap(d.plain)])
+	bufPool.Put(bytes.NewBuffer(d.plain[:0]))
+	d.plain = nil
+}

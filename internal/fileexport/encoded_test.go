@@ -1,0 +1,143 @@
+package fileexport
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/loopze/certstore/internal/catalog"
+	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/sealing"
+)
+
+// The document assembled from cached elements is byte for byte what json.Marshal writes,
+// so files stay version 1 whatever the cache held.
+func TestEncodeDocumentMatchesMarshal(t *testing.T) {
+	t.Parallel()
+	at := time.Date(2025, 1, 2, 3, 4, 5, 600, time.UTC)
+	entries := []Entry{
+		{ID: "a", Name: "<b>&\u2028", Type: "client-pair", Source: "inline", CertPEM: "-----BEGIN CERTIFICATE-----\nAA==\n", KeyPEM: "k",
+			DNSNames: []string{"x.example"}, NotBefore: at, NotAfter: at, CreatedAt: at, UpdatedAt: at, HasPrivateKey: true},
+		{ID: "b", Type: "ca-bundle", Source: "file", CertPath: "/etc/x.pem", DNSNames: []string{}},
+	}
+	creds := []NodeCredential{{NodeID: "n1", Name: "password", Value: "s\"3<"}, nodeCredential("n2", "blob", []byte{0, 0xff})}
+	refs := []Reference{{EntryID: "a", FlowID: "f", NodeID: "n1", NodeType: "tcp-out", Field: "tls.caBundleRef"}}
+	for name, ws := range map[string]json.RawMessage{
+		"workspace": json.RawMessage("{ \"flows\" : [ {\"id\": \"<f>\"} ] }"),
+		"none":      nil,
+	} {
+		t.Run(name, func(t *testing.T) {
+			for _, n := range []int{0, 1, 2} {
+				doc := &Document{Tenant: "acme", Generation: 42, ExportedAt: at, Entries: entries[:n], Workspace: ws,
+					References: refs[:min(n, 1)], NodeCredentials: creds[:n]}
+				want, err := json.Marshal(doc)
+				require.NoError(t, err)
+				var encEntries, encCreds [][]byte
+				for i := range n {
+					e, err := json.Marshal(entries[i])
+					require.NoError(t, err)
+					c, err := json.Marshal(creds[i])
+					require.NoError(t, err)
+					encEntries, encCreds = append(encEntries, e), append(encCreds, c)
+				}
+				got, err := encodeDocument("acme", 42, at, encEntries, ws, doc.References, encCreds)
+				require.NoError(t, err)
+				require.Equal(t, string(want), string(got.plain))
+				got.release()
+			}
+		})
+	}
+}
+
+// After a change, an export encodes only the changed rows, and its file holds exactly what
+// an export without any cache writes: updates, deletes, new node credentials and a restore
+// all show.
+func TestIncrementalExportMatchesFullExport(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	b.populate(t, "acme")
+	for _, id := range []string{"e1", "e2", "e3"} {
+		b.createInline(t, "acme", id, "server-pair")
+	}
+	x := b.exporter(t)
+	full := &Exporter{Pool: b.pool, Ring: b.ring, DataDir: t.TempDir(), EncodedCacheBytes: -1}
+
+	same := func(t *testing.T) {
+		t.Helper()
+		_, err := x.ExportTenant(ctx, "acme", false)
+		require.NoError(t, err)
+		_, err = full.ExportTenant(ctx, "acme", true)
+		require.NoError(t, err)
+		got, gh := readDoc(t, b.ring, b.dataDir, "acme")
+		want, wh := readDoc(t, b.ring, full.DataDir, "acme")
+		require.Equal(t, wh.Generation, gh.Generation)
+		got.ExportedAt, want.ExportedAt = time.Time{}, time.Time{}
+		require.Equal(t, want, got)
+	}
+	same(t)
+	require.EqualValues(t, 6+2, x.cache.encoded.Load(), "first export encodes every entry and node credential")
+	before, err := os.ReadFile(Path(b.dataDir, "acme"))
+	require.NoError(t, err)
+
+	encoded := x.cache.encoded.Load()
+	_, err = b.catalog.Put(ctx, "acme", catalog.Input{ID: "e2", Notes: ptr("renewed")}, 0)
+	require.NoError(t, err)
+	same(t)
+	require.EqualValues(t, 1, x.cache.encoded.Load()-encoded, "one changed entry, one encoding")
+	doc, _ := readDoc(t, b.ring, b.dataDir, "acme")
+	require.Equal(t, "renewed", entryByID(doc, "e2").Notes)
+
+	encoded = x.cache.encoded.Load()
+	require.NoError(t, b.catalog.Delete(ctx, "acme", "e3", 0))
+	same(t)
+	require.Zero(t, x.cache.encoded.Load()-encoded)
+	doc, _ = readDoc(t, b.ring, b.dataDir, "acme")
+	require.Nil(t, entryByID(doc, "e3"))
+
+	// A node credential sealed again under the same name: re-encoded from its new bytes.
+	sealed, err := b.ring.Seal([]byte("changed"), sealing.NodeSecret("acme", "n1", "password"))
+	require.NoError(t, err)
+	require.NoError(t, db.InTenant(ctx, b.pool, "acme", func(tx pgx.Tx) error {
+		if _, err := repo.BumpGeneration(ctx, tx, "acme"); err != nil {
+			return err
+		}
+		return repo.UpsertNodeSecrets(ctx, tx, "acme", []repo.NodeSecret{{NodeID: "n1", Name: "password", Sealed: sealed, KeyID: b.ring.CurrentKeyID()}})
+	}))
+	encoded = x.cache.encoded.Load()
+	same(t)
+	require.EqualValues(t, 1, x.cache.encoded.Load()-encoded)
+	doc, _ = readDoc(t, b.ring, b.dataDir, "acme")
+	require.Contains(t, doc.NodeCredentials, NodeCredential{NodeID: "n1", Name: "password", Value: "changed"})
+
+	// A restore of the first file brings back rows under the same IDs: nothing stale
+	// survives it.
+	im := &Importer{Pool: b.pool, Ring: b.ring, Logger: testLogger(t)}
+	_, err = im.Import(ctx, before, ImportOptions{Tenant: "acme", Replace: true})
+	require.NoError(t, err)
+	same(t)
+	doc, _ = readDoc(t, b.ring, b.dataDir, "acme")
+	require.Equal(t, "notes of e2", entryByID(doc, "e2").Notes)
+	require.NotNil(t, entryByID(doc, "e3"))
+	require.Contains(t, doc.NodeCredentials, NodeCredential{NodeID: "n1", Name: "password", Value: "s3cret"})
+}
+
+// The cache stays within its bound, whatever the tenant's size.
+func TestEncodedCacheIsBounded(t *testing.T) {
+	t.Parallel()
+	c := newEncodedCache(64 << 10)
+	for i := range 1000 {
+		c.put(encodedKey{kind: kindEntry, tenant: "t", id: strconv.Itoa(i)}, stamp{}, make([]byte, 1024))
+	}
+	c.c.CleanUp()
+	require.LessOrEqual(t, c.c.WeightedSize(), uint64(64<<10))
+	require.Less(t, c.c.EstimatedSize(), 1000)
+	require.Nil(t, newEncodedCache(-1))
+}
