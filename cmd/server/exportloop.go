@@ -34,6 +34,9 @@ func startExport(ctx context.Context, cfg config.Config, svc *services, pool *pg
 	}
 	x = &fileexport.Exporter{Pool: pool, Ring: svc.ring, DataDir: cfg.DataDir, Logger: logger}
 	sy := &fileexport.Syncer{Exporter: x, ListenConfig: listen, Logger: logger}
+	if svc.catalog != nil && svc.catalog.Cache != nil {
+		sy.Watcher = svc.catalog.Cache
+	}
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
 	go func() {

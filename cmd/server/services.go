@@ -56,9 +56,10 @@ func loadServices(cfg config.Config, logger *slog.Logger) (*services, error) {
 
 // connect builds the database-backed services over pool.
 func (s *services) connect(pool *pgxpool.Pool, logger *slog.Logger) {
-	s.catalog = &catalog.Service{Pool: pool, Ring: s.ring, Roots: s.roots, Logger: logger}
+	cache := &catalog.Cache{} // serves once the export loop's listener is up
+	s.catalog = &catalog.Service{Pool: pool, Ring: s.ring, Roots: s.roots, Logger: logger, Cache: cache}
 	s.workspace = &workspace.Service{Pool: pool, Ring: s.ring, Roots: s.roots, Logger: logger,
-		Resolver: &resolver.Resolver{Entries: s.catalog, Roots: s.catalog.Roots, Logger: logger}}
+		Resolver: &resolver.Resolver{Entries: s.catalog, Roots: s.catalog.Roots, Logger: logger}, Changed: cache.Changed}
 }
 
 // checkKeyModes refuses master key files that group or others may read, as a loose

@@ -90,6 +90,8 @@ type Service struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Cache, when set, answers reads of tenants that did not change without the database.
+	Cache *Cache
 }
 
 func (s *Service) now() time.Time {
@@ -322,6 +324,9 @@ func (s *Service) Open(e *repo.Entry) (cert, key secret.PEM, err error) {
 // Lookup returns the entries of tenant among ids (those that exist), with their sealed
 // material, in one round trip: what a connection init needs of the references it follows.
 func (s *Service) Lookup(ctx context.Context, tenant string, ids []string) ([]*repo.Entry, error) {
+	if s.Cache != nil {
+		return s.cachedLookup(ctx, tenant, ids)
+	}
 	return repo.LookupEntries(ctx, s.Pool, tenant, ids)
 }
 
@@ -376,6 +381,7 @@ func (s *Service) Create(ctx context.Context, tenant string, in Input) (*Result,
 	if err := s.seal(p); err != nil {
 		return nil, err
 	}
+	defer s.changed(tenant)
 	if err := s.createEntry(ctx, p.entry); err != nil {
 		return nil, err
 	}
@@ -391,6 +397,9 @@ func (s *Service) logWarnings(tenant, id string, ws []material.Issue) {
 
 // Get returns one entry without its sealed material, in one round trip.
 func (s *Service) Get(ctx context.Context, tenant, id string) (*repo.Entry, error) {
+	if s.Cache != nil {
+		return s.cachedGet(ctx, tenant, id)
+	}
 	return repo.GetEntry(ctx, s.Pool, tenant, id)
 }
 
@@ -401,6 +410,9 @@ func (s *Service) List(ctx context.Context, tenant string, f repo.ListFilter) ([
 		// No stored text holds a NUL or bytes that are not UTF-8, and PostgreSQL cannot
 		// even compare with them: nothing matches.
 		return []*repo.Entry{}, false, nil
+	}
+	if s.Cache != nil {
+		return s.cachedList(ctx, tenant, f)
 	}
 	return repo.ListEntries(ctx, s.Pool, tenant, f)
 }

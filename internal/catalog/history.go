@@ -214,6 +214,7 @@ func (s *Service) Version(ctx context.Context, tenant, id string, version int64)
 // entry version the caller last saw (a deleted entry has none: ErrVersionMismatch).
 // File-sourced material is read from its paths again and must be valid there now.
 func (s *Service) Restore(ctx context.Context, tenant, id string, version, ifMatch int64) (*Result, error) {
+	defer s.changed(tenant)
 	var res *Result
 	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
 		if _, err := repo.BumpGeneration(ctx, tx, tenant); err != nil {

@@ -19,6 +19,7 @@ import (
 // the caller last saw. Changing the type of a referenced entry is refused with a
 // *ReferencedError.
 func (s *Service) Put(ctx context.Context, tenant string, in Input, ifMatch int64) (*Result, error) {
+	defer s.changed(tenant)
 	var res *Result
 	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
 		// The tenant row first, as every write of the tenant does (Create, Delete, a
@@ -181,19 +182,7 @@ func (s *Service) updateIn(ctx context.Context, tx pgx.Tx, tenant string, cur *r
 func (s *Service) Delete(ctx context.Context, tenant, id string, ifMatch int64) error {
 	// A referenced entry is refused from a read alone: a refused delete changes nothing,
 	// so it need not queue behind the tenant's writers for the generation lock.
-	var refErr *ReferencedError
-	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
-		n, err := repo.CountReferences(ctx, tx, tenant, id)
-		if err != nil || n == 0 {
-			return err
-		}
-		refs, err := repo.ListReferences(ctx, tx, tenant, id, nil, MaxConflictReferences)
-		if err != nil {
-			return err
-		}
-		refErr = &ReferencedError{EntryID: id, References: refs, Total: max(n, len(refs))}
-		return nil
-	})
+	refErr, err := s.readRefusal(ctx, tenant, id)
 	if err != nil {
 		return err
 	}
@@ -201,6 +190,7 @@ func (s *Service) Delete(ctx context.Context, tenant, id string, ifMatch int64) 
 		s.recordRefusedDelete(ctx, tenant, id, refErr)
 		return refErr
 	}
+	defer s.changed(tenant)
 	err = db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
 		if _, err := repo.BumpGeneration(ctx, tx, tenant); err != nil {
 			return err
@@ -253,9 +243,9 @@ func (s *Service) Delete(ctx context.Context, tenant, id string, ifMatch int64) 
 	return err
 }
 
-// References pages through the references to an entry; ErrNotFound when the entry does
-// not exist in the tenant.
-func (s *Service) References(ctx context.Context, tenant, id string, after *repo.RefCursor, limit int) ([]repo.Reference, int, error) {
+// references reads a page of the references to an entry and their count; ErrNotFound when
+// the entry does not exist in the tenant.
+func (s *Service) references(ctx context.Context, tenant, id string, after *repo.RefCursor, limit int) ([]repo.Reference, int, error) {
 	var (
 		refs  []repo.Reference
 		total int

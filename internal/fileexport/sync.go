@@ -41,6 +41,9 @@ type Syncer struct {
 	// a pool connection: unbounded, a thousand tenants would starve the API of both.
 	Concurrency int
 
+	// Watcher, when set, hears what the listening connection hears (see Watcher).
+	Watcher Watcher
+
 	mu      sync.Mutex
 	workers map[string]chan struct{}
 	slots   chan struct{}
@@ -229,6 +232,7 @@ func (s *Syncer) listen(ctx context.Context) {
 // listenOnce connects, listens, calls connected, reconciles and then serves notifications
 // until the connection fails.
 func (s *Syncer) listenOnce(ctx context.Context, connected func()) error {
+	defer s.watch().Disconnected()
 	cfg := s.ListenConfig
 	if cfg == nil {
 		cfg = s.Exporter.Pool.Config().ConnConfig
@@ -243,6 +247,7 @@ func (s *Syncer) listenOnce(ctx context.Context, connected func()) error {
 	}
 	connected()
 	s.reconcileAll(ctx)
+	s.watch().Connected()
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {
@@ -254,13 +259,16 @@ func (s *Syncer) listenOnce(ctx context.Context, connected func()) error {
 		switch n.Channel {
 		case repo.KeyringChannel:
 			s.logger().Info("master key rotation announced; reloading keys")
+			s.watch().KeysChanged() // before the reload too: no sealed value outlives its key
 			s.reloadKeys()
+			s.watch().KeysChanged()
 			s.reconcileAll(ctx)
 		case repo.GenerationChannel:
 			tenant := n.Payload
 			if tenant == "" {
 				continue
 			}
+			s.watch().Changed(tenant)
 			s.Exporter.MarkPending(tenant, s.Exporter.now())
 			s.kick(ctx, tenant)
 		}

@@ -66,6 +66,9 @@ type Service struct {
 	Resolver *resolver.Resolver
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Changed, when set, is told of every deploy once its transaction ended (the
+	// catalogue's cache, which must not serve reference counts from before it).
+	Changed func(tenant string)
 }
 
 func (s *Service) now() time.Time {
@@ -95,6 +98,9 @@ type Result struct {
 // {"set": true} keeps it, and an absent field removes it. A removed node's secrets go.
 func (s *Service) Deploy(ctx context.Context, tenant string, ws *refs.Workspace, ifVersion int64) (*Result, error) {
 	res := &Result{}
+	if s.Changed != nil {
+		defer s.Changed(tenant)
+	}
 	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
 		// The tenant row lock serialises this deploy with every other write of the tenant
 		// (catalogue changes take it first too), so the checks below stay true until commit.

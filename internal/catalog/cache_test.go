@@ -1,0 +1,402 @@
+package catalog_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/loopze/certstore/internal/catalog"
+	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/keyrotation"
+	"github.com/loopze/certstore/internal/logging"
+	"github.com/loopze/certstore/internal/material/materialtest"
+	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/testdb"
+)
+
+// replica is one server's catalogue over a shared database: its own pool, its own cache,
+// its own export loop listening for changes.
+type replica struct {
+	svc   *catalog.Service
+	cache *catalog.Cache
+	watch *recorder
+}
+
+// recorder passes the listener's events on to the cache and lets a test see them, or
+// hold the listener while it is down.
+type recorder struct {
+	cache   *catalog.Cache
+	changed chan string
+	keys    chan struct{}
+
+	mu   sync.Mutex
+	hold chan struct{} // while set, Disconnected waits for it to close
+	down chan struct{} // signalled on Disconnected
+}
+
+func (r *recorder) Changed(tenant string) {
+	r.cache.Changed(tenant)
+	select {
+	case r.changed <- tenant:
+	default:
+	}
+}
+
+func (r *recorder) KeysChanged() {
+	r.cache.KeysChanged()
+	select {
+	case r.keys <- struct{}{}:
+	default:
+	}
+}
+
+func (r *recorder) Connected() { r.cache.Connected() }
+
+func (r *recorder) Disconnected() {
+	r.cache.Disconnected()
+	r.mu.Lock()
+	hold, down := r.hold, r.down
+	r.mu.Unlock()
+	if down != nil {
+		select {
+		case down <- struct{}{}:
+		default:
+		}
+	}
+	if hold != nil {
+		<-hold
+	}
+}
+
+// newReplica starts a replica on url whose master key is in dataDir.
+func newReplica(t *testing.T, url, dataDir string) *replica {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	pool, err := db.Open(ctx, url, logging.Discard())
+	require.NoError(t, err)
+	ring, err := envelope.Load(dataDir, logging.Discard())
+	require.NoError(t, err)
+	cache := &catalog.Cache{}
+	rec := &recorder{cache: cache, changed: make(chan string, 64), keys: make(chan struct{}, 8)}
+	x := &fileexport.Exporter{Pool: pool, Ring: ring, DataDir: t.TempDir()}
+	sy := &fileexport.Syncer{Exporter: x, Watcher: rec, Debounce: time.Millisecond}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = sy.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		rec.mu.Lock()
+		if rec.hold != nil {
+			close(rec.hold)
+			rec.hold = nil
+		}
+		rec.mu.Unlock()
+		cancel()
+		<-done
+		pool.Close()
+	})
+	require.Eventually(t, cache.Serving, 10*time.Second, 5*time.Millisecond, "the listener comes up")
+	return &replica{svc: &catalog.Service{Pool: pool, Ring: ring, Logger: logging.Discard(), Cache: cache}, cache: cache, watch: rec}
+}
+
+// drain forgets the notices heard so far.
+func (r *replica) drain() {
+	for {
+		select {
+		case <-r.watch.changed:
+		default:
+			return
+		}
+	}
+}
+
+// awaitChange waits for the notification of tenant's next change.
+func (r *replica) awaitChange(t *testing.T, tenant string) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case got := <-r.watch.changed:
+			if got == tenant {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("no change notification for %s", tenant)
+		}
+	}
+}
+
+// sneak changes an entry's notes behind the catalogue's back: no generation moves, no
+// notification goes out. Only a read that reaches the database sees it, which tells a
+// cached answer from a fresh one.
+func sneak(t *testing.T, pool *pgxpool.Pool, tenant, id, notes string) {
+	t.Helper()
+	ctx := context.Background()
+	require.NoError(t, db.InTenant(ctx, pool, tenant, func(tx pgx.Tx) error {
+		e, err := repo.GetEntryForUpdate(ctx, tx, tenant, id)
+		if err != nil {
+			return err
+		}
+		e.Notes = notes
+		return repo.UpdateEntry(ctx, tx, e)
+	}))
+}
+
+func notes(t *testing.T, s *catalog.Service, tenant, id string) string {
+	t.Helper()
+	e, err := s.Get(context.Background(), tenant, id)
+	require.NoError(t, err)
+	return e.Notes
+}
+
+func TestCacheServesAndReadsYourWrites(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a := newReplica(t, testdb.URL(t), t.TempDir())
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	_, err := a.svc.Create(ctx, "acme", pairInput("edge", ca.Issue(t, materialtest.Options{})))
+	require.NoError(t, err)
+	a.awaitChange(t, "acme") // its own notification, which empties its cache once
+
+	require.Equal(t, "", notes(t, a.svc, "acme", "edge"))
+	sneak(t, a.svc.Pool, "acme", "edge", "behind its back")
+	require.Equal(t, "", notes(t, a.svc, "acme", "edge"), "an unchanged tenant is answered from the cache")
+	page, _, err := a.svc.List(ctx, "acme", repo.ListFilter{Limit: 10})
+	require.NoError(t, err)
+	require.Len(t, page, 1)
+
+	// Each write is seen by the next read of the replica that made it, with no wait.
+	for _, n := range []string{"one", "two", "three"} {
+		_, err := a.svc.Put(ctx, "acme", catalog.Input{ID: "edge", Notes: ptr(n)}, 0)
+		require.NoError(t, err)
+		require.Equal(t, n, notes(t, a.svc, "acme", "edge"))
+		page, _, err := a.svc.List(ctx, "acme", repo.ListFilter{Limit: 10})
+		require.NoError(t, err)
+		require.Equal(t, n, page[0].Notes)
+	}
+	_, err = a.svc.Create(ctx, "acme", pairInput("second", ca.Issue(t, materialtest.Options{})))
+	require.NoError(t, err)
+	page, _, err = a.svc.List(ctx, "acme", repo.ListFilter{Limit: 10})
+	require.NoError(t, err)
+	require.Len(t, page, 2)
+	found, err := a.svc.Lookup(ctx, "acme", []string{"second", "missing"})
+	require.NoError(t, err)
+	require.Len(t, found, 1)
+	require.NoError(t, a.svc.Delete(ctx, "acme", "second", 0))
+	_, err = a.svc.Get(ctx, "acme", "second")
+	require.ErrorIs(t, err, repo.ErrNotFound)
+	found, err = a.svc.Lookup(ctx, "acme", []string{"second"})
+	require.NoError(t, err)
+	require.Empty(t, found)
+
+	// A value handed out is a copy: changing it changes nothing cached.
+	e, err := a.svc.Get(ctx, "acme", "edge")
+	require.NoError(t, err)
+	e.Notes = "scribbled"
+	require.Equal(t, "three", notes(t, a.svc, "acme", "edge"))
+}
+
+// A change on replica A is served by replica B once the notification reached B, never
+// before A committed it.
+func TestCacheFollowsAnotherReplica(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url, dir := testdb.URL(t), t.TempDir()
+	a, b := newReplica(t, url, dir), newReplica(t, url, dir)
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	b.drain()
+	_, err := a.svc.Create(ctx, "acme", pairInput("edge", ca.Issue(t, materialtest.Options{})))
+	require.NoError(t, err)
+	b.awaitChange(t, "acme")
+	require.Equal(t, "", notes(t, b.svc, "acme", "edge"))
+
+	// A change held uncommitted on A: B answers the committed state, cached or not.
+	held, release, committed := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	go func() {
+		committed <- db.InTenant(ctx, a.svc.Pool, "acme", func(tx pgx.Tx) error {
+			if _, err := repo.BumpGeneration(ctx, tx, "acme"); err != nil {
+				return err
+			}
+			e, err := repo.GetEntryForUpdate(ctx, tx, "acme", "edge")
+			if err != nil {
+				return err
+			}
+			e.Notes = "renewed"
+			if err := repo.UpdateEntry(ctx, tx, e); err != nil {
+				return err
+			}
+			close(held)
+			<-release
+			return nil
+		})
+	}()
+	select {
+	case <-held:
+	case err := <-committed:
+		t.Fatalf("the held change failed: %v", err)
+	}
+	b.drain()
+	for range 3 {
+		require.Equal(t, "", notes(t, b.svc, "acme", "edge"), "not before the commit")
+		refs, total, err := b.svc.References(ctx, "acme", "edge", nil, 10)
+		require.NoError(t, err)
+		require.Empty(t, refs)
+		require.Zero(t, total)
+	}
+	close(release)
+	require.NoError(t, <-committed)
+	b.awaitChange(t, "acme")
+	require.Equal(t, "renewed", notes(t, b.svc, "acme", "edge"), "at once after the notification")
+
+	// Through the catalogue of A, and for every kind of read of B.
+	page, _, err := b.svc.List(ctx, "acme", repo.ListFilter{Limit: 10})
+	require.NoError(t, err)
+	require.Equal(t, "renewed", page[0].Notes)
+	b.drain()
+	_, err = a.svc.Put(ctx, "acme", catalog.Input{ID: "edge", Notes: ptr("again")}, 0)
+	require.NoError(t, err)
+	b.awaitChange(t, "acme")
+	require.Equal(t, "again", notes(t, b.svc, "acme", "edge"))
+	page, _, err = b.svc.List(ctx, "acme", repo.ListFilter{Limit: 10})
+	require.NoError(t, err)
+	require.Equal(t, "again", page[0].Notes)
+}
+
+// While the listening connection is down every read goes to the database; once it is
+// back (and reconciled) the cache serves again.
+func TestCacheBypassedWhileListenerDown(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a := newReplica(t, testdb.URL(t), t.TempDir())
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	_, err := a.svc.Create(ctx, "acme", pairInput("edge", ca.Issue(t, materialtest.Options{})))
+	require.NoError(t, err)
+	a.awaitChange(t, "acme")
+	require.Equal(t, "", notes(t, a.svc, "acme", "edge"))
+
+	hold, down := make(chan struct{}), make(chan struct{}, 1)
+	a.watch.mu.Lock()
+	a.watch.hold, a.watch.down = hold, down
+	a.watch.mu.Unlock()
+	// Cut the listening connection from the server side.
+	_, err = a.svc.Pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE 'LISTEN%'`)
+	require.NoError(t, err)
+	select {
+	case <-down:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the listener did not notice its connection was cut")
+	}
+	require.False(t, a.cache.Serving())
+	sneak(t, a.svc.Pool, "acme", "edge", "while down")
+	require.Equal(t, "while down", notes(t, a.svc, "acme", "edge"), "bypassed while the listener is down")
+	sneak(t, a.svc.Pool, "acme", "edge", "still down")
+	require.Equal(t, "still down", notes(t, a.svc, "acme", "edge"))
+
+	a.watch.mu.Lock()
+	a.watch.hold, a.watch.down = nil, nil
+	a.watch.mu.Unlock()
+	close(hold)
+	require.Eventually(t, a.cache.Serving, 10*time.Second, 5*time.Millisecond, "the listener comes back")
+	require.Equal(t, "still down", notes(t, a.svc, "acme", "edge"))
+	sneak(t, a.svc.Pool, "acme", "edge", "cached again")
+	require.Equal(t, "still down", notes(t, a.svc, "acme", "edge"), "served from the cache once back")
+}
+
+// No cached value survives a delete, a PUT, a restore or a key rotation made elsewhere.
+func TestNoCachedValueSurvivesAChange(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url, dir := testdb.URL(t), t.TempDir()
+	a, b := newReplica(t, url, dir), newReplica(t, url, dir)
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	for _, id := range []string{"edge", "gone"} {
+		b.drain()
+		_, err := a.svc.Create(ctx, "acme", pairInput(id, ca.Issue(t, materialtest.Options{})))
+		require.NoError(t, err)
+		b.awaitChange(t, "acme")
+	}
+	warm := func() {
+		t.Helper()
+		for _, id := range []string{"edge", "gone"} {
+			_, _ = b.svc.Get(ctx, "acme", id)
+		}
+		_, _, err := b.svc.List(ctx, "acme", repo.ListFilter{Limit: 10})
+		require.NoError(t, err)
+		_, err = b.svc.Lookup(ctx, "acme", []string{"edge", "gone"})
+		require.NoError(t, err)
+	}
+	warm()
+
+	b.drain()
+	// PUT.
+	_, err := a.svc.Put(ctx, "acme", catalog.Input{ID: "edge", Notes: ptr("put")}, 0)
+	require.NoError(t, err)
+	b.awaitChange(t, "acme")
+	require.Equal(t, "put", notes(t, b.svc, "acme", "edge"))
+	warm()
+
+	b.drain()
+	// Delete.
+	require.NoError(t, a.svc.Delete(ctx, "acme", "gone", 0))
+	b.awaitChange(t, "acme")
+	_, err = b.svc.Get(ctx, "acme", "gone")
+	require.ErrorIs(t, err, repo.ErrNotFound)
+	page, _, err := b.svc.List(ctx, "acme", repo.ListFilter{Limit: 10})
+	require.NoError(t, err)
+	require.Len(t, page, 1)
+	found, err := b.svc.Lookup(ctx, "acme", []string{"edge", "gone"})
+	require.NoError(t, err)
+	require.Len(t, found, 1)
+	warm()
+
+	// Restore of an earlier file: the restored rows replace the cached ones.
+	x := &fileexport.Exporter{Pool: a.svc.Pool, Ring: a.svc.Ring, DataDir: t.TempDir()}
+	res, err := x.ExportTenant(ctx, "acme", true)
+	require.NoError(t, err)
+	file, err := os.ReadFile(res.Path)
+	require.NoError(t, err)
+	b.drain()
+	_, err = a.svc.Put(ctx, "acme", catalog.Input{ID: "edge", Notes: ptr("after the backup")}, 0)
+	require.NoError(t, err)
+	b.awaitChange(t, "acme")
+	require.Equal(t, "after the backup", notes(t, b.svc, "acme", "edge"))
+	warm()
+	im := &fileexport.Importer{Pool: a.svc.Pool, Ring: a.svc.Ring, Logger: logging.Discard()}
+	b.drain()
+	_, err = im.Import(ctx, file, fileexport.ImportOptions{Tenant: "acme", Replace: true})
+	require.NoError(t, err)
+	b.awaitChange(t, "acme")
+	require.Equal(t, "put", notes(t, b.svc, "acme", "edge"))
+	warm()
+
+	// Key rotation: the sealed material connection init opens is read again, under the
+	// new key.
+	before, err := b.svc.Lookup(ctx, "acme", []string{"edge"})
+	require.NoError(t, err)
+	rot := &keyrotation.Rotator{Pool: a.svc.Pool, DataDir: dir, Logger: logging.Discard(), Settle: time.Millisecond}
+	rep, err := rot.Rotate(ctx)
+	require.NoError(t, err)
+	require.NotEqual(t, before[0].KeyID, rep.NewKeyID)
+	require.Eventually(t, func() bool {
+		after, err := b.svc.Lookup(ctx, "acme", []string{"edge"})
+		return err == nil && len(after) == 1 && after[0].KeyID == rep.NewKeyID
+	}, 10*time.Second, 5*time.Millisecond)
+	after, err := b.svc.Lookup(ctx, "acme", []string{"edge"})
+	require.NoError(t, err)
+	cert, _, err := b.svc.Open(after[0])
+	require.NoError(t, err)
+	require.NotEmpty(t, cert)
+	_, err = os.Stat(filepath.Join(dir, envelope.KeyFile))
+	require.NoError(t, err)
+}
