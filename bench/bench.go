@@ -55,7 +55,15 @@ type bench struct {
 	selectTPS, insertTPS, pgxTPS float64
 	getP99                       time.Duration
 	ourDeployP50                 time.Duration
+
+	// run is the repetition under way (1 to runs); rows collects each one's rows.
+	run   int
+	rows  [][]Row
+	scale bool // the scale scenario's tenants are seeded
 }
+
+// runs is how many times every scenario runs; the table shows the median and the spread.
+const runs = 3
 
 func (b *bench) progress(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
@@ -205,7 +213,7 @@ func since(t time.Time) string { return time.Since(t).Round(10 * time.Millisecon
 
 // add appends a row to the report and echoes it.
 func (b *bench) add(r Row) {
-	b.report.Rows = append(b.report.Rows, r)
+	b.rows[b.run-1] = append(b.rows[b.run-1], r)
 	extra := ""
 	if r.Note != "" {
 		extra = " (" + r.Note + ")"
@@ -233,20 +241,31 @@ func (b *bench) runAll(ctx context.Context) {
 		{"export", b.scenarioExport},
 		{"largest workspace", b.scenarioBigWorkspace},
 		{"scale", b.scenarioScale},
+		{"replicas", b.scenarioReplicas},
 	}
-	for _, st := range steps {
-		if ctx.Err() != nil {
-			return
+	// Every scenario runs three times, its baselines measured again each time, so a row is
+	// the median of three ratios of the same run (and shows their spread) instead of one
+	// draw of a noisy machine.
+	defer func() { b.report.Rows = mergeRuns(b.rows) }()
+	b.rows = make([][]Row, runs)
+	for b.run = 1; b.run <= runs; b.run++ {
+		for _, st := range steps {
+			if ctx.Err() != nil {
+				return
+			}
+			t0 := time.Now()
+			b.progress("%s (run %d of %d) ...", st.name, b.run, runs)
+			if err := st.fn(ctx); err != nil {
+				b.progress("%s failed: %v", st.name, err)
+				b.report.Notes = append(b.report.Notes, fmt.Sprintf("%s (run %d) failed: %v", st.name, b.run, err))
+			}
+			b.progress("%s done in %s", st.name, since(t0))
 		}
-		t0 := time.Now()
-		b.progress("%s ...", st.name)
-		if err := st.fn(ctx); err != nil {
-			b.progress("%s failed: %v", st.name, err)
-			b.report.Notes = append(b.report.Notes, fmt.Sprintf("%s failed: %v", st.name, err))
-		}
-		b.progress("%s done in %s", st.name, since(t0))
 	}
 }
+
+// lastRun reports whether this is the last repetition: profiles are taken only then.
+func (b *bench) lastRun() bool { return b.run == runs }
 
 // finish prints the table and the facts, saves the JSON and profiles what missed.
 func (b *bench) finish() error {

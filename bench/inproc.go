@@ -66,7 +66,7 @@ func (b *bench) exportOp(dir string) (Op, *fileexport.Result) {
 // export subcommand, process start included.
 func (b *bench) scenarioExport(ctx context.Context) error {
 	dir := filepath.Join(b.tmp, "export")
-	if err := os.Mkdir(dir, 0o700); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create export dir: %w", err)
 	}
 	op, last := b.exportOp(dir)

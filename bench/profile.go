@@ -73,6 +73,9 @@ func truncate(s string, n int) string {
 // its `go tool pprof -top` next to the JSON, and prints the top entries.
 // conc is the concurrency of the profiled run (1 for scenarios measured one at a time).
 func (b *bench) profile(ctx context.Context, row Row, name string, conc int, op Op) {
+	if !b.lastRun() {
+		return
+	}
 	if !b.s.Profile || row.Status != statusNotMet || ctx.Err() != nil {
 		return
 	}
@@ -158,6 +161,9 @@ func (b *bench) writeProfiles(w io.Writer) {
 // profileHTTP profiles an HTTP scenario that missed its target through the in-process
 // handler.
 func (b *bench) profileHTTP(ctx context.Context, row Row, name string, conc int, req func(w, i int, rnd *rand.Rand) *http.Request, want int) {
+	if !b.lastRun() {
+		return
+	}
 	if !b.s.Profile || row.Status != statusNotMet {
 		return
 	}

@@ -36,6 +36,63 @@ type Row struct {
 	Target   string  `json:"target"`
 	Status   string  `json:"status"`
 	Note     string  `json:"note,omitempty"`
+	// Runs is how many runs the row is the median of; Spread is their lowest and highest
+	// figure (the ratio, or the p99 of rows without one).
+	Runs   int    `json:"runs,omitempty"`
+	Spread string `json:"spread,omitempty"`
+}
+
+// figure is what a row is ranked by across runs: its ratio, else its p99.
+func (r Row) figure() float64 {
+	if r.Ratio != 0 {
+		return r.Ratio
+	}
+	return float64(r.P99)
+}
+
+func (r Row) fmtFigure(v float64) string {
+	if r.Ratio != 0 {
+		return fmtRatio(v)
+	}
+	return fmtDur(time.Duration(v))
+}
+
+// mergeRuns turns the rows of several runs into one row per scenario, in the order they
+// first appear: the run whose figure is the median (its status and note with it), and
+// the spread of the figure over the runs.
+func mergeRuns(runs [][]Row) []Row {
+	var (
+		order  []string
+		byName = map[string][]Row{}
+	)
+	for _, rows := range runs {
+		for _, r := range rows {
+			if _, ok := byName[r.Scenario]; !ok {
+				order = append(order, r.Scenario)
+			}
+			byName[r.Scenario] = append(byName[r.Scenario], r)
+		}
+	}
+	out := make([]Row, 0, len(order))
+	for _, name := range order {
+		rows := byName[name]
+		slices.SortStableFunc(rows, func(a, b Row) int {
+			switch fa, fb := a.figure(), b.figure(); {
+			case fa < fb:
+				return -1
+			case fa > fb:
+				return 1
+			}
+			return 0
+		})
+		m := rows[(len(rows)-1)/2]
+		m.Runs = len(rows)
+		if len(rows) > 1 && (rows[0].figure() != 0 || rows[len(rows)-1].figure() != 0) {
+			m.Spread = rows[0].fmtFigure(rows[0].figure()) + " - " + rows[0].fmtFigure(rows[len(rows)-1].figure())
+		}
+		out = append(out, m)
+	}
+	return out
 }
 
 // Millis is a duration that marshals as fractional milliseconds, the unit of the JSON.
@@ -118,7 +175,7 @@ func fmtRatio(r float64) string {
 // one, numbered, so the table itself stays narrow.
 func WriteTable(w io.Writer, rows []Row) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "scenario\tthroughput\tp50\tp99\tbaseline\tratio\ttarget\tmet")
+	fmt.Fprintln(tw, "scenario\tthroughput\tp50\tp99\tbaseline\tratio (median)\tspread\ttarget\tmet")
 	var notes []string
 	for _, r := range rows {
 		status := r.Status
@@ -126,8 +183,8 @@ func WriteTable(w io.Writer, rows []Row) error {
 			notes = append(notes, r.Note)
 			status = fmt.Sprintf("%s [%d]", status, len(notes))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Scenario, fmtRate(r.Throughput),
-			fmtDur(time.Duration(r.P50)), fmtDur(time.Duration(r.P99)), dash(r.Baseline), fmtRatio(r.Ratio), r.Target, status)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Scenario, fmtRate(r.Throughput),
+			fmtDur(time.Duration(r.P50)), fmtDur(time.Duration(r.P99)), dash(r.Baseline), fmtRatio(r.Ratio), dash(r.Spread), r.Target, status)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -143,11 +200,11 @@ func WriteTable(w io.Writer, rows []Row) error {
 // WriteMarkdown prints the rows as a Markdown table, for docs/performance.md.
 func WriteMarkdown(w io.Writer, rows []Row) error {
 	var b strings.Builder
-	b.WriteString("| scenario | throughput | p50 | p99 | baseline | ratio | target | met |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| scenario | throughput | p50 | p99 | baseline | ratio (median) | spread | target | met |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Scenario, fmtRate(r.Throughput),
-			fmtDur(time.Duration(r.P50)), fmtDur(time.Duration(r.P99)), dash(r.Baseline), fmtRatio(r.Ratio),
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Scenario, fmtRate(r.Throughput),
+			fmtDur(time.Duration(r.P50)), fmtDur(time.Duration(r.P99)), dash(r.Baseline), fmtRatio(r.Ratio), dash(r.Spread),
 			strings.ReplaceAll(r.Target, "|", `\|`), r.Status)
 	}
 	_, err := io.WriteString(w, b.String())

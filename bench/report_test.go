@@ -53,7 +53,7 @@ func TestWriteTable(t *testing.T) {
 
 	var md strings.Builder
 	require.NoError(t, WriteMarkdown(&md, rows))
-	require.Contains(t, md.String(), "| GET by id | 3000/s | 2.00ms | 9.00ms | pgbench -S 9000/s | 0.33 | >= 0.35 x baseline | NOT MET |")
+	require.Contains(t, md.String(), "| GET by id | 3000/s | 2.00ms | 9.00ms | pgbench -S 9000/s | 0.33 | - | >= 0.35 x baseline | NOT MET |")
 }
 
 func TestSaveJSON(t *testing.T) {
@@ -78,4 +78,28 @@ func TestTopLines(t *testing.T) {
 	t.Parallel()
 	out := []byte("File: bench\nType: cpu\nDuration: 1s\n      flat  flat%\n a\n b\n c\n")
 	require.Equal(t, "Duration: 1s\n      flat  flat%\n a\n b\n", topLines(out, 2))
+}
+
+// Three runs of a row become their median, with the spread; a row of one run stays as it is.
+func TestMergeRuns(t *testing.T) {
+	t.Parallel()
+	get := func(ratio float64, status string) Row {
+		return Row{Scenario: "GET", Ratio: ratio, Status: status}
+	}
+	lag := func(p99 time.Duration) Row { return Row{Scenario: "lag", P99: Millis(p99)} }
+	rows := mergeRuns([][]Row{
+		{get(0.30, statusNotMet), lag(3 * time.Millisecond)},
+		{get(0.50, statusMet), lag(time.Millisecond), {Scenario: "once", Status: statusSkipped}},
+		{get(0.40, statusMet), lag(2 * time.Millisecond)},
+	})
+	require.Len(t, rows, 3)
+	require.Equal(t, "GET", rows[0].Scenario)
+	require.InDelta(t, 0.40, rows[0].Ratio, 1e-9)
+	require.Equal(t, statusMet, rows[0].Status)
+	require.Equal(t, 3, rows[0].Runs)
+	require.Equal(t, "0.30 - 0.50", rows[0].Spread)
+	require.Equal(t, Millis(2*time.Millisecond), rows[1].P99)
+	require.Equal(t, "1.00ms - 3.00ms", rows[1].Spread)
+	require.Equal(t, "once", rows[2].Scenario)
+	require.Empty(t, rows[2].Spread)
 }

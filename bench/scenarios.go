@@ -181,7 +181,7 @@ func (b *bench) scenarioPost(ctx context.Context) error {
 	go func() { defer close(lagDone); lag.run(lagCtx) }()
 	req := func(prefix string) func(w, i int, _ *rand.Rand) *http.Request {
 		return func(w, i int, _ *rand.Rand) *http.Request {
-			id := fmt.Sprintf("%s%d-%07d", prefix, w, i)
+			id := fmt.Sprintf("%s%d-%d-%07d", prefix, b.run, w, i)
 			return b.request(http.MethodPost, "/api/v1/certs", tenantPost+"/editor", b.postBody(id, i))
 		}
 	}
