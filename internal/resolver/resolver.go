@@ -67,7 +67,8 @@ type Resolver struct {
 	// Wait pauses for d or until ctx ends; nil uses a timer. Tests hook the rotation in here.
 	Wait func(ctx context.Context, d time.Duration) error
 
-	// parsed caches the material of stored inline entries by (tenant, ID, version): every
+	// parsed caches the material of stored inline entries by (tenant, ID, version, sealed
+	// tags): every
 	// change moves the version, so an entry is decrypted and parsed once per version, not
 	// once per connection. File material is never cached.
 	mu     sync.Mutex
@@ -97,6 +98,15 @@ func nextBoundary(m *material.Material, now time.Time) time.Time {
 type inlineKey struct {
 	tenant, id string
 	version    int64
+	// sealed is the tail (the GCM tags) of the sealed certificate and key: a restore
+	// brings rows back at versions already seen, but never with the same sealed bytes.
+	sealed string
+}
+
+// sealedTail identifies an entry's sealed material by the last bytes of each part.
+func sealedTail(e *repo.Entry) string {
+	tail := func(b []byte) []byte { return b[max(0, len(b)-16):] }
+	return string(tail(e.CertSealed)) + "\x00" + string(tail(e.KeySealed))
 }
 
 // maxParsed bounds the inline cache; when full, an arbitrary entry makes room, so a
@@ -104,7 +114,7 @@ type inlineKey struct {
 const maxParsed = 16384
 
 func (r *Resolver) inline(tenant string, e *repo.Entry, k material.Kind) (*material.Material, error) {
-	key := inlineKey{tenant, e.ID, e.Version}
+	key := inlineKey{tenant, e.ID, e.Version, sealedTail(e)}
 	now := r.now()
 	r.mu.Lock()
 	pe, ok := r.parsed[key]
