@@ -68,9 +68,8 @@ type Resolver struct {
 	Wait func(ctx context.Context, d time.Duration) error
 
 	// parsed caches the material of stored inline entries by (tenant, ID, version, sealed
-	// tags): every
-	// change moves the version, so an entry is decrypted and parsed once per version, not
-	// once per connection. File material is never cached.
+	// tags): every change moves the version, so an entry is decrypted and parsed once per
+	// version, not once per connection. File material is never cached.
 	mu     sync.Mutex
 	parsed map[inlineKey]parsedEntry
 }
