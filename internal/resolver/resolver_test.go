@@ -115,3 +115,30 @@ func TestResolverFromAnEntriesSource(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "c", leafCN(t, cfg))
 }
+
+// A restore brings an entry back at a version already seen, with other material: it is
+// parsed again, since its sealed bytes are not those of the cached version.
+func TestResolverParsesARestoredEntryAgain(t *testing.T) {
+	t.Parallel()
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	a, b := ca.Issue(t, materialtest.Options{CommonName: "before"}), ca.Issue(t, materialtest.Options{CommonName: "restored"})
+	src := &memEntries{
+		entries: map[string]*repo.Entry{"acme/pair": {TenantID: "acme", ID: "pair", Type: material.ClientPair, Source: "inline",
+			Version: 1, CertSealed: []byte("sealed certificate, first tag....."), KeySealed: []byte("sealed key, first tag.....")}},
+		pem: map[string][2]secret.PEM{"acme/pair": {secret.PEM(a.ChainPEM()), secret.PEM(a.KeyPEM())}},
+	}
+	r := &resolver.Resolver{Entries: src, Logger: logging.Discard()}
+	ctx := context.Background()
+	block := &refs.TLS{ClientCert: refs.PartSpec{Ref: "pair"}}
+	cfg, err := r.BuildTLSConfig(ctx, "acme", block)
+	require.NoError(t, err)
+	require.Equal(t, "before", leafCN(t, cfg))
+
+	src.entries["acme/pair"] = &repo.Entry{TenantID: "acme", ID: "pair", Type: material.ClientPair, Source: "inline",
+		Version: 1, CertSealed: []byte("sealed certificate, other tag....."), KeySealed: []byte("sealed key, other tag.....")}
+	src.pem["acme/pair"] = [2]secret.PEM{secret.PEM(b.ChainPEM()), secret.PEM(b.KeyPEM())}
+	cfg, err = r.BuildTLSConfig(ctx, "acme", block)
+	require.NoError(t, err)
+	require.Equal(t, "restored", leafCN(t, cfg))
+	require.Equal(t, 2, src.opened)
+}
