@@ -2,6 +2,7 @@ package catalog_test
 
 import (
 	"context"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/loopze/certstore/internal/apitest"
 	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
@@ -399,4 +401,57 @@ func TestNoCachedValueSurvivesAChange(t *testing.T) {
 	require.NotEmpty(t, cert)
 	_, err = os.Stat(filepath.Join(dir, envelope.KeyFile))
 	require.NoError(t, err)
+}
+
+// Over HTTP, with the server's cache on: a client sees its own PUT, deploy and DELETE at
+// once, in GET, the list, the reference count and the refusal of a delete.
+func TestCacheOverHTTP(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	cache := &catalog.Cache{}
+	env.Catalog.Cache = cache
+	env.Workspace.Changed = cache.Changed
+	ctx, cancel := context.WithCancel(context.Background())
+	sy := &fileexport.Syncer{Exporter: &fileexport.Exporter{Pool: env.Pool, Ring: env.Ring, DataDir: t.TempDir()}, Watcher: cache}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = sy.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	require.Eventually(t, cache.Serving, 10*time.Second, 5*time.Millisecond)
+
+	tok := env.Token(t, "acme", "admin")
+	do := func(method, path string, body any) *apitest.Response {
+		t.Helper()
+		return env.Do(t, apitest.Request{Method: method, Path: path, Token: tok, Body: body})
+	}
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	res := do(http.MethodPost, "/api/v1/certs", map[string]any{"id": "root", "name": "root", "type": "ca-bundle",
+		"source": "inline", "certPem": string(ca.CertPEM())})
+	require.Equal(t, http.StatusCreated, res.Status, "%s", res.Body)
+
+	for _, n := range []string{"one", "two"} {
+		require.Equal(t, http.StatusOK, do(http.MethodGet, "/api/v1/certs/root", nil).Status)
+		res = do(http.MethodPut, "/api/v1/certs/root", map[string]any{"notes": n})
+		require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+		require.Equal(t, n, do(http.MethodGet, "/api/v1/certs/root", nil).JSON(t)["notes"])
+		items := do(http.MethodGet, "/api/v1/certs?limit=10", nil).JSON(t)["items"].([]any)
+		require.Equal(t, n, items[0].(map[string]any)["notes"])
+	}
+
+	refs := func() float64 {
+		t.Helper()
+		res := do(http.MethodGet, "/api/v1/certs/root/references", nil)
+		require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+		return res.JSON(t)["total"].(float64)
+	}
+	require.Zero(t, refs())
+	res = do(http.MethodPut, "/api/v1/flows", []byte(`{"flows":[{"id":"f1","nodes":[{"id":"n1","type":"tcp-out","tls":{"caBundleRef":"root"}}]}]}`))
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+	require.EqualValues(t, 1, refs(), "a deploy is seen at once by the replica that made it")
+	require.Equal(t, http.StatusConflict, do(http.MethodDelete, "/api/v1/certs/root", nil).Status)
+	res = do(http.MethodPut, "/api/v1/flows", []byte(`{"flows":[]}`))
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+	require.Zero(t, refs())
+	require.Equal(t, http.StatusNoContent, do(http.MethodDelete, "/api/v1/certs/root", nil).Status)
+	require.Equal(t, http.StatusNotFound, do(http.MethodGet, "/api/v1/certs/root", nil).Status)
+	require.Empty(t, do(http.MethodGet, "/api/v1/certs?limit=10", nil).JSON(t)["items"])
 }
