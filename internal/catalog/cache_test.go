@@ -80,7 +80,7 @@ func (r *recorder) Disconnected() {
 }
 
 // newReplica starts a replica on url whose master key is in dataDir.
-func newReplica(t *testing.T, url, dataDir string) *replica {
+func newReplica(t testing.TB, url, dataDir string) *replica {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pool, err := db.Open(ctx, url, logging.Discard())
@@ -123,7 +123,7 @@ func (r *replica) drain() {
 }
 
 // awaitChange waits for the notification of tenant's next change.
-func (r *replica) awaitChange(t *testing.T, tenant string) {
+func (r *replica) awaitChange(t testing.TB, tenant string) {
 	t.Helper()
 	timeout := time.After(10 * time.Second)
 	for {

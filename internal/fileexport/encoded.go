@@ -15,9 +15,9 @@ import (
 )
 
 // DefaultEncodedCacheBytes bounds the memory of an Exporter's cache of encoded entries and
-// node credentials unless Exporter.EncodedCacheBytes says otherwise. 64 MiB holds a tenant
-// of about 30,000 inline pairs.
-const DefaultEncodedCacheBytes = 64 << 20
+// node credentials unless Exporter.EncodedCacheBytes says otherwise. 32 MiB holds a tenant
+// of about 15,000 inline pairs (an encoded pair is about 2 KiB).
+const DefaultEncodedCacheBytes = 32 << 20
 
 // encodedCache remembers the JSON form each entry and node credential takes inside a
 // document, keyed by where it lives and checked against a stamp of the row it came from, so
