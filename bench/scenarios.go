@@ -72,7 +72,11 @@ func joinNote(a, b string) string {
 // say "not available".
 func (b *bench) baselines(ctx context.Context) error {
 	var errs []error
+	// A baseline that fails in this run leaves its rows without one, never with another
+	// run's.
+	b.selectTPS, b.insertTPS, b.pgxTPS = 0, 0, 0
 	record := func(bl Baseline, err error, into *float64) {
+		bl.Name = fmt.Sprintf("%s (run %d)", bl.Name, b.run)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", bl.Name, err))
 			return
