@@ -382,6 +382,14 @@ func TestNoCachedValueSurvivesAChange(t *testing.T) {
 	require.Equal(t, "put", notes(t, b.svc, "acme", "edge"))
 	warm()
 
+	// Restore of an earlier version from the entry's history.
+	b.drain()
+	_, err = a.svc.Restore(ctx, "acme", "edge", 1, 0)
+	require.NoError(t, err)
+	b.awaitChange(t, "acme")
+	require.Equal(t, "", notes(t, b.svc, "acme", "edge"), "the first version had no notes")
+	warm()
+
 	// Key rotation: the sealed material connection init opens is read again, under the
 	// new key.
 	before, err := b.svc.Lookup(ctx, "acme", []string{"edge"})
