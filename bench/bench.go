@@ -229,6 +229,7 @@ func (b *bench) runAll(ctx context.Context) {
 		name string
 		fn   func(context.Context) error
 	}{
+		{"largest workspace", b.scenarioBigWorkspace},
 		{"baselines", b.baselines},
 		{"GET by ID", b.scenarioGet},
 		{"GET list", b.scenarioList},
@@ -239,7 +240,6 @@ func (b *bench) runAll(ctx context.Context) {
 		{"workspace deploy", b.scenarioDeploy},
 		{"Node-RED deploy", b.scenarioNodeRED},
 		{"export", b.scenarioExport},
-		{"largest workspace", b.scenarioBigWorkspace},
 		{"scale", b.scenarioScale},
 		{"replicas", b.scenarioReplicas},
 	}
