@@ -19,7 +19,7 @@ const promisesDoc = "docs/operator-promises.md"
 
 // testRef is how the document names a test: the package directory from the module root
 // ("." for the root package), a slash, the test function ("internal/api/TestCreateRules").
-var testRef = regexp.MustCompile("`((?:\\.|[a-z0-9_]+(?:/[a-z0-9_]+)*)/(Test[A-Za-z0-9_]*))`")
+var testRef = regexp.MustCompile("`(\\.|[a-z0-9_]+(?:/[a-z0-9_]+)*)/(Test[A-Za-z0-9_]*)`")
 
 // noTest marks a promise that has no test, with the reason after it.
 const noTest = "No test:"
@@ -51,7 +51,7 @@ func TestOperatorPromisesNameExistingTests(t *testing.T) {
 			if tests[dir] == nil {
 				tests[dir] = testFuncs(t, dir)
 			}
-			require.True(t, tests[dir][name], "%s:%d: %s names %s, which is not a test function in %s", promisesDoc, line, m[1]+"/"+name, name, dir)
+			require.True(t, tests[dir][name], "%s:%d: %s/%s: no such test function in %s", promisesDoc, line, dir, name, dir)
 			named++
 		}
 	}
