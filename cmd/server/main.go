@@ -96,7 +96,7 @@ func usage(w io.Writer) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-12s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintln(w, "\nRun 'loopze-certs COMMAND -h' for a command's flags. Every flag mirrors a LOOPZE_* variable.")
+	fmt.Fprintln(w, "\nRun 'loopze-certs COMMAND -h' for a command's flags. Server flags mirror LOOPZE_* variables.")
 }
 
 func runVersion(_ context.Context, env *environ, _ []string) error {

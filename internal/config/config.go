@@ -1,7 +1,7 @@
 // Package config owns the service configuration: one struct, read from LOOPZE_* environment
 // variables with defaults that work on a laptop, overridable by command-line flags that
-// mirror the variables. It is built once in main and passed down; nothing reads the
-// environment behind its back.
+// mirror every variable but the secrets (a flag would show them in the process list). It
+// is built once in main and passed down; nothing reads the environment behind its back.
 package config
 
 import (
@@ -96,12 +96,6 @@ const (
 
 // FromEnv reads the configuration from getenv (os.Getenv in main, a map in tests).
 func FromEnv(getenv func(string) string) Config {
-	var origins []string
-	for o := range strings.SplitSeq(getenv(EnvAllowedOrigins), ",") {
-		if o = strings.TrimSpace(o); o != "" {
-			origins = append(origins, o)
-		}
-	}
 	return Config{
 		Addr:              cmp.Or(getenv(EnvAddr), DefaultAddr),
 		DataDir:           cmp.Or(getenv(EnvDataDir), DefaultDataDir),
@@ -115,7 +109,7 @@ func FromEnv(getenv func(string) string) Config {
 		JWTPublicKeys:     getenv(EnvJWTPublicKeys),
 		JWTIssuer:         getenv(EnvJWTIssuer),
 		JWTAudience:       getenv(EnvJWTAudience),
-		AllowedOrigins:    origins,
+		AllowedOrigins:    splitOrigins(getenv(EnvAllowedOrigins)),
 		SecureCookies:     getenv(EnvSecureCookies) == "true" || getenv(EnvSecureCookies) == "1",
 		MetricsToken:      secret.String(getenv(EnvMetricsToken)),
 		MetricsAddr:       getenv(EnvMetricsAddr),
@@ -137,6 +131,17 @@ func positive(s string, def int) int {
 	return n
 }
 
+// splitOrigins reads a ','-separated list of origins, skipping blanks.
+func splitOrigins(s string) []string {
+	var origins []string
+	for o := range strings.SplitSeq(s, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			origins = append(origins, o)
+		}
+	}
+	return origins
+}
+
 // RegisterFlags adds flags mirroring the environment to fs, with c's values as defaults, so
 // a flag overrides the variable and the variable overrides the built-in default.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
@@ -154,6 +159,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "separate listen address for /metrics; empty serves it on --addr ("+EnvMetricsAddr+")")
 	fs.IntVar(&c.HistoryKeep, "history-keep", c.HistoryKeep, "versions each entry keeps ("+EnvHistoryKeep+")")
 	fs.IntVar(&c.HistoryDays, "history-days", c.HistoryDays, "days a deleted entry's history stays ("+EnvHistoryDays+")")
+	fs.Func("allowed-origins", "extra origins allowed to make cookie-authenticated writes, ','-separated ("+EnvAllowedOrigins+")", func(s string) error {
+		c.AllowedOrigins = splitOrigins(s)
+		return nil
+	})
 	fs.BoolVar(&c.SecureCookies, "secure-cookies", c.SecureCookies, "mark the session cookie Secure behind a TLS-terminating proxy ("+EnvSecureCookies+")")
 }
 

@@ -1,6 +1,8 @@
 package config_test
 
 import (
+	"flag"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -98,4 +100,32 @@ func TestHistoryRetention(t *testing.T) {
 			require.Contains(t, err.Error(), k)
 		}
 	}
+}
+
+// TestEveryVariableButTheSecretsHasAFlag holds the README's promise: each setting has a
+// flag named after its variable that wins over it, except the two secrets.
+func TestEveryVariableButTheSecretsHasAFlag(t *testing.T) {
+	t.Parallel()
+	c := config.FromEnv(env(map[string]string{"LOOPZE_ALLOWED_ORIGINS": "https://env.example", "LOOPZE_ADDR": "0.0.0.0:9000"}))
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	c.RegisterFlags(fs)
+	byVariable := map[string]string{}
+	fs.VisitAll(func(f *flag.Flag) {
+		if i := strings.LastIndex(f.Usage, "(LOOPZE_"); i >= 0 {
+			byVariable[strings.TrimSuffix(f.Usage[i+1:], ")")] = f.Name
+		}
+	})
+	require.Equal(t, map[string]string{
+		config.EnvAddr: "addr", config.EnvDataDir: "data-dir", config.EnvDatabaseURL: "database-url",
+		config.EnvLogFormat: "log-format", config.EnvLogLevel: "log-level", config.EnvFileRoots: "file-roots",
+		config.EnvJWTPublicKeys: "jwt-public-keys", config.EnvJWTIssuer: "jwt-issuer", config.EnvJWTAudience: "jwt-audience",
+		config.EnvAllowedOrigins: "allowed-origins", config.EnvSecureCookies: "secure-cookies",
+		config.EnvMetricsAddr: "metrics-addr", config.EnvListenURL: "listen-database-url", config.EnvPooler: "database-pooler",
+		config.EnvHistoryKeep: "history-keep", config.EnvHistoryDays: "history-days",
+	}, byVariable, "every variable but LOOPZE_JWT_SECRET and LOOPZE_METRICS_TOKEN")
+
+	require.NoError(t, fs.Parse([]string{"--allowed-origins", "https://a.example, https://b.example", "--log-level", "debug"}))
+	require.Equal(t, []string{"https://a.example", "https://b.example"}, c.AllowedOrigins)
+	require.Equal(t, "debug", c.LogLevel)
+	require.Equal(t, "0.0.0.0:9000", c.Addr, "a variable without its flag keeps the variable's value")
 }
