@@ -3,7 +3,10 @@ package certstore_test
 import (
 	"go/parser"
 	"go/token"
+	"io/fs"
+	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -45,4 +48,38 @@ func TestDomainPackagesDoNotImportHTTP(t *testing.T) {
 		}
 	}
 	require.Positive(t, checked, "none of the domain packages is where this test looks")
+}
+
+// TestDocsNameEveryPackage keeps the README's layout and ARCHITECTURE.md's code map
+// complete: every directory holding a Go package is named in both.
+func TestDocsNameEveryPackage(t *testing.T) {
+	t.Parallel()
+	var dirs []string
+	err := filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			name := d.Name()
+			if path != "." && (strings.HasPrefix(name, ".") || name == "data" || name == "testdata" || name == "node_modules") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if path != filepath.Base(path) && strings.HasSuffix(path, ".go") && !strings.HasSuffix(path, "_test.go") {
+			if dir := filepath.ToSlash(filepath.Dir(path)); !slices.Contains(dirs, dir) {
+				dirs = append(dirs, dir)
+			}
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	require.NotEmpty(t, dirs)
+	for _, doc := range []string{"README.md", "ARCHITECTURE.md"} {
+		text, err := os.ReadFile(doc)
+		require.NoError(t, err)
+		for _, dir := range dirs {
+			require.True(t, strings.Contains(string(text), "`"+dir), "%s does not name the package %s", doc, dir)
+		}
+	}
 }
