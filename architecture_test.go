@@ -18,7 +18,7 @@ import (
 // internal/api maps them to status codes. A package listed here that does not exist (it
 // moved or merged) is skipped; a new domain package belongs in the list.
 var domainPackages = []string{
-	"internal/catalog", "internal/workspace", "internal/refs", "internal/material",
+	"internal/catalog", "internal/workspace", "internal/refs", "internal/resolver", "internal/material",
 	"internal/envelope", "internal/sealing", "internal/durable", "internal/secret",
 	"internal/repo", "internal/db", "internal/fileexport", "internal/keyrotation",
 	"internal/doctor", "internal/opcua", "internal/config", "internal/logging",
