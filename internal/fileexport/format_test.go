@@ -199,7 +199,7 @@ func TestWriteAtomic(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "tenants", "acme")
 	path := filepath.Join(dir, FileName)
 	require.NoError(t, WriteAtomic(path, []byte("one")))
-	require.NoError(t, os.WriteFile(path, []byte("one"), 0o644)) // loosened by someone
+	require.NoError(t, os.Chmod(path, 0o644)) // loosened by someone: os.WriteFile would keep the mode
 	require.NoError(t, WriteAtomic(path, []byte("two")))
 	got, err := os.ReadFile(path)
 	require.NoError(t, err)
