@@ -1,8 +1,8 @@
 // Package api is the HTTP face of the certificate store: the Huma v2 operations of
 // /api/v1, authentication and roles, the mapping of domain errors to HTTP, request logging
-// and panic recovery, and health endpoints. It mounts the web UI (internal/web) and
-// /metrics on the same mux. Register is the single source of truth for API routes; the
-// OpenAPI file in openapi/ is generated from it.
+// and panic recovery, and health endpoints. It mounts the web UI (internal/web) on the
+// same mux, and /metrics there or on a listener of its own. Register is the single source
+// of truth for API routes; the OpenAPI file in openapi/ is generated from it.
 package api
 
 import (
