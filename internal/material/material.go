@@ -1,7 +1,8 @@
 // Package material validates the TLS material of a certificate-store entry and derives its
 // metadata. It owns the rules for what a CA bundle, a client pair and a server pair may
-// contain, the parsing of PEM certificates and private keys, and the reading of material
-// files under the optional LOOPZE_FILE_ROOTS confinement. It touches neither the database
+// contain, the decoding of every accepted encoding (PEM, DER, PKCS#12, encrypted keys) into
+// the PEM that is stored, and the reading of material files under LOOPZE_FILE_ROOTS
+// (optional for the default tenant, required for any other). It touches neither the database
 // nor HTTP: the API, TLS resolution at connection init and restore all call it alike.
 //
 // Material holds private keys. Nothing in this package prints PEM or key bytes: issues and
