@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"fmt"
 	"math"
 	"net/http"
 	"net/url"
@@ -88,8 +87,8 @@ func problems(issues []material.Issue) []Problem {
 type CertBody struct {
 	ID       string  `json:"id" maxLength:"64" doc:"Slug ^[a-z0-9][a-z0-9_-]{0,63}$, unique in the tenant, immutable" example:"internal-root-ca"`
 	Name     *string `json:"name,omitempty" maxLength:"200" doc:"Free text, required on create" example:"Internal Root CA"`
-	Type     *string `json:"type,omitempty" doc:"ca-bundle, client-pair or server-pair; required on create" example:"ca-bundle"`
-	Source   *string `json:"source,omitempty" doc:"inline or file; required on create" example:"inline"`
+	Type     *string `json:"type,omitempty" enum:"ca-bundle,client-pair,server-pair" doc:"Required on create" example:"ca-bundle"`
+	Source   *string `json:"source,omitempty" enum:"inline,file" doc:"Required on create" example:"inline"`
 	Notes    *string `json:"notes,omitempty" maxLength:"4000" doc:"Free text, shown in lists"`
 	CertPEM  *string `json:"certPem,omitempty" maxLength:"262144" doc:"Inline: PEM certificates, leaf first, then chain; a ca-bundle may hold many CAs" example:"-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----"`
 	KeyPEM   *string `json:"keyPem,omitempty" maxLength:"262144" doc:"Inline pairs: the PEM private key (PKCS#1, PKCS#8 or SEC1; RSA, ECDSA or Ed25519; not encrypted)"`
@@ -110,12 +109,26 @@ func (b *CertBody) input() catalog.Input {
 	return in
 }
 
+// ValidateBody is CertBody for a validation, where the ID is checked only when given.
+type ValidateBody struct {
+	ID       *string `json:"id,omitempty" maxLength:"64" doc:"Checked when given, as create would" example:"internal-root-ca"`
+	Name     *string `json:"name,omitempty" maxLength:"200" example:"Internal Root CA"`
+	Type     *string `json:"type,omitempty" enum:"ca-bundle,client-pair,server-pair" example:"ca-bundle"`
+	Source   *string `json:"source,omitempty" enum:"inline,file" example:"inline"`
+	Notes    *string `json:"notes,omitempty" maxLength:"4000"`
+	CertPEM  *string `json:"certPem,omitempty" maxLength:"262144"`
+	KeyPEM   *string `json:"keyPem,omitempty" maxLength:"262144"`
+	CertPath *string `json:"certPath,omitempty" maxLength:"4096"`
+	KeyPath  *string `json:"keyPath,omitempty" maxLength:"4096"`
+	CertEncodings
+}
+
 // CertPutBody is CertBody for PUT, where the ID comes from the path and every field is optional.
 type CertPutBody struct {
 	ID       string  `json:"id,omitempty" maxLength:"64" doc:"When given, must equal the ID in the path: IDs are immutable"`
 	Name     *string `json:"name,omitempty" maxLength:"200" doc:"Omitted keeps the stored name"`
-	Type     *string `json:"type,omitempty" doc:"Omitted keeps the stored type; refused with 409 while the entry is referenced"`
-	Source   *string `json:"source,omitempty" doc:"Omitted keeps the stored source; a change needs new material"`
+	Type     *string `json:"type,omitempty" enum:"ca-bundle,client-pair,server-pair" doc:"Omitted keeps the stored type; refused with 409 while the entry is referenced"`
+	Source   *string `json:"source,omitempty" enum:"inline,file" doc:"Omitted keeps the stored source; a change needs new material"`
 	Notes    *string `json:"notes,omitempty" maxLength:"4000" doc:"Omitted keeps the stored notes"`
 	CertPEM  *string `json:"certPem,omitempty" maxLength:"262144" doc:"New certificate PEM; omitted keeps the stored material"`
 	KeyPEM   *string `json:"keyPem,omitempty" maxLength:"262144" doc:"New key PEM; omitted keeps the stored key"`
@@ -141,22 +154,6 @@ type CertSavedOutput struct {
 		Warnings     []Problem        `json:"warnings" doc:"Problems that did not stop the save: expired, not yet valid, broken chain, weak key, non-CA in a bundle"`
 		Verification *VerificationOut `json:"verification,omitempty" doc:"With verifyWith: whether the pair chains to that ca-bundle"`
 	}
-}
-
-func etag(version int64) string { return fmt.Sprintf(`"%d"`, version) }
-
-// parseIfMatch reads an If-Match header: "" or "*" means no condition.
-func parseIfMatch(h string) (int64, error) {
-	if h == "" || h == "*" {
-		return 0, nil
-	}
-	var v int64
-	if _, err := fmt.Sscanf(h, `"%d"`, &v); err != nil || v <= 0 {
-		if _, err2 := fmt.Sscanf(h, `W/"%d"`, &v); err2 != nil || v <= 0 {
-			return 0, newError(http.StatusBadRequest, `If-Match must be an ETag of this API, like "3"`)
-		}
-	}
-	return v, nil
 }
 
 func (s *Server) saved(res *catalog.Result) *CertSavedOutput {
@@ -224,7 +221,7 @@ type ReferencesOutput struct {
 type ValidateOutput struct {
 	Body struct {
 		Valid        bool             `json:"valid"`
-		Metadata     *Metadata        `json:"metadata" doc:"Derived from the leaf certificate; null when invalid"`
+		Metadata     *Metadata        `json:"metadata,omitempty" doc:"Derived from the leaf certificate; absent when invalid"`
 		Warnings     []Problem        `json:"warnings"`
 		Errors       []Problem        `json:"errors"`
 		Verification *VerificationOut `json:"verification,omitempty" doc:"With verifyWith: whether the pair chains to that ca-bundle"`
@@ -346,7 +343,7 @@ func registerCerts(api huma.API, s *Server) {
 			return nil, newError(http.StatusUnprocessableEntity, "the entry is not valid",
 				&ErrorDetail{Location: "body.id", Message: "IDs are immutable: the body's id must equal the path's (" + in.ID + ")"})
 		}
-		ifMatch, err := parseIfMatch(in.IfMatch)
+		ifMatch, err := parseEntryIfMatch(in.IfMatch)
 		if err != nil {
 			return nil, err
 		}
@@ -363,6 +360,15 @@ func registerCerts(api huma.API, s *Server) {
 		return s.saved(res), nil
 	})
 
+	// The PUT that creates answers 201 with Location: document it beside the 200.
+	if op := api.OpenAPI().Paths[certsPath+"/{id}"].Put; op != nil {
+		if ok := op.Responses["200"]; ok != nil {
+			created := *ok
+			created.Description = "Created: the ID was unknown"
+			op.Responses["201"] = &created
+		}
+	}
+
 	huma.Register(api, secured(huma.Operation{
 		OperationID: "deleteCert", Method: http.MethodDelete, Path: certsPath + "/{id}", Tags: tags,
 		Summary: "Delete an entry",
@@ -374,7 +380,7 @@ func registerCerts(api huma.API, s *Server) {
 		CertIDParam
 		IfMatch string `header:"If-Match" doc:"ETag of the version being deleted"`
 	}) (*struct{}, error) {
-		ifMatch, err := parseIfMatch(in.IfMatch)
+		ifMatch, err := parseEntryIfMatch(in.IfMatch)
 		if err != nil {
 			return nil, err
 		}
@@ -389,9 +395,17 @@ func registerCerts(api huma.API, s *Server) {
 		Summary:     "Validate an entry without saving it",
 		Description: "Parses exactly as create would and returns the derived metadata, warnings and errors. Never persists anything.",
 		Errors:      []int{http.StatusBadRequest, http.StatusRequestEntityTooLarge, http.StatusUnprocessableEntity},
-	}, auth.Editor), func(ctx context.Context, in *struct{ Body CertBody }) (*ValidateOutput, error) {
-		input := in.Body.input()
-		if err := in.Body.apply(&input); err != nil {
+	}, auth.Editor), func(ctx context.Context, in *struct{ Body ValidateBody }) (*ValidateOutput, error) {
+		v := in.Body
+		// A probe of material alone: the entry's ID is not being asked about, so a
+		// well-formed stand-in takes its place (validation reads no stored entry by it).
+		b := CertBody{ID: "material-probe", Name: v.Name, Type: v.Type, Source: v.Source, Notes: v.Notes,
+			CertPEM: v.CertPEM, KeyPEM: v.KeyPEM, CertPath: v.CertPath, KeyPath: v.KeyPath, CertEncodings: v.CertEncodings}
+		if v.ID != nil {
+			b.ID = *v.ID
+		}
+		input := b.input()
+		if err := b.apply(&input); err != nil {
 			return nil, err
 		}
 		pv, err := s.deps.Catalog.ValidateWith(ctx, principalFrom(ctx).Tenant, input)

@@ -87,7 +87,7 @@ func New(d Deps) *Server {
 		wc.Catalog, wc.History, wc.Audit = d.Catalog, d.Catalog, s.audit()
 	}
 	web.New(wc).Register(mux)
-	s.Handler = s.middleware(mux)
+	s.Handler = s.middleware(unmatchedAsJSON(mux))
 	return s
 }
 
@@ -110,6 +110,7 @@ func Register(api huma.API, s *Server) {
 	registerFlows(api, s)
 	registerHistory(api, s)
 	registerAudit(api, s)
+	declareCommon(api)
 }
 
 type ctxKey int

@@ -68,9 +68,13 @@ func GetWorkspaceNode(ctx context.Context, q db.DBTX, tenant, flowID, nodeID str
 	return node, nil
 }
 
+// IfAbsent, as the version a caller last saw, means it saw nothing stored: the save
+// succeeds only while there is none.
+const IfAbsent int64 = -1
+
 // SaveWorkspace replaces the tenant's workspace document and returns its new version.
 // ifVersion, when non-zero, is the version the caller last saw: ErrVersionMismatch when the
-// stored one differs (or there is none yet).
+// stored one differs (or there is none yet). IfAbsent saves only over no workspace.
 func SaveWorkspace(ctx context.Context, q db.DBTX, tenant string, flows []byte, ifVersion int64) (int64, time.Time, error) {
 	var (
 		version int64
@@ -88,7 +92,7 @@ func SaveWorkspace(ctx context.Context, q db.DBTX, tenant string, flows []byte, 
 	if err != nil {
 		return 0, time.Time{}, mapErr("save workspace", err)
 	}
-	if ifVersion != 0 && version == 1 {
+	if ifVersion > 0 && version == 1 {
 		// Inserted: there was nothing at the version the caller named.
 		return 0, time.Time{}, fmt.Errorf("save workspace: %w", ErrVersionMismatch)
 	}
