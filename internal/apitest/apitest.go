@@ -102,7 +102,7 @@ func New(t testing.TB, opts ...Options) *Env {
 	ws := &workspace.Service{Pool: pool, Ring: ring, Roots: roots, Logger: logger,
 		Resolver: &resolver.Resolver{Entries: cat, Roots: cat.Roots, Logger: logger}}
 	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: "test", Verifier: verifier, Catalog: cat, Workspace: ws})
-	hs := httptest.NewServer(srv.Handler)
+	hs := httptest.NewServer(Contract(t, srv.Handler))
 	t.Cleanup(hs.Close)
 	return &Env{URL: hs.URL, DBURL: url, DataDir: dataDir, Pool: pool, Ring: ring, Catalog: cat,
 		Workspace: ws, Server: srv, Logs: logs, Logger: logger, secret: secret}

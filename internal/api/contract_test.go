@@ -1,0 +1,132 @@
+package api_test
+
+import (
+	"net/http"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/loopze/certstore/internal/apitest"
+	"github.com/loopze/certstore/internal/material/materialtest"
+)
+
+// TestDeployOverEmptyWorkspace: the ETag "0" of a tenant that never deployed is a valid
+// If-Match, meaning "still empty".
+func TestDeployOverEmptyWorkspace(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	tok := env.Token(t, "fresh", "editor")
+	res := env.Do(t, apitest.Request{Method: http.MethodGet, Path: "/api/v1/flows", Token: tok})
+	require.Equal(t, http.StatusOK, res.Status)
+	tag := res.Header.Get("ETag")
+	require.Equal(t, `"0"`, tag)
+	put := func(tag string) *apitest.Response {
+		return env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/flows", Token: tok,
+			Body: workspaceOf(flow("f1")), Headers: map[string]string{"If-Match": tag}})
+	}
+	res = put(tag)
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+	require.Equal(t, `"1"`, res.Header.Get("ETag"))
+	// Once deployed, "0" no longer matches.
+	require.Equal(t, http.StatusPreconditionFailed, put(`"0"`).Status)
+}
+
+// TestIfMatchForeignTag: a well-formed entity tag this API never issued is 412 (RFC 9110),
+// a header that is no entity tag at all stays 400.
+func TestIfMatchForeignTag(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	tok := env.Token(t, "acme", "editor")
+	ca := materialtest.NewCA(t, materialtest.Options{CommonName: "Root"})
+	res := env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok, Body: inlineCA("root", ca)})
+	require.Equal(t, http.StatusCreated, res.Status, "%s", res.Body)
+	for tag, want := range map[string]int{
+		`"not-a-version"`: http.StatusPreconditionFailed,
+		`W/"1"`:           http.StatusPreconditionFailed, // If-Match compares strongly
+		`"0"`:             http.StatusPreconditionFailed, // entries start at version 1
+		`"x", "y"`:        http.StatusPreconditionFailed,
+		`not-a-tag`:       http.StatusBadRequest,
+		`"unterminated`:   http.StatusBadRequest,
+		`"1", "2"`:        http.StatusBadRequest,
+		`"9", "1"`:        http.StatusBadRequest,
+	} {
+		res := env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/certs/root", Token: tok,
+			Body: map[string]any{"notes": "x"}, Headers: map[string]string{"If-Match": tag}})
+		require.Equal(t, want, res.Status, "If-Match %s: %s", tag, res.Body)
+		res = env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/flows", Token: tok,
+			Body: workspaceOf(), Headers: map[string]string{"If-Match": tag}})
+		if tag != `"0"` {
+			require.Equal(t, want, res.Status, "flows If-Match %s: %s", tag, res.Body)
+		}
+	}
+	res = env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/certs/root", Token: tok,
+		Body: map[string]any{"notes": "x"}, Headers: map[string]string{"If-Match": `"zz", "1"`}})
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+}
+
+// TestValidateWithoutID: a probe of material alone answers 200 with what it found.
+func TestValidateWithoutID(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	tok := env.Token(t, "acme", "editor")
+	ca := materialtest.NewCA(t, materialtest.Options{CommonName: "Root"})
+	body := inlineCA("", ca)
+	delete(body, "id")
+	res := env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs/validate", Token: tok, Body: body})
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+	got := res.JSON(t)
+	require.Equal(t, true, got["valid"], "%s", res.Body)
+	require.Equal(t, fingerprint(ca), got["metadata"].(map[string]any)["fingerprintSha256"])
+
+	res = env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs/validate", Token: tok,
+		Body: map[string]any{"type": "ca-bundle", "source": "inline", "certPem": "garbage"}})
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+	got = res.JSON(t)
+	require.Equal(t, false, got["valid"])
+	require.NotContains(t, got, "metadata")
+	require.NotEmpty(t, got["errors"])
+	for _, e := range got["errors"].([]any) {
+		require.NotEqual(t, "body.id", e.(map[string]any)["location"])
+	}
+
+	// A given id is still checked.
+	body["id"] = "Not A Slug"
+	res = env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs/validate", Token: tok, Body: body})
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+	require.Contains(t, string(res.Body), `"location":"body.id"`)
+}
+
+// TestPutCreateAnswers201: the PUT of an unknown ID creates it, as documented.
+func TestPutCreateAnswers201(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	tok := env.Token(t, "acme", "editor")
+	ca := materialtest.NewCA(t, materialtest.Options{CommonName: "Root"})
+	body := inlineCA("new-root", ca)
+	res := env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/certs/new-root", Token: tok, Body: body})
+	require.Equal(t, http.StatusCreated, res.Status, "%s", res.Body)
+	require.Equal(t, "/api/v1/certs/new-root", res.Header.Get("Location"))
+}
+
+// TestErrorShapeEverywhere: a wrong media type is a declared 415, and the router's own 404
+// and 405 answer the JSON error shape.
+func TestErrorShapeEverywhere(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	tok := env.Token(t, "acme", "editor")
+	res := env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok,
+		Body: "id=x", Headers: map[string]string{"Content-Type": "application/x-www-form-urlencoded"}})
+	require.Equal(t, http.StatusUnsupportedMediaType, res.Status, "%s", res.Body)
+	require.Equal(t, "application/json", res.Header.Get("Content-Type"))
+
+	res = env.Do(t, apitest.Request{Method: http.MethodGet, Path: "/api/v1/nothing-here", Token: tok})
+	require.Equal(t, http.StatusNotFound, res.Status)
+	require.Equal(t, "application/json", res.Header.Get("Content-Type"))
+	require.Equal(t, "Not Found", res.JSON(t)["error"])
+
+	res = env.Do(t, apitest.Request{Method: http.MethodPatch, Path: "/api/v1/certs", Token: tok, Body: "{}"})
+	require.Equal(t, http.StatusMethodNotAllowed, res.Status)
+	require.Equal(t, "application/json", res.Header.Get("Content-Type"))
+	require.Contains(t, res.Header.Get("Allow"), "POST")
+	require.Equal(t, "Method Not Allowed", res.JSON(t)["error"])
+}
