@@ -24,6 +24,9 @@ func setup(env *environ, name string, args []string, extra func(*flag.FlagSet)) 
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(env.stderr)
 	cfg.RegisterFlags(fs)
+	if name == "serve" {
+		cfg.RegisterRateLimitFlags(fs)
+	}
 	if extra != nil {
 		extra(fs)
 	}

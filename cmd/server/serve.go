@@ -89,7 +89,9 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	defer stopExport()
 	mx := metrics.New(metrics.Options{Pool: pool, Exporter: exporter, Roots: svc.roots, Logger: logger})
 	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: version, Verifier: svc.verifier, Catalog: svc.catalog, Workspace: svc.workspace, Metrics: mx,
-		SecureCookies: cfg.SecureCookies, MetricsToken: cfg.MetricsToken, MetricsOwnListener: metricsLn != nil})
+		SecureCookies: cfg.SecureCookies, MetricsToken: cfg.MetricsToken, MetricsOwnListener: metricsLn != nil,
+		RateLimit: api.RateLimit{TenantRate: cfg.RateLimitTenant, TenantBurst: cfg.RateLimitTenantBurst,
+			SubjectRate: cfg.RateLimitSubject, SubjectBurst: cfg.RateLimitSubjectBurst}})
 	httpSrv := &http.Server{
 		Handler:           srv.Handler,
 		ReadHeaderTimeout: 10 * time.Second,

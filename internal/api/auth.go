@@ -85,6 +85,10 @@ func (s *Server) authMiddleware(api huma.API) func(huma.Context, func(huma.Conte
 			_ = huma.WriteErr(api, ctx, http.StatusUnauthorized, "a valid token is required (Authorization: Bearer <JWT> or the "+auth.CookieName+" cookie)")
 			return
 		}
+		if s.limiter != nil && !s.limiter.allow(ctx, p.Tenant, p.Subject) {
+			_ = huma.WriteErr(api, ctx, http.StatusTooManyRequests, "too many requests from this tenant or token subject; retry after the seconds in Retry-After")
+			return
+		}
 		if !p.Role.Allows(min) {
 			_ = huma.WriteErr(api, ctx, http.StatusForbidden, "this operation needs the "+min.String()+" role; the token has "+p.Role.String())
 			return

@@ -8,8 +8,9 @@ import (
 )
 
 // declareCommon documents the answers every operation of a kind can give, whoever
-// registered it: 415 where there is a request body (Huma refuses another media type).
-// It runs after every route is registered.
+// registered it: 415 where there is a request body (Huma refuses another media type), the
+// rate limit's headers and 429 where a token is required. It runs after every route is
+// registered.
 func declareCommon(api huma.API) {
 	for _, item := range api.OpenAPI().Paths {
 		for _, op := range []*huma.Operation{item.Get, item.Put, item.Post, item.Delete, item.Patch} {
@@ -18,6 +19,9 @@ func declareCommon(api huma.API) {
 			}
 			if op.RequestBody != nil {
 				declareError(api, op, http.StatusUnsupportedMediaType, nil)
+			}
+			if len(op.Security) > 0 {
+				declareRateLimit(api, op)
 			}
 		}
 	}

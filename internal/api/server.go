@@ -54,6 +54,8 @@ type Deps struct {
 	// SecureCookies marks the session cookie Secure even on plain HTTP, for a server
 	// behind a TLS-terminating proxy (LOOPZE_SECURE_COOKIES).
 	SecureCookies bool
+	// RateLimit sets the per-tenant and per-subject token buckets; zero rates turn them off.
+	RateLimit RateLimit
 }
 
 // Server is the assembled HTTP handler and the Huma API behind it.
@@ -62,6 +64,7 @@ type Server struct {
 	Handler http.Handler
 	deps    Deps
 	ops     map[string]string // route pattern to operation ID, for metrics
+	limiter *rateLimiter      // nil when rate limiting is off
 }
 
 // New builds the router: every operation registered, wrapped in request id, logging and
@@ -76,7 +79,7 @@ func New(d Deps) *Server {
 	// the reference works air-gapped.
 	cfg.DocsPath = ""
 	hapi := humago.New(mux, cfg)
-	s := &Server{API: hapi, deps: d}
+	s := &Server{API: hapi, deps: d, limiter: newRateLimiter(d.RateLimit)}
 	Register(hapi, s)
 	s.ops = operationIDs(hapi)
 	if d.Metrics != nil && !d.MetricsOwnListener {

@@ -54,6 +54,8 @@ type Env struct {
 type Options struct {
 	// FileRoots is LOOPZE_FILE_ROOTS.
 	FileRoots string
+	// RateLimit sets the token buckets; the zero value leaves rate limiting off.
+	RateLimit api.RateLimit
 }
 
 // Buffer is a goroutine-safe log sink.
@@ -101,7 +103,8 @@ func New(t testing.TB, opts ...Options) *Env {
 	cat := &catalog.Service{Pool: pool, Ring: ring, Roots: roots, Logger: logger}
 	ws := &workspace.Service{Pool: pool, Ring: ring, Roots: roots, Logger: logger,
 		Resolver: &resolver.Resolver{Entries: cat, Roots: cat.Roots, Logger: logger}}
-	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: "test", Verifier: verifier, Catalog: cat, Workspace: ws})
+	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: "test", Verifier: verifier, Catalog: cat, Workspace: ws,
+		RateLimit: o.RateLimit})
 	hs := httptest.NewServer(Contract(t, srv.Handler))
 	t.Cleanup(hs.Close)
 	return &Env{URL: hs.URL, DBURL: url, DataDir: dataDir, Pool: pool, Ring: ring, Catalog: cat,

@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -61,6 +62,10 @@ type Config struct {
 	HistoryKeep int
 	// HistoryDays is how long a deleted entry's history stays (LOOPZE_HISTORY_DAYS, at least 1).
 	HistoryDays int
+	// RateLimit* are the token buckets of authenticated requests: requests per second and
+	// burst, per tenant and per token subject; a rate of 0 turns that bucket off.
+	RateLimitTenant, RateLimitSubject           float64
+	RateLimitTenantBurst, RateLimitSubjectBurst int
 }
 
 // Environment variable names, listed once so flags, docs and errors agree.
@@ -83,6 +88,11 @@ const (
 	EnvMetricsAddr    = "LOOPZE_METRICS_ADDR"
 	EnvHistoryKeep    = "LOOPZE_HISTORY_KEEP"
 	EnvHistoryDays    = "LOOPZE_HISTORY_DAYS"
+
+	EnvRateLimitTenant       = "LOOPZE_RATE_LIMIT_TENANT"
+	EnvRateLimitTenantBurst  = "LOOPZE_RATE_LIMIT_TENANT_BURST"
+	EnvRateLimitSubject      = "LOOPZE_RATE_LIMIT_SUBJECT"
+	EnvRateLimitSubjectBurst = "LOOPZE_RATE_LIMIT_SUBJECT_BURST"
 )
 
 // Defaults.
@@ -92,6 +102,13 @@ const (
 	// DefaultHistoryKeep and DefaultHistoryDays are the history retention.
 	DefaultHistoryKeep = 20
 	DefaultHistoryDays = 90
+
+	// A tenant may sustain 100 requests a second with bursts of 200, one token subject
+	// half that: generous for people and automation, short of starving other tenants.
+	DefaultRateLimitTenant       = 100
+	DefaultRateLimitTenantBurst  = 200
+	DefaultRateLimitSubject      = 50
+	DefaultRateLimitSubjectBurst = 100
 )
 
 // FromEnv reads the configuration from getenv (os.Getenv in main, a map in tests).
@@ -115,6 +132,11 @@ func FromEnv(getenv func(string) string) Config {
 		MetricsAddr:       getenv(EnvMetricsAddr),
 		HistoryKeep:       positive(getenv(EnvHistoryKeep), DefaultHistoryKeep),
 		HistoryDays:       positive(getenv(EnvHistoryDays), DefaultHistoryDays),
+
+		RateLimitTenant:       envFloat(getenv, EnvRateLimitTenant, DefaultRateLimitTenant),
+		RateLimitTenantBurst:  int(envFloat(getenv, EnvRateLimitTenantBurst, DefaultRateLimitTenantBurst)),
+		RateLimitSubject:      envFloat(getenv, EnvRateLimitSubject, DefaultRateLimitSubject),
+		RateLimitSubjectBurst: int(envFloat(getenv, EnvRateLimitSubjectBurst, DefaultRateLimitSubjectBurst)),
 	}
 }
 
@@ -140,6 +162,28 @@ func splitOrigins(s string) []string {
 		}
 	}
 	return origins
+}
+
+// envFloat reads a number, or def when unset. A value that is not a number becomes NaN,
+// which Validate reports.
+func envFloat(getenv func(string) string, name string, def float64) float64 {
+	v := strings.TrimSpace(getenv(name))
+	if v == "" {
+		return def
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil {
+		return math.NaN()
+	}
+	return f
+}
+
+// RegisterRateLimitFlags adds the rate limit flags, for serve.
+func (c *Config) RegisterRateLimitFlags(fs *flag.FlagSet) {
+	fs.Float64Var(&c.RateLimitTenant, "rate-limit-tenant", c.RateLimitTenant, "requests per second one tenant may sustain; 0 turns the bucket off ("+EnvRateLimitTenant+")")
+	fs.IntVar(&c.RateLimitTenantBurst, "rate-limit-tenant-burst", c.RateLimitTenantBurst, "burst of the tenant bucket ("+EnvRateLimitTenantBurst+")")
+	fs.Float64Var(&c.RateLimitSubject, "rate-limit-subject", c.RateLimitSubject, "requests per second one token subject may sustain; 0 turns the bucket off ("+EnvRateLimitSubject+")")
+	fs.IntVar(&c.RateLimitSubjectBurst, "rate-limit-subject-burst", c.RateLimitSubjectBurst, "burst of the subject bucket ("+EnvRateLimitSubjectBurst+")")
 }
 
 // RegisterFlags adds flags mirroring the environment to fs, with c's values as defaults, so
@@ -213,6 +257,18 @@ func (c *Config) Validate() error {
 	}
 	if c.HistoryDays < 1 || c.HistoryDays > 36500 {
 		errs = append(errs, fmt.Errorf("%s must be a whole number of days from 1 to 36500", EnvHistoryDays))
+	}
+	for _, r := range []struct {
+		name  string
+		rate  float64
+		burst int
+	}{{EnvRateLimitTenant, c.RateLimitTenant, c.RateLimitTenantBurst}, {EnvRateLimitSubject, c.RateLimitSubject, c.RateLimitSubjectBurst}} {
+		switch {
+		case math.IsNaN(r.rate) || r.rate < 0 || math.IsInf(r.rate, 0):
+			errs = append(errs, fmt.Errorf("%s: want requests per second, 0 or more", r.name))
+		case r.rate > 0 && r.burst < 1:
+			errs = append(errs, fmt.Errorf("%s_BURST: want 1 or more", r.name))
+		}
 	}
 	return errors.Join(errs...)
 }
