@@ -25,6 +25,8 @@ lint:
 	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod or go.sum is not tidy: run go mod tidy"; $(GO) mod tidy -diff; exit 1; }
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
+	scripts/lint-openapi
+	scripts/check-alerts
 
 openapi:
 	$(GO) run ./cmd/server openapi -format yaml -o openapi/openapi.yaml

@@ -49,7 +49,8 @@ func addSecuritySchemes(api huma.API) {
 	}
 	o.Components.SecuritySchemes[schemeBearer] = &huma.SecurityScheme{
 		Type: "http", Scheme: "bearer", BearerFormat: "JWT",
-		Description: "A JWT with the claims sub, tenant, role (viewer, editor, admin) and exp; `loopze-certs token` prints one.",
+		Description: "A JWT with the claims sub, tenant, role (viewer, editor, admin) and exp; `loopze-certs token` prints one. " +
+			"Verified as RFC8725 advises: only the algorithms of the configured keys are accepted (HS256, RS256, ES256, EdDSA; never none), exp is required, iss and aud are checked when configured.",
 	}
 	o.Components.SecuritySchemes[schemeCookie] = &huma.SecurityScheme{
 		Type: "apiKey", In: "cookie", Name: auth.CookieName,

@@ -336,7 +336,7 @@ func registerCerts(api huma.API, s *Server) {
 		Errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusPreconditionFailed, http.StatusRequestEntityTooLarge, http.StatusUnprocessableEntity},
 	}, auth.Editor), func(ctx context.Context, in *struct {
 		CertIDParam
-		IfMatch string `header:"If-Match" doc:"ETag of the version being replaced"`
+		IfMatch string `header:"If-Match" maxLength:"1024" doc:"ETag of the version being replaced"`
 		Body    CertPutBody
 	}) (*CertSavedOutput, error) {
 		if in.Body.ID != "" && in.Body.ID != in.ID {
@@ -378,7 +378,7 @@ func registerCerts(api huma.API, s *Server) {
 		Errors:        []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusPreconditionFailed},
 	}, auth.Editor), func(ctx context.Context, in *struct {
 		CertIDParam
-		IfMatch string `header:"If-Match" doc:"ETag of the version being deleted"`
+		IfMatch string `header:"If-Match" maxLength:"1024" doc:"ETag of the version being deleted"`
 	}) (*struct{}, error) {
 		ifMatch, err := parseEntryIfMatch(in.IfMatch)
 		if err != nil {

@@ -32,7 +32,7 @@ type Workspace struct {
 // Flow is one flow (an editor tab).
 type Flow struct {
 	_     struct{}   `additionalProperties:"true"`
-	ID    string     `json:"id" doc:"Unique among flows, non-empty" example:"ingest-line-1"`
+	ID    string     `json:"id" maxLength:"200" doc:"Unique among flows, non-empty" example:"ingest-line-1"`
 	Label string     `json:"label,omitempty" example:"Ingest line 1"`
 	Nodes []FlowNode `json:"nodes" maxItems:"20000" doc:"The flow's nodes. Any other property of the flow is kept as sent."`
 }
@@ -40,7 +40,7 @@ type Flow struct {
 // FlowNode is one node. Properties not listed here are kept as sent.
 type FlowNode struct {
 	_              struct{}       `additionalProperties:"true"`
-	ID             string         `json:"id" doc:"Unique across the whole workspace, non-empty" example:"tcp-out-3"`
+	ID             string         `json:"id" maxLength:"200" doc:"Unique across the whole workspace, non-empty" example:"tcp-out-3"`
 	Type           string         `json:"type" doc:"The node type" example:"tcp-out"`
 	Name           string         `json:"name,omitempty"`
 	TLS            *TLSBlock      `json:"tls,omitempty" doc:"Where the node's TLS material comes from"`
@@ -179,7 +179,7 @@ func registerFlows(api huma.API, s *Server) {
 		SkipValidateBody: true,
 		Errors:           []int{http.StatusBadRequest, http.StatusConflict, http.StatusPreconditionFailed, http.StatusRequestEntityTooLarge, http.StatusUnprocessableEntity},
 	}, auth.Editor), func(ctx context.Context, in *struct {
-		IfMatch string `header:"If-Match" doc:"ETag of the workspace version being replaced"`
+		IfMatch string `header:"If-Match" maxLength:"1024" doc:"ETag of the workspace version being replaced"`
 		RawBody []byte `contentType:"application/json"`
 	}) (*DeployOutput, error) {
 		ifMatch, err := parseIfMatch(in.IfMatch)

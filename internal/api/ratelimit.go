@@ -168,6 +168,6 @@ func declareRateLimit(api huma.API, op *huma.Operation) {
 	}
 	h429 := rateLimitHeaders()
 	h429["Retry-After"] = &huma.Param{Description: "Seconds until the request would be served",
-		Schema: &huma.Schema{Type: huma.TypeInteger, Minimum: ptr(1.0), Maximum: ptr(86400.0)}}
+		Schema: &huma.Schema{Type: huma.TypeInteger, Format: "int32", Minimum: ptr(1.0), Maximum: ptr(86400.0)}}
 	declareError(api, op, http.StatusTooManyRequests, h429)
 }

@@ -74,6 +74,7 @@ func New(d Deps) *Server {
 	cfg := huma.DefaultConfig(Title, APIVersion)
 	cfg.Info.Description = "Central catalogue of TLS material (CA bundles, client pairs, server pairs) " +
 		"that LOOPZE flow nodes reference by ID. Reads never return private keys; public certificates only from GET /api/v1/certs/{id}/certificate."
+	describeDocument(cfg.OpenAPI)
 	cfg.CreateHooks = nil // no $schema links in bodies: responses stay as documented
 	// Huma's docs page loads its renderer from a CDN; the web UI serves /docs itself so
 	// the reference works air-gapped.
