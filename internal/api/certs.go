@@ -269,13 +269,20 @@ func registerCerts(api huma.API, s *Server) {
 		Summary:     "Get one entry",
 		Description: "Metadata and paths of one entry, with its ETag. Never returns PEM or keys: to replace material, upload it again.",
 		Errors:      []int{http.StatusNotFound},
-	}, auth.Viewer), func(ctx context.Context, in *CertIDParam) (*CertOutput, error) {
+	}, auth.Viewer), func(ctx context.Context, in *struct {
+		CertIDParam
+		IfNoneMatch string `header:"If-None-Match" maxLength:"1024" doc:"ETag of the version the caller holds: 304 while it is current"`
+	}) (*CertOutput, error) {
 		e, err := s.deps.Catalog.Get(ctx, principalFrom(ctx).Tenant, in.ID)
 		if err != nil {
 			return nil, s.mapError(ctx, err)
 		}
+		if err := notModified(in.IfNoneMatch, etag(e.Version)); err != nil {
+			return nil, err
+		}
 		return &CertOutput{ETag: etag(e.Version), Body: toCert(e, time.Now())}, nil
 	})
+	declareNotModified(api.OpenAPI().Paths[certsPath+"/{id}"].Get)
 
 	huma.Register(api, secured(huma.Operation{
 		OperationID: "listCertReferences", Method: http.MethodGet, Path: certsPath + "/{id}/references", Tags: tags,

@@ -130,3 +130,39 @@ func TestErrorShapeEverywhere(t *testing.T) {
 	require.Contains(t, res.Header.Get("Allow"), "POST")
 	require.Equal(t, "Method Not Allowed", res.JSON(t)["error"])
 }
+
+// TestConditionalGet: If-None-Match with the current ETag answers 304 with no body, on an
+// entry and on the workspace; once the version moves, the same tag gets the new version.
+func TestConditionalGet(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	tok := env.Token(t, "acme", "editor")
+	ca := materialtest.NewCA(t, materialtest.Options{CommonName: "Root"})
+	res := env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok, Body: inlineCA("root", ca)})
+	require.Equal(t, http.StatusCreated, res.Status, "%s", res.Body)
+
+	for _, path := range []string{"/api/v1/certs/root", "/api/v1/flows"} {
+		res := env.Do(t, apitest.Request{Method: http.MethodGet, Path: path, Token: tok})
+		require.Equal(t, http.StatusOK, res.Status)
+		tag := res.Header.Get("ETag")
+		require.NotEmpty(t, tag)
+		for _, inm := range []string{tag, "W/" + tag, `"other", ` + tag, "*"} {
+			res = env.Do(t, apitest.Request{Method: http.MethodGet, Path: path, Token: tok, Headers: map[string]string{"If-None-Match": inm}})
+			require.Equal(t, http.StatusNotModified, res.Status, "%s If-None-Match %s", path, inm)
+			require.Empty(t, res.Body)
+			require.Equal(t, tag, res.Header.Get("ETag"))
+		}
+		res = env.Do(t, apitest.Request{Method: http.MethodGet, Path: path, Token: tok, Headers: map[string]string{"If-None-Match": `"999"`}})
+		require.Equal(t, http.StatusOK, res.Status)
+	}
+
+	// Both versions move: the old tags get the new representation.
+	res = env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/certs/root", Token: tok, Body: map[string]any{"notes": "moved"}})
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+	deploy(t, env, tok, workspaceOf(flow("f1")))
+	for path, old := range map[string]string{"/api/v1/certs/root": `"1"`, "/api/v1/flows": `"0"`} {
+		res = env.Do(t, apitest.Request{Method: http.MethodGet, Path: path, Token: tok, Headers: map[string]string{"If-None-Match": old}})
+		require.Equal(t, http.StatusOK, res.Status, path)
+		require.NotEqual(t, old, res.Header.Get("ETag"))
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/danielgtaylor/huma/v2"
+
 	"github.com/loopze/certstore/internal/repo"
 )
 
@@ -106,4 +108,38 @@ func parseEntryIfMatch(h string) (int64, error) {
 		return 0, newError(http.StatusPreconditionFailed, "If-Match names no version of this entry; GET it again for its ETag")
 	}
 	return v, err
+}
+
+// notModified answers a conditional GET: a 304 carrying the current ETag when the
+// If-None-Match header names it (or is "*"), nil otherwise. If-None-Match compares weakly,
+// so W/"3" matches "3" too (RFC 9110 13.1.2).
+func notModified(ifNoneMatch, current string) error {
+	h := strings.TrimSpace(ifNoneMatch)
+	if h == "" {
+		return nil
+	}
+	match := h == "*"
+	if tags, ok := parseETags(h); ok {
+		for _, t := range tags {
+			if strings.TrimPrefix(t, "W/") == current {
+				match = true
+			}
+		}
+	}
+	if !match {
+		return nil
+	}
+	return huma.ErrorWithHeaders(newError(http.StatusNotModified, "not modified"), http.Header{"ETag": {current}})
+}
+
+// declareNotModified documents the 304 of a conditional GET on op.
+func declareNotModified(op *huma.Operation) {
+	if op == nil {
+		return
+	}
+	op.Responses["304"] = &huma.Response{
+		Description: "Not Modified: the If-None-Match header names the current version",
+		Headers: map[string]*huma.Param{"ETag": {Description: "The current version",
+			Schema: &huma.Schema{Type: huma.TypeString, MaxLength: ptr(maxHeaderLen)}}},
+	}
 }

@@ -145,10 +145,15 @@ func registerFlows(api huma.API, s *Server) {
 			"each stored value shows as {\"set\": true}, so the document deploys back unchanged. Before the first deploy: {\"flows\": []}, ETag \"0\".",
 		Responses: map[string]*huma.Response{"200": {Description: "OK", Content: map[string]*huma.MediaType{
 			"application/json": {Schema: wsSchema}}}},
-	}, auth.Viewer), func(ctx context.Context, _ *struct{}) (*WorkspaceOutput, error) {
+	}, auth.Viewer), func(ctx context.Context, in *struct {
+		IfNoneMatch string `header:"If-None-Match" maxLength:"1024" doc:"ETag of the workspace version the caller holds: 304 while it is current"`
+	}) (*WorkspaceOutput, error) {
 		doc, err := s.deps.Workspace.Document(ctx, principalFrom(ctx).Tenant)
 		if err != nil {
 			return nil, s.mapFlowError(ctx, err)
+		}
+		if err := notModified(in.IfNoneMatch, etag(doc.Version)); err != nil {
+			return nil, err
 		}
 		log := s.deps.Logger
 		return &WorkspaceOutput{ETag: etag(doc.Version), ContentType: "application/json", Body: func(hc huma.Context) {
@@ -159,6 +164,7 @@ func registerFlows(api huma.API, s *Server) {
 			}
 		}}, nil
 	})
+	declareNotModified(api.OpenAPI().Paths[flowsPath].Get)
 
 	huma.Register(api, secured(huma.Operation{
 		OperationID: "deployFlows", Method: http.MethodPut, Path: flowsPath, Tags: tags,
