@@ -7,12 +7,14 @@
 package metrics
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -46,6 +48,8 @@ type Options struct {
 	ExpiryTTL time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Version is the build's version, for loopze_build_info.
+	Version string
 }
 
 // Metrics is the registry and the /metrics handler.
@@ -75,7 +79,13 @@ func New(o Options) *Metrics {
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"operation", "method", "code"}),
 	}
-	reg.MustRegister(m.httpDur, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "loopze_build_info",
+		Help:        "Always 1; the labels name the running build.",
+		ConstLabels: prometheus.Labels{"version": cmp.Or(o.Version, "dev"), "goversion": runtime.Version()},
+	})
+	buildInfo.Set(1)
+	reg.MustRegister(m.httpDur, buildInfo, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if o.Pool != nil {
 		reg.MustRegister(&poolCollector{pool: o.Pool})
 		reg.MustRegister(&expiryCollector{o: o})
@@ -186,15 +196,24 @@ func (c *exportCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// expiryCollector reports every entry's notAfter, from a snapshot refreshed at most once
-// per TTL.
+// expiryCollector reports every entry's notAfter, from per-tenant snapshots. A tenant's
+// snapshot is taken again when the tenant's generation has moved (any write of its
+// catalogue), so a new or changed entry shows at the next scrape; otherwise it is reused
+// for the TTL, which bounds how stale a re-read of file-sourced material can be.
 type expiryCollector struct {
 	o Options
 
 	mu      sync.Mutex
-	taken   time.Time
-	samples []expirySample
-	fileErr []expirySample
+	tenants map[string]*tenantExpiry
+	last    []*tenantExpiry // what the last scrape reported, reused when a refresh fails
+}
+
+// tenantExpiry is one tenant's snapshot and the generation it was taken at.
+type tenantExpiry struct {
+	generation int64
+	taken      time.Time
+	samples    []expirySample
+	fileErr    []expirySample
 }
 
 type expirySample struct {
@@ -219,54 +238,72 @@ func (c *expiryCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *expiryCollector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Lock()
 	defer c.mu.Unlock() // one refresh at a time; concurrent scrapes reuse its result
-	if now := c.o.Now(); c.samples == nil || now.Sub(c.taken) >= c.o.ExpiryTTL {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		samples, fileErr, err := c.refresh(ctx)
-		cancel()
-		if err != nil {
-			c.o.Logger.Error("collect certificate expiry", "err", err)
-		} else {
-			c.samples, c.fileErr, c.taken = samples, fileErr, now
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	snaps, err := c.refresh(ctx, c.o.Now())
+	cancel()
+	if err != nil {
+		c.o.Logger.Error("collect certificate expiry", "err", err)
+		snaps = c.last
+	}
+	c.last = snaps
+	for _, t := range snaps {
+		for _, s := range t.samples {
+			ch <- prometheus.MustNewConstMetric(certNotAfter, prometheus.GaugeValue,
+				float64(s.notAfter.Unix()), s.tenant, s.id, s.typ, s.source)
 		}
-	}
-	for _, s := range c.samples {
-		ch <- prometheus.MustNewConstMetric(certNotAfter, prometheus.GaugeValue,
-			float64(s.notAfter.Unix()), s.tenant, s.id, s.typ, s.source)
-	}
-	for _, s := range c.fileErr {
-		ch <- prometheus.MustNewConstMetric(certFileUnreadable, prometheus.GaugeValue, 1, s.tenant, s.id)
+		for _, s := range t.fileErr {
+			ch <- prometheus.MustNewConstMetric(certFileUnreadable, prometheus.GaugeValue, 1, s.tenant, s.id)
+		}
 	}
 }
 
-func (c *expiryCollector) refresh(ctx context.Context) (samples, fileErr []expirySample, err error) {
+// refresh brings every tenant's snapshot up to date: one query for the tenants and their
+// generations, then one per tenant whose generation moved or whose snapshot is older than
+// the TTL.
+func (c *expiryCollector) refresh(ctx context.Context, now time.Time) ([]*tenantExpiry, error) {
 	tenants, err := repo.ListTenants(ctx, c.o.Pool)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	samples = []expirySample{}
+	next := make(map[string]*tenantExpiry, len(tenants))
+	out := make([]*tenantExpiry, 0, len(tenants))
 	for _, t := range tenants {
-		var rows []repo.ExpiryRow
-		err := db.InTenant(ctx, c.o.Pool, t.ID, func(tx pgx.Tx) error {
-			var err error
-			rows, err = repo.ListExpiry(ctx, tx, t.ID)
-			return err
-		})
-		if err != nil {
-			return nil, nil, err
-		}
-		for _, r := range rows {
-			s := expirySample{tenant: t.ID, id: r.ID, typ: r.Type, source: r.Source, notAfter: r.NotAfter}
-			if r.Source == "file" {
-				if na, ok := c.leafNotAfter(t.ID, r); ok {
-					s.notAfter = na
-				} else {
-					fileErr = append(fileErr, s)
-				}
+		snap := c.tenants[t.ID]
+		if snap == nil || snap.generation != t.Generation || now.Sub(snap.taken) >= c.o.ExpiryTTL {
+			if snap, err = c.refreshTenant(ctx, t, now); err != nil {
+				return nil, err
 			}
-			samples = append(samples, s)
 		}
+		next[t.ID] = snap
+		out = append(out, snap)
 	}
-	return samples, fileErr, nil
+	c.tenants = next
+	return out, nil
+}
+
+func (c *expiryCollector) refreshTenant(ctx context.Context, t repo.Tenant, now time.Time) (*tenantExpiry, error) {
+	var rows []repo.ExpiryRow
+	err := db.InTenant(ctx, c.o.Pool, t.ID, func(tx pgx.Tx) error {
+		var err error
+		rows, err = repo.ListExpiry(ctx, tx, t.ID)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	snap := &tenantExpiry{generation: t.Generation, taken: now, samples: make([]expirySample, 0, len(rows))}
+	for _, r := range rows {
+		s := expirySample{tenant: t.ID, id: r.ID, typ: r.Type, source: r.Source, notAfter: r.NotAfter}
+		if r.Source == "file" {
+			if na, ok := c.leafNotAfter(t.ID, r); ok {
+				s.notAfter = na
+			} else {
+				snap.fileErr = append(snap.fileErr, s)
+			}
+		}
+		snap.samples = append(snap.samples, s)
+	}
+	return snap, nil
 }
 
 // leafNotAfter reads a certificate file and returns its first certificate's notAfter.

@@ -125,10 +125,14 @@ func TestMetrics(t *testing.T) {
 
 	clk := &clock{t: time.Now()}
 	x := &fileexport.Exporter{Pool: pool, Ring: ring, DataDir: dir, Now: clk.Now}
-	m := metrics.New(metrics.Options{Pool: pool, Exporter: x, Roots: roots, Now: clk.Now, ExpiryTTL: time.Minute})
+	m := metrics.New(metrics.Options{Pool: pool, Exporter: x, Roots: roots, Now: clk.Now, ExpiryTTL: time.Minute, Version: "v1.2.3"})
+
+	v, ok := gauge(t, m, "loopze_build_info", map[string]string{"version": "v1.2.3"})
+	require.True(t, ok)
+	require.Equal(t, 1.0, v)
 
 	// Expiry, with tenant, id, type and source labels.
-	v, ok := gauge(t, m, "loopze_cert_not_after_seconds", map[string]string{"tenant": "acme", "id": "inline", "type": "client-pair", "source": "inline"})
+	v, ok = gauge(t, m, "loopze_cert_not_after_seconds", map[string]string{"tenant": "acme", "id": "inline", "type": "client-pair", "source": "inline"})
 	require.True(t, ok)
 	require.Equal(t, float64(inlineEnd.Unix()), v)
 	v, ok = gauge(t, m, "loopze_cert_not_after_seconds", map[string]string{"tenant": "acme", "id": "onfile", "type": "server-pair", "source": "file"})
@@ -147,6 +151,18 @@ func TestMetrics(t *testing.T) {
 	require.NoError(t, os.WriteFile(keyPath, key, 0o600))
 	v, _ = gauge(t, m, "loopze_cert_not_after_seconds", map[string]string{"id": "onfile"})
 	require.Equal(t, float64(firstEnd.Unix()), v, "cached")
+
+	// A new inline entry moves the tenant's generation: it shows at the next scrape, within
+	// the TTL, while other tenants' snapshots stay as they were.
+	newEnd := time.Now().Add(45 * 24 * time.Hour).Truncate(time.Second)
+	cert2, key2 := materialtest.Pair(t, materialtest.Options{NotAfter: newEnd})
+	_, err = cat.Create(ctx, "acme", catalog.Input{ID: "fresh", Name: s("x"), Type: s("client-pair"),
+		Source: s("inline"), CertPEM: cert2, KeyPEM: key2})
+	require.NoError(t, err)
+	v, ok = gauge(t, m, "loopze_cert_not_after_seconds", map[string]string{"tenant": "acme", "id": "fresh"})
+	require.True(t, ok, "a new entry shows as soon as the generation moves")
+	require.Equal(t, float64(newEnd.Unix()), v)
+
 	clk.Add(2 * time.Minute)
 	v, _ = gauge(t, m, "loopze_cert_not_after_seconds", map[string]string{"id": "onfile"})
 	require.Equal(t, float64(renewedEnd.Unix()), v, "re-read after the TTL")
