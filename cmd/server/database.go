@@ -17,15 +17,26 @@ import (
 // EmbeddedDatabase is the database name inside the embedded cluster.
 const EmbeddedDatabase = "loopze"
 
+// commandFlags names the configuration flags each subcommand uses; one not listed (serve)
+// takes them all.
+var commandFlags = map[string][]string{
+	"migrate":    {"data-dir", "database-url", "log-format", "log-level"},
+	"export":     {"data-dir", "database-url", "log-format", "log-level"},
+	"rotate-key": {"data-dir", "database-url", "log-format", "log-level"},
+	"import":     {"data-dir", "database-url", "log-format", "log-level", "file-roots"},
+	"doctor":     {"data-dir", "database-url", "log-format", "log-level", "file-roots"},
+	"token":      {"data-dir", "jwt-issuer", "jwt-audience", "log-format", "log-level"},
+}
+
 // setup parses the shared flags over the environment, validates the configuration and
 // builds the logger: the start of every subcommand.
 func setup(env *environ, name string, args []string, extra func(*flag.FlagSet)) (config.Config, *slog.Logger, []string, error) {
 	cfg := config.FromEnv(env.getenv)
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	cfg.RegisterFlags(fs)
-	if name == "serve" {
-		cfg.RegisterRateLimitFlags(fs)
+	fs := newFlagSet(env, name, args)
+	if names, ok := commandFlags[name]; ok {
+		cfg.RegisterFlagsOf(fs, names...)
+	} else {
+		cfg.RegisterFlags(fs)
 	}
 	if extra != nil {
 		extra(fs)

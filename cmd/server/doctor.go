@@ -14,15 +14,17 @@ import (
 // errProblems is doctor's failure: the report says what.
 var errProblems = errors.New("problems found (see above)")
 
-// runDoctor checks the installation and exits non-zero when anything is wrong.
+// runDoctor checks the installation: non-zero when a check failed, or when one warned
+// and --fail-on-warning is set.
 func runDoctor(ctx context.Context, env *environ, args []string) error {
 	var (
-		asJSON, verbose bool
-		within          = doctor.DefaultExpiringWithin
+		asJSON, verbose, failOnWarning bool
+		within                         = doctor.DefaultExpiringWithin
 	)
 	cfg, logger, _, err := setup(env, "doctor", args, func(fs *flag.FlagSet) {
 		fs.BoolVar(&asJSON, "json", false, "print the report as JSON")
 		fs.BoolVar(&verbose, "v", false, "list passing checks too")
+		fs.BoolVar(&failOnWarning, "fail-on-warning", false, "exit 1 on warnings (such as entries expiring soon) too")
 		fs.DurationVar(&within, "expiring-within", within, "report entries expiring within this long (negative: skip)")
 	})
 	if err != nil {
@@ -48,7 +50,7 @@ func runDoctor(ctx context.Context, env *environ, args []string) error {
 	if err != nil {
 		return err
 	}
-	if !rep.OK {
+	if !rep.OK || (failOnWarning && rep.Warnings > 0) {
 		return errProblems
 	}
 	return nil

@@ -17,9 +17,13 @@ import (
 
 // runExport writes tenants' credentials.json files now and reports what it wrote.
 func runExport(ctx context.Context, env *environ, args []string) error {
-	var tenant string
+	var (
+		tenant string
+		asJSON bool
+	)
 	cfg, logger, _, err := setup(env, "export", args, func(fs *flag.FlagSet) {
 		fs.StringVar(&tenant, "tenant", "", "export only this tenant (default: every tenant)")
+		fs.BoolVar(&asJSON, "json", false, "print what was exported as JSON")
 	})
 	if err != nil {
 		return err
@@ -49,14 +53,35 @@ func runExport(ctx context.Context, env *environ, args []string) error {
 		results = append(results, r)
 	} else {
 		results, err = x.ExportAll(ctx, true)
-		defer printExports(env, results)
+		defer printExports(env, results, asJSON)
 		return err
 	}
-	printExports(env, results)
+	printExports(env, results, asJSON)
 	return nil
 }
 
-func printExports(env *environ, results []fileexport.Result) {
+func printExports(env *environ, results []fileexport.Result, asJSON bool) {
+	if asJSON {
+		type export struct {
+			Tenant          string `json:"tenant"`
+			File            string `json:"file"`
+			Generation      int64  `json:"generation"`
+			KeyID           string `json:"keyId"`
+			Entries         int    `json:"entries"`
+			References      int    `json:"references"`
+			NodeCredentials int    `json:"nodeCredentials"`
+			Written         bool   `json:"written"` // false when the file was already current
+		}
+		out := struct {
+			Exports []export `json:"exports"`
+		}{Exports: make([]export, 0, len(results))}
+		for _, r := range results {
+			out.Exports = append(out.Exports, export{Tenant: r.Tenant, File: r.Path, Generation: r.Generation, KeyID: r.KeyID,
+				Entries: r.Entries, References: r.References, NodeCredentials: r.NodeCredentials, Written: r.Written})
+		}
+		_ = writeJSON(env.stdout, out)
+		return
+	}
 	if len(results) == 0 {
 		fmt.Fprintln(env.stdout, "no tenants to export")
 		return

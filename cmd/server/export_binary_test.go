@@ -74,8 +74,12 @@ func TestExportRotateDoctorImportAgainstARunningServer(t *testing.T) {
 	s := start(t, env)
 	s.waitReady(t)
 	tok := runCLI(t, env, "token", "--tenant", "default", "--role", "editor")
-	post := func(id string) {
-		ca := materialtest.NewCA(t, materialtest.Options{CommonName: id, NotAfter: time.Now().Add(365 * 24 * time.Hour)})
+	post := func(id string, validFor ...time.Duration) {
+		life := 365 * 24 * time.Hour
+		if len(validFor) > 0 {
+			life = validFor[0]
+		}
+		ca := materialtest.NewCA(t, materialtest.Options{CommonName: id, NotAfter: time.Now().Add(life)})
 		body, _ := json.Marshal(map[string]string{"id": id, "name": id, "type": "ca-bundle", "source": "inline",
 			"certPem": string(materialtest.EncodeCert(ca.Cert))})
 		req, _ := http.NewRequest(http.MethodPost, "http://"+s.addr+"/api/v1/certs", bytes.NewReader(body))
@@ -103,9 +107,42 @@ func TestExportRotateDoctorImportAgainstARunningServer(t *testing.T) {
 	out := runCLI(t, env, "export")
 	require.Contains(t, out, "default")
 	require.Contains(t, out, filepath.Join(dataDir, "credentials.json"))
+	out = runCLI(t, env, "export", "--json")
+	var exports struct {
+		Exports []struct {
+			Tenant, File string
+			Generation   int64
+		}
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &exports), out)
+	require.Len(t, exports.Exports, 1)
+	require.Equal(t, "default", exports.Exports[0].Tenant)
+	require.Equal(t, filepath.Join(dataDir, "credentials.json"), exports.Exports[0].File)
+	out = runCLI(t, env, "migrate", "status", "--json")
+	var migrations struct {
+		Migrations []struct {
+			Version int64
+			Applied bool
+		}
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &migrations), out)
+	require.NotEmpty(t, migrations.Migrations)
+	for _, m := range migrations.Migrations {
+		require.True(t, m.Applied, "migration %d", m.Version)
+	}
 
 	code, _, all := runCLICode(t, env, "doctor")
 	require.Equal(t, 0, code, all)
+
+	// An entry expiring within 30 days is a warning: printed, exit 0, unless asked to fail.
+	post("short-lived", 10*24*time.Hour)
+	fileHeader(t, dataDir, "after the short-lived POST", func(h fileexport.Header) bool { return h.Generation >= 2 })
+	code, out, all = runCLICode(t, env, "doctor")
+	require.Equal(t, 0, code, all)
+	require.Contains(t, out, "default/short-lived")
+	require.Contains(t, out, "warning(s)")
+	code, _, all = runCLICode(t, env, "doctor", "--fail-on-warning")
+	require.Equal(t, 1, code, all)
 
 	// Rotate under the running server; it hears of it, reloads, and exports a later change
 	// (which means opening rows rewrapped under the new key) under the new key.
@@ -114,7 +151,7 @@ func TestExportRotateDoctorImportAgainstARunningServer(t *testing.T) {
 	require.NoFileExists(t, filepath.Join(dataDir, envelope.NextKeyFile))
 	post("second-ca")
 	h = fileHeader(t, dataDir, "after rotation and a POST", func(h fileexport.Header) bool {
-		return h.KeyID != firstKey && h.Generation >= 2
+		return h.KeyID != firstKey && h.Generation >= 3
 	})
 	code, out, all = runCLICode(t, env, "doctor", "--json")
 	require.Equal(t, 0, code, all)
@@ -133,7 +170,7 @@ func TestExportRotateDoctorImportAgainstARunningServer(t *testing.T) {
 	other := []string{"LOOPZE_DATA_DIR=" + filepath.Join(t.TempDir(), "data2"), "LOOPZE_DATABASE_URL=" + testdb.URL(t)}
 	out = runCLI(t, other, "import", "--tenant", "default", "--file", filepath.Join(dataDir, "credentials.json"),
 		"--key", filepath.Join(dataDir, envelope.KeyFile))
-	require.Contains(t, out, "2 entries")
+	require.Contains(t, out, "3 entries")
 	code, _, all = runCLICode(t, other, "import", "--tenant", "default", "--file", filepath.Join(dataDir, "credentials.json"),
 		"--key", filepath.Join(dataDir, envelope.KeyFile))
 	require.Equal(t, 1, code)

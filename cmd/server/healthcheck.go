@@ -2,15 +2,13 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"net/http"
 	"time"
 )
 
 func runHealthcheck(ctx context.Context, env *environ, args []string) error {
-	fs := flag.NewFlagSet("healthcheck", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
+	fs := newFlagSet(env, "healthcheck", args)
 	url := fs.String("url", "http://127.0.0.1:8080/readyz", "URL that must answer 200")
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -24,6 +24,14 @@ type command struct {
 	run     func(ctx context.Context, env *environ, args []string) error
 }
 
+// commandHelp is more for `loopze-certs help COMMAND`, where a command has more to say:
+// arguments, exit codes.
+var commandHelp = map[string]string{
+	"migrate": "usage: loopze-certs migrate [flags] [up|status]; status takes --json.",
+	"doctor": "Exit codes: 0 when no check failed (warnings, such as entries expiring soon, are printed); " +
+		"1 when a check failed, or a check warned under --fail-on-warning; 2 for bad usage.",
+}
+
 // environ is what a subcommand sees of the world, so tests can run commands in process.
 type environ struct {
 	stdout, stderr io.Writer
@@ -55,14 +63,37 @@ func main() {
 	os.Exit(code)
 }
 
+func init() { describe = func(name string) command { return commands[name] } }
+
+// describe looks a command up for its usage text (set in init: the commands' functions
+// reach it, so the table cannot be read from a package variable's initialiser).
+var describe func(name string) command
+
 func run(ctx context.Context, env *environ, args []string) int {
 	name := "serve"
+	if len(args) > 0 {
+		switch args[0] {
+		case "-h", "-help", "--help":
+			usage(env.stdout)
+			return 0
+		case "-version", "--version":
+			args[0] = "version"
+		}
+	}
 	if len(args) > 0 && !isFlag(args[0]) {
 		name, args = args[0], args[1:]
 	}
-	if name == "help" || name == "-h" || name == "--help" {
-		usage(env.stdout)
-		return 0
+	if name == "help" {
+		if len(args) == 0 {
+			usage(env.stdout)
+			return 0
+		}
+		if _, ok := commands[args[0]]; !ok {
+			fmt.Fprintf(env.stderr, "loopze-certs: unknown command %q\n", args[0])
+			usage(env.stderr)
+			return 2
+		}
+		name, args = args[0], []string{"-h"}
 	}
 	cmd, ok := commands[name]
 	if !ok {
@@ -96,7 +127,41 @@ func usage(w io.Writer) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-12s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintln(w, "\nRun 'loopze-certs COMMAND -h' for a command's flags. Server flags mirror LOOPZE_* variables.")
+	fmt.Fprintln(w, "\nRun 'loopze-certs help COMMAND' (or 'loopze-certs COMMAND -h') for a command's flags; 'loopze-certs --version' prints the version.")
+	fmt.Fprintln(w, "Every configuration flag mirrors a LOOPZE_* variable.")
+}
+
+// wantsHelp reports whether args ask for the usage (-h), which then goes to stdout.
+func wantsHelp(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "-h", "-help", "--help":
+			return true
+		}
+	}
+	return false
+}
+
+// newFlagSet is a subcommand's flag set. Its usage names the command and says what it
+// does; it goes to stdout when asked for with -h, to stderr after a mistake.
+func newFlagSet(env *environ, name string, args []string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	out := env.stderr
+	if wantsHelp(args) {
+		out = env.stdout
+	}
+	fs.SetOutput(out)
+	fs.Usage = func() {
+		fmt.Fprintf(out, "usage: loopze-certs %s [flags]\n\n%s\n", name, describe(name).summary)
+		if h := commandHelp[name]; h != "" {
+			fmt.Fprintf(out, "\n%s\n", h)
+		}
+		fmt.Fprintln(out, "\nflags:")
+		fs.PrintDefaults()
+	}
+	return fs
 }
 
 func runVersion(_ context.Context, env *environ, _ []string) error {

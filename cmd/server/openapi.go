@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"os"
 
@@ -10,8 +9,7 @@ import (
 )
 
 func runOpenAPI(_ context.Context, env *environ, args []string) error {
-	fs := flag.NewFlagSet("openapi", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
+	fs := newFlagSet(env, "openapi", args)
 	format := fs.String("format", "yaml", "yaml or json")
 	out := fs.String("o", "", "write to this file instead of stdout")
 	if err := fs.Parse(args); err != nil {

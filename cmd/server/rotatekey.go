@@ -58,6 +58,6 @@ func runRotateKey(ctx context.Context, env *environ, args []string) error {
 		verb = "rotation finished"
 	}
 	fmt.Fprintf(env.stdout, "master key %s: now %s; %d row(s) rewrapped, %d file(s) checked\n", verb, rep.NewKeyID, rep.Rewrapped, len(rep.Files))
-	printExports(env, rep.Files)
+	printExports(env, rep.Files, false)
 	return nil
 }

@@ -178,8 +178,7 @@ func envFloat(getenv func(string) string, name string, def float64) float64 {
 	return f
 }
 
-// RegisterRateLimitFlags adds the rate limit flags, for serve.
-func (c *Config) RegisterRateLimitFlags(fs *flag.FlagSet) {
+func (c *Config) registerRateLimitFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.RateLimitTenant, "rate-limit-tenant", c.RateLimitTenant, "requests per second one tenant may sustain; 0 turns the bucket off ("+EnvRateLimitTenant+")")
 	fs.IntVar(&c.RateLimitTenantBurst, "rate-limit-tenant-burst", c.RateLimitTenantBurst, "burst of the tenant bucket ("+EnvRateLimitTenantBurst+")")
 	fs.Float64Var(&c.RateLimitSubject, "rate-limit-subject", c.RateLimitSubject, "requests per second one token subject may sustain; 0 turns the bucket off ("+EnvRateLimitSubject+")")
@@ -208,6 +207,19 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		return nil
 	})
 	fs.BoolVar(&c.SecureCookies, "secure-cookies", c.SecureCookies, "mark the session cookie Secure behind a TLS-terminating proxy ("+EnvSecureCookies+")")
+	c.registerRateLimitFlags(fs)
+}
+
+// RegisterFlagsOf adds only the named flags of RegisterFlags to fs, for a subcommand that
+// uses only those settings.
+func (c *Config) RegisterFlagsOf(fs *flag.FlagSet, names ...string) {
+	all := flag.NewFlagSet("", flag.ContinueOnError)
+	c.RegisterFlags(all)
+	for _, n := range names {
+		if f := all.Lookup(n); f != nil {
+			fs.Var(f.Value, f.Name, f.Usage)
+		}
+	}
 }
 
 // Validate checks what can be checked without side effects, so bad configuration fails

@@ -62,8 +62,12 @@ type Check struct {
 
 // Report is every finding, in the order checked.
 type Report struct {
-	OK     bool    `json:"ok"`
-	Checks []Check `json:"checks"`
+	// OK is true when no check failed; warnings leave it true.
+	OK bool `json:"ok"`
+	// Failures and Warnings count the checks of each outcome.
+	Failures int     `json:"failures"`
+	Warnings int     `json:"warnings"`
+	Checks   []Check `json:"checks"`
 }
 
 // Doctor runs the checks over one data directory and database.
@@ -120,12 +124,15 @@ func (d *Doctor) Run(ctx context.Context) Report {
 			d.checkRows(ctx, ring, t.ID)
 		}
 	}
-	d.report.OK = true
 	for _, c := range d.report.Checks {
-		if c.Status != OK {
-			d.report.OK = false
+		switch c.Status {
+		case Fail:
+			d.report.Failures++
+		case Warn:
+			d.report.Warnings++
 		}
 	}
+	d.report.OK = d.report.Failures == 0
 	return d.report
 }
 
@@ -373,8 +380,11 @@ func (r Report) WriteTable(w io.Writer, verbose bool) error {
 		return err
 	}
 	verdict := "everything checked is fine"
-	if !r.OK {
+	switch {
+	case !r.OK:
 		verdict = "problems found"
+	case r.Warnings > 0:
+		verdict = fmt.Sprintf("no problems, %d warning(s)", r.Warnings)
 	}
 	_, err := fmt.Fprintf(w, "%d check(s), %d shown: %s\n", len(r.Checks), shown, verdict)
 	return err
