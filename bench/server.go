@@ -65,6 +65,9 @@ func newServer(bin, dataDir, databaseURL string) (*server, error) {
 		"LOOPZE_LOG_LEVEL=warn",
 		// The history scenario lists 1,000 versions of one entry: keep them all.
 		"LOOPZE_HISTORY_KEEP=100000",
+		// The load scenarios measure the server, not its rate limits.
+		"LOOPZE_RATE_LIMIT_TENANT=0",
+		"LOOPZE_RATE_LIMIT_SUBJECT=0",
 	)
 	return &server{bin: bin, dataDir: dataDir, base: "http://" + addr, env: env}, nil
 }
