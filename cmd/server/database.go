@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 
 	"github.com/loopze/certstore/internal/config"
 	"github.com/loopze/certstore/internal/db"
@@ -17,15 +18,20 @@ import (
 // EmbeddedDatabase is the database name inside the embedded cluster.
 const EmbeddedDatabase = "loopze"
 
+// databaseFlags are the settings of a subcommand that works on the database.
+var databaseFlags = []string{"data-dir", "database-url", "listen-database-url", "database-pooler", "log-format", "log-level"}
+
 // commandFlags names the configuration flags each subcommand uses; one not listed (serve)
 // takes them all.
 var commandFlags = map[string][]string{
-	"migrate":    {"data-dir", "database-url", "log-format", "log-level"},
-	"export":     {"data-dir", "database-url", "log-format", "log-level"},
-	"rotate-key": {"data-dir", "database-url", "log-format", "log-level"},
-	"import":     {"data-dir", "database-url", "log-format", "log-level", "file-roots"},
-	"doctor":     {"data-dir", "database-url", "log-format", "log-level", "file-roots"},
-	"token":      {"data-dir", "jwt-issuer", "jwt-audience", "log-format", "log-level"},
+	"migrate":      databaseFlags,
+	"export":       databaseFlags,
+	"rotate-key":   databaseFlags,
+	"audit verify": databaseFlags,
+	"audit export": databaseFlags,
+	"import":       append(slices.Clone(databaseFlags), "file-roots"),
+	"doctor":       append(slices.Clone(databaseFlags), "file-roots"),
+	"token":        {"data-dir", "jwt-issuer", "jwt-audience", "log-format", "log-level"},
 }
 
 // setup parses the shared flags over the environment, validates the configuration and

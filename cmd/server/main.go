@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 )
 
@@ -154,7 +155,11 @@ func newFlagSet(env *environ, name string, args []string) *flag.FlagSet {
 	}
 	fs.SetOutput(out)
 	fs.Usage = func() {
-		fmt.Fprintf(out, "usage: loopze-certs %s [flags]\n\n%s\n", name, describe(name).summary)
+		summary := describe(name).summary
+		if summary == "" { // a subcommand's own subcommand (audit verify): its parent's
+			summary = describe(strings.Fields(name)[0]).summary
+		}
+		fmt.Fprintf(out, "usage: loopze-certs %s [flags]\n\n%s\n", name, summary)
 		if h := commandHelp[name]; h != "" {
 			fmt.Fprintf(out, "\n%s\n", h)
 		}
