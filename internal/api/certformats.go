@@ -161,7 +161,7 @@ func registerCertificateExport(api huma.API, s *Server, tags []string) {
 		}}},
 	}, auth.Editor), func(ctx context.Context, in *struct {
 		CertIDParam
-		Accept string `header:"Accept" doc:"application/pem-certificate-chain (default) or application/pkix-cert"`
+		Accept string `header:"Accept" maxLength:"1024" doc:"application/pem-certificate-chain (default) or application/pkix-cert"`
 	}) (*CertificateOutput, error) {
 		ct := negotiateCertificate(in.Accept)
 		if ct == "" {

@@ -367,15 +367,6 @@ func registerCerts(api huma.API, s *Server) {
 		return s.saved(res), nil
 	})
 
-	// The PUT that creates answers 201 with Location: document it beside the 200.
-	if op := api.OpenAPI().Paths[certsPath+"/{id}"].Put; op != nil {
-		if ok := op.Responses["200"]; ok != nil {
-			created := *ok
-			created.Description = "Created: the ID was unknown"
-			op.Responses["201"] = &created
-		}
-	}
-
 	huma.Register(api, secured(huma.Operation{
 		OperationID: "deleteCert", Method: http.MethodDelete, Path: certsPath + "/{id}", Tags: tags,
 		Summary: "Delete an entry",

@@ -2,6 +2,7 @@ package api
 
 import (
 	"net/http"
+	"slices"
 	"strconv"
 
 	"github.com/danielgtaylor/huma/v2"
@@ -19,12 +20,26 @@ func describeDocument(o *huma.OpenAPI) {
 		{Name: "certificates", Description: "The tenant's catalogue of CA bundles, client pairs and server pairs"},
 		{Name: "flows", Description: "The tenant's deployed workspace and what its nodes' TLS resolves to"},
 		{Name: "health", Description: "Liveness and readiness probes, open to anyone"},
+		{Name: "history", Description: "Every version an entry had, and restoring one"},
+		{Name: "audit", Description: "The tenant's tamper-evident record of changes"},
+	}
+}
+
+// defineTags lists in the document's tags any tag an operation uses that
+// describeDocument does not know yet, so that every tag is defined.
+func defineTags(o *huma.OpenAPI, op *huma.Operation) {
+	for _, name := range op.Tags {
+		if !slices.ContainsFunc(o.Tags, func(t *huma.Tag) bool { return t.Name == name }) {
+			o.Tags = append(o.Tags, &huma.Tag{Name: name, Description: "Operations about " + name})
+		}
 	}
 }
 
 // declareCommon documents the answers every operation of a kind can give, whoever
-// registered it: 415 where there is a request body (Huma refuses another media type), the
-// rate limit's headers and 429 where a token is required. It runs after every route is
+// registered it: 415 where there is a request body (Huma refuses another media type); the
+// rate limit's headers, 429 and 503 (no database, or authentication not configured) where
+// a token is required; 201 beside a 200 that carries Location, since such an operation
+// (CertSavedOutput) answers 201 when it created the entry. It runs after every route is
 // registered.
 func declareCommon(api huma.API) {
 	for _, item := range api.OpenAPI().Paths {
@@ -37,10 +52,25 @@ func declareCommon(api huma.API) {
 			}
 			if len(op.Security) > 0 {
 				declareRateLimit(api, op)
+				declareError(api, op, http.StatusServiceUnavailable, nil)
 			}
+			declareCreated(op)
+			defineTags(api.OpenAPI(), op)
 			boundResponseHeaders(op)
 		}
 	}
+}
+
+// declareCreated documents the 201 of an operation whose 200 carries Location: the same
+// body and headers, for the answer that created the resource.
+func declareCreated(op *huma.Operation) {
+	ok := op.Responses["200"]
+	if ok == nil || ok.Headers["Location"] == nil || op.Responses["201"] != nil {
+		return
+	}
+	created := *ok
+	created.Description = "Created: there was no such entry, so it was created"
+	op.Responses["201"] = &created
 }
 
 // declareError adds an error response in the API's error shape to op, with headers.

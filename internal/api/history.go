@@ -79,7 +79,7 @@ func toVersionSummary(v *repo.Version) VersionSummary {
 // VersionParam is the {id} and {version} path parameters.
 type VersionParam struct {
 	CertIDParam
-	Version int64 `path:"version" minimum:"1" doc:"Version number, from the history listing" example:"3"`
+	Version int64 `path:"version" minimum:"1" maximum:"9007199254740991" doc:"Version number, from the history listing" example:"3"`
 }
 
 // VersionsOutput is a page of an entry's history, newest first.
@@ -167,9 +167,9 @@ func registerHistory(api huma.API, s *Server) {
 		Errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusPreconditionFailed, http.StatusUnprocessableEntity},
 	}, auth.Editor), func(ctx context.Context, in *struct {
 		VersionParam
-		IfMatch string `header:"If-Match" doc:"ETag of the entry version being replaced"`
+		IfMatch string `header:"If-Match" maxLength:"1024" doc:"ETag of the entry version being replaced"`
 	}) (*CertSavedOutput, error) {
-		ifMatch, err := parseIfMatch(in.IfMatch)
+		ifMatch, err := parseEntryIfMatch(in.IfMatch)
 		if err != nil {
 			return nil, err
 		}
