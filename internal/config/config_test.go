@@ -122,6 +122,8 @@ func TestEveryVariableButTheSecretsHasAFlag(t *testing.T) {
 		config.EnvAllowedOrigins: "allowed-origins", config.EnvSecureCookies: "secure-cookies",
 		config.EnvMetricsAddr: "metrics-addr", config.EnvListenURL: "listen-database-url", config.EnvPooler: "database-pooler",
 		config.EnvHistoryKeep: "history-keep", config.EnvHistoryDays: "history-days",
+		config.EnvRateLimitTenant: "rate-limit-tenant", config.EnvRateLimitTenantBurst: "rate-limit-tenant-burst",
+		config.EnvRateLimitSubject: "rate-limit-subject", config.EnvRateLimitSubjectBurst: "rate-limit-subject-burst",
 	}, byVariable, "every variable but LOOPZE_JWT_SECRET and LOOPZE_METRICS_TOKEN")
 
 	require.NoError(t, fs.Parse([]string{"--allowed-origins", "https://a.example, https://b.example", "--log-level", "debug"}))
