@@ -1,0 +1,371 @@
+package nodetls
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/material"
+	"github.com/loopze/certstore/internal/refs"
+)
+
+// DefaultRetryPause is how long a file pair that does not load waits before it is read
+// once more: long enough for the second mv of a rotation, short enough for a connection init.
+const DefaultRetryPause = 100 * time.Millisecond
+
+// Options configure a Store. File and KeyFile are required.
+type Options struct {
+	// File is the tenant's credentials.json, as the export job (or Sync) writes it.
+	File string
+	// KeyFile is the master key file. It must be named loopze.key: during a key rotation
+	// the new key is loopze.key.next beside it, and both are read.
+	KeyFile string
+	// Tenant, when set, is the only tenant whose file is accepted; empty pins the tenant of
+	// the first file loaded.
+	Tenant string
+	// FileRoots confines the paths of file material as LOOPZE_FILE_ROOTS does on the
+	// server (":"-separated directories, "{tenant}" replaced); empty allows any absolute path.
+	FileRoots string
+	// OnRefused, when set, is called once for every changed file that is refused (torn,
+	// tampered with, another tenant's, under an unknown key, older than the one loaded).
+	// The last good snapshot keeps serving. It runs inside the Config call that noticed
+	// the change and must not call the Store.
+	OnRefused func(error)
+	// Logger receives material warnings (expiry, weak keys) and refusals; nil discards.
+	// Nothing this package logs carries PEM or key bytes.
+	Logger *slog.Logger
+	// RetryPause is the pause before a file pair that failed to load is read again (a
+	// rotation caught between its two renames); zero means DefaultRetryPause.
+	RetryPause time.Duration
+	// Now is the clock for expiry warnings; nil means time.Now.
+	Now func() time.Time
+}
+
+// Store holds one tenant's decrypted credentials.json in memory and turns its nodes' tls
+// blocks into *tls.Config values. It follows the file: every Config call compares the
+// file's identity (inode, size, modification time) with the loaded one and reloads when it
+// changed, keeping the last good snapshot when the new file is refused. A Store is safe
+// for concurrent use.
+type Store struct {
+	opts  Options
+	roots material.Roots
+	ring  *envelope.Ring
+
+	state  atomic.Pointer[state]
+	mu     sync.Mutex // serialises reloads
+	closed atomic.Bool
+}
+
+// state is what the Store serves and what it last saw on disk. It is replaced, never
+// mutated.
+type state struct {
+	snap *snapshot
+	// seen identifies the file last looked at (loaded or refused).
+	seen fs.FileInfo
+	// err is why the file last looked at was refused; nil when it is the one loaded.
+	err error
+	// keys identifies the key files when err is ErrUnknownKey, so a key that arrives
+	// after its file is noticed.
+	keys [2]fs.FileInfo
+}
+
+// Open loads the credentials file at path with the key ring of keyPath (see
+// Options.KeyFile).
+func Open(path, keyPath string) (*Store, error) {
+	return New(Options{File: path, KeyFile: keyPath})
+}
+
+// New loads the file Options names. The first load must succeed: there is no last good
+// snapshot to fall back on yet.
+func New(opts Options) (*Store, error) {
+	if opts.File == "" {
+		return nil, errors.New("nodetls: Options.File (the credentials.json path) is required")
+	}
+	if opts.KeyFile == "" {
+		return nil, errors.New("nodetls: Options.KeyFile (the loopze.key path) is required")
+	}
+	if base := filepath.Base(opts.KeyFile); base != envelope.KeyFile {
+		return nil, fmt.Errorf("nodetls: key file %s: must be named %s (%s beside it is read during a key rotation)",
+			opts.KeyFile, envelope.KeyFile, envelope.NextKeyFile)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	roots := material.ParseRoots(opts.FileRoots)
+	if err := roots.Validate(); err != nil {
+		return nil, fmt.Errorf("nodetls: file roots: %w", err)
+	}
+	ring, err := envelope.LoadExisting(filepath.Dir(opts.KeyFile), opts.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("nodetls: key file %s: %w", opts.KeyFile, err)
+	}
+	s := &Store{opts: opts, roots: roots, ring: ring}
+	info, err := os.Stat(opts.File)
+	if err != nil {
+		return nil, fmt.Errorf("nodetls: %w %s: %w", ErrFileMissing, opts.File, err)
+	}
+	snap, err := s.load(nil)
+	if err != nil {
+		return nil, fmt.Errorf("nodetls: %w", err)
+	}
+	s.state.Store(&state{snap: snap, seen: info})
+	return s, nil
+}
+
+// Generation is the generation of the snapshot being served.
+func (s *Store) Generation() int64 { return s.state.Load().snap.generation }
+
+// Tenant is the tenant of the snapshot being served.
+func (s *Store) Tenant() string { return s.state.Load().snap.tenant }
+
+// Err reports why the file on disk is not the snapshot being served: nil when it is, else
+// the refusal (ErrNotCredentialsFile, ErrTampered, ErrWrongTenant, ErrUnknownKey,
+// ErrStaleFile, ErrFileMissing). It reflects the file as of the last Config, Describe or
+// Refresh call.
+func (s *Store) Err() error { return s.state.Load().err }
+
+// Refresh checks the file now, as every Config call does, and returns Err.
+func (s *Store) Refresh() error {
+	if _, err := s.current(); err != nil {
+		return err
+	}
+	return s.Err()
+}
+
+// Close drops the snapshot; later calls return ErrClosed.
+func (s *Store) Close() error {
+	s.closed.Store(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st := s.state.Load(); st != nil {
+		s.state.Store(&state{snap: &snapshot{tenant: st.snap.tenant, generation: st.snap.generation}, seen: st.seen})
+	}
+	return nil
+}
+
+// current returns the snapshot to serve, reloading first when the file changed.
+func (s *Store) current() (*snapshot, error) {
+	if s.closed.Load() {
+		return nil, ErrClosed
+	}
+	st := s.state.Load()
+	info, statErr := os.Stat(s.opts.File)
+	if statErr == nil && sameFile(st.seen, info) && !s.keysChanged(st) {
+		return st.snap, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed.Load() {
+		return nil, ErrClosed
+	}
+	st = s.state.Load()
+	if statErr != nil {
+		if !errors.Is(st.err, ErrFileMissing) { // report the disappearance once
+			err := fmt.Errorf("%w %s: %w", ErrFileMissing, s.opts.File, statErr)
+			s.refused(err)
+			s.state.Store(&state{snap: st.snap, err: err})
+		}
+		return st.snap, nil
+	}
+	if sameFile(st.seen, info) && !s.keysChanged(st) {
+		return st.snap, nil // another caller reloaded it meanwhile
+	}
+	snap, err := s.load(st.snap)
+	if err != nil {
+		next := &state{snap: st.snap, seen: info, err: err}
+		if errors.Is(err, ErrUnknownKey) {
+			next.keys = s.keyInfo()
+		}
+		s.refused(err)
+		s.state.Store(next)
+		return st.snap, nil
+	}
+	if snap.generation != st.snap.generation || snap.keyID != st.snap.keyID {
+		s.opts.Logger.Info("credentials file reloaded", "path", s.opts.File, "tenant", snap.tenant,
+			"generation", snap.generation, "previous_generation", st.snap.generation, "key_id", snap.keyID)
+	}
+	s.state.Store(&state{snap: snap, seen: info})
+	return snap, nil
+}
+
+func (s *Store) refused(err error) {
+	s.opts.Logger.Warn("credentials file refused; the last good snapshot keeps serving", "path", s.opts.File, "err", err)
+	if s.opts.OnRefused != nil {
+		s.opts.OnRefused(err)
+	}
+}
+
+// keysChanged reports whether a file refused for its unknown key could now open: the key
+// files changed since.
+func (s *Store) keysChanged(st *state) bool {
+	if !errors.Is(st.err, ErrUnknownKey) {
+		return false
+	}
+	now := s.keyInfo()
+	for i := range now {
+		if (now[i] == nil) != (st.keys[i] == nil) || (now[i] != nil && !sameFile(st.keys[i], now[i])) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Store) keyInfo() [2]fs.FileInfo {
+	var out [2]fs.FileInfo
+	dir := filepath.Dir(s.opts.KeyFile)
+	for i, name := range []string{envelope.KeyFile, envelope.NextKeyFile} {
+		if info, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			out[i] = info
+		}
+	}
+	return out
+}
+
+func sameFile(a, b fs.FileInfo) bool {
+	return a != nil && b != nil && os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
+}
+
+// load reads, decrypts and indexes the file. prev is the snapshot being served, nil at
+// the first load: a file for another tenant or of an older generation is refused.
+func (s *Store) load(prev *snapshot) (*snapshot, error) {
+	path := s.opts.File
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w %s: %w", ErrFileMissing, path, err)
+	}
+	tenant := s.opts.Tenant
+	if tenant == "" && prev != nil {
+		tenant = prev.tenant
+	}
+	doc, h, err := fileexport.Open(s.ring, data, tenant)
+	if errors.Is(err, envelope.ErrUnknownKey) {
+		// A key rotation wrote loopze.key.next (or promoted it) since the ring was read.
+		if rerr := s.ring.Reload(); rerr != nil {
+			return nil, fileError(path, errors.Join(err, rerr))
+		}
+		doc, h, err = fileexport.Open(s.ring, data, tenant)
+	}
+	if err != nil {
+		return nil, fileError(path, err)
+	}
+	if prev != nil && h.Generation < prev.generation {
+		return nil, fmt.Errorf("load %s: %w: generation %d, the loaded one is %d", path, ErrStaleFile, h.Generation, prev.generation)
+	}
+	snap, err := newSnapshot(doc, h)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", path, err)
+	}
+	return snap, nil
+}
+
+// snapshot is one decrypted file, indexed for Config. It holds PEM and keys in memory and
+// never prints them.
+type snapshot struct {
+	tenant     string
+	generation int64
+	keyID      string
+	entries    map[string]*fileexport.Entry
+	nodes      map[nodeKey]*refs.Node
+
+	// parsed caches material parsed from the snapshot's inline PEM (stored inline entries
+	// and inline tls-block parts), until a validity boundary passes. File material is
+	// never cached.
+	mu     sync.Mutex
+	parsed map[string]parsedMaterial
+}
+
+type nodeKey struct{ flow, node string }
+
+type parsedMaterial struct {
+	m     *material.Material
+	until time.Time
+}
+
+func newSnapshot(doc *fileexport.Document, h fileexport.Header) (*snapshot, error) {
+	snap := &snapshot{
+		tenant: h.Tenant, generation: h.Generation, keyID: h.KeyID,
+		entries: make(map[string]*fileexport.Entry, len(doc.Entries)),
+		nodes:   map[nodeKey]*refs.Node{},
+		parsed:  map[string]parsedMaterial{},
+	}
+	for i := range doc.Entries {
+		snap.entries[doc.Entries[i].ID] = &doc.Entries[i]
+	}
+	if len(doc.Workspace) == 0 {
+		return snap, nil
+	}
+	ws, err := refs.Parse(doc.Workspace)
+	if err != nil {
+		return nil, fmt.Errorf("%w: deployed workspace: %w", ErrNotCredentialsFile, err)
+	}
+	byID := map[string]*refs.Node{}
+	for _, f := range ws.Flows {
+		for _, n := range f.Nodes {
+			snap.nodes[nodeKey{f.ID, n.ID}] = n
+			byID[n.ID] = n
+		}
+	}
+	// Inline PEM of tls blocks lives beside the workspace as node credentials named
+	// "tls.<field>", as the deploy stores it.
+	for _, c := range doc.NodeCredentials {
+		n := byID[c.NodeID]
+		field, ok := cutTLS(c.Name)
+		if n == nil || n.TLS == nil || !ok {
+			continue
+		}
+		v, err := c.Bytes()
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrNotCredentialsFile, err)
+		}
+		for _, p := range refs.Parts {
+			sp := n.TLS.Spec(p)
+			switch {
+			case field == p.CertPEM:
+				sp.CertPEM = &refs.Value{Text: secretString(v)}
+			case field == p.KeyPEM && p.KeyPEM != "":
+				sp.KeyPEM = &refs.Value{Text: secretString(v)}
+			}
+		}
+	}
+	return snap, nil
+}
+
+// cached returns material parsed earlier under key, or parses it with parse.
+func (snap *snapshot) cached(key string, now time.Time, parse func() (*material.Material, error)) (*material.Material, error) {
+	snap.mu.Lock()
+	pm, ok := snap.parsed[key]
+	snap.mu.Unlock()
+	if ok && now.Before(pm.until) {
+		return pm.m, nil
+	}
+	m, err := parse()
+	if err != nil {
+		return nil, err
+	}
+	snap.mu.Lock()
+	snap.parsed[key] = parsedMaterial{m: m, until: nextBoundary(m, now)}
+	snap.mu.Unlock()
+	return m, nil
+}
+
+// nextBoundary is the first NotBefore or NotAfter of m's certificates after now (within a
+// day): past it, the expiry warnings must be computed again.
+func nextBoundary(m *material.Material, now time.Time) time.Time {
+	until := now.Add(24 * time.Hour)
+	for _, c := range m.Certs {
+		for _, b := range []time.Time{c.NotBefore, c.NotAfter} {
+			if b.After(now) && b.Before(until) {
+				until = b
+			}
+		}
+	}
+	return until
+}
