@@ -14,10 +14,10 @@ import (
 
 // startExport restores the default tenant from data/credentials.json when the database is
 // empty (the move from a file-backed installation), then starts the loop that keeps every
-// tenant's file in step with the database. stop ends the loop and waits for a write in
-// progress to finish.
+// tenant's file in step with the database; onWrite hears of every file written. stop ends
+// the loop and waits for a write in progress to finish.
 // The loop LISTENs on listenURL, a direct connection past any transaction pooler.
-func startExport(ctx context.Context, cfg config.Config, svc *services, pool *pgxpool.Pool, listenURL string, logger *slog.Logger) (x *fileexport.Exporter, stop func(), err error) {
+func startExport(ctx context.Context, cfg config.Config, svc *services, pool *pgxpool.Pool, listenURL string, logger *slog.Logger, onWrite func(fileexport.Result)) (x *fileexport.Exporter, stop func(), err error) {
 	listen, err := pgx.ParseConfig(listenURL)
 	if err != nil {
 		return nil, nil, fmt.Errorf("parse %s: malformed connection string", config.EnvListenURL)
@@ -32,7 +32,7 @@ func startExport(ctx context.Context, cfg config.Config, svc *services, pool *pg
 			"path", fileexport.Path(cfg.DataDir, fileexport.DefaultTenant), "entries", res.Entries,
 			"references", res.References, "node_credentials", res.NodeCredentials, "file_generation", res.FileGeneration)
 	}
-	x = &fileexport.Exporter{Pool: pool, Ring: svc.ring, DataDir: cfg.DataDir, Logger: logger}
+	x = &fileexport.Exporter{Pool: pool, Ring: svc.ring, DataDir: cfg.DataDir, Logger: logger, OnWrite: onWrite}
 	sy := &fileexport.Syncer{Exporter: x, ListenConfig: listen, Logger: logger}
 	if svc.catalog != nil && svc.catalog.Cache != nil {
 		sy.Watcher = svc.catalog.Cache

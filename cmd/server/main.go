@@ -52,6 +52,8 @@ var commands = map[string]command{
 	"rotate-key":  {"rotate the master key (or finish an interrupted rotation)", runRotateKey},
 	"doctor":      {"check key and file permissions, key/file/database agreement and expiring entries", runDoctor},
 	"audit":       {"verify the audit trail's hash chains (verify) or write a tenant's trail as JSON lines (export --tenant T)", runAudit},
+	"resolve":     {"print what a node's tls block resolves to from a credentials.json (never PEM)", runResolve},
+	"probe":       {"open a TLS connection with a node's config and print the handshake", runProbe},
 }
 
 // errUsage marks errors that are the caller's: printed with the usage hint.

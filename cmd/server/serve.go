@@ -82,13 +82,14 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	if _, err := mig.Run(operator(ctx, "serve")); err != nil {
 		return err
 	}
-	exporter, stopExport, err := startExport(ctx, cfg, svc, pool, direct, logger)
+	creds := &api.Credentials{DataDir: cfg.DataDir}
+	exporter, stopExport, err := startExport(ctx, cfg, svc, pool, direct, logger, creds.Written)
 	if err != nil {
 		return err
 	}
 	defer stopExport()
 	mx := metrics.New(metrics.Options{Pool: pool, Exporter: exporter, Roots: svc.roots, Logger: logger, Version: version})
-	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: version, Verifier: svc.verifier, Catalog: svc.catalog, Workspace: svc.workspace, Metrics: mx,
+	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: version, Verifier: svc.verifier, Catalog: svc.catalog, Workspace: svc.workspace, Metrics: mx, Credentials: creds,
 		SecureCookies: cfg.SecureCookies, MetricsToken: cfg.MetricsToken, MetricsOwnListener: metricsLn != nil,
 		RateLimit: api.RateLimit{TenantRate: cfg.RateLimitTenant, TenantBurst: cfg.RateLimitTenantBurst,
 			SubjectRate: cfg.RateLimitSubject, SubjectBurst: cfg.RateLimitSubjectBurst}})

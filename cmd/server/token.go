@@ -18,7 +18,7 @@ func runToken(_ context.Context, env *environ, args []string) error {
 	)
 	cfg, _, _, err := setup(env, "token", args, func(fs *flag.FlagSet) {
 		fs.StringVar(&tenant, "tenant", "default", "tenant slug the token is for")
-		fs.StringVar(&role, "role", "viewer", "viewer, editor or admin")
+		fs.StringVar(&role, "role", "viewer", "viewer, editor, admin, or runtime (may only sync credentials.json)")
 		fs.StringVar(&sub, "sub", "operator", "subject (who the token is for)")
 		fs.DurationVar(&ttl, "ttl", time.Hour, "lifetime, e.g. 1h or 720h")
 	})
@@ -27,7 +27,7 @@ func runToken(_ context.Context, env *environ, args []string) error {
 	}
 	r, err := auth.ParseRole(role)
 	if err != nil {
-		return fmt.Errorf("%w: --role %q: want viewer, editor or admin", errUsage, role)
+		return fmt.Errorf("%w: --role %q: want viewer, editor, admin or runtime", errUsage, role)
 	}
 	if !auth.ValidTenant(tenant) {
 		return fmt.Errorf("%w: --tenant %q must match ^[a-z0-9][a-z0-9_-]{0,63}$", errUsage, tenant)

@@ -44,6 +44,8 @@ type Deps struct {
 	Catalog  *catalog.Service
 	// Workspace deploys and reads the tenant's flows.
 	Workspace *workspace.Service
+	// Credentials serves the tenants' credentials.json files to runtimes; nil answers 503.
+	Credentials *Credentials
 	// Metrics serves /metrics and records request durations; nil leaves both out.
 	Metrics Metrics
 	// MetricsToken, when set, is the bearer token /metrics requires (LOOPZE_METRICS_TOKEN).
@@ -114,6 +116,7 @@ func Register(api huma.API, s *Server) {
 	registerFlows(api, s)
 	registerHistory(api, s)
 	registerAudit(api, s)
+	registerCredentials(api, s)
 	declareCommon(api)
 }
 

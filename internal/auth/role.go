@@ -10,8 +10,9 @@ import (
 	"regexp"
 )
 
-// Role is what a principal may do inside its tenant. Roles are ordered: a higher role
-// includes everything a lower one may do.
+// Role is what a principal may do inside its tenant. Viewer, Editor and Admin are
+// ordered: a higher role includes everything a lower one may do. Runtime stands outside
+// the order: it may read the tenant's credentials file and nothing else.
 type Role int
 
 // The roles, lowest first. RoleNone is the zero value so that a Principal nobody filled
@@ -23,13 +24,18 @@ const (
 	Admin
 )
 
+// Runtime is the role of a LOOPZE runtime that syncs its tenant's encrypted
+// credentials.json: it allows only operations that ask for Runtime, which Admin allows too.
+// Its value lies outside the ordered range so no comparison can promote it.
+const Runtime Role = 16
+
 // ErrUnknownRole is returned by ParseRole for anything but the three role names.
 var ErrUnknownRole = errors.New("unknown role")
 
-var roleNames = map[string]Role{"viewer": Viewer, "editor": Editor, "admin": Admin}
+var roleNames = map[string]Role{"viewer": Viewer, "editor": Editor, "admin": Admin, "runtime": Runtime}
 
-// ParseRole parses a role name as it appears in the `role` claim: "viewer", "editor" or
-// "admin", exactly. Matching is exact because the claim is machine-written and a lenient
+// ParseRole parses a role name as it appears in the `role` claim: "viewer", "editor",
+// "admin" or "runtime", exactly. Matching is exact because the claim is machine-written and a lenient
 // parser would accept tokens other verifiers of the same issuer refuse.
 func ParseRole(s string) (Role, error) {
 	r, ok := roleNames[s]
@@ -51,13 +57,19 @@ func (r Role) String() string {
 		return "editor"
 	case Admin:
 		return "admin"
+	case Runtime:
+		return "runtime"
 	}
 	return fmt.Sprintf("Role(%d)", int(r))
 }
 
 // Allows reports whether a principal holding r may do what needs at least min.
-// RoleNone and out-of-range values allow nothing, whatever min is.
+// RoleNone and out-of-range values allow nothing, whatever min is. An operation that
+// needs Runtime is allowed to Runtime and Admin; Runtime allows nothing else.
 func (r Role) Allows(min Role) bool {
+	if min == Runtime {
+		return r == Runtime || r == Admin
+	}
 	return r.valid() && r >= min
 }
 

@@ -17,6 +17,7 @@ func TestParseRole(t *testing.T) {
 		{"viewer", Viewer, true},
 		{"editor", Editor, true},
 		{"admin", Admin, true},
+		{"runtime", Runtime, true},
 		{"", RoleNone, false},
 		{"none", RoleNone, false},
 		{"Admin", RoleNone, false},
@@ -51,6 +52,15 @@ func TestRoleAllows(t *testing.T) {
 		{RoleNone, RoleNone, false},
 		{RoleNone, Viewer, false},
 		{Role(4), Admin, false},
+		{Runtime, Runtime, true},
+		{Admin, Runtime, true},
+		{Editor, Runtime, false},
+		{Viewer, Runtime, false},
+		{RoleNone, Runtime, false},
+		{Runtime, Viewer, false},
+		{Runtime, Editor, false},
+		{Runtime, Admin, false},
+		{Runtime, RoleNone, false},
 		{Role(-1), RoleNone, false},
 	} {
 		require.Equal(t, tc.want, tc.have.Allows(tc.need), "%s allows %s", tc.have, tc.need)

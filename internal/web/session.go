@@ -24,6 +24,9 @@ type loginData struct {
 // maxLoginBody bounds the sign-in form: a token is well under 16 KiB.
 const maxLoginBody = 64 << 10
 
+// errNotAUser refuses a session whose role is not viewer, editor or admin.
+var errNotAUser = errors.New("the token's role cannot use the web UI")
+
 // session returns the signed-in user from the session cookie, or an error wrapping
 // auth.ErrNoToken when there is none. Pages read only the cookie: a browser never sends a
 // bearer header on its own.
@@ -38,6 +41,9 @@ func (h *Handler) session(r *http.Request) (*auth.Principal, error) {
 	p, err := h.cfg.Verifier.Verify(c.Value)
 	if err != nil {
 		return nil, err
+	}
+	if !p.Role.Allows(auth.Viewer) { // a runtime token reads the credentials route only
+		return nil, errNotAUser
 	}
 	p.Via = auth.ViaCookie
 	return &p, nil
@@ -108,6 +114,10 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		h.log.Info("web sign-in refused", "request_id", w.Header().Get("X-Request-Id"), "reason", err)
 		fail("That token is not valid: it may have expired, be for another server, or be cut short.")
+		return
+	}
+	if !p.Role.Allows(auth.Viewer) {
+		fail("That token has the " + p.Role.String() + " role, which cannot sign in: use a viewer, editor or admin token.")
 		return
 	}
 	exp, err := expiry(token)
