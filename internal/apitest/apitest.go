@@ -27,6 +27,7 @@ import (
 	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/logging"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/resolver"
@@ -45,9 +46,14 @@ type Env struct {
 	// Workspace is the deploy service behind /api/v1/flows.
 	Workspace *workspace.Service
 	Server    *api.Server
-	Logs      *Buffer
-	Logger    *slog.Logger
-	secret    []byte
+	// Credentials serves GET /api/v1/credentials from DataDir; the export job wakes it.
+	Credentials *api.Credentials
+	// Exporter writes the tenants' credentials.json into DataDir (see Export and
+	// Options.ExportLoop).
+	Exporter *fileexport.Exporter
+	Logs     *Buffer
+	Logger   *slog.Logger
+	secret   []byte
 }
 
 // Options adjust the environment.
@@ -56,6 +62,9 @@ type Options struct {
 	FileRoots string
 	// RateLimit sets the token buckets; the zero value leaves rate limiting off.
 	RateLimit api.RateLimit
+	// ExportLoop runs the export job (LISTEN/NOTIFY and reconcile) as serve does, so
+	// every change reaches DataDir's credentials.json files.
+	ExportLoop bool
 }
 
 // Buffer is a goroutine-safe log sink.
@@ -103,12 +112,24 @@ func New(t testing.TB, opts ...Options) *Env {
 	cat := &catalog.Service{Pool: pool, Ring: ring, Roots: roots, Logger: logger}
 	ws := &workspace.Service{Pool: pool, Ring: ring, Roots: roots, Logger: logger,
 		Resolver: &resolver.Resolver{Entries: cat, Roots: cat.Roots, Logger: logger}}
+	creds := &api.Credentials{DataDir: dataDir}
+	exporter := &fileexport.Exporter{Pool: pool, Ring: ring, DataDir: dataDir, Logger: logger, OnWrite: creds.Written}
 	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: "test", Verifier: verifier, Catalog: cat, Workspace: ws,
-		RateLimit: o.RateLimit})
+		RateLimit: o.RateLimit, Credentials: creds})
 	hs := httptest.NewServer(Contract(t, srv.Handler))
 	t.Cleanup(hs.Close)
+	if o.ExportLoop {
+		loopCtx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		sy := &fileexport.Syncer{Exporter: exporter, Logger: logger, Debounce: 10 * time.Millisecond}
+		go func() {
+			defer close(done)
+			_ = sy.Run(loopCtx)
+		}()
+		t.Cleanup(func() { cancel(); <-done })
+	}
 	return &Env{URL: hs.URL, DBURL: url, DataDir: dataDir, Pool: pool, Ring: ring, Catalog: cat,
-		Workspace: ws, Server: srv, Logs: logs, Logger: logger, secret: secret}
+		Workspace: ws, Server: srv, Credentials: creds, Exporter: exporter, Logs: logs, Logger: logger, secret: secret}
 }
 
 // testWriter shows server logs in verbose test output.
@@ -121,7 +142,15 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// Token mints a token for tenant and role ("viewer", "editor", "admin").
+// Export writes tenant's credentials.json now, as the export job does.
+func (e *Env) Export(t testing.TB, tenant string) fileexport.Result {
+	t.Helper()
+	r, err := e.Exporter.ExportTenant(context.Background(), tenant, false)
+	require.NoError(t, err)
+	return r
+}
+
+// Token mints a token for tenant and role ("viewer", "editor", "admin", "runtime").
 func (e *Env) Token(t testing.TB, tenant, role string) string {
 	t.Helper()
 	r, err := auth.ParseRole(role)

@@ -82,3 +82,6 @@ var tenantPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
 // Tenants become directory names (data/tenants/<tenant>), so the rule also keeps path
 // separators and dot segments out.
 func ValidTenant(s string) bool { return tenantPattern.MatchString(s) }
+
+// known reports whether r is a role a token may carry: an ordered one or Runtime.
+func (r Role) known() bool { return r.valid() || r == Runtime }

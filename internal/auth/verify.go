@@ -280,7 +280,7 @@ func Mint(hmacSecret []byte, p Principal, ttl time.Duration, issuer, audience st
 	if !ValidTenant(p.Tenant) {
 		return "", fmt.Errorf("mint token: tenant %q is not a valid slug", p.Tenant)
 	}
-	if !p.Role.valid() {
+	if !p.Role.known() {
 		return "", fmt.Errorf("mint token: %w: %s", ErrUnknownRole, p.Role)
 	}
 	if ttl <= 0 {

@@ -1,0 +1,220 @@
+package api_test
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/danielgtaylor/huma/v2"
+	"github.com/stretchr/testify/require"
+
+	"github.com/loopze/certstore/internal/apitest"
+	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/material/materialtest"
+	"github.com/loopze/certstore/nodetls"
+)
+
+// TestCredentialsRoute: the file exactly as on disk with its generation as ETag, 304 while
+// it is current, a long poll that returns on the next export, and only runtime and admin
+// tokens of the tenant served.
+func TestCredentialsRoute(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	editor, runtime := env.Token(t, "acme", "editor"), env.Token(t, "acme", "runtime")
+	get := func(tok string, headers map[string]string, query string) *apitest.Response {
+		return env.Do(t, apitest.Request{Method: http.MethodGet, Path: "/api/v1/credentials" + query, Token: tok, Headers: headers})
+	}
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	post(t, env, editor, inlineCA("root-ca", ca))
+
+	res := get(runtime, nil, "")
+	require.Equal(t, http.StatusNotFound, res.Status, "before the first export: %s", res.Body)
+
+	r := env.Export(t, "acme")
+	onDisk, err := os.ReadFile(fileexport.Path(env.DataDir, "acme"))
+	require.NoError(t, err)
+	res = get(runtime, nil, "")
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+	require.Equal(t, onDisk, res.Body, "the bytes on disk, ciphertext only")
+	require.NotContains(t, string(res.Body), "BEGIN")
+	etag := res.Header.Get("ETag")
+	require.Equal(t, nodetls.ETag(r.Generation), etag)
+
+	res = get(runtime, map[string]string{"If-None-Match": etag}, "")
+	require.Equal(t, http.StatusNotModified, res.Status)
+	require.Empty(t, res.Body)
+	res = get(runtime, map[string]string{"If-None-Match": etag}, "?wait=20ms")
+	require.Equal(t, http.StatusNotModified, res.Status, "the wait ends with 304 when nothing moved")
+
+	// A long poll returns with the generation the next export writes.
+	type answer struct {
+		status int
+		etag   string
+	}
+	polled := make(chan answer, 1)
+	go func() {
+		res := get(runtime, map[string]string{"If-None-Match": etag}, "?wait=60s")
+		polled <- answer{res.Status, res.Header.Get("ETag")}
+	}()
+	post(t, env, editor, inlineCA("second-ca", ca))
+	r2 := env.Export(t, "acme")
+	got := <-polled
+	require.Equal(t, http.StatusOK, got.status)
+	require.Equal(t, nodetls.ETag(r2.Generation), got.etag)
+
+	// Admin may read it; viewer and editor may not; another tenant sees only its own.
+	require.Equal(t, http.StatusOK, get(env.Token(t, "acme", "admin"), nil, "").Status)
+	for _, role := range []string{"viewer", "editor"} {
+		res := get(env.Token(t, "acme", role), nil, "")
+		require.Equal(t, http.StatusForbidden, res.Status, role)
+	}
+	res = get(env.Token(t, "globex", "runtime"), nil, "")
+	require.Equal(t, http.StatusNotFound, res.Status)
+	require.NotContains(t, string(res.Body), "ciphertext")
+	require.Equal(t, http.StatusUnauthorized, get("", nil, "").Status)
+
+	for _, bad := range []string{"?wait=2m", "?wait=soon", "?wait=-1s"} {
+		res := get(runtime, map[string]string{"If-None-Match": etag}, bad)
+		require.Equal(t, http.StatusUnprocessableEntity, res.Status, bad)
+		require.Contains(t, string(res.Body), "query.wait", bad)
+	}
+}
+
+// TestLongPollEndsWithTheClient: a client that goes away ends its long poll; the server
+// stays responsive and answers the next one.
+func TestLongPollEndsWithTheClient(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	runtime := env.Token(t, "acme", "runtime")
+	post(t, env, env.Token(t, "acme", "editor"), inlineCA("root-ca", materialtest.NewCA(t, materialtest.Options{})))
+	r := env.Export(t, "acme")
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, env.URL+"/api/v1/credentials?wait=60s", nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+runtime)
+	req.Header.Set("If-None-Match", nodetls.ETag(r.Generation))
+	done := make(chan error, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
+	res := env.Do(t, apitest.Request{Method: http.MethodGet, Path: "/api/v1/credentials", Token: runtime})
+	require.Equal(t, http.StatusOK, res.Status)
+}
+
+// TestRuntimeTokenRefusedElsewhere sends a runtime token to every other operation of the
+// API and to the web UI: each refuses it.
+func TestRuntimeTokenRefusedElsewhere(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	runtime := env.Token(t, "acme", "runtime")
+	param := regexp.MustCompile(`\{[^}]+\}`)
+	checked := 0
+	for path, item := range env.Server.API.OpenAPI().Paths {
+		for method, op := range map[string]*huma.Operation{http.MethodGet: item.Get, http.MethodPost: item.Post,
+			http.MethodPut: item.Put, http.MethodDelete: item.Delete, http.MethodPatch: item.Patch} {
+			if op == nil || len(op.Security) == 0 || op.OperationID == "getCredentials" {
+				continue
+			}
+			res := env.Do(t, apitest.Request{Method: method, Path: param.ReplaceAllString(path, "x"), Token: runtime, Body: map[string]any{}})
+			require.Equal(t, http.StatusForbidden, res.Status, "%s %s: %s", method, path, res.Body)
+			checked++
+		}
+	}
+	require.Greater(t, checked, 5)
+
+	// The web UI: a runtime token cannot sign in, nor serve as a session cookie.
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	form := url.Values{"token": {runtime}, "next": {"/certs"}}
+	req, _ := http.NewRequest(http.MethodPost, env.URL+"/login", strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", env.URL)
+	resp, err := client.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	req, _ = http.NewRequest(http.MethodGet, env.URL+"/certs", nil)
+	req.AddCookie(&http.Cookie{Name: "loopze_session", Value: runtime})
+	resp, err = client.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	require.Contains(t, resp.Header.Get("Location"), "/login")
+}
+
+// TestPutReachesRuntime: a PUT of an inline entry on the server reaches a runtime's
+// package through the export job, both on the server's own file and on a copy kept by
+// Sync over the credentials route; the next connection presents the new pair.
+func TestPutReachesRuntime(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t, apitest.Options{ExportLoop: true})
+	editor := env.Token(t, "default", "editor")
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	addr := peerServer(t, ca)
+	v1, v2 := ca.Issue(t, materialtest.Options{CommonName: "edge-v1"}), ca.Issue(t, materialtest.Options{CommonName: "edge-v2"})
+	post(t, env, editor, inlineCA("root-ca", ca))
+	post(t, env, editor, inlinePair("edge-client", v1))
+	res := deploy(t, env, editor, workspaceOf(flow("line-1", node("tcp-out-1", "tcp-out",
+		obj{"tls": obj{"caBundleRef": "root-ca", "clientCertRef": "edge-client", "serverName": "localhost"}}))))
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+
+	// A remote runtime: its own directory with a copy of the key, kept current by Sync.
+	remote := t.TempDir()
+	key, err := os.ReadFile(filepath.Join(env.DataDir, envelope.KeyFile))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(remote, envelope.KeyFile), key, 0o600))
+	ctx, cancel := context.WithCancel(context.Background())
+	syncDone := make(chan error, 1)
+	syncer := &nodetls.Syncer{BaseURL: env.URL, Token: env.Token(t, "default", "runtime"), Dir: remote}
+	go func() { syncDone <- syncer.Run(ctx) }()
+	t.Cleanup(func() { cancel(); require.NoError(t, <-syncDone) })
+
+	presented := func(store *nodetls.Store) string {
+		cfg, err := store.Config(context.Background(), "line-1", "tcp-out-1")
+		require.NoError(t, err)
+		return dial(t, addr, cfg).presented(t)
+	}
+	open := func(dir string) *nodetls.Store {
+		var store *nodetls.Store
+		require.Eventually(t, func() bool {
+			s, err := nodetls.Open(filepath.Join(dir, fileexport.FileName), filepath.Join(dir, envelope.KeyFile))
+			if err != nil {
+				return false
+			}
+			if _, err := s.Config(context.Background(), "line-1", "tcp-out-1"); err != nil {
+				return false // the deploy is not exported yet
+			}
+			store = s
+			return true
+		}, 15*time.Second, 10*time.Millisecond)
+		return store
+	}
+	onServer, onRemote := open(env.DataDir), open(remote)
+	require.Equal(t, fingerprint(v1), presented(onServer))
+	require.Equal(t, fingerprint(v1), presented(onRemote))
+	before := onServer.Generation()
+
+	res = env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/certs/edge-client", Token: editor,
+		Body: obj{"certPem": string(v2.ChainPEM()), "keyPem": string(v2.KeyPEM())}})
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+	for name, store := range map[string]*nodetls.Store{"server's file": onServer, "synced copy": onRemote} {
+		require.Eventually(t, func() bool {
+			require.NoError(t, store.Refresh())
+			return store.Generation() > before
+		}, 15*time.Second, 10*time.Millisecond, name)
+		require.Equal(t, fingerprint(v2), presented(store), name)
+	}
+	require.NotContains(t, env.Logs.String(), "BEGIN")
+}
