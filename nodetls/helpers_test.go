@@ -172,7 +172,9 @@ func tlsDial(addr string, cfg *tls.Config) (*tls.Conn, error) {
 	return c, err
 }
 
-func seal(t testing.TB, f *fixture, doc *fileexport.Document) []byte { return sealUnder(t, doc, f.ring) }
+func seal(t testing.TB, f *fixture, doc *fileexport.Document) []byte {
+	return sealUnder(t, doc, f.ring)
+}
 
 func sealUnder(t testing.TB, doc *fileexport.Document, ring *envelope.Ring) []byte {
 	t.Helper()
