@@ -240,6 +240,8 @@ func (b *bench) runAll(ctx context.Context) {
 		{"workspace deploy", b.scenarioDeploy},
 		{"Node-RED deploy", b.scenarioNodeRED},
 		{"export", b.scenarioExport},
+		{"runtime Config", b.scenarioRuntime},
+		{"runtime Sync lag", b.scenarioSyncLag},
 		{"scale", b.scenarioScale},
 		{"replicas", b.scenarioReplicas},
 	}
