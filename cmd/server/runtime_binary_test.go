@@ -1,0 +1,153 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"io"
+	"net/http"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/loopze/certstore/internal/material"
+	"github.com/loopze/certstore/internal/material/materialtest"
+	"github.com/loopze/certstore/internal/testdb"
+	"github.com/loopze/certstore/nodetls"
+)
+
+// tlsPeer is a TLS server requiring a client certificate signed by ca; it completes the
+// handshake and closes.
+func tlsPeer(t *testing.T, ca *materialtest.Cert) string {
+	t.Helper()
+	srv := ca.Issue(t, materialtest.Options{CommonName: "localhost", DNSNames: []string{"localhost"}})
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
+		Certificates: []tls.Certificate{{Certificate: [][]byte{srv.Cert.Raw}, PrivateKey: srv.Key, Leaf: srv.Cert}},
+		ClientCAs:    pool, ClientAuth: tls.RequireAndVerifyClientCert,
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_ = c.(*tls.Conn).Handshake()
+				_, _ = io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// TestRuntimeBesideRunningServer drives the runtime side against the real binary: the
+// package follows the server's exported file, resolve and probe report a node, a
+// rotate-key under a runtime holding the file keeps it resolving, and the credentials
+// route serves a runtime token and nothing else.
+func TestRuntimeBesideRunningServer(t *testing.T) {
+	t.Parallel()
+	dataDir := filepath.Join(t.TempDir(), "data")
+	env := []string{"LOOPZE_DATA_DIR=" + dataDir, "LOOPZE_DATABASE_URL=" + testdb.URL(t), "LOOPZE_LOG_FORMAT=json"}
+	s := start(t, env)
+	s.waitReady(t)
+	editor := runCLI(t, env, "token", "--tenant", "default", "--role", "editor")
+	runtime := runCLI(t, env, "token", "--tenant", "default", "--role", "runtime")
+	call := func(method, path, tok string, body any, want int) []byte {
+		t.Helper()
+		var r io.Reader
+		if body != nil {
+			b, _ := json.Marshal(body)
+			r = bytes.NewReader(b)
+		}
+		req, _ := http.NewRequest(method, "http://"+s.addr+path, r)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		out, _ := io.ReadAll(resp.Body)
+		require.Equal(t, want, resp.StatusCode, "%s %s: %s", method, path, out)
+		return out
+	}
+	ca := materialtest.NewCA(t, materialtest.Options{CommonName: "Plant CA"})
+	v1 := ca.Issue(t, materialtest.Options{CommonName: "edge-v1"})
+	call(http.MethodPost, "/api/v1/certs", editor, map[string]string{"id": "plant-ca", "name": "Plant CA", "type": "ca-bundle",
+		"source": "inline", "certPem": string(ca.CertPEM())}, http.StatusCreated)
+	call(http.MethodPost, "/api/v1/certs", editor, map[string]string{"id": "edge", "name": "Edge", "type": "client-pair",
+		"source": "inline", "certPem": string(v1.ChainPEM()), "keyPem": string(v1.KeyPEM())}, http.StatusCreated)
+	call(http.MethodPut, "/api/v1/flows", editor, map[string]any{"flows": []any{map[string]any{"id": "line-1", "nodes": []any{
+		map[string]any{"id": "tcp-out-1", "type": "tcp-out", "tls": map[string]any{"caBundleRef": "plant-ca", "clientCertRef": "edge", "serverName": "localhost"}},
+	}}}}, http.StatusOK)
+
+	file, key := filepath.Join(dataDir, "credentials.json"), filepath.Join(dataDir, "loopze.key")
+	var store *nodetls.Store
+	require.Eventually(t, func() bool {
+		st, err := nodetls.Open(file, key)
+		if err != nil {
+			return false
+		}
+		if _, err := st.Config(context.Background(), "line-1", "tcp-out-1"); err != nil {
+			return false
+		}
+		store = st
+		return true
+	}, 15*time.Second, 20*time.Millisecond, "the deploy reaches credentials.json")
+	peer := tlsPeer(t, ca)
+
+	flags := []string{"--file", file, "--key", key, "--flow", "line-1", "--node", "tcp-out-1"}
+	out := runCLI(t, env, append([]string{"resolve"}, flags...)...)
+	require.Contains(t, out, "clientCert: tls.clientCertRef from entry edge (inline)")
+	require.Contains(t, out, material.Fingerprint(v1.Cert))
+	require.NotContains(t, out, "BEGIN")
+	var rep struct {
+		Resolves bool
+		Parts    []nodetls.Part
+	}
+	require.NoError(t, json.Unmarshal([]byte(runCLI(t, env, append([]string{"resolve", "--json"}, flags...)...)), &rep))
+	require.True(t, rep.Resolves)
+	require.Len(t, rep.Parts, 2)
+	code, _, all := runCLICode(t, env, "resolve", "--file", file, "--key", key, "--flow", "line-1", "--node", "nope")
+	require.Equal(t, 1, code)
+	require.Contains(t, all, "flow line-1, node nope")
+
+	code, out, all = runCLICode(t, env, append(append([]string{"probe"}, flags...), peer)...)
+	require.Equal(t, 0, code, all)
+	require.Contains(t, out, "verification     passed")
+	require.Contains(t, out, "client cert      CN=edge-v1")
+	require.Contains(t, out, "peer[0]          CN=localhost,O=LOOPZE Test (issuer CN=Plant CA", "the peer chain is printed")
+	stranger := tlsPeer(t, materialtest.NewCA(t, materialtest.Options{CommonName: "Stranger CA"}))
+	code, out, all = runCLICode(t, env, append(append([]string{"probe", "--json"}, flags...), stranger)...)
+	require.Equal(t, 1, code, all)
+	require.Contains(t, out, `"verified": false`)
+	require.Contains(t, out, "unknown authority")
+
+	// A key rotation under a runtime that holds the file: it keeps resolving, and the next
+	// change, exported under the new key, loads.
+	before := store.Generation()
+	runCLI(t, env, "rotate-key")
+	require.NoError(t, store.Refresh())
+	_, err := store.Config(context.Background(), "line-1", "tcp-out-1")
+	require.NoError(t, err)
+	v2 := ca.Issue(t, materialtest.Options{CommonName: "edge-v2"})
+	call(http.MethodPut, "/api/v1/certs/edge", editor, map[string]string{"certPem": string(v2.ChainPEM()), "keyPem": string(v2.KeyPEM())}, http.StatusOK)
+	require.Eventually(t, func() bool { return store.Refresh() == nil && store.Generation() > before }, 15*time.Second, 20*time.Millisecond)
+	code, out, all = runCLICode(t, env, append(append([]string{"probe"}, flags...), peer)...)
+	require.Equal(t, 0, code, all)
+	require.Contains(t, out, "client cert      CN=edge-v2")
+
+	// The route: the runtime token reads its file and nothing else.
+	body := call(http.MethodGet, "/api/v1/credentials", runtime, nil, http.StatusOK)
+	require.Contains(t, string(body), `"ciphertext"`)
+	call(http.MethodGet, "/api/v1/certs", runtime, nil, http.StatusForbidden)
+	call(http.MethodGet, "/api/v1/credentials", editor, nil, http.StatusForbidden)
+	require.NotContains(t, s.stderr.String(), "BEGIN")
+}
