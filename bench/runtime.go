@@ -76,7 +76,8 @@ func (b *bench) runtimeFixture() (dir string, err error) {
 func runtimeNode(i int) string { return fmt.Sprintf("rt-node-%04d", i) }
 
 func openRuntime(dir string) (*nodetls.Store, error) {
-	return nodetls.Open(filepath.Join(dir, fileexport.FileName), filepath.Join(dir, envelope.KeyFile))
+	return nodetls.New(nodetls.Options{File: filepath.Join(dir, fileexport.FileName),
+		KeyFile: filepath.Join(dir, envelope.KeyFile), FileRoots: dir})
 }
 
 // configOp is one connection init of a node through the runtime package.

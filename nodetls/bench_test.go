@@ -33,7 +33,7 @@ func benchStore(b *testing.B, n int) *nodetls.Store {
 		"clientKeyFile":  materialtest.WriteFile(b, dir, "c.key", pairs[0].KeyPEM())}))
 	f.workspace(b, nodes...)
 	f.write(b)
-	store, err := nodetls.Open(f.path(), f.keyPath())
+	store, err := nodetls.New(nodetls.Options{File: f.path(), KeyFile: f.keyPath(), FileRoots: dir})
 	require.NoError(b, err)
 	b.Cleanup(func() { _ = store.Close() })
 	return store

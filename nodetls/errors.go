@@ -6,6 +6,7 @@ import (
 
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/resolver"
 )
 
 // Errors callers test with errors.Is. Every error of this package names what it was doing
@@ -21,7 +22,7 @@ var (
 	// ErrUnresolved wraps every failure to turn a tls block into material: a missing or
 	// wrong-type reference, an unreadable file, PEM that does not parse, halves of a pair
 	// that do not match.
-	ErrUnresolved = errors.New("tls block does not resolve")
+	ErrUnresolved = resolver.ErrUnresolved
 	// ErrEntryNotFound means a reference names no entry of the tenant's certificate store
 	// (it is also ErrUnresolved).
 	ErrEntryNotFound = errors.New("no such certificate-store entry")

@@ -15,11 +15,13 @@ import (
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/refs"
+	"github.com/loopze/certstore/internal/resolver"
+	"github.com/loopze/certstore/internal/secret"
 )
 
 // DefaultRetryPause is how long a file pair that does not load waits before it is read
 // once more: long enough for the second mv of a rotation, short enough for a connection init.
-const DefaultRetryPause = 100 * time.Millisecond
+const DefaultRetryPause = resolver.DefaultRetryPause
 
 // Options configure a Store. File and KeyFile are required.
 type Options struct {
@@ -32,7 +34,8 @@ type Options struct {
 	// the first file loaded.
 	Tenant string
 	// FileRoots confines the paths of file material as LOOPZE_FILE_ROOTS does on the
-	// server (":"-separated directories, "{tenant}" replaced); empty allows any absolute path.
+	// server (":"-separated directories, "{tenant}" replaced). Empty allows any absolute
+	// path to the default tenant and none to other tenants, as on the server.
 	FileRoots string
 	// OnRefused, when set, is called once for every changed file that is refused (torn,
 	// tampered with, another tenant's, under an unknown key, older than the one loaded).
@@ -259,7 +262,7 @@ func (s *Store) load(prev *snapshot) (*snapshot, error) {
 	if prev != nil && h.Generation < prev.generation {
 		return nil, fmt.Errorf("load %s: %w: generation %d, the loaded one is %d", path, ErrStaleFile, h.Generation, prev.generation)
 	}
-	snap, err := newSnapshot(doc, h)
+	snap, err := s.newSnapshot(doc, h)
 	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", path, err)
 	}
@@ -275,27 +278,21 @@ type snapshot struct {
 	entries    map[string]*fileexport.Entry
 	nodes      map[nodeKey]*refs.Node
 
-	// parsed caches material parsed from the snapshot's inline PEM (stored inline entries
-	// and inline tls-block parts), until a validity boundary passes. File material is
-	// never cached.
-	mu     sync.Mutex
-	parsed map[string]parsedMaterial
+	// resolver resolves blocks against this snapshot's entries; it parses each inline
+	// entry once (the cache is the snapshot's), and reads file material at every call.
+	resolver *resolver.Resolver
 }
 
 type nodeKey struct{ flow, node string }
 
-type parsedMaterial struct {
-	m     *material.Material
-	until time.Time
-}
-
-func newSnapshot(doc *fileexport.Document, h fileexport.Header) (*snapshot, error) {
+func (s *Store) newSnapshot(doc *fileexport.Document, h fileexport.Header) (*snapshot, error) {
 	snap := &snapshot{
 		tenant: h.Tenant, generation: h.Generation, keyID: h.KeyID,
 		entries: make(map[string]*fileexport.Entry, len(doc.Entries)),
 		nodes:   map[nodeKey]*refs.Node{},
-		parsed:  map[string]parsedMaterial{},
 	}
+	snap.resolver = &resolver.Resolver{Entries: snap, Roots: s.roots, Logger: s.opts.Logger,
+		Now: s.opts.Now, RetryPause: s.opts.RetryPause}
 	for i := range doc.Entries {
 		snap.entries[doc.Entries[i].ID] = &doc.Entries[i]
 	}
@@ -329,43 +326,11 @@ func newSnapshot(doc *fileexport.Document, h fileexport.Header) (*snapshot, erro
 			sp := n.TLS.Spec(p)
 			switch {
 			case field == p.CertPEM:
-				sp.CertPEM = &refs.Value{Text: secretString(v)}
+				sp.CertPEM = &refs.Value{Text: secret.String(v)}
 			case field == p.KeyPEM && p.KeyPEM != "":
-				sp.KeyPEM = &refs.Value{Text: secretString(v)}
+				sp.KeyPEM = &refs.Value{Text: secret.String(v)}
 			}
 		}
 	}
 	return snap, nil
-}
-
-// cached returns material parsed earlier under key, or parses it with parse.
-func (snap *snapshot) cached(key string, now time.Time, parse func() (*material.Material, error)) (*material.Material, error) {
-	snap.mu.Lock()
-	pm, ok := snap.parsed[key]
-	snap.mu.Unlock()
-	if ok && now.Before(pm.until) {
-		return pm.m, nil
-	}
-	m, err := parse()
-	if err != nil {
-		return nil, err
-	}
-	snap.mu.Lock()
-	snap.parsed[key] = parsedMaterial{m: m, until: nextBoundary(m, now)}
-	snap.mu.Unlock()
-	return m, nil
-}
-
-// nextBoundary is the first NotBefore or NotAfter of m's certificates after now (within a
-// day): past it, the expiry warnings must be computed again.
-func nextBoundary(m *material.Material, now time.Time) time.Time {
-	until := now.Add(24 * time.Hour)
-	for _, c := range m.Certs {
-		for _, b := range []time.Time{c.NotBefore, c.NotAfter} {
-			if b.After(now) && b.Before(until) {
-				until = b
-			}
-		}
-	}
-	return until
 }

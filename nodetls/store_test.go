@@ -57,7 +57,8 @@ func TestHandshakes(t *testing.T) {
 		nodeCred("block-pem", "tls.clientCertPem", string(blockPEM.CertPEM())), nodeCred("block-pem", "tls.clientKeyPem", string(blockPEM.KeyPEM())))
 	f.write(t)
 
-	store, err := nodetls.Open(f.path(), f.keyPath())
+	// Tenants other than the default read files only under roots, as on the server.
+	store, err := nodetls.New(nodetls.Options{File: f.path(), KeyFile: f.keyPath(), FileRoots: files})
 	require.NoError(t, err)
 	defer store.Close()
 	for nodeID, want := range map[string]*materialtest.Cert{
@@ -100,7 +101,7 @@ func TestRotationByRename(t *testing.T) {
 		node("direct", "tcp-out", map[string]any{"caBundleRef": "root-ca", "serverName": "localhost", "clientCertFile": crt, "clientKeyFile": key}),
 		node("stored", "tcp-out", map[string]any{"caBundleRef": "root-ca", "serverName": "localhost", "clientCertRef": "edge-file"}))
 	f.write(t)
-	store, err := nodetls.New(nodetls.Options{File: f.path(), KeyFile: f.keyPath(), RetryPause: 20 * time.Millisecond})
+	store, err := nodetls.New(nodetls.Options{File: f.path(), KeyFile: f.keyPath(), FileRoots: files, RetryPause: 20 * time.Millisecond})
 	require.NoError(t, err)
 
 	connect := func(nodeID string) *conn {
@@ -267,7 +268,7 @@ func TestBadInput(t *testing.T) {
 		map[string]any{"id": "opcua-wrong", "type": "opcua-server", "certRef": "root-ca"},
 	)
 	f.write(t)
-	store, err := nodetls.New(nodetls.Options{File: f.path(), KeyFile: f.keyPath(), RetryPause: time.Millisecond})
+	store, err := nodetls.New(nodetls.Options{File: f.path(), KeyFile: f.keyPath(), FileRoots: files, RetryPause: time.Millisecond})
 	require.NoError(t, err)
 
 	for _, tc := range []struct {

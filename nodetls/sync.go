@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/loopze/certstore/internal/durable"
 	"github.com/loopze/certstore/internal/fileexport"
 )
 
@@ -142,10 +143,7 @@ func (s *Syncer) Once(ctx context.Context) (written bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("sync credentials from %s: %w: %w", u.Host, ErrNotCredentialsFile, err)
 	}
-	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
-		return false, fmt.Errorf("sync credentials: %w", err)
-	}
-	if err := fileexport.WriteAtomic(s.Path(), data); err != nil {
+	if err := durable.Replace(s.Path(), data, durable.Mode(0o600), durable.DirMode(0o700)); err != nil {
 		return false, fmt.Errorf("sync credentials: %w", err)
 	}
 	if s.OnWrite != nil {

@@ -22,6 +22,7 @@ var errUnresolved = errors.New("the tls block does not resolve")
 // nodeFlags are the flags resolve and probe share: which file, key and node.
 type nodeFlags struct {
 	file, key, flow, node string
+	roots                 string
 	json                  bool
 }
 
@@ -31,6 +32,7 @@ func (f *nodeFlags) register(fs *flag.FlagSet, env *environ) {
 	fs.StringVar(&f.key, "key", filepath.Join(dataDir, "loopze.key"), "the master key file (loopze.key.next beside it is read too)")
 	fs.StringVar(&f.flow, "flow", "", "flow ID (required)")
 	fs.StringVar(&f.node, "node", "", "node ID (required)")
+	fs.StringVar(&f.roots, "file-roots", env.getenv(config.EnvFileRoots), "directories file material must lie in, as "+config.EnvFileRoots+" (required for file material of tenants other than default)")
 	fs.BoolVar(&f.json, "json", false, "print JSON")
 }
 
@@ -39,7 +41,7 @@ func (f *nodeFlags) open() (*nodetls.Store, error) {
 	if f.flow == "" || f.node == "" {
 		return nil, fmt.Errorf("%w: --flow and --node are required", errUsage)
 	}
-	return nodetls.Open(f.file, f.key)
+	return nodetls.New(nodetls.Options{File: f.file, KeyFile: f.key, FileRoots: f.roots})
 }
 
 // runResolve prints what a node's tls block resolves to from a credentials file: origins,
@@ -118,8 +120,8 @@ func printPart(w io.Writer, p nodetls.Part) {
 		fmt.Fprintf(w, "  DOES NOT RESOLVE: %s\n", p.Error)
 		return
 	}
-	fmt.Fprintf(w, "  subject      %s\n  issuer       %s\n  sha256       %s\n  notAfter     %s\n",
-		p.Subject, p.Issuer, p.FingerprintSHA256, p.NotAfter.Format(time.RFC3339))
+	fmt.Fprintf(w, "  subject      %s\n  sha256       %s\n  notAfter     %s\n",
+		p.Subject, p.FingerprintSHA256, p.NotAfter.Format(time.RFC3339))
 	for _, warn := range p.Warnings {
 		fmt.Fprintf(w, "  warning      %s\n", strings.TrimSpace(warn))
 	}
