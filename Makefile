@@ -38,7 +38,7 @@ BENCH_QUICK ?=
 BENCH_TIME := $(if $(filter-out 0,$(BENCH_QUICK)),100ms,1s)
 bench:
 	BENCH_QUICK=$(BENCH_QUICK) $(GO) run ./bench
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCH_TIME) ./internal/material ./internal/envelope ./internal/resolver
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCH_TIME) ./internal/material ./internal/envelope ./internal/resolver ./nodetls
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzInspect -fuzztime 30s -fuzzminimizetime 2s ./internal/material
