@@ -42,7 +42,7 @@ func Sync(ctx context.Context, baseURL, token, dir string) error {
 	return (&Syncer{BaseURL: baseURL, Token: token, Dir: dir}).Run(ctx)
 }
 
-// Syncer is Sync with its knobs.
+// Syncer is Sync with its knobs. One Syncer serves one Run at a time.
 type Syncer struct {
 	// BaseURL is the server's address, without the /api/v1 path.
 	BaseURL string
@@ -59,6 +59,10 @@ type Syncer struct {
 	OnWrite func(generation int64)
 	// OnError, when set, is called with each failed attempt before it is retried.
 	OnError func(error)
+
+	// have is the generation of the local copy as last written or read; -1 unknown.
+	have    int64
+	haveSet bool
 }
 
 // Path is the local file the Syncer writes.
@@ -111,8 +115,13 @@ func (s *Syncer) Once(ctx context.Context) (written bool, err error) {
 		return false, fmt.Errorf("sync credentials: %w", err)
 	}
 	req.Header.Set("Authorization", "Bearer "+s.Token)
-	if gen, ok := s.localGeneration(); ok {
-		req.Header.Set("If-None-Match", ETag(gen))
+	if !s.haveSet {
+		// The copy left by an earlier run; afterwards the Syncer knows what it wrote, and
+		// does not parse a file of megabytes before every request.
+		s.have, s.haveSet = s.localGeneration(), true
+	}
+	if s.have >= 0 {
+		req.Header.Set("If-None-Match", ETag(s.have))
 	}
 	client := s.Client
 	if client == nil {
@@ -144,25 +153,27 @@ func (s *Syncer) Once(ctx context.Context) (written bool, err error) {
 		return false, fmt.Errorf("sync credentials from %s: %w: %w", u.Host, ErrNotCredentialsFile, err)
 	}
 	if err := durable.Replace(s.Path(), data, durable.Mode(0o600), durable.DirMode(0o700)); err != nil {
+		s.haveSet = false
 		return false, fmt.Errorf("sync credentials: %w", err)
 	}
+	s.have = h.Generation
 	if s.OnWrite != nil {
 		s.OnWrite(h.Generation)
 	}
 	return true, nil
 }
 
-// localGeneration is the generation of the local copy, if it has a readable header.
-func (s *Syncer) localGeneration() (int64, bool) {
+// localGeneration is the generation of the local copy; -1 when it has no readable header.
+func (s *Syncer) localGeneration() int64 {
 	data, err := os.ReadFile(s.Path())
 	if err != nil {
-		return 0, false
+		return -1
 	}
 	h, err := fileexport.ParseHeader(data)
 	if err != nil {
-		return 0, false
+		return -1
 	}
-	return h.Generation, true
+	return h.Generation
 }
 
 // ETag is the entity tag the credentials route gives a file of generation gen.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"os"
@@ -35,6 +36,14 @@ type Credentials struct {
 
 	mu      sync.Mutex
 	changed map[string]chan struct{} // closed and replaced at every write of the tenant
+	headers map[string]seenHeader    // generation of each file as last parsed
+}
+
+// seenHeader is a file's generation with the stat that identified it: a tenant's file is
+// megabytes of JSON, parsed again only when it changed.
+type seenHeader struct {
+	info fs.FileInfo
+	gen  int64
 }
 
 // Written is the export job's OnWrite hook: it wakes every request waiting on the tenant.
@@ -64,14 +73,35 @@ func (c *Credentials) wake(tenant string) <-chan struct{} {
 
 // read returns the tenant's file and its generation.
 func (c *Credentials) read(tenant string) ([]byte, int64, error) {
-	data, err := os.ReadFile(fileexport.Path(c.DataDir, tenant))
+	f, err := os.Open(fileexport.Path(c.DataDir, tenant))
 	if err != nil {
 		return nil, 0, err
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return nil, 0, err
+	}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return nil, 0, err
+	}
+	c.mu.Lock()
+	seen, ok := c.headers[tenant]
+	c.mu.Unlock()
+	if ok && os.SameFile(seen.info, info) && seen.info.Size() == info.Size() && seen.info.ModTime().Equal(info.ModTime()) {
+		return data, seen.gen, nil
 	}
 	h, err := fileexport.ParseHeader(data)
 	if err != nil {
 		return nil, 0, err
 	}
+	c.mu.Lock()
+	if c.headers == nil {
+		c.headers = map[string]seenHeader{}
+	}
+	c.headers[tenant] = seenHeader{info: info, gen: h.Generation}
+	c.mu.Unlock()
 	return data, h.Generation, nil
 }
 
