@@ -85,7 +85,8 @@ func TestHandshakes(t *testing.T) {
 }
 
 // TestRotationByRename: an mv of the files reaches the next connection and not one already
-// open; so does an mv of only the certificate then the key (the torn-rotation retry).
+// open; so does a rotation whose second mv lands while a connection init runs: whether it
+// comes before the first read or during the retry pause, the new pair is presented.
 func TestRotationByRename(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
@@ -120,7 +121,7 @@ func TestRotationByRename(t *testing.T) {
 	}
 	require.Equal(t, fp(first), before.presented(t), "an open connection keeps its material")
 
-	// The certificate is renamed, the key follows while the connection init waits.
+	// The certificate is renamed, the key follows while the connection init runs.
 	third := ca.Issue(t, materialtest.Options{CommonName: "third"})
 	mv(t, crt, third.CertPEM())
 	var wg sync.WaitGroup
