@@ -196,7 +196,7 @@ func (snap *snapshot) Lookup(_ context.Context, _ string, ids []string) ([]*repo
 	for _, id := range ids {
 		if e := snap.entries[id]; e != nil {
 			out = append(out, &repo.Entry{TenantID: snap.tenant, ID: e.ID, Name: e.Name, Type: material.Kind(e.Type),
-				Source: e.Source, CertPath: e.CertPath, KeyPath: e.KeyPath, Version: snap.generation})
+				Source: e.Source, CertPath: e.CertPath, KeyPath: e.KeyPath, PassphrasePath: e.PassphraseFile, Version: snap.generation})
 		}
 	}
 	return out, nil

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/nodetls"
@@ -322,4 +324,34 @@ func TestBadInput(t *testing.T) {
 	require.NoError(t, store.Close())
 	_, err = store.Config(ctx, "line-1", "edge")
 	require.True(t, errors.Is(err, nodetls.ErrClosed))
+}
+
+// TestPKCS12FileEntry: a file-sourced entry whose certPath is a PKCS#12 bundle opened with
+// its passphrase file, as the export job records it, is read at connection init.
+func TestPKCS12FileEntry(t *testing.T) {
+	t.Parallel()
+	opensslBin, err := exec.LookPath("openssl")
+	if err != nil {
+		t.Skip("no openssl on PATH")
+	}
+	f := newFixture(t)
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	addr := peerServer(t, ca)
+	pair := ca.Issue(t, materialtest.Options{CommonName: "p12-client"})
+	files := t.TempDir()
+	crt := materialtest.WriteFile(t, files, "c.crt", pair.CertPEM())
+	key := materialtest.WriteFile(t, files, "c.key", pair.KeyPEM())
+	p12 := filepath.Join(files, "edge.p12")
+	out, err := exec.Command(opensslBin, "pkcs12", "-export", "-inkey", key, "-in", crt, "-passout", "pass:s3cret-pass", "-out", p12).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	pass := materialtest.WriteFile(t, files, "edge.pass", []byte("s3cret-pass\n"))
+	f.inline("root-ca", material.CABundle, ca, false)
+	f.doc.Entries = append(f.doc.Entries, fileexport.Entry{ID: "edge-p12", Type: "client-pair", Source: "file", CertPath: p12, PassphraseFile: pass})
+	f.workspace(t, node("n1", "tcp-out", map[string]any{"caBundleRef": "root-ca", "clientCertRef": "edge-p12", "serverName": "localhost"}))
+	f.write(t)
+	store, err := nodetls.New(nodetls.Options{File: f.path(), KeyFile: f.keyPath(), FileRoots: files})
+	require.NoError(t, err)
+	cfg, err := store.Config(ctx, "line-1", "n1")
+	require.NoError(t, err)
+	require.Equal(t, fp(pair), dial(t, addr, cfg).presented(t))
 }
