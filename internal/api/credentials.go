@@ -131,7 +131,9 @@ func registerCredentials(api huma.API, s *Server) {
 			"404 until the tenant's first export.",
 		Errors: []int{http.StatusNotFound, http.StatusUnprocessableEntity},
 		Responses: map[string]*huma.Response{
-			"200": {Description: "The file", Content: map[string]*huma.MediaType{"application/json": {}}},
+			"200": {Description: "The file", Content: map[string]*huma.MediaType{"application/json": {Schema: &huma.Schema{
+				Type: "object", Description: "credentials.json: format, version, tenant, generation, keyId, cipher and the base64 ciphertext (docs/credentials-format.md)",
+				AdditionalProperties: true}}}},
 			"304": {Description: "The file is still the generation named in If-None-Match"},
 		},
 	}, auth.Runtime)
