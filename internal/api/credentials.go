@@ -107,8 +107,8 @@ func (c *Credentials) read(tenant string) ([]byte, int64, error) {
 
 // CredentialsInput asks for the tenant's file, optionally only once it changed.
 type CredentialsInput struct {
-	IfNoneMatch string `header:"If-None-Match" doc:"The ETag of the copy the runtime holds: 304 while the file is still that generation"`
-	Wait        string `query:"wait" doc:"With If-None-Match: hold the request until the generation moves or this long has passed (a Go duration such as 30s, at most 60s), then answer 200 or 304" example:"30s"`
+	IfNoneMatch string `header:"If-None-Match" maxLength:"256" doc:"The ETag of the copy the runtime holds: 304 while the file is still that generation"`
+	Wait        string `query:"wait" maxLength:"32" doc:"With If-None-Match: hold the request until the generation moves or this long has passed (a Go duration such as 30s, at most 60s), then answer 200 or 304" example:"30s"`
 }
 
 // CredentialsOutput is the file as on disk: ciphertext only.
