@@ -254,11 +254,15 @@ func TestReadOnlyDatabaseIsRefusedAtStart(t *testing.T) {
 	cfg, err := pgx.ParseConfig(url)
 	require.NoError(t, err)
 	// Two hosts (the same server twice), both read-only, and a URL that wants a writer.
-	multi := fmt.Sprintf("postgres://%s@%s:%d,%s:%d/read_only_test?sslmode=disable&target_session_attrs=read-write",
-		cfg.User, cfg.Host, cfg.Port, cfg.Host, cfg.Port)
+	multi := (&url.URL{Scheme: "postgres", User: url.UserPassword(cfg.User, cfg.Password),
+		Host: fmt.Sprintf("%s:%d,%s:%d", cfg.Host, cfg.Port, cfg.Host, cfg.Port), Path: "/read_only_test",
+		RawQuery: "sslmode=disable&target_session_attrs=read-write"}).String()
 	if strings.HasPrefix(cfg.Host, "/") { // a unix socket: the keyword form takes host lists too
 		multi = fmt.Sprintf("host=%s,%s port=%d,%d user=%s dbname=read_only_test sslmode=disable target_session_attrs=read-write",
 			cfg.Host, cfg.Host, cfg.Port, cfg.Port, cfg.User)
+		if cfg.Password != "" {
+			multi += " password='" + strings.ReplaceAll(cfg.Password, "'", `\'`) + "'"
+		}
 	}
 	_, err = db.Open(ctx, multi, logging.Discard())
 	require.ErrorIs(t, err, db.ErrReadOnly)

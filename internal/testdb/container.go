@@ -22,6 +22,10 @@ const (
 	// dockerProbeTimeout bounds the engine check: without an engine the harness must fall
 	// through to the local binaries at once, never hang.
 	dockerProbeTimeout = 2 * time.Second
+	// forcedProbeTimeout is the engine check when LOOPZE_TEST_DB_SOURCE=testcontainers
+	// insists on an engine: there is nothing to fall through to, and an engine busy
+	// starting the containers of other test binaries may take longer than a quiet one.
+	forcedProbeTimeout = 60 * time.Second
 	// containerStartTimeout covers an image pull on a cold machine.
 	containerStartTimeout = 5 * time.Minute
 )
@@ -30,7 +34,11 @@ const (
 // It reports false, after saying why on stderr, when there is no engine or the container
 // cannot be had (image not pullable), so the caller falls through.
 func openContainer() (*source, error) {
-	if !dockerAnswers() {
+	timeout := dockerProbeTimeout
+	if os.Getenv(EnvSource) == string(KindTestcontainers) {
+		timeout = forcedProbeTimeout
+	}
+	if !dockerAnswers(timeout) {
 		return nil, errNoEngine
 	}
 	image := cmp.Or(os.Getenv(EnvImage), defaultImage)
@@ -75,7 +83,7 @@ func openContainer() (*source, error) {
 
 // dockerAnswers pings the engine testcontainers would use. The provider's constructor
 // takes no context, so the whole check runs aside and is abandoned after the timeout.
-func dockerAnswers() bool {
+func dockerAnswers(timeout time.Duration) bool {
 	answer := make(chan bool, 1)
 	go func() {
 		defer func() {
@@ -88,14 +96,14 @@ func dockerAnswers() bool {
 			answer <- false
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), dockerProbeTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
 		answer <- p.Health(ctx) == nil // Health closes the provider
 	}()
 	select {
 	case ok := <-answer:
 		return ok
-	case <-time.After(dockerProbeTimeout + 500*time.Millisecond):
+	case <-time.After(timeout + 500*time.Millisecond):
 		return false
 	}
 }
