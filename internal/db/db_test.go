@@ -237,8 +237,8 @@ func TestSnapshotIsReadOnly(t *testing.T) {
 func TestReadOnlyDatabaseIsRefusedAtStart(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	url := freshDatabase(t, "read_only_test")
-	_, err := db.Migrate(ctx, url, logging.Discard())
+	dbURL := freshDatabase(t, "read_only_test")
+	_, err := db.Migrate(ctx, dbURL, logging.Discard())
 	require.NoError(t, err)
 	admin, err := pgx.Connect(ctx, testdb.AdminURL(t))
 	require.NoError(t, err)
@@ -246,12 +246,12 @@ func TestReadOnlyDatabaseIsRefusedAtStart(t *testing.T) {
 	_, err = admin.Exec(ctx, `ALTER DATABASE read_only_test SET default_transaction_read_only = on`)
 	require.NoError(t, err)
 
-	_, err = db.Open(ctx, url, logging.Discard())
+	_, err = db.Open(ctx, dbURL, logging.Discard())
 	require.ErrorIs(t, err, db.ErrReadOnly)
-	_, err = db.Migrate(ctx, url, logging.Discard())
+	_, err = db.Migrate(ctx, dbURL, logging.Discard())
 	require.ErrorIs(t, err, db.ErrReadOnly)
 
-	cfg, err := pgx.ParseConfig(url)
+	cfg, err := pgx.ParseConfig(dbURL)
 	require.NoError(t, err)
 	// Two hosts (the same server twice), both read-only, and a URL that wants a writer.
 	multi := (&url.URL{Scheme: "postgres", User: url.UserPassword(cfg.User, cfg.Password),
