@@ -126,7 +126,7 @@ func (b *bench) scenarioNodeRED(ctx context.Context) error {
 	}
 	b.progress("  node-red@%s ready in %s", nodeREDVersion, since(t0))
 
-	dir := filepath.Join(b.tmp, "node-red")
+	dir := filepath.Join(b.tmp, fmt.Sprintf("node-red-%d", b.run)) // a fresh user dir each run
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return fmt.Errorf("create Node-RED user dir: %w", err)
 	}
