@@ -5,7 +5,7 @@ import (
 	"encoding/asn1"
 )
 
-// Encrypted PKCS#8 (RFC 5958 EncryptedPrivateKeyInfo, "-----BEGIN ENCRYPTED PRIVATE KEY-----")
+// Encrypted PKCS#8 (RFC 5958 EncryptedPrivateKeyInfo, PEM type "ENCRYPTED PRIVATE KEY")
 // is decrypted here rather than through a library: the maintained Go packages for it put no
 // bound on the iteration count or scrypt cost they are handed, and bounding them needs the
 // ASN.1 parse anyway, after which decryption is a few standard-library calls (pbe.go).
