@@ -48,13 +48,21 @@ func (b *bench) scenarioBuildTLS(ctx context.Context) error {
 		return err
 	}
 	defer stop()
+	// A runtime resolves the same nodes again and again: the steady state is measured,
+	// after every entry was resolved once (read from the database and parsed).
+	for _, id := range b.ids {
+		if _, err := rs.BuildTLSConfig(ctx, tenantMain, &refs.TLS{ClientCert: refs.PartSpec{Ref: id}}); err != nil {
+			return fmt.Errorf("warm the resolver: %w", err)
+		}
+	}
 	res := runLoad(ctx, b.s.Concurrency, b.s.Warmup, b.s.Duration, b.buildTLSOp(rs))
 	r := ratioRow(loadRow("BuildTLSConfig, inline client-pair ref (in process)", res), "raw pgx by PK", b.pgxTPS, 0.5)
 	p99 := res.Hist.Quantile(0.99)
-	r.Target = "p99 < 500µs and " + r.Target
-	if r.Status == statusMet && p99 >= 500*time.Microsecond {
+	r.Target = "p99 < 100µs and " + r.Target
+	if r.Status == statusMet && p99 >= 100*time.Microsecond {
 		r.Status = statusNotMet
 	}
+	r.Note = joinNote(r.Note, fmt.Sprintf("every one of the %d entries resolved once before the measurement", len(b.ids)))
 	b.add(r)
 	b.profile(ctx, r, "buildtls", b.s.Concurrency, b.buildTLSOp(rs))
 	return nil

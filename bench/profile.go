@@ -17,7 +17,6 @@ import (
 
 	"github.com/loopze/certstore/internal/api"
 	"github.com/loopze/certstore/internal/auth"
-	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/resolver"
 	"github.com/loopze/certstore/internal/workspace"
 )
@@ -26,9 +25,11 @@ import (
 const profileTopLines = 14
 
 // handler is the server's HTTP handler built in this process over the run's database and
-// data dir, wired as cmd/server wires it, so an HTTP scenario can be CPU-profiled without
-// profiling endpoints in the product: requests go straight to ServeHTTP, no network.
-func (b *bench) handler() (http.Handler, error) {
+// data dir, wired as cmd/server wires it (a catalogue with its read cache, kept by its own
+// export loop), so an HTTP scenario can be CPU-profiled without profiling endpoints in the
+// product: requests go straight to ServeHTTP, no network. The replica behind it lives
+// until the run ends.
+func (b *bench) handler(ctx context.Context) (http.Handler, error) {
 	if b.inproc != nil {
 		return b.inproc, nil
 	}
@@ -40,7 +41,12 @@ func (b *bench) handler() (http.Handler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("JWT verifier: %w", err)
 	}
-	cat := &catalog.Service{Pool: b.pool, Ring: b.ring, Logger: b.log}
+	rep, err := b.newReplica(ctx)
+	if err != nil {
+		return nil, err
+	}
+	b.onCleanup(func() error { rep.stop(); return nil })
+	cat := rep.svc
 	ws := &workspace.Service{Pool: b.pool, Ring: b.ring, Logger: b.log, Resolver: &resolver.Resolver{Entries: cat, Roots: cat.Roots, Logger: b.log}}
 	b.inproc = api.New(api.Deps{Logger: b.log, Pool: b.pool, Version: "bench", Verifier: verifier, Catalog: cat, Workspace: ws}).Handler
 	return b.inproc, nil
@@ -167,7 +173,7 @@ func (b *bench) profileHTTP(ctx context.Context, row Row, name string, conc int,
 	if !b.s.Profile || row.Status != statusNotMet {
 		return
 	}
-	h, err := b.handler()
+	h, err := b.handler(ctx)
 	if err != nil {
 		b.progress("  profile %s: %v", name, err)
 		return

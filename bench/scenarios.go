@@ -159,7 +159,7 @@ func (b *bench) scenarioList(ctx context.Context) error {
 		return b.request(http.MethodGet, path, tenantMain+"/viewer", nil)
 	}
 	res := runLoad(ctx, b.s.Concurrency, b.s.Warmup, b.s.Duration, b.httpOp(req, http.StatusOK))
-	r := underRow(loadRow(fmt.Sprintf("GET /certs?limit=100, %dk entries", b.s.Entries/1000), res), "p99", res.Hist.Quantile(0.99), 15*time.Millisecond)
+	r := underRow(loadRow(fmt.Sprintf("GET /certs?limit=100, %dk entries", b.s.Entries/1000), res), "p99", res.Hist.Quantile(0.99), 10*time.Millisecond)
 	r.Note = joinNote(r.Note, fmt.Sprintf("random page of %d", len(cursors)))
 	b.add(r)
 	b.profileHTTP(ctx, r, "list", b.s.Concurrency, req, http.StatusOK)
@@ -227,7 +227,7 @@ func (b *bench) scenarioDelete(ctx context.Context) error {
 		return b.request(http.MethodDelete, "/api/v1/certs/"+refdEntry, tenantRefs+"/editor", nil)
 	}
 	res := runLoad(ctx, b.s.Concurrency, b.s.Warmup, b.s.Duration, b.httpOp(req, http.StatusConflict))
-	dr := underRow(loadRow(fmt.Sprintf("DELETE with %dk references (409)", b.s.References/1000), res), "p99", res.Hist.Quantile(0.99), 20*time.Millisecond)
+	dr := underRow(loadRow(fmt.Sprintf("DELETE with %dk references (409)", b.s.References/1000), res), "p99", res.Hist.Quantile(0.99), 10*time.Millisecond)
 	b.add(dr)
 	b.profileHTTP(ctx, dr, "delete", b.s.Concurrency, req, http.StatusConflict)
 
