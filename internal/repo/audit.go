@@ -183,6 +183,6 @@ func AuditHead(ctx context.Context, q db.DBTX, tenant string) (int64, []byte, er
 // EnsureTenant creates the tenant's row when it has none, without moving its generation:
 // the audit record of a refused first deploy needs a tenant to belong to.
 func EnsureTenant(ctx context.Context, q db.DBTX, tenant string) error {
-	_, err := q.Exec(ctx, `INSERT INTO tenants (id) VALUES ($1) ON CONFLICT (id) DO NOTHING`, tenant)
+	_, err := q.Exec(ctx, ensureTenantSQL, tenant)
 	return mapErr("ensure tenant", err)
 }

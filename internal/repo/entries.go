@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/material"
@@ -104,17 +105,59 @@ func InsertEntry(ctx context.Context, q db.DBTX, e *Entry) error {
 }
 
 // CreateEntry stores a new entry of e.TenantID and moves the tenant's generation, in one
-// round trip: the tenant scope, the generation (with its notification) and the insert
+// round trip: the tenant scope, the insert and the generation (with its notification)
 // travel as one batch, which PostgreSQL runs as one implicit transaction, all or nothing.
-// The tenant row is locked first, as by every other write of the tenant, but only for the
-// server-side time of the insert and commit, so concurrent creates barely queue on it.
 func CreateEntry(ctx context.Context, q db.DBTX, e *Entry) error {
+	return mapErr("insert entry", sendCreate(ctx, q, e, nil, nil))
+}
+
+// ensureTenantSQL creates a tenant's row when it has none, without moving its generation
+// and without locking an existing row.
+const ensureTenantSQL = `INSERT INTO tenants (id) VALUES ($1) ON CONFLICT (id) DO NOTHING`
+
+// sendCreate sends the batch of a create: the tenant scope, the tenant's row when it has
+// none (the entry's foreign key needs it), the insert, what rows adds (in the same
+// transaction), the generation, and then what last adds (the audit record, whose chain
+// head is locked only while the tenant's row is, by every writer).
+//
+// A create takes the tenant's row lock at the end of its transaction: concurrent creates
+// of one tenant queue only for the generation, the audit record and the commit, not for
+// the inserts, and the generation order is still the commit order, so an
+// export that read generation g has every change up to g. Every other write takes the
+// tenant's row first; the one cycle that order allows is a create waiting for the
+// tenant's row while a writer holding it inserts the same new ID (a PUT creating it, a
+// restore). PostgreSQL breaks that cycle by failing one transaction as a deadlock, and
+// the create is then sent again with the tenant's row first, the order of every other
+// write, so it waits its turn and ends in the answer it would have had (a duplicate, or
+// created).
+func sendCreate(ctx context.Context, q db.DBTX, e *Entry, rows, last func(*pgx.Batch)) error {
+	err := q.SendBatch(ctx, queueCreate(e, rows, last, false)).Close()
+	if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == "40P01" {
+		err = q.SendBatch(ctx, queueCreate(e, rows, last, true)).Close()
+	}
+	return err
+}
+
+func queueCreate(e *Entry, rows, last func(*pgx.Batch), lockFirst bool) *pgx.Batch {
 	b := db.TenantBatch(e.TenantID)
-	b.Queue(bumpGenerationSQL, e.TenantID, GenerationChannel)
+	if lockFirst {
+		b.Queue(bumpGenerationSQL, e.TenantID, GenerationChannel)
+	} else {
+		b.Queue(ensureTenantSQL, e.TenantID)
+	}
 	b.Queue(insertEntrySQL, insertEntryArgs(e)...).QueryRow(func(row pgx.Row) error {
 		return row.Scan(&e.Version, &e.CreatedAt, &e.UpdatedAt)
 	})
-	return mapErr("insert entry", q.SendBatch(ctx, b).Close())
+	if rows != nil {
+		rows(b)
+	}
+	if !lockFirst {
+		b.Queue(bumpGenerationSQL, e.TenantID, GenerationChannel)
+	}
+	if last != nil {
+		last(b)
+	}
+	return b
 }
 
 func nonNil(s []string) []string {

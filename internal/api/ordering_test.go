@@ -1,0 +1,139 @@
+package api_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/loopze/certstore/internal/apitest"
+	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/material/materialtest"
+	"github.com/loopze/certstore/internal/repo"
+)
+
+// TestConcurrentCreatesReachTheFileInOrder: editors create entries of one tenant at once
+// while the export loop writes credentials.json. Every file written carries a generation
+// no lower than the one before and every entry of the one before (creates only add), and
+// once the tenant's generation after the last acknowledged create is on disk, the file
+// holds every acknowledged entry.
+func TestConcurrentCreatesReachTheFileInOrder(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t, apitest.Options{ExportLoop: true})
+	const tenant, workers, each = "orderly", 8, 12
+	tok := env.Token(t, tenant, "editor")
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	path := fileexport.Path(env.DataDir, tenant)
+
+	var (
+		watchErr  atomic.Value
+		lastGen   atomic.Int64
+		lastCount atomic.Int64
+		stop      = make(chan struct{})
+		watched   = make(chan struct{})
+	)
+	// read opens the file on disk; ok is false while there is none yet.
+	read := func() (doc *fileexport.Document, gen int64, ok bool, err error) {
+		data, err := os.ReadFile(path)
+		if os.IsNotExist(err) {
+			return nil, 0, false, nil
+		}
+		if err != nil {
+			return nil, 0, false, err
+		}
+		doc, h, err := fileexport.Open(env.Ring, data, tenant)
+		if err != nil {
+			return nil, 0, false, err
+		}
+		return doc, h.Generation, true, nil
+	}
+	go func() {
+		defer close(watched)
+		seen := map[string]bool{}
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			doc, gen, ok, err := read()
+			if err != nil {
+				watchErr.Store(err.Error())
+				return
+			}
+			if ok {
+				if gen < lastGen.Load() {
+					watchErr.Store(fmt.Sprintf("the file went back from generation %d to %d", lastGen.Load(), gen))
+					return
+				}
+				ids := map[string]bool{}
+				for _, e := range doc.Entries {
+					ids[e.ID] = true
+				}
+				for id := range seen {
+					if !ids[id] {
+						watchErr.Store(fmt.Sprintf("generation %d lost entry %s of an earlier file", gen, id))
+						return
+					}
+				}
+				seen = ids
+				lastGen.Store(gen)
+				lastCount.Store(int64(len(ids)))
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		acked []string
+	)
+	for w := range workers {
+		wg.Go(func() {
+			for i := range each {
+				id := fmt.Sprintf("w%d-e%02d", w, i)
+				b, _ := json.Marshal(inlineCA(id, ca))
+				res := env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok, Body: b})
+				if res.Status == http.StatusCreated {
+					mu.Lock()
+					acked = append(acked, id)
+					mu.Unlock()
+				} else {
+					t.Errorf("POST %s: %d %s", id, res.Status, res.Body)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	require.Len(t, acked, workers*each)
+	want, err := repo.GetGeneration(context.Background(), env.Pool, tenant)
+	require.NoError(t, err)
+	// Every create moved the generation once: concurrent creates did not share one.
+	require.EqualValues(t, workers*each, want)
+
+	require.Eventually(t, func() bool { return lastGen.Load() >= want || watchErr.Load() != nil },
+		30*time.Second, 5*time.Millisecond, "the file never reached generation %d", want)
+	close(stop)
+	<-watched
+	require.Nil(t, watchErr.Load())
+	doc, gen, ok, err := read()
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.GreaterOrEqual(t, gen, want)
+	ids := map[string]bool{}
+	for _, e := range doc.Entries {
+		ids[e.ID] = true
+	}
+	for _, id := range acked {
+		require.True(t, ids[id], "acknowledged entry %s is not in the file of generation %d", id, gen)
+	}
+	require.EqualValues(t, len(acked), lastCount.Load())
+}
