@@ -17,7 +17,7 @@ const maxOrderedChain = 32
 // each certificate's issuer in turn; certificates that link to nothing follow in the order
 // given, and Inspect's chain check reports the break. Bundles keep their order. Positions
 // in warnings count from 1 in the order the certificates were given.
-func orderChain(k Kind, certs []*x509.Certificate, key crypto.PublicKey, field string) ([]*x509.Certificate, []Issue, bool) {
+func orderChain(k Kind, certs []*x509.Certificate, key crypto.PublicKey, field string, sigs *sigChecks) ([]*x509.Certificate, []Issue, bool) {
 	var ws []Issue
 	warn := func(format string, args ...any) {
 		ws = append(ws, Issue{Field: field, Message: fmt.Sprintf(format, args...)})
@@ -45,7 +45,7 @@ func orderChain(k Kind, certs []*x509.Certificate, key crypto.PublicKey, field s
 	}
 
 	issues := func(issuer, c *x509.Certificate) bool {
-		return issuer != c && bytes.Equal(c.RawIssuer, issuer.RawSubject) && c.CheckSignatureFrom(issuer) == nil
+		return issuer != c && bytes.Equal(c.RawIssuer, issuer.RawSubject) && sigs.check(c, issuer) == nil
 	}
 	leaf := -1
 	if key != nil {
@@ -99,4 +99,26 @@ func orderText[T any](items []T, at func(T) (int, *x509.Certificate)) string {
 		}
 	}
 	return b.String()
+}
+
+// sigChecks remembers the signature checks of one Decode, so that putting a chain in order
+// and then checking that it links verifies each signature once. The certificates are
+// told apart by their bytes: Normalize and Inspect parse them separately. A nil
+// *sigChecks remembers nothing.
+type sigChecks struct{ done map[[2]string]error }
+
+func newSigChecks() *sigChecks { return &sigChecks{done: map[[2]string]error{}} }
+
+// check is c.CheckSignatureFrom(issuer), once per pair of certificates.
+func (s *sigChecks) check(c, issuer *x509.Certificate) error {
+	if s == nil {
+		return c.CheckSignatureFrom(issuer)
+	}
+	k := [2]string{string(c.Raw), string(issuer.Raw)}
+	if err, ok := s.done[k]; ok {
+		return err
+	}
+	err := c.CheckSignatureFrom(issuer)
+	s.done[k] = err
+	return err
 }

@@ -55,11 +55,12 @@ type Normalized struct {
 // Decode normalises enc and inspects the result: Inspect for every accepted encoding.
 // The warnings of the normalisation come first in the material's warnings.
 func Decode(k Kind, enc Encoded, f EncodedFields, now time.Time) (*Material, *Normalized, []Issue) {
-	n, errs := Normalize(k, enc, f)
+	sigs := newSigChecks()
+	n, errs := normalize(k, enc, f, sigs)
 	if len(errs) > 0 {
 		return nil, nil, errs
 	}
-	m, errs := Inspect(k, n.Cert, n.Key, n.Fields, now)
+	m, errs := inspect(k, n.Cert, n.Key, n.Fields, now, sigs)
 	if len(errs) > 0 {
 		return nil, nil, errs
 	}
@@ -72,6 +73,7 @@ type normalizer struct {
 	k    Kind
 	f    EncodedFields
 	errs []Issue
+	sigs *sigChecks
 }
 
 func (z *normalizer) fail(field, format string, args ...any) {
@@ -83,7 +85,11 @@ func (z *normalizer) fail(field, format string, args ...any) {
 // is left for Inspect to report. Every issue names its field; none holds a passphrase or
 // key bytes.
 func Normalize(k Kind, enc Encoded, f EncodedFields) (*Normalized, []Issue) {
-	z := &normalizer{k: k, f: f}
+	return normalize(k, enc, f, nil)
+}
+
+func normalize(k Kind, enc Encoded, f EncodedFields, sigs *sigChecks) (*Normalized, []Issue) {
+	z := &normalizer{k: k, f: f, sigs: sigs}
 	out := &Normalized{Cert: enc.CertPEM, Key: enc.KeyPEM, Fields: Fields{Cert: f.CertPEM, Key: f.KeyPEM}}
 	has := func(b []byte) bool { return len(b) > 0 }
 	for _, x := range []struct {
@@ -180,7 +186,7 @@ func Normalize(k Kind, enc Encoded, f EncodedFields) (*Normalized, []Issue) {
 		out.Key = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 	}
 	if certs != nil {
-		ordered, ws, changed := orderChain(k, certs, matchKey, out.Fields.Cert)
+		ordered, ws, changed := orderChain(k, certs, matchKey, out.Fields.Cert, z.sigs)
 		out.Warnings = ws
 		if changed || certsNew {
 			var buf bytes.Buffer

@@ -24,6 +24,10 @@ import (
 // CAs. The key field holds exactly one unencrypted private key (PKCS#1, PKCS#8 or SEC1;
 // RSA, ECDSA or Ed25519) for a pair, and nothing for a ca-bundle.
 func Inspect(k Kind, cert, key secret.PEM, f Fields, now time.Time) (m *Material, errs []Issue) {
+	return inspect(k, cert, key, f, now, nil)
+}
+
+func inspect(k Kind, cert, key secret.PEM, f Fields, now time.Time, sigs *sigChecks) (m *Material, errs []Issue) {
 	f = f.withDefaults()
 	in := inspection{f: f}
 	if !k.Valid() {
@@ -55,7 +59,7 @@ func Inspect(k Kind, cert, key secret.PEM, f Fields, now time.Time) (m *Material
 	m = &Material{
 		Metadata: metadataOf(certs, priv != nil),
 		Certs:    certs,
-		Warnings: warnings(k, certs, f.Cert, now),
+		Warnings: warnings(k, certs, f.Cert, now, sigs),
 	}
 	if priv != nil {
 		m.Key = priv
@@ -237,7 +241,7 @@ func errText(err error) string {
 
 // warnings lists what is wrong with valid material without making it invalid. Certificates
 // are numbered from 1 in the order given; the leaf is certificate 1.
-func warnings(k Kind, certs []*x509.Certificate, field string, now time.Time) []Issue {
+func warnings(k Kind, certs []*x509.Certificate, field string, now time.Time, sigs *sigChecks) []Issue {
 	var ws []Issue
 	warn := func(format string, args ...any) {
 		ws = append(ws, Issue{Field: field, Message: fmt.Sprintf(format, args...)})
@@ -260,10 +264,10 @@ func warnings(k Kind, certs []*x509.Certificate, field string, now time.Time) []
 	if k.IsPair() {
 		// Only the first break is reported: everything after it is unverifiable anyway.
 		for i := 0; i+1 < len(certs); i++ {
-			if err := certs[i].CheckSignatureFrom(certs[i+1]); err != nil {
+			if err := sigs.check(certs[i], certs[i+1]); err != nil {
 				at := -1
 				for j, c := range certs {
-					if j != i && bytes.Equal(certs[i].RawIssuer, c.RawSubject) && certs[i].CheckSignatureFrom(c) == nil {
+					if j != i && bytes.Equal(certs[i].RawIssuer, c.RawSubject) && sigs.check(certs[i], c) == nil {
 						at = j
 						break
 					}
