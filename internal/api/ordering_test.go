@@ -137,3 +137,35 @@ func TestConcurrentCreatesReachTheFileInOrder(t *testing.T) {
 	}
 	require.EqualValues(t, len(acked), lastCount.Load())
 }
+
+// TestCreateRacingPutOfTheSameID: a POST takes the tenant's row at the end of its
+// transaction and a PUT that creates takes it first, so the two racing for one new ID
+// can meet in a deadlock; PostgreSQL fails one and the POST is sent again in the PUT's
+// order. Either way every answer is one a client expects, never a 500.
+func TestCreateRacingPutOfTheSameID(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	tok := env.Token(t, "racers", "editor")
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	for i := range 25 {
+		id := fmt.Sprintf("race-%02d", i)
+		body, _ := json.Marshal(inlineCA(id, ca))
+		put := inlineCA(id, ca)
+		delete(put, "id")
+		var wg sync.WaitGroup
+		var posted, putted int
+		wg.Go(func() {
+			posted = env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok, Body: body}).Status
+		})
+		wg.Go(func() {
+			putted = env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/certs/" + id, Token: tok, Body: put}).Status
+		})
+		wg.Wait()
+		require.Contains(t, []int{http.StatusCreated, http.StatusConflict}, posted, "POST %s", id)
+		require.Contains(t, []int{http.StatusCreated, http.StatusOK}, putted, "PUT %s", id)
+		if posted == http.StatusCreated {
+			require.Equal(t, http.StatusOK, putted, "PUT %s after the POST created it", id)
+		}
+	}
+	require.NotContains(t, env.Logs.String(), `"status":500`)
+}

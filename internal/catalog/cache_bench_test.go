@@ -3,15 +3,21 @@ package catalog_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/loopze/certstore/internal/api"
+	"github.com/loopze/certstore/internal/auth"
 	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/logging"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/repo"
@@ -20,13 +26,12 @@ import (
 	"github.com/loopze/certstore/internal/testdb"
 )
 
-// benchReads measures the reads the cache serves, over a tenant of 10,000 inline pairs:
-// "database" without the cache (every read a round trip), "cache" with it, the tenant
-// unchanged.
-func benchReads(b *testing.B, read func(ctx context.Context, s *catalog.Service, id string) error) {
+// seedReads starts a replica over a tenant "big" of benchEntries inline pairs, announced
+// and unchanged since.
+func seedReads(b *testing.B) *replica {
 	ctx := context.Background()
 	rep := newReplica(b, testdb.URL(b), b.TempDir())
-	const n = 10000
+	const n = benchEntries
 	cert, key := materialtest.Pair(b, materialtest.Options{})
 	m, issues := material.Inspect(material.ClientPair, secret.PEM(cert), secret.PEM(key), material.PEMFields, time.Now())
 	require.Empty(b, issues)
@@ -48,6 +53,18 @@ func benchReads(b *testing.B, read func(ctx context.Context, s *catalog.Service,
 		return repo.ImportEntries(ctx, tx, entries)
 	}))
 	rep.awaitChange(b, "big")
+	return rep
+}
+
+const benchEntries = 10000
+
+// benchReads measures the reads the cache serves, over a tenant of 10,000 inline pairs:
+// "database" without the cache (every read a round trip), "cache" with it, the tenant
+// unchanged.
+func benchReads(b *testing.B, read func(ctx context.Context, s *catalog.Service, id string) error) {
+	ctx := context.Background()
+	rep := seedReads(b)
+	const n = benchEntries
 	uncached := &catalog.Service{Pool: rep.svc.Pool, Ring: rep.svc.Ring, Logger: rep.svc.Logger}
 	for _, bc := range []struct {
 		name string
@@ -102,5 +119,59 @@ func BenchmarkLookup(b *testing.B) {
 			err = fmt.Errorf("lookup %s found %d entries", id, len(found))
 		}
 		return err
+	})
+}
+
+// BenchmarkHTTPGet is GET /api/v1/certs/{id} through the server's whole handler (JWT,
+// middleware, Huma, JSON) over the read cache: "handler" calls ServeHTTP directly,
+// "loopback" goes through net/http on a loopback socket with keep-alive, client included.
+func BenchmarkHTTPGet(b *testing.B) {
+	rep := seedReads(b)
+	secretKey := []byte("bench-hmac-secret-0123456789abcdef")
+	verifier, err := auth.NewVerifier(auth.Config{HMACSecret: secretKey})
+	require.NoError(b, err)
+	tok, err := auth.Mint(secretKey, auth.Principal{Subject: "bench", Tenant: "big", Role: auth.Viewer}, time.Hour, "", "", time.Now())
+	require.NoError(b, err)
+	h := api.New(api.Deps{Logger: logging.Discard(), Pool: rep.svc.Pool, Version: "bench", Verifier: verifier, Catalog: rep.svc}).Handler
+	get := func(rnd *rand.Rand, base string) *http.Request {
+		r, _ := http.NewRequest(http.MethodGet, base+fmt.Sprintf("/api/v1/certs/entry-%05d", rnd.IntN(benchEntries)), nil)
+		r.Header.Set("Authorization", "Bearer "+tok)
+		return r
+	}
+	b.Run("handler", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			rnd := rand.New(rand.NewPCG(rand.Uint64(), 1))
+			for pb.Next() {
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, get(rnd, "http://bench"))
+				if rec.Code != http.StatusOK {
+					b.Errorf("GET: %d %s", rec.Code, rec.Body)
+					return
+				}
+			}
+		})
+	})
+	b.Run("loopback", func(b *testing.B) {
+		srv := httptest.NewServer(h)
+		defer srv.Close()
+		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			rnd := rand.New(rand.NewPCG(rand.Uint64(), 1))
+			for pb.Next() {
+				res, err := client.Do(get(rnd, srv.URL))
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				_, _ = io.Copy(io.Discard, res.Body)
+				_ = res.Body.Close()
+				if res.StatusCode != http.StatusOK {
+					b.Errorf("GET: %d", res.StatusCode)
+					return
+				}
+			}
+		})
 	})
 }

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/material"
@@ -126,13 +125,13 @@ const ensureTenantSQL = `INSERT INTO tenants (id) VALUES ($1) ON CONFLICT (id) D
 // export that read generation g has every change up to g. Every other write takes the
 // tenant's row first; the one cycle that order allows is a create waiting for the
 // tenant's row while a writer holding it inserts the same new ID (a PUT creating it, a
-// restore). PostgreSQL breaks that cycle by failing one transaction as a deadlock, and
-// the create is then sent again with the tenant's row first, the order of every other
-// write, so it waits its turn and ends in the answer it would have had (a duplicate, or
-// created).
+// restore). PostgreSQL breaks that cycle by failing one transaction as a deadlock: a
+// failed create is sent again with the tenant's row first, the order of every other
+// write, and those writes run again too (db.RetryDeadlock), so either side waits its turn
+// and ends in the answer it would have had alone (a duplicate, created, or updated).
 func sendCreate(ctx context.Context, q db.DBTX, e *Entry, rows, last func(*pgx.Batch)) error {
 	err := q.SendBatch(ctx, queueCreate(e, rows, last, false)).Close()
-	if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == "40P01" {
+	if db.IsDeadlock(err) {
 		err = q.SendBatch(ctx, queueCreate(e, rows, last, true)).Close()
 	}
 	return err
