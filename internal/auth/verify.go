@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net/http"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/maypok86/otter/v2"
 
 	"github.com/loopze/certstore/internal/secret"
 )
@@ -72,7 +74,23 @@ type Verifier struct {
 	keys    []publicKey
 	parser  *jwt.Parser
 	origins *http.CrossOriginProtection
+	// verified remembers the tokens that passed every check, by their SHA-256, with the
+	// time window in which they keep passing: a client sends the same token with every
+	// request until it expires, and the checks (signature, strict JSON, claims) cost more
+	// than the rest of a cached read. The tokens themselves are not kept.
+	verified *otter.Cache[[sha256.Size]byte, verifiedToken]
+	now      func() time.Time
 }
+
+// verifiedToken is what a verified token yields and the window in which the checks that
+// depend on the time (exp, nbf, iat, with the leeway) keep passing.
+type verifiedToken struct {
+	p           Principal
+	from, until time.Time
+}
+
+// verifiedTokens bounds the remembered tokens: far more than the clients of one server.
+const verifiedTokens = 10_000
 
 // claims is the token body we accept.
 type claims struct {
@@ -109,7 +127,9 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 	if len(methods) == 0 {
 		return nil, errors.New("new verifier: neither an HS256 secret nor a public keys file is configured")
 	}
+	v.now = time.Now
 	opts := []jwt.ParserOption{
+		jwt.WithTimeFunc(func() time.Time { return v.now() }),
 		jwt.WithValidMethods(methods),
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuedAt(),
@@ -128,6 +148,7 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 		return nil, fmt.Errorf("new verifier: %w", err)
 	}
 	v.origins = origins
+	v.verified = otter.Must(&otter.Options[[sha256.Size]byte, verifiedToken]{MaximumSize: verifiedTokens})
 	return v, nil
 }
 
@@ -149,6 +170,11 @@ func (v *Verifier) Verify(token string) (Principal, error) {
 	if len(token) > maxTokenLen {
 		return Principal{}, fmt.Errorf("%w: token longer than %d bytes", ErrUnauthenticated, maxTokenLen)
 	}
+	sum := sha256.Sum256([]byte(token))
+	now := v.now()
+	if t, ok := v.verified.GetIfPresent(sum); ok && !now.Before(t.from) && now.Before(t.until) {
+		return t.p, nil
+	}
 	var c claims
 	if _, err := v.parser.ParseWithClaims(token, &c, v.key); err != nil {
 		return Principal{}, fmt.Errorf("%w: %w", ErrUnauthenticated, err)
@@ -161,7 +187,20 @@ func (v *Verifier) Verify(token string) (Principal, error) {
 	if err != nil {
 		return Principal{}, fmt.Errorf("%w: %w", ErrUnauthenticated, err)
 	}
+	v.verified.Set(sum, c.window(p))
 	return p, nil
+}
+
+// window is when the time checks of the parser keep passing for c: from the later of nbf
+// and iat, less the leeway, until exp plus the leeway (exp is required).
+func (c *claims) window(p Principal) verifiedToken {
+	t := verifiedToken{p: p, until: c.ExpiresAt.Add(leeway)}
+	for _, d := range []*jwt.NumericDate{c.NotBefore, c.IssuedAt} {
+		if d != nil && d.Add(-leeway).After(t.from) {
+			t.from = d.Add(-leeway)
+		}
+	}
+	return t
 }
 
 // principal checks the claims jwt does not know about. Claim values are not echoed in

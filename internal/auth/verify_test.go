@@ -340,3 +340,49 @@ func FuzzVerify(f *testing.F) {
 		require.NotEmpty(t, p.Subject)
 	})
 }
+
+// TestVerifiedTokensKeepTheirTimeChecks: a token verified once is answered from memory,
+// but only inside the window its exp, nbf and iat (with the leeway) allow: it is refused
+// once expired, and a token not valid yet is refused until it is.
+func TestVerifiedTokensKeepTheirTimeChecks(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	v := newVerifier(t, Config{HMACSecret: testSecret})
+	clock := now
+	v.now = func() time.Time { return clock }
+
+	tok := sign(t, jwt.SigningMethodHS256, testSecret, "", claimsFor("editor", now))
+	for range 2 { // the second answer is the remembered one
+		p, err := v.Verify(tok)
+		require.NoError(t, err)
+		require.Equal(t, Editor, p.Role)
+	}
+	require.Equal(t, 1, v.verified.EstimatedSize())
+	clock = now.Add(time.Hour + leeway - time.Second)
+	_, err := v.Verify(tok)
+	require.NoError(t, err)
+	clock = now.Add(time.Hour + leeway + time.Second)
+	_, err = v.Verify(tok)
+	require.ErrorIs(t, err, ErrUnauthenticated)
+
+	later := claimsFor("viewer", now)
+	later["nbf"] = now.Add(10 * time.Minute).Unix()
+	tok = sign(t, jwt.SigningMethodHS256, testSecret, "", later)
+	clock = now
+	_, err = v.Verify(tok)
+	require.ErrorIs(t, err, ErrUnauthenticated)
+	clock = now.Add(10*time.Minute - leeway + time.Second)
+	_, err = v.Verify(tok)
+	require.NoError(t, err)
+	clock = now.Add(-time.Minute) // a clock stepped back: before nbf again
+	_, err = v.Verify(tok)
+	require.ErrorIs(t, err, ErrUnauthenticated)
+
+	// A refused token is never remembered as good.
+	bad := sign(t, jwt.SigningMethodHS256, bytes.Repeat([]byte("y"), 32), "", claimsFor("admin", now))
+	clock = now
+	for range 2 {
+		_, err = v.Verify(bad)
+		require.ErrorIs(t, err, ErrUnauthenticated)
+	}
+}
