@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/loopze/certstore/internal/db"
@@ -115,13 +114,17 @@ func Prepare(ctx context.Context, ev Event) (*repo.AuditRecord, []byte, error) {
 
 // RecordAlone records ev in a transaction of its own: for refused operations, whose own
 // transaction rolled back. The tenant row is created when missing (a refused first deploy).
+// It travels as one batch, one round trip, so the tenant's chain head is locked only for
+// the server-side time of the insert and the commit.
 func RecordAlone(ctx context.Context, pool *pgxpool.Pool, ev Event) error {
-	return db.InTenant(ctx, pool, ev.Tenant, func(tx pgx.Tx) error {
-		if err := repo.EnsureTenant(ctx, tx, ev.Tenant); err != nil {
-			return err
-		}
-		return Record(ctx, tx, ev)
-	})
+	r, body, err := Prepare(ctx, ev)
+	if err != nil {
+		return err
+	}
+	if err := repo.AppendAuditAlone(ctx, pool, r, body); err != nil {
+		return fmt.Errorf("record %s of %s: %w", ev.Action, ev.Target, err)
+	}
+	return nil
 }
 
 // canonicalMagic opens every record's canonical bytes, naming the encoding's version.

@@ -60,6 +60,16 @@ func AppendAudit(ctx context.Context, q db.DBTX, r *AuditRecord, body []byte) er
 	return mapErr("append audit record", err)
 }
 
+// AppendAuditAlone appends a record in a transaction of its own, creating the tenant's
+// row when missing, in one round trip (the tenant scope, the row and the record travel as
+// one batch, which PostgreSQL runs as one implicit transaction).
+func AppendAuditAlone(ctx context.Context, q db.DBTX, r *AuditRecord, body []byte) error {
+	b := db.TenantBatch(r.TenantID)
+	b.Queue(ensureTenantSQL, r.TenantID)
+	queueAudit(b, r, body)
+	return mapErr("append audit record", q.SendBatch(ctx, b).Close())
+}
+
 // queueAudit adds AppendAudit to a batch.
 func queueAudit(b *pgx.Batch, r *AuditRecord, body []byte) {
 	b.Queue(appendAuditSQL, appendAuditArgs(r, body)...).QueryRow(func(row pgx.Row) error {
