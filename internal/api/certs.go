@@ -185,10 +185,7 @@ type ListInput struct {
 
 // ListOutput is a page of entries, sorted by ID.
 type ListOutput struct {
-	Body struct {
-		Items      []Cert `json:"items"`
-		NextCursor string `json:"nextCursor,omitempty" doc:"Pass as cursor for the next page; absent on the last page"`
-	}
+	Body certPage
 }
 
 func encodeCursor(v any) string {

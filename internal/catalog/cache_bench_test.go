@@ -138,6 +138,25 @@ func BenchmarkHTTPGet(b *testing.B) {
 		r.Header.Set("Authorization", "Bearer "+tok)
 		return r
 	}
+	list := func(*rand.Rand, string) *http.Request {
+		r, _ := http.NewRequest(http.MethodGet, "http://bench/api/v1/certs?limit=100", nil)
+		r.Header.Set("Authorization", "Bearer "+tok)
+		return r
+	}
+	b.Run("list-handler", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			rnd := rand.New(rand.NewPCG(rand.Uint64(), 1))
+			for pb.Next() {
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, list(rnd, ""))
+				if rec.Code != http.StatusOK {
+					b.Errorf("GET list: %d %s", rec.Code, rec.Body)
+					return
+				}
+			}
+		})
+	})
 	b.Run("handler", func(b *testing.B) {
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {

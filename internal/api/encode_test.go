@@ -1,0 +1,82 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestFastEncodingMatchesJSON: the direct encoder of entries and pages writes the bytes
+// encoding/json writes (as Huma's default format runs it) for every shape of value:
+// optional fields set and not, nil and empty lists, strings that need escaping (quotes,
+// control characters, invalid UTF-8, U+2028, HTML characters), times in any zone and
+// precision, and a time encoding/json refuses.
+func TestFastEncodingMatchesJSON(t *testing.T) {
+	t.Parallel()
+	strs := []string{"", "plain", `quo"te`, `back\slash`, "tab\tnew\nline\r", "\x00\x01\x1f\x7f", "<script>&amp;</script>",
+		"caf\u00e9 \u2028 \u2029 \U0001F512", "bad \xff\xfe utf8", "CN=edge,O=Acme\\, Inc.", "/etc/loopze/certs/edge.crt"}
+	zones := []*time.Location{time.UTC, time.FixedZone("x", 5*3600+30*60), time.FixedZone("y", -8*3600)}
+	rnd := rand.New(rand.NewPCG(1, 2))
+	pick := func() string { return strs[rnd.IntN(len(strs))] }
+	when := func() time.Time {
+		return time.Unix(rnd.Int64N(1<<35), rnd.Int64N(1e9)*int64(rnd.IntN(2))).In(zones[rnd.IntN(len(zones))])
+	}
+	cert := func() Cert {
+		c := Cert{ID: pick(), Name: pick(), Type: pick(), Source: pick(), Notes: pick(), FingerprintSHA256: pick(),
+			Subject: pick(), Issuer: pick(), SerialNumber: pick(), KeyAlgorithm: pick(),
+			HasPrivateKey: rnd.IntN(2) == 0, Expired: rnd.IntN(2) == 0, CertCount: rnd.IntN(5) - 1,
+			DaysToExpiry: rnd.IntN(2000) - 1000, ReferenceCount: rnd.IntN(1 << 20), Version: rnd.Int64(),
+			NotBefore: when(), NotAfter: when(), CreatedAt: when(), UpdatedAt: when()}
+		if rnd.IntN(2) == 0 {
+			c.CertPath, c.KeyPath, c.PassphraseFile = pick(), pick(), pick()
+		}
+		switch rnd.IntN(3) {
+		case 0:
+			c.DNSNames = nil
+		case 1:
+			c.DNSNames = []string{}
+		default:
+			c.DNSNames = []string{pick(), pick()}
+		}
+		return c
+	}
+	want := func(v any) string {
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
+		enc.SetEscapeHTML(false)
+		require.NoError(t, enc.Encode(v))
+		return buf.String()
+	}
+	got := func(v any) string {
+		var buf bytes.Buffer
+		require.NoError(t, jsonFormat.Marshal(&buf, v))
+		return buf.String()
+	}
+	for range 500 {
+		c := cert()
+		require.Equal(t, want(c), got(c))
+		require.Equal(t, want(&c), got(&c))
+		p := certPage{NextCursor: pick()}
+		for range rnd.IntN(4) {
+			p.Items = append(p.Items, cert())
+		}
+		if p.Items == nil && rnd.IntN(2) == 0 {
+			p.Items = []Cert{}
+		}
+		require.Equal(t, want(p), got(p))
+		require.Equal(t, want(&p), got(&p))
+	}
+	// encoding/json refuses a year past 9999; so does the format, with encoding/json's error.
+	c := cert()
+	c.NotAfter = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+	var buf bytes.Buffer
+	err := jsonFormat.Marshal(&buf, c)
+	require.Error(t, err)
+	require.Empty(t, buf.String())
+	// Other bodies take Huma's default format.
+	require.Equal(t, want(Problem{Location: "body.x", Message: "<&>"}), got(Problem{Location: "body.x", Message: "<&>"}))
+}
