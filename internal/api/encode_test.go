@@ -70,6 +70,20 @@ func TestFastEncodingMatchesJSON(t *testing.T) {
 		require.Equal(t, want(p), got(p))
 		require.Equal(t, want(&p), got(&p))
 	}
+	for range 300 {
+		e := &ErrorBody{status: 409, Title: pick(), Message: pick(), TotalReferences: rnd.IntN(3) * rnd.IntN(1000), RequestID: pick()}
+		for range rnd.IntN(3) {
+			e.Errors = append(e.Errors, &ErrorDetail{Location: pick(), Message: pick(), FlowID: pick(), NodeID: pick(), NodeType: pick(), Field: pick()})
+		}
+		for range rnd.IntN(4) {
+			e.References = append(e.References, Reference{FlowID: pick(), NodeID: pick(), NodeType: pick(), Field: pick()})
+		}
+		if rnd.IntN(4) == 0 {
+			e.Errors, e.References = []*ErrorDetail{}, []Reference{}
+		}
+		require.Equal(t, want(e), got(e))
+	}
+	require.Equal(t, want(&ErrorBody{Errors: []*ErrorDetail{nil}}), got(&ErrorBody{Errors: []*ErrorDetail{nil}}))
 	// encoding/json refuses a year past 9999; so does the format, with encoding/json's error.
 	c := cert()
 	c.NotAfter = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
