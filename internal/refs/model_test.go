@@ -145,3 +145,36 @@ func FuzzParse(f *testing.F) {
 		require.JSONEq(t, string(once), string(twice))
 	})
 }
+
+// TestParseReadsAsEncodingJSON: the workspace object reads as encoding/json reads it into a
+// struct (the flows field matched without regard to case, null as absent), strings with
+// escapes decode, and the kept properties do not alias the caller's buffer.
+func TestParseReadsAsEncodingJSON(t *testing.T) {
+	t.Parallel()
+	ws, err := refs.Parse([]byte(`{"Flows":[{"id":"f\u0031","label":"a\"b","nodes":[{"id":"n","type":"t","x":[ 1, 2 ]}]}],"other":1}`))
+	require.NoError(t, err)
+	require.Equal(t, "f1", ws.Flows[0].ID)
+	require.Equal(t, `a"b`, ws.Flows[0].Label)
+
+	doc := []byte(`{"flows":[{"id":"f","nodes":[{"id":"n","type":"t","x":"abc"}]}]}`)
+	ws, err = refs.Parse(doc)
+	require.NoError(t, err)
+	for i := range doc {
+		doc[i] = ' '
+	}
+	require.JSONEq(t, `"abc"`, string(ws.Flows[0].Nodes[0].Extra["x"]))
+
+	for _, c := range []struct{ doc, path, msg string }{
+		{`null`, "flows", "is required"},
+		{`{"flows":null}`, "flows", "is required"},
+		{`{"flows":"x"}`, "body.flows", "must be an array"},
+		{`"x"`, "body", "must be an object"},
+		{`{"flows":[{"id":"f","nodes":null,"label":2}]}`, "flows[0].label", "must be a string"},
+	} {
+		_, err := refs.Parse([]byte(c.doc))
+		var fe *refs.FieldError
+		require.ErrorAs(t, err, &fe, c.doc)
+		require.Equal(t, c.path, fe.Path, c.doc)
+		require.Contains(t, fe.Message, c.msg, c.doc)
+	}
+}

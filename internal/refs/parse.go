@@ -5,7 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
+	"unicode/utf8"
+
+	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/loopze/certstore/internal/secret"
 )
@@ -76,34 +80,24 @@ func Parse(data []byte) (*Workspace, error) {
 func ParseStored(data []byte) (*Workspace, error) { return parse(data, false) }
 
 func parse(data []byte, strict bool) (*Workspace, error) {
-	var raw struct {
-		Flows []json.RawMessage `json:"flows"`
+	// The properties kept verbatim are slices of this copy: the caller's buffer may be
+	// reused once it has its workspace.
+	data = bytes.Clone(data)
+	r := newReader()
+	flows, err := r.top(data)
+	if err != nil {
+		return nil, err
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&raw); err != nil {
-		var se *json.SyntaxError
-		if errors.As(err, &se) {
-			return nil, &FieldError{Path: "body", Message: fmt.Sprintf("malformed JSON at byte %d", se.Offset)}
-		}
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return nil, &FieldError{Path: "body" + dotPath(te.Field), Message: "must be " + jsonKind(te.Type.Kind().String())}
-		}
-		return nil, &FieldError{Path: "body", Message: "malformed JSON"}
-	}
-	if dec.More() {
-		return nil, &FieldError{Path: "body", Message: "unexpected data after the workspace object"}
-	}
-	if raw.Flows == nil {
+	if flows == nil {
 		return nil, &FieldError{Path: "flows", Message: "is required (an empty workspace is {\"flows\": []})"}
 	}
-	if strict && len(raw.Flows) > MaxFlows {
-		return nil, &FieldError{Path: "flows", Message: fmt.Sprintf("has %d flows; a workspace may have at most %d", len(raw.Flows), MaxFlows), Err: ErrRefused}
+	if strict && len(flows) > MaxFlows {
+		return nil, &FieldError{Path: "flows", Message: fmt.Sprintf("has %d flows; a workspace may have at most %d", len(flows), MaxFlows), Err: ErrRefused}
 	}
-	ws := &Workspace{Flows: make([]*Flow, 0, len(raw.Flows))}
+	ws := &Workspace{Flows: make([]*Flow, 0, len(flows))}
 	nodes := 0
-	for i, rf := range raw.Flows {
-		f, err := parseFlow(rf, fmt.Sprintf("flows[%d]", i), strict)
+	for i, rf := range flows {
+		f, err := r.parseFlow(rf, "flows["+strconv.Itoa(i)+"]", strict)
 		if err != nil {
 			return nil, err
 		}
@@ -113,6 +107,134 @@ func parse(data []byte, strict bool) (*Workspace, error) {
 		ws.Flows = append(ws.Flows, f)
 	}
 	return ws, nil
+}
+
+// reader decodes the parts of one document with one jsontext decoder, each value read
+// once per level it is taken apart at. It reads as encoding/json would into
+// struct{ Flows []json.RawMessage } and maps of raw values: duplicated names keep the last
+// (Parse refused them already), text that is not valid UTF-8 reads as U+FFFD.
+type reader struct {
+	dec   *jsontext.Decoder
+	names []string
+}
+
+func newReader() *reader { return &reader{dec: jsontext.NewDecoder(bytes.NewReader(nil))} }
+
+var lenient = []jsontext.Options{jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true)}
+
+func (r *reader) reset(b []byte) { r.dec.Reset(bytes.NewReader(b), lenient...) }
+
+// value reads the next value and returns it as a slice of b, the input being decoded.
+func (r *reader) value(b []byte) ([]byte, error) {
+	v, err := r.dec.ReadValue()
+	if err != nil {
+		return nil, err
+	}
+	end := int(r.dec.InputOffset())
+	return b[end-len(v) : end : end], nil
+}
+
+// top reads the workspace object and returns its flows (nil when absent or null).
+func (r *reader) top(data []byte) ([]json.RawMessage, error) {
+	r.reset(data)
+	v, err := r.value(data)
+	if err != nil {
+		var se *jsontext.SyntacticError
+		if errors.As(err, &se) {
+			return nil, &FieldError{Path: "body", Message: fmt.Sprintf("malformed JSON at byte %d", se.ByteOffset)}
+		}
+		return nil, &FieldError{Path: "body", Message: "malformed JSON"}
+	}
+	if rest := bytes.TrimLeft(data[r.dec.InputOffset():], " \t\r\n"); len(rest) > 0 && rest[0] != ']' && rest[0] != '}' {
+		return nil, &FieldError{Path: "body", Message: "unexpected data after the workspace object"}
+	}
+	switch v[0] {
+	case 'n':
+		return nil, nil
+	case '{':
+	default:
+		return nil, &FieldError{Path: "body", Message: "must be an object"}
+	}
+	m, _ := r.members(v)
+	var (
+		flows   []json.RawMessage
+		typeErr error
+	)
+	// encoding/json matches the field name without regard to case; the last match wins,
+	// and one of another type is an error whatever follows.
+	for _, k := range r.names {
+		if k != "flows" && !strings.EqualFold(k, "flows") {
+			continue
+		}
+		b := m[k]
+		switch b[0] {
+		case 'n':
+			flows = nil
+		case '[':
+			if flows, err = r.elements(b); err != nil {
+				return nil, &FieldError{Path: "body", Message: "malformed JSON"}
+			}
+		default:
+			if typeErr == nil {
+				typeErr = &FieldError{Path: "body.flows", Message: "must be an array"}
+			}
+		}
+	}
+	if typeErr != nil {
+		return nil, typeErr
+	}
+	return flows, nil
+}
+
+// members decodes the JSON object b into its properties, recording their names in order
+// of appearance in r.names; ok is false when b is not an object.
+func (r *reader) members(b []byte) (m map[string]json.RawMessage, ok bool) {
+	r.reset(b)
+	r.names = r.names[:0]
+	if tok, err := r.dec.ReadToken(); err != nil || tok.Kind() != '{' {
+		return nil, false
+	}
+	m = make(map[string]json.RawMessage, 8)
+	for r.dec.PeekKind() != '}' {
+		name, err := r.dec.ReadToken()
+		if err != nil {
+			return nil, false
+		}
+		k := name.String() // before the next read, which invalidates the token
+		v, err := r.value(b)
+		if err != nil {
+			return nil, false
+		}
+		m[k] = v
+		r.names = append(r.names, k)
+	}
+	if _, err := r.dec.ReadToken(); err != nil {
+		return nil, false
+	}
+	return m, true
+}
+
+// elements decodes the JSON array b into its elements.
+func (r *reader) elements(b []byte) ([]json.RawMessage, error) {
+	r.reset(b)
+	if tok, err := r.dec.ReadToken(); err != nil || tok.Kind() != '[' {
+		return nil, errors.New("not an array")
+	}
+	var out []json.RawMessage
+	for r.dec.PeekKind() != ']' {
+		v, err := r.value(b)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	if _, err := r.dec.ReadToken(); err != nil {
+		return nil, err
+	}
+	if out == nil {
+		out = []json.RawMessage{}
+	}
+	return out, nil
 }
 
 func dotPath(f string) string {
@@ -135,9 +257,9 @@ func jsonKind(goKind string) string {
 }
 
 // object decodes a JSON object into its properties.
-func object(b json.RawMessage, path string) (map[string]json.RawMessage, error) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(b, &m); err != nil || m == nil {
+func (r *reader) object(b json.RawMessage, path string) (map[string]json.RawMessage, error) {
+	m, ok := r.members(b)
+	if !ok {
 		return nil, &FieldError{Path: path, Message: "must be an object"}
 	}
 	return m, nil
@@ -153,6 +275,11 @@ func takeString(m map[string]json.RawMessage, key, path string) (string, error) 
 	if isNull(b) {
 		return "", nil
 	}
+	// A plain string (the usual case) needs no decoding; one with escapes goes through
+	// encoding/json.
+	if len(b) >= 2 && b[0] == '"' && b[len(b)-1] == '"' && bytes.IndexByte(b[1:len(b)-1], '\\') < 0 && utf8.Valid(b) {
+		return string(b[1 : len(b)-1]), nil
+	}
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
 		return "", &FieldError{Path: path + "." + key, Message: "must be a string"}
@@ -162,8 +289,8 @@ func takeString(m map[string]json.RawMessage, key, path string) (string, error) 
 
 func isNull(b json.RawMessage) bool { return bytes.Equal(bytes.TrimSpace(b), []byte("null")) }
 
-func parseFlow(b json.RawMessage, path string, strict bool) (*Flow, error) {
-	m, err := object(b, path)
+func (r *reader) parseFlow(b json.RawMessage, path string, strict bool) (*Flow, error) {
+	m, err := r.object(b, path)
 	if err != nil {
 		return nil, err
 	}
@@ -178,13 +305,13 @@ func parseFlow(b json.RawMessage, path string, strict bool) (*Flow, error) {
 		delete(m, "nodes")
 		var nodes []json.RawMessage
 		if !isNull(rn) {
-			if err := json.Unmarshal(rn, &nodes); err != nil {
+			if nodes, err = r.elements(rn); err != nil {
 				return nil, &FieldError{Path: path + ".nodes", Message: "must be an array"}
 			}
 		}
 		f.Nodes = make([]*Node, 0, len(nodes))
 		for j, b := range nodes {
-			n, err := parseNode(b, fmt.Sprintf("%s.nodes[%d]", path, j), strict)
+			n, err := r.parseNode(b, path+".nodes["+strconv.Itoa(j)+"]", strict)
 			if err != nil {
 				return nil, err
 			}
@@ -202,8 +329,8 @@ func nilIfEmpty(m map[string]json.RawMessage) map[string]json.RawMessage {
 	return m
 }
 
-func parseNode(b json.RawMessage, path string, strict bool) (*Node, error) {
-	m, err := object(b, path)
+func (r *reader) parseNode(b json.RawMessage, path string, strict bool) (*Node, error) {
+	m, err := r.object(b, path)
 	if err != nil {
 		return nil, err
 	}
@@ -222,7 +349,7 @@ func parseNode(b json.RawMessage, path string, strict bool) (*Node, error) {
 	if rt, ok := m["tls"]; ok {
 		delete(m, "tls")
 		if !isNull(rt) {
-			if n.TLS, err = parseTLS(rt, path+".tls", strict); err != nil {
+			if n.TLS, err = r.parseTLS(rt, path+".tls", strict); err != nil {
 				return nil, err
 			}
 		}
@@ -230,7 +357,7 @@ func parseNode(b json.RawMessage, path string, strict bool) (*Node, error) {
 	if rc, ok := m["credentials"]; ok {
 		delete(m, "credentials")
 		if !isNull(rc) {
-			cm, err := object(rc, path+".credentials")
+			cm, err := r.object(rc, path+".credentials")
 			if err != nil {
 				return nil, err
 			}
@@ -248,8 +375,8 @@ func parseNode(b json.RawMessage, path string, strict bool) (*Node, error) {
 	return n, nil
 }
 
-func parseTLS(b json.RawMessage, path string, strict bool) (*TLS, error) {
-	m, err := object(b, path)
+func (r *reader) parseTLS(b json.RawMessage, path string, strict bool) (*TLS, error) {
+	m, err := r.object(b, path)
 	if err != nil {
 		return nil, err
 	}
@@ -326,7 +453,7 @@ func unknownTLSProperty(k string) string {
 
 // UnmarshalJSON implements json.Unmarshaler.
 func (f *Flow) UnmarshalJSON(b []byte) error {
-	g, err := parseFlow(b, "flow", false)
+	g, err := newReader().parseFlow(bytes.Clone(b), "flow", false)
 	if err != nil {
 		return err
 	}
@@ -336,7 +463,7 @@ func (f *Flow) UnmarshalJSON(b []byte) error {
 
 // UnmarshalJSON implements json.Unmarshaler.
 func (n *Node) UnmarshalJSON(b []byte) error {
-	g, err := parseNode(b, "node", false)
+	g, err := newReader().parseNode(bytes.Clone(b), "node", false)
 	if err != nil {
 		return err
 	}
@@ -346,7 +473,7 @@ func (n *Node) UnmarshalJSON(b []byte) error {
 
 // UnmarshalJSON implements json.Unmarshaler.
 func (t *TLS) UnmarshalJSON(b []byte) error {
-	g, err := parseTLS(b, "tls", false)
+	g, err := newReader().parseTLS(bytes.Clone(b), "tls", false)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package repo
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/jackc/pgx/v5"
 
@@ -136,4 +137,45 @@ func InsertReferences(ctx context.Context, q db.DBTX, tenant string, refs []Refe
 		SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[])`,
 		tenant, entries, flows, nodes, types, fields)
 	return mapErr("insert references", err)
+}
+
+// ReferenceMove turns one stored reference into another of the same entry.
+type ReferenceMove struct {
+	From, To Reference
+}
+
+// MoveReferences rewrites stored references of tenant in place, each to another node
+// field naming the same entry, in one statement. Because the entry a row names does not
+// change, PostgreSQL skips the foreign key check it would make for an inserted row, and
+// the entry's ref_count is unchanged (the update trigger adds and removes the same
+// number). Every To must be free: no stored reference has that key.
+func MoveReferences(ctx context.Context, q db.DBTX, tenant string, moves []ReferenceMove) error {
+	if len(moves) == 0 {
+		return nil
+	}
+	n := len(moves)
+	entries, oldFlows, oldNodes, oldFields := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	flows, nodes, types, fields := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	for i, m := range moves {
+		if m.From.EntryID != m.To.EntryID {
+			return fmt.Errorf("move references: %s to %s changes the entry", m.From.EntryID, m.To.EntryID)
+		}
+		entries[i], oldFlows[i], oldNodes[i], oldFields[i] = m.From.EntryID, m.From.FlowID, m.From.NodeID, m.From.Field
+		flows[i], nodes[i], types[i], fields[i] = m.To.FlowID, m.To.NodeID, m.To.NodeType, m.To.Field
+	}
+	tag, err := q.Exec(ctx, `
+		UPDATE entry_references r
+		SET flow_id = d.flow_id, node_id = d.node_id, node_type = d.node_type, field = d.field
+		FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
+		     AS d (entry_id, old_flow_id, old_node_id, old_field, flow_id, node_id, node_type, field)
+		WHERE r.tenant_id = $1 AND r.entry_id = d.entry_id AND r.flow_id = d.old_flow_id
+		  AND r.node_id = d.old_node_id AND r.field = d.old_field`,
+		tenant, entries, oldFlows, oldNodes, oldFields, flows, nodes, types, fields)
+	if err != nil {
+		return mapErr("move references", err)
+	}
+	if tag.RowsAffected() != int64(n) {
+		return fmt.Errorf("move references: %d of %d stored references found", tag.RowsAffected(), n)
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package workspace_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"slices"
@@ -92,4 +93,69 @@ func BenchmarkDeploy(b *testing.B) {
 			b.ReportMetric(float64(lat[len(lat)/2].Milliseconds()), "p50-ms")
 		})
 	}
+}
+
+// alternatingWorkspace is the shape of the `make bench` deploy row: one flow of n tcp-out
+// nodes, each with a tls.caBundleRef to the same entry; prefix makes the node IDs differ,
+// so deploying two of them in turn replaces every node and every reference.
+func alternatingWorkspace(prefix, ca string, n int) []byte {
+	nodes := make([]map[string]any, n)
+	for i := range nodes {
+		nodes[i] = map[string]any{
+			"id": fmt.Sprintf("%s-%05d", prefix, i), "type": "tcp-out", "name": fmt.Sprintf("line %d", i),
+			"host": "plc.example.internal", "port": 9000 + i%100,
+			"tls": map[string]any{"caBundleRef": ca, "serverName": "plc.example.internal"},
+		}
+	}
+	doc, _ := json.Marshal(map[string]any{"flows": []any{map[string]any{"id": "ingest", "label": "Ingest", "nodes": nodes}}})
+	return doc
+}
+
+// BenchmarkDeployAlternating deploys two workspaces of 2,000 nodes in turn, each replacing
+// every node and every reference of the other, as the `make bench` row does.
+func BenchmarkDeployAlternating(b *testing.B) {
+	env := apitest.New(b)
+	tok := env.Token(b, "acme", "editor")
+	ca := materialtest.NewCA(b, materialtest.Options{})
+	res := env.Do(b, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok, Body: map[string]any{
+		"id": "internal-root-ca", "name": "CA", "type": "ca-bundle", "source": "inline", "certPem": string(ca.CertPEM())}})
+	require.Equal(b, http.StatusCreated, res.Status, "%s", res.Body)
+	docs := [2][]byte{alternatingWorkspace("a", "internal-root-ca", 2000), alternatingWorkspace("b", "internal-root-ca", 2000)}
+	run := func(b *testing.B, deploy func(doc []byte)) {
+		deploy(docs[1]) // the first measured deploy replaces a full workspace
+		lat := make([]time.Duration, 0, b.N)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := range b.N {
+			start := time.Now()
+			deploy(docs[i%2])
+			lat = append(lat, time.Since(start))
+		}
+		b.StopTimer()
+		slices.Sort(lat)
+		b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	}
+	b.Run("service", func(b *testing.B) {
+		run(b, func(doc []byte) {
+			ws, err := refs.Parse(doc)
+			if err != nil {
+				b.Fatal(err)
+			}
+			res, err := env.Workspace.Deploy(context.Background(), "acme", ws, 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if res.References != 2000 {
+				b.Fatalf("%d references", res.References)
+			}
+		})
+	})
+	b.Run("http", func(b *testing.B) {
+		run(b, func(doc []byte) {
+			res := env.Do(b, apitest.Request{Method: http.MethodPut, Path: "/api/v1/flows", Token: tok, Body: doc})
+			if res.Status != http.StatusOK {
+				b.Fatalf("%d %s", res.Status, res.Body)
+			}
+		})
+	})
 }

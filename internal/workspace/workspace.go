@@ -131,10 +131,7 @@ func (s *Service) Deploy(ctx context.Context, tenant string, ws *refs.Workspace,
 		if err != nil {
 			return err
 		}
-		doc, err := json.Marshal(ws.Stripped())
-		if err != nil {
-			return fmt.Errorf("encode workspace: %w", err)
-		}
+		doc := ws.AppendStripped(nil)
 		if res.Version, res.UpdatedAt, err = repo.SaveWorkspace(ctx, tx, tenant, doc, ifVersion); err != nil {
 			return err
 		}
@@ -231,10 +228,37 @@ func replaceReferences(ctx context.Context, tx pgx.Tx, tenant string, list []ref
 			add = append(add, repo.Reference{EntryID: r.EntryID, FlowID: r.FlowID, NodeID: r.NodeID, NodeType: r.NodeType, Field: r.Field})
 		}
 	}
-	if err := repo.DeleteReferences(ctx, tx, tenant, drop); err != nil {
+	// A reference that moves to another node field of the same entry (a node replaced by
+	// another with the same reference) is rewritten in place, which costs the database no
+	// foreign key check; only the rest is deleted and inserted.
+	dropped := make(map[string][]repo.Reference, 1)
+	for _, r := range drop {
+		dropped[r.EntryID] = append(dropped[r.EntryID], r)
+	}
+	var moves []repo.ReferenceMove
+	insert := add[:0:0]
+	for _, r := range add {
+		if from := dropped[r.EntryID]; len(from) > 0 {
+			moves = append(moves, repo.ReferenceMove{From: from[len(from)-1], To: r})
+			dropped[r.EntryID] = from[:len(from)-1]
+			continue
+		}
+		insert = append(insert, r)
+	}
+	remove := drop[:0:0]
+	for _, r := range drop {
+		if rest := dropped[r.EntryID]; len(rest) > 0 && rest[0] == r {
+			remove = append(remove, r)
+			dropped[r.EntryID] = rest[1:]
+		}
+	}
+	if err := repo.MoveReferences(ctx, tx, tenant, moves); err != nil {
 		return 0, 0, err
 	}
-	if err := repo.InsertReferences(ctx, tx, tenant, add); err != nil {
+	if err := repo.DeleteReferences(ctx, tx, tenant, remove); err != nil {
+		return 0, 0, err
+	}
+	if err := repo.InsertReferences(ctx, tx, tenant, insert); err != nil {
 		if errors.Is(err, repo.ErrReferenced) {
 			return 0, 0, fmt.Errorf("store references: %w", ErrConcurrentChange)
 		}

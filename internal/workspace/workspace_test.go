@@ -3,6 +3,7 @@ package workspace_test
 import (
 	"encoding/json"
 	"errors"
+	"net/http"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -94,4 +95,62 @@ func TestDeployIsAllOrNothing(t *testing.T) {
 	require.NoError(t, err)
 	_, err = env.Workspace.Deploy(t.Context(), "acme", parse(t, `{"flows":[]}`), 7)
 	require.ErrorIs(t, err, repo.ErrVersionMismatch)
+}
+
+// TestRedeployMovesReferencesExactly: deploys that replace nodes by others referencing the
+// same entries (references rewritten in place), drop some and add others leave exactly the
+// references of the last workspace, with exact counts, and a referenced entry still cannot
+// be deleted.
+func TestRedeployMovesReferencesExactly(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	tok := env.Token(t, "acme", "editor")
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	for _, id := range []string{"ca-1", "ca-2", "ca-3"} {
+		res := env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok, Body: map[string]any{
+			"id": id, "name": "CA", "type": "ca-bundle", "source": "inline", "certPem": string(ca.CertPEM())}})
+		require.Equal(t, http.StatusCreated, res.Status, "%s", res.Body)
+	}
+	deploy := func(nodes map[string]string) {
+		t.Helper()
+		var list []any
+		for id, ref := range nodes {
+			list = append(list, map[string]any{"id": id, "type": "tcp-out", "tls": map[string]any{"caBundleRef": ref}})
+		}
+		doc, err := json.Marshal(map[string]any{"flows": []any{map[string]any{"id": "f", "nodes": list}}})
+		require.NoError(t, err)
+		_, err = env.Workspace.Deploy(t.Context(), "acme", parse(t, string(doc)), 0)
+		require.NoError(t, err)
+		var got []string
+		counts := map[string]int{}
+		require.NoError(t, db.InTenant(t.Context(), env.Pool, "acme", func(tx pgx.Tx) error {
+			refs, err := repo.ExportReferences(t.Context(), tx, "acme")
+			for _, r := range refs {
+				got = append(got, r.EntryID+" "+r.FlowID+" "+r.NodeID+" "+r.NodeType+" "+r.Field)
+			}
+			for _, id := range []string{"ca-1", "ca-2", "ca-3"} {
+				n, err := repo.CountReferences(t.Context(), tx, "acme", id)
+				require.NoError(t, err)
+				counts[id] = n
+			}
+			return err
+		}))
+		var want []string
+		wantCounts := map[string]int{"ca-1": 0, "ca-2": 0, "ca-3": 0}
+		for id, ref := range nodes {
+			want = append(want, ref+" f "+id+" tcp-out tls.caBundleRef")
+			wantCounts[ref]++
+		}
+		require.ElementsMatch(t, want, got)
+		require.Equal(t, wantCounts, counts)
+	}
+	deploy(map[string]string{"a1": "ca-1", "a2": "ca-1", "a3": "ca-2"})
+	deploy(map[string]string{"b1": "ca-1", "b2": "ca-2", "b3": "ca-2", "b4": "ca-3"})
+	deploy(map[string]string{"b1": "ca-1", "c2": "ca-3", "c3": "ca-3"})
+	deploy(map[string]string{"a1": "ca-2", "a2": "ca-2", "a3": "ca-2"})
+
+	res := env.Do(t, apitest.Request{Method: http.MethodDelete, Path: "/api/v1/certs/ca-2", Token: tok})
+	require.Equal(t, http.StatusConflict, res.Status, "%s", res.Body)
+	res = env.Do(t, apitest.Request{Method: http.MethodDelete, Path: "/api/v1/certs/ca-1", Token: tok})
+	require.Equal(t, http.StatusNoContent, res.Status, "%s", res.Body)
 }
