@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/loopze/certstore/internal/material"
@@ -74,9 +75,43 @@ type Resolver struct {
 	// files caches the decoded material of file parts by their paths, with the SHA-256 of
 	// the bytes it was decoded from. File material is still read from disk at every call;
 	// only when the bytes read are those last decoded is the decode skipped.
-	mu     sync.Mutex
-	parsed map[inlineKey]parsedEntry
-	files  map[fileKey]fileEntry
+	//
+	// Reads of both take no lock: with more callers than processors, a caller descheduled
+	// while holding a lock would stall every connection init behind it.
+	parsed cache[inlineKey, parsedEntry]
+	files  cache[fileKey, fileEntry]
+}
+
+// cache is a bounded concurrent map whose loads take no lock. When it holds more than
+// maxParsed entries, an arbitrary one makes room, so a working set larger than the cache
+// costs a parse on a fraction of calls, never all.
+type cache[K comparable, V any] struct {
+	m sync.Map
+	n atomic.Int64
+}
+
+func (c *cache[K, V]) load(k K) (V, bool) {
+	v, ok := c.m.Load(k)
+	if !ok {
+		var zero V
+		return zero, false
+	}
+	return v.(V), true
+}
+
+func (c *cache[K, V]) store(k K, v V) {
+	if _, loaded := c.m.Swap(k, v); loaded || c.n.Add(1) <= maxParsed {
+		return
+	}
+	c.m.Range(func(key, _ any) bool {
+		if key.(K) == k {
+			return true
+		}
+		if _, ok := c.m.LoadAndDelete(key); ok {
+			c.n.Add(-1)
+		}
+		return false
+	})
 }
 
 // fileKey identifies a file part: whose, what kind, which files, and the field names its
@@ -136,16 +171,13 @@ func tailOf(e *repo.Entry) sealedTail {
 	return t
 }
 
-// maxParsed bounds the inline cache; when full, an arbitrary entry makes room, so a
-// working set larger than the cache costs a parse on a fraction of calls, never all.
+// maxParsed bounds each cache of parsed material (see cache).
 const maxParsed = 16384
 
 func (r *Resolver) inline(tenant string, e *repo.Entry, k material.Kind) (*material.Material, error) {
 	key := inlineKey{tenant, e.ID, e.Version, tailOf(e)}
 	now := r.now()
-	r.mu.Lock()
-	pe, ok := r.parsed[key]
-	r.mu.Unlock()
+	pe, ok := r.parsed.load(key)
 	if ok && now.Before(pe.until) {
 		return pe.m, nil
 	}
@@ -157,18 +189,7 @@ func (r *Resolver) inline(tenant string, e *repo.Entry, k material.Kind) (*mater
 	if len(issues) > 0 {
 		return nil, fmt.Errorf("entry %s: %s", e.ID, joinIssues(issues))
 	}
-	r.mu.Lock()
-	if r.parsed == nil {
-		r.parsed = map[inlineKey]parsedEntry{}
-	}
-	if len(r.parsed) >= maxParsed {
-		for k := range r.parsed { // map order is random: this evicts one at random
-			delete(r.parsed, k)
-			break
-		}
-	}
-	r.parsed[key] = parsedEntry{m: m, until: nextBoundary(m, now)}
-	r.mu.Unlock()
+	r.parsed.store(key, parsedEntry{m: m, until: nextBoundary(m, now)})
 	return m, nil
 }
 
@@ -481,9 +502,7 @@ func (r *Resolver) loadFilesOnce(tenant string, k material.Kind, paths material.
 	}
 	key := fileKey{tenant: tenant, kind: k, paths: paths, fields: f}
 	sum := files.Sum()
-	r.mu.Lock()
-	fe, ok := r.files[key]
-	r.mu.Unlock()
+	fe, ok := r.files.load(key)
 	if ok && fe.sum == sum && now.Before(fe.until) {
 		return fe.m, nil
 	}
@@ -491,18 +510,7 @@ func (r *Resolver) loadFilesOnce(tenant string, k material.Kind, paths material.
 	if len(issues) > 0 {
 		return nil, issues
 	}
-	r.mu.Lock()
-	if r.files == nil {
-		r.files = map[fileKey]fileEntry{}
-	}
-	if _, ok := r.files[key]; !ok && len(r.files) >= maxParsed {
-		for k := range r.files { // map order is random: this evicts one at random
-			delete(r.files, k)
-			break
-		}
-	}
-	r.files[key] = fileEntry{sum: sum, parsedEntry: parsedEntry{m: m, until: nextBoundary(m, now)}}
-	r.mu.Unlock()
+	r.files.store(key, fileEntry{sum: sum, parsedEntry: parsedEntry{m: m, until: nextBoundary(m, now)}})
 	return m, nil
 }
 
