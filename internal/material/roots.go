@@ -142,6 +142,10 @@ func (r Roots) Admits(tenant, path string) error {
 }
 
 func (r Roots) readOnce(tenant, path string) (secret.PEM, error) {
+	// Most paths hold no symlink at all; where the kernel can tell, one call reads them.
+	if resolved, data, ok := readDirect(path); ok && (len(r) == 0 || r.admit(tenant, resolved)) {
+		return secret.PEM(data), nil
+	}
 	resolved, err := filepath.EvalSymlinks(path)
 	if err != nil {
 		// The failing component may be a link target outside the roots: name only the
@@ -248,11 +252,12 @@ func within(root, path string) bool {
 	if path == root {
 		return true
 	}
-	prefix := root
-	if !strings.HasSuffix(prefix, string(filepath.Separator)) {
-		prefix += string(filepath.Separator)
+	if !strings.HasPrefix(path, root) {
+		return false
 	}
-	return strings.HasPrefix(path, prefix)
+	// On a path boundary: root ends with the separator (it is "/"), or path continues
+	// with one.
+	return strings.HasSuffix(root, string(filepath.Separator)) || path[len(root)] == filepath.Separator
 }
 
 func fileKind(m fs.FileMode) string {
