@@ -4,7 +4,8 @@
 // comes from an Entries source (the catalogue in the server) and is parsed once per
 // version; file material, of stored file entries and direct paths alike, is read fresh on
 // every call, with one retry for a rotation caught between its two renames, so
-// cert-manager, certbot or a plain mv need no restart. It knows the workspace model from
+// cert-manager, certbot or a plain mv need no restart. Only the decode of file bytes is
+// reused, while the bytes read are the very bytes last decoded. It knows the workspace model from
 // internal/refs and nothing of where the workspace is stored.
 package resolver
 
