@@ -59,9 +59,15 @@ func readDirect(path string) (resolved string, data []byte, ok bool) {
 		if n == 0 {
 			break
 		}
+		short := n < cap(buf)-len(buf)
 		buf = buf[:len(buf)+n]
 		if len(buf) > MaxSize {
 			return "", nil, false
+		}
+		if short && int64(len(buf)) == st.Size {
+			// All the bytes fstat counted, and a short read: the end of the file, without
+			// a further read to be told so.
+			break
 		}
 		if len(buf) == cap(buf) {
 			buf = slices.Grow(buf, min(cap(buf), MaxSize+1-len(buf)))
