@@ -2,8 +2,11 @@ package nodetls_test
 
 import (
 	"fmt"
+	"runtime"
+	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -82,4 +85,50 @@ func BenchmarkReconnectStorm(b *testing.B) {
 		}
 		wg.Wait()
 	}
+}
+
+// The parallel benchmarks run 8 callers (as make bench does) and report the latency
+// percentiles of single calls: the tail is what a connection init under load sees.
+func BenchmarkConfigInlineParallel(b *testing.B) {
+	store := benchStore(b, 1000)
+	benchParallel(b, func(i int) string { return fmt.Sprintf("n%d", i%1000) }, store)
+}
+
+func BenchmarkConfigDirectFileParallel(b *testing.B) {
+	store := benchStore(b, 1)
+	benchParallel(b, func(int) string { return "direct" }, store)
+}
+
+func benchParallel(b *testing.B, nodeID func(int) string, store *nodetls.Store) {
+	b.ReportAllocs()
+	b.SetParallelism(max(1, 8/runtime.GOMAXPROCS(0)))
+	var (
+		mu  sync.Mutex
+		all []time.Duration
+	)
+	b.RunParallel(func(pb *testing.PB) {
+		lat := make([]time.Duration, 0, 1<<14)
+		i := 0
+		for pb.Next() {
+			id := nodeID(i)
+			t0 := time.Now()
+			if _, err := store.Config(ctx, "line-1", id); err != nil {
+				b.Error(err)
+				return
+			}
+			lat = append(lat, time.Since(t0))
+			i += 7
+		}
+		mu.Lock()
+		all = append(all, lat...)
+		mu.Unlock()
+	})
+	if len(all) == 0 {
+		return
+	}
+	slices.Sort(all)
+	q := func(p float64) float64 { return float64(all[min(len(all)-1, int(p*float64(len(all))))].Nanoseconds()) }
+	b.ReportMetric(q(0.5), "p50-ns")
+	b.ReportMetric(q(0.99), "p99-ns")
+	b.ReportMetric(q(0.999), "p99.9-ns")
 }

@@ -14,8 +14,9 @@
 // serverCertRef, an opcua-server node's certRef) are type-checked against the tenant's
 // entries; inline material comes from the decrypted snapshot held in memory; file material
 // (file-sourced entries and direct caBundleFile / clientCertFile / ... paths) is read from
-// disk at every call, with one retry after a short pause when a certificate and its key
-// were caught between the two renames of a rotation. A connection already open keeps the
+// disk at every call, and decoded again whenever the bytes differ from the last decode,
+// with one retry after a short pause when a certificate and its key were caught between
+// the two renames of a rotation. A connection already open keeps the
 // material it was opened with; the next Config sees the new files.
 //
 // The snapshot follows the file: each call compares the file's inode, size and

@@ -81,7 +81,7 @@ func (s *Store) ConfigFor(ctx context.Context, block json.RawMessage) (*tls.Conf
 	if err := json.Unmarshal(block, &t); err != nil {
 		return nil, fmt.Errorf("tls block: %w", err)
 	}
-	return s.build(ctx, snap, &t, where{prefix: "tls block"})
+	return s.build(ctx, snap, &t, where{block: true})
 }
 
 // Describe reports what each configured part of a node's tls block resolves to now,
@@ -94,7 +94,7 @@ func (s *Store) Describe(ctx context.Context, flowID, nodeID string) ([]Part, er
 	block, w := n.EffectiveTLS(), nodeWhere(flowID, n)
 	reports, err := snap.resolver.Report(ctx, snap.tenant, block)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", w.prefix, err)
+		return nil, fmt.Errorf("%s: %w", w.prefix(), err)
 	}
 	out := make([]Part, 0, len(reports))
 	for _, r := range reports {
@@ -134,25 +134,34 @@ func (s *Store) node(flowID, nodeID string) (*snapshot, *refs.Node, error) {
 func (s *Store) build(ctx context.Context, snap *snapshot, block *refs.TLS, w where) (*tls.Config, error) {
 	for _, p := range refs.Parts {
 		if err := snap.checkRef(p, block.Spec(p), w); err != nil {
-			return nil, fmt.Errorf("%s: %s: %w: %w", w.prefix, p.Name, ErrUnresolved, err)
+			return nil, fmt.Errorf("%s: %s: %w: %w", w.prefix(), p.Name, ErrUnresolved, err)
 		}
 	}
 	cfg, err := snap.resolver.BuildTLSConfig(ctx, snap.tenant, block)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", w.prefix, err)
+		return nil, fmt.Errorf("%s: %w", w.prefix(), err)
 	}
 	return cfg, nil
 }
 
-// where names the block in errors: "flow F, node N", and whether certRef stands for the
-// clientCert part.
+// where names the block in errors, "flow F, node N" (or "tls block" for ConfigFor), and
+// says whether certRef stands for the clientCert part. The names are only put together
+// when there is an error to name them in.
 type where struct {
-	prefix  string
-	certRef bool
+	flowID, nodeID string
+	block          bool
+	certRef        bool
+}
+
+func (w where) prefix() string {
+	if w.block {
+		return "tls block"
+	}
+	return "flow " + w.flowID + ", node " + w.nodeID
 }
 
 func nodeWhere(flowID string, n *refs.Node) where {
-	w := where{prefix: fmt.Sprintf("flow %s, node %s", flowID, n.ID)}
+	w := where{flowID: flowID, nodeID: n.ID}
 	if n.Type == refs.TypeOPCUAServer {
 		ref, _, _ := n.Prop(refs.PropCertRef)
 		w.certRef = ref != ""
@@ -179,13 +188,12 @@ func (snap *snapshot) checkRef(p refs.Part, spec *refs.PartSpec, w where) error 
 	if spec.Ref == "" {
 		return nil
 	}
-	field := w.field(p, spec)
 	e := snap.entries[spec.Ref]
 	if e == nil {
-		return fmt.Errorf("%s names %q: %w", field, spec.Ref, ErrEntryNotFound)
+		return fmt.Errorf("%s names %q: %w", w.field(p, spec), spec.Ref, ErrEntryNotFound)
 	}
 	if material.Kind(e.Type) != p.Kind {
-		return fmt.Errorf("%s names %q, a %s; it must name a %s: %w", field, spec.Ref, e.Type, p.Kind, ErrWrongType)
+		return fmt.Errorf("%s names %q, a %s; it must name a %s: %w", w.field(p, spec), spec.Ref, e.Type, p.Kind, ErrWrongType)
 	}
 	return nil
 }
@@ -194,9 +202,8 @@ func (snap *snapshot) checkRef(p refs.Part, spec *refs.PartSpec, w where) error 
 func (snap *snapshot) Lookup(_ context.Context, _ string, ids []string) ([]*repo.Entry, error) {
 	out := make([]*repo.Entry, 0, len(ids))
 	for _, id := range ids {
-		if e := snap.entries[id]; e != nil {
-			out = append(out, &repo.Entry{TenantID: snap.tenant, ID: e.ID, Name: e.Name, Type: material.Kind(e.Type),
-				Source: e.Source, CertPath: e.CertPath, KeyPath: e.KeyPath, PassphrasePath: e.PassphraseFile, Version: snap.generation})
+		if e := snap.lookup[id]; e != nil {
+			out = append(out, e) // shared: the resolver only reads it
 		}
 	}
 	return out, nil

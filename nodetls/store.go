@@ -15,6 +15,7 @@ import (
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/refs"
+	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/resolver"
 	"github.com/loopze/certstore/internal/secret"
 )
@@ -276,7 +277,9 @@ type snapshot struct {
 	generation int64
 	keyID      string
 	entries    map[string]*fileexport.Entry
-	nodes      map[nodeKey]*refs.Node
+	// lookup is each entry as the resolver looks it up, built once with the snapshot.
+	lookup map[string]*repo.Entry
+	nodes  map[nodeKey]*refs.Node
 
 	// resolver resolves blocks against this snapshot's entries; it parses each inline
 	// entry once (the cache is the snapshot's), and reads file material at every call.
@@ -289,12 +292,16 @@ func (s *Store) newSnapshot(doc *fileexport.Document, h fileexport.Header) (*sna
 	snap := &snapshot{
 		tenant: h.Tenant, generation: h.Generation, keyID: h.KeyID,
 		entries: make(map[string]*fileexport.Entry, len(doc.Entries)),
+		lookup:  make(map[string]*repo.Entry, len(doc.Entries)),
 		nodes:   map[nodeKey]*refs.Node{},
 	}
 	snap.resolver = &resolver.Resolver{Entries: snap, Roots: s.roots, Logger: s.opts.Logger,
 		Now: s.opts.Now, RetryPause: s.opts.RetryPause}
 	for i := range doc.Entries {
-		snap.entries[doc.Entries[i].ID] = &doc.Entries[i]
+		e := &doc.Entries[i]
+		snap.entries[e.ID] = e
+		snap.lookup[e.ID] = &repo.Entry{TenantID: snap.tenant, ID: e.ID, Name: e.Name, Type: material.Kind(e.Type),
+			Source: e.Source, CertPath: e.CertPath, KeyPath: e.KeyPath, PassphrasePath: e.PassphraseFile, Version: snap.generation}
 	}
 	if len(doc.Workspace) == 0 {
 		return snap, nil

@@ -1,12 +1,15 @@
 package material
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -139,6 +142,10 @@ func (r Roots) Admits(tenant, path string) error {
 }
 
 func (r Roots) readOnce(tenant, path string) (secret.PEM, error) {
+	// Most paths hold no symlink at all; where the kernel can tell, one call reads them.
+	if resolved, data, ok := readDirect(path); ok && (len(r) == 0 || r.admit(tenant, resolved)) {
+		return secret.PEM(data), nil
+	}
 	resolved, err := filepath.EvalSymlinks(path)
 	if err != nil {
 		// The failing component may be a link target outside the roots: name only the
@@ -152,37 +159,63 @@ func (r Roots) readOnce(tenant, path string) (secret.PEM, error) {
 	if len(r) > 0 && !r.admit(tenant, resolved) {
 		return nil, fmt.Errorf("read %s: %w (a symlink leads out of them)", path, ErrOutsideRoots)
 	}
-	where := path
-	if resolved != path {
-		where = fmt.Sprintf("%s (resolves to %s)", path, resolved)
+	// where names the file in errors, only built when there is one.
+	where := func() string {
+		if resolved != path {
+			return fmt.Sprintf("%s (resolves to %s)", path, resolved)
+		}
+		return path
 	}
 	// O_NONBLOCK keeps open from hanging on a FIFO with no writer; it changes nothing for a
 	// regular file. The type is checked on the open descriptor, not on a prior Stat.
 	f, err := os.OpenFile(resolved, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", where, err)
+		return nil, fmt.Errorf("read %s: %w", where(), err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", where, err)
+		return nil, fmt.Errorf("read %s: %w", where(), err)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("read %s: %w (%s)", where, ErrNotRegular, fileKind(fi.Mode()))
+		return nil, fmt.Errorf("read %s: %w (%s)", where(), ErrNotRegular, fileKind(fi.Mode()))
 	}
 	// The descriptor must still be the file the roots check saw: if a component became a
 	// symlink in between, the name now leads elsewhere.
 	if li, err := os.Lstat(resolved); err != nil || !os.SameFile(fi, li) {
-		return nil, fmt.Errorf("read %s: %w", where, ErrPathChanged)
+		return nil, fmt.Errorf("read %s: %w", where(), ErrPathChanged)
 	}
-	data, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
+	data, err := readAll(f, fi.Size())
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", where, err)
+		return nil, fmt.Errorf("read %s: %w", where(), err)
 	}
 	if len(data) > MaxSize {
-		return nil, fmt.Errorf("read %s: %w", where, ErrTooLarge)
+		return nil, fmt.Errorf("read %s: %w", where(), ErrTooLarge)
 	}
 	return secret.PEM(data), nil
+}
+
+// readAll reads f to its end, or to one byte past MaxSize. size is the size fstat gave, so
+// an unchanged file is read into one buffer of the right size; a file that grew meanwhile
+// is still read to its end.
+func readAll(f io.Reader, size int64) ([]byte, error) {
+	buf := make([]byte, 0, min(max(size, 0), MaxSize)+1)
+	for {
+		n, err := f.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+		if len(buf) > MaxSize {
+			return buf, nil
+		}
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, min(cap(buf), MaxSize+1-len(buf)))
+		}
+	}
 }
 
 // admit reports whether p (clean and absolute) lies inside one of the roots for tenant,
@@ -219,11 +252,12 @@ func within(root, path string) bool {
 	if path == root {
 		return true
 	}
-	prefix := root
-	if !strings.HasSuffix(prefix, string(filepath.Separator)) {
-		prefix += string(filepath.Separator)
+	if !strings.HasPrefix(path, root) {
+		return false
 	}
-	return strings.HasPrefix(path, prefix)
+	// On a path boundary: root ends with the separator (it is "/"), or path continues
+	// with one.
+	return strings.HasSuffix(root, string(filepath.Separator)) || path[len(root)] == filepath.Separator
 }
 
 func fileKind(m fs.FileMode) string {
@@ -264,7 +298,27 @@ const MaxPassphraseFile = 4 << 10
 // in (Decode) and inspects the result. Read errors become issues on f.Cert / f.Key /
 // f.Passphrase; Inspect's issues about a field whose file could not be read are dropped,
 // since they would only repeat that it is missing. Empty names in f default to PathFields.
+// It is ReadFiles followed by FileSet.Decode.
 func (r Roots) LoadFilesWith(k Kind, tenant string, p Paths, f Fields, now time.Time) (*Material, []Issue) {
+	return r.ReadFiles(k, tenant, p, f).Decode(now)
+}
+
+// FileSet is what ReadFiles read of a file-sourced entry's files, and the problems reading
+// them, ready for Decode. It holds key bytes: never log it.
+type FileSet struct {
+	k         Kind
+	f         Fields
+	cert, key secret.PEM
+	pass      secret.String
+	isP12     bool
+	issues    []Issue
+	// unread marks the fields whose file could not be read (or was refused).
+	unread map[string]bool
+}
+
+// ReadFiles reads the files of p through ReadFile, as LoadFilesWith does, without decoding
+// them. Empty names in f default to PathFields.
+func (r Roots) ReadFiles(k Kind, tenant string, p Paths, f Fields) *FileSet {
 	if f.Cert == "" {
 		f.Cert = PathFields.Cert
 	}
@@ -274,57 +328,94 @@ func (r Roots) LoadFilesWith(k Kind, tenant string, p Paths, f Fields, now time.
 	if f.Passphrase == "" {
 		f.Passphrase = PathFields.Passphrase
 	}
-	var (
-		issues    []Issue
-		cert, key secret.PEM
-		unread    = map[string]bool{}
-	)
+	s := &FileSet{k: k, f: f}
 	read := func(field, path, what string) secret.PEM {
 		if strings.TrimSpace(path) == "" {
-			issues = append(issues, Issue{Field: field, Message: what + " path is required"})
-			unread[field] = true
+			s.fail(field, what+" path is required")
 			return nil
 		}
 		data, err := r.ReadFile(tenant, path)
 		if err != nil {
-			issues = append(issues, Issue{Field: field, Message: err.Error()})
-			unread[field] = true
+			s.fail(field, err.Error())
 		}
 		return data
 	}
-	cert = read(f.Cert, p.Cert, "a certificate")
-	_, isP12 := DetectFile(cert)
+	s.cert = read(f.Cert, p.Cert, "a certificate")
+	_, s.isP12 = DetectFile(s.cert)
 	switch {
-	case k.IsPair() && isP12:
+	case k.IsPair() && s.isP12:
 		if strings.TrimSpace(p.Key) != "" {
-			issues = append(issues, Issue{Field: f.Key, Message: "the PKCS#12 file in " + f.Cert + " carries the key: leave " + f.Key + " empty"})
-			unread[f.Key] = true
+			s.fail(f.Key, "the PKCS#12 file in "+f.Cert+" carries the key: leave "+f.Key+" empty")
 		}
 	case k.IsPair():
-		key = read(f.Key, p.Key, "a private key")
+		s.key = read(f.Key, p.Key, "a private key")
 	case k == CABundle && strings.TrimSpace(p.Key) != "":
-		issues = append(issues, Issue{Field: f.Key, Message: "a ca-bundle carries no private key: leave " + f.Key + " empty"})
-		unread[f.Key] = true
+		s.fail(f.Key, "a ca-bundle carries no private key: leave "+f.Key+" empty")
 	}
-	var pass secret.String
 	if strings.TrimSpace(p.Passphrase) != "" {
 		data, err := r.ReadFile(tenant, p.Passphrase)
-		before := len(issues)
+		before := len(s.issues)
 		switch {
 		case err != nil:
-			issues = append(issues, Issue{Field: f.Passphrase, Message: err.Error()})
+			s.issues = append(s.issues, Issue{Field: f.Passphrase, Message: err.Error()})
 		case len(data) > MaxPassphraseFile:
-			issues = append(issues, Issue{Field: f.Passphrase, Message: fmt.Sprintf("the passphrase file is over the %d KiB limit", MaxPassphraseFile>>10)})
+			s.issues = append(s.issues, Issue{Field: f.Passphrase, Message: fmt.Sprintf("the passphrase file is over the %d KiB limit", MaxPassphraseFile>>10)})
 		default:
 			line, _, _ := strings.Cut(string(data), "\n")
-			pass = secret.String(strings.TrimSuffix(line, "\r"))
-			if pass == "" {
-				issues = append(issues, Issue{Field: f.Passphrase, Message: "the passphrase file is empty"})
+			s.pass = secret.String(strings.TrimSuffix(line, "\r"))
+			if s.pass == "" {
+				s.issues = append(s.issues, Issue{Field: f.Passphrase, Message: "the passphrase file is empty"})
 			}
 		}
-		unread[f.Passphrase] = len(issues) > before
+		s.setUnread(f.Passphrase, len(s.issues) > before)
 	}
-	if len(issues) > 0 && (unread[f.Cert] || unread[f.Passphrase]) {
+	return s
+}
+
+// fail records a problem reading field's file.
+func (s *FileSet) fail(field, msg string) {
+	s.issues = append(s.issues, Issue{Field: field, Message: msg})
+	s.setUnread(field, true)
+}
+
+func (s *FileSet) setUnread(field string, v bool) {
+	if s.unread == nil {
+		if !v {
+			return
+		}
+		s.unread = map[string]bool{}
+	}
+	s.unread[field] = v
+}
+
+// Issues are the problems reading the files; empty when every file was read.
+func (s *FileSet) Issues() []Issue { return s.issues }
+
+// Sum is a SHA-256 over the bytes read (certificate, key and passphrase files, each
+// length-prefixed): equal sums mean Decode would see the same input. It identifies the
+// contents without keeping them.
+func (s *FileSet) Sum() [sha256.Size]byte {
+	h := sha256.New()
+	var n [8]byte
+	for _, b := range [][]byte{s.cert, s.key} {
+		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
+		h.Write(n[:])
+		h.Write(b)
+	}
+	binary.BigEndian.PutUint64(n[:], uint64(len(s.pass)))
+	h.Write(n[:])
+	_, _ = io.WriteString(h, s.pass.Reveal())
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	return sum
+}
+
+// Decode decodes and inspects what was read, as LoadFilesWith does: the read problems come
+// first, and Inspect's issues about a field whose file could not be read are dropped.
+func (s *FileSet) Decode(now time.Time) (*Material, []Issue) {
+	f, cert, key, pass, isP12 := s.f, s.cert, s.key, s.pass, s.isP12
+	issues := append([]Issue(nil), s.issues...)
+	if len(issues) > 0 && (s.unread[f.Cert] || s.unread[f.Passphrase]) {
 		return nil, issues
 	}
 	enc := Encoded{}
@@ -345,9 +436,9 @@ func (r Roots) LoadFilesWith(k Kind, tenant string, p Paths, f Fields, now time.
 		}
 		enc.KeyPassphrase = pass
 	}
-	m, _, errs := Decode(k, enc, ef, now)
+	m, _, errs := Decode(s.k, enc, ef, now)
 	for _, e := range errs {
-		if !unread[e.Field] {
+		if !s.unread[e.Field] {
 			issues = append(issues, e)
 		}
 	}

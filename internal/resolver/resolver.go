@@ -4,7 +4,8 @@
 // comes from an Entries source (the catalogue in the server) and is parsed once per
 // version; file material, of stored file entries and direct paths alike, is read fresh on
 // every call, with one retry for a rotation caught between its two renames, so
-// cert-manager, certbot or a plain mv need no restart. It knows the workspace model from
+// cert-manager, certbot or a plain mv need no restart. Only the decode of file bytes is
+// reused, while the bytes read are the very bytes last decoded. It knows the workspace model from
 // internal/refs and nothing of where the workspace is stored.
 package resolver
 
@@ -16,6 +17,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/loopze/certstore/internal/material"
@@ -69,9 +71,64 @@ type Resolver struct {
 
 	// parsed caches the material of stored inline entries by (tenant, ID, version, sealed
 	// tags): every change moves the version, so an entry is decrypted and parsed once per
-	// version, not once per connection. File material is never cached.
-	mu     sync.Mutex
-	parsed map[inlineKey]parsedEntry
+	// version, not once per connection.
+	//
+	// files caches the decoded material of file parts by their paths, with the SHA-256 of
+	// the bytes it was decoded from. File material is still read from disk at every call;
+	// only when the bytes read are those last decoded is the decode skipped.
+	//
+	// Reads of both take no lock: with more callers than processors, a caller descheduled
+	// while holding a lock would stall every connection init behind it.
+	parsed cache[inlineKey, parsedEntry]
+	files  cache[fileKey, fileEntry]
+}
+
+// cache is a bounded concurrent map whose loads take no lock. When it holds more than
+// maxParsed entries, an arbitrary one makes room, so a working set larger than the cache
+// costs a parse on a fraction of calls, never all.
+type cache[K comparable, V any] struct {
+	m sync.Map
+	n atomic.Int64
+}
+
+func (c *cache[K, V]) load(k K) (V, bool) {
+	v, ok := c.m.Load(k)
+	if !ok {
+		var zero V
+		return zero, false
+	}
+	return v.(V), true
+}
+
+func (c *cache[K, V]) store(k K, v V) {
+	if _, loaded := c.m.Swap(k, v); loaded || c.n.Add(1) <= maxParsed {
+		return
+	}
+	c.m.Range(func(key, _ any) bool {
+		if key.(K) == k {
+			return true
+		}
+		if _, ok := c.m.LoadAndDelete(key); ok {
+			c.n.Add(-1)
+		}
+		return false
+	})
+}
+
+// fileKey identifies a file part: whose, what kind, which files, and the field names its
+// issues and warnings carry.
+type fileKey struct {
+	tenant string
+	kind   material.Kind
+	paths  material.Paths
+	fields material.Fields
+}
+
+// fileEntry is a file part's material and the SHA-256 (material.FileSet.Sum) of the bytes
+// it was decoded from.
+type fileEntry struct {
+	sum [32]byte
+	parsedEntry
 }
 
 // parsedEntry is cached material, good until a certificate's validity boundary passes
@@ -99,25 +156,29 @@ type inlineKey struct {
 	version    int64
 	// sealed is the tail (the GCM tags) of the sealed certificate and key: a restore
 	// brings rows back at versions already seen, but never with the same sealed bytes.
-	sealed string
+	sealed sealedTail
 }
 
 // sealedTail identifies an entry's sealed material by the last bytes of each part.
-func sealedTail(e *repo.Entry) string {
-	tail := func(b []byte) []byte { return b[max(0, len(b)-16):] }
-	return string(tail(e.CertSealed)) + "\x00" + string(tail(e.KeySealed))
+type sealedTail struct {
+	cert, key   [16]byte
+	nCert, nKey uint8
 }
 
-// maxParsed bounds the inline cache; when full, an arbitrary entry makes room, so a
-// working set larger than the cache costs a parse on a fraction of calls, never all.
+func tailOf(e *repo.Entry) sealedTail {
+	var t sealedTail
+	t.nCert = uint8(copy(t.cert[:], e.CertSealed[max(0, len(e.CertSealed)-16):]))
+	t.nKey = uint8(copy(t.key[:], e.KeySealed[max(0, len(e.KeySealed)-16):]))
+	return t
+}
+
+// maxParsed bounds each cache of parsed material (see cache).
 const maxParsed = 16384
 
 func (r *Resolver) inline(tenant string, e *repo.Entry, k material.Kind) (*material.Material, error) {
-	key := inlineKey{tenant, e.ID, e.Version, sealedTail(e)}
+	key := inlineKey{tenant, e.ID, e.Version, tailOf(e)}
 	now := r.now()
-	r.mu.Lock()
-	pe, ok := r.parsed[key]
-	r.mu.Unlock()
+	pe, ok := r.parsed.load(key)
 	if ok && now.Before(pe.until) {
 		return pe.m, nil
 	}
@@ -129,18 +190,7 @@ func (r *Resolver) inline(tenant string, e *repo.Entry, k material.Kind) (*mater
 	if len(issues) > 0 {
 		return nil, fmt.Errorf("entry %s: %s", e.ID, joinIssues(issues))
 	}
-	r.mu.Lock()
-	if r.parsed == nil {
-		r.parsed = map[inlineKey]parsedEntry{}
-	}
-	if len(r.parsed) >= maxParsed {
-		for k := range r.parsed { // map order is random: this evicts one at random
-			delete(r.parsed, k)
-			break
-		}
-	}
-	r.parsed[key] = parsedEntry{m: m, until: nextBoundary(m, now)}
-	r.mu.Unlock()
+	r.parsed.store(key, parsedEntry{m: m, until: nextBoundary(m, now)})
 	return m, nil
 }
 
@@ -209,7 +259,7 @@ func (r *Resolver) Report(ctx context.Context, tenant string, block *refs.TLS) (
 // whether the pair's leaf chains to that bundle (nil otherwise): a node whose own CA
 // bundle does not vouch for its client certificate usually has the wrong one of them.
 func (r *Resolver) Check(ctx context.Context, tenant string, block *refs.TLS) ([]PartReport, *material.Verification, error) {
-	parts, err := r.resolve(ctx, tenant, block)
+	parts, err := r.resolveInto(ctx, tenant, block, nil)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -244,7 +294,8 @@ func (r *Resolver) Check(ctx context.Context, tenant string, block *refs.TLS) ([
 // fails the whole call with an error wrapping ErrUnresolved that names the part and why,
 // never the material. Inline PEM must be present in block (not a {"set": true} marker).
 func (r *Resolver) BuildTLSConfig(ctx context.Context, tenant string, block *refs.TLS) (*tls.Config, error) {
-	parts, err := r.resolve(ctx, tenant, block)
+	var buf [3]resolved
+	parts, err := r.resolveInto(ctx, tenant, block, buf[:0])
 	if err != nil {
 		return nil, err
 	}
@@ -286,11 +337,11 @@ func (r *Resolver) BuildTLSConfig(ctx context.Context, tenant string, block *ref
 	return cfg, nil
 }
 
-// resolve loads every configured part of block. Failures of one part are recorded on it;
-// the error is for failures of the lookup itself (the database).
-func (r *Resolver) resolve(ctx context.Context, tenant string, block *refs.TLS) ([]resolved, error) {
+// resolveInto loads every configured part of block, appending them to out. Failures of one
+// part are recorded on it; the error is for failures of the lookup itself (the database).
+func (r *Resolver) resolveInto(ctx context.Context, tenant string, block *refs.TLS, out []resolved) ([]resolved, error) {
 	if block == nil {
-		return nil, nil
+		return out, nil
 	}
 	var ids []string
 	for _, p := range refs.Parts {
@@ -298,23 +349,20 @@ func (r *Resolver) resolve(ctx context.Context, tenant string, block *refs.TLS) 
 			ids = append(ids, ref)
 		}
 	}
-	entries := map[string]*repo.Entry{}
+	var entries []*repo.Entry
 	if len(ids) > 0 {
-		list, err := r.Entries.Lookup(ctx, tenant, ids)
-		if err != nil {
+		var err error
+		if entries, err = r.Entries.Lookup(ctx, tenant, ids); err != nil {
 			return nil, fmt.Errorf("resolve tls references: %w", err)
 		}
-		for _, e := range list {
-			entries[e.ID] = e
-		}
 	}
-	var out []resolved
 	for _, p := range refs.Parts {
 		s := block.Spec(p)
 		if s.Empty() {
 			continue
 		}
-		res := resolved{part: p, report: PartReport{Part: p.Name}}
+		out = append(out, resolved{part: p, report: PartReport{Part: p.Name}})
+		res := &out[len(out)-1]
 		res.material, res.err = r.resolvePart(ctx, tenant, p, s, entries, &res.report)
 		if res.err != nil {
 			res.report.Error = res.err.Error()
@@ -326,17 +374,27 @@ func (r *Resolver) resolve(ctx context.Context, tenant string, block *refs.TLS) 
 				res.report.Warnings = append(res.report.Warnings, w.String())
 			}
 		}
-		out = append(out, res)
 	}
 	return out, nil
 }
 
-func (r *Resolver) resolvePart(ctx context.Context, tenant string, p refs.Part, s *refs.PartSpec, entries map[string]*repo.Entry, rep *PartReport) (*material.Material, error) {
+// entryOf is the entry of list with ID id, the last one when several are.
+func entryOf(list []*repo.Entry, id string) *repo.Entry {
+	var found *repo.Entry
+	for _, e := range list {
+		if e.ID == id {
+			found = e
+		}
+	}
+	return found
+}
+
+func (r *Resolver) resolvePart(ctx context.Context, tenant string, p refs.Part, s *refs.PartSpec, entries []*repo.Entry, rep *PartReport) (*material.Material, error) {
 	switch {
 	case s.Ref != "":
 		rep.Origin, rep.Ref = OriginRef, s.Ref
-		e, ok := entries[s.Ref]
-		if !ok {
+		e := entryOf(entries, s.Ref)
+		if e == nil {
 			return nil, fmt.Errorf("tls.%s names %q, which is no entry of this tenant's certificate store", p.Ref, s.Ref)
 		}
 		if e.Type != p.Kind {
@@ -350,8 +408,7 @@ func (r *Resolver) resolvePart(ctx context.Context, tenant string, p refs.Part, 
 		return r.inline(tenant, e, p.Kind)
 	case s.CertFile != "" || s.KeyFile != "":
 		rep.Origin, rep.CertPath, rep.KeyPath = OriginFile, s.CertFile, s.KeyFile
-		return r.loadFiles(ctx, tenant, p.Kind, material.Paths{Cert: s.CertFile, Key: s.KeyFile},
-			material.Fields{Cert: "tls." + p.CertFile, Key: "tls." + keyField(p)})
+		return r.loadFiles(ctx, tenant, p.Kind, material.Paths{Cert: s.CertFile, Key: s.KeyFile}, fileFields(p))
 	default:
 		rep.Origin = OriginInline
 		var cert, key secret.PEM
@@ -377,6 +434,25 @@ func (r *Resolver) resolvePart(ctx context.Context, tenant string, p refs.Part, 
 	}
 }
 
+// partFileFields are the field names of each part's direct file paths, built once.
+var partFileFields = func() []material.Fields {
+	out := make([]material.Fields, len(refs.Parts))
+	for i, p := range refs.Parts {
+		out[i] = material.Fields{Cert: "tls." + p.CertFile, Key: "tls." + keyField(p)}
+	}
+	return out
+}()
+
+// fileFields names the fields of p's direct file paths: "tls.clientCertFile", ...
+func fileFields(p refs.Part) material.Fields {
+	for i, rp := range refs.Parts {
+		if rp == p {
+			return partFileFields[i]
+		}
+	}
+	return material.Fields{Cert: "tls." + p.CertFile, Key: "tls." + keyField(p)}
+}
+
 func keyField(p refs.Part) string {
 	if p.KeyFile == "" {
 		return "keyFile"
@@ -395,8 +471,7 @@ func keyPEMField(p refs.Part) string {
 // explains (the certificate already renamed, the key not yet; a file half written), it
 // waits once and reads again; only the second failure is an error.
 func (r *Resolver) loadFiles(ctx context.Context, tenant string, k material.Kind, paths material.Paths, f material.Fields) (*material.Material, error) {
-	roots := r.Roots
-	m, issues := roots.LoadFilesWith(k, tenant, paths, f, r.now())
+	m, issues := r.loadFilesOnce(tenant, k, paths, f)
 	if len(issues) == 0 {
 		return m, nil
 	}
@@ -408,10 +483,35 @@ func (r *Resolver) loadFiles(ctx context.Context, tenant string, k material.Kind
 	if err := r.wait(ctx); err != nil {
 		return nil, fmt.Errorf("%s (retry cancelled: %w)", joinIssues(issues), err)
 	}
-	m, issues = roots.LoadFilesWith(k, tenant, paths, f, r.now())
+	m, issues = r.loadFilesOnce(tenant, k, paths, f)
 	if len(issues) > 0 {
 		return nil, errors.New(joinIssues(issues))
 	}
+	return m, nil
+}
+
+// loadFilesOnce reads the files of a part now and decodes them, unless the bytes read are
+// the very bytes (by SHA-256) the last decode of these paths saw and no validity boundary
+// has passed since: the material is then the same, and the earlier result is returned.
+// Only what loads is remembered; a read that fails, or bytes that do not decode, are
+// reported as they are every time.
+func (r *Resolver) loadFilesOnce(tenant string, k material.Kind, paths material.Paths, f material.Fields) (*material.Material, []material.Issue) {
+	now := r.now()
+	files := r.Roots.ReadFiles(k, tenant, paths, f)
+	if len(files.Issues()) > 0 {
+		return files.Decode(now)
+	}
+	key := fileKey{tenant: tenant, kind: k, paths: paths, fields: f}
+	sum := files.Sum()
+	fe, ok := r.files.load(key)
+	if ok && fe.sum == sum && now.Before(fe.until) {
+		return fe.m, nil
+	}
+	m, issues := files.Decode(now)
+	if len(issues) > 0 {
+		return nil, issues
+	}
+	r.files.store(key, fileEntry{sum: sum, parsedEntry: parsedEntry{m: m, until: nextBoundary(m, now)}})
 	return m, nil
 }
 

@@ -142,3 +142,66 @@ func TestResolverParsesARestoredEntryAgain(t *testing.T) {
 	require.Equal(t, "restored", leafCN(t, cfg))
 	require.Equal(t, 2, src.opened)
 }
+
+// File material is read at every call and decoded again whenever the bytes differ from the
+// last decode, however the file changed: here in place, with the old modification time
+// put back, so only the contents tell. Unchanged bytes reuse the decode, until a validity
+// boundary passes and the warnings must be computed again.
+func TestResolverDecodesFileBytesNotTimes(t *testing.T) {
+	t.Parallel()
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	notAfter := time.Now().Add(time.Hour).Truncate(time.Second)
+	a := ca.Issue(t, materialtest.Options{CommonName: "aaaa", NotAfter: notAfter})
+	b := ca.Issue(t, materialtest.Options{CommonName: "bbbb", NotAfter: notAfter})
+	dir := t.TempDir()
+	certPath, keyPath := filepath.Join(dir, "c.crt"), filepath.Join(dir, "c.key")
+	require.NoError(t, os.WriteFile(certPath, a.ChainPEM(), 0o600))
+	require.NoError(t, os.WriteFile(keyPath, a.KeyPEM(), 0o600))
+	fi, err := os.Stat(certPath)
+	require.NoError(t, err)
+
+	now := time.Now()
+	r := &resolver.Resolver{Entries: &memEntries{}, Logger: logging.Discard(), Now: func() time.Time { return now }}
+	ctx := context.Background()
+	block := &refs.TLS{ClientCert: refs.PartSpec{CertFile: certPath, KeyFile: keyPath}}
+	leaf := func() *x509.Certificate {
+		t.Helper()
+		cfg, err := r.BuildTLSConfig(ctx, material.DefaultTenant, block)
+		require.NoError(t, err)
+		cert, err := cfg.GetClientCertificate(nil)
+		require.NoError(t, err)
+		return cert.Leaf
+	}
+	first := leaf()
+	require.Equal(t, "aaaa", first.Subject.CommonName)
+	require.Same(t, first, leaf(), "the same bytes are not decoded again")
+
+	for _, w := range []struct {
+		path string
+		data []byte
+	}{{certPath, b.ChainPEM()}, {keyPath, b.KeyPEM()}} {
+		f, err := os.OpenFile(w.path, os.O_WRONLY|os.O_TRUNC, 0)
+		require.NoError(t, err)
+		_, err = f.Write(w.data)
+		require.NoError(t, err)
+		require.NoError(t, f.Close())
+		require.NoError(t, os.Chtimes(w.path, fi.ModTime(), fi.ModTime()))
+	}
+	require.Equal(t, "bbbb", leaf().Subject.CommonName)
+
+	// Unchanged bytes, but the certificate has expired since: decoded again, with the
+	// expiry warning.
+	now = notAfter.Add(time.Minute)
+	reports, err := r.Report(ctx, material.DefaultTenant, block)
+	require.NoError(t, err)
+	require.Len(t, reports, 1)
+	require.Empty(t, reports[0].Error)
+	require.NotEmpty(t, reports[0].Warnings)
+	require.Contains(t, reports[0].Warnings[0], "expired")
+
+	// A pair that no longer loads is reported every time, never served from before.
+	require.NoError(t, os.WriteFile(keyPath, a.KeyPEM(), 0o600))
+	r.Wait = func(context.Context, time.Duration) error { return nil }
+	_, err = r.BuildTLSConfig(ctx, material.DefaultTenant, block)
+	require.ErrorIs(t, err, resolver.ErrUnresolved)
+}
