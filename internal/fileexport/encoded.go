@@ -184,7 +184,12 @@ type encodedDocument struct {
 }
 
 // bufPool recycles the buffers documents are assembled in; they are cleared before reuse.
+// A buffer larger than maxPooledBuffer is left to the GC: a pooled buffer stays live until
+// two collections passed, and one large tenant's document (20 MiB for 10,000 pairs) would
+// otherwise double the heap the GC paces itself on.
 var bufPool sync.Pool
+
+const maxPooledBuffer = 4 << 20
 
 // encodeDocument writes exactly what json.Marshal(&Document{...}) writes, with entries and
 // nodeCredentials given as their elements' encodings (TestEncodeDocumentMatchesMarshal).
@@ -253,9 +258,14 @@ func encodeDocument(tenant string, gen int64, exportedAt time.Time, entries [][]
 		entries: len(entries), references: len(refs), nodeCreds: len(creds)}, nil
 }
 
-// release clears the document's clear bytes and returns its buffer for reuse.
+// release clears the document's clear bytes and returns its buffer for reuse; once.
 func (d *encodedDocument) release() {
+	if d.plain == nil {
+		return
+	}
 	clear(d.plain[:cap(d.plain)])
-	bufPool.Put(bytes.NewBuffer(d.plain[:0]))
+	if cap(d.plain) <= maxPooledBuffer {
+		bufPool.Put(bytes.NewBuffer(d.plain[:0]))
+	}
 	d.plain = nil
 }
