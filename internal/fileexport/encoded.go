@@ -53,8 +53,16 @@ type encodedValue struct {
 	json  []byte
 }
 
-// encodedOverhead approximates the bookkeeping of one cached value besides its bytes.
-const encodedOverhead = 160
+// encodedOverhead is the bookkeeping of one cached value besides its bytes: the
+// encodedValue (its stamp), otter's node holding the key, and its hash table slot
+// (TestEncodedCacheWeightCoversHeap measures it).
+const encodedOverhead = 320
+
+// weighEncoded is what one cached value counts against the cache's budget.
+func weighEncoded(k encodedKey, v *encodedValue) uint32 {
+	n := cap(v.json) + len(v.stamp.certPath) + len(v.stamp.keyPath) + len(k.tenant) + len(k.id) + len(k.name) + encodedOverhead
+	return uint32(min(n, 1<<31))
+}
 
 func newEncodedCache(maxBytes int64) *encodedCache {
 	if maxBytes <= 0 {
@@ -62,10 +70,7 @@ func newEncodedCache(maxBytes int64) *encodedCache {
 	}
 	return &encodedCache{c: otter.Must(&otter.Options[encodedKey, *encodedValue]{
 		MaximumWeight: uint64(maxBytes),
-		Weigher: func(k encodedKey, v *encodedValue) uint32 {
-			n := len(v.json) + len(v.stamp.certPath) + len(v.stamp.keyPath) + len(k.tenant) + len(k.id) + len(k.name) + encodedOverhead
-			return uint32(min(n, 1<<31))
-		},
+		Weigher:       weighEncoded,
 		// Evictions run inline: the cache starts no goroutines an Exporter would leak.
 		Executor: func(fn func()) { fn() },
 	})}
