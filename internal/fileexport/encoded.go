@@ -16,7 +16,7 @@ import (
 
 // DefaultEncodedCacheBytes bounds the memory of an Exporter's cache of encoded entries and
 // node credentials unless Exporter.EncodedCacheBytes says otherwise. 32 MiB holds a tenant
-// of about 15,000 inline pairs (an encoded pair is about 2 KiB).
+// of about 12,000 inline pairs (an encoded pair weighs about 2.6 KiB).
 const DefaultEncodedCacheBytes = 32 << 20
 
 // encodedCache remembers the JSON form each entry and node credential takes inside a
