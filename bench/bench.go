@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -254,6 +255,9 @@ func (b *bench) runAll(ctx context.Context) {
 		for _, st := range steps {
 			if ctx.Err() != nil {
 				return
+			}
+			if len(b.s.Only) > 0 && !slices.Contains(b.s.Only, st.name) {
+				continue
 			}
 			t0 := time.Now()
 			b.progress("%s (run %d of %d) ...", st.name, b.run, runs)

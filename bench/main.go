@@ -46,6 +46,7 @@ type settings struct {
 	ResultsDir     string
 	Root           string
 	Profile        bool
+	Only           []string // scenario names to run (-only); all when empty
 }
 
 func defaults(quick bool) settings {
@@ -70,6 +71,7 @@ func main() {
 	flag.BoolVar(&s.NodeRED, "nodered", s.NodeRED, "run the Node-RED peer (needs npm and the registry)")
 	flag.BoolVar(&s.Profile, "profile", s.Profile, "CPU-profile the in-process equivalent of every target not met")
 	flag.StringVar(&s.ResultsDir, "results", "", "where the JSON goes (default <module>/bench/results)")
+	only := flag.String("only", "", "run only these scenarios, comma-separated names as the progress lines print them (e.g. scale)")
 	flag.Parse()
 	if s.Quick && !quick {
 		d := s.Duration
@@ -77,6 +79,10 @@ func main() {
 		if d != defaults(false).Duration {
 			s.Duration = d
 		}
+	}
+
+	if *only != "" {
+		s.Only = strings.Split(*only, ",")
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

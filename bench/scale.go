@@ -19,7 +19,7 @@ import (
 )
 
 // rssCeiling is the scale scenario's memory target for the server process.
-const rssCeiling = 200 << 20
+const rssCeiling = 150 << 20
 
 // scenarioScale: GET by ID over many tenants of many entries each (1,000 x 1,000 = 1M rows
 // in the full run), compared with the p99 of the 10k-entry run; and the server's peak
@@ -97,7 +97,7 @@ func (b *bench) scenarioScale(ctx context.Context) error {
 		return err
 	}
 	cur, _ := procStatus(b.srv.pid(), "VmRSS")
-	b.add(Row{Scenario: fmt.Sprintf("server RSS, %d tenants x %d", nt, per), Target: "< 200 MiB", Status: judge(peak < rssCeiling),
+	b.add(Row{Scenario: fmt.Sprintf("server RSS, %d tenants x %d", nt, per), Target: "< 150 MiB", Status: judge(peak < rssCeiling),
 		Baseline: fmt.Sprintf("peak %s", fmtMiB(peak)), Note: fmt.Sprintf("%s; %s resident at the end", peakNote, fmtMiB(cur))})
 	return nil
 }

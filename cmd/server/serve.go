@@ -26,6 +26,7 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	if err := cfg.EnsureDataDir(); err != nil {
 		return err
 	}
+	applyMemoryLimit(logger)
 	// Listen first: a port in use is reported before anything is started.
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {

@@ -118,12 +118,23 @@ func (c *Cache) store() *otter.Cache[cacheKey, cached] {
 		}
 		c.c = otter.Must(&otter.Options[cacheKey, cached]{
 			MaximumWeight: uint64(size),
-			Weigher:       func(k cacheKey, v cached) uint32 { return v.size + uint32(len(k.tenant)+len(k.q.id)) + 64 },
+			Weigher:       weigh,
 			Executor:      func(fn func()) { fn() },
 		})
 	})
 	return c.c
 }
+
+// weigh is what one stored answer counts against MaxBytes: its value's estimate, its key's
+// strings and keyOverhead.
+func weigh(k cacheKey, v cached) uint32 {
+	return v.size + uint32(len(k.tenant)+len(k.q.id)) + keyOverhead
+}
+
+// keyOverhead is what otter keeps per stored answer besides the value: its node, which
+// holds the cacheKey (208 bytes) and the cached value by value, and its hash table slot
+// (TestCacheWeightCoversHeap measures it).
+const keyOverhead = 384
 
 // token is what a read saw of the Cache when it began.
 type token struct {
@@ -284,7 +295,9 @@ func entrySize(e *repo.Entry) int {
 	if e == nil {
 		return 16
 	}
-	n := 400 + len(e.ID) + len(e.Name) + len(e.Notes) + len(e.CertPath) + len(e.KeyPath) + len(e.CertSealed) + len(e.KeySealed) +
+	// The struct itself (440 bytes on 64-bit) and the size-class rounding of its dozen
+	// strings, each allocated on its own when pgx scans the row.
+	n := 512 + len(e.ID) + len(e.Name) + len(e.Notes) + len(e.CertPath) + len(e.KeyPath) + len(e.CertSealed) + len(e.KeySealed) +
 		len(e.Meta.Subject) + len(e.Meta.Issuer) + len(e.Meta.SerialNumber) + len(e.Meta.FingerprintSHA256)
 	for _, d := range e.Meta.DNSNames {
 		n += len(d) + 16

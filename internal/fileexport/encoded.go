@@ -16,7 +16,7 @@ import (
 
 // DefaultEncodedCacheBytes bounds the memory of an Exporter's cache of encoded entries and
 // node credentials unless Exporter.EncodedCacheBytes says otherwise. 32 MiB holds a tenant
-// of about 15,000 inline pairs (an encoded pair is about 2 KiB).
+// of about 12,000 inline pairs (an encoded pair weighs about 2.6 KiB).
 const DefaultEncodedCacheBytes = 32 << 20
 
 // encodedCache remembers the JSON form each entry and node credential takes inside a
@@ -53,8 +53,16 @@ type encodedValue struct {
 	json  []byte
 }
 
-// encodedOverhead approximates the bookkeeping of one cached value besides its bytes.
-const encodedOverhead = 160
+// encodedOverhead is the bookkeeping of one cached value besides its bytes: the
+// encodedValue (its stamp), otter's node holding the key, and its hash table slot
+// (TestEncodedCacheWeightCoversHeap measures it).
+const encodedOverhead = 320
+
+// weighEncoded is what one cached value counts against the cache's budget.
+func weighEncoded(k encodedKey, v *encodedValue) uint32 {
+	n := cap(v.json) + len(v.stamp.certPath) + len(v.stamp.keyPath) + len(k.tenant) + len(k.id) + len(k.name) + encodedOverhead
+	return uint32(min(n, 1<<31))
+}
 
 func newEncodedCache(maxBytes int64) *encodedCache {
 	if maxBytes <= 0 {
@@ -62,10 +70,7 @@ func newEncodedCache(maxBytes int64) *encodedCache {
 	}
 	return &encodedCache{c: otter.Must(&otter.Options[encodedKey, *encodedValue]{
 		MaximumWeight: uint64(maxBytes),
-		Weigher: func(k encodedKey, v *encodedValue) uint32 {
-			n := len(v.json) + len(v.stamp.certPath) + len(v.stamp.keyPath) + len(k.tenant) + len(k.id) + len(k.name) + encodedOverhead
-			return uint32(min(n, 1<<31))
-		},
+		Weigher:       weighEncoded,
 		// Evictions run inline: the cache starts no goroutines an Exporter would leak.
 		Executor: func(fn func()) { fn() },
 	})}
@@ -184,7 +189,12 @@ type encodedDocument struct {
 }
 
 // bufPool recycles the buffers documents are assembled in; they are cleared before reuse.
+// A buffer larger than maxPooledBuffer is left to the GC: a pooled buffer stays live until
+// two collections passed, and one large tenant's document (20 MiB for 10,000 pairs) would
+// otherwise double the heap the GC paces itself on.
 var bufPool sync.Pool
+
+const maxPooledBuffer = 4 << 20
 
 // encodeDocument writes exactly what json.Marshal(&Document{...}) writes, with entries and
 // nodeCredentials given as their elements' encodings (TestEncodeDocumentMatchesMarshal).
@@ -253,9 +263,14 @@ func encodeDocument(tenant string, gen int64, exportedAt time.Time, entries [][]
 		entries: len(entries), references: len(refs), nodeCreds: len(creds)}, nil
 }
 
-// release clears the document's clear bytes and returns its buffer for reuse.
+// release clears the document's clear bytes and returns its buffer for reuse; once.
 func (d *encodedDocument) release() {
+	if d.plain == nil {
+		return
+	}
 	clear(d.plain[:cap(d.plain)])
-	bufPool.Put(bytes.NewBuffer(d.plain[:0]))
+	if cap(d.plain) <= maxPooledBuffer {
+		bufPool.Put(bytes.NewBuffer(d.plain[:0]))
+	}
 	d.plain = nil
 }

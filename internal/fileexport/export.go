@@ -244,6 +244,7 @@ func (x *Exporter) export(ctx context.Context, st *tenantState, tenant string, f
 		res.Generation, res.KeyID = onDisk.Generation, onDisk.KeyID
 		return res, nil
 	}
+	defer doc.release()
 	if haveFile && onDisk.Generation > doc.generation {
 		// The database was restored from an older backup, or replaced. It is the source of
 		// truth, but the newer file is kept aside rather than lost.
@@ -254,8 +255,15 @@ func (x *Exporter) export(ctx context.Context, st *tenantState, tenant string, f
 		x.logger().Warn("credentials file is ahead of the database; kept it aside and rewriting it from the database",
 			"tenant", tenant, "path", path, "kept_as", aside, "file_generation", onDisk.Generation, "db_generation", doc.generation)
 	}
-	defer doc.release()
-	data, h, err := sealPlain(x.Ring, doc.tenant, doc.generation, doc.plain)
+	// The document in clear is released once sealed, before the file's bytes are made: an
+	// export holds at most two copies of a tenant's document at once (sealed, and the
+	// sealed in base64), not three.
+	h, sealed, err := sealDocument(x.Ring, doc.tenant, doc.generation, doc.plain)
+	doc.release()
+	if err != nil {
+		return res, err
+	}
+	data, h, err := fileBytes(h, sealed)
 	if err != nil {
 		return res, err
 	}
@@ -347,25 +355,29 @@ func (x *Exporter) read(ctx context.Context, tx pgx.Tx, tenant string, current f
 	if err != nil {
 		return nil, err
 	}
+	// Each row is let go once encoded, so the sealed rows of a large tenant are not all
+	// held until its document is complete.
 	encEntries := make([][]byte, 0, len(entries))
-	for _, e := range entries {
+	for i, e := range entries {
 		b, err := x.encodeEntry(tenant, e)
 		if err != nil {
 			return nil, err
 		}
 		encEntries = append(encEntries, b)
+		entries[i] = nil
 	}
 	references := make([]Reference, 0, len(refs))
 	for _, r := range refs {
 		references = append(references, Reference(r))
 	}
 	encCreds := make([][]byte, 0, len(secrets))
-	for _, s := range secrets {
+	for i, s := range secrets {
 		b, err := x.encodeNodeCredential(tenant, s)
 		if err != nil {
 			return nil, err
 		}
 		encCreds = append(encCreds, b)
+		secrets[i].Sealed = nil
 	}
 	doc, err := encodeDocument(tenant, gen, x.now().UTC(), encEntries, workspace, references, encCreds)
 	if err != nil {

@@ -222,12 +222,28 @@ func Seal(ring *envelope.Ring, doc *Document) ([]byte, Header, error) {
 
 // sealPlain encrypts an encoded document of tenant at generation under ring's current key.
 func sealPlain(ring *envelope.Ring, tenant string, generation int64, plain []byte) ([]byte, Header, error) {
+	h, sealed, err := sealDocument(ring, tenant, generation, plain)
+	if err != nil {
+		return nil, Header{}, err
+	}
+	return fileBytes(h, sealed)
+}
+
+// sealDocument encrypts an encoded document under ring's current key and returns the
+// file's header and the sealed bytes (nonce, ciphertext, tag).
+func sealDocument(ring *envelope.Ring, tenant string, generation int64, plain []byte) (Header, []byte, error) {
 	h := Header{Format: Format, Version: Version, Tenant: tenant, Generation: generation, Cipher: Cipher}
 	keyID, sealed, err := ring.SealWithCurrent(plain, h.AAD())
 	if err != nil {
-		return nil, Header{}, fmt.Errorf("seal credentials of %s: %w", tenant, err)
+		return Header{}, nil, fmt.Errorf("seal credentials of %s: %w", tenant, err)
 	}
 	h.KeyID = keyID
+	return h, sealed, nil
+}
+
+// fileBytes is the file of a sealed document.
+func fileBytes(h Header, sealed []byte) ([]byte, Header, error) {
+	tenant := h.Tenant
 	out, err := encodeFile(h, sealed)
 	if err != nil {
 		return nil, Header{}, fmt.Errorf("encode credentials file of %s: %w", tenant, err)
@@ -252,10 +268,18 @@ func encodeFile(h Header, sealed []byte) ([]byte, error) {
 	return append(out, "\"\n}\n"...), nil
 }
 
-// ParseHeader reads a file's header without decrypting anything.
+// ParseHeader reads a file's header without decrypting anything. It copies nothing of the
+// ciphertext, which is most of a file (megabytes for a large tenant): the runtimes' sync,
+// the credentials route and the export read headers often.
 func ParseHeader(data []byte) (Header, error) {
-	f, err := parseFile(data)
-	return f.Header, err
+	var h Header
+	if err := json.Unmarshal(data, &h); err != nil {
+		return Header{}, fmt.Errorf("%w: not valid JSON", ErrNotCredentialsFile)
+	}
+	if err := h.check(); err != nil {
+		return Header{}, err
+	}
+	return h, nil
 }
 
 func parseFile(data []byte) (file, error) {

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -261,4 +262,22 @@ func TestEncodeFileMatchesEncodingJSON(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, string(want)+"\n", string(got), n)
 	}
+}
+
+// TestParseHeaderCopiesNoCiphertext: reading the header of a large file allocates a few
+// small strings, not copies of the megabytes of ciphertext behind it.
+func TestParseHeaderCopiesNoCiphertext(t *testing.T) {
+	h := Header{Format: Format, Version: Version, Tenant: "acme", Generation: 42, KeyID: "0123456789abcdef", Cipher: Cipher}
+	data, err := encodeFile(h, make([]byte, 4<<20))
+	require.NoError(t, err)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	got, err := ParseHeader(data)
+	runtime.ReadMemStats(&after)
+	require.NoError(t, err)
+	require.Equal(t, h, got)
+	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(64<<10), "bytes allocated to parse a 5.6 MB file's header")
+
+	_, err = ParseHeader(append(data[:len(data)-3:len(data)-3], []byte(`, "x": }`)...))
+	require.ErrorIs(t, err, ErrNotCredentialsFile)
 }
