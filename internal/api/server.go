@@ -78,6 +78,7 @@ func New(d Deps) *Server {
 		"that LOOPZE flow nodes reference by ID. Reads never return private keys; public certificates only from GET /api/v1/certs/{id}/certificate."
 	describeDocument(cfg.OpenAPI)
 	cfg.CreateHooks = nil // no $schema links in bodies: responses stay as documented
+	cfg.Formats = map[string]huma.Format{"application/json": jsonFormat, "json": jsonFormat}
 	// Huma's docs page loads its renderer from a CDN; the web UI serves /docs itself so
 	// the reference works air-gapped.
 	cfg.DocsPath = ""
