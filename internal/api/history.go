@@ -68,12 +68,46 @@ type VersionSummary struct {
 	NotAfter          time.Time `json:"notAfter"`
 }
 
-func toVersionSummary(v *repo.Version) VersionSummary {
+func toVersionSummary(v *repo.VersionSummary) VersionSummary {
 	return VersionSummary{
 		Version: v.Version, Action: v.Action, EntryVersion: v.EntryVersion, RestoredFrom: v.RestoredFrom,
 		ChangedAt: v.ChangedAt.UTC(), ChangedBy: v.ChangedBy, Name: v.Name, Type: string(v.Type), Source: v.Source,
-		FingerprintSHA256: v.Meta.FingerprintSHA256, NotAfter: v.Meta.NotAfter.UTC(),
+		FingerprintSHA256: v.FingerprintSHA256, NotAfter: v.NotAfter.UTC(),
 	}
+}
+
+// appendJSON writes v as encoding/json does, fields in their order (see jsonAppender).
+func (v *VersionSummary) appendJSON(b []byte) ([]byte, error) {
+	var err error
+	b = append(b, `{"version":`...)
+	b = appendJSONInt(b, v.Version)
+	b = append(b, `,"action":`...)
+	b = appendJSONString(b, v.Action)
+	b = append(b, `,"entryVersion":`...)
+	b = appendJSONInt(b, v.EntryVersion)
+	if v.RestoredFrom != 0 {
+		b = append(b, `,"restoredFrom":`...)
+		b = appendJSONInt(b, v.RestoredFrom)
+	}
+	b = append(b, `,"changedAt":`...)
+	if b, err = appendJSONTime(b, v.ChangedAt); err != nil {
+		return b, err
+	}
+	b = append(b, `,"changedBy":`...)
+	b = appendJSONString(b, v.ChangedBy)
+	b = append(b, `,"name":`...)
+	b = appendJSONString(b, v.Name)
+	b = append(b, `,"type":`...)
+	b = appendJSONString(b, v.Type)
+	b = append(b, `,"source":`...)
+	b = appendJSONString(b, v.Source)
+	b = append(b, `,"fingerprintSha256":`...)
+	b = appendJSONString(b, v.FingerprintSHA256)
+	b = append(b, `,"notAfter":`...)
+	if b, err = appendJSONTime(b, v.NotAfter); err != nil {
+		return b, err
+	}
+	return append(b, '}'), nil
 }
 
 // VersionParam is the {id} and {version} path parameters.
@@ -84,10 +118,38 @@ type VersionParam struct {
 
 // VersionsOutput is a page of an entry's history, newest first.
 type VersionsOutput struct {
-	Body struct {
-		Items      []VersionSummary `json:"items"`
-		NextCursor string           `json:"nextCursor,omitempty" doc:"Pass as cursor for the next (older) page; absent on the last page"`
+	Body VersionsOutputBody
+}
+
+// VersionsOutputBody is the page itself. It writes its own JSON: a page holds up to
+// 1,000 versions.
+type VersionsOutputBody struct {
+	Items      []VersionSummary `json:"items"`
+	NextCursor string           `json:"nextCursor,omitempty" doc:"Pass as cursor for the next (older) page; absent on the last page"`
+}
+
+// appendJSON writes p as encoding/json does (see jsonAppender).
+func (p VersionsOutputBody) appendJSON(b []byte) ([]byte, error) {
+	if p.Items == nil {
+		b = append(b, `{"items":null`...)
+	} else {
+		b = append(b, `{"items":[`...)
+		for i := range p.Items {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			var err error
+			if b, err = p.Items[i].appendJSON(b); err != nil {
+				return b, err
+			}
+		}
+		b = append(b, ']')
 	}
+	if p.NextCursor != "" {
+		b = append(b, `,"nextCursor":`...)
+		b = appendJSONString(b, p.NextCursor)
+	}
+	return append(b, '}'), nil
 }
 
 // VersionOutput is one version.
@@ -136,8 +198,8 @@ func registerHistory(api huma.API, s *Server) {
 		}
 		out := &VersionsOutput{}
 		out.Body.Items = make([]VersionSummary, 0, len(vs))
-		for _, v := range vs {
-			out.Body.Items = append(out.Body.Items, toVersionSummary(v))
+		for i := range vs {
+			out.Body.Items = append(out.Body.Items, toVersionSummary(&vs[i]))
 		}
 		if more && len(vs) > 0 {
 			out.Body.NextCursor = encodeCursor(vs[len(vs)-1].Version)

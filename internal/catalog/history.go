@@ -175,10 +175,10 @@ func (s *Service) recordRefusedDelete(ctx context.Context, tenant, id string, re
 }
 
 // Versions returns a page of entry id's history, newest first, below version before (0:
-// from the newest), and whether more follow. Versions carry no sealed material. An ID
-// with neither an entry nor history is repo.ErrNotFound; an entry that predates history
-// has an empty one.
-func (s *Service) Versions(ctx context.Context, tenant, id string, before int64, limit int) ([]*repo.Version, bool, error) {
+// from the newest), and whether more follow, each as its summary (never sealed material).
+// An ID with neither an entry nor history is repo.ErrNotFound; an entry that predates
+// history has an empty one.
+func (s *Service) Versions(ctx context.Context, tenant, id string, before int64, limit int) ([]repo.VersionSummary, bool, error) {
 	out, more, err := repo.ListVersionsScoped(ctx, s.Pool, tenant, id, before, limit)
 	if err != nil || len(out) > 0 || before > 0 {
 		return out, more, err

@@ -18,7 +18,7 @@ import (
 
 // History is what the History section reads; *catalog.Service implements it.
 type History interface {
-	Versions(ctx context.Context, tenant, id string, before int64, limit int) ([]*repo.Version, bool, error)
+	Versions(ctx context.Context, tenant, id string, before int64, limit int) ([]repo.VersionSummary, bool, error)
 }
 
 // AuditLog is what the Audit page reads; *audit.Service implements it.
@@ -87,8 +87,8 @@ func (h *Handler) history(w http.ResponseWriter, r *http.Request) {
 	}
 	for _, v := range vs {
 		d.Rows = append(d.Rows, versionRow{Version: v.Version, EntryVersion: v.EntryVersion, RestoredFrom: v.RestoredFrom,
-			Action: v.Action, Fingerprint: v.Meta.FingerprintSHA256, FingerprintShort: shortFingerprint(v.Meta.FingerprintSHA256),
-			Type: string(v.Type), Name: v.Name, NotAfter: v.Meta.NotAfter.UTC(), ChangedAt: v.ChangedAt.UTC(), ChangedBy: v.ChangedBy})
+			Action: v.Action, Fingerprint: v.FingerprintSHA256, FingerprintShort: shortFingerprint(v.FingerprintSHA256),
+			Type: string(v.Type), Name: v.Name, NotAfter: v.NotAfter.UTC(), ChangedAt: v.ChangedAt.UTC(), ChangedBy: v.ChangedBy})
 	}
 	if more && len(vs) > 0 {
 		d.Next = "/certs/" + id + "/history?before=" + strconv.FormatInt(vs[len(vs)-1].Version, 10)
