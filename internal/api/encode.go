@@ -1,15 +1,8 @@
 package api
 
 import (
-	"bytes"
-	"encoding/json"
-	"io"
 	"strconv"
-	"sync"
 	"time"
-	"unicode/utf8"
-
-	"github.com/danielgtaylor/huma/v2"
 )
 
 // certPage is the body of a list of entries (ListOutput.Body). It is an alias of the
@@ -19,65 +12,36 @@ type certPage = struct {
 	NextCursor string `json:"nextCursor,omitempty" doc:"Pass as cursor for the next page; absent on the last page"`
 }
 
-// jsonFormat is Huma's default JSON format (encoding/json, no HTML escaping, a trailing
-// newline) with a direct encoder for the bodies the hot paths answer: an entry, a page of
-// entries and an error (a refused delete lists up to a thousand references), which writes exactly the bytes encoding/json writes for them without its
-// reflection and its compaction of the times' MarshalJSON. TestFastEncodingMatchesJSON
-// holds the two to the same bytes.
-var jsonFormat = huma.Format{
-	Marshal: func(w io.Writer, v any) error {
-		var enc func([]byte) ([]byte, bool)
-		switch b := v.(type) {
-		case Cert:
-			enc = func(buf []byte) ([]byte, bool) { return appendCert(buf, &b) }
-		case *Cert:
-			if b != nil {
-				enc = func(buf []byte) ([]byte, bool) { return appendCert(buf, b) }
-			}
-		case certPage:
-			enc = func(buf []byte) ([]byte, bool) { return appendCertPage(buf, &b) }
-		case *certPage:
-			if b != nil {
-				enc = func(buf []byte) ([]byte, bool) { return appendCertPage(buf, b) }
-			}
-		case *ErrorBody:
-			if b != nil && !hasNilDetail(b.Errors) {
-				enc = func(buf []byte) ([]byte, bool) { return appendErrorBody(buf, b), true }
-			}
+// fastBody is the jsonAppender for a body of the hot paths that cannot carry the method
+// itself (an entry and a page of entries are plain structs, the page an alias of an
+// anonymous one, and an error body's fields are Huma's): nil for any other body.
+func fastBody(v any) jsonAppender {
+	switch b := v.(type) {
+	case Cert:
+		return appendFunc(func(buf []byte) ([]byte, error) { return appendCert(buf, &b) })
+	case *Cert:
+		if b != nil {
+			return appendFunc(func(buf []byte) ([]byte, error) { return appendCert(buf, b) })
 		}
-		if enc != nil {
-			if done, err := writeFast(w, enc); done {
-				return err
-			}
+	case certPage:
+		return appendFunc(func(buf []byte) ([]byte, error) { return appendCertPage(buf, &b) })
+	case *certPage:
+		if b != nil {
+			return appendFunc(func(buf []byte) ([]byte, error) { return appendCertPage(buf, b) })
 		}
-		return huma.DefaultJSONFormat.Marshal(w, v)
-	},
-	Unmarshal: huma.DefaultJSONFormat.Unmarshal,
+	case *ErrorBody:
+		if b != nil && !hasNilDetail(b.Errors) {
+			return appendFunc(func(buf []byte) ([]byte, error) { return appendErrorBody(buf, b), nil })
+		}
+	}
+	return nil
 }
 
-var fastBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+type appendFunc func([]byte) ([]byte, error)
 
-// writeFast writes what enc encodes, with the trailing newline of json.Encoder. It writes
-// nothing and reports false when enc meets a value it leaves to encoding/json (a time
-// outside the years 0-9999, which encoding/json refuses with its own error).
-func writeFast(w io.Writer, enc func([]byte) ([]byte, bool)) (bool, error) {
-	bp := fastBuffers.Get().(*[]byte)
-	buf, ok := enc((*bp)[:0])
-	if ok {
-		buf = append(buf, '\n')
-	}
-	var err error
-	if ok {
-		_, err = w.Write(buf)
-	}
-	if cap(buf) <= 1<<20 {
-		*bp = buf[:0]
-		fastBuffers.Put(bp)
-	}
-	return ok, err
-}
+func (f appendFunc) appendJSON(b []byte) ([]byte, error) { return f(b) }
 
-func appendCertPage(b []byte, p *certPage) ([]byte, bool) {
+func appendCertPage(b []byte, p *certPage) ([]byte, error) {
 	b = append(b, `{"items":`...)
 	if p.Items == nil {
 		b = append(b, "null"...)
@@ -87,37 +51,34 @@ func appendCertPage(b []byte, p *certPage) ([]byte, bool) {
 			if i > 0 {
 				b = append(b, ',')
 			}
-			var ok bool
-			if b, ok = appendCert(b, &p.Items[i]); !ok {
-				return b, false
+			var err error
+			if b, err = appendCert(b, &p.Items[i]); err != nil {
+				return b, err
 			}
 		}
 		b = append(b, ']')
 	}
 	if p.NextCursor != "" {
 		b = append(b, `,"nextCursor":`...)
-		b = appendString(b, p.NextCursor)
+		b = appendJSONString(b, p.NextCursor)
 	}
-	return append(b, '}'), true
+	return append(b, '}'), nil
 }
 
 // appendCert encodes c field by field in the order of its declaration, as encoding/json
 // does.
-func appendCert(b []byte, c *Cert) ([]byte, bool) {
-	ok := true
+func appendCert(b []byte, c *Cert) ([]byte, error) {
+	var err error
 	str := func(key, v string) {
 		b = append(b, key...)
-		b = appendString(b, v)
+		b = appendJSONString(b, v)
 	}
 	tm := func(key string, t time.Time) {
 		b = append(b, key...)
-		if y := t.Year(); y < 0 || y > 9999 {
-			ok = false
-			return
+		var e error
+		if b, e = appendJSONTime(b, t); e != nil && err == nil {
+			err = e
 		}
-		b = append(b, '"')
-		b = t.AppendFormat(b, time.RFC3339Nano)
-		b = append(b, '"')
 	}
 	str(`{"id":`, c.ID)
 	str(`,"name":`, c.Name)
@@ -147,7 +108,7 @@ func appendCert(b []byte, c *Cert) ([]byte, bool) {
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = appendString(b, n)
+			b = appendJSONString(b, n)
 		}
 		b = append(b, ']')
 	}
@@ -167,29 +128,7 @@ func appendCert(b []byte, c *Cert) ([]byte, bool) {
 	if c.PassphraseFile != "" {
 		str(`,"passphraseFile":`, c.PassphraseFile)
 	}
-	return append(b, '}'), ok
-}
-
-// appendString quotes s as encoding/json does without HTML escaping: printable ASCII but
-// the quote and the backslash goes as it is; anything else (control characters, invalid
-// UTF-8, U+2028 and U+2029) takes encoding/json's own path.
-func appendString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= utf8.RuneSelf {
-			return appendStringSlow(b, s)
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
-}
-
-func appendStringSlow(b []byte, s string) []byte {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	_ = enc.Encode(s) // a string always encodes
-	return append(b, bytes.TrimSuffix(buf.Bytes(), []byte{'\n'})...)
+	return append(b, '}'), err
 }
 
 func hasNilDetail(ds []*ErrorDetail) bool {
@@ -205,9 +144,9 @@ func hasNilDetail(ds []*ErrorDetail) bool {
 // omitempty ones only when set.
 func appendErrorBody(b []byte, e *ErrorBody) []byte {
 	b = append(b, `{"error":`...)
-	b = appendString(b, e.Title)
+	b = appendJSONString(b, e.Title)
 	b = append(b, `,"message":`...)
-	b = appendString(b, e.Message)
+	b = appendJSONString(b, e.Message)
 	if len(e.Errors) > 0 {
 		b = append(b, `,"errors":[`...)
 		for i, d := range e.Errors {
@@ -215,14 +154,14 @@ func appendErrorBody(b []byte, e *ErrorBody) []byte {
 				b = append(b, ',')
 			}
 			b = append(b, `{"location":`...)
-			b = appendString(b, d.Location)
+			b = appendJSONString(b, d.Location)
 			b = append(b, `,"message":`...)
-			b = appendString(b, d.Message)
+			b = appendJSONString(b, d.Message)
 			for _, f := range []struct{ key, v string }{{`,"flowId":`, d.FlowID}, {`,"nodeId":`, d.NodeID},
 				{`,"nodeType":`, d.NodeType}, {`,"field":`, d.Field}} {
 				if f.v != "" {
 					b = append(b, f.key...)
-					b = appendString(b, f.v)
+					b = appendJSONString(b, f.v)
 				}
 			}
 			b = append(b, '}')
@@ -236,13 +175,13 @@ func appendErrorBody(b []byte, e *ErrorBody) []byte {
 				b = append(b, ',')
 			}
 			b = append(b, `{"flowId":`...)
-			b = appendString(b, r.FlowID)
+			b = appendJSONString(b, r.FlowID)
 			b = append(b, `,"nodeId":`...)
-			b = appendString(b, r.NodeID)
+			b = appendJSONString(b, r.NodeID)
 			b = append(b, `,"nodeType":`...)
-			b = appendString(b, r.NodeType)
+			b = appendJSONString(b, r.NodeType)
 			b = append(b, `,"field":`...)
-			b = appendString(b, r.Field)
+			b = appendJSONString(b, r.Field)
 			b = append(b, '}')
 		}
 		b = append(b, ']')
@@ -253,7 +192,7 @@ func appendErrorBody(b []byte, e *ErrorBody) []byte {
 	}
 	if e.RequestID != "" {
 		b = append(b, `,"requestId":`...)
-		b = appendString(b, e.RequestID)
+		b = appendJSONString(b, e.RequestID)
 	}
 	return append(b, '}')
 }

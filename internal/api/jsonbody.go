@@ -19,12 +19,15 @@ type jsonAppender interface {
 	appendJSON(b []byte) ([]byte, error)
 }
 
-// jsonFormat is Huma's JSON format, with jsonAppender bodies written by themselves.
+// jsonFormat is Huma's JSON format, with jsonAppender bodies written by themselves and
+// the bodies fastBody knows written by it.
 var jsonFormat = huma.Format{
 	Marshal: func(w io.Writer, v any) error {
 		a, ok := v.(jsonAppender)
 		if !ok {
-			return huma.DefaultJSONFormat.Marshal(w, v)
+			if a = fastBody(v); a == nil {
+				return huma.DefaultJSONFormat.Marshal(w, v)
+			}
 		}
 		bp := jsonBuffers.Get().(*[]byte)
 		b, err := a.appendJSON((*bp)[:0])

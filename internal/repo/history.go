@@ -228,7 +228,7 @@ type VersionSummary struct {
 }
 
 // listVersionsSQL pages an entry's history newest first, below version $3. It reads only
-// the columns entry_versions_listing (migration 00008) holds, so a page is an index-only
+// the columns entry_versions_listing (migration 00009) holds, so a page is an index-only
 // scan of adjacent index pages rather than a heap page per version, each heap row carrying
 // sealed material too; TestListVersionsIsIndexOnly holds it to that.
 const listVersionsSQL = `SELECT version, action, entry_version, coalesce(restored_from, 0), changed_at, changed_by,

@@ -95,7 +95,7 @@ func TestListVersionsSummaries(t *testing.T) {
 }
 
 // TestListVersionsIsIndexOnly holds the listing to the columns of its covering index
-// (migration 00008): with every other way to read the table priced out, the plan is an
+// (migration 00009): with every other way to read the table priced out, the plan is an
 // index-only scan of entry_versions_listing, which it cannot be once the query reads a
 // column the index does not hold.
 func TestListVersionsIsIndexOnly(t *testing.T) {
