@@ -60,14 +60,23 @@ func AppendAudit(ctx context.Context, q db.DBTX, r *AuditRecord, body []byte) er
 	return mapErr("append audit record", err)
 }
 
-// AppendAuditAlone appends a record in a transaction of its own, creating the tenant's
-// row when missing, in one round trip (the tenant scope, the row and the record travel as
-// one batch, which PostgreSQL runs as one implicit transaction).
+// AppendAuditAlone appends a record in a transaction of its own, in one round trip (the
+// tenant scope and the record travel as one batch, which PostgreSQL runs as one implicit
+// transaction); a tenant without a row yet gets one, in a second round trip.
 func AppendAuditAlone(ctx context.Context, q db.DBTX, r *AuditRecord, body []byte) error {
-	b := db.TenantBatch(r.TenantID)
-	b.Queue(ensureTenantSQL, r.TenantID)
-	queueAudit(b, r, body)
-	return mapErr("append audit record", q.SendBatch(ctx, b).Close())
+	send := func(ensure bool) error {
+		b := db.TenantBatch(r.TenantID)
+		if ensure {
+			b.Queue(ensureTenantSQL, r.TenantID)
+		}
+		queueAudit(b, r, body)
+		return q.SendBatch(ctx, b).Close()
+	}
+	err := send(false)
+	if missingTenant(err) {
+		err = send(true)
+	}
+	return mapErr("append audit record", err)
 }
 
 // queueAudit adds AppendAudit to a batch.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/material"
@@ -110,28 +111,38 @@ func CreateEntry(ctx context.Context, q db.DBTX, e *Entry) error {
 	return mapErr("insert entry", sendCreate(ctx, q, e, nil, nil))
 }
 
-// ensureTenantSQL creates a tenant's row when it has none, without moving its generation
-// and without locking an existing row.
+// ensureTenantSQL creates a tenant's row when it has none, without moving its generation.
+// It waits for a transaction that is moving the generation of an existing row, so the
+// hot paths do not send it: they find out from the foreign key that the row is missing
+// (missingTenant) and only then take the path that creates it.
 const ensureTenantSQL = `INSERT INTO tenants (id) VALUES ($1) ON CONFLICT (id) DO NOTHING`
 
-// sendCreate sends the batch of a create: the tenant scope, the tenant's row when it has
-// none (the entry's foreign key needs it), the insert, what rows adds (in the same
-// transaction), the generation, and then what last adds (the audit record, whose chain
-// head is locked only while the tenant's row is, by every writer).
+// missingTenant reports whether err is a foreign key refusing a row because its tenant has
+// no row in tenants yet (the tenant's first write).
+func missingTenant(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23503" && strings.HasSuffix(pgErr.ConstraintName, "_tenant_id_fkey")
+}
+
+// sendCreate sends the batch of a create: the tenant scope, the insert, what rows adds
+// (in the same transaction), the generation, and then what last adds (the audit record,
+// whose chain head is locked only while the tenant's row is, by every writer).
 //
 // A create takes the tenant's row lock at the end of its transaction: concurrent creates
 // of one tenant queue only for the generation, the audit record and the commit, not for
-// the inserts, and the generation order is still the commit order, so an
-// export that read generation g has every change up to g. Every other write takes the
-// tenant's row first; the one cycle that order allows is a create waiting for the
-// tenant's row while a writer holding it inserts the same new ID (a PUT creating it, a
-// restore). PostgreSQL breaks that cycle by failing one transaction as a deadlock: a
-// failed create is sent again with the tenant's row first, the order of every other
-// write, and those writes run again too (db.RetryDeadlock), so either side waits its turn
-// and ends in the answer it would have had alone (a duplicate, created, or updated).
+// the inserts, and the generation order is still the commit order, so an export that
+// read generation g has every change up to g. Every other write takes the tenant's row
+// first; the one cycle that order allows is a create waiting for the tenant's row while a
+// writer holding it inserts the same new ID (a PUT creating it, a restore). PostgreSQL
+// breaks that cycle by failing one transaction as a deadlock: a failed create is sent
+// again with the tenant's row first, the order of every other write, and those writes run
+// again too (db.RetryDeadlock), so either side waits its turn and ends in the answer it
+// would have had alone (a duplicate, created, or updated). The tenant's first write finds
+// no tenant row (the entry's foreign key refuses it) and is sent again the same way, the
+// generation's upsert creating the row.
 func sendCreate(ctx context.Context, q db.DBTX, e *Entry, rows, last func(*pgx.Batch)) error {
 	err := q.SendBatch(ctx, queueCreate(e, rows, last, false)).Close()
-	if db.IsDeadlock(err) {
+	if db.IsDeadlock(err) || missingTenant(err) {
 		err = q.SendBatch(ctx, queueCreate(e, rows, last, true)).Close()
 	}
 	return err
@@ -141,8 +152,6 @@ func queueCreate(e *Entry, rows, last func(*pgx.Batch), lockFirst bool) *pgx.Bat
 	b := db.TenantBatch(e.TenantID)
 	if lockFirst {
 		b.Queue(bumpGenerationSQL, e.TenantID, GenerationChannel)
-	} else {
-		b.Queue(ensureTenantSQL, e.TenantID)
 	}
 	b.Queue(insertEntrySQL, insertEntryArgs(e)...).QueryRow(func(row pgx.Row) error {
 		return row.Scan(&e.Version, &e.CreatedAt, &e.UpdatedAt)
