@@ -237,25 +237,6 @@ func (r *reader) elements(b []byte) ([]json.RawMessage, error) {
 	return out, nil
 }
 
-func dotPath(f string) string {
-	if f == "" {
-		return ""
-	}
-	return "." + f
-}
-
-func jsonKind(goKind string) string {
-	switch goKind {
-	case "slice":
-		return "an array"
-	case "struct", "map":
-		return "an object"
-	case "string":
-		return "a string"
-	}
-	return "of another type"
-}
-
 // object decodes a JSON object into its properties.
 func (r *reader) object(b json.RawMessage, path string) (map[string]json.RawMessage, error) {
 	m, ok := r.members(b)
