@@ -138,10 +138,10 @@ func TestConcurrentCreatesReachTheFileInOrder(t *testing.T) {
 	require.EqualValues(t, len(acked), lastCount.Load())
 }
 
-// TestCreateRacingPutOfTheSameID: a POST takes the tenant's row at the end of its
-// transaction and a PUT that creates takes it first, so the two racing for one new ID
-// can meet in a deadlock; PostgreSQL fails one and the POST is sent again in the PUT's
-// order. Either way every answer is one a client expects, never a 500.
+// TestCreateRacingPutOfTheSameID: a POST and a PUT that creates race for one new ID, 25
+// times. Both take the tenant's row first, so one waits for the other and every answer
+// is one a client expects (one creates, the other is a duplicate or an update), never a
+// 500.
 func TestCreateRacingPutOfTheSameID(t *testing.T) {
 	t.Parallel()
 	env := apitest.New(t)

@@ -284,7 +284,7 @@ func (s *Service) Restore(ctx context.Context, tenant, id string, version, ifMat
 		}
 		_, err = s.record(ctx, tx, change{action: repo.VersionRestore, before: cur, after: p.entry, restoredFrom: v.Version})
 		return err
-	}, db.RetryDeadlock())
+	})
 	if err != nil {
 		return nil, err
 	}

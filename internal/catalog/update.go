@@ -48,7 +48,7 @@ func (s *Service) Put(ctx context.Context, tenant string, in Input, ifMatch int6
 		}
 		_, err = s.record(ctx, tx, change{action: repo.VersionUpdate, before: cur, after: res.Entry, last: last, known: true})
 		return err
-	}, db.RetryDeadlock())
+	})
 	if err != nil {
 		return nil, err
 	}

@@ -2,11 +2,9 @@ package db
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -47,45 +45,10 @@ func InTenant(ctx context.Context, pool *pgxpool.Pool, tenant string, fn func(pg
 
 // InTenantV is InTenant for a function that returns a value. The rollback runs even when
 // ctx is cancelled, so a cancelled request does not leave its connection in a transaction.
-//
-// With RetryDeadlock, a transaction PostgreSQL fails as one side of a deadlock is run
-// once more, from the start.
 func InTenantV[T any](ctx context.Context, pool *pgxpool.Pool, tenant string, fn func(pgx.Tx) (T, error), opts ...TxOption) (res T, err error) {
 	var to pgx.TxOptions
 	for _, o := range opts {
 		o(&to)
-	}
-	res, err = inTenantOnce(ctx, pool, tenant, fn, to)
-	if to.BeginQuery == retryDeadlock && IsDeadlock(err) && ctx.Err() == nil {
-		res, err = inTenantOnce(ctx, pool, tenant, fn, to)
-	}
-	return res, err
-}
-
-// retryDeadlock marks pgx.TxOptions.BeginQuery, which InTenantV never sends as such: the
-// transaction begins with the statement its other options make.
-const retryDeadlock = "-- retry deadlock"
-
-// RetryDeadlock runs the transaction once more when PostgreSQL fails it as one side of a
-// deadlock: the other side has committed or is about to, so the second run waits its turn
-// and gives the answer the request would have had alone. A create takes the tenant's row
-// last and every other write first, so a create and a write inserting the same new ID
-// (a PUT that creates, a restore) can meet that way; those writes retry. fn must act only
-// through its transaction.
-func RetryDeadlock() TxOption {
-	return func(o *pgx.TxOptions) { o.BeginQuery = retryDeadlock }
-}
-
-// IsDeadlock reports whether err is PostgreSQL failing a transaction to break a deadlock
-// (SQLSTATE 40P01).
-func IsDeadlock(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "40P01"
-}
-
-func inTenantOnce[T any](ctx context.Context, pool *pgxpool.Pool, tenant string, fn func(pgx.Tx) (T, error), to pgx.TxOptions) (res T, err error) {
-	if to.BeginQuery == retryDeadlock {
-		to.BeginQuery = ""
 	}
 	tx, err := pool.BeginTx(ctx, to)
 	if err != nil {

@@ -183,14 +183,12 @@ var ErrHasHistory = errors.New("the entry ID has history")
 // sealed for version 1) and its audit record, moving the tenant's generation, in one
 // round trip run by PostgreSQL as one implicit transaction, like CreateEntry. When the ID
 // has history already nothing is stored and the error is ErrHasHistory.
-//
-// The generation moves after the rows are written, so the tenant's row is locked (and
-// concurrent writers of the tenant queue) only for the generation and the commit, not for
-// the inserts: see sendCreate.
+
 func CreateEntryFirst(ctx context.Context, q db.DBTX, e *Entry, v *Version, r *AuditRecord, body []byte) error {
 	err := sendCreate(ctx, q, e, func(b *pgx.Batch) {
 		b.Queue(firstVersionSQL, insertVersionArgs(v)...).QueryRow(func(row pgx.Row) error { return row.Scan(&v.ChangedAt) })
-	}, func(b *pgx.Batch) { queueAudit(b, r, body) })
+		queueAudit(b, r, body)
+	})
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23502" && pgErr.TableName == "entry_versions" {
 		return fmt.Errorf("insert entry %s: %w", e.ID, ErrHasHistory)
