@@ -3,6 +3,7 @@ package resolver_test
 import (
 	"context"
 	"net/http"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -17,7 +18,9 @@ import (
 
 // benchEnv stores an inline client-pair and CA, and a file client-pair, in tenant acme.
 func benchEnv(b *testing.B) (*apitest.Env, *materialtest.Cert, *materialtest.Cert) {
-	env := apitest.New(b)
+	// The file entry lives in a temp dir: tenants other than the default read files only
+	// inside LOOPZE_FILE_ROOTS.
+	env := apitest.New(b, apitest.Options{FileRoots: os.TempDir()})
 	tok := env.Token(b, "acme", "editor")
 	ca := materialtest.NewCA(b, materialtest.Options{})
 	client := ca.Issue(b, materialtest.Options{})
