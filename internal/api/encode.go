@@ -42,27 +42,7 @@ type appendFunc func([]byte) ([]byte, error)
 func (f appendFunc) appendJSON(b []byte) ([]byte, error) { return f(b) }
 
 func appendCertPage(b []byte, p *certPage) ([]byte, error) {
-	b = append(b, `{"items":`...)
-	if p.Items == nil {
-		b = append(b, "null"...)
-	} else {
-		b = append(b, '[')
-		for i := range p.Items {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			var err error
-			if b, err = appendCert(b, &p.Items[i]); err != nil {
-				return b, err
-			}
-		}
-		b = append(b, ']')
-	}
-	if p.NextCursor != "" {
-		b = append(b, `,"nextCursor":`...)
-		b = appendJSONString(b, p.NextCursor)
-	}
-	return append(b, '}'), nil
+	return appendJSONPage(b, p.Items, p.NextCursor, appendCert)
 }
 
 // appendCert encodes c field by field in the order of its declaration, as encoding/json

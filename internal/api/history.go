@@ -130,26 +130,7 @@ type VersionsOutputBody struct {
 
 // appendJSON writes p as encoding/json does (see jsonAppender).
 func (p VersionsOutputBody) appendJSON(b []byte) ([]byte, error) {
-	if p.Items == nil {
-		b = append(b, `{"items":null`...)
-	} else {
-		b = append(b, `{"items":[`...)
-		for i := range p.Items {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			var err error
-			if b, err = p.Items[i].appendJSON(b); err != nil {
-				return b, err
-			}
-		}
-		b = append(b, ']')
-	}
-	if p.NextCursor != "" {
-		b = append(b, `,"nextCursor":`...)
-		b = appendJSONString(b, p.NextCursor)
-	}
-	return append(b, '}'), nil
+	return appendJSONPage(b, p.Items, p.NextCursor, func(b []byte, v *VersionSummary) ([]byte, error) { return v.appendJSON(b) })
 }
 
 // VersionOutput is one version.

@@ -85,3 +85,28 @@ func appendJSONTime(b []byte, t time.Time) ([]byte, error) {
 }
 
 func appendJSONInt(b []byte, n int64) []byte { return strconv.AppendInt(b, n, 10) }
+
+// appendJSONPage writes a page body, {"items":[...],"nextCursor":...} as encoding/json
+// writes it (null for nil items, the cursor omitted when empty), each item by item.
+func appendJSONPage[T any](b []byte, items []T, cursor string, item func([]byte, *T) ([]byte, error)) ([]byte, error) {
+	if items == nil {
+		b = append(b, `{"items":null`...)
+	} else {
+		b = append(b, `{"items":[`...)
+		for i := range items {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			var err error
+			if b, err = item(b, &items[i]); err != nil {
+				return b, err
+			}
+		}
+		b = append(b, ']')
+	}
+	if cursor != "" {
+		b = append(b, `,"nextCursor":`...)
+		b = appendJSONString(b, cursor)
+	}
+	return append(b, '}'), nil
+}
