@@ -23,6 +23,18 @@ func startPruner(ctx context.Context, cfg config.Config, svc *services) (stop fu
 	return func() { cancel(); <-done }
 }
 
+// startChainer runs the chainer of the audit records this process writes (and of any a
+// stopped process left pending) until stop is called.
+func startChainer(ctx context.Context, svc *services) (stop func()) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		svc.chainer.Run(ctx)
+	}()
+	return func() { cancel(); <-done }
+}
+
 // operator marks ctx as an operator subcommand's, for the audit trail.
 func operator(ctx context.Context, command string) context.Context {
 	return audit.WithActor(ctx, audit.Actor{Subject: "loopze-certs " + command, Role: "operator"})

@@ -77,6 +77,8 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	}
 	stopPruner := startPruner(ctx, cfg, svc)
 	defer stopPruner()
+	stopChainer := startChainer(ctx, svc)
+	defer stopChainer()
 	// The OPC UA migration runs after the schema migrations and before the first request,
 	// so no deploy sees a half-migrated workspace from this process.
 	mig := &opcua.Migrator{Pool: pool, Catalog: svc.catalog, Workspace: svc.workspace, Logger: logger}

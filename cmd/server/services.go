@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/loopze/certstore/internal/audit"
 	"github.com/loopze/certstore/internal/auth"
 	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/config"
@@ -28,6 +29,8 @@ type services struct {
 	verifier *auth.Verifier
 	roots    material.Roots
 	catalog  *catalog.Service
+	// chainer chains the audit records of this process's writes.
+	chainer *audit.Chainer
 	// workspace deploys the tenants' flows and resolves their TLS.
 	workspace *workspace.Service
 }
@@ -57,9 +60,11 @@ func loadServices(cfg config.Config, logger *slog.Logger) (*services, error) {
 // connect builds the database-backed services over pool.
 func (s *services) connect(pool *pgxpool.Pool, logger *slog.Logger) {
 	cache := &catalog.Cache{} // serves once the export loop's listener is up
-	s.catalog = &catalog.Service{Pool: pool, Ring: s.ring, Roots: s.roots, Logger: logger, Cache: cache}
+	s.chainer = &audit.Chainer{Pool: pool, Logger: logger}
+	s.catalog = &catalog.Service{Pool: pool, Ring: s.ring, Roots: s.roots, Logger: logger, Cache: cache, Chainer: s.chainer}
 	s.workspace = &workspace.Service{Pool: pool, Ring: s.ring, Roots: s.roots, Logger: logger,
-		Resolver: &resolver.Resolver{Entries: s.catalog, Roots: s.catalog.Roots, Logger: logger}, Changed: cache.Changed}
+		Resolver: &resolver.Resolver{Entries: s.catalog, Roots: s.catalog.Roots, Logger: logger},
+		Changed:  func(tenant string) { cache.Changed(tenant); s.chainer.Kick(tenant) }}
 }
 
 // checkKeyModes refuses master key files that group or others may read, as a loose

@@ -186,6 +186,11 @@ func TestAuditRowsAreAppendOnly(t *testing.T) {
 	env := apitest.New(t)
 	post(t, env, env.Token(t, "acme", "editor"), inlineCA("root", materialtest.NewCA(t, materialtest.Options{})))
 	ctx := context.Background()
+	// The create's record is chained into audit_log (as the server's chainer does soon after
+	// the write, and every read of the trail does first).
+	n, err := audit.Chain(ctx, env.Pool, "acme")
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
 
 	// The server's own connections (here the table owner's login) are refused by the trigger.
 	for _, q := range []string{
@@ -250,6 +255,8 @@ func TestAuditVerifyNamesTheAlteredRow(t *testing.T) {
 
 	post(t, env, env.Token(t, "initech", "editor"), inlineCA("y", ca))
 	post(t, env, env.Token(t, "initech", "editor"), inlineCA("z", ca))
+	_, err = audit.Chain(ctx, env.Pool, "initech")
+	require.NoError(t, err)
 	tamper(`DELETE FROM audit_log WHERE tenant_id = 'initech' AND seq = 2`)
 	_, err = svc.VerifyTenant(ctx, "initech")
 	require.ErrorAs(t, err, &broken)

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/apitest"
+	"github.com/loopze/certstore/internal/audit"
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/repo"
@@ -139,9 +140,9 @@ func TestConcurrentCreatesReachTheFileInOrder(t *testing.T) {
 }
 
 // TestCreateRacingPutOfTheSameID: a POST and a PUT that creates race for one new ID, 25
-// times. Both take the tenant's row first, so one waits for the other and every answer
-// is one a client expects (one creates, the other is a duplicate or an update), never a
-// 500.
+// times. The POST takes no tenant lock, so the two meet at the entry's primary key: one
+// waits for the other and every answer is one a client expects (one creates, the other
+// is a duplicate or, a PUT that lost the race being tried again, an update), never a 500.
 func TestCreateRacingPutOfTheSameID(t *testing.T) {
 	t.Parallel()
 	env := apitest.New(t)
@@ -168,4 +169,79 @@ func TestCreateRacingPutOfTheSameID(t *testing.T) {
 		}
 	}
 	require.NotContains(t, env.Logs.String(), `"status":500`)
+}
+
+// TestCreatesDoNotQueueBehindTheTenantsWriters: while a transaction holds what a write of
+// the tenant in progress holds (the tenant's lock, taken by every update, delete and
+// deploy, and the lock of its audit chain's head, taken while records are chained), a
+// POST of a new entry commits and answers at once, and its record joins the chain after.
+// A PUT of an existing entry still waits for the writer before it (writes other than
+// creates stay ordered) and answers once it ends.
+func TestCreatesDoNotQueueBehindTheTenantsWriters(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	const tenant = "busy"
+	ctx := context.Background()
+	tok := env.Token(t, tenant, "editor")
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	post(t, env, tok, inlineCA("first", ca))
+	_, err := audit.Chain(ctx, env.Pool, tenant) // the head row exists from here on
+	require.NoError(t, err)
+
+	held, err := env.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = held.Rollback(ctx) }()
+	_, err = held.Exec(ctx, `SELECT set_config('loopze.tenant', $1, true)`, tenant)
+	require.NoError(t, err)
+	_, err = repo.BumpGeneration(ctx, held, tenant)
+	require.NoError(t, err)
+	_, err = held.Exec(ctx, `SELECT 1 FROM audit_heads WHERE tenant_id = $1 FOR UPDATE`, tenant)
+	require.NoError(t, err)
+
+	put := inlineCA("first", ca)
+	delete(put, "id")
+	put["notes"] = "after the writer"
+	putDone := make(chan int, 1)
+	go func() {
+		putDone <- env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/certs/first", Token: tok, Body: put}).Status
+	}()
+	postDone := make(chan int, 1)
+	body, _ := json.Marshal(inlineCA("second", ca))
+	go func() {
+		postDone <- env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok, Body: body}).Status
+	}()
+	select {
+	case status := <-postDone:
+		require.Equal(t, http.StatusCreated, status)
+	case <-time.After(30 * time.Second):
+		_ = held.Rollback(ctx)
+		t.Fatal("the POST waited for the tenant's writer")
+	}
+	select {
+	case status := <-putDone:
+		t.Fatalf("the PUT answered %d while the writer before it held the tenant", status)
+	default:
+	}
+	require.NoError(t, held.Rollback(ctx))
+	require.Equal(t, http.StatusOK, <-putDone)
+
+	// Every write is in one unbroken chain: create, create, update (the POST and the PUT
+	// in the order they committed).
+	res := env.Do(t, apitest.Request{Method: http.MethodGet, Path: "/api/v1/audit", Token: env.Token(t, tenant, "admin")})
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+	var page struct {
+		Items []struct {
+			Seq    int64  `json:"seq"`
+			Action string `json:"action"`
+			Target string `json:"target"`
+		} `json:"items"`
+	}
+	require.NoError(t, json.Unmarshal(res.Body, &page))
+	got := []string{}
+	for _, it := range page.Items {
+		got = append(got, fmt.Sprintf("%d %s %s", it.Seq, it.Action, it.Target))
+	}
+	require.Equal(t, []string{"3 entry.update entry:first", "2 entry.create entry:second", "1 entry.create entry:first"}, got)
+	_, err = (&audit.Service{Pool: env.Pool}).VerifyTenant(ctx, tenant)
+	require.NoError(t, err)
 }

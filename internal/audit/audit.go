@@ -79,28 +79,29 @@ func EntryTarget(id string) string { return "entry:" + id }
 // NodeTarget is the target of a node's records.
 func NodeTarget(id string) string { return "node:" + id }
 
-// Record appends ev to its tenant's chain in the caller's transaction (scoped to the
-// tenant), stamped with the context's actor and the current time.
+// Record stores ev for its tenant's chain in the caller's transaction (scoped to the
+// tenant), stamped with the context's actor and the current time. The record commits with
+// the write it describes; it is numbered and hashed into the chain after (see Chain).
 func Record(ctx context.Context, q db.DBTX, ev Event) error {
-	r, body, err := Prepare(ctx, ev)
+	r, err := Prepare(ctx, ev)
 	if err != nil {
 		return err
 	}
-	if err := repo.AppendAudit(ctx, q, r, body); err != nil {
+	if err := repo.AppendAudit(ctx, q, r); err != nil {
 		return fmt.Errorf("record %s of %s: %w", ev.Action, ev.Target, err)
 	}
 	return nil
 }
 
-// Prepare builds ev's record (actor from ctx, the current time) and its canonical bytes,
-// for callers that append it in a batch of their own (repo.RecordVersion).
-func Prepare(ctx context.Context, ev Event) (*repo.AuditRecord, []byte, error) {
+// Prepare builds ev's record (actor from ctx, the current time), for callers that append
+// it in a batch of their own (repo.RecordVersion).
+func Prepare(ctx context.Context, ev Event) (*repo.AuditRecord, error) {
 	a := ActorFrom(ctx)
 	detail := []byte("{}")
 	if len(ev.Detail) > 0 {
 		var err error
 		if detail, err = json.Marshal(ev.Detail); err != nil {
-			return nil, nil, fmt.Errorf("encode audit detail: %w", err)
+			return nil, fmt.Errorf("encode audit detail: %w", err)
 		}
 	}
 	r := &repo.AuditRecord{
@@ -109,19 +110,19 @@ func Prepare(ctx context.Context, ev Event) (*repo.AuditRecord, []byte, error) {
 		FingerprintBefore: ev.FingerprintBefore, FingerprintAfter: ev.FingerprintAfter,
 		RequestID: a.RequestID, ClientAddr: a.ClientAddr, Detail: string(detail),
 	}
-	return r, Canonical(r), nil
+	return r, nil
 }
 
 // RecordAlone records ev in a transaction of its own: for refused operations, whose own
 // transaction rolled back. The tenant row is created when missing (a refused first deploy).
-// It travels as one batch, one round trip, so the tenant's chain head is locked only for
-// the server-side time of the insert and the commit.
+// It travels as one batch, one round trip, and like every record it waits for no other
+// writer: it is chained later (see Chain).
 func RecordAlone(ctx context.Context, pool *pgxpool.Pool, ev Event) error {
-	r, body, err := Prepare(ctx, ev)
+	r, err := Prepare(ctx, ev)
 	if err != nil {
 		return err
 	}
-	if err := repo.AppendAuditAlone(ctx, pool, r, body); err != nil {
+	if err := repo.AppendAuditAlone(ctx, pool, r); err != nil {
 		return fmt.Errorf("record %s of %s: %w", ev.Action, ev.Target, err)
 	}
 	return nil

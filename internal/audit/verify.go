@@ -47,8 +47,8 @@ type TenantResult struct {
 	Broken *BrokenLinkError
 }
 
-// Verify walks every tenant's chain from its first record: sequence numbers without gaps
-// from 1, each record's previous hash equal to the hash before it, each hash recomputed
+// Verify chains what is pending (see Chain), then walks every tenant's chain from its
+// first record: sequence numbers without gaps from 1, each record's previous hash equal to the hash before it, each hash recomputed
 // from the record's canonical bytes, and the chain ending where the tenant's head says.
 // The error is a *BrokenLinkError (for the first tenant with one) or a database failure.
 func (s *Service) Verify(ctx context.Context) ([]TenantResult, error) {
@@ -76,6 +76,9 @@ func (s *Service) Verify(ctx context.Context) ([]TenantResult, error) {
 // VerifyTenant walks one tenant's chain (see Verify).
 func (s *Service) VerifyTenant(ctx context.Context, tenant string) (TenantResult, error) {
 	res := TenantResult{Tenant: tenant}
+	if _, err := Chain(ctx, s.Pool, tenant); err != nil {
+		return res, err
+	}
 	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
 		prev, want := ZeroHash, int64(1)
 		err := repo.ScanAudit(ctx, tx, tenant, func(r *repo.AuditRecord) error {
@@ -155,6 +158,9 @@ func (s *Service) List(ctx context.Context, tenant string, f repo.AuditFilter) (
 		out  []*repo.AuditRecord
 		more bool
 	)
+	if _, err := Chain(ctx, s.Pool, tenant); err != nil {
+		return nil, false, err
+	}
 	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
 		var err error
 		out, more, err = repo.ListAudit(ctx, tx, tenant, f)
@@ -168,6 +174,9 @@ func (s *Service) List(ctx context.Context, tenant string, f repo.AuditFilter) (
 func (s *Service) Export(ctx context.Context, tenant string, w io.Writer) (int64, error) {
 	var n int64
 	enc := json.NewEncoder(w)
+	if _, err := Chain(ctx, s.Pool, tenant); err != nil {
+		return 0, err
+	}
 	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
 		return repo.ScanAudit(ctx, tx, tenant, func(r *repo.AuditRecord) error {
 			n++

@@ -284,11 +284,13 @@ func (s *Service) References(ctx context.Context, tenant, id string, after *repo
 	return s.references(ctx, tenant, id, after, limit)
 }
 
-// changed tells the Service's Cache, if any, that tenant changed.
+// changed tells the Service's Cache, if any, that tenant changed, and its Chainer that
+// the change's audit record awaits chaining.
 func (s *Service) changed(tenant string) {
 	if s.Cache != nil {
 		s.Cache.Changed(tenant)
 	}
+	s.Chainer.Kick(tenant)
 }
 
 func entrySize(e *repo.Entry) int {

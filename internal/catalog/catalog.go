@@ -18,6 +18,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/loopze/certstore/internal/audit"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
@@ -92,6 +93,9 @@ type Service struct {
 	Now func() time.Time
 	// Cache, when set, answers reads of tenants that did not change without the database.
 	Cache *Cache
+	// Chainer, when set, is told of every audit record written, to chain it soon; the
+	// trail's reads chain what is pending anyway.
+	Chainer *audit.Chainer
 }
 
 func (s *Service) now() time.Time {

@@ -136,11 +136,11 @@ func (s *Service) record(ctx context.Context, tx pgx.Tx, c change) (int64, error
 	if err != nil {
 		return 0, err
 	}
-	rec, body, err := audit.Prepare(ctx, c.event(n))
+	rec, err := audit.Prepare(ctx, c.event(n))
 	if err != nil {
 		return 0, err
 	}
-	return n, repo.RecordVersion(ctx, tx, v, rec, body)
+	return n, repo.RecordVersion(ctx, tx, v, rec)
 }
 
 // event is the audit record of a change that made version n.
@@ -171,7 +171,9 @@ func (s *Service) recordRefusedDelete(ctx context.Context, tenant, id string, re
 		Target: audit.EntryTarget(id), Detail: map[string]any{"references": re.Total}})
 	if err != nil {
 		s.Logger.Error("audit record of a refused delete failed", "tenant", tenant, "entry", id, "err", err)
+		return
 	}
+	s.Chainer.Kick(tenant)
 }
 
 // Versions returns a page of entry id's history, newest first, below version before (0:
@@ -352,11 +354,11 @@ func (s *Service) createEntry(ctx context.Context, e *repo.Entry) error {
 		return err
 	}
 	v.EntryVersion = 1 // what the insert assigns
-	rec, body, err := audit.Prepare(ctx, c.event(1))
+	rec, err := audit.Prepare(ctx, c.event(1))
 	if err != nil {
 		return err
 	}
-	err = repo.CreateEntryFirst(ctx, s.Pool, e, v, rec, body)
+	err = repo.CreateEntryFirst(ctx, s.Pool, e, v, rec)
 	if !errors.Is(err, repo.ErrHasHistory) {
 		return err
 	}

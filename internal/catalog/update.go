@@ -20,10 +20,24 @@ import (
 // *ReferencedError.
 func (s *Service) Put(ctx context.Context, tenant string, in Input, ifMatch int64) (*Result, error) {
 	defer s.changed(tenant)
-	var res *Result
-	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
-		// The tenant row first, as every write of the tenant does (Create, Delete, a
-		// workspace deploy): one lock order, so a PUT racing a deploy waits instead of
+	res, created, err := s.put(ctx, tenant, in, ifMatch)
+	if created && errors.Is(err, repo.ErrDuplicate) {
+		// A create (POST) takes no tenant lock, so it can commit the ID between this PUT
+		// finding it missing and inserting it: the PUT is then an update, tried again.
+		res, _, err = s.put(ctx, tenant, in, ifMatch)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.logWarnings(tenant, res.Entry.ID, res.Warnings)
+	return res, nil
+}
+
+// put is one attempt of Put; created says it found the entry missing and tried to create it.
+func (s *Service) put(ctx context.Context, tenant string, in Input, ifMatch int64) (res *Result, created bool, err error) {
+	err = db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
+		// The tenant row first, as every write of the tenant but a create does (Delete,
+		// a workspace deploy): one lock order, so a PUT racing a deploy waits instead of
 		// deadlocking. The entry and its history's last version number come in the same
 		// round trip.
 		cur, last, err := repo.BeginEntryWrite(ctx, tx, tenant, in.ID)
@@ -31,6 +45,7 @@ func (s *Service) Put(ctx context.Context, tenant string, in Input, ifMatch int6
 			if ifMatch != 0 {
 				return err
 			}
+			created = true
 			if res, err = s.createIn(ctx, tx, tenant, in); err != nil {
 				return err
 			}
@@ -49,11 +64,7 @@ func (s *Service) Put(ctx context.Context, tenant string, in Input, ifMatch int6
 		_, err = s.record(ctx, tx, change{action: repo.VersionUpdate, before: cur, after: res.Entry, last: last, known: true})
 		return err
 	})
-	if err != nil {
-		return nil, err
-	}
-	s.logWarnings(tenant, res.Entry.ID, res.Warnings)
-	return res, nil
+	return res, created, err
 }
 
 func (s *Service) createIn(ctx context.Context, tx pgx.Tx, tenant string, in Input) (*Result, error) {

@@ -234,6 +234,10 @@ func (x *Exporter) export(ctx context.Context, st *tenantState, tenant string, f
 	removeStaleTemps(path)
 
 	onDisk, haveFile := x.readHeader(st, path)
+	// Folding keeps the generation's read short; a failed fold changes nothing.
+	if err := repo.FoldChanges(ctx, x.Pool, tenant); err != nil && ctx.Err() == nil {
+		x.logger().Warn("fold generation changes", "tenant", tenant, "err", err)
+	}
 	doc, err := x.snapshot(ctx, tenant, func(gen int64) bool {
 		return !force && haveFile && onDisk.Generation == gen && onDisk.KeyID == x.Ring.CurrentKeyID()
 	})

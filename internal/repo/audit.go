@@ -32,44 +32,36 @@ type AuditRecord struct {
 	Hash     []byte
 }
 
-// appendAuditSQL appends a record to its tenant's chain. The upsert of the tenant's audit
-// head assigns the sequence number and computes the hash in the database, so concurrent
-// writers of one tenant queue on the head row and the chain never forks, whatever other
-// locks they hold. $3 is the record's canonical bytes.
+// appendAuditSQL stores a record in audit_pending, in the caller's transaction: it locks
+// nothing another writer waits for. ChainPendingAudit later numbers, hashes and moves it
+// into audit_log under the lock of the tenant's head, so the chain never forks.
 const appendAuditSQL = `
-		WITH head AS (
-			INSERT INTO audit_heads AS h (tenant_id, seq, prev_hash, hash)
-			VALUES ($1, 1, $2::bytea, sha256($2::bytea || int8send(1::bigint) || $3::bytea))
-			ON CONFLICT (tenant_id) DO UPDATE
-				SET seq = h.seq + 1, prev_hash = h.hash, hash = sha256(h.hash || int8send(h.seq + 1) || $3::bytea)
-			RETURNING seq, prev_hash, hash)
-		INSERT INTO audit_log (tenant_id, seq, at, subject, role, action, target, fingerprint_before,
-			fingerprint_after, request_id, client_addr, detail, prev_hash, hash)
-		SELECT $1, head.seq, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, head.prev_hash, head.hash FROM head
-		RETURNING seq, prev_hash, hash`
+		INSERT INTO audit_pending (tenant_id, at, subject, role, action, target, fingerprint_before,
+			fingerprint_after, request_id, client_addr, detail)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`
 
-func appendAuditArgs(r *AuditRecord, body []byte) []any {
-	return []any{r.TenantID, make([]byte, 32), body, r.At, r.Subject, r.Role, r.Action, r.Target, r.FingerprintBefore,
+func appendAuditArgs(r *AuditRecord) []any {
+	return []any{r.TenantID, r.At, r.Subject, r.Role, r.Action, r.Target, r.FingerprintBefore,
 		r.FingerprintAfter, r.RequestID, r.ClientAddr, r.Detail}
 }
 
-// AppendAudit appends a record to its tenant's chain and fills in its sequence number and
-// hashes. body is the record's canonical bytes.
-func AppendAudit(ctx context.Context, q db.DBTX, r *AuditRecord, body []byte) error {
-	err := q.QueryRow(ctx, appendAuditSQL, appendAuditArgs(r, body)...).Scan(&r.Seq, &r.PrevHash, &r.Hash)
+// AppendAudit stores a record for its tenant's chain in the caller's transaction. It is
+// numbered and hashed when chained (ChainPendingAudit); r's Seq and hashes stay unset.
+func AppendAudit(ctx context.Context, q db.DBTX, r *AuditRecord) error {
+	_, err := q.Exec(ctx, appendAuditSQL, appendAuditArgs(r)...)
 	return mapErr("append audit record", err)
 }
 
-// AppendAuditAlone appends a record in a transaction of its own, in one round trip (the
+// AppendAuditAlone stores a record in a transaction of its own, in one round trip (the
 // tenant scope and the record travel as one batch, which PostgreSQL runs as one implicit
 // transaction); a tenant without a row yet gets one, in a second round trip.
-func AppendAuditAlone(ctx context.Context, q db.DBTX, r *AuditRecord, body []byte) error {
+func AppendAuditAlone(ctx context.Context, q db.DBTX, r *AuditRecord) error {
 	send := func(ensure bool) error {
 		b := db.TenantBatch(r.TenantID)
 		if ensure {
 			b.Queue(ensureTenantSQL, r.TenantID)
 		}
-		queueAudit(b, r, body)
+		queueAudit(b, r)
 		return q.SendBatch(ctx, b).Close()
 	}
 	err := send(false)
@@ -80,10 +72,98 @@ func AppendAuditAlone(ctx context.Context, q db.DBTX, r *AuditRecord, body []byt
 }
 
 // queueAudit adds AppendAudit to a batch.
-func queueAudit(b *pgx.Batch, r *AuditRecord, body []byte) {
-	b.Queue(appendAuditSQL, appendAuditArgs(r, body)...).QueryRow(func(row pgx.Row) error {
-		return row.Scan(&r.Seq, &r.PrevHash, &r.Hash)
-	})
+func queueAudit(b *pgx.Batch, r *AuditRecord) {
+	b.Queue(appendAuditSQL, appendAuditArgs(r)...)
+}
+
+// HasPendingAudit reports whether the tenant has records not chained yet. It scopes
+// itself (see scopedQuery): one round trip from a pool.
+func HasPendingAudit(ctx context.Context, q db.DBTX, tenant string) (bool, error) {
+	var has bool
+	err := scopedQuery(ctx, q, tenant, func(rows pgx.Rows) error {
+		var err error
+		has, err = pgx.CollectExactlyOneRow(rows, pgx.RowTo[bool])
+		return err
+	}, `SELECT EXISTS (SELECT 1 FROM audit_pending WHERE tenant_id = $1)`, tenant)
+	return has, mapErr("look for pending audit records", err)
+}
+
+// ChainPendingAudit moves the tenant's pending records into its chain, in the caller's
+// transaction (scoped to the tenant): it locks the tenant's head (creating it at record 0
+// when missing), takes every pending record in the order of its id, and has link number
+// each one after the last and return its hash (from the previous hash and the record),
+// then stores the records and the new head. Chainers of one tenant queue on its head; the
+// writers that stored the records never do. It returns how many records it chained.
+func ChainPendingAudit(ctx context.Context, tx pgx.Tx, tenant string, link func(prev []byte, seq int64, r *AuditRecord) []byte) (int, error) {
+	if _, err := tx.Exec(ctx, `INSERT INTO audit_heads (tenant_id, seq, prev_hash, hash)
+		VALUES ($1, 0, $2, $2) ON CONFLICT (tenant_id) DO NOTHING`, tenant, make([]byte, 32)); err != nil {
+		return 0, mapErr("create audit head", err)
+	}
+	var (
+		seq  int64
+		hash []byte
+	)
+	if err := tx.QueryRow(ctx, `SELECT seq, hash FROM audit_heads WHERE tenant_id = $1 FOR UPDATE`, tenant).Scan(&seq, &hash); err != nil {
+		return 0, mapErr("lock audit head", err)
+	}
+	rows, err := tx.Query(ctx, `WITH d AS (DELETE FROM audit_pending WHERE tenant_id = $1
+			RETURNING id, tenant_id, at, subject, role, action, target, fingerprint_before, fingerprint_after,
+				request_id, client_addr, detail)
+		SELECT tenant_id, at, subject, role, action, target, fingerprint_before, fingerprint_after,
+			request_id, client_addr, detail FROM d ORDER BY id`, tenant)
+	if err != nil {
+		return 0, mapErr("take pending audit records", err)
+	}
+	var recs []*AuditRecord
+	for rows.Next() {
+		var r AuditRecord
+		if err := rows.Scan(&r.TenantID, &r.At, &r.Subject, &r.Role, &r.Action, &r.Target, &r.FingerprintBefore,
+			&r.FingerprintAfter, &r.RequestID, &r.ClientAddr, &r.Detail); err != nil {
+			rows.Close()
+			return 0, mapErr("scan pending audit record", err)
+		}
+		recs = append(recs, &r)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, mapErr("take pending audit records", err)
+	}
+	if len(recs) == 0 {
+		return 0, nil
+	}
+	for _, r := range recs {
+		seq++
+		r.Seq, r.PrevHash = seq, hash
+		r.Hash = link(hash, seq, r)
+		hash = r.Hash
+	}
+	// Row-level security refuses COPY, so the records travel as one array per column.
+	var (
+		seqs                                         = make([]int64, len(recs))
+		ats                                          = make([]time.Time, len(recs))
+		subj, role, act, tgt, fpb, fpa, req, cl, det = make([]string, len(recs)), make([]string, len(recs)),
+			make([]string, len(recs)), make([]string, len(recs)), make([]string, len(recs)), make([]string, len(recs)),
+			make([]string, len(recs)), make([]string, len(recs)), make([]string, len(recs))
+		prevs, hashes = make([][]byte, len(recs)), make([][]byte, len(recs))
+	)
+	for i, r := range recs {
+		seqs[i], ats[i], subj[i], role[i], act[i], tgt[i] = r.Seq, r.At, r.Subject, r.Role, r.Action, r.Target
+		fpb[i], fpa[i], req[i], cl[i], det[i] = r.FingerprintBefore, r.FingerprintAfter, r.RequestID, r.ClientAddr, r.Detail
+		prevs[i], hashes[i] = r.PrevHash, r.Hash
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO audit_log (`+auditColumns+`)
+		SELECT $1, * FROM unnest($2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[],
+			$8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bytea[], $14::bytea[])`,
+		tenant, seqs, ats, subj, role, act, tgt, fpb, fpa, req, cl, det, prevs, hashes)
+	if err != nil {
+		return 0, mapErr("chain audit records", err)
+	}
+	last := recs[len(recs)-1]
+	if _, err := tx.Exec(ctx, `UPDATE audit_heads SET seq = $2, prev_hash = $3, hash = $4 WHERE tenant_id = $1`,
+		tenant, last.Seq, last.PrevHash, last.Hash); err != nil {
+		return 0, mapErr("move audit head", err)
+	}
+	return len(recs), nil
 }
 
 const auditColumns = `tenant_id, seq, at, subject, role, action, target, fingerprint_before, fingerprint_after,

@@ -96,11 +96,11 @@ func BeginEntryWrite(ctx context.Context, q db.DBTX, tenant, id string) (*Entry,
 	br := q.SendBatch(ctx, b)
 	defer br.Close()
 	var (
-		gen  int64
-		void bool
-		last int64
+		gen, locked int64
+		void        bool
+		last        int64
 	)
-	if err := br.QueryRow().Scan(&gen, &void); err != nil {
+	if err := br.QueryRow().Scan(&gen, &void, &locked); err != nil {
 		return nil, 0, mapErr("bump generation", err)
 	}
 	cur, err := scanEntry(br.QueryRow())
@@ -166,12 +166,12 @@ func InsertVersion(ctx context.Context, q db.DBTX, v *Version) error {
 	return mapErr(fmt.Sprintf("insert version %d of %s", v.Version, v.EntryID), err)
 }
 
-// RecordVersion stores a history row and appends its audit record (body is the record's
-// canonical bytes), in one round trip of the caller's transaction.
-func RecordVersion(ctx context.Context, q db.DBTX, v *Version, r *AuditRecord, body []byte) error {
+// RecordVersion stores a history row and appends its audit record, in one round trip of
+// the caller's transaction.
+func RecordVersion(ctx context.Context, q db.DBTX, v *Version, r *AuditRecord) error {
 	b := &pgx.Batch{}
 	b.Queue(nextVersionSQL, insertVersionArgs(v)...).QueryRow(func(row pgx.Row) error { return row.Scan(&v.ChangedAt) })
-	queueAudit(b, r, body)
+	queueAudit(b, r)
 	return mapErr(fmt.Sprintf("record version %d of %s", v.Version, v.EntryID), q.SendBatch(ctx, b).Close())
 }
 
@@ -184,10 +184,10 @@ var ErrHasHistory = errors.New("the entry ID has history")
 // round trip run by PostgreSQL as one implicit transaction, like CreateEntry. When the ID
 // has history already nothing is stored and the error is ErrHasHistory.
 
-func CreateEntryFirst(ctx context.Context, q db.DBTX, e *Entry, v *Version, r *AuditRecord, body []byte) error {
+func CreateEntryFirst(ctx context.Context, q db.DBTX, e *Entry, v *Version, r *AuditRecord) error {
 	err := sendCreate(ctx, q, e, func(b *pgx.Batch) {
 		b.Queue(firstVersionSQL, insertVersionArgs(v)...).QueryRow(func(row pgx.Row) error { return row.Scan(&v.ChangedAt) })
-		queueAudit(b, r, body)
+		queueAudit(b, r)
 	})
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23502" && pgErr.TableName == "entry_versions" {

@@ -61,16 +61,73 @@ func ClearTenantData(ctx context.Context, q db.DBTX, tenant string) error {
 	return nil
 }
 
-// RaiseGeneration moves the tenant's generation past floor (to max(generation, floor)+1)
-// and queues the change notification, like BumpGeneration. A restore uses it so the
-// restored tenant's generation is ahead of the file it came from, and the export job
-// rewrites that file under the current key.
+// A tenant's generation counts its committed changes: tenants.generation (what earlier
+// releases counted, and what FoldChanges folded into it) plus the n of its tenant_changes rows
+// (migration 00010). A change inserts a row, and inserts take no lock another write waits
+// for, so the creates of one tenant commit side by side. In one snapshot the sum counts
+// exactly the changes committed before it, and a later snapshot sees every change an
+// earlier one saw: generations never go back, and two reads of one generation read the
+// same data.
+const generationExpr = `coalesce((SELECT generation FROM tenants WHERE id = $1), 0) +
+	coalesce((SELECT sum(n) FROM tenant_changes WHERE tenant_id = $1), 0)`
+
+// changeSQL records one change of tenant $1 and queues the notification, delivered when
+// and only if the transaction commits. It is what a create runs: it locks nothing. $2 is
+// GenerationChannel.
+const changeSQL = `
+	WITH c AS (INSERT INTO tenant_changes (tenant_id) VALUES ($1))
+	SELECT pg_notify($2, $1)`
+
+// bumpGenerationSQL records one change like changeSQL, and first creates the tenant's row
+// when it has none or otherwise locks it FOR NO KEY UPDATE; it returns the generation as
+// the statement's snapshot sees it after the change. Every write but a create runs it, so
+// updates, deletes, restores of versions and deploys of one tenant stay ordered against
+// each other (a delete's reference count stays true until it commits). That lock does not
+// conflict with the FOR KEY SHARE lock the foreign keys of a create's inserts take on the
+// row, so creates do not wait for it. The row's first writer holds it as its inserter.
+// The count of both sources is returned so that the statement evaluates the lock (an
+// unused CTE is not run); it is 1.
+const bumpGenerationSQL = `
+	WITH t AS (INSERT INTO tenants (id) VALUES ($1) ON CONFLICT (id) DO NOTHING RETURNING id),
+	l AS (SELECT id FROM tenants WHERE id = $1 FOR NO KEY UPDATE),
+	c AS (INSERT INTO tenant_changes (tenant_id) VALUES ($1))
+	SELECT ` + generationExpr + ` + 1, pg_notify($2, $1) IS NULL, locked.n
+	FROM (SELECT count(*) AS n FROM (SELECT id FROM t UNION ALL SELECT id FROM l) u) locked`
+
+// BumpGeneration records a change of the tenant in the caller's transaction, taking the
+// tenant's row lock (see lockTenantSQL) and creating its row when missing, and queues a
+// notification that is delivered when (and only if) that transaction commits. It returns
+// the generation the change takes the tenant to, as the transaction sees it (changes that
+// other transactions commit meanwhile can move it further).
+func BumpGeneration(ctx context.Context, q db.DBTX, tenant string) (int64, error) {
+	var (
+		gen, locked int64
+		void        bool
+	)
+	if err := q.QueryRow(ctx, bumpGenerationSQL, tenant, GenerationChannel).Scan(&gen, &void, &locked); err != nil {
+		return 0, mapErr("bump generation", err)
+	}
+	return gen, nil
+}
+
+// RaiseGeneration moves the tenant's generation past floor (to max(generation, floor)+1,
+// or further when changes commit meanwhile) and queues the change notification. It locks
+// the tenant's row FOR UPDATE, which the foreign keys of every insert of the tenant wait
+// for, so nothing is written to the tenant until the caller's transaction ends. A restore
+// uses it so the restored tenant's generation is ahead of the file it came from, and the
+// export job rewrites that file under the current key.
 func RaiseGeneration(ctx context.Context, q db.DBTX, tenant string, floor int64) (int64, error) {
+	if _, err := q.Exec(ctx, ensureTenantSQL, tenant); err != nil {
+		return 0, mapErr("raise generation", err)
+	}
+	if _, err := q.Exec(ctx, `SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE`, tenant); err != nil {
+		return 0, mapErr("raise generation", err)
+	}
 	var gen int64
 	err := q.QueryRow(ctx, `
-		INSERT INTO tenants (id, generation) VALUES ($1, greatest($2::bigint, 0) + 1)
-		ON CONFLICT (id) DO UPDATE SET generation = greatest(tenants.generation, $2::bigint) + 1
-		RETURNING generation`, tenant, floor).Scan(&gen)
+		WITH g AS (SELECT `+generationExpr+` AS g),
+		c AS (INSERT INTO tenant_changes (tenant_id, n) SELECT $1, greatest(g, $2::bigint) + 1 - g FROM g RETURNING n)
+		SELECT g + n FROM g, c`, tenant, floor).Scan(&gen)
 	if err != nil {
 		return 0, mapErr("raise generation", err)
 	}
@@ -80,28 +137,22 @@ func RaiseGeneration(ctx context.Context, q db.DBTX, tenant string, floor int64)
 	return gen, nil
 }
 
-// bumpGenerationSQL moves a tenant's generation (creating its row on the first write) and
-// queues a notification, delivered when and only if the transaction commits. $2 is
-// GenerationChannel.
-const bumpGenerationSQL = `
-	WITH g AS (
-		INSERT INTO tenants (id, generation) VALUES ($1, 1)
-		ON CONFLICT (id) DO UPDATE SET generation = tenants.generation + 1
-		RETURNING generation)
-	SELECT generation, pg_notify($2, $1) IS NULL FROM g`
-
-// BumpGeneration moves the tenant's generation in the caller's transaction and queues a
-// notification that is delivered when (and only if) that transaction commits. It creates
-// the tenant row when missing, so every write path calls just this.
-func BumpGeneration(ctx context.Context, q db.DBTX, tenant string) (int64, error) {
-	var (
-		gen  int64
-		void bool
-	)
-	if err := q.QueryRow(ctx, bumpGenerationSQL, tenant, GenerationChannel).Scan(&gen, &void); err != nil {
-		return 0, mapErr("bump generation", err)
-	}
-	return gen, nil
+// FoldChanges adds the tenant's change rows into tenants.generation and deletes them, in
+// one statement, keeping the generation: no reader sees a different sum. It keeps reading
+// a generation a lookup of a row or two, and keeps tenants.generation (all that replicas
+// of earlier releases read) close behind. It commits without waiting for the disk: a fold
+// lost in a crash leaves the rows unfolded, the same generation. q is a pool (the batch is
+// a transaction of its own). The export calls it before it reads a tenant.
+func FoldChanges(ctx context.Context, q db.DBTX, tenant string) error {
+	b := &pgx.Batch{}
+	b.Queue(`SET LOCAL synchronous_commit = off`)
+	b.Queue(`
+		WITH d AS (
+			DELETE FROM tenant_changes WHERE tenant_id = $1 AND EXISTS (SELECT 1 FROM tenants WHERE id = $1)
+			RETURNING n)
+		UPDATE tenants SET generation = generation + (SELECT sum(n) FROM d)
+		WHERE id = $1 AND EXISTS (SELECT 1 FROM d)`, tenant)
+	return mapErr("fold changes", q.SendBatch(ctx, b).Close())
 }
 
 // Tenant is one row of tenants.
@@ -112,7 +163,9 @@ type Tenant struct {
 
 // ListTenants returns every tenant, ordered by ID.
 func ListTenants(ctx context.Context, q db.DBTX) ([]Tenant, error) {
-	rows, err := q.Query(ctx, `SELECT id, generation FROM tenants ORDER BY id`)
+	rows, err := q.Query(ctx, `SELECT t.id, t.generation + coalesce(c.n, 0) FROM tenants t
+		LEFT JOIN (SELECT tenant_id, sum(n) AS n FROM tenant_changes GROUP BY tenant_id) c ON c.tenant_id = t.id
+		ORDER BY t.id`)
 	if err != nil {
 		return nil, mapErr("list tenants", err)
 	}
@@ -128,9 +181,9 @@ func ListTenants(ctx context.Context, q db.DBTX) ([]Tenant, error) {
 	return out, mapErr("list tenants", rows.Err())
 }
 
-// GetGeneration returns the tenant's generation (0 for a tenant with no row yet).
+// GetGeneration returns the tenant's generation (0 for a tenant with no change yet).
 func GetGeneration(ctx context.Context, q db.DBTX, tenant string) (int64, error) {
 	var gen int64
-	err := q.QueryRow(ctx, `SELECT coalesce((SELECT generation FROM tenants WHERE id = $1), 0)`, tenant).Scan(&gen)
+	err := q.QueryRow(ctx, `SELECT `+generationExpr, tenant).Scan(&gen)
 	return gen, mapErr("read generation", err)
 }
