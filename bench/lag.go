@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/repo"
 )
 
 // Pacing of the lag probe: the file is looked at every lagPoll (the resolution of the
@@ -81,7 +82,7 @@ func (p *lagProbe) run(ctx context.Context) {
 			if !finishing && !now.Before(nextMark) {
 				nextMark = now.Add(lagMark)
 				var gen int64
-				if err := conn.QueryRow(ctx, `SELECT generation FROM tenants WHERE id = $1`, p.tenant).Scan(&gen); err != nil {
+				if err := func() (err error) { gen, err = repo.GetGeneration(ctx, conn, p.tenant); return }(); err != nil {
 					if ctx.Err() == nil {
 						p.err = fmt.Errorf("read generation: %w", err)
 					}

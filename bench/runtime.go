@@ -16,6 +16,7 @@ import (
 
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/nodetls"
 )
 
@@ -218,7 +219,7 @@ func (b *bench) scenarioSyncLag(ctx context.Context) error {
 		}
 		committed := time.Now()
 		var gen int64
-		if err := conn.QueryRow(ctx, `SELECT generation FROM tenants WHERE id = $1`, tenantPost).Scan(&gen); err != nil {
+		if err := func() (err error) { gen, err = repo.GetGeneration(ctx, conn, tenantPost); return }(); err != nil {
 			return fmt.Errorf("read generation: %w", err)
 		}
 		deadline := time.After(15 * time.Second)
