@@ -48,8 +48,9 @@ type TenantResult struct {
 }
 
 // Verify chains what is pending (see Chain), then walks every tenant's chain from its
-// first record: sequence numbers without gaps from 1, each record's previous hash equal to the hash before it, each hash recomputed
-// from the record's canonical bytes, and the chain ending where the tenant's head says.
+// first record: sequence numbers without gaps from 1, each record's previous hash equal
+// to the hash before it, each hash recomputed from the record's canonical bytes, and the
+// chain ending where the tenant's head says.
 // The error is a *BrokenLinkError (for the first tenant with one) or a database failure.
 func (s *Service) Verify(ctx context.Context) ([]TenantResult, error) {
 	tenants, err := repo.ListTenants(ctx, s.Pool)

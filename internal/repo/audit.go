@@ -56,18 +56,7 @@ func AppendAudit(ctx context.Context, q db.DBTX, r *AuditRecord) error {
 // tenant scope and the record travel as one batch, which PostgreSQL runs as one implicit
 // transaction); a tenant without a row yet gets one, in a second round trip.
 func AppendAuditAlone(ctx context.Context, q db.DBTX, r *AuditRecord) error {
-	send := func(ensure bool) error {
-		b := db.TenantBatch(r.TenantID)
-		if ensure {
-			b.Queue(ensureTenantSQL, r.TenantID)
-		}
-		queueAudit(b, r)
-		return q.SendBatch(ctx, b).Close()
-	}
-	err := send(false)
-	if missingTenant(err) {
-		err = send(true)
-	}
+	err := sendTenantBatch(ctx, q, r.TenantID, func(b *pgx.Batch) { queueAudit(b, r) })
 	return mapErr("append audit record", err)
 }
 
@@ -88,80 +77,56 @@ func HasPendingAudit(ctx context.Context, q db.DBTX, tenant string) (bool, error
 	return has, mapErr("look for pending audit records", err)
 }
 
+// takePendingAuditSQL deletes the tenant's pending records and returns them in the order
+// they were stored, in auditColumns' shape (for scanAudit; chaining fills in the rest).
+const takePendingAuditSQL = `WITH d AS (DELETE FROM audit_pending WHERE tenant_id = $1 RETURNING *)
+	SELECT tenant_id, 0::bigint, at, subject, role, action, target, fingerprint_before, fingerprint_after,
+		request_id, client_addr, detail, NULL::bytea, NULL::bytea FROM d ORDER BY id`
+
 // ChainPendingAudit moves the tenant's pending records into its chain, in the caller's
-// transaction (scoped to the tenant): it locks the tenant's head (creating it at record 0
-// when missing), takes every pending record in the order of its id, and has link number
-// each one after the last and return its hash (from the previous hash and the record),
-// then stores the records and the new head. Chainers of one tenant queue on its head; the
-// writers that stored the records never do. It returns how many records it chained.
+// transaction (scoped to the tenant), in two round trips: it locks the tenant's head
+// (creating it at record 0 when missing) and takes every pending record in the order it
+// was stored; link numbers each one after the last and returns its hash (from the previous
+// hash and the record); then the records and the new head are stored. Chainers of one
+// tenant queue on its head; the writers that stored the records never do. It returns how
+// many records it chained.
 func ChainPendingAudit(ctx context.Context, tx pgx.Tx, tenant string, link func(prev []byte, seq int64, r *AuditRecord) []byte) (int, error) {
-	if _, err := tx.Exec(ctx, `INSERT INTO audit_heads (tenant_id, seq, prev_hash, hash)
-		VALUES ($1, 0, $2, $2) ON CONFLICT (tenant_id) DO NOTHING`, tenant, make([]byte, 32)); err != nil {
-		return 0, mapErr("create audit head", err)
-	}
 	var (
 		seq  int64
 		hash []byte
+		recs []*AuditRecord
 	)
-	if err := tx.QueryRow(ctx, `SELECT seq, hash FROM audit_heads WHERE tenant_id = $1 FOR UPDATE`, tenant).Scan(&seq, &hash); err != nil {
-		return 0, mapErr("lock audit head", err)
-	}
-	rows, err := tx.Query(ctx, `WITH d AS (DELETE FROM audit_pending WHERE tenant_id = $1
-			RETURNING id, tenant_id, at, subject, role, action, target, fingerprint_before, fingerprint_after,
-				request_id, client_addr, detail)
-		SELECT tenant_id, at, subject, role, action, target, fingerprint_before, fingerprint_after,
-			request_id, client_addr, detail FROM d ORDER BY id`, tenant)
-	if err != nil {
-		return 0, mapErr("take pending audit records", err)
-	}
-	var recs []*AuditRecord
-	for rows.Next() {
-		var r AuditRecord
-		if err := rows.Scan(&r.TenantID, &r.At, &r.Subject, &r.Role, &r.Action, &r.Target, &r.FingerprintBefore,
-			&r.FingerprintAfter, &r.RequestID, &r.ClientAddr, &r.Detail); err != nil {
-			rows.Close()
-			return 0, mapErr("scan pending audit record", err)
-		}
-		recs = append(recs, &r)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
+	b := &pgx.Batch{}
+	b.Queue(`INSERT INTO audit_heads (tenant_id, seq, prev_hash, hash)
+		VALUES ($1, 0, $2, $2) ON CONFLICT (tenant_id) DO NOTHING`, tenant, make([]byte, 32))
+	b.Queue(`SELECT seq, hash FROM audit_heads WHERE tenant_id = $1 FOR UPDATE`, tenant).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&seq, &hash)
+	})
+	b.Queue(takePendingAuditSQL, tenant).Query(func(rows pgx.Rows) (err error) {
+		recs, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (*AuditRecord, error) { return scanAudit(row) })
+		return err
+	})
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return 0, mapErr("take pending audit records", err)
 	}
 	if len(recs) == 0 {
 		return 0, nil
 	}
+	b = &pgx.Batch{}
 	for _, r := range recs {
 		seq++
 		r.Seq, r.PrevHash = seq, hash
 		r.Hash = link(hash, seq, r)
 		hash = r.Hash
-	}
-	// Row-level security refuses COPY, so the records travel as one array per column.
-	var (
-		seqs                                         = make([]int64, len(recs))
-		ats                                          = make([]time.Time, len(recs))
-		subj, role, act, tgt, fpb, fpa, req, cl, det = make([]string, len(recs)), make([]string, len(recs)),
-			make([]string, len(recs)), make([]string, len(recs)), make([]string, len(recs)), make([]string, len(recs)),
-			make([]string, len(recs)), make([]string, len(recs)), make([]string, len(recs))
-		prevs, hashes = make([][]byte, len(recs)), make([][]byte, len(recs))
-	)
-	for i, r := range recs {
-		seqs[i], ats[i], subj[i], role[i], act[i], tgt[i] = r.Seq, r.At, r.Subject, r.Role, r.Action, r.Target
-		fpb[i], fpa[i], req[i], cl[i], det[i] = r.FingerprintBefore, r.FingerprintAfter, r.RequestID, r.ClientAddr, r.Detail
-		prevs[i], hashes[i] = r.PrevHash, r.Hash
-	}
-	_, err = tx.Exec(ctx, `INSERT INTO audit_log (`+auditColumns+`)
-		SELECT $1, * FROM unnest($2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[],
-			$8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bytea[], $14::bytea[])`,
-		tenant, seqs, ats, subj, role, act, tgt, fpb, fpa, req, cl, det, prevs, hashes)
-	if err != nil {
-		return 0, mapErr("chain audit records", err)
+		b.Queue(`INSERT INTO audit_log (`+auditColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
+			r.TenantID, r.Seq, r.At, r.Subject, r.Role, r.Action, r.Target, r.FingerprintBefore, r.FingerprintAfter,
+			r.RequestID, r.ClientAddr, r.Detail, r.PrevHash, r.Hash)
 	}
 	last := recs[len(recs)-1]
-	if _, err := tx.Exec(ctx, `UPDATE audit_heads SET seq = $2, prev_hash = $3, hash = $4 WHERE tenant_id = $1`,
-		tenant, last.Seq, last.PrevHash, last.Hash); err != nil {
-		return 0, mapErr("move audit head", err)
+	b.Queue(`UPDATE audit_heads SET seq = $2, prev_hash = $3, hash = $4 WHERE tenant_id = $1`,
+		tenant, last.Seq, last.PrevHash, last.Hash)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return 0, mapErr("chain audit records", err)
 	}
 	return len(recs), nil
 }

@@ -117,6 +117,25 @@ func CreateEntry(ctx context.Context, q db.DBTX, e *Entry) error {
 // from the foreign key that it is missing (missingTenant) and only then send it.
 const ensureTenantSQL = `INSERT INTO tenants (id) VALUES ($1) ON CONFLICT (id) DO NOTHING`
 
+// sendTenantBatch sends a batch scoped to tenant (db.TenantBatch), with fill's statements,
+// as one implicit transaction. When a foreign key finds the tenant's row missing (its
+// first write), it sends the batch again with the row created first.
+func sendTenantBatch(ctx context.Context, q db.DBTX, tenant string, fill func(*pgx.Batch)) error {
+	send := func(ensure bool) error {
+		b := db.TenantBatch(tenant)
+		if ensure {
+			b.Queue(ensureTenantSQL, tenant)
+		}
+		fill(b)
+		return q.SendBatch(ctx, b).Close()
+	}
+	err := send(false)
+	if missingTenant(err) {
+		err = send(true)
+	}
+	return err
+}
+
 // missingTenant reports whether err is a foreign key refusing a row because its tenant has
 // no row in tenants yet (the tenant's first write).
 func missingTenant(err error) bool {
@@ -130,14 +149,9 @@ func missingTenant(err error) bool {
 // its own, and the foreign keys of the inserts lock the tenant's row FOR KEY SHARE, which
 // creates share with each other and with the lock of every other write (see
 // bumpGenerationSQL). So the creates of one tenant commit side by side, their commits
-// flushed to disk together. A tenant's first create finds its row missing from the foreign
-// key's refusal and sends the batch again, creating the row first.
+// flushed to disk together. A tenant's first create creates its row (sendTenantBatch).
 func sendCreate(ctx context.Context, q db.DBTX, e *Entry, more func(*pgx.Batch)) error {
-	send := func(ensure bool) error {
-		b := db.TenantBatch(e.TenantID)
-		if ensure {
-			b.Queue(ensureTenantSQL, e.TenantID)
-		}
+	return sendTenantBatch(ctx, q, e.TenantID, func(b *pgx.Batch) {
 		b.Queue(changeSQL, e.TenantID, GenerationChannel)
 		b.Queue(insertEntrySQL, insertEntryArgs(e)...).QueryRow(func(row pgx.Row) error {
 			return row.Scan(&e.Version, &e.CreatedAt, &e.UpdatedAt)
@@ -145,13 +159,7 @@ func sendCreate(ctx context.Context, q db.DBTX, e *Entry, more func(*pgx.Batch))
 		if more != nil {
 			more(b)
 		}
-		return q.SendBatch(ctx, b).Close()
-	}
-	err := send(false)
-	if missingTenant(err) {
-		err = send(true)
-	}
-	return err
+	})
 }
 
 func nonNil(s []string) []string {

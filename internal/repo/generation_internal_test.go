@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/db"
@@ -12,14 +13,22 @@ import (
 	"github.com/loopze/certstore/internal/testdb"
 )
 
+// openPool opens a pool on a fresh test database, closed with the test.
+func openPool(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	pool, err := db.Open(context.Background(), testdb.URL(t), logging.Discard())
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	return pool
+}
+
 // TestWritesButCreatesAreOrdered: while one transaction holds a write of the tenant begun
-// (BumpGeneration), another write but a create waits for it, and a create commits at once.
+// (BumpGeneration), another write but a create waits for it, a create commits at once, and
+// folding skips the tenant without waiting.
 func TestWritesButCreatesAreOrdered(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool, err := db.Open(ctx, testdb.URL(t), logging.Discard())
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
+	pool := openPool(t)
 	gen, err := BumpGeneration(ctx, pool, "acme")
 	require.NoError(t, err)
 	require.EqualValues(t, 1, gen)
@@ -45,6 +54,15 @@ func TestWritesButCreatesAreOrdered(t *testing.T) {
 	got, err := GetGeneration(ctx, pool, "acme")
 	require.NoError(t, err)
 	require.EqualValues(t, 2, got, "the create counted; the held write did not commit")
+	changeRows := func() (n int) {
+		require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM tenant_changes WHERE tenant_id = 'acme'`).Scan(&n))
+		return n
+	}
+	require.Equal(t, 2, changeRows())
+	bounded, stop := context.WithTimeout(ctx, 10*time.Second)
+	defer stop()
+	require.NoError(t, FoldChanges(bounded, pool, "acme"), "a fold must not wait for the writer")
+	require.Equal(t, 2, changeRows(), "nothing folded while the writer holds the tenant")
 
 	require.NoError(t, held.Commit(ctx))
 	got, err = GetGeneration(ctx, pool, "acme")
@@ -54,7 +72,5 @@ func TestWritesButCreatesAreOrdered(t *testing.T) {
 	got, err = GetGeneration(ctx, pool, "acme")
 	require.NoError(t, err)
 	require.EqualValues(t, 3, got, "folding keeps the generation")
-	var rows int
-	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM tenant_changes WHERE tenant_id = 'acme'`).Scan(&rows))
-	require.Zero(t, rows)
+	require.Zero(t, changeRows())
 }

@@ -11,9 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/db"
-	"github.com/loopze/certstore/internal/logging"
 	"github.com/loopze/certstore/internal/material"
-	"github.com/loopze/certstore/internal/testdb"
 )
 
 // versionAt is version n of entry id, a file entry whose text columns change only on
@@ -30,9 +28,7 @@ func versionAt(tenant, id string, n int64, name, by, fingerprint string) *Versio
 func TestListVersionsSummaries(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool, err := db.Open(ctx, testdb.URL(t), logging.Discard())
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
+	pool := openPool(t)
 
 	names := []string{"A", "A", "B", "A", "", "", "Zertifikat für München", "A"}
 	var want []VersionSummary
@@ -101,9 +97,7 @@ func TestListVersionsSummaries(t *testing.T) {
 func TestListVersionsIsIndexOnly(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool, err := db.Open(ctx, testdb.URL(t), logging.Discard())
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
+	pool := openPool(t)
 
 	var plan []string
 	require.NoError(t, db.InTenant(ctx, pool, "acme", func(tx pgx.Tx) error {

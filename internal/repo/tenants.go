@@ -95,7 +95,7 @@ const bumpGenerationSQL = `
 	FROM (SELECT count(*) AS n FROM (SELECT id FROM t UNION ALL SELECT id FROM l) u) locked`
 
 // BumpGeneration records a change of the tenant in the caller's transaction, taking the
-// tenant's row lock (see lockTenantSQL) and creating its row when missing, and queues a
+// tenant's row lock (see bumpGenerationSQL) and creating its row when missing, and queues a
 // notification that is delivered when (and only if) that transaction commits. It returns
 // the generation the change takes the tenant to, as the transaction sees it (changes that
 // other transactions commit meanwhile can move it further).
@@ -140,18 +140,19 @@ func RaiseGeneration(ctx context.Context, q db.DBTX, tenant string, floor int64)
 // FoldChanges adds the tenant's change rows into tenants.generation and deletes them, in
 // one statement, keeping the generation: no reader sees a different sum. It keeps reading
 // a generation a lookup of a row or two, and keeps tenants.generation (all that replicas
-// of earlier releases read) close behind. It commits without waiting for the disk: a fold
-// lost in a crash leaves the rows unfolded, the same generation. q is a pool (the batch is
-// a transaction of its own). The export calls it before it reads a tenant.
+// of earlier releases read) close behind. It never waits: while another write holds the
+// tenant's row it folds nothing, and the next call does. It commits without waiting for
+// the disk: a fold lost in a crash leaves the rows unfolded, the same generation. q is a
+// pool (the batch is a transaction of its own). The export calls it before it reads a
+// tenant.
 func FoldChanges(ctx context.Context, q db.DBTX, tenant string) error {
 	b := &pgx.Batch{}
 	b.Queue(`SET LOCAL synchronous_commit = off`)
 	b.Queue(`
-		WITH d AS (
-			DELETE FROM tenant_changes WHERE tenant_id = $1 AND EXISTS (SELECT 1 FROM tenants WHERE id = $1)
-			RETURNING n)
+		WITH t AS (SELECT id FROM tenants WHERE id = $1 FOR NO KEY UPDATE SKIP LOCKED),
+		d AS (DELETE FROM tenant_changes WHERE tenant_id = (SELECT id FROM t) RETURNING n)
 		UPDATE tenants SET generation = generation + (SELECT sum(n) FROM d)
-		WHERE id = $1 AND EXISTS (SELECT 1 FROM d)`, tenant)
+		WHERE id = (SELECT id FROM t) AND EXISTS (SELECT 1 FROM d)`, tenant)
 	return mapErr("fold changes", q.SendBatch(ctx, b).Close())
 }
 
