@@ -23,7 +23,8 @@ import (
 // Tenants of the run, each serving one purpose so scenarios do not disturb each other.
 const (
 	tenantMain   = "bench"  // Entries client pairs: GET, list, BuildTLSConfig, export
-	tenantPost   = "post"   // POST load and the change-to-disk lag
+	tenantPost   = "post"   // the versions listing; the POST load goes to postTenant(run)
+	tenantSync   = "sync"   // Entries client pairs: the runtime's Sync lag
 	tenantRefs   = "refs"   // one CA referenced by References nodes: the DELETE conflict
 	tenantDeploy = "deploy" // workspace deploys
 	refdEntry    = "referenced-ca"
@@ -157,8 +158,12 @@ func (b *bench) setup(ctx context.Context) error {
 	b.progress("server up at %s in %s (pid %d)", b.srv.base, since(t0), b.srv.pid())
 
 	b.tokens = map[string]string{}
-	for _, tr := range []string{tenantMain + "/viewer", tenantMain + "/editor", tenantPost + "/editor",
-		tenantRefs + "/editor", tenantDeploy + "/editor"} {
+	roles := []string{tenantMain + "/viewer", tenantMain + "/editor", tenantPost + "/editor",
+		tenantSync + "/editor", tenantRefs + "/editor", tenantDeploy + "/editor"}
+	for run := 1; run <= runs; run++ {
+		roles = append(roles, postTenant(run)+"/editor")
+	}
+	for _, tr := range roles {
 		tenant, role, _ := strings.Cut(tr, "/")
 		tok, err := b.srv.token(ctx, tenant, role)
 		if err != nil {
@@ -179,7 +184,7 @@ func (b *bench) setup(ctx context.Context) error {
 // seedBase writes the data every scenario but the scale one needs.
 func (b *bench) seedBase(ctx context.Context) error {
 	t0 := time.Now()
-	if err := b.seed.clientPairs(ctx, []string{tenantMain}, b.s.Entries, 1); err != nil {
+	if err := b.seed.clientPairs(ctx, []string{tenantMain, tenantSync}, b.s.Entries, 1); err != nil {
 		return err
 	}
 	b.ids = make([]string, b.s.Entries)
@@ -191,7 +196,11 @@ func (b *bench) seedBase(ctx context.Context) error {
 		return fmt.Errorf("connect to seed: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if err := ensureTenants(ctx, conn, []string{tenantPost, tenantRefs, tenantDeploy}); err != nil {
+	tenants := []string{tenantPost, tenantRefs, tenantDeploy}
+	for run := 1; run <= runs; run++ {
+		tenants = append(tenants, postTenant(run))
+	}
+	if err := ensureTenants(ctx, conn, tenants); err != nil {
 		return err
 	}
 	for _, te := range [][2]string{{tenantRefs, refdEntry}, {tenantDeploy, deployCA}} {
@@ -206,9 +215,13 @@ func (b *bench) seedBase(ctx context.Context) error {
 	if err := analyze(ctx, conn); err != nil {
 		return err
 	}
-	b.progress("seeded %d entries in %s", b.s.Entries+2, since(t0))
+	b.progress("seeded %d entries in %s", 2*b.s.Entries+2, since(t0))
 	return nil
 }
+
+// postTenant is the tenant the POST load of a run goes to: each run starts from an empty
+// tenant, so the three runs measure the same thing (the export's cost grows with the tenant).
+func postTenant(run int) string { return fmt.Sprintf("post-r%d", run) }
 
 func since(t time.Time) string { return time.Since(t).Round(10 * time.Millisecond).String() }
 

@@ -35,7 +35,7 @@ type settings struct {
 	Concurrency    int
 	Warmup         time.Duration
 	Duration       time.Duration
-	Entries        int // entries of the main tenant (GET, list, BuildTLSConfig, export)
+	Entries        int // entries of the main tenant (GET, list, BuildTLSConfig, export) and of the Sync lag's
 	ScaleTenants   int // tenants x ScalePerTenant entries for the scale scenario
 	ScalePerTenant int
 	Nodes          int // nodes of a deployed workspace

@@ -184,10 +184,11 @@ func (b *bench) reconnectStorm(ctx context.Context, dir string) (Row, error) {
 }
 
 // scenarioSyncLag: a runtime on "another machine" keeps a copy with nodetls.Sync over
-// GET /api/v1/credentials; each change is a POST (committed when it answers 201), its
-// lag the time until the runtime's local file carries that generation.
+// GET /api/v1/credentials of a tenant of Entries client pairs; each change is a POST
+// (committed when it answers 201), its lag the time until the runtime's local file
+// carries that generation.
 func (b *bench) scenarioSyncLag(ctx context.Context) error {
-	tok, err := b.srv.token(ctx, tenantPost, "runtime")
+	tok, err := b.srv.token(ctx, tenantSync, "runtime")
 	if err != nil {
 		return err
 	}
@@ -214,12 +215,12 @@ func (b *bench) scenarioSyncLag(ctx context.Context) error {
 		timeout int
 	)
 	for i := range n {
-		if err := do(ctx, b.client, b.request(http.MethodPost, "/api/v1/certs", tenantPost+"/editor", b.postBody(fmt.Sprintf("sync-r%d-%05d", b.run, i), i)), http.StatusCreated); err != nil {
+		if err := do(ctx, b.client, b.request(http.MethodPost, "/api/v1/certs", tenantSync+"/editor", b.postBody(fmt.Sprintf("sync-r%d-%05d", b.run, i), i)), http.StatusCreated); err != nil {
 			return fmt.Errorf("POST for the sync lag: %w", err)
 		}
 		committed := time.Now()
 		var gen int64
-		if err := func() (err error) { gen, err = repo.GetGeneration(ctx, conn, tenantPost); return }(); err != nil {
+		if err := func() (err error) { gen, err = repo.GetGeneration(ctx, conn, tenantSync); return }(); err != nil {
 			return fmt.Errorf("read generation: %w", err)
 		}
 		deadline := time.After(15 * time.Second)

@@ -176,17 +176,18 @@ func (b *bench) postBody(id string, i int) []byte {
 	return body
 }
 
-// scenarioPost: POST of new inline client pairs into one tenant, with the change-to-disk
-// lag of that tenant's credentials.json measured meanwhile.
+// scenarioPost: POST of new inline client pairs into one tenant, empty when the run starts,
+// with the change-to-disk lag of that tenant's credentials.json measured meanwhile.
 func (b *bench) scenarioPost(ctx context.Context) error {
-	lag := newLagProbe(b, tenantPost)
+	tenant := postTenant(b.run)
+	lag := newLagProbe(b, tenant)
 	lagCtx, stopLag := context.WithCancel(ctx)
 	lagDone := make(chan struct{})
 	go func() { defer close(lagDone); lag.run(lagCtx) }()
 	req := func(prefix string) func(w, i int, _ *rand.Rand) *http.Request {
 		return func(w, i int, _ *rand.Rand) *http.Request {
 			id := fmt.Sprintf("%s%d-%d-%07d", prefix, b.run, w, i)
-			return b.request(http.MethodPost, "/api/v1/certs", tenantPost+"/editor", b.postBody(id, i))
+			return b.request(http.MethodPost, "/api/v1/certs", tenant+"/editor", b.postBody(id, i))
 		}
 	}
 	res := runLoad(ctx, b.s.Concurrency, b.s.Warmup, b.s.Duration, b.httpOp(req("p"), http.StatusCreated))
