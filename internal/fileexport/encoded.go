@@ -60,7 +60,7 @@ const encodedOverhead = 320
 
 // weighEncoded is what one cached value counts against the cache's budget.
 func weighEncoded(k encodedKey, v *encodedValue) uint32 {
-	n := cap(v.json) + len(v.stamp.certPath) + len(v.stamp.keyPath) + len(k.tenant) + len(k.id) + len(k.name) + encodedOverhead
+	n := cap(v.json) + len(k.tenant) + len(k.id) + len(k.name) + encodedOverhead
 	return uint32(min(n, 1<<31))
 }
 
@@ -109,19 +109,22 @@ func sealTag(sealed []byte) tag {
 	return t
 }
 
-// stamp identifies the row an encoding was made from. For an entry, the version and
-// updated_at move with every change of its metadata; the tags and paths tell apart rows
-// that a restore or a rewrap replaced without moving them. A node credential has its
-// sealed value's tag only.
+// stamp identifies the row an encoding was made from. An entry's is its row stamp (see
+// repo.RowStamp), which moves with every write of the row, a restore and a rewrap under a
+// new key included. A node credential has its sealed value's tag.
 type stamp struct {
-	version, created, updated int64
-	cert, key                 tag
-	certPath, keyPath         string
+	row     uint32
+	version int64
+	updated int64
+	sealed  tag
 }
 
-func entryStamp(e *repo.Entry) stamp {
-	return stamp{version: e.Version, created: e.CreatedAt.UnixNano(), updated: e.UpdatedAt.UnixNano(),
-		cert: sealTag(e.CertSealed), key: sealTag(e.KeySealed), certPath: e.CertPath, keyPath: e.KeyPath}
+func rowStamp(s repo.RowStamp) stamp {
+	return stamp{row: s.XMin, version: s.Version, updated: s.UpdatedAt.UnixNano()}
+}
+
+func entryKey(tenant, id string) encodedKey {
+	return encodedKey{kind: kindEntry, tenant: tenant, id: id}
 }
 
 // encodedCacheFor returns the Exporter's cache, made on first use.
@@ -136,14 +139,9 @@ func (x *Exporter) encodedCacheFor() *encodedCache {
 	return x.cache
 }
 
-// encodeEntry returns e's element of the document's entries array, from the cache when e
-// did not change.
-func (x *Exporter) encodeEntry(tenant string, e *repo.Entry) ([]byte, error) {
-	c := x.encodedCacheFor()
-	key, st := encodedKey{kind: kindEntry, tenant: tenant, id: e.ID}, entryStamp(e)
-	if b, ok := c.get(key, st); ok {
-		return b, nil
-	}
+// encodeEntry returns e's element of the document's entries array and keeps it under the
+// stamp of the row it was read from.
+func (x *Exporter) encodeEntry(tenant string, e *repo.Entry, st stamp) ([]byte, error) {
 	de, err := x.documentEntry(tenant, e)
 	if err != nil {
 		return nil, err
@@ -152,7 +150,7 @@ func (x *Exporter) encodeEntry(tenant string, e *repo.Entry) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode entry %s: %w", e.ID, err)
 	}
-	c.put(key, st, b)
+	x.encodedCacheFor().put(entryKey(tenant, e.ID), st, b)
 	return b, nil
 }
 
@@ -160,7 +158,7 @@ func (x *Exporter) encodeEntry(tenant string, e *repo.Entry) ([]byte, error) {
 // the cache when its sealed bytes did not change.
 func (x *Exporter) encodeNodeCredential(tenant string, s repo.NodeSecret) ([]byte, error) {
 	c := x.encodedCacheFor()
-	key, st := encodedKey{kind: kindNodeCredential, tenant: tenant, id: s.NodeID, name: s.Name}, stamp{cert: sealTag(s.Sealed)}
+	key, st := encodedKey{kind: kindNodeCredential, tenant: tenant, id: s.NodeID, name: s.Name}, stamp{sealed: sealTag(s.Sealed)}
 	if b, ok := c.get(key, st); ok {
 		return b, nil
 	}

@@ -87,18 +87,34 @@ func TestIncrementalExportMatchesFullExport(t *testing.T) {
 	before, err := os.ReadFile(Path(b.dataDir, "acme"))
 	require.NoError(t, err)
 
-	encoded := x.cache.encoded.Load()
+	encoded, read := x.cache.encoded.Load(), x.rowsRead.Load()
 	_, err = b.catalog.Put(ctx, "acme", catalog.Input{ID: "e2", Notes: ptr("renewed")}, 0)
 	require.NoError(t, err)
 	same(t)
 	require.EqualValues(t, 1, x.cache.encoded.Load()-encoded, "one changed entry, one encoding")
+	require.EqualValues(t, 1, x.rowsRead.Load()-read, "one changed entry, one sealed row read")
 	doc, _ := readDoc(t, b.ring, b.dataDir, "acme")
 	require.Equal(t, "renewed", entryByID(doc, "e2").Notes)
 
-	encoded = x.cache.encoded.Load()
+	encoded, read = x.cache.encoded.Load(), x.rowsRead.Load()
 	require.NoError(t, b.catalog.Delete(ctx, "acme", "e3", 0))
 	same(t)
 	require.Zero(t, x.cache.encoded.Load()-encoded)
+	require.Zero(t, x.rowsRead.Load()-read)
+
+	// A write that leaves the content as it was still writes a new row: it is read again,
+	// never taken for the old one.
+	require.NoError(t, db.InTenant(ctx, b.pool, "acme", func(tx pgx.Tx) error {
+		if _, err := repo.BumpGeneration(ctx, tx, "acme"); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `UPDATE entries SET notes = notes WHERE tenant_id = 'acme' AND id = 'e1'`)
+		return err
+	}))
+	encoded, read = x.cache.encoded.Load(), x.rowsRead.Load()
+	same(t)
+	require.EqualValues(t, 1, x.cache.encoded.Load()-encoded)
+	require.EqualValues(t, 1, x.rowsRead.Load()-read)
 	doc, _ = readDoc(t, b.ring, b.dataDir, "acme")
 	require.Nil(t, entryByID(doc, "e3"))
 
