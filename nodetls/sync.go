@@ -1,6 +1,7 @@
 package nodetls
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -141,7 +142,12 @@ func (s *Syncer) Once(ctx context.Context) (written bool, err error) {
 	default:
 		return false, fmt.Errorf("sync credentials from %s: %s", u.Host, resp.Status)
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxFileBytes+1))
+	var buf bytes.Buffer
+	if n := resp.ContentLength; n > 0 && n <= maxFileBytes {
+		buf.Grow(int(n) + bytes.MinRead) // one buffer, not a chain of ever larger ones
+	}
+	_, err = buf.ReadFrom(io.LimitReader(resp.Body, maxFileBytes+1))
+	data := buf.Bytes()
 	if err != nil {
 		return false, fmt.Errorf("sync credentials from %s: read body: %w", u.Host, err)
 	}
