@@ -186,7 +186,7 @@ func (c *Cache) finish(tenant string, t token, gen int64) bool {
 
 // read answers q from the cache when the tenant's generation is known and the answer was
 // stored under it, and from load otherwise; load's answer is stored under the generation
-// read before it.
+// read before it, or known before it.
 func read[T any](ctx context.Context, s *Service, tenant string, q query, size func(T) int, load func() (T, error)) (T, error) {
 	c := s.Cache
 	t, on := c.begin(tenant)
@@ -200,11 +200,17 @@ func read[T any](ctx context.Context, s *Service, tenant string, q query, size f
 		}
 	}
 	// The generation first, then the data: the data is at least as new as the
-	// generation it is stored under.
-	gen, err := repo.GetGeneration(ctx, s.Pool, tenant)
-	if err != nil {
-		var zero T
-		return zero, err
+	// generation it is stored under. While the tenant's generation is known (no change
+	// announced since it was read), it is the one to store under, without a round trip:
+	// data read now is at least that new, and any change that makes it newer is
+	// announced, which moves the tenant off that generation before it is served again.
+	gen := t.gen
+	if !t.known {
+		var err error
+		if gen, err = repo.GetGeneration(ctx, s.Pool, tenant); err != nil {
+			var zero T
+			return zero, err
+		}
 	}
 	v, err := load()
 	if err != nil {

@@ -5,7 +5,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -462,4 +464,55 @@ func TestCacheOverHTTP(t *testing.T) {
 	require.Equal(t, http.StatusNoContent, do(http.MethodDelete, "/api/v1/certs/root", nil).Status)
 	require.Equal(t, http.StatusNotFound, do(http.MethodGet, "/api/v1/certs/root", nil).Status)
 	require.Empty(t, do(http.MethodGet, "/api/v1/certs?limit=10", nil).JSON(t)["items"])
+}
+
+// generationReads counts the reads of a tenant's generation that go through a pool.
+type generationReads struct{ n atomic.Int64 }
+
+func (g *generationReads) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
+	if strings.Contains(data.SQL, "tenant_changes") {
+		g.n.Add(1)
+	}
+	return ctx
+}
+
+func (g *generationReads) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// A read that misses the cache reads the tenant's generation only when it is not known
+// already: a tenant of more entries than the cache holds costs one round trip per miss,
+// not two. The answer is still fresh, and a change still moves the tenant off the
+// generation it was stored under.
+func TestMissOfAKnownTenantReadsNoGeneration(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := testdb.URL(t)
+	a := newReplica(t, url, t.TempDir())
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	for _, id := range []string{"first", "second"} {
+		_, err := a.svc.Create(ctx, "acme", pairInput(id, ca.Issue(t, materialtest.Options{})))
+		require.NoError(t, err)
+		a.awaitChange(t, "acme") // so no notice of it arrives during the reads below
+	}
+
+	cfg, err := pgxpool.ParseConfig(url)
+	require.NoError(t, err)
+	reads := &generationReads{}
+	cfg.ConnConfig.Tracer = reads
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	s := &catalog.Service{Pool: pool, Ring: a.svc.Ring, Logger: logging.Discard(), Cache: a.cache}
+
+	require.Equal(t, "", notes(t, s, "acme", "first"))
+	require.EqualValues(t, 1, reads.n.Load(), "the first read learns the generation")
+	require.Equal(t, "", notes(t, s, "acme", "second"))
+	require.EqualValues(t, 1, reads.n.Load(), "a miss of a known tenant reads no generation")
+
+	_, err = a.svc.Put(ctx, "acme", catalog.Input{ID: "second", Notes: ptr("changed")}, 0)
+	require.NoError(t, err)
+	a.awaitChange(t, "acme")
+	require.Equal(t, "changed", notes(t, s, "acme", "second"))
+	require.EqualValues(t, 2, reads.n.Load(), "after a change the generation is read again")
+	require.Equal(t, "", notes(t, s, "acme", "first"))
+	require.EqualValues(t, 2, reads.n.Load())
 }
