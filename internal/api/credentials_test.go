@@ -69,6 +69,27 @@ func TestCredentialsRoute(t *testing.T) {
 	require.Equal(t, http.StatusOK, got.status)
 	require.Equal(t, nodetls.ETag(r2.Generation), got.etag)
 
+	// Another replica sharing the directory writes the next file; this server's export
+	// then finds it current, and still wakes the poll.
+	other := &fileexport.Exporter{Pool: env.Pool, Ring: env.Ring, DataDir: env.DataDir}
+	go func() {
+		res := get(runtime, map[string]string{"If-None-Match": nodetls.ETag(r2.Generation)}, "?wait=60s")
+		polled <- answer{res.Status, res.Header.Get("ETag")}
+	}()
+	post(t, env, editor, inlineCA("third-ca", ca))
+	time.Sleep(100 * time.Millisecond) // the poll is waiting (were it not, it would only pass sooner)
+	r3, err := other.ExportTenant(context.Background(), "acme", false)
+	require.NoError(t, err)
+	require.True(t, r3.Written)
+	require.False(t, env.Export(t, "acme").Written, "the file is current already")
+	select {
+	case got = <-polled:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the poll was not woken by the file another replica wrote")
+	}
+	require.Equal(t, http.StatusOK, got.status)
+	require.Equal(t, nodetls.ETag(r3.Generation), got.etag)
+
 	// Admin may read it; viewer and editor may not; another tenant sees only its own.
 	require.Equal(t, http.StatusOK, get(env.Token(t, "acme", "admin"), nil, "").Status)
 	for _, role := range []string{"viewer", "editor"} {

@@ -37,7 +37,9 @@ type Exporter struct {
 	DataDir string
 	// Logger receives one line per file written.
 	Logger *slog.Logger
-	// OnWrite, when set, is called after each export that wrote a file.
+	// OnWrite, when set, is called after each export that wrote a file, and after each
+	// export that found the file at a generation this Exporter had not seen it at: another
+	// process sharing the directory wrote it (Result.Written is false then).
 	OnWrite func(Result)
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -189,6 +191,7 @@ func (x *Exporter) ExportTenant(ctx context.Context, tenant string, force bool) 
 	res.Duration = x.now().Sub(start)
 
 	x.mu.Lock()
+	moved := err == nil && res.Generation != st.fileGeneration
 	if err != nil {
 		st.errors++
 		st.lastError = err.Error()
@@ -216,9 +219,9 @@ func (x *Exporter) ExportTenant(ctx context.Context, tenant string, force bool) 
 		x.logger().Info("credentials file written", "tenant", tenant, "path", res.Path,
 			"generation", res.Generation, "key_id", res.KeyID, "entries", res.Entries,
 			"node_credentials", res.NodeCredentials, "duration_ms", res.Duration.Milliseconds())
-		if x.OnWrite != nil {
-			x.OnWrite(res)
-		}
+	}
+	if x.OnWrite != nil && (res.Written || moved) {
+		x.OnWrite(res)
 	}
 	return res, nil
 }
