@@ -40,19 +40,27 @@ type Row struct {
 	// figure (the ratio, or the p99 of rows without one).
 	Runs   int    `json:"runs,omitempty"`
 	Spread string `json:"spread,omitempty"`
+	// PeakBytes is the figure of a memory row (its Baseline says it too).
+	PeakBytes int64 `json:"peakBytes,omitempty"`
 }
 
-// figure is what a row is ranked by across runs: its ratio, else its p99.
+// figure is what a row is ranked by across runs: its ratio, else its p99, else its peak.
 func (r Row) figure() float64 {
-	if r.Ratio != 0 {
+	switch {
+	case r.Ratio != 0:
 		return r.Ratio
+	case r.P99 != 0:
+		return float64(r.P99)
 	}
-	return float64(r.P99)
+	return float64(r.PeakBytes)
 }
 
 func (r Row) fmtFigure(v float64) string {
 	if r.Ratio != 0 {
 		return fmtRatio(v)
+	}
+	if r.P99 == 0 && r.PeakBytes != 0 {
+		return fmtMiB(int64(v))
 	}
 	return fmtDur(time.Duration(v))
 }

@@ -87,12 +87,19 @@ func TestMergeRuns(t *testing.T) {
 		return Row{Scenario: "GET", Ratio: ratio, Status: status}
 	}
 	lag := func(p99 time.Duration) Row { return Row{Scenario: "lag", P99: Millis(p99)} }
+	rss := func(mib int64, status string) Row { return Row{Scenario: "rss", PeakBytes: mib << 20, Status: status} }
 	rows := mergeRuns([][]Row{
-		{get(0.30, statusNotMet), lag(3 * time.Millisecond)},
-		{get(0.50, statusMet), lag(time.Millisecond), {Scenario: "once", Status: statusSkipped}},
-		{get(0.40, statusMet), lag(2 * time.Millisecond)},
+		{get(0.30, statusNotMet), lag(3 * time.Millisecond), rss(140, statusMet)},
+		{get(0.50, statusMet), lag(time.Millisecond), rss(170, statusNotMet), {Scenario: "once", Status: statusSkipped}},
+		{get(0.40, statusMet), lag(2 * time.Millisecond), rss(139, statusMet)},
 	})
-	require.Len(t, rows, 3)
+	require.Len(t, rows, 4)
+	// A memory row is the run with the median peak, not whichever came second.
+	require.Equal(t, "rss", rows[2].Scenario)
+	require.EqualValues(t, 140<<20, rows[2].PeakBytes)
+	require.Equal(t, statusMet, rows[2].Status)
+	require.Equal(t, "139 MiB - 170 MiB", rows[2].Spread)
+	rows = append(rows[:2], rows[3])
 	require.Equal(t, "GET", rows[0].Scenario)
 	require.InDelta(t, 0.40, rows[0].Ratio, 1e-9)
 	require.Equal(t, statusMet, rows[0].Status)
