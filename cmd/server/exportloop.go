@@ -14,8 +14,9 @@ import (
 
 // startExport restores the default tenant from data/credentials.json when the database is
 // empty (the move from a file-backed installation), then starts the loop that keeps every
-// tenant's file in step with the database; onWrite hears of every file written. stop ends
-// the loop and waits for a write in progress to finish.
+// tenant's file in step with the database; onWrite hears of every file written, or found
+// newer than before (another replica on the volume wrote it). stop ends the loop and waits
+// for a write in progress to finish.
 // The loop LISTENs on listenURL, a direct connection past any transaction pooler.
 func startExport(ctx context.Context, cfg config.Config, svc *services, pool *pgxpool.Pool, listenURL string, logger *slog.Logger, onWrite func(fileexport.Result)) (x *fileexport.Exporter, stop func(), err error) {
 	listen, err := pgx.ParseConfig(listenURL)

@@ -362,11 +362,8 @@ const refCountExpr = `e.ref_count`
 
 // ExportEntries returns every entry of tenant with its sealed material, ordered by ID.
 func ExportEntries(ctx context.Context, q db.DBTX, tenant string) ([]*Entry, error) {
-	rows, err := q.Query(ctx, `SELECT `+entryColumns+` FROM entries WHERE tenant_id = $1 ORDER BY id`, tenant)
-	if err != nil {
-		return nil, mapErr("export entries", err)
-	}
-	return collectEntries(rows, "export entries")
+	entries, _, err := ExportEntriesStamped(ctx, q, tenant, nil)
+	return entries, err
 }
 
 // RowStamp names the stored row of one entry: its ID and the transaction that wrote the
