@@ -28,6 +28,7 @@ import (
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/kdf"
 	"github.com/loopze/certstore/internal/logging"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/resolver"
@@ -65,6 +66,8 @@ type Options struct {
 	// ExportLoop runs the export job (LISTEN/NOTIFY and reconcile) as serve does, so
 	// every change reaches DataDir's credentials.json files.
 	ExportLoop bool
+	// KDF is the key derivation budget; nil is one sized as serve's defaults size it.
+	KDF material.Budget
 }
 
 // Buffer is a goroutine-safe log sink.
@@ -109,9 +112,13 @@ func New(t testing.TB, opts ...Options) *Env {
 	verifier, err := auth.NewVerifier(auth.Config{HMACSecret: secret})
 	require.NoError(t, err)
 	roots := material.ParseRoots(o.FileRoots)
-	cat := &catalog.Service{Pool: pool, Ring: ring, Roots: roots, Logger: logger}
-	ws := &workspace.Service{Pool: pool, Ring: ring, Roots: roots, Logger: logger,
-		Resolver: &resolver.Resolver{Entries: cat, Roots: cat.Roots, Logger: logger}}
+	budget := o.KDF
+	if budget == nil {
+		budget = kdf.New(kdf.Config{})
+	}
+	cat := &catalog.Service{Pool: pool, Ring: ring, Roots: roots, KDF: budget, Logger: logger}
+	ws := &workspace.Service{Pool: pool, Ring: ring, Roots: roots, KDF: budget, Logger: logger,
+		Resolver: &resolver.Resolver{Entries: cat, Roots: cat.Roots, KDF: budget, Logger: logger}}
 	creds := &api.Credentials{DataDir: dataDir}
 	exporter := &fileexport.Exporter{Pool: pool, Ring: ring, DataDir: dataDir, Logger: logger, OnWrite: creds.Written}
 	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: "test", Verifier: verifier, Catalog: cat, Workspace: ws,

@@ -66,6 +66,11 @@ type Config struct {
 	// burst, per tenant and per token subject; a rate of 0 turns that bucket off.
 	RateLimitTenant, RateLimitSubject           float64
 	RateLimitTenantBurst, RateLimitSubjectBurst int
+	// KDFMemoryMiB is the memory the key derivations running at once may need together
+	// (LOOPZE_KDF_MEMORY_MIB); KDFConcurrency how many run at once, 0 for one per
+	// processor (LOOPZE_KDF_CONCURRENCY); KDFQueue how many requests may wait for one
+	// (LOOPZE_KDF_QUEUE).
+	KDFMemoryMiB, KDFConcurrency, KDFQueue int
 }
 
 // Environment variable names, listed once so flags, docs and errors agree.
@@ -93,6 +98,10 @@ const (
 	EnvRateLimitTenantBurst  = "LOOPZE_RATE_LIMIT_TENANT_BURST"
 	EnvRateLimitSubject      = "LOOPZE_RATE_LIMIT_SUBJECT"
 	EnvRateLimitSubjectBurst = "LOOPZE_RATE_LIMIT_SUBJECT_BURST"
+
+	EnvKDFMemory      = "LOOPZE_KDF_MEMORY_MIB"
+	EnvKDFConcurrency = "LOOPZE_KDF_CONCURRENCY"
+	EnvKDFQueue       = "LOOPZE_KDF_QUEUE"
 )
 
 // Defaults.
@@ -109,6 +118,15 @@ const (
 	DefaultRateLimitTenantBurst  = 200
 	DefaultRateLimitSubject      = 50
 	DefaultRateLimitSubjectBurst = 100
+
+	// The key derivation budget: 64 MiB fits one derivation at the largest parameters
+	// accepted (32 MiB) beside smaller ones, within the serve default GOMEMLIMIT=128MiB
+	// and a 256 MiB resident ceiling; a queue of 8 is a few seconds of work.
+	DefaultKDFMemoryMiB = 64
+	DefaultKDFQueue     = 8
+	// MinKDFMemoryMiB is the largest single derivation accepted, rounded up: a smaller
+	// budget could never admit it.
+	MinKDFMemoryMiB = 33
 )
 
 // FromEnv reads the configuration from getenv (os.Getenv in main, a map in tests).
@@ -137,7 +155,24 @@ func FromEnv(getenv func(string) string) Config {
 		RateLimitTenantBurst:  int(envFloat(getenv, EnvRateLimitTenantBurst, DefaultRateLimitTenantBurst)),
 		RateLimitSubject:      envFloat(getenv, EnvRateLimitSubject, DefaultRateLimitSubject),
 		RateLimitSubjectBurst: int(envFloat(getenv, EnvRateLimitSubjectBurst, DefaultRateLimitSubjectBurst)),
+
+		KDFMemoryMiB:   count(getenv(EnvKDFMemory), DefaultKDFMemoryMiB),
+		KDFConcurrency: count(getenv(EnvKDFConcurrency), 0),
+		KDFQueue:       count(getenv(EnvKDFQueue), DefaultKDFQueue),
 	}
+}
+
+// count parses a whole number of 0 or more from the environment: def when empty, -1
+// (refused by Validate) when it is not one.
+func count(s string, def int) int {
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil || n < 0 {
+		return -1
+	}
+	return n
 }
 
 // positive parses a count from the environment: def when empty, 0 (refused by Validate)
@@ -185,6 +220,12 @@ func (c *Config) registerRateLimitFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.RateLimitSubjectBurst, "rate-limit-subject-burst", c.RateLimitSubjectBurst, "burst of the subject bucket ("+EnvRateLimitSubjectBurst+")")
 }
 
+func (c *Config) registerKDFFlags(fs *flag.FlagSet) {
+	fs.IntVar(&c.KDFMemoryMiB, "kdf-memory-mib", c.KDFMemoryMiB, "MiB the key derivations running at once may need together ("+EnvKDFMemory+")")
+	fs.IntVar(&c.KDFConcurrency, "kdf-concurrency", c.KDFConcurrency, "key derivations that run at once; 0 is one per processor ("+EnvKDFConcurrency+")")
+	fs.IntVar(&c.KDFQueue, "kdf-queue", c.KDFQueue, "requests that may wait for a key derivation; more are answered 503 ("+EnvKDFQueue+")")
+}
+
 // RegisterFlags adds flags mirroring the environment to fs, with c's values as defaults, so
 // a flag overrides the variable and the variable overrides the built-in default.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
@@ -208,6 +249,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	})
 	fs.BoolVar(&c.SecureCookies, "secure-cookies", c.SecureCookies, "mark the session cookie Secure behind a TLS-terminating proxy ("+EnvSecureCookies+")")
 	c.registerRateLimitFlags(fs)
+	c.registerKDFFlags(fs)
 }
 
 // RegisterFlagsOf adds only the named flags of RegisterFlags to fs, for a subcommand that
@@ -281,6 +323,15 @@ func (c *Config) Validate() error {
 		case r.rate > 0 && r.burst < 1:
 			errs = append(errs, fmt.Errorf("%s_BURST: want 1 or more", r.name))
 		}
+	}
+	if c.KDFMemoryMiB < MinKDFMemoryMiB || c.KDFMemoryMiB > 1<<20 {
+		errs = append(errs, fmt.Errorf("%s: want a whole number of MiB from %d (the largest key derivation accepted) to 1048576", EnvKDFMemory, MinKDFMemoryMiB))
+	}
+	if c.KDFConcurrency < 0 || c.KDFConcurrency > 1024 {
+		errs = append(errs, fmt.Errorf("%s: want a whole number from 0 (one per processor) to 1024", EnvKDFConcurrency))
+	}
+	if c.KDFQueue < 1 || c.KDFQueue > 1<<16 {
+		errs = append(errs, fmt.Errorf("%s: want a whole number from 1 to 65536", EnvKDFQueue))
 	}
 	return errors.Join(errs...)
 }

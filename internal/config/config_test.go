@@ -21,6 +21,7 @@ func TestDefaultsWorkOnALaptop(t *testing.T) {
 	require.Equal(t, "data/pg", c.ClusterDir())
 	require.NoError(t, c.Validate())
 	require.False(t, c.SecureCookies)
+	require.Equal(t, []int{64, 0, 8}, []int{c.KDFMemoryMiB, c.KDFConcurrency, c.KDFQueue})
 }
 
 func TestFromEnv(t *testing.T) {
@@ -52,6 +53,10 @@ func TestValidate(t *testing.T) {
 		"pooler":            {"LOOPZE_DATABASE_URL": "postgres://u:p@h/db", "LOOPZE_DATABASE_POOLER": "statement"},
 		"listen url alone":  {"LOOPZE_LISTEN_DATABASE_URL": "postgres://u:p@h/db"},
 		"bad listen url":    {"LOOPZE_DATABASE_URL": "postgres://u:p@h/db", "LOOPZE_LISTEN_DATABASE_URL": "postgres://u:p@h1:port,h2/db"},
+		"kdf memory":        {"LOOPZE_KDF_MEMORY_MIB": "16"},
+		"kdf memory text":   {"LOOPZE_KDF_MEMORY_MIB": "64MiB"},
+		"kdf concurrency":   {"LOOPZE_KDF_CONCURRENCY": "-2"},
+		"kdf queue":         {"LOOPZE_KDF_QUEUE": "0"},
 	} {
 		c := config.FromEnv(env(m))
 		if name == "empty data dir" {
@@ -124,6 +129,7 @@ func TestEveryVariableButTheSecretsHasAFlag(t *testing.T) {
 		config.EnvHistoryKeep: "history-keep", config.EnvHistoryDays: "history-days",
 		config.EnvRateLimitTenant: "rate-limit-tenant", config.EnvRateLimitTenantBurst: "rate-limit-tenant-burst",
 		config.EnvRateLimitSubject: "rate-limit-subject", config.EnvRateLimitSubjectBurst: "rate-limit-subject-burst",
+		config.EnvKDFMemory: "kdf-memory-mib", config.EnvKDFConcurrency: "kdf-concurrency", config.EnvKDFQueue: "kdf-queue",
 	}, byVariable, "every variable but LOOPZE_JWT_SECRET and LOOPZE_METRICS_TOKEN")
 
 	require.NoError(t, fs.Parse([]string{"--allowed-origins", "https://a.example, https://b.example", "--log-level", "debug"}))
