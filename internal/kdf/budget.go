@@ -93,9 +93,14 @@ type Budget struct {
 	memory  int64 // in use
 	queue   []*waiter
 	tenants map[string]*share
-	// hold is a moving average of how long an admission is held, for Retry-After.
+	// hold is a moving average of how long an admission is held, for Retry-After; it
+	// starts at initialHold.
 	hold time.Duration
 }
+
+// initialHold is what an admission is assumed to last before any was given back: about
+// what the longest derivation accepted takes on one core.
+const initialHold = time.Second
 
 // share is what one tenant holds and how many of its callers wait.
 type share struct {
@@ -120,6 +125,7 @@ func New(c Config) *Budget {
 		tenantQueue:  max(1, c.Queue/2),
 		tenantMemory: c.Memory / 2,
 		tenants:      map[string]*share{},
+		hold:         initialHold,
 	}
 }
 
@@ -302,11 +308,7 @@ func (b *Budget) releaser(tenant string, memory int64) func() {
 			b.mu.Lock()
 			defer b.mu.Unlock()
 			b.put(tenant, memory)
-			if b.hold == 0 {
-				b.hold = held
-			} else {
-				b.hold += (held - b.hold) / 8
-			}
+			b.hold += (held - b.hold) / 8
 			b.admit()
 		})
 	}
