@@ -8,10 +8,12 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"software.sslmate.com/src/go-pkcs12"
 
 	"github.com/loopze/certstore/internal/apitest"
 	"github.com/loopze/certstore/internal/kdf"
@@ -216,4 +218,70 @@ func TestQueuedClientThatLeavesIsNotDerived(t *testing.T) {
 	require.Equal(t, http.StatusOK, a.status, "%s", a.body)
 	require.Equal(t, 1, budget.count("leave-a"), "the request that left derived nothing")
 	require.Equal(t, kdf.Stats{}, budget.Stats())
+}
+
+// switchBudget is a real budget that, once busy is set, refuses every derivation as a
+// full budget does.
+type switchBudget struct {
+	*kdf.Budget
+	busy atomic.Bool
+}
+
+func (s *switchBudget) Acquire(ctx context.Context, tenant string, memory int64) (func(), error) {
+	if s.busy.Load() {
+		return nil, &kdf.BusyError{RetryAfter: 3 * time.Second}
+	}
+	return s.Budget.Acquire(ctx, tenant, memory)
+}
+
+// TestDerivingOperationsAnswer503WhenBusy: every operation that derives a key, for inline
+// material or a file entry with a passphrase file, answers a full budget with 503 and
+// Retry-After and changes nothing; a deploy whose direct file cannot be checked now is not
+// held up for it, and says so in a warning.
+func TestDerivingOperationsAnswer503WhenBusy(t *testing.T) {
+	t.Parallel()
+	budget := &switchBudget{Budget: kdf.New(kdf.Config{})}
+	o := tempRoots()
+	o.KDF = budget
+	env := apitest.New(t, o)
+	tok := env.Token(t, "busy", "editor")
+	c := mt.NewSelfSigned(t, mt.Options{CommonName: "busy-file"})
+	pfx, err := pkcs12.Modern2023.Encode(c.Key, c.Cert, nil, kdfPass)
+	require.NoError(t, err)
+	dir := t.TempDir()
+	p12 := apitest.WriteFile(t, dir, "busy.p12", pfx)
+	pass := apitest.WriteFile(t, dir, "busy.pass", []byte(kdfPass+"\n"))
+	key := apitest.WriteFile(t, dir, "busy.key", c.KeyPEM())
+
+	res := env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok, Body: obj{
+		"id": "busy-file", "name": "p12 file", "type": "client-pair", "source": "file", "certPath": p12, "passphraseFile": pass}})
+	require.Equal(t, http.StatusCreated, res.Status, "%s", res.Body)
+	res = deploy(t, env, tok, workspaceOf(flow("f1", node("n1", "tcp-out", obj{"tls": obj{"clientCertRef": "busy-file"}}))))
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+
+	budget.busy.Store(true)
+	for _, r := range []apitest.Request{
+		{Method: http.MethodPost, Path: "/api/v1/certs/validate", Body: scryptPair(t, "busy-inline")},
+		{Method: http.MethodPost, Path: "/api/v1/certs", Body: func() obj { b := scryptPair(t, "busy-inline"); b["id"] = "busy-inline"; return b }()},
+		{Method: http.MethodPut, Path: "/api/v1/certs/busy-file", Body: obj{"notes": "re-read"}},
+		{Method: http.MethodPost, Path: "/api/v1/certs/busy-file/versions/1/restore"},
+		{Method: http.MethodGet, Path: "/api/v1/certs/busy-file/certificate"},
+		{Method: http.MethodGet, Path: "/api/v1/flows/f1/nodes/n1/tls"},
+	} {
+		r.Token = tok
+		res := env.Do(t, r)
+		requireBusy(t, res.Status, res.Header, res.Body)
+		require.Equal(t, "3", res.Header.Get("Retry-After"), "%s %s", r.Method, r.Path)
+	}
+	res = env.Do(t, apitest.Request{Method: http.MethodGet, Path: "/api/v1/certs/busy-file", Token: tok})
+	require.Equal(t, http.StatusOK, res.Status)
+	require.Equal(t, `"1"`, res.Header.Get("ETag"), "nothing changed")
+	res = env.Do(t, apitest.Request{Method: http.MethodGet, Path: "/api/v1/certs/busy-inline", Token: tok})
+	require.Equal(t, http.StatusNotFound, res.Status, "nothing saved")
+
+	// A direct PKCS#12 file a deploy would check: not checked now, and said so.
+	res = deploy(t, env, tok, workspaceOf(flow("f1", node("n1", "tcp-out", obj{"tls": obj{"clientCertFile": p12, "clientKeyFile": key}}))))
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+	require.Contains(t, string(res.Body), "was not checked now")
+	require.NotContains(t, env.Logs.String(), kdfPass)
 }
