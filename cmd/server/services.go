@@ -125,7 +125,7 @@ func newVerifier(cfg config.Config) (*auth.Verifier, error) {
 	}
 	v, err := auth.NewVerifier(auth.Config{
 		HMACSecret: hmac, PublicKeysFile: cfg.JWTPublicKeys,
-		Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, AllowedOrigins: cfg.AllowedOrigins,
+		Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, AllowedOrigins: cfg.AllowedOrigins, MaxTTL: cfg.JWTMaxTTL,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("JWT verification: %w", err)

@@ -194,11 +194,13 @@ func checkFields(id, name, typ, source, notes string) []material.Issue {
 	if n := utf8.RuneCountInString(notes); n > MaxNotesLen {
 		add("notes", fmt.Sprintf("is %d characters long; at most %d are allowed", n, MaxNotesLen))
 	}
-	if strings.ContainsFunc(name, unicode.IsControl) {
-		add("name", "must not contain control characters")
+	if strings.ContainsFunc(name, func(r rune) bool { return unicode.IsControl(r) || Deceptive(r) }) {
+		add("name", "must not contain control, bidirectional override or line separator characters")
 	}
-	if strings.ContainsFunc(notes, func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\r' && r != '\t' }) {
-		add("notes", "must not contain control characters other than tab and line breaks")
+	if strings.ContainsFunc(notes, func(r rune) bool {
+		return (unicode.IsControl(r) && r != '\n' && r != '\r' && r != '\t') || Deceptive(r)
+	}) {
+		add("notes", "must not contain control characters other than tab and line breaks, nor bidirectional override or line separator characters")
 	}
 	for _, f := range []struct{ name, v string }{{"name", name}, {"notes", notes}} {
 		if strings.Contains(f.v, "-----BEGIN") {
@@ -207,6 +209,14 @@ func checkFields(id, name, typ, source, notes string) []material.Issue {
 		}
 	}
 	return issues
+}
+
+// Deceptive reports characters that make text display other than it reads: the
+// bidirectional controls (U+202E turns "gpj.exe" around) and the Unicode line and paragraph
+// separators, which break a log line or a table row where no line break shows. Names and
+// notes refuse them; the web UI shows any stored before that as escapes.
+func Deceptive(r rune) bool {
+	return unicode.Is(unicode.Bidi_Control, r) || unicode.In(r, unicode.Zl, unicode.Zp)
 }
 
 // prepared is an entry that passed validation, with its material parsed.

@@ -88,7 +88,7 @@ func TestPutOfNotesKeepsTheCiphertext(t *testing.T) {
 	require.NoError(t, err)
 	before := sealed(t, s, "acme", "a")
 
-	res, err := s.Put(t.Context(), "acme", catalog.Input{ID: "a", Notes: ptr("rotated yearly")}, before.Version)
+	res, err := s.Put(t.Context(), "acme", catalog.Input{ID: "a", Notes: ptr("rotated yearly")}, catalog.Precondition{Version: before.Version})
 	require.NoError(t, err)
 	require.False(t, res.Created)
 	after := sealed(t, s, "acme", "a")
@@ -99,7 +99,7 @@ func TestPutOfNotesKeepsTheCiphertext(t *testing.T) {
 
 	// New material is sealed afresh and re-derives the metadata.
 	c := ca.Issue(t, materialtest.Options{})
-	_, err = s.Put(t.Context(), "acme", pairInput("a", c), 0)
+	_, err = s.Put(t.Context(), "acme", pairInput("a", c), catalog.Precondition{})
 	require.NoError(t, err)
 	renewed := sealed(t, s, "acme", "a")
 	require.NotEqual(t, before.CertSealed, renewed.CertSealed)
@@ -108,7 +108,7 @@ func TestPutOfNotesKeepsTheCiphertext(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, string(c.ChainPEM()), string(cert))
 
-	_, err = s.Put(t.Context(), "acme", catalog.Input{ID: "a", Notes: ptr("x")}, before.Version)
+	_, err = s.Put(t.Context(), "acme", catalog.Input{ID: "a", Notes: ptr("x")}, catalog.Precondition{Version: before.Version})
 	require.ErrorIs(t, err, repo.ErrVersionMismatch)
 }
 

@@ -212,10 +212,10 @@ func (s *Service) Version(ctx context.Context, tenant, id string, version int64)
 
 // Restore makes a new version of entry id whose fields and material are those of the
 // given version; a deleted entry is recreated. References are untouched, so a type change
-// of a referenced entry is refused with a *ReferencedError. ifMatch, when non-zero, is the
-// entry version the caller last saw (a deleted entry has none: ErrVersionMismatch).
+// of a referenced entry is refused with a *ReferencedError. pre is what the caller requires
+// of the current entry (a deleted entry has no version: ErrVersionMismatch for If-Match).
 // File-sourced material is read from its paths again and must be valid there now.
-func (s *Service) Restore(ctx context.Context, tenant, id string, version, ifMatch int64) (*Result, error) {
+func (s *Service) Restore(ctx context.Context, tenant, id string, version int64, pre Precondition) (*Result, error) {
 	defer s.changed(tenant)
 	var res *Result
 	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
@@ -236,16 +236,17 @@ func (s *Service) Restore(ctx context.Context, tenant, id string, version, ifMat
 			}
 		}
 		cur, err := repo.GetEntryForUpdate(ctx, tx, tenant, id)
-		switch {
-		case errors.Is(err, repo.ErrNotFound):
-			cur = nil
-			if ifMatch != 0 {
-				return fmt.Errorf("restore %s: the entry is deleted: %w", id, repo.ErrVersionMismatch)
-			}
-		case err != nil:
+		if errors.Is(err, repo.ErrNotFound) {
+			cur, err = nil, nil
+		}
+		if err != nil {
 			return err
-		case ifMatch != 0 && cur.Version != ifMatch:
-			return fmt.Errorf("restore %s: %w", id, repo.ErrVersionMismatch)
+		}
+		if err := pre.check(cur, "restore "+id); err != nil {
+			return err
+		}
+		switch {
+		case cur == nil:
 		case cur.Type != v.Type:
 			n, err := repo.CountReferences(ctx, tx, tenant, id)
 			if err != nil {
@@ -375,15 +376,18 @@ func (s *Service) createEntry(ctx context.Context, e *repo.Entry) error {
 }
 
 // deleting reads the entry a delete is about to remove, with its material, for the
-// version that keeps it: ErrNotFound when it is gone, ErrVersionMismatch when ifMatch
-// (non-zero) is not its version.
-func (s *Service) deleting(ctx context.Context, tx pgx.Tx, tenant, id string, ifMatch int64) (*repo.Entry, error) {
+// version that keeps it: ErrNotFound when it is gone and pre asks nothing of it,
+// ErrVersionMismatch when pre does not hold.
+func (s *Service) deleting(ctx context.Context, tx pgx.Tx, tenant, id string, pre Precondition) (*repo.Entry, error) {
 	cur, err := repo.GetEntryForUpdate(ctx, tx, tenant, id)
+	if errors.Is(err, repo.ErrNotFound) && (pre.Version != 0 || pre.Exists) {
+		return nil, pre.check(nil, "delete entry "+id)
+	}
 	if err != nil {
 		return nil, err
 	}
-	if ifMatch != 0 && cur.Version != ifMatch {
-		return nil, fmt.Errorf("delete entry %s: %w", id, repo.ErrVersionMismatch)
+	if err := pre.check(cur, "delete entry "+id); err != nil {
+		return nil, err
 	}
 	return cur, nil
 }

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/loopze/certstore/internal/secret"
 )
@@ -48,6 +49,9 @@ type Config struct {
 	JWTPublicKeys string
 	// JWTIssuer and JWTAudience are checked when set.
 	JWTIssuer, JWTAudience string
+	// JWTMaxTTL is the furthest ahead a token's exp may lie (LOOPZE_JWT_MAX_TTL): a leaked
+	// token minted for a century is refused. Zero or less is an invalid value.
+	JWTMaxTTL time.Duration
 	// AllowedOrigins lists extra origins allowed to make cookie-authenticated writes.
 	AllowedOrigins []string
 	// MetricsToken, when set, is the bearer token /metrics requires (LOOPZE_METRICS_TOKEN).
@@ -82,6 +86,7 @@ const (
 	EnvJWTPublicKeys  = "LOOPZE_JWT_PUBLIC_KEYS"
 	EnvJWTIssuer      = "LOOPZE_JWT_ISSUER"
 	EnvJWTAudience    = "LOOPZE_JWT_AUDIENCE"
+	EnvJWTMaxTTL      = "LOOPZE_JWT_MAX_TTL"
 	EnvAllowedOrigins = "LOOPZE_ALLOWED_ORIGINS"
 	EnvSecureCookies  = "LOOPZE_SECURE_COOKIES"
 	EnvMetricsToken   = "LOOPZE_METRICS_TOKEN"
@@ -102,6 +107,9 @@ const (
 	// DefaultHistoryKeep and DefaultHistoryDays are the history retention.
 	DefaultHistoryKeep = 20
 	DefaultHistoryDays = 90
+	// DefaultJWTMaxTTL is 31 days: room for the 720h runtime tokens docs/runtime.md
+	// suggests, and not much more.
+	DefaultJWTMaxTTL = 31 * 24 * time.Hour
 
 	// A tenant may sustain 100 requests a second with bursts of 200, one token subject
 	// half that: generous for people and automation, short of starving other tenants.
@@ -126,6 +134,7 @@ func FromEnv(getenv func(string) string) Config {
 		JWTPublicKeys:     getenv(EnvJWTPublicKeys),
 		JWTIssuer:         getenv(EnvJWTIssuer),
 		JWTAudience:       getenv(EnvJWTAudience),
+		JWTMaxTTL:         envDuration(getenv(EnvJWTMaxTTL), DefaultJWTMaxTTL),
 		AllowedOrigins:    splitOrigins(getenv(EnvAllowedOrigins)),
 		SecureCookies:     getenv(EnvSecureCookies) == "true" || getenv(EnvSecureCookies) == "1",
 		MetricsToken:      secret.String(getenv(EnvMetricsToken)),
@@ -164,6 +173,20 @@ func splitOrigins(s string) []string {
 	return origins
 }
 
+// envDuration reads a Go duration, or def when unset. A value that does not parse becomes
+// -1, which Validate reports.
+func envDuration(s string, def time.Duration) time.Duration {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return def
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return -1
+	}
+	return d
+}
+
 // envFloat reads a number, or def when unset. A value that is not a number becomes NaN,
 // which Validate reports.
 func envFloat(getenv func(string) string, name string, def float64) float64 {
@@ -199,6 +222,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.JWTPublicKeys, "jwt-public-keys", c.JWTPublicKeys, "PEM or JWKS file of JWT verification keys ("+EnvJWTPublicKeys+")")
 	fs.StringVar(&c.JWTIssuer, "jwt-issuer", c.JWTIssuer, "required JWT iss ("+EnvJWTIssuer+")")
 	fs.StringVar(&c.JWTAudience, "jwt-audience", c.JWTAudience, "required JWT aud ("+EnvJWTAudience+")")
+	fs.DurationVar(&c.JWTMaxTTL, "jwt-max-ttl", c.JWTMaxTTL, "the furthest ahead a token's exp may lie, e.g. 744h ("+EnvJWTMaxTTL+")")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "separate listen address for /metrics; empty serves it on --addr ("+EnvMetricsAddr+")")
 	fs.IntVar(&c.HistoryKeep, "history-keep", c.HistoryKeep, "versions each entry keeps ("+EnvHistoryKeep+")")
 	fs.IntVar(&c.HistoryDays, "history-days", c.HistoryDays, "days a deleted entry's history stays ("+EnvHistoryDays+")")
@@ -263,6 +287,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := ParseLevel(c.LogLevel); err != nil {
 		errs = append(errs, err)
+	}
+	if c.JWTMaxTTL <= 0 {
+		errs = append(errs, fmt.Errorf("%s: want a positive duration such as 744h", EnvJWTMaxTTL))
 	}
 	if c.HistoryKeep < 1 {
 		errs = append(errs, fmt.Errorf("%s must be a whole number of at least 1", EnvHistoryKeep))

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -81,6 +82,7 @@ func TestHighAvailabilityURLs(t *testing.T) {
 func TestHistoryRetention(t *testing.T) {
 	t.Parallel()
 	c := config.FromEnv(env(nil))
+	require.Equal(t, 744*time.Hour, c.JWTMaxTTL, "31 days: the documented 720h runtime tokens fit")
 	require.Equal(t, 20, c.HistoryKeep)
 	require.Equal(t, 90, c.HistoryDays)
 
@@ -92,6 +94,7 @@ func TestHistoryRetention(t *testing.T) {
 	for _, bad := range []map[string]string{
 		{"LOOPZE_HISTORY_KEEP": "0"}, {"LOOPZE_HISTORY_KEEP": "many"}, {"LOOPZE_HISTORY_KEEP": "-2"},
 		{"LOOPZE_HISTORY_DAYS": "0"}, {"LOOPZE_HISTORY_DAYS": "1.5"},
+		{"LOOPZE_JWT_MAX_TTL": "31 days"}, {"LOOPZE_JWT_MAX_TTL": "0s"}, {"LOOPZE_JWT_MAX_TTL": "-1h"},
 	} {
 		c := config.FromEnv(env(bad))
 		err := c.Validate()
@@ -119,7 +122,7 @@ func TestEveryVariableButTheSecretsHasAFlag(t *testing.T) {
 		config.EnvAddr: "addr", config.EnvDataDir: "data-dir", config.EnvDatabaseURL: "database-url",
 		config.EnvLogFormat: "log-format", config.EnvLogLevel: "log-level", config.EnvFileRoots: "file-roots",
 		config.EnvJWTPublicKeys: "jwt-public-keys", config.EnvJWTIssuer: "jwt-issuer", config.EnvJWTAudience: "jwt-audience",
-		config.EnvAllowedOrigins: "allowed-origins", config.EnvSecureCookies: "secure-cookies",
+		config.EnvJWTMaxTTL: "jwt-max-ttl", config.EnvAllowedOrigins: "allowed-origins", config.EnvSecureCookies: "secure-cookies",
 		config.EnvMetricsAddr: "metrics-addr", config.EnvListenURL: "listen-database-url", config.EnvPooler: "database-pooler",
 		config.EnvHistoryKeep: "history-keep", config.EnvHistoryDays: "history-days",
 		config.EnvRateLimitTenant: "rate-limit-tenant", config.EnvRateLimitTenantBurst: "rate-limit-tenant-burst",

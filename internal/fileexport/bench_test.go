@@ -50,7 +50,7 @@ func BenchmarkExportTenant10kOneChange(b *testing.B) {
 			for b.Loop() {
 				b.StopTimer()
 				i++
-				_, err := bb.catalog.Put(ctx, "big", catalog.Input{ID: "entry-00042", Notes: ptr(fmt.Sprintf("change %d", i))}, 0)
+				_, err := bb.catalog.Put(ctx, "big", catalog.Input{ID: "entry-00042", Notes: ptr(fmt.Sprintf("change %d", i))}, catalog.Precondition{})
 				require.NoError(b, err)
 				b.StartTimer()
 				res, err := x.ExportTenant(ctx, "big", false)

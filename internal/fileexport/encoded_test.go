@@ -88,7 +88,7 @@ func TestIncrementalExportMatchesFullExport(t *testing.T) {
 	require.NoError(t, err)
 
 	encoded, read := x.cache.encoded.Load(), x.rowsRead.Load()
-	_, err = b.catalog.Put(ctx, "acme", catalog.Input{ID: "e2", Notes: ptr("renewed")}, 0)
+	_, err = b.catalog.Put(ctx, "acme", catalog.Input{ID: "e2", Notes: ptr("renewed")}, catalog.Precondition{})
 	require.NoError(t, err)
 	same(t)
 	require.EqualValues(t, 1, x.cache.encoded.Load()-encoded, "one changed entry, one encoding")
@@ -97,7 +97,7 @@ func TestIncrementalExportMatchesFullExport(t *testing.T) {
 	require.Equal(t, "renewed", entryByID(doc, "e2").Notes)
 
 	encoded, read = x.cache.encoded.Load(), x.rowsRead.Load()
-	require.NoError(t, b.catalog.Delete(ctx, "acme", "e3", 0))
+	require.NoError(t, b.catalog.Delete(ctx, "acme", "e3", catalog.Precondition{}))
 	same(t)
 	require.Zero(t, x.cache.encoded.Load()-encoded)
 	require.Zero(t, x.rowsRead.Load()-read)

@@ -347,7 +347,7 @@ func TestTwoServersFollowChanges(t *testing.T) {
 	for _, doc := range awaitFiles("create") {
 		require.NotNil(t, entryByID(doc, "first"))
 	}
-	_, err = b.catalog.Put(ctx, "acme", catalog.Input{ID: "first", Notes: ptr("renewed")}, 0)
+	_, err = b.catalog.Put(ctx, "acme", catalog.Input{ID: "first", Notes: ptr("renewed")}, catalog.Precondition{})
 	require.NoError(t, err)
 	for _, doc := range awaitFiles("update") {
 		require.Equal(t, "renewed", entryByID(doc, "first").Notes)

@@ -104,7 +104,7 @@ func New(cfg Config) *Handler {
 	if err != nil {
 		panic(fmt.Sprintf("web: index embedded static files: %v", err))
 	}
-	funcs := template.FuncMap{"asset": h.assetURL, "dn": breakDN}
+	funcs := template.FuncMap{"asset": h.assetURL, "dn": breakDN, "visible": visible}
 	h.pages = make(map[string]*template.Template, len(pageNames))
 	for _, name := range pageNames {
 		t := template.New("layout.html").Funcs(funcs)
