@@ -89,7 +89,7 @@ func New(d Deps) *Server {
 	if d.Metrics != nil && !d.MetricsOwnListener {
 		mux.Handle("GET /metrics", metricsGuard(d.MetricsToken, d.Metrics))
 	}
-	wc := web.Config{Logger: d.Logger, Verifier: d.Verifier, SecureCookies: d.SecureCookies}
+	wc := web.Config{Logger: d.Logger, Verifier: d.Verifier, SecureCookies: d.SecureCookies, Limit: s.limiter.pageLimit()}
 	if d.Catalog != nil {
 		wc.Catalog, wc.History, wc.Audit = d.Catalog, d.Catalog, s.audit()
 	}
