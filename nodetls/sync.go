@@ -32,13 +32,33 @@ const maxFileBytes = 512 << 20
 // again cannot help. The token needs the runtime or admin role.
 var ErrSyncRefused = errors.New("server refused the credentials request")
 
+// ErrServerBusy means the server asked Sync to come back later (429, such as past its cap
+// of waiting long polls, or 503): the next request waits at least its Retry-After.
+var ErrServerBusy = errors.New("server asked to retry later")
+
+// maxRetryAfter bounds how long a Retry-After makes Sync wait.
+const maxRetryAfter = 5 * time.Minute
+
+// busyError is ErrServerBusy with the wait the server asked for.
+type busyError struct {
+	host, status string
+	after        time.Duration
+}
+
+func (e *busyError) Error() string {
+	return fmt.Sprintf("sync credentials from %s: %s: %s (retry after %s)", e.host, ErrServerBusy, e.status, e.after)
+}
+
+func (e *busyError) Unwrap() error { return ErrServerBusy }
+
 // Sync keeps dir/credentials.json a copy of the caller's tenant's file on the server at
 // baseURL ("https://certs.example:8080"), until ctx ends. token is a JWT with the runtime
 // role (`loopze-certs token --role runtime`). Each request is a long poll: the server
 // answers as soon as the tenant's generation moves, or 304 when the wait ends. The file is
 // written atomically (temp file, fsync, rename, fsync of dir), so a Store on it only ever
 // sees whole files. Network errors are retried with backoff; a refused token returns
-// ErrSyncRefused. It returns nil when ctx ends.
+// ErrSyncRefused. A 429 or 503 (the server's cap of waiting long polls, its rate limit) is
+// retried no sooner than its Retry-After. It returns nil when ctx ends.
 func Sync(ctx context.Context, baseURL, token, dir string) error {
 	return (&Syncer{BaseURL: baseURL, Token: token, Dir: dir}).Run(ctx)
 }
@@ -87,10 +107,15 @@ func (s *Syncer) Run(ctx context.Context) error {
 		if s.OnError != nil {
 			s.OnError(err)
 		}
+		wait := backoff
+		var busy *busyError
+		if errors.As(err, &busy) {
+			wait = max(wait, busy.after)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
 		backoff = min(2*backoff, 30*time.Second)
 	}
@@ -139,6 +164,8 @@ func (s *Syncer) Once(ctx context.Context) (written bool, err error) {
 	case http.StatusOK:
 	case http.StatusUnauthorized, http.StatusForbidden:
 		return false, fmt.Errorf("sync credentials from %s: %w: %s (the token needs the runtime or admin role)", u.Host, ErrSyncRefused, resp.Status)
+	case http.StatusTooManyRequests, http.StatusServiceUnavailable:
+		return false, &busyError{host: u.Host, status: resp.Status, after: retryAfter(resp.Header.Get("Retry-After"))}
 	default:
 		return false, fmt.Errorf("sync credentials from %s: %s", u.Host, resp.Status)
 	}
@@ -167,6 +194,15 @@ func (s *Syncer) Once(ctx context.Context) (written bool, err error) {
 		s.OnWrite(h.Generation)
 	}
 	return true, nil
+}
+
+// retryAfter reads a Retry-After of seconds; 0 when there is none or it is not one.
+func retryAfter(v string) time.Duration {
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || n <= 0 {
+		return 0
+	}
+	return min(time.Duration(n)*time.Second, maxRetryAfter)
 }
 
 // localGeneration is the generation of the local copy; -1 when it has no readable header.

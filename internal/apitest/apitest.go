@@ -65,6 +65,9 @@ type Options struct {
 	// ExportLoop runs the export job (LISTEN/NOTIFY and reconcile) as serve does, so
 	// every change reaches DataDir's credentials.json files.
 	ExportLoop bool
+	// Credentials, when set, adjusts the credentials route (its poll caps, its hooks)
+	// before the server starts.
+	Credentials func(*api.Credentials)
 }
 
 // Buffer is a goroutine-safe log sink.
@@ -113,6 +116,9 @@ func New(t testing.TB, opts ...Options) *Env {
 	ws := &workspace.Service{Pool: pool, Ring: ring, Roots: roots, Logger: logger,
 		Resolver: &resolver.Resolver{Entries: cat, Roots: cat.Roots, Logger: logger}}
 	creds := &api.Credentials{DataDir: dataDir}
+	if o.Credentials != nil {
+		o.Credentials(creds)
+	}
 	exporter := &fileexport.Exporter{Pool: pool, Ring: ring, DataDir: dataDir, Logger: logger, OnWrite: creds.Written}
 	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: "test", Verifier: verifier, Catalog: cat, Workspace: ws,
 		RateLimit: o.RateLimit, Credentials: creds})

@@ -70,6 +70,9 @@ type Config struct {
 	// burst, per tenant and per token subject; a rate of 0 turns that bucket off.
 	RateLimitTenant, RateLimitSubject           float64
 	RateLimitTenantBurst, RateLimitSubjectBurst int
+	// PollLimitTenant and PollLimitSubject cap the long polls of GET /api/v1/credentials
+	// waiting at once, per tenant and per token subject within it; 0 turns a cap off.
+	PollLimitTenant, PollLimitSubject int
 }
 
 // Environment variable names, listed once so flags, docs and errors agree.
@@ -98,6 +101,9 @@ const (
 	EnvRateLimitTenantBurst  = "LOOPZE_RATE_LIMIT_TENANT_BURST"
 	EnvRateLimitSubject      = "LOOPZE_RATE_LIMIT_SUBJECT"
 	EnvRateLimitSubjectBurst = "LOOPZE_RATE_LIMIT_SUBJECT_BURST"
+
+	EnvPollLimitTenant  = "LOOPZE_POLL_LIMIT_TENANT"
+	EnvPollLimitSubject = "LOOPZE_POLL_LIMIT_SUBJECT"
 )
 
 // Defaults.
@@ -117,6 +123,12 @@ const (
 	DefaultRateLimitTenantBurst  = 200
 	DefaultRateLimitSubject      = 50
 	DefaultRateLimitSubjectBurst = 100
+
+	// A runtime holds one long poll at a time; a few more per subject cover a device
+	// that reconnects while its last poll still waits on the server. A tenant's cap
+	// bounds what all its runtimes together hold (a goroutine and a connection each).
+	DefaultPollLimitTenant  = 1000
+	DefaultPollLimitSubject = 8
 )
 
 // FromEnv reads the configuration from getenv (os.Getenv in main, a map in tests).
@@ -146,7 +158,23 @@ func FromEnv(getenv func(string) string) Config {
 		RateLimitTenantBurst:  int(envFloat(getenv, EnvRateLimitTenantBurst, DefaultRateLimitTenantBurst)),
 		RateLimitSubject:      envFloat(getenv, EnvRateLimitSubject, DefaultRateLimitSubject),
 		RateLimitSubjectBurst: int(envFloat(getenv, EnvRateLimitSubjectBurst, DefaultRateLimitSubjectBurst)),
+
+		PollLimitTenant:  count(getenv(EnvPollLimitTenant), DefaultPollLimitTenant),
+		PollLimitSubject: count(getenv(EnvPollLimitSubject), DefaultPollLimitSubject),
 	}
+}
+
+// count parses a count that may be 0 from the environment: def when empty, -1 (refused by
+// Validate) when it is not a whole number.
+func count(s string, def int) int {
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil || n < 0 {
+		return -1
+	}
+	return n
 }
 
 // positive parses a count from the environment: def when empty, 0 (refused by Validate)
@@ -206,6 +234,8 @@ func (c *Config) registerRateLimitFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.RateLimitTenantBurst, "rate-limit-tenant-burst", c.RateLimitTenantBurst, "burst of the tenant bucket ("+EnvRateLimitTenantBurst+")")
 	fs.Float64Var(&c.RateLimitSubject, "rate-limit-subject", c.RateLimitSubject, "requests per second one token subject may sustain; 0 turns the bucket off ("+EnvRateLimitSubject+")")
 	fs.IntVar(&c.RateLimitSubjectBurst, "rate-limit-subject-burst", c.RateLimitSubjectBurst, "burst of the subject bucket ("+EnvRateLimitSubjectBurst+")")
+	fs.IntVar(&c.PollLimitTenant, "poll-limit-tenant", c.PollLimitTenant, "long polls of the credentials route one tenant may have waiting; 0 turns the cap off ("+EnvPollLimitTenant+")")
+	fs.IntVar(&c.PollLimitSubject, "poll-limit-subject", c.PollLimitSubject, "long polls of the credentials route one token subject may have waiting; 0 turns the cap off ("+EnvPollLimitSubject+")")
 }
 
 // RegisterFlags adds flags mirroring the environment to fs, with c's values as defaults, so
@@ -307,6 +337,14 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: want requests per second, 0 or more", r.name))
 		case r.rate > 0 && r.burst < 1:
 			errs = append(errs, fmt.Errorf("%s_BURST: want 1 or more", r.name))
+		}
+	}
+	for _, p := range []struct {
+		name string
+		n    int
+	}{{EnvPollLimitTenant, c.PollLimitTenant}, {EnvPollLimitSubject, c.PollLimitSubject}} {
+		if p.n < 0 {
+			errs = append(errs, fmt.Errorf("%s: want a whole number of polls, 0 or more", p.name))
 		}
 	}
 	return errors.Join(errs...)

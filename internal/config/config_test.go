@@ -22,6 +22,12 @@ func TestDefaultsWorkOnALaptop(t *testing.T) {
 	require.Equal(t, "data/pg", c.ClusterDir())
 	require.NoError(t, c.Validate())
 	require.False(t, c.SecureCookies)
+	require.Equal(t, config.DefaultPollLimitTenant, c.PollLimitTenant)
+	require.Equal(t, config.DefaultPollLimitSubject, c.PollLimitSubject)
+	off := config.FromEnv(env(map[string]string{"LOOPZE_POLL_LIMIT_TENANT": "0", "LOOPZE_POLL_LIMIT_SUBJECT": " 3 "}))
+	require.NoError(t, off.Validate())
+	require.Equal(t, 0, off.PollLimitTenant, "0 turns the cap off")
+	require.Equal(t, 3, off.PollLimitSubject)
 }
 
 func TestFromEnv(t *testing.T) {
@@ -53,6 +59,8 @@ func TestValidate(t *testing.T) {
 		"pooler":            {"LOOPZE_DATABASE_URL": "postgres://u:p@h/db", "LOOPZE_DATABASE_POOLER": "statement"},
 		"listen url alone":  {"LOOPZE_LISTEN_DATABASE_URL": "postgres://u:p@h/db"},
 		"bad listen url":    {"LOOPZE_DATABASE_URL": "postgres://u:p@h/db", "LOOPZE_LISTEN_DATABASE_URL": "postgres://u:p@h1:port,h2/db"},
+		"poll limit words":  {"LOOPZE_POLL_LIMIT_TENANT": "many"},
+		"negative polls":    {"LOOPZE_POLL_LIMIT_SUBJECT": "-2"},
 	} {
 		c := config.FromEnv(env(m))
 		if name == "empty data dir" {
@@ -127,6 +135,7 @@ func TestEveryVariableButTheSecretsHasAFlag(t *testing.T) {
 		config.EnvHistoryKeep: "history-keep", config.EnvHistoryDays: "history-days",
 		config.EnvRateLimitTenant: "rate-limit-tenant", config.EnvRateLimitTenantBurst: "rate-limit-tenant-burst",
 		config.EnvRateLimitSubject: "rate-limit-subject", config.EnvRateLimitSubjectBurst: "rate-limit-subject-burst",
+		config.EnvPollLimitTenant: "poll-limit-tenant", config.EnvPollLimitSubject: "poll-limit-subject",
 	}, byVariable, "every variable but LOOPZE_JWT_SECRET and LOOPZE_METRICS_TOKEN")
 
 	require.NoError(t, fs.Parse([]string{"--allowed-origins", "https://a.example, https://b.example", "--log-level", "debug"}))

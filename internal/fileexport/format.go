@@ -282,6 +282,41 @@ func ParseHeader(data []byte) (Header, error) {
 	return h, nil
 }
 
+// maxHeaderBytes bounds what ReadHeader reads: a header is a few hundred bytes.
+const maxHeaderBytes = 64 << 10
+
+// ReadHeader reads a file's header from r, positioned at the file's start, and stops at the
+// ciphertext, which every file Seal writes puts after the header: the runtimes' route
+// serves files of megabytes from an open descriptor and reads only this much of them. A
+// file whose header fields do not all come before the ciphertext is ErrNotCredentialsFile.
+func ReadHeader(r io.Reader) (Header, error) {
+	dec := json.NewDecoder(io.LimitReader(r, maxHeaderBytes))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return Header{}, fmt.Errorf("%w: not a JSON object", ErrNotCredentialsFile)
+	}
+	fields := map[string]json.RawMessage{}
+	for dec.More() {
+		tok, err := dec.Token()
+		key, ok := tok.(string)
+		if err != nil || !ok {
+			return Header{}, fmt.Errorf("%w: not valid JSON", ErrNotCredentialsFile)
+		}
+		if key == "ciphertext" {
+			break
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return Header{}, fmt.Errorf("%w: not valid JSON", ErrNotCredentialsFile)
+		}
+		fields[key] = v
+	}
+	b, err := json.Marshal(fields)
+	if err != nil {
+		return Header{}, fmt.Errorf("%w: not valid JSON", ErrNotCredentialsFile)
+	}
+	return ParseHeader(b)
+}
+
 func parseFile(data []byte) (file, error) {
 	var f file
 	dec := json.NewDecoder(bytes.NewReader(data))

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -280,4 +281,45 @@ func TestParseHeaderCopiesNoCiphertext(t *testing.T) {
 
 	_, err = ParseHeader(append(data[:len(data)-3:len(data)-3], []byte(`, "x": }`)...))
 	require.ErrorIs(t, err, ErrNotCredentialsFile)
+}
+
+// TestReadHeaderStopsAtTheCiphertext: the header comes from the first bytes of a file of
+// megabytes; a reader that fails past them is never reached. A file that is not one, or
+// whose header fields come after the ciphertext, is refused.
+func TestReadHeaderStopsAtTheCiphertext(t *testing.T) {
+	h := Header{Format: Format, Version: Version, Tenant: "acme", Generation: 42, KeyID: "0123456789abcdef", Cipher: Cipher}
+	data, err := encodeFile(h, make([]byte, 4<<20))
+	require.NoError(t, err)
+	r := &failPast{data: data, limit: 8 << 10}
+	got, err := ReadHeader(r)
+	require.NoError(t, err)
+	require.Equal(t, h, got)
+	require.LessOrEqual(t, r.read, 8<<10)
+
+	for name, bad := range map[string]string{
+		"not JSON":             "ciphertext",
+		"an array":             `[1, 2]`,
+		"ciphertext first":     `{"ciphertext": "AAAA", "format": "loopze-credentials", "version": 1}`,
+		"truncated header":     `{"format": "loopze-credentials", "version": `,
+		"another format":       `{"format": "x", "version": 1, "tenant": "acme", "generation": 1, "keyId": "k", "ciphertext": ""}`,
+		"a number for the key": `{"format": "loopze-credentials", 7: 1}`,
+	} {
+		_, err := ReadHeader(strings.NewReader(bad))
+		require.ErrorIs(t, err, ErrNotCredentialsFile, name)
+	}
+}
+
+// failPast is a reader of data that fails once more than limit bytes have been read.
+type failPast struct {
+	data        []byte
+	limit, read int
+}
+
+func (f *failPast) Read(p []byte) (int, error) {
+	if f.read >= f.limit {
+		return 0, errors.New("read past the header")
+	}
+	n := copy(p, f.data[f.read:min(len(f.data), f.limit)])
+	f.read += n
+	return n, nil
 }

@@ -59,6 +59,10 @@ type Config struct {
 	// SecureCookies marks the session cookie Secure even when the request did not arrive
 	// over TLS here, for deployments behind a TLS-terminating proxy.
 	SecureCookies bool
+	// Limit, when set, charges each page a signed-in user opens to the rate-limit bucket
+	// of the user's subject, the one its API requests draw from. It returns false when that
+	// bucket is empty, having set Retry-After on w; the page is then not served.
+	Limit func(w http.ResponseWriter, p *auth.Principal) bool
 	// Now is the clock for expiry badges; nil means time.Now.
 	Now func() time.Time
 }
