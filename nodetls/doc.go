@@ -21,10 +21,10 @@
 //
 // The snapshot follows the file: each call compares the file's inode, size and
 // modification time with the loaded ones and reloads when they changed. A file that is
-// torn, tampered with, another tenant's, sealed under an unknown key or older than the one
-// loaded is refused; the last good snapshot keeps serving, Err reports the refusal and
-// Options.OnRefused hears of it. During a master key rotation loopze.key.next beside the
-// key file is read too.
+// torn, tampered with, another tenant's, sealed under an unknown key, not a regular file,
+// over MaxFileSize, or older than the one loaded is refused; the last good snapshot keeps
+// serving, Err reports the refusal and Options.OnRefused hears of it. During a master key
+// rotation loopze.key.next beside the key file is read too.
 //
 // Nothing in this package logs or returns PEM, private keys or file contents: errors name
 // the file, flow, node and field. Errors are tested with errors.Is against the package's

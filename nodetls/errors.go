@@ -45,6 +45,9 @@ var (
 	ErrStaleFile = errors.New("credentials file is older than the one loaded")
 	// ErrFileMissing means the credentials file cannot be read at all.
 	ErrFileMissing = errors.New("credentials file cannot be read")
+	// ErrTooLarge means the file is larger than MaxFileSize. It is refused from its size,
+	// before it is read.
+	ErrTooLarge = errors.New("credentials file is larger than the limit (MaxFileSize)")
 )
 
 // fileError maps what internal/fileexport and internal/envelope say about a file onto the

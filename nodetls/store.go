@@ -1,13 +1,13 @@
 package nodetls
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -39,9 +39,11 @@ type Options struct {
 	// path to the default tenant and none to other tenants, as on the server.
 	FileRoots string
 	// OnRefused, when set, is called once for every changed file that is refused (torn,
-	// tampered with, another tenant's, under an unknown key, older than the one loaded).
-	// The last good snapshot keeps serving. It runs inside the Config call that noticed
-	// the change and must not call the Store.
+	// tampered with, another tenant's, under an unknown key, older than the one loaded,
+	// not a regular file, over MaxFileSize). The last good snapshot keeps
+	// serving. It runs inside the Config call that noticed the change, holding the reload
+	// (other calls that find the file changed wait for it, as long as their context
+	// allows), and must not call the Store.
 	OnRefused func(error)
 	// Logger receives material warnings (expiry, weak keys) and refusals; nil discards.
 	// Nothing this package logs carries PEM or key bytes.
@@ -56,15 +58,18 @@ type Options struct {
 // Store holds one tenant's decrypted credentials.json in memory and turns its nodes' tls
 // blocks into *tls.Config values. It follows the file: every Config call compares the
 // file's identity (inode, size, modification time) with the loaded one and reloads when it
-// changed, keeping the last good snapshot when the new file is refused. A Store is safe
-// for concurrent use.
+// changed, keeping the last good snapshot when the new file is refused. It reads only a
+// regular file of at most MaxFileSize bytes, without blocking on anything else put in its
+// place. A Store is safe for concurrent use.
 type Store struct {
 	opts  Options
 	roots material.Roots
 	ring  *envelope.Ring
 
-	state  atomic.Pointer[state]
-	mu     sync.Mutex // serialises reloads
+	state atomic.Pointer[state]
+	// reload is held by the one call reloading the file; others wait on it as long as
+	// their context allows.
+	reload chan struct{}
 	closed atomic.Bool
 }
 
@@ -111,12 +116,12 @@ func New(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nodetls: key file %s: %w", opts.KeyFile, err)
 	}
-	s := &Store{opts: opts, roots: roots, ring: ring}
+	s := &Store{opts: opts, roots: roots, ring: ring, reload: make(chan struct{}, 1)}
 	info, err := os.Stat(opts.File)
 	if err != nil {
 		return nil, fmt.Errorf("nodetls: %w %s: %w", ErrFileMissing, opts.File, err)
 	}
-	snap, err := s.load(nil)
+	snap, err := s.load(context.Background(), nil)
 	if err != nil {
 		return nil, fmt.Errorf("nodetls: %w", err)
 	}
@@ -132,13 +137,13 @@ func (s *Store) Tenant() string { return s.state.Load().snap.tenant }
 
 // Err reports why the file on disk is not the snapshot being served: nil when it is, else
 // the refusal (ErrNotCredentialsFile, ErrTampered, ErrWrongTenant, ErrUnknownKey,
-// ErrStaleFile, ErrFileMissing). It reflects the file as of the last Config, Describe or
-// Refresh call.
+// ErrStaleFile, ErrFileMissing, ErrTooLarge). It reflects the file as of the last Config,
+// Describe or Refresh call.
 func (s *Store) Err() error { return s.state.Load().err }
 
 // Refresh checks the file now, as every Config call does, and returns Err.
 func (s *Store) Refresh() error {
-	if _, err := s.current(); err != nil {
+	if _, err := s.current(context.Background()); err != nil {
 		return err
 	}
 	return s.Err()
@@ -147,16 +152,17 @@ func (s *Store) Refresh() error {
 // Close drops the snapshot; later calls return ErrClosed.
 func (s *Store) Close() error {
 	s.closed.Store(true)
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.reload <- struct{}{}
+	defer func() { <-s.reload }()
 	if st := s.state.Load(); st != nil {
 		s.state.Store(&state{snap: &snapshot{tenant: st.snap.tenant, generation: st.snap.generation}, seen: st.seen})
 	}
 	return nil
 }
 
-// current returns the snapshot to serve, reloading first when the file changed.
-func (s *Store) current() (*snapshot, error) {
+// current returns the snapshot to serve, reloading first when the file changed. It waits
+// for a reload another call is making no longer than ctx allows.
+func (s *Store) current(ctx context.Context) (*snapshot, error) {
 	if s.closed.Load() {
 		return nil, ErrClosed
 	}
@@ -165,8 +171,12 @@ func (s *Store) current() (*snapshot, error) {
 	if statErr == nil && sameFile(st.seen, info) && !s.keysChanged(st) {
 		return st.snap, nil
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	select {
+	case s.reload <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("reload %s: %w", s.opts.File, ctx.Err())
+	}
+	defer func() { <-s.reload }()
 	if s.closed.Load() {
 		return nil, ErrClosed
 	}
@@ -182,7 +192,11 @@ func (s *Store) current() (*snapshot, error) {
 	if sameFile(st.seen, info) && !s.keysChanged(st) {
 		return st.snap, nil // another caller reloaded it meanwhile
 	}
-	snap, err := s.load(st.snap)
+	snap, err := s.load(ctx, st.snap)
+	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		// Not a verdict on the file: the next call reads it again.
+		return nil, fmt.Errorf("reload %s: %w", s.opts.File, err)
+	}
 	if err != nil {
 		next := &state{snap: st.snap, seen: info, err: err}
 		if errors.Is(err, ErrUnknownKey) {
@@ -239,10 +253,15 @@ func sameFile(a, b fs.FileInfo) bool {
 
 // load reads, decrypts and indexes the file. prev is the snapshot being served, nil at
 // the first load: a file for another tenant or of an older generation is refused.
-func (s *Store) load(prev *snapshot) (*snapshot, error) {
+func (s *Store) load(ctx context.Context, prev *snapshot) (*snapshot, error) {
 	path := s.opts.File
-	data, err := os.ReadFile(path)
-	if err != nil {
+	data, err := readFile(ctx, path, MaxFileSize)
+	switch {
+	case errors.Is(err, errNotRegular):
+		return nil, fmt.Errorf("load %s: %w: %w", path, ErrNotCredentialsFile, err)
+	case errors.Is(err, ErrTooLarge), err != nil && ctx.Err() != nil:
+		return nil, fmt.Errorf("load %s: %w", path, err)
+	case err != nil:
 		return nil, fmt.Errorf("%w %s: %w", ErrFileMissing, path, err)
 	}
 	tenant := s.opts.Tenant

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -25,9 +24,6 @@ const CredentialsPath = "/api/v1/credentials"
 // changes (the server caps it at 60 s).
 const DefaultSyncWait = 30 * time.Second
 
-// maxFileBytes bounds a downloaded file; a tenant with ten thousand entries is a few MB.
-const maxFileBytes = 512 << 20
-
 // ErrSyncRefused means the server refused the token (401 or 403): Sync stops, since asking
 // again cannot help. The token needs the runtime or admin role.
 var ErrSyncRefused = errors.New("server refused the credentials request")
@@ -37,8 +33,8 @@ var ErrSyncRefused = errors.New("server refused the credentials request")
 // role (`loopze-certs token --role runtime`). Each request is a long poll: the server
 // answers as soon as the tenant's generation moves, or 304 when the wait ends. The file is
 // written atomically (temp file, fsync, rename, fsync of dir), so a Store on it only ever
-// sees whole files. Network errors are retried with backoff; a refused token returns
-// ErrSyncRefused. It returns nil when ctx ends.
+// sees whole files; a file over MaxFileSize is not written. Network errors are retried
+// with backoff; a refused token returns ErrSyncRefused. It returns nil when ctx ends.
 func Sync(ctx context.Context, baseURL, token, dir string) error {
 	return (&Syncer{BaseURL: baseURL, Token: token, Dir: dir}).Run(ctx)
 }
@@ -119,7 +115,7 @@ func (s *Syncer) Once(ctx context.Context) (written bool, err error) {
 	if !s.haveSet {
 		// The copy left by an earlier run; afterwards the Syncer knows what it wrote, and
 		// does not parse a file of megabytes before every request.
-		s.have, s.haveSet = s.localGeneration(), true
+		s.have, s.haveSet = s.localGeneration(ctx), true
 	}
 	if s.have >= 0 {
 		req.Header.Set("If-None-Match", ETag(s.have))
@@ -142,17 +138,20 @@ func (s *Syncer) Once(ctx context.Context) (written bool, err error) {
 	default:
 		return false, fmt.Errorf("sync credentials from %s: %s", u.Host, resp.Status)
 	}
+	if resp.ContentLength > MaxFileSize {
+		return false, fmt.Errorf("sync credentials from %s: %w", u.Host, tooLarge(MaxFileSize))
+	}
 	var buf bytes.Buffer
-	if n := resp.ContentLength; n > 0 && n <= maxFileBytes {
+	if n := resp.ContentLength; n > 0 {
 		buf.Grow(int(n) + bytes.MinRead) // one buffer, not a chain of ever larger ones
 	}
-	_, err = buf.ReadFrom(io.LimitReader(resp.Body, maxFileBytes+1))
+	_, err = buf.ReadFrom(io.LimitReader(resp.Body, MaxFileSize+1))
 	data := buf.Bytes()
 	if err != nil {
 		return false, fmt.Errorf("sync credentials from %s: read body: %w", u.Host, err)
 	}
-	if len(data) > maxFileBytes {
-		return false, fmt.Errorf("sync credentials from %s: file larger than %d bytes", u.Host, maxFileBytes)
+	if len(data) > MaxFileSize {
+		return false, fmt.Errorf("sync credentials from %s: %w", u.Host, tooLarge(MaxFileSize))
 	}
 	h, err := fileexport.ParseHeader(data)
 	if err != nil {
@@ -170,8 +169,8 @@ func (s *Syncer) Once(ctx context.Context) (written bool, err error) {
 }
 
 // localGeneration is the generation of the local copy; -1 when it has no readable header.
-func (s *Syncer) localGeneration() int64 {
-	data, err := os.ReadFile(s.Path())
+func (s *Syncer) localGeneration(ctx context.Context) int64 {
+	data, err := readFile(ctx, s.Path(), MaxFileSize)
 	if err != nil {
 		return -1
 	}
