@@ -41,8 +41,10 @@ var (
 	// ErrUnknownKey means the file is sealed under a master key that neither the key file
 	// nor the next key file beside it holds.
 	ErrUnknownKey = errors.New("credentials file is sealed under an unknown master key")
-	// ErrStaleFile means the file's generation is older than the one already loaded.
-	ErrStaleFile = errors.New("credentials file is older than the one loaded")
+	// ErrStaleFile means the file's generation is older than one already accepted: the
+	// one loaded, or the generation floor recorded beside the file (credentials.json.floor),
+	// which outlives restarts. Sync refuses to write such a file too.
+	ErrStaleFile = errors.New("credentials file is older than one already accepted")
 	// ErrFileMissing means the credentials file cannot be read at all.
 	ErrFileMissing = errors.New("credentials file cannot be read")
 	// ErrTooLarge means the file is larger than MaxFileSize. It is refused from its size,

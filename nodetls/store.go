@@ -39,8 +39,8 @@ type Options struct {
 	// path to the default tenant and none to other tenants, as on the server.
 	FileRoots string
 	// OnRefused, when set, is called once for every changed file that is refused (torn,
-	// tampered with, another tenant's, under an unknown key, older than the one loaded,
-	// not a regular file, over MaxFileSize). The last good snapshot keeps
+	// tampered with, another tenant's, under an unknown key, older than one accepted
+	// before, not a regular file, over MaxFileSize). The last good snapshot keeps
 	// serving. It runs inside the Config call that noticed the change, holding the reload
 	// (other calls that find the file changed wait for it, as long as their context
 	// allows), and must not call the Store.
@@ -60,7 +60,9 @@ type Options struct {
 // file's identity (inode, size, modification time) with the loaded one and reloads when it
 // changed, keeping the last good snapshot when the new file is refused. It reads only a
 // regular file of at most MaxFileSize bytes, without blocking on anything else put in its
-// place. A Store is safe for concurrent use.
+// place, and keeps the generation floor beside it (credentials.json.floor): the highest
+// generation accepted, so an older copy put back is refused even after a restart. A Store
+// is safe for concurrent use.
 type Store struct {
 	opts  Options
 	roots material.Roots
@@ -93,7 +95,8 @@ func Open(path, keyPath string) (*Store, error) {
 }
 
 // New loads the file Options names. The first load must succeed: there is no last good
-// snapshot to fall back on yet.
+// snapshot to fall back on yet. A file older than the generation floor beside it is
+// refused with ErrStaleFile.
 func New(opts Options) (*Store, error) {
 	if opts.File == "" {
 		return nil, errors.New("nodetls: Options.File (the credentials.json path) is required")
@@ -137,8 +140,9 @@ func (s *Store) Tenant() string { return s.state.Load().snap.tenant }
 
 // Err reports why the file on disk is not the snapshot being served: nil when it is, else
 // the refusal (ErrNotCredentialsFile, ErrTampered, ErrWrongTenant, ErrUnknownKey,
-// ErrStaleFile, ErrFileMissing, ErrTooLarge). It reflects the file as of the last Config,
-// Describe or Refresh call.
+// ErrStaleFile, ErrFileMissing, ErrTooLarge). ErrStaleFile names the file's generation and
+// the one it is older than. It reflects the file as of the last Config, Describe or
+// Refresh call.
 func (s *Store) Err() error { return s.state.Load().err }
 
 // Refresh checks the file now, as every Config call does, and returns Err.
@@ -252,7 +256,8 @@ func sameFile(a, b fs.FileInfo) bool {
 }
 
 // load reads, decrypts and indexes the file. prev is the snapshot being served, nil at
-// the first load: a file for another tenant or of an older generation is refused.
+// the first load: a file for another tenant, or older than prev or the generation floor,
+// is refused. A file taken raises the floor.
 func (s *Store) load(ctx context.Context, prev *snapshot) (*snapshot, error) {
 	path := s.opts.File
 	data, err := readFile(ctx, path, MaxFileSize)
@@ -279,12 +284,19 @@ func (s *Store) load(ctx context.Context, prev *snapshot) (*snapshot, error) {
 	if err != nil {
 		return nil, fileError(path, err)
 	}
+	if err := checkFloor(ctx, path, h.Tenant, h.Generation); err != nil {
+		return nil, fmt.Errorf("load %s: %w", path, err)
+	}
 	if prev != nil && h.Generation < prev.generation {
-		return nil, fmt.Errorf("load %s: %w: generation %d, the loaded one is %d", path, ErrStaleFile, h.Generation, prev.generation)
+		return nil, fmt.Errorf("load %s: %w: generation %d, while generation %d is loaded", path, ErrStaleFile, h.Generation, prev.generation)
 	}
 	snap, err := s.newSnapshot(doc, h)
 	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", path, err)
+	}
+	if err := raiseFloor(ctx, path, h.Tenant, h.Generation); err != nil {
+		// The file is good; only an older one put back after a restart would go unnoticed.
+		s.opts.Logger.Warn("generation floor not recorded", "path", path, "generation", h.Generation, "err", err)
 	}
 	return snap, nil
 }

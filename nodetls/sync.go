@@ -33,8 +33,10 @@ var ErrSyncRefused = errors.New("server refused the credentials request")
 // role (`loopze-certs token --role runtime`). Each request is a long poll: the server
 // answers as soon as the tenant's generation moves, or 304 when the wait ends. The file is
 // written atomically (temp file, fsync, rename, fsync of dir), so a Store on it only ever
-// sees whole files; a file over MaxFileSize is not written. Network errors are retried
-// with backoff; a refused token returns ErrSyncRefused. It returns nil when ctx ends.
+// sees whole files; a file older than the generation floor a Store keeps beside the copy
+// is not written (ErrStaleFile), nor one over MaxFileSize. Network errors and refused
+// files are retried with backoff; a refused token returns ErrSyncRefused. It returns nil
+// when ctx ends.
 func Sync(ctx context.Context, baseURL, token, dir string) error {
 	return (&Syncer{BaseURL: baseURL, Token: token, Dir: dir}).Run(ctx)
 }
@@ -156,6 +158,9 @@ func (s *Syncer) Once(ctx context.Context) (written bool, err error) {
 	h, err := fileexport.ParseHeader(data)
 	if err != nil {
 		return false, fmt.Errorf("sync credentials from %s: %w: %w", u.Host, ErrNotCredentialsFile, err)
+	}
+	if err := checkFloor(ctx, s.Path(), h.Tenant, h.Generation); err != nil {
+		return false, fmt.Errorf("sync credentials from %s: not written: %w", u.Host, err)
 	}
 	if err := durable.Replace(s.Path(), data, durable.Mode(0o600), durable.DirMode(0o700)); err != nil {
 		s.haveSet = false
