@@ -29,6 +29,9 @@
 // too, until that floor file is deleted. During a master key rotation loopze.key.next
 // beside the key file is read too.
 //
+// Sync (and Syncer) keep a copy from a remote server over https only; plain http is
+// allowed to a loopback host when the caller opts in with Syncer.AllowLoopbackHTTP.
+//
 // Nothing in this package logs or returns PEM, private keys or file contents: errors name
 // the file, flow, node and field. Errors are tested with errors.Is against the package's
 // sentinels (ErrNodeNotFound, ErrWrongType, ErrStaleFile, ...).

@@ -50,6 +50,11 @@ var (
 	// ErrTooLarge means the file is larger than MaxFileSize. It is refused from its size,
 	// before it is read.
 	ErrTooLarge = errors.New("credentials file is larger than the limit (MaxFileSize)")
+
+	// ErrInsecureURL means Sync was given a base URL other than https://, which would send
+	// the token and the file in clear; plain http:// is allowed only to a loopback host
+	// and only with Syncer.AllowLoopbackHTTP. Sync stops at once: asking again cannot help.
+	ErrInsecureURL = errors.New("credentials sync needs an https:// URL")
 )
 
 // fileError maps what internal/fileexport and internal/envelope say about a file onto the
