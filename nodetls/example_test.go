@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"log"
 	"math/big"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"time"
@@ -116,4 +118,37 @@ func ExampleSync() {
 			log.Print(err)
 		}
 	}()
+}
+
+func ExampleSyncer_loopbackHTTP() {
+	dir := exampleDir()
+	defer os.RemoveAll(dir)
+	file, err := os.ReadFile(filepath.Join(dir, "credentials.json"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	// A store on this machine, reached over plain http on the loopback interface.
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(file) }))
+	defer server.Close()
+	local, err := os.MkdirTemp("", "nodetls-sync-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(local)
+
+	s := &nodetls.Syncer{BaseURL: server.URL, Token: os.Getenv("LOOPZE_RUNTIME_TOKEN"), Dir: local}
+	_, err = s.Once(context.Background())
+	fmt.Println("plain http refused:", errors.Is(err, nodetls.ErrInsecureURL))
+
+	// Opting in allows plain http to a loopback host, and to nothing else.
+	s.AllowLoopbackHTTP = true
+	written, err := s.Once(context.Background())
+	fmt.Println("written:", written, err)
+	s.BaseURL = "http://certs.example:8080"
+	_, err = s.Once(context.Background())
+	fmt.Println("other hosts still refused:", errors.Is(err, nodetls.ErrInsecureURL))
+	// Output:
+	// plain http refused: true
+	// written: true <nil>
+	// other hosts still refused: true
 }

@@ -62,7 +62,7 @@ type Part struct {
 // An opcua-server node's certRef is its clientCert part. Call it for every new
 // connection: a connection keeps the material it was opened with.
 func (s *Store) Config(ctx context.Context, flowID, nodeID string) (*tls.Config, error) {
-	snap, n, err := s.node(flowID, nodeID)
+	snap, n, err := s.node(ctx, flowID, nodeID)
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +73,7 @@ func (s *Store) Config(ctx context.Context, flowID, nodeID string) (*tls.Config,
 // ({"caBundleRef": "...", "clientCertFile": "...", ...}). Inline PEM must be present as
 // strings; references resolve in the file's tenant.
 func (s *Store) ConfigFor(ctx context.Context, block json.RawMessage) (*tls.Config, error) {
-	snap, err := s.current()
+	snap, err := s.current(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -87,7 +87,7 @@ func (s *Store) ConfigFor(ctx context.Context, block json.RawMessage) (*tls.Conf
 // Describe reports what each configured part of a node's tls block resolves to now,
 // whether it resolves or not (Part.Error). It reads files as Config does.
 func (s *Store) Describe(ctx context.Context, flowID, nodeID string) ([]Part, error) {
-	snap, n, err := s.node(flowID, nodeID)
+	snap, n, err := s.node(ctx, flowID, nodeID)
 	if err != nil {
 		return nil, err
 	}
@@ -114,8 +114,8 @@ func (s *Store) Describe(ctx context.Context, flowID, nodeID string) ([]Part, er
 	return out, nil
 }
 
-func (s *Store) node(flowID, nodeID string) (*snapshot, *refs.Node, error) {
-	snap, err := s.current()
+func (s *Store) node(ctx context.Context, flowID, nodeID string) (*snapshot, *refs.Node, error) {
+	snap, err := s.current(ctx)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -201,7 +201,7 @@ func TestPutReachesRuntime(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(remote, envelope.KeyFile), key, 0o600))
 	ctx, cancel := context.WithCancel(context.Background())
 	syncDone := make(chan error, 1)
-	syncer := &nodetls.Syncer{BaseURL: env.URL, Token: env.Token(t, "default", "runtime"), Dir: remote}
+	syncer := &nodetls.Syncer{BaseURL: env.URL, Token: env.Token(t, "default", "runtime"), Dir: remote, AllowLoopbackHTTP: true}
 	go func() { syncDone <- syncer.Run(ctx) }()
 	t.Cleanup(func() { cancel(); require.NoError(t, <-syncDone) })
 
