@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/credfile"
 )
 
 // Sizes of the credentials route's memory scenarios: the attacks a runtime token could
@@ -48,14 +48,14 @@ func (b *bench) resetPeak(during string) string {
 
 // edgeFile waits until the server has written the edge tenant's file and returns its
 // header and size.
-func (b *bench) edgeFile(ctx context.Context) (fileexport.Header, int64, error) {
-	path := fileexport.Path(b.srv.dataDir, tenantEdge)
+func (b *bench) edgeFile(ctx context.Context) (credfile.Header, int64, error) {
+	path := credfile.Path(b.srv.dataDir, tenantEdge)
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		f, err := os.Open(path)
 		if err == nil {
 			info, serr := f.Stat()
-			h, herr := fileexport.ReadHeader(f)
+			h, herr := credfile.ReadHeader(f)
 			f.Close()
 			if serr == nil && herr == nil {
 				return h, info.Size(), nil
@@ -63,11 +63,11 @@ func (b *bench) edgeFile(ctx context.Context) (fileexport.Header, int64, error) 
 			err = cmp.Or(serr, herr)
 		}
 		if time.Now().After(deadline) {
-			return fileexport.Header{}, 0, fmt.Errorf("the %s tenant's credentials.json: %w", tenantEdge, err)
+			return credfile.Header{}, 0, fmt.Errorf("the %s tenant's credentials.json: %w", tenantEdge, err)
 		}
 		select {
 		case <-ctx.Done():
-			return fileexport.Header{}, 0, ctx.Err()
+			return credfile.Header{}, 0, ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

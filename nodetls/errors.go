@@ -4,8 +4,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/envelope"
-	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/resolver"
 )
 
@@ -57,18 +57,18 @@ var (
 	ErrInsecureURL = errors.New("credentials sync needs an https:// URL")
 )
 
-// fileError maps what internal/fileexport and internal/envelope say about a file onto the
+// fileError maps what internal/credfile and internal/envelope say about a file onto the
 // sentinels above, keeping the cause in the chain.
 func fileError(path string, err error) error {
 	var kind error
 	switch {
-	case errors.Is(err, fileexport.ErrWrongTenant):
+	case errors.Is(err, credfile.ErrWrongTenant):
 		kind = ErrWrongTenant
 	case errors.Is(err, envelope.ErrUnknownKey):
 		kind = ErrUnknownKey
 	case errors.Is(err, envelope.ErrDecrypt), errors.Is(err, envelope.ErrMalformed):
 		kind = ErrTampered
-	case errors.Is(err, fileexport.ErrNotCredentialsFile):
+	case errors.Is(err, credfile.ErrNotCredentialsFile):
 		kind = ErrNotCredentialsFile
 	default:
 		return fmt.Errorf("load %s: %w", path, err)

@@ -18,8 +18,9 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/loopze/certstore/internal/credfile"
+	"github.com/loopze/certstore/internal/durable"
 	"github.com/loopze/certstore/internal/envelope"
-	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/nodetls"
 )
 
@@ -39,16 +40,16 @@ func exampleDir() string {
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), IsCA: true,
 		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
 	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	doc := &fileexport.Document{Tenant: "default", Generation: 7,
-		Entries: []fileexport.Entry{{ID: "internal-root-ca", Type: "ca-bundle", Source: "inline",
+	doc := &credfile.Document{Tenant: "default", Generation: 7,
+		Entries: []credfile.Entry{{ID: "internal-root-ca", Type: "ca-bundle", Source: "inline",
 			CertPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))}},
 		Workspace: []byte(`{"flows":[{"id":"ingest-line-1","nodes":[
 			{"id":"mqtt-out-3","type":"mqtt-broker","tls":{"caBundleRef":"internal-root-ca","serverName":"broker.example"}}]}]}`)}
-	data, _, err := fileexport.Seal(ring, doc)
+	data, _, err := credfile.Seal(ring, doc)
 	if err != nil {
 		log.Fatal(err)
 	}
-	if err := fileexport.WriteAtomic(filepath.Join(dir, "credentials.json"), data); err != nil {
+	if err := durable.Replace(filepath.Join(dir, "credentials.json"), data); err != nil {
 		log.Fatal(err)
 	}
 	return dir

@@ -11,8 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/envelope"
-	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/refs"
 	"github.com/loopze/certstore/internal/repo"
@@ -273,13 +273,13 @@ func (s *Store) load(ctx context.Context, prev *snapshot) (*snapshot, error) {
 	if tenant == "" && prev != nil {
 		tenant = prev.tenant
 	}
-	doc, h, err := fileexport.Open(s.ring, data, tenant)
+	doc, h, err := credfile.Open(s.ring, data, tenant)
 	if errors.Is(err, envelope.ErrUnknownKey) {
 		// A key rotation wrote loopze.key.next (or promoted it) since the ring was read.
 		if rerr := s.ring.Reload(); rerr != nil {
 			return nil, fileError(path, errors.Join(err, rerr))
 		}
-		doc, h, err = fileexport.Open(s.ring, data, tenant)
+		doc, h, err = credfile.Open(s.ring, data, tenant)
 	}
 	if err != nil {
 		return nil, fileError(path, err)
@@ -307,7 +307,7 @@ type snapshot struct {
 	tenant     string
 	generation int64
 	keyID      string
-	entries    map[string]*fileexport.Entry
+	entries    map[string]*credfile.Entry
 	// lookup is each entry as the resolver looks it up, built once with the snapshot.
 	lookup map[string]*repo.Entry
 	nodes  map[nodeKey]*refs.Node
@@ -319,10 +319,10 @@ type snapshot struct {
 
 type nodeKey struct{ flow, node string }
 
-func (s *Store) newSnapshot(doc *fileexport.Document, h fileexport.Header) (*snapshot, error) {
+func (s *Store) newSnapshot(doc *credfile.Document, h credfile.Header) (*snapshot, error) {
 	snap := &snapshot{
 		tenant: h.Tenant, generation: h.Generation, keyID: h.KeyID,
-		entries: make(map[string]*fileexport.Entry, len(doc.Entries)),
+		entries: make(map[string]*credfile.Entry, len(doc.Entries)),
 		lookup:  make(map[string]*repo.Entry, len(doc.Entries)),
 		nodes:   map[nodeKey]*refs.Node{},
 	}

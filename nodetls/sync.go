@@ -14,8 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/durable"
-	"github.com/loopze/certstore/internal/fileexport"
 )
 
 // CredentialsPath is the route Sync polls: the caller's tenant's credentials.json.
@@ -92,7 +92,7 @@ type Syncer struct {
 }
 
 // Path is the local file the Syncer writes.
-func (s *Syncer) Path() string { return filepath.Join(s.Dir, fileexport.FileName) }
+func (s *Syncer) Path() string { return filepath.Join(s.Dir, credfile.FileName) }
 
 // Run works until ctx ends (nil), the server refuses the token (ErrSyncRefused) or the
 // base URL cannot be used (ErrInsecureURL, or not an absolute URL).
@@ -189,7 +189,7 @@ func (s *Syncer) Once(ctx context.Context) (written bool, err error) {
 	if len(data) > MaxFileSize {
 		return false, fmt.Errorf("sync credentials from %s: %w", u.Host, tooLarge(MaxFileSize))
 	}
-	h, err := fileexport.ParseHeader(data)
+	h, err := credfile.ParseHeader(data)
 	if err != nil {
 		return false, fmt.Errorf("sync credentials from %s: %w: %w", u.Host, ErrNotCredentialsFile, err)
 	}
@@ -222,7 +222,7 @@ func (s *Syncer) localGeneration(ctx context.Context) int64 {
 	if err != nil {
 		return -1
 	}
-	h, err := fileexport.ParseHeader(data)
+	h, err := credfile.ParseHeader(data)
 	if err != nil {
 		return -1
 	}

@@ -14,7 +14,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/nodetls"
 )
 
@@ -158,7 +158,7 @@ func TestSyncRefusesOlderGeneration(t *testing.T) {
 	require.ErrorContains(t, err, "generation 2")
 	require.ErrorContains(t, err, "generation 3")
 	require.False(t, written)
-	got, err := os.ReadFile(filepath.Join(dir, fileexport.FileName))
+	got, err := os.ReadFile(filepath.Join(dir, credfile.FileName))
 	require.NoError(t, err)
 	require.Equal(t, gen3, got, "the local copy is kept")
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material"
@@ -165,12 +166,12 @@ func TestResolveRefusesOlderGeneration(t *testing.T) {
 	ring, err := envelope.Load(dir, nil)
 	require.NoError(t, err)
 	ca := materialtest.NewCA(t, materialtest.Options{CommonName: "Plant CA"})
-	file, key := filepath.Join(dir, fileexport.FileName), filepath.Join(dir, envelope.KeyFile)
+	file, key := filepath.Join(dir, credfile.FileName), filepath.Join(dir, envelope.KeyFile)
 	write := func(gen int64) []byte {
-		doc := &fileexport.Document{Tenant: "default", Generation: gen,
-			Entries:   []fileexport.Entry{{ID: "plant-ca", Type: "ca-bundle", Source: "inline", CertPEM: string(ca.CertPEM())}},
+		doc := &credfile.Document{Tenant: "default", Generation: gen,
+			Entries:   []credfile.Entry{{ID: "plant-ca", Type: "ca-bundle", Source: "inline", CertPEM: string(ca.CertPEM())}},
 			Workspace: []byte(`{"flows":[{"id":"line-1","nodes":[{"id":"tcp-out-1","type":"tcp-out","tls":{"caBundleRef":"plant-ca"}}]}]}`)}
-		data, _, err := fileexport.Seal(ring, doc)
+		data, _, err := credfile.Seal(ring, doc)
 		require.NoError(t, err)
 		require.NoError(t, fileexport.WriteAtomic(file, data))
 		return data

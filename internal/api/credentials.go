@@ -17,6 +17,7 @@ import (
 	"github.com/danielgtaylor/huma/v2/adapters/humago"
 
 	"github.com/loopze/certstore/internal/auth"
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/fileexport"
 )
 
@@ -44,7 +45,7 @@ const copyBufferSize = 8 << 10
 // reader takes. Requests that find the same file share one descriptor and one read of its
 // header, so long polls woken by one write cost one open between them.
 type Credentials struct {
-	// DataDir is where the export job writes the files (see fileexport.Path).
+	// DataDir is where the export job writes the files (see credfile.Path).
 	DataDir string
 	// MaxPollsPerTenant and MaxPollsPerSubject cap the long polls waiting at once: of one
 	// tenant, and of one token subject within it. Past either, a poll is answered 429 with
@@ -129,7 +130,7 @@ func (c *Credentials) acquire(tenant string) (*snapshot, error) {
 	c.mu.Unlock()
 	tf.open.Lock()
 	defer tf.open.Unlock()
-	path := fileexport.Path(c.DataDir, tenant)
+	path := credfile.Path(c.DataDir, tenant)
 	info, err := os.Stat(path)
 	if err != nil {
 		return nil, err
@@ -167,8 +168,8 @@ func openSnapshot(path string) (*snapshot, error) {
 	}
 	info, err := f.Stat()
 	if err == nil {
-		var h fileexport.Header
-		if h, err = fileexport.ReadHeader(io.NewSectionReader(f, 0, info.Size())); err == nil {
+		var h credfile.Header
+		if h, err = credfile.ReadHeader(io.NewSectionReader(f, 0, info.Size())); err == nil {
 			return &snapshot{f: f, info: info, gen: h.Generation}, nil
 		}
 	}

@@ -20,7 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/apitest"
-	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/credfile"
 )
 
 // bigCredentials deploys a workspace of about n bytes to tenant and exports it, so the
@@ -33,7 +33,7 @@ func bigCredentials(t *testing.T, env *apitest.Env, tenant string, n int) int64 
 	res := env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/flows", Token: env.Token(t, tenant, "editor"), Body: doc})
 	require.Equal(t, http.StatusOK, res.Status, "%.300s", res.Body)
 	env.Export(t, tenant)
-	info, err := os.Stat(fileexport.Path(env.DataDir, tenant))
+	info, err := os.Stat(credfile.Path(env.DataDir, tenant))
 	require.NoError(t, err)
 	return info.Size()
 }
@@ -90,7 +90,7 @@ func TestSlowReadersDoNotPinTheFile(t *testing.T) {
 	// The stalled readers hold nothing back: the file is still served whole.
 	res := env.Do(t, apitest.Request{Method: http.MethodGet, Path: "/api/v1/credentials", Token: token})
 	require.Equal(t, http.StatusOK, res.Status)
-	onDisk, err := os.ReadFile(fileexport.Path(env.DataDir, "acme"))
+	onDisk, err := os.ReadFile(credfile.Path(env.DataDir, "acme"))
 	require.NoError(t, err)
 	require.Equal(t, onDisk, res.Body)
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/loopze/certstore/internal/api"
 	"github.com/loopze/certstore/internal/apitest"
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material/materialtest"
@@ -41,7 +42,7 @@ func TestCredentialsRoute(t *testing.T) {
 	require.Equal(t, http.StatusNotFound, res.Status, "before the first export: %s", res.Body)
 
 	r := env.Export(t, "acme")
-	onDisk, err := os.ReadFile(fileexport.Path(env.DataDir, "acme"))
+	onDisk, err := os.ReadFile(credfile.Path(env.DataDir, "acme"))
 	require.NoError(t, err)
 	res = get(runtime, nil, "")
 	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
@@ -213,7 +214,7 @@ func TestPutReachesRuntime(t *testing.T) {
 	open := func(dir string) *nodetls.Store {
 		var store *nodetls.Store
 		require.Eventually(t, func() bool {
-			s, err := nodetls.Open(filepath.Join(dir, fileexport.FileName), filepath.Join(dir, envelope.KeyFile))
+			s, err := nodetls.Open(filepath.Join(dir, credfile.FileName), filepath.Join(dir, envelope.KeyFile))
 			if err != nil {
 				return false
 			}
@@ -272,7 +273,7 @@ func TestWokenPollsShareOneRead(t *testing.T) {
 	before := reads.Load()
 	post(t, env, editor, inlineCA("second-ca", ca))
 	r := env.Export(t, "acme")
-	onDisk, err := os.ReadFile(fileexport.Path(env.DataDir, "acme"))
+	onDisk, err := os.ReadFile(credfile.Path(env.DataDir, "acme"))
 	require.NoError(t, err)
 	for range polls {
 		res := <-answers

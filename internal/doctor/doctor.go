@@ -23,9 +23,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
-	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/sealing"
@@ -224,7 +224,7 @@ func (d *Doctor) checkDatabase(ctx context.Context) bool {
 
 // checkFile checks a tenant's file: present, 0600, decrypts, at the database's generation.
 func (d *Doctor) checkFile(ring *envelope.Ring, t repo.Tenant) {
-	path := fileexport.Path(d.DataDir, t.ID)
+	path := credfile.Path(d.DataDir, t.ID)
 	info, err := os.Stat(path)
 	if err != nil {
 		d.add("credentials-file", Fail, path, "tenant %s: %v", t.ID, err)
@@ -236,13 +236,13 @@ func (d *Doctor) checkFile(ring *envelope.Ring, t repo.Tenant) {
 		d.add("credentials-file", Fail, path, "%v", err)
 		return
 	}
-	var h fileexport.Header
+	var h credfile.Header
 	if ring == nil {
-		if h, err = fileexport.ParseHeader(data); err != nil {
+		if h, err = credfile.ParseHeader(data); err != nil {
 			d.add("credentials-file", Fail, path, "%v", err)
 			return
 		}
-	} else if _, h, err = fileexport.Open(ring, data, t.ID); err != nil {
+	} else if _, h, err = credfile.Open(ring, data, t.ID); err != nil {
 		d.add("credentials-file", Fail, path, "does not decrypt: %v", err)
 		return
 	}

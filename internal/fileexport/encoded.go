@@ -1,15 +1,12 @@
 package fileexport
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
-	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/maypok86/otter/v2"
 
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/sealing"
 )
@@ -146,9 +143,9 @@ func (x *Exporter) encodeEntry(tenant string, e *repo.Entry, st stamp) ([]byte, 
 	if err != nil {
 		return nil, err
 	}
-	b, err := json.Marshal(de)
+	b, err := credfile.EncodeEntry(de)
 	if err != nil {
-		return nil, fmt.Errorf("encode entry %s: %w", e.ID, err)
+		return nil, err
 	}
 	x.encodedCacheFor().put(entryKey(tenant, e.ID), st, b)
 	return b, nil
@@ -166,109 +163,11 @@ func (x *Exporter) encodeNodeCredential(tenant string, s repo.NodeSecret) ([]byt
 	if err != nil {
 		return nil, fmt.Errorf("open node %s credential %s: %w", s.NodeID, s.Name, err)
 	}
-	b, err := json.Marshal(nodeCredential(s.NodeID, s.Name, plain))
+	b, err := credfile.EncodeNodeCredential(credfile.NewNodeCredential(s.NodeID, s.Name, plain))
 	clear(plain)
-	if err != nil {
-		return nil, fmt.Errorf("encode node %s credential %s: %w", s.NodeID, s.Name, err)
-	}
-	c.put(key, st, b)
-	return b, nil
-}
-
-// encodedDocument is a document already in its JSON form: the bytes json.Marshal writes
-// for the Document it stands for, built from the encoded elements.
-type encodedDocument struct {
-	tenant     string
-	generation int64
-	plain      []byte
-	entries    int
-	references int
-	nodeCreds  int
-}
-
-// bufPool recycles the buffers documents are assembled in; they are cleared before reuse.
-// A buffer larger than maxPooledBuffer is left to the GC: a pooled buffer stays live until
-// two collections passed, and one large tenant's document (20 MiB for 10,000 pairs) would
-// otherwise double the heap the GC paces itself on.
-var bufPool sync.Pool
-
-const maxPooledBuffer = 4 << 20
-
-// encodeDocument writes exactly what json.Marshal(&Document{...}) writes, with entries and
-// nodeCredentials given as their elements' encodings (TestEncodeDocumentMatchesMarshal).
-func encodeDocument(tenant string, gen int64, exportedAt time.Time, entries [][]byte,
-	workspace json.RawMessage, refs []Reference, creds [][]byte) (*encodedDocument, error) {
-	head, err := json.Marshal(struct {
-		Tenant     string    `json:"tenant"`
-		Generation int64     `json:"generation"`
-		ExportedAt time.Time `json:"exportedAt"`
-	}{tenant, gen, exportedAt})
 	if err != nil {
 		return nil, err
 	}
-	var ws []byte
-	if len(workspace) > 0 {
-		if ws, err = json.Marshal(workspace); err != nil {
-			return nil, fmt.Errorf("encode workspace: %w", err)
-		}
-	}
-	if refs == nil {
-		refs = []Reference{}
-	}
-	rb, err := json.Marshal(refs)
-	if err != nil {
-		return nil, fmt.Errorf("encode references: %w", err)
-	}
-	size := len(head) + len(ws) + len(rb) + 64
-	for _, e := range entries {
-		size += len(e) + 1
-	}
-	for _, c := range creds {
-		size += len(c) + 1
-	}
-	var buf *bytes.Buffer
-	if b, ok := bufPool.Get().(*bytes.Buffer); ok {
-		buf = b
-	} else {
-		buf = new(bytes.Buffer)
-	}
-	buf.Reset()
-	buf.Grow(size)
-	buf.Write(head[:len(head)-1])
-	buf.WriteString(`,"entries":[`)
-	for i, e := range entries {
-		if i > 0 {
-			buf.WriteByte(',')
-		}
-		buf.Write(e)
-	}
-	buf.WriteByte(']')
-	if ws != nil {
-		buf.WriteString(`,"workspace":`)
-		buf.Write(ws)
-	}
-	buf.WriteString(`,"references":`)
-	buf.Write(rb)
-	buf.WriteString(`,"nodeCredentials":[`)
-	for i, c := range creds {
-		if i > 0 {
-			buf.WriteByte(',')
-		}
-		buf.Write(c)
-	}
-	buf.WriteString("]}")
-	return &encodedDocument{tenant: tenant, generation: gen, plain: buf.Bytes(),
-		entries: len(entries), references: len(refs), nodeCreds: len(creds)}, nil
-}
-
-// release clears the document's clear bytes and returns its buffer for reuse; once.
-func (d *encodedDocument) release() {
-	if d.plain == nil {
-		return
-	}
-	clear(d.plain[:cap(d.plain)])
-	if cap(d.plain) <= maxPooledBuffer {
-		bufPool.Put(bytes.NewBuffer(d.plain[:0]))
-	}
-	d.plain = nil
+	c.put(key, st, b)
+	return b, nil
 }

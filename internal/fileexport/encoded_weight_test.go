@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/loopze/certstore/internal/credfile"
 )
 
 func liveHeap() uint64 {
@@ -30,7 +32,7 @@ func TestEncodedCacheWeightCoversHeap(t *testing.T) {
 	var weight uint64
 	for i := range n {
 		id := fmt.Sprintf("e-%06d", i)
-		b, err := json.Marshal(Entry{ID: id, Name: id, Type: "client-pair", Source: "inline",
+		b, err := json.Marshal(credfile.Entry{ID: id, Name: id, Type: "client-pair", Source: "inline",
 			CertPEM: strings.Repeat("A", 1400), KeyPEM: strings.Repeat("B", 240), Subject: "CN=" + id,
 			NotBefore: time.Now(), NotAfter: time.Now(), CreatedAt: time.Now(), UpdatedAt: time.Now()})
 		if err != nil {

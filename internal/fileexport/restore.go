@@ -14,6 +14,7 @@ import (
 
 	"github.com/loopze/certstore/internal/audit"
 	"github.com/loopze/certstore/internal/catalog"
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material"
@@ -112,7 +113,7 @@ func (im *Importer) Import(ctx context.Context, data []byte, o ImportOptions) (I
 	if fileRing == nil {
 		fileRing = im.Ring
 	}
-	doc, h, err := Open(fileRing, data, fileTenant)
+	doc, h, err := credfile.Open(fileRing, data, fileTenant)
 	if err != nil {
 		return res, err
 	}
@@ -192,7 +193,7 @@ func (im *Importer) Import(ctx context.Context, data []byte, o ImportOptions) (I
 
 // prepareEntries turns the document's entries into rows for tenant: metadata re-derived,
 // inline material sealed under the current key.
-func (im *Importer) prepareEntries(tenant string, doc *Document) ([]*repo.Entry, []string, error) {
+func (im *Importer) prepareEntries(tenant string, doc *credfile.Document) ([]*repo.Entry, []string, error) {
 	var (
 		out      = make([]*repo.Entry, 0, len(doc.Entries))
 		warnings []string
@@ -256,7 +257,7 @@ func (im *Importer) prepareEntries(tenant string, doc *Document) ([]*repo.Entry,
 // imported. A file that exists but cannot be imported is an error, so a server never starts
 // empty beside a file it would later overwrite.
 func (im *Importer) BootImport(ctx context.Context, dataDir string) (ImportResult, bool, error) {
-	path := Path(dataDir, DefaultTenant)
+	path := credfile.Path(dataDir, credfile.DefaultTenant)
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		return ImportResult{}, false, nil
 	}
@@ -267,7 +268,7 @@ func (im *Importer) BootImport(ctx context.Context, dataDir string) (ImportResul
 	if len(tenants) > 0 {
 		return ImportResult{}, false, nil
 	}
-	res, err := im.ImportFile(ctx, path, ImportOptions{Tenant: DefaultTenant})
+	res, err := im.ImportFile(ctx, path, ImportOptions{Tenant: credfile.DefaultTenant})
 	if err != nil {
 		return res, false, fmt.Errorf("boot import of the default tenant (the database is empty): %w", err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/catalog"
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
@@ -166,9 +167,9 @@ func (f *fixture) requireAllReadable(t *testing.T, when string) {
 			require.NoError(t, err, when)
 			require.Equal(t, "secret of "+s.NodeID, string(pt))
 		}
-		data, err := os.ReadFile(fileexport.Path(f.dataDir, tenant))
+		data, err := os.ReadFile(credfile.Path(f.dataDir, tenant))
 		require.NoError(t, err)
-		_, _, err = fileexport.Open(ring, data, tenant)
+		_, _, err = credfile.Open(ring, data, tenant)
 		require.NoError(t, err, "%s: file of %s", when, tenant)
 	}
 }
@@ -236,9 +237,9 @@ func TestRotationSurvivesKillAtAnyPoint(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []string{rep.NewKeyID}, ring.KeyIDs(), "only the new key is left on disk")
 	for _, tenant := range tenants {
-		data, err := os.ReadFile(fileexport.Path(f.dataDir, tenant))
+		data, err := os.ReadFile(credfile.Path(f.dataDir, tenant))
 		require.NoError(t, err)
-		h, err := fileexport.ParseHeader(data)
+		h, err := credfile.ParseHeader(data)
 		require.NoError(t, err)
 		require.Equal(t, rep.NewKeyID, h.KeyID)
 	}

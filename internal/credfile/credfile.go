@@ -1,13 +1,13 @@
-// Package fileexport owns each tenant's canonical credentials.json: its file format (a small
-// authenticated header, then the tenant's entries with their material, its workspace,
-// references and node credentials, sealed whole with AES-256-GCM under the master key),
-// crash-safe atomic writing, the export of a tenant from the database, the loop that keeps
-// every file in step with the database (LISTEN/NOTIFY, a periodic reconcile, a pass at
-// boot), and the restore of a tenant from a file.
+// Package credfile is the credentials.json file format: a small authenticated header, then a
+// tenant's entries with their material, its workspace, references and node credentials,
+// sealed whole with AES-256-GCM under the master key. It encodes, seals, opens and reads
+// the header of a file, and knows nothing of where the data comes from: the server's export
+// job (internal/fileexport) writes files, and the runtime side (nodetls) reads them, so
+// this package links nothing of the server.
 //
 // The decrypted document holds PEM and private keys. Its types print a summary only, so a
 // document that reaches a log line or an error leaks nothing.
-package fileexport
+package credfile
 
 import (
 	"bytes"
@@ -173,9 +173,9 @@ func (c NodeCredential) Bytes() ([]byte, error) {
 // summary is what a document prints as: counts only.
 func (d *Document) summary() string {
 	if d == nil {
-		return "fileexport.Document(nil)"
+		return "credfile.Document(nil)"
 	}
-	return fmt.Sprintf("fileexport.Document{tenant: %s, generation: %d, entries: %d, references: %d, nodeCredentials: %d}",
+	return fmt.Sprintf("credfile.Document{tenant: %s, generation: %d, entries: %d, references: %d, nodeCredentials: %d}",
 		d.Tenant, d.Generation, len(d.Entries), len(d.References), len(d.NodeCredentials))
 }
 
@@ -193,7 +193,7 @@ func (d *Document) LogValue() slog.Value { return slog.StringValue(d.summary()) 
 
 // Format implements fmt.Formatter: an entry prints its ID only.
 func (e Entry) Format(f fmt.State, _ rune) {
-	_, _ = io.WriteString(f, "fileexport.Entry{id: "+e.ID+"}")
+	_, _ = io.WriteString(f, "credfile.Entry{id: "+e.ID+"}")
 }
 
 // LogValue implements slog.LogValuer.
@@ -201,7 +201,7 @@ func (e Entry) LogValue() slog.Value { return slog.StringValue("entry " + e.ID) 
 
 // Format implements fmt.Formatter: a credential prints where it lives, never its value.
 func (c NodeCredential) Format(f fmt.State, _ rune) {
-	_, _ = io.WriteString(f, "fileexport.NodeCredential{node: "+c.NodeID+", name: "+c.Name+", value: "+secret.Redacted+"}")
+	_, _ = io.WriteString(f, "credfile.NodeCredential{node: "+c.NodeID+", name: "+c.Name+", value: "+secret.Redacted+"}")
 }
 
 // LogValue implements slog.LogValuer.
@@ -210,43 +210,53 @@ func (c NodeCredential) LogValue() slog.Value {
 }
 
 // Seal encrypts doc under ring's current key and returns the file's bytes and header.
-// doc.Tenant and doc.Generation go into the header.
+// doc.Tenant and doc.Generation go into the header. It encodes doc with the encoder the
+// export job uses (EncodeDocument), element by element.
 func Seal(ring *envelope.Ring, doc *Document) ([]byte, Header, error) {
-	plain, err := json.Marshal(doc)
+	entries := make([][]byte, len(doc.Entries))
+	for i, e := range doc.Entries {
+		b, err := EncodeEntry(e)
+		if err != nil {
+			return nil, Header{}, err
+		}
+		entries[i] = b
+	}
+	creds := make([][]byte, len(doc.NodeCredentials))
+	for i, c := range doc.NodeCredentials {
+		b, err := EncodeNodeCredential(c)
+		if err != nil {
+			return nil, Header{}, err
+		}
+		creds[i] = b
+	}
+	enc, err := EncodeDocument(doc.Tenant, doc.Generation, doc.ExportedAt, entries, doc.Workspace, doc.References, creds)
+	for _, b := range entries {
+		clear(b)
+	}
+	for _, b := range creds {
+		clear(b)
+	}
 	if err != nil {
 		return nil, Header{}, fmt.Errorf("encode credentials of %s: %w", doc.Tenant, err)
 	}
-	defer clear(plain)
-	return sealPlain(ring, doc.Tenant, doc.Generation, plain)
+	return enc.Seal(ring)
 }
 
-// sealPlain encrypts an encoded document of tenant at generation under ring's current key.
-func sealPlain(ring *envelope.Ring, tenant string, generation int64, plain []byte) ([]byte, Header, error) {
-	h, sealed, err := sealDocument(ring, tenant, generation, plain)
+// Seal encrypts the encoded document under ring's current key and returns the file's bytes
+// and header. The document in clear is released once sealed, before the file's bytes are
+// made: sealing holds at most two copies of a tenant's document at once (sealed, and the
+// sealed in base64), not three.
+func (d *Encoded) Seal(ring *envelope.Ring) ([]byte, Header, error) {
+	h := Header{Format: Format, Version: Version, Tenant: d.Tenant, Generation: d.Generation, Cipher: Cipher}
+	keyID, sealed, err := ring.SealWithCurrent(d.plain, h.AAD())
+	d.Release()
 	if err != nil {
-		return nil, Header{}, err
-	}
-	return fileBytes(h, sealed)
-}
-
-// sealDocument encrypts an encoded document under ring's current key and returns the
-// file's header and the sealed bytes (nonce, ciphertext, tag).
-func sealDocument(ring *envelope.Ring, tenant string, generation int64, plain []byte) (Header, []byte, error) {
-	h := Header{Format: Format, Version: Version, Tenant: tenant, Generation: generation, Cipher: Cipher}
-	keyID, sealed, err := ring.SealWithCurrent(plain, h.AAD())
-	if err != nil {
-		return Header{}, nil, fmt.Errorf("seal credentials of %s: %w", tenant, err)
+		return nil, Header{}, fmt.Errorf("seal credentials of %s: %w", h.Tenant, err)
 	}
 	h.KeyID = keyID
-	return h, sealed, nil
-}
-
-// fileBytes is the file of a sealed document.
-func fileBytes(h Header, sealed []byte) ([]byte, Header, error) {
-	tenant := h.Tenant
 	out, err := encodeFile(h, sealed)
 	if err != nil {
-		return nil, Header{}, fmt.Errorf("encode credentials file of %s: %w", tenant, err)
+		return nil, Header{}, fmt.Errorf("encode credentials file of %s: %w", h.Tenant, err)
 	}
 	return out, h, nil
 }

@@ -1,4 +1,4 @@
-package fileexport
+package credfile
 
 import (
 	"crypto/aes"
@@ -21,6 +21,7 @@ import (
 
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material/materialtest"
+	"github.com/loopze/certstore/internal/secret"
 )
 
 func sampleDoc(t testing.TB, tenant string, gen int64) *Document {
@@ -45,7 +46,8 @@ func TestFileDecryptsWithOnlyTheFileAndTheKey(t *testing.T) {
 	want := sampleDoc(t, "acme", 42)
 	data, _, err := Seal(ring, want)
 	require.NoError(t, err)
-	require.NoError(t, WriteAtomic(Path(dir, "acme"), data))
+	require.NoError(t, os.MkdirAll(filepath.Dir(Path(dir, "acme")), 0o700))
+	require.NoError(t, os.WriteFile(Path(dir, "acme"), data, 0o600))
 
 	// 1. The key: base64 of 32 bytes; its ID is the hex of the first 8 bytes of its SHA-256.
 	keyText, err := os.ReadFile(filepath.Join(dir, "loopze.key"))
@@ -187,34 +189,13 @@ func TestDocumentPrintsNoMaterial(t *testing.T) {
 func TestNodeCredentialKeepsBinaryValues(t *testing.T) {
 	t.Parallel()
 	for _, v := range [][]byte{[]byte("plain text"), {0xff, 0x00, 0xfe}, {}} {
-		c := nodeCredential("n", "k", v)
+		c := NewNodeCredential("n", "k", v)
 		got, err := c.Bytes()
 		require.NoError(t, err)
 		require.Equal(t, string(v), string(got))
 	}
 	_, err := NodeCredential{Value: "x", Encoding: "rot13"}.Bytes()
 	require.Error(t, err)
-}
-
-func TestWriteAtomic(t *testing.T) {
-	t.Parallel()
-	dir := filepath.Join(t.TempDir(), "tenants", "acme")
-	path := filepath.Join(dir, FileName)
-	require.NoError(t, WriteAtomic(path, []byte("one")))
-	require.NoError(t, os.Chmod(path, 0o644)) // loosened by someone: os.WriteFile would keep the mode
-	require.NoError(t, WriteAtomic(path, []byte("two")))
-	got, err := os.ReadFile(path)
-	require.NoError(t, err)
-	require.Equal(t, "two", string(got))
-	info, err := os.Stat(path)
-	require.NoError(t, err)
-	require.Equal(t, os.FileMode(0o600), info.Mode().Perm())
-	dinfo, err := os.Stat(dir)
-	require.NoError(t, err)
-	require.Equal(t, os.FileMode(0o700), dinfo.Mode().Perm())
-	left, err := filepath.Glob(filepath.Join(dir, ".*tmp*"))
-	require.NoError(t, err)
-	require.Empty(t, left)
 }
 
 func TestPath(t *testing.T) {
@@ -322,4 +303,9 @@ func (f *failPast) Read(p []byte) (int, error) {
 	n := copy(p, f.data[f.read:min(len(f.data), f.limit)])
 	f.read += n
 	return n, nil
+}
+
+func requireNoPEM(t *testing.T, s string) {
+	t.Helper()
+	require.False(t, secret.LooksLikePEM(s), "PEM leaked into %q", s)
 }
