@@ -46,4 +46,3 @@ func TestEncodeDocumentMatchesMarshal(t *testing.T) {
 		})
 	}
 }
-
