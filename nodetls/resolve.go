@@ -8,9 +8,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/refs"
-	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/resolver"
 	"github.com/loopze/certstore/internal/secret"
 )
@@ -199,8 +199,8 @@ func (snap *snapshot) checkRef(p refs.Part, spec *refs.PartSpec, w where) error 
 }
 
 // Lookup implements resolver.Entries over the snapshot.
-func (snap *snapshot) Lookup(_ context.Context, _ string, ids []string) ([]*repo.Entry, error) {
-	out := make([]*repo.Entry, 0, len(ids))
+func (snap *snapshot) Lookup(_ context.Context, _ string, ids []string) ([]*resolver.Entry, error) {
+	out := make([]*resolver.Entry, 0, len(ids))
 	for _, id := range ids {
 		if e := snap.lookup[id]; e != nil {
 			out = append(out, e) // shared: the resolver only reads it
@@ -210,9 +210,9 @@ func (snap *snapshot) Lookup(_ context.Context, _ string, ids []string) ([]*repo
 }
 
 // Open implements resolver.Entries: an inline entry's material, from the snapshot.
-func (snap *snapshot) Open(e *repo.Entry) (cert, key secret.PEM, err error) {
-	se := snap.entries[e.ID]
-	if se == nil {
+func (snap *snapshot) Open(e *resolver.Entry) (cert, key secret.PEM, err error) {
+	se, ok := e.Handle.(*credfile.Entry)
+	if !ok {
 		return nil, nil, fmt.Errorf("entry %s: %w", e.ID, ErrEntryNotFound)
 	}
 	return secret.PEM(se.CertPEM), secret.PEM(se.KeyPEM), nil

@@ -15,7 +15,6 @@ import (
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/refs"
-	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/resolver"
 	"github.com/loopze/certstore/internal/secret"
 )
@@ -309,7 +308,7 @@ type snapshot struct {
 	keyID      string
 	entries    map[string]*credfile.Entry
 	// lookup is each entry as the resolver looks it up, built once with the snapshot.
-	lookup map[string]*repo.Entry
+	lookup map[string]*resolver.Entry
 	nodes  map[nodeKey]*refs.Node
 
 	// resolver resolves blocks against this snapshot's entries; it parses each inline
@@ -323,7 +322,7 @@ func (s *Store) newSnapshot(doc *credfile.Document, h credfile.Header) (*snapsho
 	snap := &snapshot{
 		tenant: h.Tenant, generation: h.Generation, keyID: h.KeyID,
 		entries: make(map[string]*credfile.Entry, len(doc.Entries)),
-		lookup:  make(map[string]*repo.Entry, len(doc.Entries)),
+		lookup:  make(map[string]*resolver.Entry, len(doc.Entries)),
 		nodes:   map[nodeKey]*refs.Node{},
 	}
 	snap.resolver = &resolver.Resolver{Entries: snap, Roots: s.roots, Logger: s.opts.Logger,
@@ -331,8 +330,9 @@ func (s *Store) newSnapshot(doc *credfile.Document, h credfile.Header) (*snapsho
 	for i := range doc.Entries {
 		e := &doc.Entries[i]
 		snap.entries[e.ID] = e
-		snap.lookup[e.ID] = &repo.Entry{TenantID: snap.tenant, ID: e.ID, Name: e.Name, Type: material.Kind(e.Type),
-			Source: e.Source, CertPath: e.CertPath, KeyPath: e.KeyPath, PassphrasePath: e.PassphraseFile, Version: snap.generation}
+		// A snapshot's material never changes, and its resolver (with its cache) is its own.
+		snap.lookup[e.ID] = &resolver.Entry{ID: e.ID, Type: material.Kind(e.Type), Source: e.Source, Handle: e,
+			Files: material.Paths{Cert: e.CertPath, Key: e.KeyPath, Passphrase: e.PassphraseFile}}
 	}
 	if len(doc.Workspace) == 0 {
 		return snap, nil

@@ -63,7 +63,7 @@ func (s *services) connect(pool *pgxpool.Pool, logger *slog.Logger) {
 	s.chainer = &audit.Chainer{Pool: pool, Logger: logger}
 	s.catalog = &catalog.Service{Pool: pool, Ring: s.ring, Roots: s.roots, Logger: logger, Cache: cache, Chainer: s.chainer}
 	s.workspace = &workspace.Service{Pool: pool, Ring: s.ring, Roots: s.roots, Logger: logger,
-		Resolver: &resolver.Resolver{Entries: s.catalog, Roots: s.catalog.Roots, Logger: logger},
+		Resolver: &resolver.Resolver{Entries: s.catalog.Entries(), Roots: s.catalog.Roots, Logger: logger},
 		Changed:  func(tenant string) { cache.Changed(tenant); s.chainer.Kick(tenant) }}
 }
 

@@ -656,7 +656,7 @@ func TestTornRotationOfEncryptedDERFiles(t *testing.T) {
 	require.NoError(t, err)
 
 	waits := 0
-	r := &resolver.Resolver{Entries: te.env.Catalog, Roots: te.env.Catalog.Roots, Logger: te.env.Logger, Wait: func(context.Context, time.Duration) error {
+	r := &resolver.Resolver{Entries: te.env.Catalog.Entries(), Roots: te.env.Catalog.Roots, Logger: te.env.Logger, Wait: func(context.Context, time.Duration) error {
 		waits++
 		rotate(t, keyPath, k2)
 		return nil

@@ -114,7 +114,7 @@ func New(t testing.TB, opts ...Options) *Env {
 	roots := material.ParseRoots(o.FileRoots)
 	cat := &catalog.Service{Pool: pool, Ring: ring, Roots: roots, Logger: logger}
 	ws := &workspace.Service{Pool: pool, Ring: ring, Roots: roots, Logger: logger,
-		Resolver: &resolver.Resolver{Entries: cat, Roots: cat.Roots, Logger: logger}}
+		Resolver: &resolver.Resolver{Entries: cat.Entries(), Roots: cat.Roots, Logger: logger}}
 	creds := &api.Credentials{DataDir: dataDir}
 	if o.Credentials != nil {
 		o.Credentials(creds)

@@ -399,10 +399,10 @@ func TestNoCachedValueSurvivesAChange(t *testing.T) {
 	rot := &keyrotation.Rotator{Pool: a.svc.Pool, DataDir: dir, Logger: logging.Discard(), Settle: time.Millisecond}
 	rep, err := rot.Rotate(ctx)
 	require.NoError(t, err)
-	require.NotEqual(t, before[0].KeyID, rep.NewKeyID)
+	require.NotEqual(t, before[0].Sealed.KeyID, rep.NewKeyID)
 	require.Eventually(t, func() bool {
 		after, err := b.svc.Lookup(ctx, "acme", []string{"edge"})
-		return err == nil && len(after) == 1 && after[0].KeyID == rep.NewKeyID
+		return err == nil && len(after) == 1 && after[0].Sealed.KeyID == rep.NewKeyID
 	}, 10*time.Second, 5*time.Millisecond)
 	after, err := b.svc.Lookup(ctx, "acme", []string{"edge"})
 	require.NoError(t, err)

@@ -67,7 +67,7 @@ func TestSealedMaterialOpensOnlyWhereItLives(t *testing.T) {
 	// a's ciphertexts under b's name, in another tenant, or swapped between fields: refused.
 	eb := sealed(t, s, "acme", "b")
 	moved := *eb
-	moved.CertSealed, moved.KeySealed = ea.CertSealed, ea.KeySealed
+	moved.Sealed.Cert, moved.Sealed.Key = ea.Sealed.Cert, ea.Sealed.Key
 	_, _, err = s.Open(&moved)
 	require.ErrorIs(t, err, envelope.ErrDecrypt)
 	other := *ea
@@ -75,7 +75,7 @@ func TestSealedMaterialOpensOnlyWhereItLives(t *testing.T) {
 	_, _, err = s.Open(&other)
 	require.ErrorIs(t, err, envelope.ErrDecrypt)
 	swapped := *ea
-	swapped.CertSealed, swapped.KeySealed = ea.KeySealed, ea.CertSealed
+	swapped.Sealed.Cert, swapped.Sealed.Key = ea.Sealed.Key, ea.Sealed.Cert
 	_, _, err = s.Open(&swapped)
 	require.ErrorIs(t, err, envelope.ErrDecrypt)
 }
@@ -92,8 +92,8 @@ func TestPutOfNotesKeepsTheCiphertext(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, res.Created)
 	after := sealed(t, s, "acme", "a")
-	require.Equal(t, before.CertSealed, after.CertSealed)
-	require.Equal(t, before.KeySealed, after.KeySealed)
+	require.Equal(t, before.Sealed.Cert, after.Sealed.Cert)
+	require.Equal(t, before.Sealed.Key, after.Sealed.Key)
 	require.Equal(t, "rotated yearly", after.Notes)
 	require.Equal(t, before.Meta.FingerprintSHA256, after.Meta.FingerprintSHA256)
 
@@ -102,7 +102,7 @@ func TestPutOfNotesKeepsTheCiphertext(t *testing.T) {
 	_, err = s.Put(t.Context(), "acme", pairInput("a", c), catalog.Precondition{})
 	require.NoError(t, err)
 	renewed := sealed(t, s, "acme", "a")
-	require.NotEqual(t, before.CertSealed, renewed.CertSealed)
+	require.NotEqual(t, before.Sealed.Cert, renewed.Sealed.Cert)
 	require.NotEqual(t, before.Meta.FingerprintSHA256, renewed.Meta.FingerprintSHA256)
 	cert, _, err := s.Open(renewed)
 	require.NoError(t, err)

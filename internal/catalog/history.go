@@ -10,7 +10,6 @@ import (
 
 	"github.com/loopze/certstore/internal/audit"
 	"github.com/loopze/certstore/internal/db"
-	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/sealing"
@@ -21,31 +20,12 @@ import (
 // wraps repo.ErrNotFound.
 var ErrUnknownVersion = fmt.Errorf("no such version: %w", repo.ErrNotFound)
 
-// openBlob decrypts one sealed value, reloading the key ring once when it names a master
-// key this process does not hold (another replica rotated).
-func (s *Service) openBlob(blob []byte, a envelope.AAD) (secret.PEM, error) {
-	if len(blob) == 0 {
-		return nil, nil
-	}
-	pt, err := sealing.Open(s.Ring, blob, a)
-	if err != nil {
-		return nil, err
-	}
-	return secret.PEM(pt), nil
-}
-
 // OpenVersion decrypts an inline version's sealed material.
 func (s *Service) OpenVersion(v *repo.Version) (cert, key secret.PEM, err error) {
 	if v.Source != SourceInline {
 		return nil, nil, fmt.Errorf("open version %d of %s: not an inline version", v.Version, v.EntryID)
 	}
-	if cert, err = s.openBlob(v.CertSealed, sealing.EntryVersion(v.TenantID, v.EntryID, v.Version, sealing.FieldCert)); err != nil {
-		return nil, nil, fmt.Errorf("open certPem of version %d of %s: %w", v.Version, v.EntryID, err)
-	}
-	if key, err = s.openBlob(v.KeySealed, sealing.EntryVersion(v.TenantID, v.EntryID, v.Version, sealing.FieldKey)); err != nil {
-		return nil, nil, fmt.Errorf("open keyPem of version %d of %s: %w", v.Version, v.EntryID, err)
-	}
-	return cert, key, nil
+	return sealing.OpenPair(s.Ring, sealing.Place{Tenant: v.TenantID, EntryID: v.EntryID, Version: v.Version}, v.Sealed)
 }
 
 // materialOf opens an inline entry's stored material; nil for a file entry.
@@ -70,15 +50,9 @@ func (s *Service) versionOf(ctx context.Context, e *repo.Entry, n int64, action 
 	if err != nil {
 		return nil, fmt.Errorf("record version %d of %s: %w", n, e.ID, err)
 	}
-	if v.CertSealed, err = s.Ring.Seal(cert, sealing.EntryVersion(e.TenantID, e.ID, n, sealing.FieldCert)); err != nil {
-		return nil, fmt.Errorf("seal version %d of %s: %w", n, e.ID, err)
+	if v.Sealed, err = sealing.SealPair(s.Ring, sealing.Place{Tenant: e.TenantID, EntryID: e.ID, Version: n}, cert, key); err != nil {
+		return nil, fmt.Errorf("record version %d of %s: %w", n, e.ID, err)
 	}
-	if len(key) > 0 {
-		if v.KeySealed, err = s.Ring.Seal(key, sealing.EntryVersion(e.TenantID, e.ID, n, sealing.FieldKey)); err != nil {
-			return nil, fmt.Errorf("seal version %d of %s: %w", n, e.ID, err)
-		}
-	}
-	v.KeyID = s.Ring.CurrentKeyID()
 	return v, nil
 }
 
@@ -206,7 +180,7 @@ func (s *Service) Version(ctx context.Context, tenant, id string, version int64)
 	if err != nil {
 		return nil, err
 	}
-	v.CertSealed, v.KeySealed = nil, nil
+	v.Sealed = sealing.Pair{}
 	return v, nil
 }
 

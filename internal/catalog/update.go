@@ -177,7 +177,7 @@ func (s *Service) updateIn(ctx context.Context, tx pgx.Tx, tenant string, cur *r
 		}
 	} else {
 		// Nothing about the material changed: keep the stored ciphertext as it is.
-		p.entry.CertSealed, p.entry.KeySealed, p.entry.KeyID = cur.CertSealed, cur.KeySealed, cur.KeyID
+		p.entry.Sealed = cur.Sealed
 		p.entry.Meta = cur.Meta
 		p.warnings = nil
 	}

@@ -301,32 +301,20 @@ func (d *Doctor) checkRows(ctx context.Context, ring *envelope.Ring, tenant stri
 				notAfter = m.Metadata.NotAfter
 			}
 		} else if ring != nil {
-			for _, f := range []struct {
-				name string
-				blob []byte
-			}{{sealing.FieldCert, e.CertSealed}, {sealing.FieldKey, e.KeySealed}} {
-				if len(f.blob) == 0 {
-					continue
-				}
-				if _, err := ring.Open(f.blob, sealing.Entry(tenant, e.ID, f.name)); err != nil {
-					fail(subject, "%s does not decrypt: %v", f.name, err)
-				}
+			if _, _, err := sealing.OpenPair(ring, sealing.Place{Tenant: tenant, EntryID: e.ID}, e.Sealed); err != nil {
+				fail(subject, "does not decrypt: %v", err)
 			}
 		}
 		d.checkExpiry(subject, notAfter, now)
 	}
 	if ring != nil {
 		for _, v := range versions {
-			for _, f := range []struct {
-				name string
-				blob []byte
-			}{{sealing.FieldCert, v.CertSealed}, {sealing.FieldKey, v.KeySealed}} {
-				if len(f.blob) == 0 {
-					continue
-				}
-				if _, err := ring.Open(f.blob, sealing.EntryVersion(tenant, v.EntryID, v.Version, f.name)); err != nil {
-					fail(fmt.Sprintf("%s/%s@%d", tenant, v.EntryID, v.Version), "%s of version %d does not decrypt: %v", f.name, v.Version, err)
-				}
+			if len(v.Sealed.Cert) == 0 {
+				continue
+			}
+			at := sealing.Place{Tenant: tenant, EntryID: v.EntryID, Version: v.Version}
+			if _, _, err := sealing.OpenPair(ring, at, v.Sealed); err != nil {
+				fail(fmt.Sprintf("%s/%s@%d", tenant, v.EntryID, v.Version), "does not decrypt: %v", err)
 			}
 		}
 		for _, s := range secrets {

@@ -7,6 +7,7 @@ import (
 	"github.com/maypok86/otter/v2"
 
 	"github.com/loopze/certstore/internal/credfile"
+	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/sealing"
 )
@@ -92,28 +93,14 @@ func (c *encodedCache) put(key encodedKey, st stamp, data []byte) {
 	}
 }
 
-// tag is what identifies one sealed value: its length and its GCM tag. Every seal draws a
-// fresh nonce, so a changed value (a PUT, a restore, a rewrap under a new key) never carries
-// the tag of the one it replaces.
-type tag struct {
-	n int
-	t [16]byte
-}
-
-func sealTag(sealed []byte) tag {
-	t := tag{n: len(sealed)}
-	copy(t.t[:], sealed[max(0, len(sealed)-len(t.t)):])
-	return t
-}
-
 // stamp identifies the row an encoding was made from. An entry's is its row stamp (see
 // repo.RowStamp), which moves with every write of the row, a restore and a rewrap under a
-// new key included. A node credential has its sealed value's tag.
+// new key included. A node credential has its sealed value's tag (envelope.Tag).
 type stamp struct {
 	row     uint32
 	version int64
 	updated int64
-	sealed  tag
+	sealed  [16]byte
 }
 
 func rowStamp(s repo.RowStamp) stamp {
@@ -155,7 +142,7 @@ func (x *Exporter) encodeEntry(tenant string, e *repo.Entry, st stamp) ([]byte, 
 // the cache when its sealed bytes did not change.
 func (x *Exporter) encodeNodeCredential(tenant string, s repo.NodeSecret) ([]byte, error) {
 	c := x.encodedCacheFor()
-	key, st := encodedKey{kind: kindNodeCredential, tenant: tenant, id: s.NodeID, name: s.Name}, stamp{sealed: sealTag(s.Sealed)}
+	key, st := encodedKey{kind: kindNodeCredential, tenant: tenant, id: s.NodeID, name: s.Name}, stamp{sealed: envelope.Tag(s.Sealed)}
 	if b, ok := c.get(key, st); ok {
 		return b, nil
 	}

@@ -445,19 +445,12 @@ func (x *Exporter) documentEntry(tenant string, e *repo.Entry) (credfile.Entry, 
 		DNSNames: e.Meta.DNSNames, CertCount: e.Meta.CertCount, KeyAlgorithm: e.Meta.KeyAlgorithm,
 		HasPrivateKey: e.Meta.HasPrivateKey, CreatedAt: e.CreatedAt.UTC(), UpdatedAt: e.UpdatedAt.UTC(),
 	}
-	if len(e.CertSealed) > 0 {
-		pt, err := sealing.Open(x.Ring, e.CertSealed, sealing.Entry(tenant, e.ID, sealing.FieldCert))
+	if len(e.Sealed.Cert) > 0 {
+		cert, key, err := sealing.OpenPair(x.Ring, sealing.Place{Tenant: tenant, EntryID: e.ID}, e.Sealed)
 		if err != nil {
-			return credfile.Entry{}, fmt.Errorf("open certPem of %s: %w", e.ID, err)
+			return credfile.Entry{}, err
 		}
-		de.CertPEM = string(pt)
-	}
-	if len(e.KeySealed) > 0 {
-		pt, err := sealing.Open(x.Ring, e.KeySealed, sealing.Entry(tenant, e.ID, sealing.FieldKey))
-		if err != nil {
-			return credfile.Entry{}, fmt.Errorf("open keyPem of %s: %w", e.ID, err)
-		}
-		de.KeyPEM = string(pt)
+		de.CertPEM, de.KeyPEM = string(cert), string(key)
 	}
 	return de, nil
 }

@@ -167,7 +167,7 @@ func TestRoundTripThroughAFreshDatabase(t *testing.T) {
 		require.Equal(t, want.Notes, have.Notes, id)
 		require.Equal(t, want.RefCount, have.RefCount, id)
 		if want.Source == catalog.SourceInline {
-			require.Equal(t, dst.ring.CurrentKeyID(), have.KeyID, "re-sealed under the current key")
+			require.Equal(t, dst.ring.CurrentKeyID(), have.Sealed.KeyID, "re-sealed under the current key")
 			wc, wk, err := src.catalog.Open(want)
 			require.NoError(t, err)
 			hc, hk, err := dst.catalog.Open(have)
@@ -260,8 +260,8 @@ func TestBootImport(t *testing.T) {
 	require.Equal(t, 3, res.Entries)
 	e, err := sealedEntry(ctx, dst.pool, "default", "edge")
 	require.NoError(t, err)
-	require.Equal(t, src.ring.CurrentKeyID(), e.KeyID)
-	_, err = src.ring.Open(e.CertSealed, sealing.Entry("default", "edge", sealing.FieldCert))
+	require.Equal(t, src.ring.CurrentKeyID(), e.Sealed.KeyID)
+	_, _, err = sealing.OpenPair(src.ring, sealing.Place{Tenant: "default", EntryID: "edge"}, e.Sealed)
 	require.NoError(t, err)
 
 	// Not again: the database is no longer empty.

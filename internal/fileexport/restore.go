@@ -217,15 +217,9 @@ func (im *Importer) prepareEntries(tenant string, doc *credfile.Document) ([]*re
 			}
 			e.Meta = m.Metadata
 			var err error
-			if e.CertSealed, err = im.Ring.Seal(cert, sealing.Entry(tenant, de.ID, sealing.FieldCert)); err != nil {
-				return nil, nil, fmt.Errorf("seal certificate of %s: %w", de.ID, err)
+			if e.Sealed, err = sealing.SealPair(im.Ring, sealing.Place{Tenant: tenant, EntryID: de.ID}, cert, key); err != nil {
+				return nil, nil, err
 			}
-			if len(key) > 0 {
-				if e.KeySealed, err = im.Ring.Seal(key, sealing.Entry(tenant, de.ID, sealing.FieldKey)); err != nil {
-					return nil, nil, fmt.Errorf("seal key of %s: %w", de.ID, err)
-				}
-			}
-			e.KeyID = im.Ring.CurrentKeyID()
 		default:
 			e.CertPath, e.KeyPath, e.PassphrasePath = de.CertPath, de.KeyPath, de.PassphraseFile
 			if e.CertPath == "" {

@@ -152,13 +152,11 @@ func (f *fixture) requireAllReadable(t *testing.T, when string) {
 		require.Len(t, entries, 8)
 		require.Len(t, secrets, 4)
 		for _, e := range entries {
-			_, err := ring.Open(e.CertSealed, sealing.Entry(tenant, e.ID, sealing.FieldCert))
+			_, _, err := sealing.OpenPair(ring, sealing.Place{Tenant: tenant, EntryID: e.ID}, e.Sealed)
 			require.NoError(t, err, "%s: %s/%s with the data dir's keys", when, tenant, e.ID)
-			_, err = ring.Open(e.KeySealed, sealing.Entry(tenant, e.ID, sealing.FieldKey))
-			require.NoError(t, err, "%s: %s/%s key with the data dir's keys", when, tenant, e.ID)
-			keyID, err := envelope.KeyID(e.CertSealed)
+			keyID, err := envelope.KeyID(e.Sealed.Cert)
 			require.NoError(t, err)
-			require.Equal(t, keyID, e.KeyID, "the row records the key that wraps it")
+			require.Equal(t, keyID, e.Sealed.KeyID, "the row records the key that wraps it")
 			_, _, err = f.server.Open(e)
 			require.NoError(t, err, "%s: %s/%s through the running server", when, tenant, e.ID)
 		}
