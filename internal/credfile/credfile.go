@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/sealing"
 	"github.com/loopze/certstore/internal/secret"
 )
@@ -109,27 +110,18 @@ type Document struct {
 // Entry is one catalogue entry with its material in clear: PEM for inline entries, paths
 // for file-sourced ones. Metadata is what the database held when the file was written.
 type Entry struct {
-	ID                string    `json:"id"`
-	Name              string    `json:"name"`
-	Type              string    `json:"type"`
-	Source            string    `json:"source"`
-	Notes             string    `json:"notes"`
-	CertPEM           string    `json:"certPem,omitempty"`
-	KeyPEM            string    `json:"keyPem,omitempty"`
-	CertPath          string    `json:"certPath,omitempty"`
-	KeyPath           string    `json:"keyPath,omitempty"`
-	FingerprintSHA256 string    `json:"fingerprintSha256"`
-	Subject           string    `json:"subject"`
-	Issuer            string    `json:"issuer"`
-	SerialNumber      string    `json:"serialNumber"`
-	NotBefore         time.Time `json:"notBefore"`
-	NotAfter          time.Time `json:"notAfter"`
-	DNSNames          []string  `json:"dnsNames"`
-	CertCount         int       `json:"certCount"`
-	KeyAlgorithm      string    `json:"keyAlgorithm"`
-	HasPrivateKey     bool      `json:"hasPrivateKey"`
-	CreatedAt         time.Time `json:"createdAt"`
-	UpdatedAt         time.Time `json:"updatedAt"`
+	ID       string `json:"id"`
+	Name     string `json:"name"`
+	Type     string `json:"type"`
+	Source   string `json:"source"`
+	Notes    string `json:"notes"`
+	CertPEM  string `json:"certPem,omitempty"`
+	KeyPEM   string `json:"keyPem,omitempty"`
+	CertPath string `json:"certPath,omitempty"`
+	KeyPath  string `json:"keyPath,omitempty"`
+	material.Metadata
+	CreatedAt time.Time `json:"createdAt"`
+	UpdatedAt time.Time `json:"updatedAt"`
 	// PassphraseFile is a file entry's passphrase file (its path, never the passphrase).
 	PassphraseFile string `json:"passphraseFile,omitempty"`
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/secret"
 )
@@ -29,7 +30,7 @@ func sampleDoc(t testing.TB, tenant string, gen int64) *Document {
 	return &Document{
 		Tenant: tenant, Generation: gen,
 		Entries: []Entry{{ID: "edge", Name: "Edge", Type: "client-pair", Source: "inline",
-			CertPEM: string(cert), KeyPEM: string(key), DNSNames: []string{}}},
+			CertPEM: string(cert), KeyPEM: string(key), Metadata: material.Metadata{DNSNames: []string{}}}},
 		Workspace:       json.RawMessage(`{"flows":[]}`),
 		References:      []Reference{{EntryID: "edge", FlowID: "f", NodeID: "n", NodeType: "tcp-out", Field: "tls.clientCertRef"}},
 		NodeCredentials: []NodeCredential{{NodeID: "n", Name: "password", Value: "hunter2"}},

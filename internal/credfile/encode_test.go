@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/loopze/certstore/internal/material"
 	"github.com/stretchr/testify/require"
 )
 
@@ -15,8 +16,8 @@ func TestEncodeDocumentMatchesMarshal(t *testing.T) {
 	at := time.Date(2025, 1, 2, 3, 4, 5, 600, time.UTC)
 	entries := []Entry{
 		{ID: "a", Name: "<b>&\u2028", Type: "client-pair", Source: "inline", CertPEM: "-----BEGIN CERTIFICATE-----\nAA==\n", KeyPEM: "k",
-			DNSNames: []string{"x.example"}, NotBefore: at, NotAfter: at, CreatedAt: at, UpdatedAt: at, HasPrivateKey: true},
-		{ID: "b", Type: "ca-bundle", Source: "file", CertPath: "/etc/x.pem", DNSNames: []string{}},
+			Metadata: material.Metadata{DNSNames: []string{"x.example"}, NotBefore: at, NotAfter: at, HasPrivateKey: true}, CreatedAt: at, UpdatedAt: at},
+		{ID: "b", Type: "ca-bundle", Source: "file", CertPath: "/etc/x.pem", Metadata: material.Metadata{DNSNames: []string{}}},
 	}
 	creds := []NodeCredential{{NodeID: "n1", Name: "password", Value: "s\"3<"}, NewNodeCredential("n2", "blob", []byte{0, 0xff})}
 	refs := []Reference{{EntryID: "a", FlowID: "f", NodeID: "n1", NodeType: "tcp-out", Field: "tls.caBundleRef"}}

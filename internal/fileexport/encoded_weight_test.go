@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/loopze/certstore/internal/credfile"
+	"github.com/loopze/certstore/internal/material"
 )
 
 func liveHeap() uint64 {
@@ -33,8 +34,8 @@ func TestEncodedCacheWeightCoversHeap(t *testing.T) {
 	for i := range n {
 		id := fmt.Sprintf("e-%06d", i)
 		b, err := json.Marshal(credfile.Entry{ID: id, Name: id, Type: "client-pair", Source: "inline",
-			CertPEM: strings.Repeat("A", 1400), KeyPEM: strings.Repeat("B", 240), Subject: "CN=" + id,
-			NotBefore: time.Now(), NotAfter: time.Now(), CreatedAt: time.Now(), UpdatedAt: time.Now()})
+			CertPEM: strings.Repeat("A", 1400), KeyPEM: strings.Repeat("B", 240), Metadata: material.Metadata{Subject: "CN=" + id,
+				NotBefore: time.Now(), NotAfter: time.Now()}, CreatedAt: time.Now(), UpdatedAt: time.Now()})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -440,10 +440,7 @@ func (x *Exporter) documentEntry(tenant string, e *repo.Entry) (credfile.Entry, 
 	de := credfile.Entry{
 		ID: e.ID, Name: e.Name, Type: string(e.Type), Source: e.Source, Notes: e.Notes,
 		CertPath: e.CertPath, KeyPath: e.KeyPath, PassphraseFile: e.PassphrasePath,
-		FingerprintSHA256: e.Meta.FingerprintSHA256, Subject: e.Meta.Subject, Issuer: e.Meta.Issuer,
-		SerialNumber: e.Meta.SerialNumber, NotBefore: e.Meta.NotBefore.UTC(), NotAfter: e.Meta.NotAfter.UTC(),
-		DNSNames: e.Meta.DNSNames, CertCount: e.Meta.CertCount, KeyAlgorithm: e.Meta.KeyAlgorithm,
-		HasPrivateKey: e.Meta.HasPrivateKey, CreatedAt: e.CreatedAt.UTC(), UpdatedAt: e.UpdatedAt.UTC(),
+		Metadata: e.Meta.InUTC(), CreatedAt: e.CreatedAt.UTC(), UpdatedAt: e.UpdatedAt.UTC(),
 	}
 	if len(e.Sealed.Cert) > 0 {
 		cert, key, err := sealing.OpenPair(x.Ring, sealing.Place{Tenant: tenant, EntryID: e.ID}, e.Sealed)

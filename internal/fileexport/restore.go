@@ -234,12 +234,7 @@ func (im *Importer) prepareEntries(tenant string, doc *credfile.Document) ([]*re
 			// The files may live on the machine the backup came from only; the entry keeps
 			// its paths and the metadata recorded in the file until they appear.
 			warnings = append(warnings, fmt.Sprintf("entry %s: file material not usable here (%s); keeping its paths and recorded metadata", de.ID, issues[0]))
-			e.Meta = material.Metadata{
-				FingerprintSHA256: de.FingerprintSHA256, Subject: de.Subject, Issuer: de.Issuer,
-				SerialNumber: de.SerialNumber, NotBefore: de.NotBefore, NotAfter: de.NotAfter,
-				DNSNames: de.DNSNames, CertCount: de.CertCount, KeyAlgorithm: de.KeyAlgorithm,
-				HasPrivateKey: de.HasPrivateKey,
-			}
+			e.Meta = de.Metadata
 		}
 		out = append(out, e)
 	}
