@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2 # staticcheck 2026.2.2
 
-.PHONY: build run test lint openapi bench fuzz clean
+.PHONY: build run test test-unit lint openapi bench fuzz clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/server
@@ -19,6 +19,13 @@ run: build
 test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
+
+# make test-unit: the packages whose tests need no PostgreSQL (no testdb, apitest or
+# embedded cluster), in seconds, on a machine without the server binaries.
+UNIT_PKGS = $(shell $(GO) list -f '{{.ImportPath}}{{range .TestImports}} {{.}}{{end}}{{range .XTestImports}} {{.}}{{end}}' ./... \
+	| grep -v -e /internal/testdb -e /internal/apitest -e /internal/pgembed | cut -d' ' -f1)
+test-unit:
+	$(GO) test -count=1 $(UNIT_PKGS)
 
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi

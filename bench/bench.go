@@ -27,6 +27,7 @@ const (
 	tenantSync   = "sync"   // Entries client pairs: the runtime's Sync lag
 	tenantRefs   = "refs"   // one CA referenced by References nodes: the DELETE conflict
 	tenantDeploy = "deploy" // workspace deploys
+	tenantEdge   = "edge"   // edgeEntries client pairs: the credentials route's slow readers and long polls
 	refdEntry    = "referenced-ca"
 	deployCA     = "internal-root-ca"
 )
@@ -159,7 +160,7 @@ func (b *bench) setup(ctx context.Context) error {
 
 	b.tokens = map[string]string{}
 	roles := []string{tenantMain + "/viewer", tenantMain + "/editor", tenantPost + "/editor", tenantKDF + "/editor",
-		tenantSync + "/editor", tenantRefs + "/editor", tenantDeploy + "/editor"}
+		tenantSync + "/editor", tenantEdge + "/editor", tenantRefs + "/editor", tenantDeploy + "/editor"}
 	for run := 1; run <= runs; run++ {
 		roles = append(roles, postTenant(run)+"/editor")
 	}
@@ -185,6 +186,9 @@ func (b *bench) setup(ctx context.Context) error {
 func (b *bench) seedBase(ctx context.Context) error {
 	t0 := time.Now()
 	if err := b.seed.clientPairs(ctx, []string{tenantMain, tenantSync}, b.s.Entries, 1); err != nil {
+		return err
+	}
+	if err := b.seed.clientPairs(ctx, []string{tenantEdge}, edgeEntries, 1); err != nil {
 		return err
 	}
 	b.ids = make([]string, b.s.Entries)
@@ -215,7 +219,7 @@ func (b *bench) seedBase(ctx context.Context) error {
 	if err := analyze(ctx, conn); err != nil {
 		return err
 	}
-	b.progress("seeded %d entries in %s", 2*b.s.Entries+2, since(t0))
+	b.progress("seeded %d entries in %s", 2*b.s.Entries+edgeEntries+2, since(t0))
 	return nil
 }
 
@@ -245,6 +249,8 @@ func (b *bench) runAll(ctx context.Context) {
 	}{
 		{"KDF flood", b.scenarioKDFFlood},
 		{"largest workspace", b.scenarioBigWorkspace},
+		{"credentials slow readers", b.scenarioSlowReaders},
+		{"credentials long polls", b.scenarioLongPolls},
 		{"baselines", b.baselines},
 		{"GET by ID", b.scenarioGet},
 		{"GET list", b.scenarioList},

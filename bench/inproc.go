@@ -21,7 +21,7 @@ func (b *bench) resolver(ctx context.Context) (*resolver.Resolver, func(), error
 	if err != nil {
 		return nil, nil, err
 	}
-	return &resolver.Resolver{Entries: rep.svc, Logger: b.log}, rep.stop, nil
+	return &resolver.Resolver{Entries: rep.svc.Entries(), Logger: b.log}, rep.stop, nil
 }
 
 // buildTLSOp resolves a tls block referencing a random stored inline client pair.

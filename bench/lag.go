@@ -11,7 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/repo"
 )
 
@@ -49,7 +49,7 @@ type lagProbe struct {
 }
 
 func newLagProbe(b *bench, tenant string) *lagProbe {
-	return &lagProbe{b: b, tenant: tenant, path: fileexport.Path(b.srv.dataDir, tenant), finished: make(chan struct{})}
+	return &lagProbe{b: b, tenant: tenant, path: credfile.Path(b.srv.dataDir, tenant), finished: make(chan struct{})}
 }
 
 // finish tells the probe the load is over: it stops marking and waits for what is pending.
@@ -150,7 +150,7 @@ func fileGeneration(path string) (int64, bool) {
 	if err != nil {
 		return 0, false
 	}
-	h, err := fileexport.ParseHeader(data)
+	h, err := credfile.ParseHeader(data)
 	if err != nil {
 		return 0, false
 	}

@@ -67,7 +67,7 @@ func (b *bench) scenarioReplicas(ctx context.Context) error {
 	p := b.pki.pairs[0]
 	name, typ, src := "replicated", "client-pair", catalog.SourceInline
 	if _, err := a.svc.Put(ctx, tenantReplicas, catalog.Input{ID: "replicated", Name: &name, Type: &typ, Source: &src,
-		CertPEM: p.cert, KeyPEM: p.key}, 0); err != nil {
+		CertPEM: p.cert, KeyPEM: p.key}, catalog.Precondition{}); err != nil {
 		return fmt.Errorf("create the replicated entry: %w", err)
 	}
 	writes := 200
@@ -81,7 +81,7 @@ func (b *bench) scenarioReplicas(ctx context.Context) error {
 			return ctx.Err()
 		}
 		notes := fmt.Sprintf("write %d", i)
-		if _, err := a.svc.Put(ctx, tenantReplicas, catalog.Input{ID: "replicated", Notes: &notes}, 0); err != nil {
+		if _, err := a.svc.Put(ctx, tenantReplicas, catalog.Input{ID: "replicated", Notes: &notes}, catalog.Precondition{}); err != nil {
 			res.Errors++
 			res.FirstErr = err
 			continue

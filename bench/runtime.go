@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/repo"
@@ -53,12 +54,12 @@ func (b *bench) runtimeFixture() (dir string, err error) {
 	if err := os.WriteFile(keyPath, p.key, 0o600); err != nil {
 		return "", err
 	}
-	doc := &fileexport.Document{Tenant: tenantMain, Generation: 1, ExportedAt: time.Now().UTC()}
+	doc := &credfile.Document{Tenant: tenantMain, Generation: 1, ExportedAt: time.Now().UTC()}
 	nodes := make([]map[string]any, 0, runtimeNodes+1)
 	for i := range runtimeNodes {
 		pp := b.pki.pairs[i%len(b.pki.pairs)]
 		id := fmt.Sprintf("rt-pair-%04d", i)
-		doc.Entries = append(doc.Entries, fileexport.Entry{ID: id, Type: "client-pair", Source: "inline",
+		doc.Entries = append(doc.Entries, credfile.Entry{ID: id, Type: "client-pair", Source: "inline",
 			CertPEM: string(pp.cert), KeyPEM: string(pp.key)})
 		nodes = append(nodes, map[string]any{"id": runtimeNode(i), "type": "mqtt-broker", "tls": map[string]any{"clientCertRef": id}})
 	}
@@ -67,17 +68,17 @@ func (b *bench) runtimeFixture() (dir string, err error) {
 	if doc.Workspace, err = json.Marshal(map[string]any{"flows": []any{map[string]any{"id": "rt-flow", "nodes": nodes}}}); err != nil {
 		return "", err
 	}
-	data, _, err := fileexport.Seal(ring, doc)
+	data, _, err := credfile.Seal(ring, doc)
 	if err != nil {
 		return "", err
 	}
-	return dir, fileexport.WriteAtomic(filepath.Join(dir, fileexport.FileName), data)
+	return dir, fileexport.WriteAtomic(filepath.Join(dir, credfile.FileName), data)
 }
 
 func runtimeNode(i int) string { return fmt.Sprintf("rt-node-%04d", i) }
 
 func openRuntime(dir string) (*nodetls.Store, error) {
-	return nodetls.New(nodetls.Options{File: filepath.Join(dir, fileexport.FileName),
+	return nodetls.New(nodetls.Options{File: filepath.Join(dir, credfile.FileName),
 		KeyFile: filepath.Join(dir, envelope.KeyFile), FileRoots: dir})
 }
 
@@ -196,7 +197,7 @@ func (b *bench) scenarioSyncLag(ctx context.Context) error {
 	written := make(chan int64, 64)
 	syncCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	s := &nodetls.Syncer{BaseURL: b.srv.base, Token: tok, Dir: dir, OnWrite: func(g int64) { written <- g }}
+	s := &nodetls.Syncer{BaseURL: b.srv.base, Token: tok, Dir: dir, AllowLoopbackHTTP: true, OnWrite: func(g int64) { written <- g }}
 	syncErr := make(chan error, 1)
 	go func() { syncErr <- s.Run(syncCtx) }()
 

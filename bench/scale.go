@@ -13,8 +13,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/loopze/certstore/internal/auth"
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/db"
-	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/repo"
 )
 
@@ -131,7 +131,7 @@ func (b *bench) settleExports(ctx context.Context, tenants []string) error {
 			if !want[t.ID] {
 				continue
 			}
-			if gen, ok := fileGeneration(fileexport.Path(b.srv.dataDir, t.ID)); !ok || gen != t.Generation {
+			if gen, ok := fileGeneration(credfile.Path(b.srv.dataDir, t.ID)); !ok || gen != t.Generation {
 				pending++
 			}
 		}

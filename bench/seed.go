@@ -17,6 +17,7 @@ import (
 
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material"
+	"github.com/loopze/certstore/internal/sealing"
 	"github.com/loopze/certstore/internal/secret"
 )
 
@@ -98,8 +99,8 @@ var entryColumnsCopy = []string{"tenant_id", "id", "name", "type", "source", "no
 	"cert_count", "key_algorithm", "has_private_key"}
 
 // seeder writes tenants and inline entries straight into the tables with COPY, sealing
-// the material with the server's own master key and the AAD the catalogue uses (tenant,
-// "entry:<id>", field), so the server opens them as if they had been POSTed.
+// the material with the server's own master key where the catalogue seals it
+// (sealing.SealPair), so the server opens them as if they had been POSTed.
 type seeder struct {
 	url  string
 	ring *envelope.Ring
@@ -108,37 +109,28 @@ type seeder struct {
 
 func entryID(i int) string { return fmt.Sprintf("e%06d", i) }
 
-// entryAAD is the catalogue's binding of a sealed field to its row.
-func entryAAD(tenant, id, field string) envelope.AAD {
-	return envelope.AAD{Tenant: tenant, Owner: "entry:" + id, Field: field}
-}
-
 // clientPairRow is one inline client-pair row for COPY.
 func (s *seeder) clientPairRow(tenant, id string, i int) ([]any, error) {
 	p := s.pki.pairs[i%len(s.pki.pairs)]
-	certSealed, err := s.ring.Seal(p.cert, entryAAD(tenant, id, "certPem"))
+	sealed, err := sealing.SealPair(s.ring, sealing.Place{Tenant: tenant, EntryID: id}, p.cert, p.key)
 	if err != nil {
-		return nil, fmt.Errorf("seal certificate of %s: %w", id, err)
-	}
-	keySealed, err := s.ring.Seal(p.key, entryAAD(tenant, id, "keyPem"))
-	if err != nil {
-		return nil, fmt.Errorf("seal key of %s: %w", id, err)
+		return nil, err
 	}
 	m := p.meta
 	return []any{tenant, id, "Edge client " + id, string(material.ClientPair), "inline", "seeded by make bench",
-		certSealed, keySealed, s.ring.CurrentKeyID(), m.FingerprintSHA256, m.Subject, m.Issuer, m.SerialNumber,
+		sealed.Cert, sealed.Key, sealed.KeyID, m.FingerprintSHA256, m.Subject, m.Issuer, m.SerialNumber,
 		m.NotBefore, m.NotAfter, m.DNSNames, m.CertCount, m.KeyAlgorithm, m.HasPrivateKey}, nil
 }
 
 // caBundleRow is one inline ca-bundle row holding the run's CA.
 func (s *seeder) caBundleRow(tenant, id string) ([]any, error) {
-	sealed, err := s.ring.Seal(s.pki.ca, entryAAD(tenant, id, "certPem"))
+	sealed, err := sealing.SealPair(s.ring, sealing.Place{Tenant: tenant, EntryID: id}, s.pki.ca, nil)
 	if err != nil {
-		return nil, fmt.Errorf("seal certificate of %s: %w", id, err)
+		return nil, err
 	}
 	m := s.pki.caMeta
-	return []any{tenant, id, "Bench CA " + id, string(material.CABundle), "inline", "", sealed, nil,
-		s.ring.CurrentKeyID(), m.FingerprintSHA256, m.Subject, m.Issuer, m.SerialNumber,
+	return []any{tenant, id, "Bench CA " + id, string(material.CABundle), "inline", "", sealed.Cert, nil,
+		sealed.KeyID, m.FingerprintSHA256, m.Subject, m.Issuer, m.SerialNumber,
 		m.NotBefore, m.NotAfter, m.DNSNames, m.CertCount, m.KeyAlgorithm, m.HasPrivateKey}, nil
 }
 

@@ -21,10 +21,16 @@
 //
 // The snapshot follows the file: each call compares the file's inode, size and
 // modification time with the loaded ones and reloads when they changed. A file that is
-// torn, tampered with, another tenant's, sealed under an unknown key or older than the one
-// loaded is refused; the last good snapshot keeps serving, Err reports the refusal and
-// Options.OnRefused hears of it. During a master key rotation loopze.key.next beside the
-// key file is read too.
+// torn, tampered with, another tenant's, sealed under an unknown key, not a regular file,
+// over MaxFileSize, or older than one accepted before is refused; the last good snapshot
+// keeps serving, Err reports the refusal and Options.OnRefused hears of it. "Accepted
+// before" outlives the process: the highest generation taken is kept beside the file in
+// credentials.json.floor, so a copy of an older file put back is refused after a restart
+// too, until that floor file is deleted. During a master key rotation loopze.key.next
+// beside the key file is read too.
+//
+// Sync (and Syncer) keep a copy from a remote server over https only; plain http is
+// allowed to a loopback host when the caller opts in with Syncer.AllowLoopbackHTTP.
 //
 // Nothing in this package logs or returns PEM, private keys or file contents: errors name
 // the file, flow, node and field. Errors are tested with errors.Is against the package's

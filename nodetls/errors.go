@@ -4,8 +4,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/envelope"
-	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/resolver"
 )
 
@@ -41,24 +41,34 @@ var (
 	// ErrUnknownKey means the file is sealed under a master key that neither the key file
 	// nor the next key file beside it holds.
 	ErrUnknownKey = errors.New("credentials file is sealed under an unknown master key")
-	// ErrStaleFile means the file's generation is older than the one already loaded.
-	ErrStaleFile = errors.New("credentials file is older than the one loaded")
+	// ErrStaleFile means the file's generation is older than one already accepted: the
+	// one loaded, or the generation floor recorded beside the file (credentials.json.floor),
+	// which outlives restarts. Sync refuses to write such a file too.
+	ErrStaleFile = errors.New("credentials file is older than one already accepted")
 	// ErrFileMissing means the credentials file cannot be read at all.
 	ErrFileMissing = errors.New("credentials file cannot be read")
+	// ErrTooLarge means the file is larger than MaxFileSize. It is refused from its size,
+	// before it is read.
+	ErrTooLarge = errors.New("credentials file is larger than the limit (MaxFileSize)")
+
+	// ErrInsecureURL means Sync was given a base URL other than https://, which would send
+	// the token and the file in clear; plain http:// is allowed only to a loopback host
+	// and only with Syncer.AllowLoopbackHTTP. Sync stops at once: asking again cannot help.
+	ErrInsecureURL = errors.New("credentials sync needs an https:// URL")
 )
 
-// fileError maps what internal/fileexport and internal/envelope say about a file onto the
+// fileError maps what internal/credfile and internal/envelope say about a file onto the
 // sentinels above, keeping the cause in the chain.
 func fileError(path string, err error) error {
 	var kind error
 	switch {
-	case errors.Is(err, fileexport.ErrWrongTenant):
+	case errors.Is(err, credfile.ErrWrongTenant):
 		kind = ErrWrongTenant
 	case errors.Is(err, envelope.ErrUnknownKey):
 		kind = ErrUnknownKey
 	case errors.Is(err, envelope.ErrDecrypt), errors.Is(err, envelope.ErrMalformed):
 		kind = ErrTampered
-	case errors.Is(err, fileexport.ErrNotCredentialsFile):
+	case errors.Is(err, credfile.ErrNotCredentialsFile):
 		kind = ErrNotCredentialsFile
 	default:
 		return fmt.Errorf("load %s: %w", path, err)

@@ -12,12 +12,15 @@ import (
 	"fmt"
 	"log"
 	"math/big"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/loopze/certstore/internal/credfile"
+	"github.com/loopze/certstore/internal/durable"
 	"github.com/loopze/certstore/internal/envelope"
-	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/nodetls"
 )
 
@@ -37,16 +40,16 @@ func exampleDir() string {
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), IsCA: true,
 		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
 	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	doc := &fileexport.Document{Tenant: "default", Generation: 7,
-		Entries: []fileexport.Entry{{ID: "internal-root-ca", Type: "ca-bundle", Source: "inline",
+	doc := &credfile.Document{Tenant: "default", Generation: 7,
+		Entries: []credfile.Entry{{ID: "internal-root-ca", Type: "ca-bundle", Source: "inline",
 			CertPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))}},
 		Workspace: []byte(`{"flows":[{"id":"ingest-line-1","nodes":[
 			{"id":"mqtt-out-3","type":"mqtt-broker","tls":{"caBundleRef":"internal-root-ca","serverName":"broker.example"}}]}]}`)}
-	data, _, err := fileexport.Seal(ring, doc)
+	data, _, err := credfile.Seal(ring, doc)
 	if err != nil {
 		log.Fatal(err)
 	}
-	if err := fileexport.WriteAtomic(filepath.Join(dir, "credentials.json"), data); err != nil {
+	if err := durable.Replace(filepath.Join(dir, "credentials.json"), data); err != nil {
 		log.Fatal(err)
 	}
 	return dir
@@ -116,4 +119,37 @@ func ExampleSync() {
 			log.Print(err)
 		}
 	}()
+}
+
+func ExampleSyncer_loopbackHTTP() {
+	dir := exampleDir()
+	defer os.RemoveAll(dir)
+	file, err := os.ReadFile(filepath.Join(dir, "credentials.json"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	// A store on this machine, reached over plain http on the loopback interface.
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(file) }))
+	defer server.Close()
+	local, err := os.MkdirTemp("", "nodetls-sync-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(local)
+
+	s := &nodetls.Syncer{BaseURL: server.URL, Token: os.Getenv("LOOPZE_RUNTIME_TOKEN"), Dir: local}
+	_, err = s.Once(context.Background())
+	fmt.Println("plain http refused:", errors.Is(err, nodetls.ErrInsecureURL))
+
+	// Opting in allows plain http to a loopback host, and to nothing else.
+	s.AllowLoopbackHTTP = true
+	written, err := s.Once(context.Background())
+	fmt.Println("written:", written, err)
+	s.BaseURL = "http://certs.example:8080"
+	_, err = s.Once(context.Background())
+	fmt.Println("other hosts still refused:", errors.Is(err, nodetls.ErrInsecureURL))
+	// Output:
+	// plain http refused: true
+	// written: true <nil>
+	// other hosts still refused: true
 }

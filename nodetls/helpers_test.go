@@ -14,8 +14,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/loopze/certstore/internal/credfile"
+	"github.com/loopze/certstore/internal/durable"
 	"github.com/loopze/certstore/internal/envelope"
-	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/material/materialtest"
 )
@@ -25,7 +26,7 @@ import (
 type fixture struct {
 	dir  string
 	ring *envelope.Ring
-	doc  *fileexport.Document
+	doc  *credfile.Document
 }
 
 func newFixture(t testing.TB) *fixture {
@@ -33,15 +34,15 @@ func newFixture(t testing.TB) *fixture {
 	dir := t.TempDir()
 	ring, err := envelope.Load(dir, nil)
 	require.NoError(t, err)
-	return &fixture{dir: dir, ring: ring, doc: &fileexport.Document{Tenant: "acme", Generation: 1, ExportedAt: time.Now().UTC()}}
+	return &fixture{dir: dir, ring: ring, doc: &credfile.Document{Tenant: "acme", Generation: 1, ExportedAt: time.Now().UTC()}}
 }
 
-func (f *fixture) path() string    { return filepath.Join(f.dir, fileexport.FileName) }
+func (f *fixture) path() string    { return filepath.Join(f.dir, credfile.FileName) }
 func (f *fixture) keyPath() string { return filepath.Join(f.dir, envelope.KeyFile) }
 
 // inline adds a stored inline entry.
 func (f *fixture) inline(id string, typ material.Kind, c *materialtest.Cert, withKey bool) {
-	e := fileexport.Entry{ID: id, Name: id, Type: string(typ), Source: "inline", CertPEM: string(c.ChainPEM())}
+	e := credfile.Entry{ID: id, Name: id, Type: string(typ), Source: "inline", CertPEM: string(c.ChainPEM())}
 	if withKey {
 		e.KeyPEM = string(c.KeyPEM())
 	}
@@ -50,7 +51,7 @@ func (f *fixture) inline(id string, typ material.Kind, c *materialtest.Cert, wit
 
 // fileEntry adds a stored file-sourced entry.
 func (f *fixture) fileEntry(id string, typ material.Kind, certPath, keyPath string) {
-	f.doc.Entries = append(f.doc.Entries, fileexport.Entry{ID: id, Name: id, Type: string(typ), Source: "file", CertPath: certPath, KeyPath: keyPath})
+	f.doc.Entries = append(f.doc.Entries, credfile.Entry{ID: id, Name: id, Type: string(typ), Source: "file", CertPath: certPath, KeyPath: keyPath})
 }
 
 // workspace sets the deployed workspace: one flow "line-1" holding nodes.
@@ -69,9 +70,9 @@ func (f *fixture) write(t testing.TB) {
 
 func (f *fixture) writeWith(t testing.TB, ring *envelope.Ring) {
 	t.Helper()
-	data, _, err := fileexport.Seal(ring, f.doc)
+	data, _, err := credfile.Seal(ring, f.doc)
 	require.NoError(t, err)
-	require.NoError(t, fileexport.WriteAtomic(f.path(), data))
+	require.NoError(t, durable.Replace(f.path(), data))
 }
 
 func node(id, typ string, tls map[string]any) map[string]any {
@@ -155,8 +156,8 @@ func mv(t *testing.T, path string, data []byte) {
 
 func fp(c *materialtest.Cert) string { return material.Fingerprint(c.Cert) }
 
-func nodeCred(nodeID, name, value string) fileexport.NodeCredential {
-	return fileexport.NodeCredential{NodeID: nodeID, Name: name, Value: value}
+func nodeCred(nodeID, name, value string) credfile.NodeCredential {
+	return credfile.NodeCredential{NodeID: nodeID, Name: name, Value: value}
 }
 
 func tlsDial(addr string, cfg *tls.Config) (*tls.Conn, error) {
@@ -172,13 +173,13 @@ func tlsDial(addr string, cfg *tls.Config) (*tls.Conn, error) {
 	return c, err
 }
 
-func seal(t testing.TB, f *fixture, doc *fileexport.Document) []byte {
+func seal(t testing.TB, f *fixture, doc *credfile.Document) []byte {
 	return sealUnder(t, doc, f.ring)
 }
 
-func sealUnder(t testing.TB, doc *fileexport.Document, ring *envelope.Ring) []byte {
+func sealUnder(t testing.TB, doc *credfile.Document, ring *envelope.Ring) []byte {
 	t.Helper()
-	data, _, err := fileexport.Seal(ring, doc)
+	data, _, err := credfile.Seal(ring, doc)
 	require.NoError(t, err)
 	return data
 }

@@ -8,9 +8,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/refs"
-	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/resolver"
 	"github.com/loopze/certstore/internal/secret"
 )
@@ -62,7 +62,7 @@ type Part struct {
 // An opcua-server node's certRef is its clientCert part. Call it for every new
 // connection: a connection keeps the material it was opened with.
 func (s *Store) Config(ctx context.Context, flowID, nodeID string) (*tls.Config, error) {
-	snap, n, err := s.node(flowID, nodeID)
+	snap, n, err := s.node(ctx, flowID, nodeID)
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +73,7 @@ func (s *Store) Config(ctx context.Context, flowID, nodeID string) (*tls.Config,
 // ({"caBundleRef": "...", "clientCertFile": "...", ...}). Inline PEM must be present as
 // strings; references resolve in the file's tenant.
 func (s *Store) ConfigFor(ctx context.Context, block json.RawMessage) (*tls.Config, error) {
-	snap, err := s.current()
+	snap, err := s.current(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -87,7 +87,7 @@ func (s *Store) ConfigFor(ctx context.Context, block json.RawMessage) (*tls.Conf
 // Describe reports what each configured part of a node's tls block resolves to now,
 // whether it resolves or not (Part.Error). It reads files as Config does.
 func (s *Store) Describe(ctx context.Context, flowID, nodeID string) ([]Part, error) {
-	snap, n, err := s.node(flowID, nodeID)
+	snap, n, err := s.node(ctx, flowID, nodeID)
 	if err != nil {
 		return nil, err
 	}
@@ -114,8 +114,8 @@ func (s *Store) Describe(ctx context.Context, flowID, nodeID string) ([]Part, er
 	return out, nil
 }
 
-func (s *Store) node(flowID, nodeID string) (*snapshot, *refs.Node, error) {
-	snap, err := s.current()
+func (s *Store) node(ctx context.Context, flowID, nodeID string) (*snapshot, *refs.Node, error) {
+	snap, err := s.current(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -199,8 +199,8 @@ func (snap *snapshot) checkRef(p refs.Part, spec *refs.PartSpec, w where) error 
 }
 
 // Lookup implements resolver.Entries over the snapshot.
-func (snap *snapshot) Lookup(_ context.Context, _ string, ids []string) ([]*repo.Entry, error) {
-	out := make([]*repo.Entry, 0, len(ids))
+func (snap *snapshot) Lookup(_ context.Context, _ string, ids []string) ([]*resolver.Entry, error) {
+	out := make([]*resolver.Entry, 0, len(ids))
 	for _, id := range ids {
 		if e := snap.lookup[id]; e != nil {
 			out = append(out, e) // shared: the resolver only reads it
@@ -210,9 +210,9 @@ func (snap *snapshot) Lookup(_ context.Context, _ string, ids []string) ([]*repo
 }
 
 // Open implements resolver.Entries: an inline entry's material, from the snapshot.
-func (snap *snapshot) Open(e *repo.Entry) (cert, key secret.PEM, err error) {
-	se := snap.entries[e.ID]
-	if se == nil {
+func (snap *snapshot) Open(e *resolver.Entry) (cert, key secret.PEM, err error) {
+	se, ok := e.Handle.(*credfile.Entry)
+	if !ok {
 		return nil, nil, fmt.Errorf("entry %s: %w", e.ID, ErrEntryNotFound)
 	}
 	return secret.PEM(se.CertPEM), secret.PEM(se.KeyPEM), nil

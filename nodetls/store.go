@@ -1,21 +1,20 @@
 package nodetls
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/envelope"
-	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/refs"
-	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/resolver"
 	"github.com/loopze/certstore/internal/secret"
 )
@@ -39,9 +38,11 @@ type Options struct {
 	// path to the default tenant and none to other tenants, as on the server.
 	FileRoots string
 	// OnRefused, when set, is called once for every changed file that is refused (torn,
-	// tampered with, another tenant's, under an unknown key, older than the one loaded).
-	// The last good snapshot keeps serving. It runs inside the Config call that noticed
-	// the change and must not call the Store.
+	// tampered with, another tenant's, under an unknown key, older than one accepted
+	// before, not a regular file, over MaxFileSize). The last good snapshot keeps
+	// serving. It runs inside the Config call that noticed the change, holding the reload
+	// (other calls that find the file changed wait for it, as long as their context
+	// allows), and must not call the Store.
 	OnRefused func(error)
 	// Logger receives material warnings (expiry, weak keys) and refusals; nil discards.
 	// Nothing this package logs carries PEM or key bytes.
@@ -56,15 +57,20 @@ type Options struct {
 // Store holds one tenant's decrypted credentials.json in memory and turns its nodes' tls
 // blocks into *tls.Config values. It follows the file: every Config call compares the
 // file's identity (inode, size, modification time) with the loaded one and reloads when it
-// changed, keeping the last good snapshot when the new file is refused. A Store is safe
-// for concurrent use.
+// changed, keeping the last good snapshot when the new file is refused. It reads only a
+// regular file of at most MaxFileSize bytes, without blocking on anything else put in its
+// place, and keeps the generation floor beside it (credentials.json.floor): the highest
+// generation accepted, so an older copy put back is refused even after a restart. A Store
+// is safe for concurrent use.
 type Store struct {
 	opts  Options
 	roots material.Roots
 	ring  *envelope.Ring
 
-	state  atomic.Pointer[state]
-	mu     sync.Mutex // serialises reloads
+	state atomic.Pointer[state]
+	// reload is held by the one call reloading the file; others wait on it as long as
+	// their context allows.
+	reload chan struct{}
 	closed atomic.Bool
 }
 
@@ -88,7 +94,8 @@ func Open(path, keyPath string) (*Store, error) {
 }
 
 // New loads the file Options names. The first load must succeed: there is no last good
-// snapshot to fall back on yet.
+// snapshot to fall back on yet. A file older than the generation floor beside it is
+// refused with ErrStaleFile.
 func New(opts Options) (*Store, error) {
 	if opts.File == "" {
 		return nil, errors.New("nodetls: Options.File (the credentials.json path) is required")
@@ -111,12 +118,12 @@ func New(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nodetls: key file %s: %w", opts.KeyFile, err)
 	}
-	s := &Store{opts: opts, roots: roots, ring: ring}
+	s := &Store{opts: opts, roots: roots, ring: ring, reload: make(chan struct{}, 1)}
 	info, err := os.Stat(opts.File)
 	if err != nil {
 		return nil, fmt.Errorf("nodetls: %w %s: %w", ErrFileMissing, opts.File, err)
 	}
-	snap, err := s.load(nil)
+	snap, err := s.load(context.Background(), nil)
 	if err != nil {
 		return nil, fmt.Errorf("nodetls: %w", err)
 	}
@@ -132,13 +139,14 @@ func (s *Store) Tenant() string { return s.state.Load().snap.tenant }
 
 // Err reports why the file on disk is not the snapshot being served: nil when it is, else
 // the refusal (ErrNotCredentialsFile, ErrTampered, ErrWrongTenant, ErrUnknownKey,
-// ErrStaleFile, ErrFileMissing). It reflects the file as of the last Config, Describe or
+// ErrStaleFile, ErrFileMissing, ErrTooLarge). ErrStaleFile names the file's generation and
+// the one it is older than. It reflects the file as of the last Config, Describe or
 // Refresh call.
 func (s *Store) Err() error { return s.state.Load().err }
 
 // Refresh checks the file now, as every Config call does, and returns Err.
 func (s *Store) Refresh() error {
-	if _, err := s.current(); err != nil {
+	if _, err := s.current(context.Background()); err != nil {
 		return err
 	}
 	return s.Err()
@@ -147,16 +155,17 @@ func (s *Store) Refresh() error {
 // Close drops the snapshot; later calls return ErrClosed.
 func (s *Store) Close() error {
 	s.closed.Store(true)
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.reload <- struct{}{}
+	defer func() { <-s.reload }()
 	if st := s.state.Load(); st != nil {
 		s.state.Store(&state{snap: &snapshot{tenant: st.snap.tenant, generation: st.snap.generation}, seen: st.seen})
 	}
 	return nil
 }
 
-// current returns the snapshot to serve, reloading first when the file changed.
-func (s *Store) current() (*snapshot, error) {
+// current returns the snapshot to serve, reloading first when the file changed. It waits
+// for a reload another call is making no longer than ctx allows.
+func (s *Store) current(ctx context.Context) (*snapshot, error) {
 	if s.closed.Load() {
 		return nil, ErrClosed
 	}
@@ -165,8 +174,12 @@ func (s *Store) current() (*snapshot, error) {
 	if statErr == nil && sameFile(st.seen, info) && !s.keysChanged(st) {
 		return st.snap, nil
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	select {
+	case s.reload <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("reload %s: %w", s.opts.File, ctx.Err())
+	}
+	defer func() { <-s.reload }()
 	if s.closed.Load() {
 		return nil, ErrClosed
 	}
@@ -182,7 +195,11 @@ func (s *Store) current() (*snapshot, error) {
 	if sameFile(st.seen, info) && !s.keysChanged(st) {
 		return st.snap, nil // another caller reloaded it meanwhile
 	}
-	snap, err := s.load(st.snap)
+	snap, err := s.load(ctx, st.snap)
+	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		// Not a verdict on the file: the next call reads it again.
+		return nil, fmt.Errorf("reload %s: %w", s.opts.File, err)
+	}
 	if err != nil {
 		next := &state{snap: st.snap, seen: info, err: err}
 		if errors.Is(err, ErrUnknownKey) {
@@ -238,34 +255,47 @@ func sameFile(a, b fs.FileInfo) bool {
 }
 
 // load reads, decrypts and indexes the file. prev is the snapshot being served, nil at
-// the first load: a file for another tenant or of an older generation is refused.
-func (s *Store) load(prev *snapshot) (*snapshot, error) {
+// the first load: a file for another tenant, or older than prev or the generation floor,
+// is refused. A file taken raises the floor.
+func (s *Store) load(ctx context.Context, prev *snapshot) (*snapshot, error) {
 	path := s.opts.File
-	data, err := os.ReadFile(path)
-	if err != nil {
+	data, err := readFile(ctx, path, MaxFileSize)
+	switch {
+	case errors.Is(err, errNotRegular):
+		return nil, fmt.Errorf("load %s: %w: %w", path, ErrNotCredentialsFile, err)
+	case errors.Is(err, ErrTooLarge), err != nil && ctx.Err() != nil:
+		return nil, fmt.Errorf("load %s: %w", path, err)
+	case err != nil:
 		return nil, fmt.Errorf("%w %s: %w", ErrFileMissing, path, err)
 	}
 	tenant := s.opts.Tenant
 	if tenant == "" && prev != nil {
 		tenant = prev.tenant
 	}
-	doc, h, err := fileexport.Open(s.ring, data, tenant)
+	doc, h, err := credfile.Open(s.ring, data, tenant)
 	if errors.Is(err, envelope.ErrUnknownKey) {
 		// A key rotation wrote loopze.key.next (or promoted it) since the ring was read.
 		if rerr := s.ring.Reload(); rerr != nil {
 			return nil, fileError(path, errors.Join(err, rerr))
 		}
-		doc, h, err = fileexport.Open(s.ring, data, tenant)
+		doc, h, err = credfile.Open(s.ring, data, tenant)
 	}
 	if err != nil {
 		return nil, fileError(path, err)
 	}
+	if err := checkFloor(ctx, path, h.Tenant, h.Generation); err != nil {
+		return nil, fmt.Errorf("load %s: %w", path, err)
+	}
 	if prev != nil && h.Generation < prev.generation {
-		return nil, fmt.Errorf("load %s: %w: generation %d, the loaded one is %d", path, ErrStaleFile, h.Generation, prev.generation)
+		return nil, fmt.Errorf("load %s: %w: generation %d, while generation %d is loaded", path, ErrStaleFile, h.Generation, prev.generation)
 	}
 	snap, err := s.newSnapshot(doc, h)
 	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", path, err)
+	}
+	if err := raiseFloor(ctx, path, h.Tenant, h.Generation); err != nil {
+		// The file is good; only an older one put back after a restart would go unnoticed.
+		s.opts.Logger.Warn("generation floor not recorded", "path", path, "generation", h.Generation, "err", err)
 	}
 	return snap, nil
 }
@@ -276,9 +306,9 @@ type snapshot struct {
 	tenant     string
 	generation int64
 	keyID      string
-	entries    map[string]*fileexport.Entry
+	entries    map[string]*credfile.Entry
 	// lookup is each entry as the resolver looks it up, built once with the snapshot.
-	lookup map[string]*repo.Entry
+	lookup map[string]*resolver.Entry
 	nodes  map[nodeKey]*refs.Node
 
 	// resolver resolves blocks against this snapshot's entries; it parses each inline
@@ -288,11 +318,11 @@ type snapshot struct {
 
 type nodeKey struct{ flow, node string }
 
-func (s *Store) newSnapshot(doc *fileexport.Document, h fileexport.Header) (*snapshot, error) {
+func (s *Store) newSnapshot(doc *credfile.Document, h credfile.Header) (*snapshot, error) {
 	snap := &snapshot{
 		tenant: h.Tenant, generation: h.Generation, keyID: h.KeyID,
-		entries: make(map[string]*fileexport.Entry, len(doc.Entries)),
-		lookup:  make(map[string]*repo.Entry, len(doc.Entries)),
+		entries: make(map[string]*credfile.Entry, len(doc.Entries)),
+		lookup:  make(map[string]*resolver.Entry, len(doc.Entries)),
 		nodes:   map[nodeKey]*refs.Node{},
 	}
 	snap.resolver = &resolver.Resolver{Entries: snap, Roots: s.roots, Logger: s.opts.Logger,
@@ -300,8 +330,9 @@ func (s *Store) newSnapshot(doc *fileexport.Document, h fileexport.Header) (*sna
 	for i := range doc.Entries {
 		e := &doc.Entries[i]
 		snap.entries[e.ID] = e
-		snap.lookup[e.ID] = &repo.Entry{TenantID: snap.tenant, ID: e.ID, Name: e.Name, Type: material.Kind(e.Type),
-			Source: e.Source, CertPath: e.CertPath, KeyPath: e.KeyPath, PassphrasePath: e.PassphraseFile, Version: snap.generation}
+		// A snapshot's material never changes, and its resolver (with its cache) is its own.
+		snap.lookup[e.ID] = &resolver.Entry{ID: e.ID, Type: material.Kind(e.Type), Source: e.Source, Handle: e,
+			Files: material.Paths{Cert: e.CertPath, Key: e.KeyPath, Passphrase: e.PassphraseFile}}
 	}
 	if len(doc.Workspace) == 0 {
 		return snap, nil

@@ -14,8 +14,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/envelope"
-	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/nodetls"
@@ -346,7 +346,7 @@ func TestPKCS12FileEntry(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 	pass := materialtest.WriteFile(t, files, "edge.pass", []byte("s3cret-pass\n"))
 	f.inline("root-ca", material.CABundle, ca, false)
-	f.doc.Entries = append(f.doc.Entries, fileexport.Entry{ID: "edge-p12", Type: "client-pair", Source: "file", CertPath: p12, PassphraseFile: pass})
+	f.doc.Entries = append(f.doc.Entries, credfile.Entry{ID: "edge-p12", Type: "client-pair", Source: "file", CertPath: p12, PassphraseFile: pass})
 	f.workspace(t, node("n1", "tcp-out", map[string]any{"caBundleRef": "root-ca", "clientCertRef": "edge-p12", "serverName": "localhost"}))
 	f.write(t)
 	store, err := nodetls.New(nodetls.Options{File: f.path(), KeyFile: f.keyPath(), FileRoots: files})

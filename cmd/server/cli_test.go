@@ -62,3 +62,22 @@ func TestHelpAndVersion(t *testing.T) {
 	require.Equal(t, 2, code)
 	require.True(t, strings.Contains(errOut, `unknown command "nonsense"`))
 }
+
+// TestTokenLongerThanTheServerAccepts: `token` refuses a --ttl over LOOPZE_JWT_MAX_TTL
+// (exit 2, naming the setting) instead of printing a token the server would refuse; the
+// documented 720h runtime token is within the default.
+func TestTokenLongerThanTheServerAccepts(t *testing.T) {
+	dir := t.TempDir()
+	code, _, errOut := runInProcess(t, "token", "--data-dir", dir, "--role", "runtime", "--ttl", "8760h")
+	require.Equal(t, 2, code, errOut)
+	require.Contains(t, errOut, "LOOPZE_JWT_MAX_TTL")
+	code, out, errOut := runInProcess(t, "token", "--data-dir", dir, "--role", "runtime", "--ttl", "720h")
+	require.Equal(t, 0, code, errOut)
+	require.Len(t, strings.Split(strings.TrimSpace(out), "."), 3)
+	code, out, errOut = runInProcess(t, "token", "--data-dir", dir, "--jwt-max-ttl", "9000h", "--ttl", "8760h")
+	require.Equal(t, 0, code, errOut)
+	require.NotEmpty(t, out)
+	code, _, errOut = runInProcess(t, "token", "--data-dir", dir, "--jwt-max-ttl", "0s")
+	require.NotEqual(t, 0, code)
+	require.Contains(t, errOut, "LOOPZE_JWT_MAX_TTL")
+}

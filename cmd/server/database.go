@@ -31,7 +31,7 @@ var commandFlags = map[string][]string{
 	"audit export": databaseFlags,
 	"import":       append(slices.Clone(databaseFlags), "file-roots"),
 	"doctor":       append(slices.Clone(databaseFlags), "file-roots"),
-	"token":        {"data-dir", "jwt-issuer", "jwt-audience", "log-format", "log-level"},
+	"token":        {"data-dir", "jwt-issuer", "jwt-audience", "jwt-max-ttl", "log-format", "log-level"},
 }
 
 // setup parses the shared flags over the environment, validates the configuration and

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/loopze/certstore/internal/config"
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/fileexport"
 )
 
@@ -30,7 +31,7 @@ func startExport(ctx context.Context, cfg config.Config, svc *services, pool *pg
 	}
 	if imported {
 		logger.Info("restored the default tenant from credentials.json into the empty database",
-			"path", fileexport.Path(cfg.DataDir, fileexport.DefaultTenant), "entries", res.Entries,
+			"path", credfile.Path(cfg.DataDir, credfile.DefaultTenant), "entries", res.Entries,
 			"references", res.References, "node_credentials", res.NodeCredentials, "file_generation", res.FileGeneration)
 	}
 	x = &fileexport.Exporter{Pool: pool, Ring: svc.ring, DataDir: cfg.DataDir, Logger: logger, OnWrite: onWrite}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -87,4 +88,32 @@ func TestMetricsListenerAndFileRootsWarning(t *testing.T) {
 	require.True(t, warned, "serve warns at start:\n%s", s.stderr.String())
 	s.stop(t, syscall.SIGTERM)
 	require.NotContains(t, s.stderr.String(), token)
+
+	// The token alone: the main listener serves /metrics to the token only, per entry.
+	s = start(t, append(base, "LOOPZE_METRICS_TOKEN="+token))
+	s.waitReady(t)
+	code, _ = get(t, "http://"+s.addr+"/metrics", "")
+	require.Equal(t, http.StatusUnauthorized, code)
+	require.Equal(t, http.StatusOK, put(t, s.addr, tok, entry), "a request, for the durations")
+	require.Eventually(t, func() bool {
+		_, body = get(t, "http://"+s.addr+"/metrics", token)
+		return strings.Contains(body, `loopze_export_lag_seconds{tenant="acme"}`)
+	}, 15*time.Second, 20*time.Millisecond, "the export job reports the tenant:\n%s", body)
+	require.Contains(t, body, `loopze_cert_not_after_seconds{id="root",source="inline",tenant="acme",type="ca-bundle"}`)
+	require.Contains(t, body, `loopze_http_request_duration_seconds_count{code="200",method="PUT"`)
+	require.Contains(t, body, `loopze_db_pool_max_connections`)
+	s.stop(t, syscall.SIGTERM)
+	require.NotContains(t, s.stderr.String(), token)
+}
+
+// put replaces the entry root (or creates it), and returns the status.
+func put(t *testing.T, addr, bearer string, entry []byte) int {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPut, "http://"+addr+"/api/v1/certs/root", bytes.NewReader(entry))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+bearer)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	return resp.StatusCode
 }

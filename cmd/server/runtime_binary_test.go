@@ -8,12 +8,16 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/loopze/certstore/internal/credfile"
+	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/testdb"
@@ -150,4 +154,45 @@ func TestRuntimeBesideRunningServer(t *testing.T) {
 	call(http.MethodGet, "/api/v1/certs", runtime, nil, http.StatusForbidden)
 	call(http.MethodGet, "/api/v1/credentials", editor, nil, http.StatusForbidden)
 	require.NotContains(t, s.stderr.String(), "BEGIN")
+}
+
+// TestResolveRefusesOlderGeneration: resolve (and probe, through the same store) took a
+// copy of credentials.json at generation 2 put back over generation 3. Each run is a fresh
+// start, so only the generation floor beside the file remembers 3: the copy is refused
+// with both generations named, until the operator deletes the floor to roll back.
+func TestResolveRefusesOlderGeneration(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ring, err := envelope.Load(dir, nil)
+	require.NoError(t, err)
+	ca := materialtest.NewCA(t, materialtest.Options{CommonName: "Plant CA"})
+	file, key := filepath.Join(dir, credfile.FileName), filepath.Join(dir, envelope.KeyFile)
+	write := func(gen int64) []byte {
+		doc := &credfile.Document{Tenant: "default", Generation: gen,
+			Entries:   []credfile.Entry{{ID: "plant-ca", Type: "ca-bundle", Source: "inline", CertPEM: string(ca.CertPEM())}},
+			Workspace: []byte(`{"flows":[{"id":"line-1","nodes":[{"id":"tcp-out-1","type":"tcp-out","tls":{"caBundleRef":"plant-ca"}}]}]}`)}
+		data, _, err := credfile.Seal(ring, doc)
+		require.NoError(t, err)
+		require.NoError(t, fileexport.WriteAtomic(file, data))
+		return data
+	}
+	flags := []string{"--file", file, "--key", key, "--flow", "line-1", "--node", "tcp-out-1"}
+	gen2 := write(2)
+	require.Contains(t, runCLI(t, nil, append([]string{"resolve"}, flags...)...), "generation 2")
+	write(3)
+	require.Contains(t, runCLI(t, nil, append([]string{"resolve"}, flags...)...), "generation 3")
+
+	require.NoError(t, fileexport.WriteAtomic(file, gen2))
+	floor := file + ".floor"
+	for _, cmd := range [][]string{append([]string{"resolve"}, flags...), append(append([]string{"probe"}, flags...), "127.0.0.1:1")} {
+		code, out, all := runCLICode(t, nil, cmd...)
+		require.Equal(t, 1, code, all)
+		require.NotContains(t, out, "caBundle", "nothing is resolved from the older file")
+		require.Contains(t, all, "older than one already accepted")
+		require.Contains(t, all, "generation 2, while generation 3 was accepted here before")
+		require.Contains(t, all, floor)
+	}
+
+	require.NoError(t, os.Remove(floor))
+	require.Contains(t, runCLI(t, nil, append([]string{"resolve"}, flags...)...), "generation 2", "rolled back on purpose")
 }

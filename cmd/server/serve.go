@@ -85,7 +85,7 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	if _, err := mig.Run(operator(ctx, "serve")); err != nil {
 		return err
 	}
-	creds := &api.Credentials{DataDir: cfg.DataDir}
+	creds := &api.Credentials{DataDir: cfg.DataDir, MaxPollsPerTenant: cfg.PollLimitTenant, MaxPollsPerSubject: cfg.PollLimitSubject}
 	exporter, stopExport, err := startExport(ctx, cfg, svc, pool, direct, logger, creds.Written)
 	if err != nil {
 		return err

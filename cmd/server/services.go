@@ -67,7 +67,7 @@ func (s *services) connect(pool *pgxpool.Pool, logger *slog.Logger) {
 	s.chainer = &audit.Chainer{Pool: pool, Logger: logger}
 	s.catalog = &catalog.Service{Pool: pool, Ring: s.ring, Roots: s.roots, KDF: s.kdf, Logger: logger, Cache: cache, Chainer: s.chainer}
 	s.workspace = &workspace.Service{Pool: pool, Ring: s.ring, Roots: s.roots, KDF: s.kdf, Logger: logger,
-		Resolver: &resolver.Resolver{Entries: s.catalog, Roots: s.catalog.Roots, KDF: s.kdf, Logger: logger},
+		Resolver: &resolver.Resolver{Entries: s.catalog.Entries(), Roots: s.catalog.Roots, KDF: s.kdf, Logger: logger},
 		Changed:  func(tenant string) { cache.Changed(tenant); s.chainer.Kick(tenant) }}
 }
 
@@ -129,7 +129,7 @@ func newVerifier(cfg config.Config) (*auth.Verifier, error) {
 	}
 	v, err := auth.NewVerifier(auth.Config{
 		HMACSecret: hmac, PublicKeysFile: cfg.JWTPublicKeys,
-		Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, AllowedOrigins: cfg.AllowedOrigins,
+		Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, AllowedOrigins: cfg.AllowedOrigins, MaxTTL: cfg.JWTMaxTTL,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("JWT verification: %w", err)

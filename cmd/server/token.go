@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/loopze/certstore/internal/auth"
+	"github.com/loopze/certstore/internal/config"
 )
 
 // runToken prints an HS256 token the server accepts, signed with LOOPZE_JWT_SECRET or the
@@ -34,6 +35,10 @@ func runToken(_ context.Context, env *environ, args []string) error {
 	}
 	if ttl <= 0 {
 		return fmt.Errorf("%w: --ttl must be positive", errUsage)
+	}
+	if ttl > cfg.JWTMaxTTL {
+		// The server would refuse it: say so now rather than print a token that never works.
+		return fmt.Errorf("%w: --ttl %s is longer than the maximum token lifetime %s (%s)", errUsage, ttl, cfg.JWTMaxTTL, config.EnvJWTMaxTTL)
 	}
 	if err := cfg.EnsureDataDir(); err != nil {
 		return err

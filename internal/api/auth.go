@@ -86,11 +86,15 @@ func (s *Server) authMiddleware(api huma.API) func(huma.Context, func(huma.Conte
 			_ = huma.WriteErr(api, ctx, http.StatusUnauthorized, "a valid token is required (Authorization: Bearer <JWT> or the "+auth.CookieName+" cookie)")
 			return
 		}
-		if s.limiter != nil && !s.limiter.allow(ctx, p.Tenant, p.Subject) {
+		// The role is checked before the tenant's bucket is touched: a token refused here
+		// (a runtime token sent anywhere but its one route, say) spends only its own
+		// subject's bucket, never what the tenant's other users share.
+		allowed := p.Role.Allows(min)
+		if s.limiter != nil && !s.limiter.allow(ctx.SetHeader, p.Tenant, p.Subject, allowed) {
 			_ = huma.WriteErr(api, ctx, http.StatusTooManyRequests, "too many requests from this tenant or token subject; retry after the seconds in Retry-After")
 			return
 		}
-		if !p.Role.Allows(min) {
+		if !allowed {
 			_ = huma.WriteErr(api, ctx, http.StatusForbidden, "this operation needs the "+min.String()+" role; the token has "+p.Role.String())
 			return
 		}

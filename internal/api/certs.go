@@ -336,18 +336,20 @@ func registerCerts(api huma.API, s *Server) {
 		Summary: "Update an entry (or create it)",
 		Description: "Replaces the fields given; omitted fields and omitted material keep their stored values, new material re-derives the metadata. " +
 			"The ID is immutable. A type change is refused with 409 while the entry is referenced. An unknown ID is created (201). " +
-			"Send If-Match with the ETag to refuse a lost update (412).",
+			"Send If-Match with the ETag to refuse a lost update (412); If-Match: * updates only an entry that exists, " +
+			"If-None-Match: * creates only an entry that does not (412 otherwise).",
 		Errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusPreconditionFailed, http.StatusRequestEntityTooLarge, http.StatusUnprocessableEntity},
 	}), auth.Editor), func(ctx context.Context, in *struct {
 		CertIDParam
-		IfMatch string `header:"If-Match" maxLength:"1024" doc:"ETag of the version being replaced"`
-		Body    CertPutBody
+		IfMatch     string `header:"If-Match" maxLength:"1024" doc:"ETag of the version being replaced, or * for any version of an existing entry"`
+		IfNoneMatch string `header:"If-None-Match" maxLength:"1024" doc:"* to create only: 412 when the entry exists"`
+		Body        CertPutBody
 	}) (*CertSavedOutput, error) {
 		if in.Body.ID != "" && in.Body.ID != in.ID {
 			return nil, newError(http.StatusUnprocessableEntity, "the entry is not valid",
 				&ErrorDetail{Location: "body.id", Message: "IDs are immutable: the body's id must equal the path's (" + in.ID + ")"})
 		}
-		ifMatch, err := parseEntryIfMatch(in.IfMatch)
+		pre, err := entryPrecondition(in.IfMatch, in.IfNoneMatch)
 		if err != nil {
 			return nil, err
 		}
@@ -357,7 +359,7 @@ func registerCerts(api huma.API, s *Server) {
 		if err := in.Body.apply(&input); err != nil {
 			return nil, err
 		}
-		res, err := s.deps.Catalog.Put(ctx, principalFrom(ctx).Tenant, input, ifMatch)
+		res, err := s.deps.Catalog.Put(ctx, principalFrom(ctx).Tenant, input, pre)
 		if err != nil {
 			return nil, s.mapError(ctx, err)
 		}
@@ -373,13 +375,13 @@ func registerCerts(api huma.API, s *Server) {
 		Errors:        []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusPreconditionFailed},
 	}, auth.Editor), func(ctx context.Context, in *struct {
 		CertIDParam
-		IfMatch string `header:"If-Match" maxLength:"1024" doc:"ETag of the version being deleted"`
+		IfMatch string `header:"If-Match" maxLength:"1024" doc:"ETag of the version being deleted, or * for any version"`
 	}) (*struct{}, error) {
-		ifMatch, err := parseEntryIfMatch(in.IfMatch)
+		pre, err := entryPrecondition(in.IfMatch, "")
 		if err != nil {
 			return nil, err
 		}
-		if err := s.deps.Catalog.Delete(ctx, principalFrom(ctx).Tenant, in.ID, ifMatch); err != nil {
+		if err := s.deps.Catalog.Delete(ctx, principalFrom(ctx).Tenant, in.ID, pre); err != nil {
 			return nil, s.mapError(ctx, err)
 		}
 		return nil, nil

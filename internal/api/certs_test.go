@@ -551,3 +551,32 @@ func TestValuesPostgreSQLCannotStore(t *testing.T) {
 		Body: []byte(`{"flows":[{"id":"f","nodes":[{"id":"n","type":"tcp-out","host":"C:\\u0000"}]}]}`)})
 	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
 }
+
+// TestDeceptiveCharactersInNamesAndNotes: bidirectional overrides and the Unicode line
+// separators make a name or note display other than it reads; both fields refuse them
+// with a 422 naming the field, on create and on update. Ordinary line breaks in notes and
+// non-Latin scripts stay welcome.
+func TestDeceptiveCharactersInNamesAndNotes(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	tok := env.Token(t, "acme", "editor")
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	for _, c := range []struct{ field, value string }{
+		{"name", "invoice\u202Efdp.exe"}, {"name", "two\u2028lines"}, {"name", "para\u2029graph"},
+		{"name", "isolate\u2066x\u2069"}, {"name", "mark\u200F"},
+		{"notes", "rotated by \u202Enimda"}, {"notes", "a\u2028b"},
+	} {
+		body := inlineCA("deceptive", ca)
+		body[c.field] = c.value
+		res := env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok, Body: body})
+		require.Equal(t, http.StatusUnprocessableEntity, res.Status, "%s %q: %s", c.field, c.value, res.Body)
+		require.Contains(t, string(res.Body), `"location":"body.`+c.field+`"`)
+		require.NotContains(t, string(res.Body), c.value, "the refusal does not echo the text")
+	}
+	body := inlineCA("fine", ca)
+	body["name"], body["notes"] = "Корневой ЦС — شهادة", "line one\nline two\ttabbed"
+	res := env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok, Body: body})
+	require.Equal(t, http.StatusCreated, res.Status, "%s", res.Body)
+	res = env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/certs/fine", Token: tok, Body: map[string]any{"name": "x\u202Ey"}})
+	require.Equal(t, http.StatusUnprocessableEntity, res.Status, "%s", res.Body)
+}

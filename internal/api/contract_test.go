@@ -166,3 +166,54 @@ func TestConditionalGet(t *testing.T) {
 		require.NotEqual(t, old, res.Header.Get("ETag"))
 	}
 }
+
+// TestConditionalWritesOfEntries: If-Match: * writes only over an entry that exists and
+// If-None-Match: * only where none does (RFC 9110 13.1.1 and 13.1.2); a precondition that
+// does not hold is a 412 that changes nothing.
+func TestConditionalWritesOfEntries(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	tok := env.Token(t, "acme", "editor")
+	ca := materialtest.NewCA(t, materialtest.Options{CommonName: "Root"})
+	do := func(method, path string, body any, headers map[string]string) *apitest.Response {
+		return env.Do(t, apitest.Request{Method: method, Path: path, Token: tok, Body: body, Headers: headers})
+	}
+	get := func(id string) int { return do(http.MethodGet, "/api/v1/certs/"+id, nil, nil).Status }
+
+	// If-Match on an entry that does not exist: nothing matches, nothing is created.
+	for _, tag := range []string{"*", `"1"`} {
+		res := do(http.MethodPut, "/api/v1/certs/root", inlineCA("root", ca), map[string]string{"If-Match": tag})
+		require.Equal(t, http.StatusPreconditionFailed, res.Status, "If-Match %s on a missing entry: %s", tag, res.Body)
+		require.Equal(t, http.StatusNotFound, get("root"), "a refused PUT created the entry")
+		res = do(http.MethodDelete, "/api/v1/certs/root", nil, map[string]string{"If-Match": tag})
+		require.Equal(t, http.StatusPreconditionFailed, res.Status, "DELETE If-Match %s on a missing entry: %s", tag, res.Body)
+	}
+	// If-None-Match: * is a create only.
+	res := do(http.MethodPut, "/api/v1/certs/root", inlineCA("root", ca), map[string]string{"If-None-Match": "*"})
+	require.Equal(t, http.StatusCreated, res.Status, "%s", res.Body)
+	res = do(http.MethodPut, "/api/v1/certs/root", map[string]any{"notes": "overwritten"}, map[string]string{"If-None-Match": "*"})
+	require.Equal(t, http.StatusPreconditionFailed, res.Status, "If-None-Match: * over an existing entry: %s", res.Body)
+	got := do(http.MethodGet, "/api/v1/certs/root", nil, nil)
+	require.Equal(t, `"1"`, got.Header.Get("ETag"), "the refused PUT changed the entry")
+	require.NotEqual(t, "overwritten", got.JSON(t)["notes"])
+
+	// If-None-Match with the current tag refuses, with another tag passes.
+	res = do(http.MethodPut, "/api/v1/certs/root", map[string]any{"notes": "x"}, map[string]string{"If-None-Match": `W/"1"`})
+	require.Equal(t, http.StatusPreconditionFailed, res.Status, "%s", res.Body)
+	res = do(http.MethodPut, "/api/v1/certs/root", map[string]any{"notes": "x"}, map[string]string{"If-None-Match": `"7"`})
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+	res = do(http.MethodPut, "/api/v1/certs/root", map[string]any{"notes": "x"}, map[string]string{"If-None-Match": `yesterday`})
+	require.Equal(t, http.StatusBadRequest, res.Status, "%s", res.Body)
+
+	// If-Match: * over an entry that exists is an update.
+	res = do(http.MethodPut, "/api/v1/certs/root", map[string]any{"notes": "y"}, map[string]string{"If-Match": "*"})
+	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+	res = do(http.MethodDelete, "/api/v1/certs/root", nil, map[string]string{"If-Match": "*"})
+	require.Equal(t, http.StatusNoContent, res.Status, "%s", res.Body)
+	// A deleted entry has no version: a restore with If-Match: * is refused.
+	res = do(http.MethodPost, "/api/v1/certs/root/versions/1/restore", nil, map[string]string{"If-Match": "*"})
+	require.Equal(t, http.StatusPreconditionFailed, res.Status, "%s", res.Body)
+	require.Equal(t, http.StatusNotFound, get("root"))
+	res = do(http.MethodPost, "/api/v1/certs/root/versions/1/restore", nil, nil)
+	require.Equal(t, http.StatusCreated, res.Status, "%s", res.Body)
+}

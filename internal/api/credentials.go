@@ -17,6 +17,7 @@ import (
 	"github.com/danielgtaylor/huma/v2/adapters/humago"
 
 	"github.com/loopze/certstore/internal/auth"
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/fileexport"
 )
 
@@ -27,85 +28,216 @@ const credentialsPath = "/api/v1/credentials"
 // a goroutine.
 const MaxCredentialsWait = 60 * time.Second
 
+// PollRetryAfter is the Retry-After of a long poll refused by a poll cap: places free as
+// waiting polls end, at the latest MaxCredentialsWait after they began.
+const PollRetryAfter = 5 * time.Second
+
+// copyBufferSize is the buffer a response copies the file through. A reader that stops
+// reading holds it until the write deadline: small, so many stalled readers cost little.
+const copyBufferSize = 8 << 10
+
 // Credentials serves each tenant's credentials.json, as the export job writes it, to the
 // runtimes that sync it. The export job calls Written after every file it writes, which
 // wakes the long polls of that tenant: nothing polls the database or the disk in a loop.
+//
+// A file is served from an open descriptor, never read whole into memory: the export job
+// replaces files by rename, so an open file is a consistent snapshot however long a slow
+// reader takes. Requests that find the same file share one descriptor and one read of its
+// header, so long polls woken by one write cost one open between them.
 type Credentials struct {
-	// DataDir is where the export job writes the files (see fileexport.Path).
+	// DataDir is where the export job writes the files (see credfile.Path).
 	DataDir string
+	// MaxPollsPerTenant and MaxPollsPerSubject cap the long polls waiting at once: of one
+	// tenant, and of one token subject within it. Past either, a poll is answered 429 with
+	// Retry-After. Zero leaves that cap off.
+	MaxPollsPerTenant, MaxPollsPerSubject int
+	// OnRead, when set, is called each time a tenant's file is opened and its header read.
+	OnRead func(tenant string)
 
 	mu      sync.Mutex
-	changed map[string]chan struct{} // closed and replaced at every write of the tenant
-	headers map[string]seenHeader    // generation of each file as last parsed
+	tenants map[string]*tenantFile
 }
 
-// seenHeader is a file's generation with the stat that identified it: a tenant's file is
-// megabytes of JSON, parsed again only when it changed.
-type seenHeader struct {
-	info fs.FileInfo
-	gen  int64
+// tenantFile is what the route keeps of one tenant. Its fields but open are guarded by
+// Credentials.mu.
+type tenantFile struct {
+	open     sync.Mutex    // one open of the tenant's file at a time, which the others then share
+	changed  chan struct{} // closed and replaced at every write of the tenant
+	cur      *snapshot     // the file as last opened; nil when no request holds it
+	polls    int           // long polls admitted and not answered yet
+	subjects map[string]int
+}
+
+// snapshot is one open file of a tenant and its generation. It is closed once no request
+// holds it and either a newer file replaced it or no poll of the tenant is waiting (a woken
+// poll about to read it).
+type snapshot struct {
+	f     *os.File
+	info  fs.FileInfo
+	gen   int64
+	refs  int
+	stale bool
 }
 
 // Written is the export job's OnWrite hook: it wakes every request waiting on the tenant.
 func (c *Credentials) Written(r fileexport.Result) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if ch, ok := c.changed[r.Tenant]; ok {
-		close(ch)
-		delete(c.changed, r.Tenant)
+	if tf := c.tenants[r.Tenant]; tf != nil && tf.changed != nil {
+		close(tf.changed)
+		tf.changed = nil
 	}
+}
+
+// Waiting returns how many long polls of tenant have been admitted and not answered yet.
+func (c *Credentials) Waiting(tenant string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if tf := c.tenants[tenant]; tf != nil {
+		return tf.polls
+	}
+	return 0
+}
+
+// tenant returns the tenant's state; c.mu is held.
+func (c *Credentials) tenant(tenant string) *tenantFile {
+	if c.tenants == nil {
+		c.tenants = map[string]*tenantFile{}
+	}
+	tf, ok := c.tenants[tenant]
+	if !ok {
+		tf = &tenantFile{subjects: map[string]int{}}
+		c.tenants[tenant] = tf
+	}
+	return tf
 }
 
 // wake returns a channel closed at the tenant's next write.
 func (c *Credentials) wake(tenant string) <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.changed == nil {
-		c.changed = map[string]chan struct{}{}
+	tf := c.tenant(tenant)
+	if tf.changed == nil {
+		tf.changed = make(chan struct{})
 	}
-	ch, ok := c.changed[tenant]
-	if !ok {
-		ch = make(chan struct{})
-		c.changed[tenant] = ch
-	}
-	return ch
+	return tf.changed
 }
 
-// read returns the tenant's file and its generation.
-func (c *Credentials) read(tenant string) ([]byte, int64, error) {
-	f, err := os.Open(fileexport.Path(c.DataDir, tenant))
+// acquire returns the tenant's file as it is on disk now, open, for the caller to release.
+func (c *Credentials) acquire(tenant string) (*snapshot, error) {
+	c.mu.Lock()
+	tf := c.tenant(tenant)
+	c.mu.Unlock()
+	tf.open.Lock()
+	defer tf.open.Unlock()
+	path := credfile.Path(c.DataDir, tenant)
+	info, err := os.Stat(path)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
-	defer f.Close()
+	c.mu.Lock()
+	if s := tf.cur; s != nil && sameFile(s.info, info) {
+		s.refs++
+		c.mu.Unlock()
+		return s, nil
+	}
+	c.mu.Unlock()
+	s, err := openSnapshot(path)
+	if err != nil {
+		return nil, err
+	}
+	if c.OnRead != nil {
+		c.OnRead(tenant)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old := tf.cur; old != nil {
+		old.stale = true
+		c.closeIdle(tf, old)
+	}
+	s.refs = 1
+	tf.cur = s
+	return s, nil
+}
+
+// openSnapshot opens a file and reads its header, and nothing more of it.
+func openSnapshot(path string) (*snapshot, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
 	info, err := f.Stat()
-	if err != nil {
-		return nil, 0, err
+	if err == nil {
+		var h credfile.Header
+		if h, err = credfile.ReadHeader(io.NewSectionReader(f, 0, info.Size())); err == nil {
+			return &snapshot{f: f, info: info, gen: h.Generation}, nil
+		}
 	}
-	// Files are replaced, never written in place, so the open file keeps its size: one
-	// buffer of that size, not the chain of ever larger ones io.ReadAll leaves behind (five
-	// times a large tenant's file in garbage per request).
-	data := make([]byte, info.Size())
-	if _, err := io.ReadFull(f, data); err != nil {
-		return nil, 0, err
-	}
+	_ = f.Close()
+	return nil, err
+}
+
+// sameFile reports whether a stat of the path still names the file a snapshot holds. The
+// snapshot keeps its file open, so no new file can have been given its inode.
+func sameFile(held, now fs.FileInfo) bool {
+	return os.SameFile(held, now) && held.Size() == now.Size() && held.ModTime().Equal(now.ModTime())
+}
+
+// release gives back a snapshot acquire returned.
+func (c *Credentials) release(tenant string, s *snapshot) {
 	c.mu.Lock()
-	seen, ok := c.headers[tenant]
-	c.mu.Unlock()
-	if ok && os.SameFile(seen.info, info) && seen.info.Size() == info.Size() && seen.info.ModTime().Equal(info.ModTime()) {
-		return data, seen.gen, nil
+	defer c.mu.Unlock()
+	s.refs--
+	c.closeIdle(c.tenant(tenant), s)
+}
+
+// closeIdle closes s when nobody holds it and nobody will: it was replaced, or no poll of
+// the tenant is waiting to read it. c.mu is held.
+func (c *Credentials) closeIdle(tf *tenantFile, s *snapshot) {
+	if s.refs > 0 || (!s.stale && tf.polls > 0) {
+		return
 	}
-	h, err := fileexport.ParseHeader(data)
-	if err != nil {
-		return nil, 0, err
+	_ = s.f.Close()
+	if tf.cur == s {
+		tf.cur = nil
 	}
+}
+
+// enter admits a long poll of subject, or says which cap refuses it.
+func (c *Credentials) enter(tenant, subject string) error {
 	c.mu.Lock()
-	if c.headers == nil {
-		c.headers = map[string]seenHeader{}
+	defer c.mu.Unlock()
+	tf := c.tenant(tenant)
+	if c.MaxPollsPerSubject > 0 && tf.subjects[subject] >= c.MaxPollsPerSubject {
+		return pollsRefused(fmt.Sprintf("this token subject has %d long polls waiting already, the most allowed", tf.subjects[subject]))
 	}
-	c.headers[tenant] = seenHeader{info: info, gen: h.Generation}
-	c.mu.Unlock()
-	return data, h.Generation, nil
+	if c.MaxPollsPerTenant > 0 && tf.polls >= c.MaxPollsPerTenant {
+		return pollsRefused(fmt.Sprintf("this tenant has %d long polls waiting already, the most allowed", tf.polls))
+	}
+	tf.polls++
+	tf.subjects[subject]++
+	return nil
+}
+
+// leave ends a long poll enter admitted.
+func (c *Credentials) leave(tenant, subject string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	tf := c.tenant(tenant)
+	tf.polls--
+	if tf.subjects[subject]--; tf.subjects[subject] <= 0 {
+		delete(tf.subjects, subject)
+	}
+	if tf.cur != nil {
+		c.closeIdle(tf, tf.cur)
+	}
+}
+
+// pollsRefused is the 429 of a poll cap.
+func pollsRefused(why string) error {
+	return huma.ErrorWithHeaders(
+		newError(http.StatusTooManyRequests, why+"; retry after the seconds in Retry-After (or ask without wait)"),
+		http.Header{"Retry-After": {strconv.Itoa(int(PollRetryAfter / time.Second))}})
 }
 
 // CredentialsInput asks for the tenant's file, optionally only once it changed.
@@ -114,13 +246,33 @@ type CredentialsInput struct {
 	Wait        string `query:"wait" maxLength:"32" doc:"With If-None-Match: hold the request until the generation moves or this long has passed (a Go duration such as 30s, at most 60s), then answer 200 or 304" example:"30s"`
 }
 
-// CredentialsOutput is the file as on disk: ciphertext only.
+// CredentialsOutput is the file as on disk: ciphertext only. Body writes the status and
+// streams the file.
 type CredentialsOutput struct {
-	Status       int
 	ETag         string `header:"ETag" doc:"The file's generation, quoted"`
 	ContentType  string `header:"Content-Type"`
 	CacheControl string `header:"Cache-Control"`
-	Body         []byte
+	Body         func(huma.Context)
+}
+
+// credentialsNotModified is the answer while the caller's copy is current.
+func credentialsNotModified(etag string) *CredentialsOutput {
+	return &CredentialsOutput{ETag: etag, CacheControl: "no-store", Body: func(ctx huma.Context) {
+		ctx.SetStatus(http.StatusNotModified)
+	}}
+}
+
+// fileOutput streams the snapshot and releases it once written, or once the client has
+// gone; a reader that stops reading holds one small buffer, not the file.
+func (c *Credentials) fileOutput(tenant, etag string, s *snapshot) *CredentialsOutput {
+	return &CredentialsOutput{ETag: etag, ContentType: "application/json", CacheControl: "no-store", Body: func(ctx huma.Context) {
+		defer c.release(tenant, s)
+		ctx.SetHeader("Content-Length", strconv.FormatInt(s.info.Size(), 10))
+		ctx.SetStatus(http.StatusOK)
+		// An error here is the client going away or the write deadline: the answer is cut
+		// short, which Content-Length tells the client.
+		_, _ = io.CopyBuffer(ctx.BodyWriter(), io.NewSectionReader(s.f, 0, s.info.Size()), make([]byte, copyBufferSize))
+	}}
 }
 
 func registerCredentials(api huma.API, s *Server) {
@@ -131,6 +283,8 @@ func registerCredentials(api huma.API, s *Server) {
 			"a small clear header and the AES-256-GCM ciphertext, which only the master key opens. " +
 			"ETag is the generation; If-None-Match with it answers 304 while it is current, and with " +
 			"`wait` the request is held until the export job writes a new generation (a long poll, at most 60 s). " +
+			"The long polls waiting at once are capped per tenant and per token subject (LOOPZE_POLL_LIMIT_TENANT, LOOPZE_POLL_LIMIT_SUBJECT): " +
+			"past either, a request that would wait is answered 429 with Retry-After; one that would not wait is always served. " +
 			"404 until the tenant's first export.",
 		Errors: []int{http.StatusNotFound, http.StatusUnprocessableEntity},
 		Responses: map[string]*huma.Response{
@@ -158,29 +312,44 @@ func registerCredentials(api huma.API, s *Server) {
 		if err != nil {
 			return nil, err
 		}
-		tenant := principalFrom(ctx).Tenant
+		p := principalFrom(ctx)
+		tenant := p.Tenant
 		var timeout <-chan time.Time
 		if wait > 0 {
 			t := time.NewTimer(wait)
 			defer t.Stop()
 			timeout = t.C
 		}
+		polling := false
+		defer func() {
+			if polling {
+				c.leave(tenant, p.Subject)
+			}
+		}()
 		for {
 			woken := c.wake(tenant) // before the read, so a write in between is not missed
-			data, gen, err := c.read(tenant)
+			snap, err := c.acquire(tenant)
 			switch {
 			case errors.Is(err, fs.ErrNotExist):
 				return nil, newError(http.StatusNotFound, "no credentials.json has been exported for tenant "+tenant+" yet")
 			case err != nil:
 				return nil, s.mapError(ctx, fmt.Errorf("read credentials file of %s: %w", tenant, err))
 			}
-			etag := strconv.Quote(strconv.FormatInt(gen, 10))
+			etag := strconv.Quote(strconv.FormatInt(snap.gen, 10))
 			if !etagMatches(in.IfNoneMatch, etag) {
-				return &CredentialsOutput{Status: http.StatusOK, ETag: etag, ContentType: "application/json",
-					CacheControl: "no-store", Body: data}, nil
+				return c.fileOutput(tenant, etag, snap), nil
 			}
+			c.release(tenant, snap)
 			if timeout == nil {
-				return &CredentialsOutput{Status: http.StatusNotModified, ETag: etag, CacheControl: "no-store"}, nil
+				return credentialsNotModified(etag), nil
+			}
+			if !polling {
+				// Only a request that is about to wait is a poll: one that is answered at
+				// once costs no more than any other read.
+				if err := c.enter(tenant, p.Subject); err != nil {
+					return nil, err
+				}
+				polling = true
 			}
 			select {
 			case <-woken:
@@ -188,7 +357,7 @@ func registerCredentials(api huma.API, s *Server) {
 				timeout = nil // one more read, then 304
 			case <-ctx.Done():
 				// The client went away (or the server stops): nobody reads this answer.
-				return &CredentialsOutput{Status: http.StatusNotModified, ETag: etag, CacheControl: "no-store"}, nil
+				return credentialsNotModified(etag), nil
 			}
 		}
 	})

@@ -7,14 +7,18 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/danielgtaylor/huma/v2"
 	"github.com/stretchr/testify/require"
 
+	"github.com/loopze/certstore/internal/api"
 	"github.com/loopze/certstore/internal/apitest"
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material/materialtest"
@@ -38,7 +42,7 @@ func TestCredentialsRoute(t *testing.T) {
 	require.Equal(t, http.StatusNotFound, res.Status, "before the first export: %s", res.Body)
 
 	r := env.Export(t, "acme")
-	onDisk, err := os.ReadFile(fileexport.Path(env.DataDir, "acme"))
+	onDisk, err := os.ReadFile(credfile.Path(env.DataDir, "acme"))
 	require.NoError(t, err)
 	res = get(runtime, nil, "")
 	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
@@ -198,7 +202,7 @@ func TestPutReachesRuntime(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(remote, envelope.KeyFile), key, 0o600))
 	ctx, cancel := context.WithCancel(context.Background())
 	syncDone := make(chan error, 1)
-	syncer := &nodetls.Syncer{BaseURL: env.URL, Token: env.Token(t, "default", "runtime"), Dir: remote}
+	syncer := &nodetls.Syncer{BaseURL: env.URL, Token: env.Token(t, "default", "runtime"), Dir: remote, AllowLoopbackHTTP: true}
 	go func() { syncDone <- syncer.Run(ctx) }()
 	t.Cleanup(func() { cancel(); require.NoError(t, <-syncDone) })
 
@@ -210,7 +214,7 @@ func TestPutReachesRuntime(t *testing.T) {
 	open := func(dir string) *nodetls.Store {
 		var store *nodetls.Store
 		require.Eventually(t, func() bool {
-			s, err := nodetls.Open(filepath.Join(dir, fileexport.FileName), filepath.Join(dir, envelope.KeyFile))
+			s, err := nodetls.Open(filepath.Join(dir, credfile.FileName), filepath.Join(dir, envelope.KeyFile))
 			if err != nil {
 				return false
 			}
@@ -238,4 +242,110 @@ func TestPutReachesRuntime(t *testing.T) {
 		require.Equal(t, fingerprint(v2), presented(store), name)
 	}
 	require.NotContains(t, env.Logs.String(), "BEGIN")
+}
+
+// TestWokenPollsShareOneRead: long polls woken by one export all answer 200 with the new
+// file, and the server opened and read that file once for all of them.
+func TestWokenPollsShareOneRead(t *testing.T) {
+	t.Parallel()
+	var reads atomic.Int64
+	env := apitest.New(t, apitest.Options{Credentials: func(c *api.Credentials) {
+		c.OnRead = func(tenant string) {
+			if tenant == "acme" {
+				reads.Add(1)
+			}
+		}
+	}})
+	editor, runtime := env.Token(t, "acme", "editor"), env.Token(t, "acme", "runtime")
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	post(t, env, editor, inlineCA("root-ca", ca))
+	etag := nodetls.ETag(env.Export(t, "acme").Generation)
+
+	const polls = 20
+	answers := make(chan *apitest.Response, polls)
+	for range polls {
+		go func() {
+			answers <- env.Do(t, apitest.Request{Method: http.MethodGet, Path: "/api/v1/credentials?wait=60s", Token: runtime,
+				Headers: map[string]string{"If-None-Match": etag}})
+		}()
+	}
+	require.Eventually(t, func() bool { return env.Credentials.Waiting("acme") == polls }, 15*time.Second, 5*time.Millisecond)
+	before := reads.Load()
+	post(t, env, editor, inlineCA("second-ca", ca))
+	r := env.Export(t, "acme")
+	onDisk, err := os.ReadFile(credfile.Path(env.DataDir, "acme"))
+	require.NoError(t, err)
+	for range polls {
+		res := <-answers
+		require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+		require.Equal(t, nodetls.ETag(r.Generation), res.Header.Get("ETag"))
+		require.Equal(t, onDisk, res.Body)
+	}
+	require.Equal(t, int64(1), reads.Load()-before, "the woken polls share one read of the new file")
+	require.Zero(t, env.Credentials.Waiting("acme"))
+}
+
+// TestPollCaps: past the waiting polls allowed per subject, or per tenant, a long poll is
+// answered 429 with Retry-After in the API's error shape; requests that do not wait, polls
+// of other tenants and polls after the wake are served.
+func TestPollCaps(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t, apitest.Options{Credentials: func(c *api.Credentials) {
+		c.MaxPollsPerTenant, c.MaxPollsPerSubject = 3, 2
+	}})
+	editor := env.Token(t, "acme", "editor")
+	runtime, admin := env.Token(t, "acme", "runtime"), env.Token(t, "acme", "admin") // two subjects
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	post(t, env, editor, inlineCA("root-ca", ca))
+	etag := nodetls.ETag(env.Export(t, "acme").Generation)
+	get := func(tok, tag, query string) *apitest.Response {
+		h := map[string]string{}
+		if tag != "" {
+			h["If-None-Match"] = tag
+		}
+		return env.Do(t, apitest.Request{Method: http.MethodGet, Path: "/api/v1/credentials" + query, Token: tok, Headers: h})
+	}
+	waiting := make(chan *apitest.Response, 3)
+	poll := func(tok string, want int) {
+		go func() { waiting <- get(tok, etag, "?wait=60s") }()
+		require.Eventually(t, func() bool { return env.Credentials.Waiting("acme") == want }, 15*time.Second, 5*time.Millisecond)
+	}
+	refused := func(tok, why string) {
+		t.Helper()
+		res := get(tok, etag, "?wait=60s")
+		require.Equal(t, http.StatusTooManyRequests, res.Status, "%s: %s", why, res.Body)
+		require.Equal(t, "Too Many Requests", res.JSON(t)["error"])
+		require.Contains(t, res.JSON(t)["message"], "long polls")
+		after, err := strconv.Atoi(res.Header.Get("Retry-After"))
+		require.NoError(t, err)
+		require.Greater(t, after, 0)
+	}
+
+	poll(runtime, 1)
+	poll(runtime, 2)
+	refused(runtime, "a third poll of the subject")
+	poll(admin, 3)
+	refused(admin, "a fourth poll of the tenant")
+
+	// Requests that do not wait are not polls; another tenant has caps of its own.
+	require.Equal(t, http.StatusNotModified, get(runtime, etag, "").Status)
+	require.Equal(t, http.StatusOK, get(runtime, "", "?wait=60s").Status, "no ETag: answered at once")
+	require.Equal(t, http.StatusOK, get(runtime, `"0"`, "?wait=60s").Status, "an old ETag: answered at once")
+	globex := env.Token(t, "globex", "runtime")
+	post(t, env, env.Token(t, "globex", "editor"), inlineCA("root-ca", ca))
+	gEtag := nodetls.ETag(env.Export(t, "globex").Generation)
+	res := env.Do(t, apitest.Request{Method: http.MethodGet, Path: "/api/v1/credentials?wait=20ms", Token: globex,
+		Headers: map[string]string{"If-None-Match": gEtag}})
+	require.Equal(t, http.StatusNotModified, res.Status, "%s", res.Body)
+
+	// The next file wakes the three; their places are free again.
+	post(t, env, editor, inlineCA("second-ca", ca))
+	r := env.Export(t, "acme")
+	for range 3 {
+		res := <-waiting
+		require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
+	}
+	require.Zero(t, env.Credentials.Waiting("acme"))
+	res = get(runtime, nodetls.ETag(r.Generation), "?wait=20ms")
+	require.Equal(t, http.StatusNotModified, res.Status, "%s", res.Body)
 }

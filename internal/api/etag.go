@@ -7,6 +7,7 @@ import (
 
 	"github.com/danielgtaylor/huma/v2"
 
+	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/repo"
 )
 
@@ -100,14 +101,43 @@ func parseETags(h string) ([]string, bool) {
 	return tags, len(tags) > 0
 }
 
-// parseEntryIfMatch is parseIfMatch for an entry, whose versions start at 1: "0" matches
-// no entry.
-func parseEntryIfMatch(h string) (int64, error) {
-	v, err := parseIfMatch(h)
-	if err == nil && v == repo.IfAbsent {
-		return 0, newError(http.StatusPreconditionFailed, "If-Match names no version of this entry; GET it again for its ETag")
+// entryPrecondition reads the conditional headers of a write to an entry (RFC 9110 13.1):
+// If-Match with the entry's ETag, or "*" for "it exists"; If-None-Match "*" for "it does
+// not exist" (a create only), or ETags the entry must not be at. Entries start at version
+// 1, so the tag "0" matches no entry. A condition that does not hold is a 412 from the
+// catalogue; a header that is not a list of entity tags is a 400.
+func entryPrecondition(ifMatch, ifNoneMatch string) (catalog.Precondition, error) {
+	var pre catalog.Precondition
+	if strings.TrimSpace(ifMatch) == "*" {
+		pre.Exists = true
+	} else {
+		v, err := parseIfMatch(ifMatch)
+		if err != nil {
+			return pre, err
+		}
+		if v == repo.IfAbsent {
+			return pre, newError(http.StatusPreconditionFailed, "If-Match names no version of this entry; GET it again for its ETag")
+		}
+		pre.Version = v
 	}
-	return v, err
+	switch h := strings.TrimSpace(ifNoneMatch); h {
+	case "":
+	case "*":
+		pre.Absent = true
+	default:
+		tags, ok := parseETags(h)
+		if !ok {
+			return pre, newError(http.StatusBadRequest, `If-None-Match must be "*" or entity tags, like "3"`,
+				&ErrorDetail{Location: "header.If-None-Match", Message: "not an entity tag"})
+		}
+		for _, t := range tags {
+			// If-None-Match compares weakly (RFC 9110 13.1.2).
+			if v, ok := ourVersion(strings.TrimPrefix(t, "W/")); ok && v > 0 {
+				pre.NotVersions = append(pre.NotVersions, v)
+			}
+		}
+	}
+	return pre, nil
 }
 
 // notModified answers a conditional GET: a 304 carrying the current ETag when the

@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -130,20 +131,28 @@ func TestValidateIsNoFileSystemOracle(t *testing.T) {
 		})
 	}
 
-	// Inside the roots, a symlink that leads out is refused without naming its target,
-	// whether the target exists or not.
+	// Inside the roots, a symlink that leads out is refused without naming its target, and
+	// with the answer a file missing from the root gets, whether the target exists or not:
+	// a link to /etc/shadow and one to nothing read alike.
 	env := apitest.New(t, apitest.Options{FileRoots: filepath.Join(base, "{tenant}")})
 	tok := env.Token(t, "acme", "editor")
 	require.NoError(t, os.MkdirAll(filepath.Join(base, "acme"), 0o700))
-	for _, target := range []string{csr, filepath.Join(outside, "gone.pem")} {
-		link := filepath.Join(base, "acme", filepath.Base(target)+".link")
-		require.NoError(t, os.Symlink(target, link))
+	inRoot := map[string][]string{}
+	for i, target := range []string{csr, filepath.Join(outside, "gone.pem"), "/etc/shadow", "/etc", "/nonexistent/key.pem", ""} {
+		link := filepath.Join(base, "acme", fmt.Sprintf("probe-%d.pem", i))
+		if target != "" { // else a file missing from the root
+			require.NoError(t, os.Symlink(target, link))
+		}
 		body := map[string]any{"id": "probe", "name": "probe", "type": "ca-bundle", "source": "file", "certPath": link}
 		res := env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs/validate", Token: tok, Body: body})
 		require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
-		require.NotEmpty(t, validationErrors(t, res)["body.certPath"])
+		msg := validationErrors(t, res)["body.certPath"]
+		require.NotEmpty(t, msg)
 		require.NotContains(t, string(res.Body), outside, "the symlink target outside the roots is not echoed")
+		key := strings.Replace(msg, link, "PATH", 1)
+		inRoot[key] = append(inRoot[key], target)
 	}
+	require.Len(t, inRoot, 1, "links out of the root and a missing file answer alike: %v", inRoot)
 
 	// The default tenant may read any path, but the label of what it found is not repeated.
 	free := apitest.New(t)

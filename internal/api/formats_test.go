@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/apitest"
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/resolver"
@@ -225,9 +226,9 @@ func TestOpensslFormatsAreAccepted(t *testing.T) {
 	require.NotContains(t, string(dump), opensslPass)
 	_, err := (&fileexport.Exporter{Pool: te.env.Pool, Ring: te.env.Ring, DataDir: te.env.DataDir}).ExportAll(context.Background(), true)
 	require.NoError(t, err)
-	raw := readFile(t, fileexport.Path(te.env.DataDir, "acme"))
+	raw := readFile(t, credfile.Path(te.env.DataDir, "acme"))
 	require.NotContains(t, string(raw), opensslPass)
-	doc, _, err := fileexport.Open(te.env.Ring, raw, "acme")
+	doc, _, err := credfile.Open(te.env.Ring, raw, "acme")
 	require.NoError(t, err)
 	clear, err := json.Marshal(doc.Entries)
 	require.NoError(t, err)
@@ -657,7 +658,7 @@ func TestTornRotationOfEncryptedDERFiles(t *testing.T) {
 	require.NoError(t, err)
 
 	waits := 0
-	r := &resolver.Resolver{Entries: te.env.Catalog, Roots: te.env.Catalog.Roots, Logger: te.env.Logger, Wait: func(context.Context, time.Duration) error {
+	r := &resolver.Resolver{Entries: te.env.Catalog.Entries(), Roots: te.env.Catalog.Roots, Logger: te.env.Logger, Wait: func(context.Context, time.Duration) error {
 		waits++
 		rotate(t, keyPath, k2)
 		return nil

@@ -212,11 +212,11 @@ func registerHistory(api huma.API, s *Server) {
 		VersionParam
 		IfMatch string `header:"If-Match" maxLength:"1024" doc:"ETag of the entry version being replaced"`
 	}) (*CertSavedOutput, error) {
-		ifMatch, err := parseEntryIfMatch(in.IfMatch)
+		pre, err := entryPrecondition(in.IfMatch, "")
 		if err != nil {
 			return nil, err
 		}
-		res, err := s.deps.Catalog.Restore(ctx, principalFrom(ctx).Tenant, in.ID, in.Version, ifMatch)
+		res, err := s.deps.Catalog.Restore(ctx, principalFrom(ctx).Tenant, in.ID, in.Version, pre)
 		if err != nil {
 			return nil, s.historyError(ctx, err)
 		}

@@ -10,7 +10,10 @@ import (
 // Metrics is the metrics registry as the API sees it: the handler mounted at /metrics, and
 // the sink for request durations.
 type Metrics interface {
+	// ServeHTTP serves every series, those naming tenants and entries included.
 	http.Handler
+	// Public serves only the series that name no tenant or entry.
+	Public() http.Handler
 	ObserveHTTP(operation, method string, status int, d time.Duration)
 }
 

@@ -15,7 +15,7 @@ import (
 
 	"github.com/loopze/certstore/internal/apitest"
 	"github.com/loopze/certstore/internal/audit"
-	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/repo"
 )
@@ -31,7 +31,7 @@ func TestConcurrentCreatesReachTheFileInOrder(t *testing.T) {
 	const tenant, workers, each = "orderly", 8, 12
 	tok := env.Token(t, tenant, "editor")
 	ca := materialtest.NewCA(t, materialtest.Options{})
-	path := fileexport.Path(env.DataDir, tenant)
+	path := credfile.Path(env.DataDir, tenant)
 
 	var (
 		watchErr  atomic.Value
@@ -41,7 +41,7 @@ func TestConcurrentCreatesReachTheFileInOrder(t *testing.T) {
 		watched   = make(chan struct{})
 	)
 	// read opens the file on disk; ok is false while there is none yet.
-	read := func() (doc *fileexport.Document, gen int64, ok bool, err error) {
+	read := func() (doc *credfile.Document, gen int64, ok bool, err error) {
 		data, err := os.ReadFile(path)
 		if os.IsNotExist(err) {
 			return nil, 0, false, nil
@@ -49,7 +49,7 @@ func TestConcurrentCreatesReachTheFileInOrder(t *testing.T) {
 		if err != nil {
 			return nil, 0, false, err
 		}
-		doc, h, err := fileexport.Open(env.Ring, data, tenant)
+		doc, h, err := credfile.Open(env.Ring, data, tenant)
 		if err != nil {
 			return nil, 0, false, err
 		}

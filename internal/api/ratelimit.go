@@ -10,6 +10,8 @@ import (
 
 	"github.com/danielgtaylor/huma/v2"
 	"golang.org/x/time/rate"
+
+	"github.com/loopze/certstore/internal/auth"
 )
 
 // RateLimit sets the token buckets every authenticated request draws from: one per tenant,
@@ -94,8 +96,11 @@ func newRateLimiter(c RateLimit) *rateLimiter {
 }
 
 // allow takes one token from each bucket of the caller, or none: a refused request costs
-// nothing. It sets the RateLimit headers either way, and Retry-After when refused.
-func (rl *rateLimiter) allow(ctx huma.Context, tenant, subject string) bool {
+// nothing. With tenantToo false it takes only from the subject's bucket: a request the
+// caller's role may not make, or a web page, is the subject's own doing and must not spend
+// what the tenant's other users share. It sets the RateLimit headers through set either
+// way, and Retry-After when refused.
+func (rl *rateLimiter) allow(set func(name, value string), tenant, subject string, tenantToo bool) bool {
 	now := time.Now()
 	type taken struct {
 		l   *limiters
@@ -104,10 +109,17 @@ func (rl *rateLimiter) allow(ctx huma.Context, tenant, subject string) bool {
 	}
 	var got []taken
 	var wait time.Duration
-	for _, b := range []struct {
+	buckets := []struct {
 		l   *limiters
 		key string
-	}{{rl.subject, tenant + "\x00" + subject}, {rl.tenant, tenant}} {
+	}{{rl.subject, tenant + "\x00" + subject}}
+	if tenantToo {
+		buckets = append(buckets, struct {
+			l   *limiters
+			key string
+		}{rl.tenant, tenant})
+	}
+	for _, b := range buckets {
 		if b.l == nil {
 			continue
 		}
@@ -117,6 +129,9 @@ func (rl *rateLimiter) allow(ctx huma.Context, tenant, subject string) bool {
 		if d := res.DelayFrom(now); d > wait {
 			wait = d
 		}
+	}
+	if len(got) == 0 {
+		return true
 	}
 	if wait > 0 {
 		for _, t := range got {
@@ -131,13 +146,24 @@ func (rl *rateLimiter) allow(ctx huma.Context, tenant, subject string) bool {
 		policies += t.l.policy()
 		states += t.l.state(t.lim, now)
 	}
-	ctx.SetHeader("RateLimit-Policy", policies)
-	ctx.SetHeader("RateLimit", states)
+	set("RateLimit-Policy", policies)
+	set("RateLimit", states)
 	if wait > 0 {
-		ctx.SetHeader("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+		set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 		return false
 	}
 	return true
+}
+
+// pageLimit charges a web UI page to the signed-in subject's bucket, the one its API
+// requests draw from; nil when there is no subject bucket.
+func (rl *rateLimiter) pageLimit() func(http.ResponseWriter, *auth.Principal) bool {
+	if rl == nil || rl.subject == nil {
+		return nil
+	}
+	return func(w http.ResponseWriter, p *auth.Principal) bool {
+		return rl.allow(w.Header().Set, p.Tenant, p.Subject, false)
+	}
 }
 
 // rateLimitHeaders are the headers documented on every rate-limited response.

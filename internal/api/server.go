@@ -46,7 +46,8 @@ type Deps struct {
 	Workspace *workspace.Service
 	// Credentials serves the tenants' credentials.json files to runtimes; nil answers 503.
 	Credentials *Credentials
-	// Metrics serves /metrics and records request durations; nil leaves both out.
+	// Metrics serves /metrics and records request durations; nil leaves both out. On the
+	// main listener without MetricsToken, /metrics serves only its Public series.
 	Metrics Metrics
 	// MetricsToken, when set, is the bearer token /metrics requires (LOOPZE_METRICS_TOKEN).
 	MetricsToken secret.String
@@ -87,9 +88,15 @@ func New(d Deps) *Server {
 	Register(hapi, s)
 	s.ops = operationIDs(hapi)
 	if d.Metrics != nil && !d.MetricsOwnListener {
-		mux.Handle("GET /metrics", metricsGuard(d.MetricsToken, d.Metrics))
+		// Whoever reaches the API reaches this listener: unguarded, /metrics names no
+		// tenant or entry. The token, or a listener of its own, is what unlocks the rest.
+		var h http.Handler = d.Metrics
+		if d.MetricsToken == "" {
+			h = d.Metrics.Public()
+		}
+		mux.Handle("GET /metrics", metricsGuard(d.MetricsToken, h))
 	}
-	wc := web.Config{Logger: d.Logger, Verifier: d.Verifier, SecureCookies: d.SecureCookies}
+	wc := web.Config{Logger: d.Logger, Verifier: d.Verifier, SecureCookies: d.SecureCookies, Limit: s.limiter.pageLimit()}
 	if d.Catalog != nil {
 		wc.Catalog, wc.History, wc.Audit = d.Catalog, d.Catalog, s.audit()
 	}
@@ -223,8 +230,8 @@ func Spec(format string) ([]byte, error) {
 }
 
 // metricsGuard requires Authorization: Bearer <token> on /metrics when a token is set: the
-// series name tenants and entries. Unset, /metrics is open, for a listener only the
-// monitoring network reaches.
+// series name tenants and entries. Unset, /metrics is open: on a listener of its own, which
+// only the monitoring network reaches, or on the main listener with the public series only.
 func metricsGuard(token secret.String, next http.Handler) http.Handler {
 	if token == "" {
 		return next

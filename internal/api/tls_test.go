@@ -268,7 +268,7 @@ func TestPairMismatchIsRetriedOnce(t *testing.T) {
 		rotate(t, keyPath, v2.KeyPEM())
 		return nil
 	}
-	r := &resolver.Resolver{Entries: te.env.Catalog, Roots: te.env.Catalog.Roots, Logger: te.env.Logger, Wait: finishRotation}
+	r := &resolver.Resolver{Entries: te.env.Catalog.Entries(), Roots: te.env.Catalog.Roots, Logger: te.env.Logger, Wait: finishRotation}
 
 	cfg, err := r.BuildTLSConfig(context.Background(), "acme", n.TLS)
 	require.NoError(t, err)
@@ -399,7 +399,7 @@ func TestInlineEntryExpiresWhileCached(t *testing.T) {
 	var now atomic.Pointer[time.Time]
 	t0 := time.Now()
 	now.Store(&t0)
-	r := &resolver.Resolver{Entries: te.env.Catalog, Roots: te.env.Catalog.Roots, Logger: te.env.Logger, Now: func() time.Time { return *now.Load() }}
+	r := &resolver.Resolver{Entries: te.env.Catalog.Entries(), Roots: te.env.Catalog.Roots, Logger: te.env.Logger, Now: func() time.Time { return *now.Load() }}
 	block := &refs.TLS{ClientCert: refs.PartSpec{Ref: "short"}}
 	for range 2 {
 		_, err := r.BuildTLSConfig(context.Background(), "acme", block)

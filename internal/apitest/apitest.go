@@ -68,6 +68,9 @@ type Options struct {
 	ExportLoop bool
 	// KDF is the key derivation budget; nil is one sized as serve's defaults size it.
 	KDF material.Budget
+	// Credentials, when set, adjusts the credentials route (its poll caps, its hooks)
+	// before the server starts.
+	Credentials func(*api.Credentials)
 }
 
 // Buffer is a goroutine-safe log sink.
@@ -118,8 +121,11 @@ func New(t testing.TB, opts ...Options) *Env {
 	}
 	cat := &catalog.Service{Pool: pool, Ring: ring, Roots: roots, KDF: budget, Logger: logger}
 	ws := &workspace.Service{Pool: pool, Ring: ring, Roots: roots, KDF: budget, Logger: logger,
-		Resolver: &resolver.Resolver{Entries: cat, Roots: cat.Roots, KDF: budget, Logger: logger}}
+		Resolver: &resolver.Resolver{Entries: cat.Entries(), Roots: cat.Roots, KDF: budget, Logger: logger}}
 	creds := &api.Credentials{DataDir: dataDir}
+	if o.Credentials != nil {
+		o.Credentials(creds)
+	}
 	exporter := &fileexport.Exporter{Pool: pool, Ring: ring, DataDir: dataDir, Logger: logger, OnWrite: creds.Written}
 	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: "test", Verifier: verifier, Catalog: cat, Workspace: ws,
 		RateLimit: o.RateLimit, Credentials: creds})

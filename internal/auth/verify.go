@@ -23,6 +23,10 @@ var ErrUnauthenticated = errors.New("unauthenticated")
 // token at all, so that the web UI can send the user to log in rather than report an error.
 var ErrNoToken = errors.New("no bearer token or session cookie")
 
+// ErrLifetimeTooLong is wrapped together with ErrUnauthenticated when a token's exp lies
+// further ahead than the configured maximum lifetime.
+var ErrLifetimeTooLong = errors.New("token expires later than the maximum token lifetime allows")
+
 // ErrForbiddenOrigin is returned for a cookie-authenticated unsafe request from a foreign
 // origin. The API answers 403.
 var ErrForbiddenOrigin = errors.New("cross-origin request refused")
@@ -62,6 +66,9 @@ type Config struct {
 	PublicKeysFile string
 	// Issuer and Audience are required to match the iss and aud claims when non-empty.
 	Issuer, Audience string
+	// MaxTTL, when positive, is the furthest ahead exp may lie: a token that would stay
+	// valid longer is refused, so a leaked long-lived token is no use.
+	MaxTTL time.Duration
 	// AllowedOrigins lists origins (scheme://host[:port]) besides the request's own host
 	// that may make cookie-authenticated writes.
 	AllowedOrigins []string
@@ -80,6 +87,7 @@ type Verifier struct {
 	// than the rest of a cached read. The tokens themselves are not kept.
 	verified *otter.Cache[[sha256.Size]byte, verifiedToken]
 	now      func() time.Time
+	maxTTL   time.Duration
 }
 
 // verifiedToken is what a verified token yields and the window in which the checks that
@@ -128,6 +136,7 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 		return nil, errors.New("new verifier: neither an HS256 secret nor a public keys file is configured")
 	}
 	v.now = time.Now
+	v.maxTTL = cfg.MaxTTL
 	opts := []jwt.ParserOption{
 		jwt.WithTimeFunc(func() time.Time { return v.now() }),
 		jwt.WithValidMethods(methods),
@@ -183,6 +192,9 @@ func (v *Verifier) Verify(token string) (Principal, error) {
 	if err := strictToken(token); err != nil {
 		return Principal{}, fmt.Errorf("%w: %w", ErrUnauthenticated, err)
 	}
+	if v.maxTTL > 0 && c.ExpiresAt.Sub(now) > v.maxTTL+leeway {
+		return Principal{}, fmt.Errorf("%w: %w (%s)", ErrUnauthenticated, ErrLifetimeTooLong, v.maxTTL)
+	}
 	p, err := c.principal()
 	if err != nil {
 		return Principal{}, fmt.Errorf("%w: %w", ErrUnauthenticated, err)
@@ -223,6 +235,12 @@ func (c *claims) principal() (Principal, error) {
 // against the allow-list. The HMAC secret is only ever offered to HS256 and public keys
 // only to the one algorithm each is bound to, so no key can be used as another kind.
 func (v *Verifier) key(t *jwt.Token) (any, error) {
+	// A kid of another JSON type would otherwise read as no kid, and every key be tried.
+	if raw, ok := t.Header["kid"]; ok {
+		if _, isString := raw.(string); !isString {
+			return nil, errors.New("token header kid is not a string")
+		}
+	}
 	alg := t.Method.Alg()
 	if alg == jwt.SigningMethodHS256.Alg() {
 		return v.hmac, nil

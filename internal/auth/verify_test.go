@@ -386,3 +386,65 @@ func TestVerifiedTokensKeepTheirTimeChecks(t *testing.T) {
 		require.ErrorIs(t, err, ErrUnauthenticated)
 	}
 }
+
+// TestKidMustBeAString: a kid of another JSON type names no key; it is refused rather
+// than read as absent, which would try every key.
+func TestKidMustBeAString(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	b := key("rsa-b")
+	v := newVerifier(t, Config{HMACSecret: testSecret, PublicKeysFile: writeTemp(t, "jwks.json",
+		jwksJSON(t, jwkOf(t, "a", key("rsa-a").public()), jwkOf(t, "b", b.public())))})
+	for _, kid := range []any{42, true, []string{"b"}, map[string]any{"id": "b"}, nil} {
+		tok := jwt.NewWithClaims(b.method, claimsFor("viewer", now))
+		tok.Header["kid"] = kid
+		s, err := tok.SignedString(b.signer)
+		require.NoError(t, err)
+		_, err = v.Verify(s)
+		require.ErrorIs(t, err, ErrUnauthenticated, "kid %#v", kid)
+		require.ErrorContains(t, err, "kid is not a string", "kid %#v", kid)
+
+		tok = jwt.NewWithClaims(jwt.SigningMethodHS256, claimsFor("viewer", now))
+		tok.Header["kid"] = kid
+		s, err = tok.SignedString(testSecret)
+		require.NoError(t, err)
+		_, err = v.Verify(s)
+		require.ErrorIs(t, err, ErrUnauthenticated, "HS256, kid %#v", kid)
+	}
+	_, err := v.Verify(signWith(t, b, "b", claimsFor("viewer", now)))
+	require.NoError(t, err, "a string kid still selects its key")
+}
+
+// TestMaxTTL: a token whose exp lies further ahead than MaxTTL is refused, however well
+// signed; one within it (and the leeway) passes.
+func TestMaxTTL(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	v := newVerifier(t, Config{HMACSecret: testSecret, MaxTTL: 744 * time.Hour})
+	for _, tc := range []struct {
+		name string
+		exp  time.Duration
+		ok   bool
+	}{
+		{"one hour", time.Hour, true},
+		{"720h runtime token", 720 * time.Hour, true},
+		{"exactly the maximum", 744 * time.Hour, true},
+		{"a day over", 768 * time.Hour, false},
+		{"a century", 100 * 365 * 24 * time.Hour, false},
+	} {
+		c := claimsFor("runtime", now)
+		c["exp"] = now.Add(tc.exp).Unix()
+		_, err := v.Verify(sign(t, jwt.SigningMethodHS256, testSecret, "", c))
+		if tc.ok {
+			require.NoError(t, err, tc.name)
+		} else {
+			require.ErrorIs(t, err, ErrLifetimeTooLong, tc.name)
+			require.ErrorIs(t, err, ErrUnauthenticated, tc.name)
+		}
+	}
+	unlimited := newVerifier(t, Config{HMACSecret: testSecret})
+	c := claimsFor("viewer", now)
+	c["exp"] = now.Add(100 * 365 * 24 * time.Hour).Unix()
+	_, err := unlimited.Verify(sign(t, jwt.SigningMethodHS256, testSecret, "", c))
+	require.NoError(t, err, "no MaxTTL, no bound")
+}

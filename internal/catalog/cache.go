@@ -305,7 +305,7 @@ func entrySize(e *repo.Entry) int {
 	}
 	// The struct itself (440 bytes on 64-bit) and the size-class rounding of its dozen
 	// strings, each allocated on its own when pgx scans the row.
-	n := 512 + len(e.ID) + len(e.Name) + len(e.Notes) + len(e.CertPath) + len(e.KeyPath) + len(e.CertSealed) + len(e.KeySealed) +
+	n := 512 + len(e.ID) + len(e.Name) + len(e.Notes) + len(e.CertPath) + len(e.KeyPath) + len(e.Sealed.Cert) + len(e.Sealed.Key) +
 		len(e.Meta.Subject) + len(e.Meta.Issuer) + len(e.Meta.SerialNumber) + len(e.Meta.FingerprintSHA256)
 	for _, d := range e.Meta.DNSNames {
 		n += len(d) + 16

@@ -38,12 +38,10 @@ func seedReads(b *testing.B) *replica {
 	entries := make([]*repo.Entry, 0, n)
 	for i := range n {
 		id := fmt.Sprintf("entry-%05d", i)
-		cs, err := rep.svc.Ring.Seal(cert, sealing.Entry("big", id, sealing.FieldCert))
-		require.NoError(b, err)
-		ks, err := rep.svc.Ring.Seal(key, sealing.Entry("big", id, sealing.FieldKey))
+		sealed, err := sealing.SealPair(rep.svc.Ring, sealing.Place{Tenant: "big", EntryID: id}, cert, key)
 		require.NoError(b, err)
 		entries = append(entries, &repo.Entry{TenantID: "big", ID: id, Name: id, Type: material.ClientPair,
-			Source: "inline", CertSealed: cs, KeySealed: ks, KeyID: rep.svc.Ring.CurrentKeyID(), Meta: m.Metadata})
+			Source: "inline", Sealed: sealed, Meta: m.Metadata})
 	}
 	rep.drain()
 	require.NoError(b, db.InTenant(ctx, rep.svc.Pool, "big", func(tx pgx.Tx) error {

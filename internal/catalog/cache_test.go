@@ -181,7 +181,7 @@ func TestCacheServesAndReadsYourWrites(t *testing.T) {
 
 	// Each write is seen by the next read of the replica that made it, with no wait.
 	for _, n := range []string{"one", "two", "three"} {
-		_, err := a.svc.Put(ctx, "acme", catalog.Input{ID: "edge", Notes: ptr(n)}, 0)
+		_, err := a.svc.Put(ctx, "acme", catalog.Input{ID: "edge", Notes: ptr(n)}, catalog.Precondition{})
 		require.NoError(t, err)
 		require.Equal(t, n, notes(t, a.svc, "acme", "edge"))
 		page, _, err := a.svc.List(ctx, "acme", repo.ListFilter{Limit: 10})
@@ -196,7 +196,7 @@ func TestCacheServesAndReadsYourWrites(t *testing.T) {
 	found, err := a.svc.Lookup(ctx, "acme", []string{"second", "missing"})
 	require.NoError(t, err)
 	require.Len(t, found, 1)
-	require.NoError(t, a.svc.Delete(ctx, "acme", "second", 0))
+	require.NoError(t, a.svc.Delete(ctx, "acme", "second", catalog.Precondition{}))
 	_, err = a.svc.Get(ctx, "acme", "second")
 	require.ErrorIs(t, err, repo.ErrNotFound)
 	found, err = a.svc.Lookup(ctx, "acme", []string{"second"})
@@ -267,7 +267,7 @@ func TestCacheFollowsAnotherReplica(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "renewed", page[0].Notes)
 	b.drain()
-	_, err = a.svc.Put(ctx, "acme", catalog.Input{ID: "edge", Notes: ptr("again")}, 0)
+	_, err = a.svc.Put(ctx, "acme", catalog.Input{ID: "edge", Notes: ptr("again")}, catalog.Precondition{})
 	require.NoError(t, err)
 	b.awaitChange(t, "acme")
 	require.Equal(t, "again", notes(t, b.svc, "acme", "edge"))
@@ -344,7 +344,7 @@ func TestNoCachedValueSurvivesAChange(t *testing.T) {
 
 	b.drain()
 	// PUT.
-	_, err := a.svc.Put(ctx, "acme", catalog.Input{ID: "edge", Notes: ptr("put")}, 0)
+	_, err := a.svc.Put(ctx, "acme", catalog.Input{ID: "edge", Notes: ptr("put")}, catalog.Precondition{})
 	require.NoError(t, err)
 	b.awaitChange(t, "acme")
 	require.Equal(t, "put", notes(t, b.svc, "acme", "edge"))
@@ -352,7 +352,7 @@ func TestNoCachedValueSurvivesAChange(t *testing.T) {
 
 	b.drain()
 	// Delete.
-	require.NoError(t, a.svc.Delete(ctx, "acme", "gone", 0))
+	require.NoError(t, a.svc.Delete(ctx, "acme", "gone", catalog.Precondition{}))
 	b.awaitChange(t, "acme")
 	_, err = b.svc.Get(ctx, "acme", "gone")
 	require.ErrorIs(t, err, repo.ErrNotFound)
@@ -371,7 +371,7 @@ func TestNoCachedValueSurvivesAChange(t *testing.T) {
 	file, err := os.ReadFile(res.Path)
 	require.NoError(t, err)
 	b.drain()
-	_, err = a.svc.Put(ctx, "acme", catalog.Input{ID: "edge", Notes: ptr("after the backup")}, 0)
+	_, err = a.svc.Put(ctx, "acme", catalog.Input{ID: "edge", Notes: ptr("after the backup")}, catalog.Precondition{})
 	require.NoError(t, err)
 	b.awaitChange(t, "acme")
 	require.Equal(t, "after the backup", notes(t, b.svc, "acme", "edge"))
@@ -386,7 +386,7 @@ func TestNoCachedValueSurvivesAChange(t *testing.T) {
 
 	// Restore of an earlier version from the entry's history.
 	b.drain()
-	_, err = a.svc.Restore(ctx, "acme", "edge", 1, 0)
+	_, err = a.svc.Restore(ctx, "acme", "edge", 1, catalog.Precondition{})
 	require.NoError(t, err)
 	b.awaitChange(t, "acme")
 	require.Equal(t, "", notes(t, b.svc, "acme", "edge"), "the first version had no notes")
@@ -399,10 +399,10 @@ func TestNoCachedValueSurvivesAChange(t *testing.T) {
 	rot := &keyrotation.Rotator{Pool: a.svc.Pool, DataDir: dir, Logger: logging.Discard(), Settle: time.Millisecond}
 	rep, err := rot.Rotate(ctx)
 	require.NoError(t, err)
-	require.NotEqual(t, before[0].KeyID, rep.NewKeyID)
+	require.NotEqual(t, before[0].Sealed.KeyID, rep.NewKeyID)
 	require.Eventually(t, func() bool {
 		after, err := b.svc.Lookup(ctx, "acme", []string{"edge"})
-		return err == nil && len(after) == 1 && after[0].KeyID == rep.NewKeyID
+		return err == nil && len(after) == 1 && after[0].Sealed.KeyID == rep.NewKeyID
 	}, 10*time.Second, 5*time.Millisecond)
 	after, err := b.svc.Lookup(ctx, "acme", []string{"edge"})
 	require.NoError(t, err)
@@ -508,7 +508,7 @@ func TestMissOfAKnownTenantReadsNoGeneration(t *testing.T) {
 	require.Equal(t, "", notes(t, s, "acme", "second"))
 	require.EqualValues(t, 1, reads.n.Load(), "a miss of a known tenant reads no generation")
 
-	_, err = a.svc.Put(ctx, "acme", catalog.Input{ID: "second", Notes: ptr("changed")}, 0)
+	_, err = a.svc.Put(ctx, "acme", catalog.Input{ID: "second", Notes: ptr("changed")}, catalog.Precondition{})
 	require.NoError(t, err)
 	a.awaitChange(t, "acme")
 	require.Equal(t, "changed", notes(t, s, "acme", "second"))

@@ -9,6 +9,7 @@ import (
 
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/sealing"
 )
 
 // heapEntry is an entry as GET reads it (no sealed columns), each string allocated on its
@@ -18,7 +19,7 @@ func heapEntry(tenant string, i int) *repo.Entry {
 	id := fmt.Sprintf("e-%06d", i)
 	now := time.Now()
 	return &repo.Entry{TenantID: c(tenant), ID: c(id), Name: c("client " + id), Type: material.ClientPair, Source: c("inline"),
-		KeyID: c("k-20261127T000000Z"), Version: 1, CreatedAt: now, UpdatedAt: now,
+		Sealed: sealing.Pair{KeyID: c("k-20261127T000000Z")}, Version: 1, CreatedAt: now, UpdatedAt: now,
 		Meta: material.Metadata{
 			FingerprintSHA256: c(strings.Repeat("AB:", 31) + "CD"), Subject: c("CN=" + id + ",O=Acme Devices"),
 			Issuer: c("CN=Acme Intermediate CA,O=Acme"), SerialNumber: c(strings.Repeat("8F:", 15) + "01"),

@@ -22,6 +22,7 @@ import (
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/resolver"
 	"github.com/loopze/certstore/internal/sealing"
 	"github.com/loopze/certstore/internal/secret"
 )
@@ -197,11 +198,13 @@ func checkFields(id, name, typ, source, notes string) []material.Issue {
 	if n := utf8.RuneCountInString(notes); n > MaxNotesLen {
 		add("notes", fmt.Sprintf("is %d characters long; at most %d are allowed", n, MaxNotesLen))
 	}
-	if strings.ContainsFunc(name, unicode.IsControl) {
-		add("name", "must not contain control characters")
+	if strings.ContainsFunc(name, func(r rune) bool { return unicode.IsControl(r) || Deceptive(r) }) {
+		add("name", "must not contain control, bidirectional override or line separator characters")
 	}
-	if strings.ContainsFunc(notes, func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\r' && r != '\t' }) {
-		add("notes", "must not contain control characters other than tab and line breaks")
+	if strings.ContainsFunc(notes, func(r rune) bool {
+		return (unicode.IsControl(r) && r != '\n' && r != '\r' && r != '\t') || Deceptive(r)
+	}) {
+		add("notes", "must not contain control characters other than tab and line breaks, nor bidirectional override or line separator characters")
 	}
 	for _, f := range []struct{ name, v string }{{"name", name}, {"notes", notes}} {
 		if strings.Contains(f.v, "-----BEGIN") {
@@ -210,6 +213,14 @@ func checkFields(id, name, typ, source, notes string) []material.Issue {
 		}
 	}
 	return issues
+}
+
+// Deceptive reports characters that make text display other than it reads: the
+// bidirectional controls (U+202E turns "gpj.exe" around) and the Unicode line and paragraph
+// separators, which break a log line or a table row where no line break shows. Names and
+// notes refuse them; the web UI shows any stored before that as escapes.
+func Deceptive(r rune) bool {
+	return unicode.Is(unicode.Bidi_Control, r) || unicode.In(r, unicode.Zl, unicode.Zp)
 }
 
 // prepared is an entry that passed validation, with its material parsed.
@@ -288,23 +299,15 @@ func (s *Service) prepare(ctx context.Context, tenant, id, name, typ, source, no
 // seal encrypts inline material into the entry.
 func (s *Service) seal(p *prepared) error {
 	e := p.entry
-	e.CertSealed, e.KeySealed, e.KeyID = nil, nil, ""
+	e.Sealed = sealing.Pair{}
 	if e.Source != SourceInline {
 		return nil
 	}
-	c, err := s.Ring.Seal(p.certPEM, sealing.Entry(e.TenantID, e.ID, sealing.FieldCert))
+	sealed, err := sealing.SealPair(s.Ring, sealing.Place{Tenant: e.TenantID, EntryID: e.ID}, p.certPEM, p.keyPEM)
 	if err != nil {
-		return fmt.Errorf("seal certificate of %s: %w", e.ID, err)
+		return err
 	}
-	e.CertSealed = c
-	if len(p.keyPEM) > 0 {
-		k, err := s.Ring.Seal(p.keyPEM, sealing.Entry(e.TenantID, e.ID, sealing.FieldKey))
-		if err != nil {
-			return fmt.Errorf("seal key of %s: %w", e.ID, err)
-		}
-		e.KeySealed = k
-	}
-	e.KeyID = s.Ring.CurrentKeyID()
+	e.Sealed = sealed
 	return nil
 }
 
@@ -314,26 +317,10 @@ func (s *Service) Open(e *repo.Entry) (cert, key secret.PEM, err error) {
 	if e.Source != SourceInline {
 		return nil, nil, fmt.Errorf("open %s: not an inline entry", e.ID)
 	}
-	if len(e.CertSealed) == 0 {
+	if len(e.Sealed.Cert) == 0 {
 		return nil, nil, fmt.Errorf("open %s: the entry was read without its sealed material", e.ID)
 	}
-	open := func(blob []byte, field string) (secret.PEM, error) {
-		if len(blob) == 0 {
-			return nil, nil
-		}
-		pt, err := sealing.Open(s.Ring, blob, sealing.Entry(e.TenantID, e.ID, field))
-		if err != nil {
-			return nil, fmt.Errorf("open %s of %s: %w", field, e.ID, err)
-		}
-		return secret.PEM(pt), nil
-	}
-	if cert, err = open(e.CertSealed, sealing.FieldCert); err != nil {
-		return nil, nil, err
-	}
-	if key, err = open(e.KeySealed, sealing.FieldKey); err != nil {
-		return nil, nil, err
-	}
-	return cert, key, nil
+	return sealing.OpenPair(s.Ring, sealing.Place{Tenant: e.TenantID, EntryID: e.ID}, e.Sealed)
 }
 
 // Lookup returns the entries of tenant among ids (those that exist), with their sealed
@@ -343,6 +330,34 @@ func (s *Service) Lookup(ctx context.Context, tenant string, ids []string) ([]*r
 		return s.cachedLookup(ctx, tenant, ids)
 	}
 	return repo.LookupEntries(ctx, s.Pool, tenant, ids)
+}
+
+// Entries is the catalogue as a Resolver finds entries: tenant-scoped lookups through the
+// cache, inline material opened on demand, and each entry stamped by its sealed material
+// so the resolver parses it once per version of that material.
+func (s *Service) Entries() resolver.Entries { return resolverEntries{s} }
+
+type resolverEntries struct{ s *Service }
+
+func (r resolverEntries) Lookup(ctx context.Context, tenant string, ids []string) ([]*resolver.Entry, error) {
+	rows, err := r.s.Lookup(ctx, tenant, ids)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*resolver.Entry, len(rows))
+	for i, e := range rows {
+		out[i] = &resolver.Entry{ID: e.ID, Type: e.Type, Source: e.Source, Stamp: e.Sealed.Stamp(), Handle: e,
+			Files: material.Paths{Cert: e.CertPath, Key: e.KeyPath, Passphrase: e.PassphrasePath}}
+	}
+	return out, nil
+}
+
+func (r resolverEntries) Open(e *resolver.Entry) (cert, key secret.PEM, err error) {
+	row, ok := e.Handle.(*repo.Entry)
+	if !ok {
+		return nil, nil, fmt.Errorf("open %s: not an entry of the catalogue", e.ID)
+	}
+	return r.s.Open(row)
 }
 
 // Validate parses an entry exactly as Create would and persists nothing. err is for

@@ -67,7 +67,7 @@ func TestSealedMaterialOpensOnlyWhereItLives(t *testing.T) {
 	// a's ciphertexts under b's name, in another tenant, or swapped between fields: refused.
 	eb := sealed(t, s, "acme", "b")
 	moved := *eb
-	moved.CertSealed, moved.KeySealed = ea.CertSealed, ea.KeySealed
+	moved.Sealed.Cert, moved.Sealed.Key = ea.Sealed.Cert, ea.Sealed.Key
 	_, _, err = s.Open(&moved)
 	require.ErrorIs(t, err, envelope.ErrDecrypt)
 	other := *ea
@@ -75,7 +75,7 @@ func TestSealedMaterialOpensOnlyWhereItLives(t *testing.T) {
 	_, _, err = s.Open(&other)
 	require.ErrorIs(t, err, envelope.ErrDecrypt)
 	swapped := *ea
-	swapped.CertSealed, swapped.KeySealed = ea.KeySealed, ea.CertSealed
+	swapped.Sealed.Cert, swapped.Sealed.Key = ea.Sealed.Key, ea.Sealed.Cert
 	_, _, err = s.Open(&swapped)
 	require.ErrorIs(t, err, envelope.ErrDecrypt)
 }
@@ -88,27 +88,27 @@ func TestPutOfNotesKeepsTheCiphertext(t *testing.T) {
 	require.NoError(t, err)
 	before := sealed(t, s, "acme", "a")
 
-	res, err := s.Put(t.Context(), "acme", catalog.Input{ID: "a", Notes: ptr("rotated yearly")}, before.Version)
+	res, err := s.Put(t.Context(), "acme", catalog.Input{ID: "a", Notes: ptr("rotated yearly")}, catalog.Precondition{Version: before.Version})
 	require.NoError(t, err)
 	require.False(t, res.Created)
 	after := sealed(t, s, "acme", "a")
-	require.Equal(t, before.CertSealed, after.CertSealed)
-	require.Equal(t, before.KeySealed, after.KeySealed)
+	require.Equal(t, before.Sealed.Cert, after.Sealed.Cert)
+	require.Equal(t, before.Sealed.Key, after.Sealed.Key)
 	require.Equal(t, "rotated yearly", after.Notes)
 	require.Equal(t, before.Meta.FingerprintSHA256, after.Meta.FingerprintSHA256)
 
 	// New material is sealed afresh and re-derives the metadata.
 	c := ca.Issue(t, materialtest.Options{})
-	_, err = s.Put(t.Context(), "acme", pairInput("a", c), 0)
+	_, err = s.Put(t.Context(), "acme", pairInput("a", c), catalog.Precondition{})
 	require.NoError(t, err)
 	renewed := sealed(t, s, "acme", "a")
-	require.NotEqual(t, before.CertSealed, renewed.CertSealed)
+	require.NotEqual(t, before.Sealed.Cert, renewed.Sealed.Cert)
 	require.NotEqual(t, before.Meta.FingerprintSHA256, renewed.Meta.FingerprintSHA256)
 	cert, _, err := s.Open(renewed)
 	require.NoError(t, err)
 	require.Equal(t, string(c.ChainPEM()), string(cert))
 
-	_, err = s.Put(t.Context(), "acme", catalog.Input{ID: "a", Notes: ptr("x")}, before.Version)
+	_, err = s.Put(t.Context(), "acme", catalog.Input{ID: "a", Notes: ptr("x")}, catalog.Precondition{Version: before.Version})
 	require.ErrorIs(t, err, repo.ErrVersionMismatch)
 }
 

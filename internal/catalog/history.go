@@ -10,7 +10,6 @@ import (
 
 	"github.com/loopze/certstore/internal/audit"
 	"github.com/loopze/certstore/internal/db"
-	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/sealing"
@@ -21,31 +20,12 @@ import (
 // wraps repo.ErrNotFound.
 var ErrUnknownVersion = fmt.Errorf("no such version: %w", repo.ErrNotFound)
 
-// openBlob decrypts one sealed value, reloading the key ring once when it names a master
-// key this process does not hold (another replica rotated).
-func (s *Service) openBlob(blob []byte, a envelope.AAD) (secret.PEM, error) {
-	if len(blob) == 0 {
-		return nil, nil
-	}
-	pt, err := sealing.Open(s.Ring, blob, a)
-	if err != nil {
-		return nil, err
-	}
-	return secret.PEM(pt), nil
-}
-
 // OpenVersion decrypts an inline version's sealed material.
 func (s *Service) OpenVersion(v *repo.Version) (cert, key secret.PEM, err error) {
 	if v.Source != SourceInline {
 		return nil, nil, fmt.Errorf("open version %d of %s: not an inline version", v.Version, v.EntryID)
 	}
-	if cert, err = s.openBlob(v.CertSealed, sealing.EntryVersion(v.TenantID, v.EntryID, v.Version, sealing.FieldCert)); err != nil {
-		return nil, nil, fmt.Errorf("open certPem of version %d of %s: %w", v.Version, v.EntryID, err)
-	}
-	if key, err = s.openBlob(v.KeySealed, sealing.EntryVersion(v.TenantID, v.EntryID, v.Version, sealing.FieldKey)); err != nil {
-		return nil, nil, fmt.Errorf("open keyPem of version %d of %s: %w", v.Version, v.EntryID, err)
-	}
-	return cert, key, nil
+	return sealing.OpenPair(s.Ring, sealing.Place{Tenant: v.TenantID, EntryID: v.EntryID, Version: v.Version}, v.Sealed)
 }
 
 // materialOf opens an inline entry's stored material; nil for a file entry.
@@ -70,15 +50,9 @@ func (s *Service) versionOf(ctx context.Context, e *repo.Entry, n int64, action 
 	if err != nil {
 		return nil, fmt.Errorf("record version %d of %s: %w", n, e.ID, err)
 	}
-	if v.CertSealed, err = s.Ring.Seal(cert, sealing.EntryVersion(e.TenantID, e.ID, n, sealing.FieldCert)); err != nil {
-		return nil, fmt.Errorf("seal version %d of %s: %w", n, e.ID, err)
+	if v.Sealed, err = sealing.SealPair(s.Ring, sealing.Place{Tenant: e.TenantID, EntryID: e.ID, Version: n}, cert, key); err != nil {
+		return nil, fmt.Errorf("record version %d of %s: %w", n, e.ID, err)
 	}
-	if len(key) > 0 {
-		if v.KeySealed, err = s.Ring.Seal(key, sealing.EntryVersion(e.TenantID, e.ID, n, sealing.FieldKey)); err != nil {
-			return nil, fmt.Errorf("seal version %d of %s: %w", n, e.ID, err)
-		}
-	}
-	v.KeyID = s.Ring.CurrentKeyID()
 	return v, nil
 }
 
@@ -206,16 +180,16 @@ func (s *Service) Version(ctx context.Context, tenant, id string, version int64)
 	if err != nil {
 		return nil, err
 	}
-	v.CertSealed, v.KeySealed = nil, nil
+	v.Sealed = sealing.Pair{}
 	return v, nil
 }
 
 // Restore makes a new version of entry id whose fields and material are those of the
 // given version; a deleted entry is recreated. References are untouched, so a type change
-// of a referenced entry is refused with a *ReferencedError. ifMatch, when non-zero, is the
-// entry version the caller last saw (a deleted entry has none: ErrVersionMismatch).
+// of a referenced entry is refused with a *ReferencedError. pre is what the caller requires
+// of the current entry (a deleted entry has no version: ErrVersionMismatch for If-Match).
 // File-sourced material is read from its paths again and must be valid there now.
-func (s *Service) Restore(ctx context.Context, tenant, id string, version, ifMatch int64) (*Result, error) {
+func (s *Service) Restore(ctx context.Context, tenant, id string, version int64, pre Precondition) (*Result, error) {
 	defer s.changed(tenant)
 	var res *Result
 	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
@@ -236,16 +210,17 @@ func (s *Service) Restore(ctx context.Context, tenant, id string, version, ifMat
 			}
 		}
 		cur, err := repo.GetEntryForUpdate(ctx, tx, tenant, id)
-		switch {
-		case errors.Is(err, repo.ErrNotFound):
-			cur = nil
-			if ifMatch != 0 {
-				return fmt.Errorf("restore %s: the entry is deleted: %w", id, repo.ErrVersionMismatch)
-			}
-		case err != nil:
+		if errors.Is(err, repo.ErrNotFound) {
+			cur, err = nil, nil
+		}
+		if err != nil {
 			return err
-		case ifMatch != 0 && cur.Version != ifMatch:
-			return fmt.Errorf("restore %s: %w", id, repo.ErrVersionMismatch)
+		}
+		if err := pre.check(cur, "restore "+id); err != nil {
+			return err
+		}
+		switch {
+		case cur == nil:
 		case cur.Type != v.Type:
 			n, err := repo.CountReferences(ctx, tx, tenant, id)
 			if err != nil {
@@ -375,15 +350,18 @@ func (s *Service) createEntry(ctx context.Context, e *repo.Entry) error {
 }
 
 // deleting reads the entry a delete is about to remove, with its material, for the
-// version that keeps it: ErrNotFound when it is gone, ErrVersionMismatch when ifMatch
-// (non-zero) is not its version.
-func (s *Service) deleting(ctx context.Context, tx pgx.Tx, tenant, id string, ifMatch int64) (*repo.Entry, error) {
+// version that keeps it: ErrNotFound when it is gone and pre asks nothing of it,
+// ErrVersionMismatch when pre does not hold.
+func (s *Service) deleting(ctx context.Context, tx pgx.Tx, tenant, id string, pre Precondition) (*repo.Entry, error) {
 	cur, err := repo.GetEntryForUpdate(ctx, tx, tenant, id)
+	if errors.Is(err, repo.ErrNotFound) && (pre.Version != 0 || pre.Exists) {
+		return nil, pre.check(nil, "delete entry "+id)
+	}
 	if err != nil {
 		return nil, err
 	}
-	if ifMatch != 0 && cur.Version != ifMatch {
-		return nil, fmt.Errorf("delete entry %s: %w", id, repo.ErrVersionMismatch)
+	if err := pre.check(cur, "delete entry "+id); err != nil {
+		return nil, err
 	}
 	return cur, nil
 }

@@ -15,16 +15,17 @@ import (
 // Put replaces the mutable fields of entry in.ID, or creates it when it does not exist (as
 // HTTP's PUT does). Omitted fields keep their stored values; omitted material keeps the
 // stored material (a renewed certificate may come without its unchanged key, and the other
-// way round); new material re-derives the metadata. ifMatch, when non-zero, is the version
-// the caller last saw. Changing the type of a referenced entry is refused with a
-// *ReferencedError.
-func (s *Service) Put(ctx context.Context, tenant string, in Input, ifMatch int64) (*Result, error) {
+// way round); new material re-derives the metadata. pre is what the caller requires of
+// the current entry (If-Match, If-None-Match). Changing the type of a referenced entry is
+// refused with a *ReferencedError.
+func (s *Service) Put(ctx context.Context, tenant string, in Input, pre Precondition) (*Result, error) {
 	defer s.changed(tenant)
-	res, created, err := s.put(ctx, tenant, in, ifMatch)
+	res, created, err := s.put(ctx, tenant, in, pre)
 	if created && errors.Is(err, repo.ErrDuplicate) {
 		// A create (POST) takes no tenant lock, so it can commit the ID between this PUT
-		// finding it missing and inserting it: the PUT is then an update, tried again.
-		res, _, err = s.put(ctx, tenant, in, ifMatch)
+		// finding it missing and inserting it: the PUT is then an update, tried again,
+		// and its precondition judged against the entry that now exists.
+		res, _, err = s.put(ctx, tenant, in, pre)
 	}
 	if err != nil {
 		return nil, err
@@ -34,7 +35,7 @@ func (s *Service) Put(ctx context.Context, tenant string, in Input, ifMatch int6
 }
 
 // put is one attempt of Put; created says it found the entry missing and tried to create it.
-func (s *Service) put(ctx context.Context, tenant string, in Input, ifMatch int64) (res *Result, created bool, err error) {
+func (s *Service) put(ctx context.Context, tenant string, in Input, pre Precondition) (res *Result, created bool, err error) {
 	err = db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
 		// The tenant row first, as every write of the tenant but a create does (Delete,
 		// a workspace deploy): one lock order, so a PUT racing a deploy waits instead of
@@ -42,7 +43,7 @@ func (s *Service) put(ctx context.Context, tenant string, in Input, ifMatch int6
 		// round trip.
 		cur, last, err := repo.BeginEntryWrite(ctx, tx, tenant, in.ID)
 		if errors.Is(err, repo.ErrNotFound) {
-			if ifMatch != 0 {
+			if err := pre.check(nil, "create entry "+in.ID); err != nil {
 				return err
 			}
 			created = true
@@ -55,8 +56,8 @@ func (s *Service) put(ctx context.Context, tenant string, in Input, ifMatch int6
 		if err != nil {
 			return err
 		}
-		if ifMatch != 0 && cur.Version != ifMatch {
-			return fmt.Errorf("update entry %s: %w", in.ID, repo.ErrVersionMismatch)
+		if err := pre.check(cur, "update entry "+in.ID); err != nil {
+			return err
 		}
 		if res, err = s.updateIn(ctx, tx, tenant, cur, in); err != nil {
 			return err
@@ -176,7 +177,7 @@ func (s *Service) updateIn(ctx context.Context, tx pgx.Tx, tenant string, cur *r
 		}
 	} else {
 		// Nothing about the material changed: keep the stored ciphertext as it is.
-		p.entry.CertSealed, p.entry.KeySealed, p.entry.KeyID = cur.CertSealed, cur.KeySealed, cur.KeyID
+		p.entry.Sealed = cur.Sealed
 		p.entry.Meta = cur.Meta
 		p.warnings = nil
 	}
@@ -190,7 +191,7 @@ func (s *Service) updateIn(ctx context.Context, tx pgx.Tx, tenant string, cur *r
 // the first MaxConflictReferences references in (flow, node, field) order; the foreign key
 // from the references table makes the database refuse it too, so a concurrent deploy can
 // never be left pointing at nothing. File contents on disk are never touched.
-func (s *Service) Delete(ctx context.Context, tenant, id string, ifMatch int64) error {
+func (s *Service) Delete(ctx context.Context, tenant, id string, pre Precondition) error {
 	// A referenced entry is refused from a read alone: a refused delete changes nothing,
 	// so it need not queue behind the tenant's writers for the generation lock.
 	refErr, err := s.readRefusal(ctx, tenant, id)
@@ -215,7 +216,7 @@ func (s *Service) Delete(ctx context.Context, tenant, id string, ifMatch int64) 
 			return err
 		}
 		if n == 0 {
-			cur, err := s.deleting(ctx, tx, tenant, id, ifMatch)
+			cur, err := s.deleting(ctx, tx, tenant, id, pre)
 			if err != nil {
 				return err
 			}
@@ -225,7 +226,7 @@ func (s *Service) Delete(ctx context.Context, tenant, id string, ifMatch int64) 
 			if err != nil {
 				return fmt.Errorf("delete entry %s: %w", id, err)
 			}
-			err = repo.DeleteEntry(ctx, sp, tenant, id, ifMatch)
+			err = repo.DeleteEntry(ctx, sp, tenant, id, cur.Version)
 			if !errors.Is(err, repo.ErrReferenced) {
 				if err != nil {
 					_ = sp.Rollback(ctx)

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/loopze/certstore/internal/secret"
 )
@@ -48,6 +49,9 @@ type Config struct {
 	JWTPublicKeys string
 	// JWTIssuer and JWTAudience are checked when set.
 	JWTIssuer, JWTAudience string
+	// JWTMaxTTL is the furthest ahead a token's exp may lie (LOOPZE_JWT_MAX_TTL): a leaked
+	// token minted for a century is refused. Zero or less is an invalid value.
+	JWTMaxTTL time.Duration
 	// AllowedOrigins lists extra origins allowed to make cookie-authenticated writes.
 	AllowedOrigins []string
 	// MetricsToken, when set, is the bearer token /metrics requires (LOOPZE_METRICS_TOKEN).
@@ -66,6 +70,9 @@ type Config struct {
 	// burst, per tenant and per token subject; a rate of 0 turns that bucket off.
 	RateLimitTenant, RateLimitSubject           float64
 	RateLimitTenantBurst, RateLimitSubjectBurst int
+	// PollLimitTenant and PollLimitSubject cap the long polls of GET /api/v1/credentials
+	// waiting at once, per tenant and per token subject within it; 0 turns a cap off.
+	PollLimitTenant, PollLimitSubject int
 	// KDFMemoryMiB is the memory the key derivations running at once may need together
 	// (LOOPZE_KDF_MEMORY_MIB); KDFConcurrency how many run at once, 0 for one per
 	// processor (LOOPZE_KDF_CONCURRENCY); KDFQueue how many requests may wait for one
@@ -87,6 +94,7 @@ const (
 	EnvJWTPublicKeys  = "LOOPZE_JWT_PUBLIC_KEYS"
 	EnvJWTIssuer      = "LOOPZE_JWT_ISSUER"
 	EnvJWTAudience    = "LOOPZE_JWT_AUDIENCE"
+	EnvJWTMaxTTL      = "LOOPZE_JWT_MAX_TTL"
 	EnvAllowedOrigins = "LOOPZE_ALLOWED_ORIGINS"
 	EnvSecureCookies  = "LOOPZE_SECURE_COOKIES"
 	EnvMetricsToken   = "LOOPZE_METRICS_TOKEN"
@@ -99,9 +107,11 @@ const (
 	EnvRateLimitSubject      = "LOOPZE_RATE_LIMIT_SUBJECT"
 	EnvRateLimitSubjectBurst = "LOOPZE_RATE_LIMIT_SUBJECT_BURST"
 
-	EnvKDFMemory      = "LOOPZE_KDF_MEMORY_MIB"
-	EnvKDFConcurrency = "LOOPZE_KDF_CONCURRENCY"
-	EnvKDFQueue       = "LOOPZE_KDF_QUEUE"
+	EnvPollLimitTenant  = "LOOPZE_POLL_LIMIT_TENANT"
+	EnvPollLimitSubject = "LOOPZE_POLL_LIMIT_SUBJECT"
+	EnvKDFMemory        = "LOOPZE_KDF_MEMORY_MIB"
+	EnvKDFConcurrency   = "LOOPZE_KDF_CONCURRENCY"
+	EnvKDFQueue         = "LOOPZE_KDF_QUEUE"
 )
 
 // Defaults.
@@ -111,6 +121,9 @@ const (
 	// DefaultHistoryKeep and DefaultHistoryDays are the history retention.
 	DefaultHistoryKeep = 20
 	DefaultHistoryDays = 90
+	// DefaultJWTMaxTTL is 31 days: room for the 720h runtime tokens docs/runtime.md
+	// suggests, and not much more.
+	DefaultJWTMaxTTL = 31 * 24 * time.Hour
 
 	// A tenant may sustain 100 requests a second with bursts of 200, one token subject
 	// half that: generous for people and automation, short of starving other tenants.
@@ -119,6 +132,11 @@ const (
 	DefaultRateLimitSubject      = 50
 	DefaultRateLimitSubjectBurst = 100
 
+	// A runtime holds one long poll at a time; a few more per subject cover a device
+	// that reconnects while its last poll still waits on the server. A tenant's cap
+	// bounds what all its runtimes together hold (a goroutine and a connection each).
+	DefaultPollLimitTenant  = 1000
+	DefaultPollLimitSubject = 8
 	// The key derivation budget: 64 MiB fits one derivation at the largest parameters
 	// accepted (32 MiB) beside smaller ones, within the serve default GOMEMLIMIT=128MiB
 	// and a 256 MiB resident ceiling; a queue of 8 is a few seconds of work.
@@ -144,6 +162,7 @@ func FromEnv(getenv func(string) string) Config {
 		JWTPublicKeys:     getenv(EnvJWTPublicKeys),
 		JWTIssuer:         getenv(EnvJWTIssuer),
 		JWTAudience:       getenv(EnvJWTAudience),
+		JWTMaxTTL:         envDuration(getenv(EnvJWTMaxTTL), DefaultJWTMaxTTL),
 		AllowedOrigins:    splitOrigins(getenv(EnvAllowedOrigins)),
 		SecureCookies:     getenv(EnvSecureCookies) == "true" || getenv(EnvSecureCookies) == "1",
 		MetricsToken:      secret.String(getenv(EnvMetricsToken)),
@@ -156,14 +175,17 @@ func FromEnv(getenv func(string) string) Config {
 		RateLimitSubject:      envFloat(getenv, EnvRateLimitSubject, DefaultRateLimitSubject),
 		RateLimitSubjectBurst: int(envFloat(getenv, EnvRateLimitSubjectBurst, DefaultRateLimitSubjectBurst)),
 
+		PollLimitTenant:  count(getenv(EnvPollLimitTenant), DefaultPollLimitTenant),
+		PollLimitSubject: count(getenv(EnvPollLimitSubject), DefaultPollLimitSubject),
+
 		KDFMemoryMiB:   count(getenv(EnvKDFMemory), DefaultKDFMemoryMiB),
 		KDFConcurrency: count(getenv(EnvKDFConcurrency), 0),
 		KDFQueue:       count(getenv(EnvKDFQueue), DefaultKDFQueue),
 	}
 }
 
-// count parses a whole number of 0 or more from the environment: def when empty, -1
-// (refused by Validate) when it is not one.
+// count parses a count that may be 0 from the environment: def when empty, -1 (refused by
+// Validate) when it is not a whole number.
 func count(s string, def int) int {
 	if s == "" {
 		return def
@@ -199,6 +221,20 @@ func splitOrigins(s string) []string {
 	return origins
 }
 
+// envDuration reads a Go duration, or def when unset. A value that does not parse becomes
+// -1, which Validate reports.
+func envDuration(s string, def time.Duration) time.Duration {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return def
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return -1
+	}
+	return d
+}
+
 // envFloat reads a number, or def when unset. A value that is not a number becomes NaN,
 // which Validate reports.
 func envFloat(getenv func(string) string, name string, def float64) float64 {
@@ -218,6 +254,8 @@ func (c *Config) registerRateLimitFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.RateLimitTenantBurst, "rate-limit-tenant-burst", c.RateLimitTenantBurst, "burst of the tenant bucket ("+EnvRateLimitTenantBurst+")")
 	fs.Float64Var(&c.RateLimitSubject, "rate-limit-subject", c.RateLimitSubject, "requests per second one token subject may sustain; 0 turns the bucket off ("+EnvRateLimitSubject+")")
 	fs.IntVar(&c.RateLimitSubjectBurst, "rate-limit-subject-burst", c.RateLimitSubjectBurst, "burst of the subject bucket ("+EnvRateLimitSubjectBurst+")")
+	fs.IntVar(&c.PollLimitTenant, "poll-limit-tenant", c.PollLimitTenant, "long polls of the credentials route one tenant may have waiting; 0 turns the cap off ("+EnvPollLimitTenant+")")
+	fs.IntVar(&c.PollLimitSubject, "poll-limit-subject", c.PollLimitSubject, "long polls of the credentials route one token subject may have waiting; 0 turns the cap off ("+EnvPollLimitSubject+")")
 }
 
 func (c *Config) registerKDFFlags(fs *flag.FlagSet) {
@@ -240,6 +278,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.JWTPublicKeys, "jwt-public-keys", c.JWTPublicKeys, "PEM or JWKS file of JWT verification keys ("+EnvJWTPublicKeys+")")
 	fs.StringVar(&c.JWTIssuer, "jwt-issuer", c.JWTIssuer, "required JWT iss ("+EnvJWTIssuer+")")
 	fs.StringVar(&c.JWTAudience, "jwt-audience", c.JWTAudience, "required JWT aud ("+EnvJWTAudience+")")
+	fs.DurationVar(&c.JWTMaxTTL, "jwt-max-ttl", c.JWTMaxTTL, "the furthest ahead a token's exp may lie, e.g. 744h ("+EnvJWTMaxTTL+")")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "separate listen address for /metrics; empty serves it on --addr ("+EnvMetricsAddr+")")
 	fs.IntVar(&c.HistoryKeep, "history-keep", c.HistoryKeep, "versions each entry keeps ("+EnvHistoryKeep+")")
 	fs.IntVar(&c.HistoryDays, "history-days", c.HistoryDays, "days a deleted entry's history stays ("+EnvHistoryDays+")")
@@ -306,6 +345,9 @@ func (c *Config) Validate() error {
 	if _, err := ParseLevel(c.LogLevel); err != nil {
 		errs = append(errs, err)
 	}
+	if c.JWTMaxTTL <= 0 {
+		errs = append(errs, fmt.Errorf("%s: want a positive duration such as 744h", EnvJWTMaxTTL))
+	}
 	if c.HistoryKeep < 1 {
 		errs = append(errs, fmt.Errorf("%s must be a whole number of at least 1", EnvHistoryKeep))
 	}
@@ -322,6 +364,14 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: want requests per second, 0 or more", r.name))
 		case r.rate > 0 && r.burst < 1:
 			errs = append(errs, fmt.Errorf("%s_BURST: want 1 or more", r.name))
+		}
+	}
+	for _, p := range []struct {
+		name string
+		n    int
+	}{{EnvPollLimitTenant, c.PollLimitTenant}, {EnvPollLimitSubject, c.PollLimitSubject}} {
+		if p.n < 0 {
+			errs = append(errs, fmt.Errorf("%s: want a whole number of polls, 0 or more", p.name))
 		}
 	}
 	if c.KDFMemoryMiB < MinKDFMemoryMiB || c.KDFMemoryMiB > 1<<20 {

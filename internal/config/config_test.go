@@ -4,6 +4,7 @@ import (
 	"flag"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -21,6 +22,12 @@ func TestDefaultsWorkOnALaptop(t *testing.T) {
 	require.Equal(t, "data/pg", c.ClusterDir())
 	require.NoError(t, c.Validate())
 	require.False(t, c.SecureCookies)
+	require.Equal(t, config.DefaultPollLimitTenant, c.PollLimitTenant)
+	require.Equal(t, config.DefaultPollLimitSubject, c.PollLimitSubject)
+	off := config.FromEnv(env(map[string]string{"LOOPZE_POLL_LIMIT_TENANT": "0", "LOOPZE_POLL_LIMIT_SUBJECT": " 3 "}))
+	require.NoError(t, off.Validate())
+	require.Equal(t, 0, off.PollLimitTenant, "0 turns the cap off")
+	require.Equal(t, 3, off.PollLimitSubject)
 	require.Equal(t, []int{64, 0, 8}, []int{c.KDFMemoryMiB, c.KDFConcurrency, c.KDFQueue})
 }
 
@@ -53,6 +60,8 @@ func TestValidate(t *testing.T) {
 		"pooler":            {"LOOPZE_DATABASE_URL": "postgres://u:p@h/db", "LOOPZE_DATABASE_POOLER": "statement"},
 		"listen url alone":  {"LOOPZE_LISTEN_DATABASE_URL": "postgres://u:p@h/db"},
 		"bad listen url":    {"LOOPZE_DATABASE_URL": "postgres://u:p@h/db", "LOOPZE_LISTEN_DATABASE_URL": "postgres://u:p@h1:port,h2/db"},
+		"poll limit words":  {"LOOPZE_POLL_LIMIT_TENANT": "many"},
+		"negative polls":    {"LOOPZE_POLL_LIMIT_SUBJECT": "-2"},
 		"kdf memory":        {"LOOPZE_KDF_MEMORY_MIB": "16"},
 		"kdf memory text":   {"LOOPZE_KDF_MEMORY_MIB": "64MiB"},
 		"kdf concurrency":   {"LOOPZE_KDF_CONCURRENCY": "-2"},
@@ -86,6 +95,7 @@ func TestHighAvailabilityURLs(t *testing.T) {
 func TestHistoryRetention(t *testing.T) {
 	t.Parallel()
 	c := config.FromEnv(env(nil))
+	require.Equal(t, 744*time.Hour, c.JWTMaxTTL, "31 days: the documented 720h runtime tokens fit")
 	require.Equal(t, 20, c.HistoryKeep)
 	require.Equal(t, 90, c.HistoryDays)
 
@@ -97,6 +107,7 @@ func TestHistoryRetention(t *testing.T) {
 	for _, bad := range []map[string]string{
 		{"LOOPZE_HISTORY_KEEP": "0"}, {"LOOPZE_HISTORY_KEEP": "many"}, {"LOOPZE_HISTORY_KEEP": "-2"},
 		{"LOOPZE_HISTORY_DAYS": "0"}, {"LOOPZE_HISTORY_DAYS": "1.5"},
+		{"LOOPZE_JWT_MAX_TTL": "31 days"}, {"LOOPZE_JWT_MAX_TTL": "0s"}, {"LOOPZE_JWT_MAX_TTL": "-1h"},
 	} {
 		c := config.FromEnv(env(bad))
 		err := c.Validate()
@@ -124,11 +135,12 @@ func TestEveryVariableButTheSecretsHasAFlag(t *testing.T) {
 		config.EnvAddr: "addr", config.EnvDataDir: "data-dir", config.EnvDatabaseURL: "database-url",
 		config.EnvLogFormat: "log-format", config.EnvLogLevel: "log-level", config.EnvFileRoots: "file-roots",
 		config.EnvJWTPublicKeys: "jwt-public-keys", config.EnvJWTIssuer: "jwt-issuer", config.EnvJWTAudience: "jwt-audience",
-		config.EnvAllowedOrigins: "allowed-origins", config.EnvSecureCookies: "secure-cookies",
+		config.EnvJWTMaxTTL: "jwt-max-ttl", config.EnvAllowedOrigins: "allowed-origins", config.EnvSecureCookies: "secure-cookies",
 		config.EnvMetricsAddr: "metrics-addr", config.EnvListenURL: "listen-database-url", config.EnvPooler: "database-pooler",
 		config.EnvHistoryKeep: "history-keep", config.EnvHistoryDays: "history-days",
 		config.EnvRateLimitTenant: "rate-limit-tenant", config.EnvRateLimitTenantBurst: "rate-limit-tenant-burst",
 		config.EnvRateLimitSubject: "rate-limit-subject", config.EnvRateLimitSubjectBurst: "rate-limit-subject-burst",
+		config.EnvPollLimitTenant: "poll-limit-tenant", config.EnvPollLimitSubject: "poll-limit-subject",
 		config.EnvKDFMemory: "kdf-memory-mib", config.EnvKDFConcurrency: "kdf-concurrency", config.EnvKDFQueue: "kdf-queue",
 	}, byVariable, "every variable but LOOPZE_JWT_SECRET and LOOPZE_METRICS_TOKEN")
 

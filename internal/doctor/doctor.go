@@ -23,9 +23,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
-	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/sealing"
@@ -224,7 +224,7 @@ func (d *Doctor) checkDatabase(ctx context.Context) bool {
 
 // checkFile checks a tenant's file: present, 0600, decrypts, at the database's generation.
 func (d *Doctor) checkFile(ring *envelope.Ring, t repo.Tenant) {
-	path := fileexport.Path(d.DataDir, t.ID)
+	path := credfile.Path(d.DataDir, t.ID)
 	info, err := os.Stat(path)
 	if err != nil {
 		d.add("credentials-file", Fail, path, "tenant %s: %v", t.ID, err)
@@ -236,13 +236,13 @@ func (d *Doctor) checkFile(ring *envelope.Ring, t repo.Tenant) {
 		d.add("credentials-file", Fail, path, "%v", err)
 		return
 	}
-	var h fileexport.Header
+	var h credfile.Header
 	if ring == nil {
-		if h, err = fileexport.ParseHeader(data); err != nil {
+		if h, err = credfile.ParseHeader(data); err != nil {
 			d.add("credentials-file", Fail, path, "%v", err)
 			return
 		}
-	} else if _, h, err = fileexport.Open(ring, data, t.ID); err != nil {
+	} else if _, h, err = credfile.Open(ring, data, t.ID); err != nil {
 		d.add("credentials-file", Fail, path, "does not decrypt: %v", err)
 		return
 	}
@@ -304,32 +304,20 @@ func (d *Doctor) checkRows(ctx context.Context, ring *envelope.Ring, tenant stri
 				notAfter = m.Metadata.NotAfter
 			}
 		} else if ring != nil {
-			for _, f := range []struct {
-				name string
-				blob []byte
-			}{{sealing.FieldCert, e.CertSealed}, {sealing.FieldKey, e.KeySealed}} {
-				if len(f.blob) == 0 {
-					continue
-				}
-				if _, err := ring.Open(f.blob, sealing.Entry(tenant, e.ID, f.name)); err != nil {
-					fail(subject, "%s does not decrypt: %v", f.name, err)
-				}
+			if _, _, err := sealing.OpenPair(ring, sealing.Place{Tenant: tenant, EntryID: e.ID}, e.Sealed); err != nil {
+				fail(subject, "does not decrypt: %v", err)
 			}
 		}
 		d.checkExpiry(subject, notAfter, now)
 	}
 	if ring != nil {
 		for _, v := range versions {
-			for _, f := range []struct {
-				name string
-				blob []byte
-			}{{sealing.FieldCert, v.CertSealed}, {sealing.FieldKey, v.KeySealed}} {
-				if len(f.blob) == 0 {
-					continue
-				}
-				if _, err := ring.Open(f.blob, sealing.EntryVersion(tenant, v.EntryID, v.Version, f.name)); err != nil {
-					fail(fmt.Sprintf("%s/%s@%d", tenant, v.EntryID, v.Version), "%s of version %d does not decrypt: %v", f.name, v.Version, err)
-				}
+			if len(v.Sealed.Cert) == 0 {
+				continue
+			}
+			at := sealing.Place{Tenant: tenant, EntryID: v.EntryID, Version: v.Version}
+			if _, _, err := sealing.OpenPair(ring, at, v.Sealed); err != nil {
+				fail(fmt.Sprintf("%s/%s@%d", tenant, v.EntryID, v.Version), "does not decrypt: %v", err)
 			}
 		}
 		for _, s := range secrets {

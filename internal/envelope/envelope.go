@@ -126,6 +126,15 @@ func parse(b []byte) (blob, error) {
 	}, nil
 }
 
+// Tag is the GCM tag of a blob's value ciphertext, its last 16 bytes: it identifies the
+// sealed value, as every seal draws a fresh data key and nonce, and Rewrap leaves it as it
+// is. A blob too short to hold one gives its bytes, zero-padded.
+func Tag(b []byte) [tagSize]byte {
+	var t [tagSize]byte
+	copy(t[:], b[max(0, len(b)-tagSize):])
+	return t
+}
+
 // KeyID returns the ID of the master key a blob is wrapped under, without opening it.
 func KeyID(b []byte) (string, error) {
 	p, err := parse(b)

@@ -50,7 +50,7 @@ func BenchmarkExportTenant10kOneChange(b *testing.B) {
 			for b.Loop() {
 				b.StopTimer()
 				i++
-				_, err := bb.catalog.Put(ctx, "big", catalog.Input{ID: "entry-00042", Notes: ptr(fmt.Sprintf("change %d", i))}, 0)
+				_, err := bb.catalog.Put(ctx, "big", catalog.Input{ID: "entry-00042", Notes: ptr(fmt.Sprintf("change %d", i))}, catalog.Precondition{})
 				require.NoError(b, err)
 				b.StartTimer()
 				res, err := x.ExportTenant(ctx, "big", false)
@@ -71,12 +71,10 @@ func setupBench(b *testing.B) *bundle {
 	entries := make([]*repo.Entry, 0, 10000)
 	for i := range 10000 {
 		id := fmt.Sprintf("entry-%05d", i)
-		cs, err := bb.ring.Seal(cert, sealing.Entry("big", id, sealing.FieldCert))
-		require.NoError(b, err)
-		ks, err := bb.ring.Seal(key, sealing.Entry("big", id, sealing.FieldKey))
+		sealed, err := sealing.SealPair(bb.ring, sealing.Place{Tenant: "big", EntryID: id}, cert, key)
 		require.NoError(b, err)
 		entries = append(entries, &repo.Entry{TenantID: "big", ID: id, Name: id, Type: material.ClientPair,
-			Source: "inline", CertSealed: cs, KeySealed: ks, KeyID: bb.ring.CurrentKeyID(), Meta: m.Metadata})
+			Source: "inline", Sealed: sealed, Meta: m.Metadata})
 	}
 	require.NoError(b, db.InTenant(ctx, bb.pool, "big", func(tx pgx.Tx) error {
 		if _, err := repo.BumpGeneration(ctx, tx, "big"); err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/repo"
@@ -104,13 +105,13 @@ func TestExportSurvivesKillAtAnyPoint(t *testing.T) {
 
 	exe, err := os.Executable()
 	require.NoError(t, err)
-	path := Path(b.dataDir, crashTenant)
+	path := credfile.Path(b.dataDir, crashTenant)
 	lastGen := first.Generation
 	check := func(what string) {
 		t.Helper()
 		data, err := os.ReadFile(path)
 		require.NoError(t, err, what)
-		doc, h, err := Open(b.ring, data, crashTenant)
+		doc, h, err := credfile.Open(b.ring, data, crashTenant)
 		require.NoError(t, err, "%s: torn or damaged file", what)
 		require.Len(t, doc.Entries, entries, what)
 		require.GreaterOrEqual(t, h.Generation, lastGen, "%s: file went back in time", what)
@@ -130,7 +131,7 @@ func TestExportSurvivesKillAtAnyPoint(t *testing.T) {
 			var exit *exec.ExitError
 			require.ErrorAs(t, err, &exit, "%s: the helper must die by the kill (output %s)", at, out)
 			require.Equal(t, "signal: killed", exit.Error(), at)
-			temps, err := filepath.Glob(filepath.Join(filepath.Dir(path), "."+FileName+".tmp-*"))
+			temps, err := filepath.Glob(filepath.Join(filepath.Dir(path), "."+credfile.FileName+".tmp-*"))
 			require.NoError(t, err)
 			if s != stepRenamed {
 				require.NotEmpty(t, temps, "%s: the kill must leave the writer's temp file behind", at)
@@ -160,7 +161,7 @@ func TestExportSurvivesKillAtAnyPoint(t *testing.T) {
 	// The next export clears what the killed writers left behind.
 	_, err = b.exporter(t).ExportTenant(ctx, crashTenant, true)
 	require.NoError(t, err)
-	temps, err := filepath.Glob(filepath.Join(filepath.Dir(path), "."+FileName+".tmp-*"))
+	temps, err := filepath.Glob(filepath.Join(filepath.Dir(path), "."+credfile.FileName+".tmp-*"))
 	require.NoError(t, err)
 	require.Empty(t, temps)
 }

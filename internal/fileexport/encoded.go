@@ -1,15 +1,13 @@
 package fileexport
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
-	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/maypok86/otter/v2"
 
+	"github.com/loopze/certstore/internal/credfile"
+	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/sealing"
 )
@@ -95,28 +93,14 @@ func (c *encodedCache) put(key encodedKey, st stamp, data []byte) {
 	}
 }
 
-// tag is what identifies one sealed value: its length and its GCM tag. Every seal draws a
-// fresh nonce, so a changed value (a PUT, a restore, a rewrap under a new key) never carries
-// the tag of the one it replaces.
-type tag struct {
-	n int
-	t [16]byte
-}
-
-func sealTag(sealed []byte) tag {
-	t := tag{n: len(sealed)}
-	copy(t.t[:], sealed[max(0, len(sealed)-len(t.t)):])
-	return t
-}
-
 // stamp identifies the row an encoding was made from. An entry's is its row stamp (see
 // repo.RowStamp), which moves with every write of the row, a restore and a rewrap under a
-// new key included. A node credential has its sealed value's tag.
+// new key included. A node credential has its sealed value's tag (envelope.Tag).
 type stamp struct {
 	row     uint32
 	version int64
 	updated int64
-	sealed  tag
+	sealed  [16]byte
 }
 
 func rowStamp(s repo.RowStamp) stamp {
@@ -146,9 +130,9 @@ func (x *Exporter) encodeEntry(tenant string, e *repo.Entry, st stamp) ([]byte, 
 	if err != nil {
 		return nil, err
 	}
-	b, err := json.Marshal(de)
+	b, err := credfile.EncodeEntry(de)
 	if err != nil {
-		return nil, fmt.Errorf("encode entry %s: %w", e.ID, err)
+		return nil, err
 	}
 	x.encodedCacheFor().put(entryKey(tenant, e.ID), st, b)
 	return b, nil
@@ -158,7 +142,7 @@ func (x *Exporter) encodeEntry(tenant string, e *repo.Entry, st stamp) ([]byte, 
 // the cache when its sealed bytes did not change.
 func (x *Exporter) encodeNodeCredential(tenant string, s repo.NodeSecret) ([]byte, error) {
 	c := x.encodedCacheFor()
-	key, st := encodedKey{kind: kindNodeCredential, tenant: tenant, id: s.NodeID, name: s.Name}, stamp{sealed: sealTag(s.Sealed)}
+	key, st := encodedKey{kind: kindNodeCredential, tenant: tenant, id: s.NodeID, name: s.Name}, stamp{sealed: envelope.Tag(s.Sealed)}
 	if b, ok := c.get(key, st); ok {
 		return b, nil
 	}
@@ -166,109 +150,11 @@ func (x *Exporter) encodeNodeCredential(tenant string, s repo.NodeSecret) ([]byt
 	if err != nil {
 		return nil, fmt.Errorf("open node %s credential %s: %w", s.NodeID, s.Name, err)
 	}
-	b, err := json.Marshal(nodeCredential(s.NodeID, s.Name, plain))
+	b, err := credfile.EncodeNodeCredential(credfile.NewNodeCredential(s.NodeID, s.Name, plain))
 	clear(plain)
-	if err != nil {
-		return nil, fmt.Errorf("encode node %s credential %s: %w", s.NodeID, s.Name, err)
-	}
-	c.put(key, st, b)
-	return b, nil
-}
-
-// encodedDocument is a document already in its JSON form: the bytes json.Marshal writes
-// for the Document it stands for, built from the encoded elements.
-type encodedDocument struct {
-	tenant     string
-	generation int64
-	plain      []byte
-	entries    int
-	references int
-	nodeCreds  int
-}
-
-// bufPool recycles the buffers documents are assembled in; they are cleared before reuse.
-// A buffer larger than maxPooledBuffer is left to the GC: a pooled buffer stays live until
-// two collections passed, and one large tenant's document (20 MiB for 10,000 pairs) would
-// otherwise double the heap the GC paces itself on.
-var bufPool sync.Pool
-
-const maxPooledBuffer = 4 << 20
-
-// encodeDocument writes exactly what json.Marshal(&Document{...}) writes, with entries and
-// nodeCredentials given as their elements' encodings (TestEncodeDocumentMatchesMarshal).
-func encodeDocument(tenant string, gen int64, exportedAt time.Time, entries [][]byte,
-	workspace json.RawMessage, refs []Reference, creds [][]byte) (*encodedDocument, error) {
-	head, err := json.Marshal(struct {
-		Tenant     string    `json:"tenant"`
-		Generation int64     `json:"generation"`
-		ExportedAt time.Time `json:"exportedAt"`
-	}{tenant, gen, exportedAt})
 	if err != nil {
 		return nil, err
 	}
-	var ws []byte
-	if len(workspace) > 0 {
-		if ws, err = json.Marshal(workspace); err != nil {
-			return nil, fmt.Errorf("encode workspace: %w", err)
-		}
-	}
-	if refs == nil {
-		refs = []Reference{}
-	}
-	rb, err := json.Marshal(refs)
-	if err != nil {
-		return nil, fmt.Errorf("encode references: %w", err)
-	}
-	size := len(head) + len(ws) + len(rb) + 64
-	for _, e := range entries {
-		size += len(e) + 1
-	}
-	for _, c := range creds {
-		size += len(c) + 1
-	}
-	var buf *bytes.Buffer
-	if b, ok := bufPool.Get().(*bytes.Buffer); ok {
-		buf = b
-	} else {
-		buf = new(bytes.Buffer)
-	}
-	buf.Reset()
-	buf.Grow(size)
-	buf.Write(head[:len(head)-1])
-	buf.WriteString(`,"entries":[`)
-	for i, e := range entries {
-		if i > 0 {
-			buf.WriteByte(',')
-		}
-		buf.Write(e)
-	}
-	buf.WriteByte(']')
-	if ws != nil {
-		buf.WriteString(`,"workspace":`)
-		buf.Write(ws)
-	}
-	buf.WriteString(`,"references":`)
-	buf.Write(rb)
-	buf.WriteString(`,"nodeCredentials":[`)
-	for i, c := range creds {
-		if i > 0 {
-			buf.WriteByte(',')
-		}
-		buf.Write(c)
-	}
-	buf.WriteString("]}")
-	return &encodedDocument{tenant: tenant, generation: gen, plain: buf.Bytes(),
-		entries: len(entries), references: len(refs), nodeCreds: len(creds)}, nil
-}
-
-// release clears the document's clear bytes and returns its buffer for reuse; once.
-func (d *encodedDocument) release() {
-	if d.plain == nil {
-		return
-	}
-	clear(d.plain[:cap(d.plain)])
-	if cap(d.plain) <= maxPooledBuffer {
-		bufPool.Put(bytes.NewBuffer(d.plain[:0]))
-	}
-	d.plain = nil
+	c.put(key, st, b)
+	return b, nil
 }

@@ -2,7 +2,6 @@ package fileexport
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"strconv"
 	"testing"
@@ -12,49 +11,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/catalog"
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/sealing"
 )
-
-// The document assembled from cached elements is byte for byte what json.Marshal writes,
-// so files stay version 1 whatever the cache held.
-func TestEncodeDocumentMatchesMarshal(t *testing.T) {
-	t.Parallel()
-	at := time.Date(2025, 1, 2, 3, 4, 5, 600, time.UTC)
-	entries := []Entry{
-		{ID: "a", Name: "<b>&\u2028", Type: "client-pair", Source: "inline", CertPEM: "-----BEGIN CERTIFICATE-----\nAA==\n", KeyPEM: "k",
-			DNSNames: []string{"x.example"}, NotBefore: at, NotAfter: at, CreatedAt: at, UpdatedAt: at, HasPrivateKey: true},
-		{ID: "b", Type: "ca-bundle", Source: "file", CertPath: "/etc/x.pem", DNSNames: []string{}},
-	}
-	creds := []NodeCredential{{NodeID: "n1", Name: "password", Value: "s\"3<"}, nodeCredential("n2", "blob", []byte{0, 0xff})}
-	refs := []Reference{{EntryID: "a", FlowID: "f", NodeID: "n1", NodeType: "tcp-out", Field: "tls.caBundleRef"}}
-	for name, ws := range map[string]json.RawMessage{
-		"workspace": json.RawMessage("{ \"flows\" : [ {\"id\": \"<f>\"} ] }"),
-		"none":      nil,
-	} {
-		t.Run(name, func(t *testing.T) {
-			for _, n := range []int{0, 1, 2} {
-				doc := &Document{Tenant: "acme", Generation: 42, ExportedAt: at, Entries: entries[:n], Workspace: ws,
-					References: refs[:min(n, 1)], NodeCredentials: creds[:n]}
-				want, err := json.Marshal(doc)
-				require.NoError(t, err)
-				var encEntries, encCreds [][]byte
-				for i := range n {
-					e, err := json.Marshal(entries[i])
-					require.NoError(t, err)
-					c, err := json.Marshal(creds[i])
-					require.NoError(t, err)
-					encEntries, encCreds = append(encEntries, e), append(encCreds, c)
-				}
-				got, err := encodeDocument("acme", 42, at, encEntries, ws, doc.References, encCreds)
-				require.NoError(t, err)
-				require.Equal(t, string(want), string(got.plain))
-				got.release()
-			}
-		})
-	}
-}
 
 // After a change, an export encodes only the changed rows, and its file holds exactly what
 // an export without any cache writes: updates, deletes, new node credentials and a restore
@@ -84,11 +45,11 @@ func TestIncrementalExportMatchesFullExport(t *testing.T) {
 	}
 	same(t)
 	require.EqualValues(t, 6+2, x.cache.encoded.Load(), "first export encodes every entry and node credential")
-	before, err := os.ReadFile(Path(b.dataDir, "acme"))
+	before, err := os.ReadFile(credfile.Path(b.dataDir, "acme"))
 	require.NoError(t, err)
 
 	encoded, read := x.cache.encoded.Load(), x.rowsRead.Load()
-	_, err = b.catalog.Put(ctx, "acme", catalog.Input{ID: "e2", Notes: ptr("renewed")}, 0)
+	_, err = b.catalog.Put(ctx, "acme", catalog.Input{ID: "e2", Notes: ptr("renewed")}, catalog.Precondition{})
 	require.NoError(t, err)
 	same(t)
 	require.EqualValues(t, 1, x.cache.encoded.Load()-encoded, "one changed entry, one encoding")
@@ -97,7 +58,7 @@ func TestIncrementalExportMatchesFullExport(t *testing.T) {
 	require.Equal(t, "renewed", entryByID(doc, "e2").Notes)
 
 	encoded, read = x.cache.encoded.Load(), x.rowsRead.Load()
-	require.NoError(t, b.catalog.Delete(ctx, "acme", "e3", 0))
+	require.NoError(t, b.catalog.Delete(ctx, "acme", "e3", catalog.Precondition{}))
 	same(t)
 	require.Zero(t, x.cache.encoded.Load()-encoded)
 	require.Zero(t, x.rowsRead.Load()-read)
@@ -131,7 +92,7 @@ func TestIncrementalExportMatchesFullExport(t *testing.T) {
 	same(t)
 	require.EqualValues(t, 1, x.cache.encoded.Load()-encoded)
 	doc, _ = readDoc(t, b.ring, b.dataDir, "acme")
-	require.Contains(t, doc.NodeCredentials, NodeCredential{NodeID: "n1", Name: "password", Value: "changed"})
+	require.Contains(t, doc.NodeCredentials, credfile.NodeCredential{NodeID: "n1", Name: "password", Value: "changed"})
 
 	// A restore of the first file brings back rows under the same IDs: nothing stale
 	// survives it.
@@ -142,7 +103,7 @@ func TestIncrementalExportMatchesFullExport(t *testing.T) {
 	doc, _ = readDoc(t, b.ring, b.dataDir, "acme")
 	require.Equal(t, "notes of e2", entryByID(doc, "e2").Notes)
 	require.NotNil(t, entryByID(doc, "e3"))
-	require.Contains(t, doc.NodeCredentials, NodeCredential{NodeID: "n1", Name: "password", Value: "s3cret"})
+	require.Contains(t, doc.NodeCredentials, credfile.NodeCredential{NodeID: "n1", Name: "password", Value: "s3cret"})
 }
 
 // The cache stays within its bound, whatever the tenant's size.

@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/loopze/certstore/internal/credfile"
+	"github.com/loopze/certstore/internal/material"
 )
 
 func liveHeap() uint64 {
@@ -30,9 +33,9 @@ func TestEncodedCacheWeightCoversHeap(t *testing.T) {
 	var weight uint64
 	for i := range n {
 		id := fmt.Sprintf("e-%06d", i)
-		b, err := json.Marshal(Entry{ID: id, Name: id, Type: "client-pair", Source: "inline",
-			CertPEM: strings.Repeat("A", 1400), KeyPEM: strings.Repeat("B", 240), Subject: "CN=" + id,
-			NotBefore: time.Now(), NotAfter: time.Now(), CreatedAt: time.Now(), UpdatedAt: time.Now()})
+		b, err := json.Marshal(credfile.Entry{ID: id, Name: id, Type: "client-pair", Source: "inline",
+			CertPEM: strings.Repeat("A", 1400), KeyPEM: strings.Repeat("B", 240), Metadata: material.Metadata{Subject: "CN=" + id,
+				NotBefore: time.Now(), NotAfter: time.Now()}, CreatedAt: time.Now(), UpdatedAt: time.Now()})
 		if err != nil {
 			t.Fatal(err)
 		}

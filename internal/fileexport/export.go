@@ -2,7 +2,6 @@ package fileexport
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -12,11 +11,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/repo"
@@ -227,7 +226,7 @@ func (x *Exporter) ExportTenant(ctx context.Context, tenant string, force bool) 
 }
 
 func (x *Exporter) export(ctx context.Context, st *tenantState, tenant string, force bool) (Result, error) {
-	path := Path(x.DataDir, tenant)
+	path := credfile.Path(x.DataDir, tenant)
 	res := Result{Tenant: tenant, Path: path}
 	if err := os.MkdirAll(filepath.Dir(path), dirMode); err != nil {
 		return res, fmt.Errorf("create directory for %s: %w", path, err)
@@ -254,8 +253,8 @@ func (x *Exporter) export(ctx context.Context, st *tenantState, tenant string, f
 		res.Generation, res.KeyID = onDisk.Generation, onDisk.KeyID
 		return res, nil
 	}
-	defer doc.release()
-	if haveFile && onDisk.Generation > doc.generation {
+	defer doc.Release()
+	if haveFile && onDisk.Generation > doc.Generation {
 		// The database was restored from an older backup, or replaced. It is the source of
 		// truth, but the newer file is kept aside rather than lost.
 		aside := fmt.Sprintf("%s.ahead-%d", path, onDisk.Generation)
@@ -263,17 +262,9 @@ func (x *Exporter) export(ctx context.Context, st *tenantState, tenant string, f
 			return res, fmt.Errorf("keep %s aside before rewriting it: %w", path, err)
 		}
 		x.logger().Warn("credentials file is ahead of the database; kept it aside and rewriting it from the database",
-			"tenant", tenant, "path", path, "kept_as", aside, "file_generation", onDisk.Generation, "db_generation", doc.generation)
+			"tenant", tenant, "path", path, "kept_as", aside, "file_generation", onDisk.Generation, "db_generation", doc.Generation)
 	}
-	// The document in clear is released once sealed, before the file's bytes are made: an
-	// export holds at most two copies of a tenant's document at once (sealed, and the
-	// sealed in base64), not three.
-	h, sealed, err := sealDocument(x.Ring, doc.tenant, doc.generation, doc.plain)
-	doc.release()
-	if err != nil {
-		return res, err
-	}
-	data, h, err := fileBytes(h, sealed)
+	data, h, err := doc.Seal(x.Ring)
 	if err != nil {
 		return res, err
 	}
@@ -285,7 +276,7 @@ func (x *Exporter) export(ctx context.Context, st *tenantState, tenant string, f
 		st.seen = seenFile{info: info, header: h}
 	}
 	res.Generation, res.KeyID, res.Written = h.Generation, h.KeyID, true
-	res.Entries, res.References, res.NodeCredentials = doc.entries, doc.references, doc.nodeCreds
+	res.Entries, res.References, res.NodeCredentials = doc.Entries, doc.References, doc.NodeCredentials
 	return res, nil
 }
 
@@ -297,22 +288,28 @@ func lockPath(path string) string {
 // readHeader returns the header of the file at path, if it has a readable one. A large
 // tenant's file is tens of megabytes, so the header is remembered with the file's size,
 // modification time and inode, and re-read only when one of them changed.
-func (x *Exporter) readHeader(st *tenantState, path string) (Header, bool) {
+func (x *Exporter) readHeader(st *tenantState, path string) (credfile.Header, bool) {
 	info, err := os.Stat(path)
 	if err == nil && st.seen.same(info) {
 		return st.seen.header, true
 	}
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			x.logger().Warn("cannot read credentials file; rewriting it", "path", path, "err", err)
 		}
-		return Header{}, false
+		return credfile.Header{}, false
 	}
-	h, err := ParseHeader(data)
+	defer f.Close()
+	if info, err = f.Stat(); err != nil {
+		info = nil // the header is still good; it is only not remembered
+	}
+	// The header alone: a large tenant's file is tens of megabytes, and reading and
+	// validating all of it for its generation took a quarter of the CPU of a busy export.
+	h, err := credfile.ReadHeader(f)
 	if err != nil {
 		x.logger().Warn("credentials file is damaged; rewriting it", "path", path, "err", err)
-		return Header{}, false
+		return credfile.Header{}, false
 	}
 	if info != nil {
 		st.seen = seenFile{info: info, header: h}
@@ -323,7 +320,7 @@ func (x *Exporter) readHeader(st *tenantState, path string) (Header, bool) {
 // seenFile is a file's header as last read or written, with the stat that identified it.
 type seenFile struct {
 	info   fs.FileInfo
-	header Header
+	header credfile.Header
 }
 
 func (s seenFile) same(info fs.FileInfo) bool {
@@ -334,14 +331,14 @@ func (s seenFile) same(info fs.FileInfo) bool {
 // the generation labels exactly the rows read, and encodes them as a document, reusing the
 // encodings of the rows that did not change since an earlier export. When
 // current(generation) is true it stops there and returns nil.
-func (x *Exporter) snapshot(ctx context.Context, tenant string, current func(int64) bool) (*encodedDocument, error) {
-	return db.InTenantV(ctx, x.Pool, tenant, func(tx pgx.Tx) (*encodedDocument, error) {
+func (x *Exporter) snapshot(ctx context.Context, tenant string, current func(int64) bool) (*credfile.Encoded, error) {
+	return db.InTenantV(ctx, x.Pool, tenant, func(tx pgx.Tx) (*credfile.Encoded, error) {
 		return x.read(ctx, tx, tenant, current)
 	}, db.Snapshot())
 }
 
 // read encodes the tenant's document inside the snapshot transaction tx.
-func (x *Exporter) read(ctx context.Context, tx pgx.Tx, tenant string, current func(int64) bool) (*encodedDocument, error) {
+func (x *Exporter) read(ctx context.Context, tx pgx.Tx, tenant string, current func(int64) bool) (*credfile.Encoded, error) {
 	gen, err := repo.GetGeneration(ctx, tx, tenant)
 	if err != nil {
 		return nil, err
@@ -365,9 +362,9 @@ func (x *Exporter) read(ctx context.Context, tx pgx.Tx, tenant string, current f
 	if err != nil {
 		return nil, err
 	}
-	references := make([]Reference, 0, len(refs))
+	references := make([]credfile.Reference, 0, len(refs))
 	for _, r := range refs {
-		references = append(references, Reference(r))
+		references = append(references, credfile.Reference(r))
 	}
 	encCreds := make([][]byte, 0, len(secrets))
 	for i, s := range secrets {
@@ -378,7 +375,7 @@ func (x *Exporter) read(ctx context.Context, tx pgx.Tx, tenant string, current f
 		encCreds = append(encCreds, b)
 		secrets[i].Sealed = nil
 	}
-	doc, err := encodeDocument(tenant, gen, x.now().UTC(), encEntries, workspace, references, encCreds)
+	doc, err := credfile.EncodeDocument(tenant, gen, x.now().UTC(), encEntries, workspace, references, encCreds)
 	if err != nil {
 		return nil, fmt.Errorf("encode credentials of %s: %w", tenant, err)
 	}
@@ -439,38 +436,18 @@ func (x *Exporter) readEntries(ctx context.Context, tx pgx.Tx, tenant string) ([
 	return enc, nil
 }
 
-func nodeCredential(nodeID, name string, value []byte) NodeCredential {
-	c := NodeCredential{NodeID: nodeID, Name: name}
-	if utf8.Valid(value) {
-		c.Value = string(value)
-	} else {
-		c.Value, c.Encoding = base64.StdEncoding.EncodeToString(value), EncodingBase64
-	}
-	return c
-}
-
-func (x *Exporter) documentEntry(tenant string, e *repo.Entry) (Entry, error) {
-	de := Entry{
+func (x *Exporter) documentEntry(tenant string, e *repo.Entry) (credfile.Entry, error) {
+	de := credfile.Entry{
 		ID: e.ID, Name: e.Name, Type: string(e.Type), Source: e.Source, Notes: e.Notes,
 		CertPath: e.CertPath, KeyPath: e.KeyPath, PassphraseFile: e.PassphrasePath,
-		FingerprintSHA256: e.Meta.FingerprintSHA256, Subject: e.Meta.Subject, Issuer: e.Meta.Issuer,
-		SerialNumber: e.Meta.SerialNumber, NotBefore: e.Meta.NotBefore.UTC(), NotAfter: e.Meta.NotAfter.UTC(),
-		DNSNames: e.Meta.DNSNames, CertCount: e.Meta.CertCount, KeyAlgorithm: e.Meta.KeyAlgorithm,
-		HasPrivateKey: e.Meta.HasPrivateKey, CreatedAt: e.CreatedAt.UTC(), UpdatedAt: e.UpdatedAt.UTC(),
+		Metadata: e.Meta.InUTC(), CreatedAt: e.CreatedAt.UTC(), UpdatedAt: e.UpdatedAt.UTC(),
 	}
-	if len(e.CertSealed) > 0 {
-		pt, err := sealing.Open(x.Ring, e.CertSealed, sealing.Entry(tenant, e.ID, sealing.FieldCert))
+	if len(e.Sealed.Cert) > 0 {
+		cert, key, err := sealing.OpenPair(x.Ring, sealing.Place{Tenant: tenant, EntryID: e.ID}, e.Sealed)
 		if err != nil {
-			return Entry{}, fmt.Errorf("open certPem of %s: %w", e.ID, err)
+			return credfile.Entry{}, err
 		}
-		de.CertPEM = string(pt)
-	}
-	if len(e.KeySealed) > 0 {
-		pt, err := sealing.Open(x.Ring, e.KeySealed, sealing.Entry(tenant, e.ID, sealing.FieldKey))
-		if err != nil {
-			return Entry{}, fmt.Errorf("open keyPem of %s: %w", e.ID, err)
-		}
-		de.KeyPEM = string(pt)
+		de.CertPEM, de.KeyPEM = string(cert), string(key)
 	}
 	return de, nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/catalog"
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material"
@@ -73,8 +74,8 @@ func TestExportTenant(t *testing.T) {
 	require.Equal(t, "file", files.Source)
 	require.NotEmpty(t, files.CertPath)
 	require.Empty(t, files.CertPEM)
-	require.Equal(t, []Reference{{EntryID: "root", FlowID: "f1", NodeID: "n1", NodeType: "tcp-out", Field: "tls.caBundleRef"}}, doc.References)
-	require.ElementsMatch(t, []NodeCredential{
+	require.Equal(t, []credfile.Reference{{EntryID: "root", FlowID: "f1", NodeID: "n1", NodeType: "tcp-out", Field: "tls.caBundleRef"}}, doc.References)
+	require.ElementsMatch(t, []credfile.NodeCredential{
 		{NodeID: "n1", Name: "password", Value: "s3cret"},
 		{NodeID: "n1", Name: "tls.clientKeyPem", Value: "not really a key"},
 	}, doc.NodeCredentials)
@@ -108,7 +109,7 @@ func TestExportRewritesDamagedOrForeignKeyFiles(t *testing.T) {
 	x := b.exporter(t)
 	_, err := x.ExportTenant(ctx, "acme", false)
 	require.NoError(t, err)
-	path := Path(b.dataDir, "acme")
+	path := credfile.Path(b.dataDir, "acme")
 
 	require.NoError(t, os.WriteFile(path, []byte("garbage"), 0o600))
 	res, err := x.ExportTenant(ctx, "acme", false)
@@ -117,7 +118,7 @@ func TestExportRewritesDamagedOrForeignKeyFiles(t *testing.T) {
 	readDoc(t, b.ring, b.dataDir, "acme")
 
 	// A file ahead of the database (the database came from an older backup) is kept aside.
-	ahead, _, err := Seal(b.ring, &Document{Tenant: "acme", Generation: res.Generation + 10})
+	ahead, _, err := credfile.Seal(b.ring, &credfile.Document{Tenant: "acme", Generation: res.Generation + 10})
 	require.NoError(t, err)
 	require.NoError(t, WriteAtomic(path, ahead))
 	res2, err := x.ExportTenant(ctx, "acme", false)
@@ -166,7 +167,7 @@ func TestRoundTripThroughAFreshDatabase(t *testing.T) {
 		require.Equal(t, want.Notes, have.Notes, id)
 		require.Equal(t, want.RefCount, have.RefCount, id)
 		if want.Source == catalog.SourceInline {
-			require.Equal(t, dst.ring.CurrentKeyID(), have.KeyID, "re-sealed under the current key")
+			require.Equal(t, dst.ring.CurrentKeyID(), have.Sealed.KeyID, "re-sealed under the current key")
 			wc, wk, err := src.catalog.Open(want)
 			require.NoError(t, err)
 			hc, hk, err := dst.catalog.Open(have)
@@ -207,7 +208,7 @@ func TestRoundTripThroughAFreshDatabase(t *testing.T) {
 
 	// A file of one tenant restores into another only when asked to.
 	_, err = im.Import(ctx, file, ImportOptions{Tenant: "copy"})
-	require.ErrorIs(t, err, ErrWrongTenant)
+	require.ErrorIs(t, err, credfile.ErrWrongTenant)
 	_, err = im.Import(ctx, file, ImportOptions{Tenant: "copy", FileTenant: "acme"})
 	require.NoError(t, err)
 	_, err = dst.catalog.Get(ctx, "copy", "edge")
@@ -259,8 +260,8 @@ func TestBootImport(t *testing.T) {
 	require.Equal(t, 3, res.Entries)
 	e, err := sealedEntry(ctx, dst.pool, "default", "edge")
 	require.NoError(t, err)
-	require.Equal(t, src.ring.CurrentKeyID(), e.KeyID)
-	_, err = src.ring.Open(e.CertSealed, sealing.Entry("default", "edge", sealing.FieldCert))
+	require.Equal(t, src.ring.CurrentKeyID(), e.Sealed.KeyID)
+	_, _, err = sealing.OpenPair(src.ring, sealing.Place{Tenant: "default", EntryID: "edge"}, e.Sealed)
 	require.NoError(t, err)
 
 	// Not again: the database is no longer empty.
@@ -317,7 +318,7 @@ func TestTwoServersFollowChanges(t *testing.T) {
 
 	// awaitFiles waits until both servers wrote the tenant's current generation, then
 	// returns each one's document.
-	awaitFiles := func(what string) []*Document {
+	awaitFiles := func(what string) []*credfile.Document {
 		t.Helper()
 		gen, err := repo.GetGeneration(ctx, b.pool, "acme")
 		require.NoError(t, err)
@@ -327,7 +328,7 @@ func TestTwoServersFollowChanges(t *testing.T) {
 		start := time.Now()
 		deadline := time.After(15 * time.Second)
 		defer func() { t.Logf("%s: both files at generation %d after %v", what, gen, time.Since(start)) }()
-		var docs []*Document
+		var docs []*credfile.Document
 		for i, s := range servers {
 			for written := false; !written; {
 				select {
@@ -347,7 +348,7 @@ func TestTwoServersFollowChanges(t *testing.T) {
 	for _, doc := range awaitFiles("create") {
 		require.NotNil(t, entryByID(doc, "first"))
 	}
-	_, err = b.catalog.Put(ctx, "acme", catalog.Input{ID: "first", Notes: ptr("renewed")}, 0)
+	_, err = b.catalog.Put(ctx, "acme", catalog.Input{ID: "first", Notes: ptr("renewed")}, catalog.Precondition{})
 	require.NoError(t, err)
 	for _, doc := range awaitFiles("update") {
 		require.Equal(t, "renewed", entryByID(doc, "first").Notes)

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/catalog"
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material"
@@ -139,16 +140,16 @@ func (b *bundle) deploy(t *testing.T, tenant string, refs []repo.Reference, cred
 }
 
 // readDoc opens tenant's file in dir with ring.
-func readDoc(t *testing.T, ring *envelope.Ring, dir, tenant string) (*Document, Header) {
+func readDoc(t *testing.T, ring *envelope.Ring, dir, tenant string) (*credfile.Document, credfile.Header) {
 	t.Helper()
-	data, err := os.ReadFile(Path(dir, tenant))
+	data, err := os.ReadFile(credfile.Path(dir, tenant))
 	require.NoError(t, err)
-	doc, h, err := Open(ring, data, tenant)
+	doc, h, err := credfile.Open(ring, data, tenant)
 	require.NoError(t, err)
 	return doc, h
 }
 
-func entryByID(doc *Document, id string) *Entry {
+func entryByID(doc *credfile.Document, id string) *credfile.Entry {
 	for i := range doc.Entries {
 		if doc.Entries[i].ID == id {
 			return &doc.Entries[i]

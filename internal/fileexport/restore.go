@@ -14,6 +14,7 @@ import (
 
 	"github.com/loopze/certstore/internal/audit"
 	"github.com/loopze/certstore/internal/catalog"
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material"
@@ -112,7 +113,7 @@ func (im *Importer) Import(ctx context.Context, data []byte, o ImportOptions) (I
 	if fileRing == nil {
 		fileRing = im.Ring
 	}
-	doc, h, err := Open(fileRing, data, fileTenant)
+	doc, h, err := credfile.Open(fileRing, data, fileTenant)
 	if err != nil {
 		return res, err
 	}
@@ -192,7 +193,7 @@ func (im *Importer) Import(ctx context.Context, data []byte, o ImportOptions) (I
 
 // prepareEntries turns the document's entries into rows for tenant: metadata re-derived,
 // inline material sealed under the current key.
-func (im *Importer) prepareEntries(ctx context.Context, tenant string, doc *Document) ([]*repo.Entry, []string, error) {
+func (im *Importer) prepareEntries(ctx context.Context, tenant string, doc *credfile.Document) ([]*repo.Entry, []string, error) {
 	var (
 		out      = make([]*repo.Entry, 0, len(doc.Entries))
 		warnings []string
@@ -216,15 +217,9 @@ func (im *Importer) prepareEntries(ctx context.Context, tenant string, doc *Docu
 			}
 			e.Meta = m.Metadata
 			var err error
-			if e.CertSealed, err = im.Ring.Seal(cert, sealing.Entry(tenant, de.ID, sealing.FieldCert)); err != nil {
-				return nil, nil, fmt.Errorf("seal certificate of %s: %w", de.ID, err)
+			if e.Sealed, err = sealing.SealPair(im.Ring, sealing.Place{Tenant: tenant, EntryID: de.ID}, cert, key); err != nil {
+				return nil, nil, err
 			}
-			if len(key) > 0 {
-				if e.KeySealed, err = im.Ring.Seal(key, sealing.Entry(tenant, de.ID, sealing.FieldKey)); err != nil {
-					return nil, nil, fmt.Errorf("seal key of %s: %w", de.ID, err)
-				}
-			}
-			e.KeyID = im.Ring.CurrentKeyID()
 		default:
 			e.CertPath, e.KeyPath, e.PassphrasePath = de.CertPath, de.KeyPath, de.PassphraseFile
 			if e.CertPath == "" {
@@ -243,12 +238,7 @@ func (im *Importer) prepareEntries(ctx context.Context, tenant string, doc *Docu
 			// The files may live on the machine the backup came from only; the entry keeps
 			// its paths and the metadata recorded in the file until they appear.
 			warnings = append(warnings, fmt.Sprintf("entry %s: file material not usable here (%s); keeping its paths and recorded metadata", de.ID, issues[0]))
-			e.Meta = material.Metadata{
-				FingerprintSHA256: de.FingerprintSHA256, Subject: de.Subject, Issuer: de.Issuer,
-				SerialNumber: de.SerialNumber, NotBefore: de.NotBefore, NotAfter: de.NotAfter,
-				DNSNames: de.DNSNames, CertCount: de.CertCount, KeyAlgorithm: de.KeyAlgorithm,
-				HasPrivateKey: de.HasPrivateKey,
-			}
+			e.Meta = de.Metadata
 		}
 		out = append(out, e)
 	}
@@ -260,7 +250,7 @@ func (im *Importer) prepareEntries(ctx context.Context, tenant string, doc *Docu
 // imported. A file that exists but cannot be imported is an error, so a server never starts
 // empty beside a file it would later overwrite.
 func (im *Importer) BootImport(ctx context.Context, dataDir string) (ImportResult, bool, error) {
-	path := Path(dataDir, DefaultTenant)
+	path := credfile.Path(dataDir, credfile.DefaultTenant)
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		return ImportResult{}, false, nil
 	}
@@ -271,7 +261,7 @@ func (im *Importer) BootImport(ctx context.Context, dataDir string) (ImportResul
 	if len(tenants) > 0 {
 		return ImportResult{}, false, nil
 	}
-	res, err := im.ImportFile(ctx, path, ImportOptions{Tenant: DefaultTenant})
+	res, err := im.ImportFile(ctx, path, ImportOptions{Tenant: credfile.DefaultTenant})
 	if err != nil {
 		return res, false, fmt.Errorf("boot import of the default tenant (the database is empty): %w", err)
 	}

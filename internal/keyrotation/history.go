@@ -2,7 +2,6 @@ package keyrotation
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/jackc/pgx/v5"
 
@@ -20,15 +19,9 @@ func rewrapVersions(ctx context.Context, tx pgx.Tx, ring *envelope.Ring, tenant,
 		return 0, err
 	}
 	for _, v := range versions {
-		if v.CertSealed, err = ring.Rewrap(v.CertSealed, sealing.EntryVersion(tenant, v.EntryID, v.Version, sealing.FieldCert)); err != nil {
-			return 0, fmt.Errorf("rewrap certPem of version %d of %s: %w", v.Version, v.EntryID, err)
+		if v.Sealed, err = sealing.RewrapPair(ring, sealing.Place{Tenant: tenant, EntryID: v.EntryID, Version: v.Version}, v.Sealed); err != nil {
+			return 0, err
 		}
-		if len(v.KeySealed) > 0 {
-			if v.KeySealed, err = ring.Rewrap(v.KeySealed, sealing.EntryVersion(tenant, v.EntryID, v.Version, sealing.FieldKey)); err != nil {
-				return 0, fmt.Errorf("rewrap keyPem of version %d of %s: %w", v.Version, v.EntryID, err)
-			}
-		}
-		v.KeyID = newID
 	}
 	return len(versions), repo.RewrapVersions(ctx, tx, versions)
 }

@@ -232,15 +232,9 @@ func (r *Rotator) rewrapTenant(ctx context.Context, ring *envelope.Ring, tenant,
 				return err
 			}
 			for _, e := range entries {
-				if e.CertSealed, err = ring.Rewrap(e.CertSealed, sealing.Entry(tenant, e.ID, sealing.FieldCert)); err != nil {
-					return fmt.Errorf("rewrap certPem of %s: %w", e.ID, err)
+				if e.Sealed, err = sealing.RewrapPair(ring, sealing.Place{Tenant: tenant, EntryID: e.ID}, e.Sealed); err != nil {
+					return err
 				}
-				if len(e.KeySealed) > 0 {
-					if e.KeySealed, err = ring.Rewrap(e.KeySealed, sealing.Entry(tenant, e.ID, sealing.FieldKey)); err != nil {
-						return fmt.Errorf("rewrap keyPem of %s: %w", e.ID, err)
-					}
-				}
-				e.KeyID = newID
 			}
 			if err := repo.RewrapEntries(ctx, tx, entries); err != nil {
 				return err

@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/catalog"
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
@@ -151,13 +152,11 @@ func (f *fixture) requireAllReadable(t *testing.T, when string) {
 		require.Len(t, entries, 8)
 		require.Len(t, secrets, 4)
 		for _, e := range entries {
-			_, err := ring.Open(e.CertSealed, sealing.Entry(tenant, e.ID, sealing.FieldCert))
+			_, _, err := sealing.OpenPair(ring, sealing.Place{Tenant: tenant, EntryID: e.ID}, e.Sealed)
 			require.NoError(t, err, "%s: %s/%s with the data dir's keys", when, tenant, e.ID)
-			_, err = ring.Open(e.KeySealed, sealing.Entry(tenant, e.ID, sealing.FieldKey))
-			require.NoError(t, err, "%s: %s/%s key with the data dir's keys", when, tenant, e.ID)
-			keyID, err := envelope.KeyID(e.CertSealed)
+			keyID, err := envelope.KeyID(e.Sealed.Cert)
 			require.NoError(t, err)
-			require.Equal(t, keyID, e.KeyID, "the row records the key that wraps it")
+			require.Equal(t, keyID, e.Sealed.KeyID, "the row records the key that wraps it")
 			_, _, err = f.server.Open(e)
 			require.NoError(t, err, "%s: %s/%s through the running server", when, tenant, e.ID)
 		}
@@ -166,9 +165,9 @@ func (f *fixture) requireAllReadable(t *testing.T, when string) {
 			require.NoError(t, err, when)
 			require.Equal(t, "secret of "+s.NodeID, string(pt))
 		}
-		data, err := os.ReadFile(fileexport.Path(f.dataDir, tenant))
+		data, err := os.ReadFile(credfile.Path(f.dataDir, tenant))
 		require.NoError(t, err)
-		_, _, err = fileexport.Open(ring, data, tenant)
+		_, _, err = credfile.Open(ring, data, tenant)
 		require.NoError(t, err, "%s: file of %s", when, tenant)
 	}
 }
@@ -236,9 +235,9 @@ func TestRotationSurvivesKillAtAnyPoint(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []string{rep.NewKeyID}, ring.KeyIDs(), "only the new key is left on disk")
 	for _, tenant := range tenants {
-		data, err := os.ReadFile(fileexport.Path(f.dataDir, tenant))
+		data, err := os.ReadFile(credfile.Path(f.dataDir, tenant))
 		require.NoError(t, err)
-		h, err := fileexport.ParseHeader(data)
+		h, err := credfile.ParseHeader(data)
 		require.NoError(t, err)
 		require.Equal(t, rep.NewKeyID, h.KeyID)
 	}

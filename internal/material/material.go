@@ -90,24 +90,36 @@ func (f Fields) withDefaults() Fields {
 type Metadata struct {
 	// FingerprintSHA256 is the SHA-256 of the leaf's DER, uppercase hex, colon separated:
 	// exactly what `openssl x509 -noout -fingerprint -sha256` prints after "=".
-	FingerprintSHA256 string
+	FingerprintSHA256 string `json:"fingerprintSha256" doc:"SHA-256 of the leaf certificate, as openssl x509 -noout -fingerprint -sha256 prints it" example:"3A:1F:...:9C"`
 	// Subject and Issuer are the leaf's names as crypto/x509's Name.String prints them
 	// (RFC 2253 order and escaping, e.g. "CN=edge,O=Acme").
-	Subject, Issuer string
+	Subject string `json:"subject" doc:"The leaf's subject, RFC 2253" example:"CN=Internal Root CA,O=Acme"`
+	Issuer  string `json:"issuer" doc:"The leaf's issuer, RFC 2253" example:"CN=Internal Root CA,O=Acme"`
 	// SerialNumber is the magnitude of the leaf's serial in uppercase hex, two digits per
 	// byte, colon separated ("8F:01"): `openssl x509 -noout -serial` with colons added. A
 	// negative serial (tolerated by some old CAs) is prefixed with "-".
-	SerialNumber string
+	SerialNumber string `json:"serialNumber" doc:"The leaf's serial number, uppercase hex, colon separated" example:"01:F4"`
 	// NotBefore and NotAfter bound the leaf's validity, in UTC.
-	NotBefore, NotAfter time.Time
+	NotBefore time.Time `json:"notBefore" doc:"Start of the leaf's validity"`
+	NotAfter  time.Time `json:"notAfter" doc:"End of the leaf's validity"`
 	// DNSNames are the leaf's DNS subject alternative names; never nil.
-	DNSNames []string
+	DNSNames []string `json:"dnsNames" doc:"The leaf's DNS subject alternative names"`
 	// CertCount is the number of certificates in the material.
-	CertCount int
+	CertCount int `json:"certCount" doc:"Certificates in the material, leaf and chain"`
 	// KeyAlgorithm describes the leaf's public key: "RSA-2048", "ECDSA-P256", "Ed25519", ...
-	KeyAlgorithm string
+	KeyAlgorithm string `json:"keyAlgorithm" doc:"The leaf's public key algorithm and size" example:"ECDSA-P256"`
 	// HasPrivateKey reports whether the material carries a private key.
-	HasPrivateKey bool
+	HasPrivateKey bool `json:"hasPrivateKey" doc:"Whether the material carries a private key (never returned)"`
+}
+
+// InUTC is m with its times in UTC and its DNS names never nil, as every encoding of
+// metadata (the API, the credentials file) writes it.
+func (m Metadata) InUTC() Metadata {
+	m.NotBefore, m.NotAfter = m.NotBefore.UTC(), m.NotAfter.UTC()
+	if m.DNSNames == nil {
+		m.DNSNames = []string{}
+	}
+	return m
 }
 
 // Material is parsed, validated material. It holds the private key: never log it.

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/loopze/certstore/internal/secret"
@@ -23,8 +22,14 @@ import (
 var (
 	// ErrRelativePath means the path is not absolute.
 	ErrRelativePath = errors.New("path is not absolute")
-	// ErrOutsideRoots means the resolved path lies outside every LOOPZE_FILE_ROOTS root.
+	// ErrOutsideRoots means the path, as written and cleaned, lies outside every
+	// LOOPZE_FILE_ROOTS root. It is decided before the file system is looked at.
 	ErrOutsideRoots = errors.New("path is outside the allowed file roots")
+	// ErrNotInRoots means, for a tenant with roots, that the path lies in a root but names
+	// no file there: nothing is at it, or a symlink on the way leads out of the roots. The
+	// two get this one answer, so a tenant learns nothing of what exists outside its
+	// roots. It is also fs.ErrNotExist.
+	ErrNotInRoots error = notInRoots{}
 	// ErrNotRegular means the path resolves to a directory, device, FIFO or socket.
 	ErrNotRegular = errors.New("not a regular file")
 	// ErrTooLarge means the file is larger than MaxSize.
@@ -51,10 +56,26 @@ const TenantPlaceholder = "{tenant}"
 // directory. Empty Roots allows the default tenant any absolute path, as the operator
 // documentation promises, and every other tenant none (ErrFileRootsRequired).
 //
-// Roots guard against configuration mistakes and API callers naming files they should not
-// read; they are not a defence against a local user able to rewrite symlinks inside a root
-// while the server reads it.
+// On Linux a read walks the path from the root's directory descriptor one component at a
+// time, never letting the kernel follow a symlink, and resolves each link itself: a
+// local user who swaps directories and symlinks inside a root while it is read cannot make
+// it return a file outside the roots. Elsewhere links are resolved first and the file
+// opened after, which a user able to rewrite a root during the read can race.
 type Roots []string
+
+// notInRoots is ErrNotInRoots: its own type so that it is fs.ErrNotExist too, with a
+// message of its own.
+type notInRoots struct{}
+
+func (notInRoots) Error() string {
+	return "no such file within the allowed file roots (missing, or a symlink on the way leads out of them)"
+}
+
+func (notInRoots) Is(target error) bool { return target == fs.ErrNotExist }
+
+// errLeadsOut is what the walk of a path reports when a symlink names a place in no root;
+// ReadFile answers it as ErrNotInRoots, exactly like a missing file.
+var errLeadsOut = errors.New("a symlink leads out of the allowed file roots")
 
 // ParseRoots splits a LOOPZE_FILE_ROOTS value on the OS path-list separator (':' on Unix),
 // dropping empty elements and cleaning each root. Relative roots are kept, and admit
@@ -83,17 +104,21 @@ func (r Roots) Validate() error {
 	return errors.Join(errs...)
 }
 
-// ReadFile reads one material file for tenant. The path must be absolute. Symlinks are
-// followed (certbot live/ links, Kubernetes ..data swaps) and the final target must be a
-// regular file of at most MaxSize bytes.
+// ReadFile reads one material file for tenant. The path must be absolute; it is cleaned
+// (filepath.Clean) and the cleaned path is the one read. Symlinks are followed (certbot
+// live/ links, Kubernetes ..data swaps) and the final target must be a regular file of at
+// most MaxSize bytes.
 //
 // When r is non-empty, the cleaned path must lie inside one root, with {tenant} expanded,
 // compared on path boundaries (/a/b does not admit /a/bc), before anything on the file
-// system is looked at: a path outside the roots gets the same answer whether it exists,
-// is a directory or is unreadable. After symlinks are resolved the target must lie inside
-// a root too (the root's own symlinks resolved); a target outside is refused without
-// being named. When r is empty, only DefaultTenant may read files. Errors name the path
-// and why, never the contents.
+// system is looked at: a path outside the roots gets the same answer (ErrOutsideRoots)
+// whether it exists, is a directory or is unreadable. The read then starts at the root
+// and follows a symlink only to a place inside one of the tenant's roots (as configured,
+// or with the root's own symlinks resolved), re-entering at that root: nothing outside
+// the roots is looked at. A link that leads out and a file that is not there both get
+// ErrNotInRoots, without naming the target. When r is empty, only DefaultTenant may read
+// files, anywhere, and errors say precisely what is wrong. Errors name the path and why,
+// never the contents.
 func (r Roots) ReadFile(tenant, path string) (secret.PEM, error) {
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("read %s: %w", path, ErrRelativePath)
@@ -115,8 +140,13 @@ func (r Roots) ReadFile(tenant, path string) (secret.PEM, error) {
 		if !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, ErrPathChanged) {
 			return nil, err
 		}
-		if _, lerr := os.Lstat(path); errors.Is(lerr, fs.ErrNotExist) {
-			return nil, err // the path itself is missing: no swap in progress
+		// Without roots, a path that is itself missing is no swap in progress. With roots,
+		// asking would follow links out of them, and how long the answer took would tell
+		// whether the link's target exists: every attempt is made.
+		if len(r) == 0 {
+			if _, lerr := os.Lstat(path); errors.Is(lerr, fs.ErrNotExist) {
+				return nil, err
+			}
 		}
 	}
 	return nil, err
@@ -143,48 +173,36 @@ func (r Roots) Admits(tenant, path string) error {
 }
 
 func (r Roots) readOnce(tenant, path string) (secret.PEM, error) {
+	clean := filepath.Clean(path)
 	// Most paths hold no symlink at all; where the kernel can tell, one call reads them.
-	if resolved, data, ok := readDirect(path); ok && (len(r) == 0 || r.admit(tenant, resolved)) {
+	if resolved, data, ok := readDirect(clean); ok && (len(r) == 0 || r.admit(tenant, resolved)) {
 		return secret.PEM(data), nil
 	}
-	resolved, err := filepath.EvalSymlinks(path)
-	if err != nil {
-		// The failing component may be a link target outside the roots: name only the
-		// path asked for, and the reason.
-		var pe *fs.PathError
-		if len(r) > 0 && errors.As(err, &pe) {
-			err = pe.Err
-		}
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	if len(r) > 0 && !r.admit(tenant, resolved) {
-		return nil, fmt.Errorf("read %s: %w (a symlink leads out of them)", path, ErrOutsideRoots)
-	}
+	f, resolved, err := r.open(tenant, clean)
 	// where names the file in errors, only built when there is one.
 	where := func() string {
-		if resolved != path {
+		if resolved != "" && resolved != clean {
 			return fmt.Sprintf("%s (resolves to %s)", path, resolved)
 		}
 		return path
 	}
-	// O_NONBLOCK keeps open from hanging on a FIFO with no writer; it changes nothing for a
-	// regular file. The type is checked on the open descriptor, not on a prior Stat.
-	f, err := os.OpenFile(resolved, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
+		if len(r) > 0 {
+			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errLeadsOut) {
+				return nil, fmt.Errorf("read %s: %w", path, ErrNotInRoots)
+			}
+			// The reason only: the place it failed is one the tenant did not write.
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+		}
 		return nil, fmt.Errorf("read %s: %w", where(), err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", where(), err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("read %s: %w (%s)", where(), ErrNotRegular, fileKind(fi.Mode()))
-	}
-	// The descriptor must still be the file the roots check saw: if a component became a
-	// symlink in between, the name now leads elsewhere.
-	if li, err := os.Lstat(resolved); err != nil || !os.SameFile(fi, li) {
-		return nil, fmt.Errorf("read %s: %w", where(), ErrPathChanged)
 	}
 	data, err := readAll(f, fi.Size())
 	if err != nil {

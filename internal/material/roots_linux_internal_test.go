@@ -46,6 +46,11 @@ func TestReadDirect(t *testing.T) {
 	_, data, ok = readDirect(empty)
 	require.True(t, ok)
 	require.Empty(t, data)
+	// The cleaned path is the one read: the roots admitted it, and ".." moves nothing.
+	resolved, data, ok = readDirect(plain + "/../cert.pem")
+	require.True(t, ok)
+	require.Equal(t, plain, resolved)
+	require.Equal(t, content, data)
 
 	for _, p := range []string{
 		filepath.Join(dir, "link.pem"),         // the file is a symlink
@@ -54,7 +59,7 @@ func TestReadDirect(t *testing.T) {
 		real,
 		big,
 		filepath.Join(dir, "missing.pem"),
-		plain + "/../cert.pem", // a file used as a directory
+		plain + "/cert.pem", // a file used as a directory
 	} {
 		_, _, ok := readDirect(p)
 		require.False(t, ok, p)

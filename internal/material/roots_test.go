@@ -155,7 +155,7 @@ func TestReadFileRoots(t *testing.T) {
 		{"another tenant's directory", roots, "acme", otherFile, material.ErrOutsideRoots},
 		{"outside every root", roots, "acme", outside, material.ErrOutsideRoots},
 		{"prefix is not a parent", roots, "acme", prefixTrick, material.ErrOutsideRoots},
-		{"symlink escaping the root", roots, "acme", escape, material.ErrOutsideRoots},
+		{"symlink escaping the root", roots, "acme", escape, material.ErrNotInRoots},
 		{"symlink from outside into the root", roots, "acme", inward, material.ErrOutsideRoots},
 		{"dot-dot in the path", roots, "acme", filepath.Join(base, "tenants/acme/tls/../../other/tls/ca.pem"), material.ErrOutsideRoots},
 		{"tenant that climbs", roots, "../other", otherFile, material.ErrOutsideRoots},
@@ -260,14 +260,26 @@ func TestReadFileOutsideRootsIsNoOracle(t *testing.T) {
 		require.Len(t, answers, 1, "%s: one answer for every path outside: %v", name, answers)
 	}
 
-	// Symlinks planted inside the root: the target is never named, existing or not.
+	// Symlinks planted inside the root: the target is never named, and whether it exists
+	// outside the roots makes no difference to the answer, which is the one a file missing
+	// inside the root gets.
+	answers := map[string][]string{}
 	for target, link := range map[string]string{secretFile: "out.pem", filepath.Join(secretDir, "gone.pem"): "dangling.pem",
-		filepath.Join(secretDir, "gone/deeper.pem"): "deep.pem"} {
+		filepath.Join(secretDir, "gone/deeper.pem"): "deep.pem", "/etc/shadow": "shadow.pem", secretDir: "dir.pem",
+		"../../secret-place/key.pem": "climb.pem", filepath.Join(root, "missing.pem"): "missing-inside.pem"} {
 		p := filepath.Join(root, link)
 		require.NoError(t, os.Symlink(target, p))
 		_, err := roots.ReadFile("acme", p)
 		require.Error(t, err)
 		require.NotContains(t, err.Error(), "secret-place", "the symlink target outside the roots is not echoed")
 		require.NotContains(t, err.Error(), "BEGIN")
+		key := strings.Replace(err.Error(), p, "PATH", 1)
+		answers[key] = append(answers[key], link)
 	}
+	p := filepath.Join(root, "absent.pem")
+	_, err := roots.ReadFile("acme", p)
+	require.ErrorIs(t, err, fs.ErrNotExist)
+	key := strings.Replace(err.Error(), p, "PATH", 1)
+	answers[key] = append(answers[key], "absent.pem")
+	require.Len(t, answers, 1, "one answer whether a link leads out to a file, to nothing, or the file is missing: %v", answers)
 }

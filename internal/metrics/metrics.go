@@ -1,7 +1,8 @@
 // Package metrics exposes the service's Prometheus metrics at /metrics: HTTP request
 // durations by operation, the database pool's figures, the export job's lag per tenant,
 // and the expiry (notAfter) of every catalogue entry, so that "alert before a certificate
-// expires" is one rule. File-sourced entries are re-read, so a rotation on disk shows up
+// expires" is one rule. Public is the part that names no tenant or entry, for a /metrics
+// nobody guards. File-sourced entries are re-read, so a rotation on disk shows up
 // without an API call; the expiry figures are cached briefly so frequent scrapes of a
 // large catalogue stay cheap.
 package metrics
@@ -60,6 +61,7 @@ type Metrics struct {
 	reg     *prometheus.Registry
 	httpDur *prometheus.HistogramVec
 	handler http.Handler
+	public  http.Handler
 }
 
 // New builds the registry with every collector Options allow.
@@ -97,11 +99,20 @@ func New(o Options) *Metrics {
 		reg.MustRegister(&exportCollector{x: o.Exporter, now: o.Now})
 	}
 	m.handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogErrorLog{o.Logger}})
+	// The public registry holds the series no one could learn a tenant, an entry or the
+	// API's traffic from: the build and the Go process.
+	pub := prometheus.NewRegistry()
+	pub.MustRegister(buildInfo, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.public = promhttp.HandlerFor(pub, promhttp.HandlerOpts{ErrorLog: slogErrorLog{o.Logger}})
 	return m
 }
 
-// ServeHTTP serves the metrics in the Prometheus text format.
+// ServeHTTP serves every metric in the Prometheus text format.
 func (m *Metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) { m.handler.ServeHTTP(w, r) }
+
+// Public serves only the build and Go process series: no tenant, entry, operation or pool
+// figure. It is what /metrics shows on a listener anyone may reach without a token.
+func (m *Metrics) Public() http.Handler { return m.public }
 
 // ObserveHTTP records one request's duration.
 func (m *Metrics) ObserveHTTP(operation, method string, status int, d time.Duration) {

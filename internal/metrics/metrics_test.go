@@ -209,3 +209,45 @@ func TestMetrics(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, problems)
 }
+
+// TestPublicNamesNoTenant: Public serves the build and the process, and no series of the
+// full registry that carries a tenant, an entry, an operation or the pool; the full
+// handler has them all.
+func TestPublicNamesNoTenant(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, err := db.Open(ctx, testdb.URL(t), slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	dir := t.TempDir()
+	ring, err := envelope.Load(dir, nil)
+	require.NoError(t, err)
+	cat := &catalog.Service{Pool: pool, Ring: ring, Logger: slog.New(slog.DiscardHandler)}
+	cert, key := materialtest.Pair(t, materialtest.Options{})
+	_, err = cat.Create(ctx, "acme", catalog.Input{ID: "edge-client", Name: s("x"), Type: s("client-pair"),
+		Source: s("inline"), CertPEM: cert, KeyPEM: key})
+	require.NoError(t, err)
+	x := &fileexport.Exporter{Pool: pool, Ring: ring, DataDir: dir}
+	_, err = x.ExportTenant(ctx, "acme", false)
+	require.NoError(t, err)
+	m := metrics.New(metrics.Options{Pool: pool, Exporter: x, Version: "v1.2.3"})
+	m.ObserveHTTP("listCerts", http.MethodGet, http.StatusOK, time.Millisecond)
+
+	scrape := func(h http.Handler) string {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+		require.Equal(t, http.StatusOK, rec.Code)
+		return rec.Body.String()
+	}
+	full := scrape(m)
+	for _, want := range []string{`tenant="acme"`, `id="edge-client"`, `operation="listCerts"`, "loopze_db_pool_max_connections"} {
+		require.Contains(t, full, want)
+	}
+	public := scrape(m.Public())
+	require.Contains(t, public, `loopze_build_info{goversion=`)
+	require.Contains(t, public, "go_goroutines")
+	require.Contains(t, public, "process_resident_memory_bytes")
+	for _, never := range []string{"tenant=", "id=", "acme", "edge-client", "operation=", "loopze_db_pool", "loopze_export", "loopze_cert"} {
+		require.NotContains(t, public, never)
+	}
+}

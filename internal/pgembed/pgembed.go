@@ -181,12 +181,6 @@ func (c *Cluster) URL(database string) string { return socketURL(c.socketDir, da
 // SocketDir is the directory holding the server's unix socket.
 func (c *Cluster) SocketDir() string { return c.socketDir }
 
-// DataDir is the absolute cluster directory.
-func (c *Cluster) DataDir() string { return c.dataDir }
-
-// LogPath is the server log, <DataDir>/log/postgres.log.
-func (c *Cluster) LogPath() string { return c.logPath }
-
 // Owned reports whether Stop will stop the server: true when Start launched it or adopted
 // it with Options.StopAttached.
 func (c *Cluster) Owned() bool { return c.owned }

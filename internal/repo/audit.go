@@ -243,10 +243,3 @@ func AuditHead(ctx context.Context, q db.DBTX, tenant string) (int64, []byte, er
 	}
 	return seq, hash, mapErr("read audit head", err)
 }
-
-// EnsureTenant creates the tenant's row when it has none, without moving its generation:
-// the audit record of a refused first deploy needs a tenant to belong to.
-func EnsureTenant(ctx context.Context, q db.DBTX, tenant string) error {
-	_, err := q.Exec(ctx, ensureTenantSQL, tenant)
-	return mapErr("ensure tenant", err)
-}

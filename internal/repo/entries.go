@@ -12,25 +12,26 @@ import (
 
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/material"
+	"github.com/loopze/certstore/internal/sealing"
 )
 
 // Entry is one catalogue row. Sealed fields hold envelope ciphertext, never PEM.
 type Entry struct {
-	TenantID   string
-	ID         string
-	Name       string
-	Type       material.Kind
-	Source     string
-	Notes      string
-	CertPath   string
-	KeyPath    string
-	CertSealed []byte
-	KeySealed  []byte
-	KeyID      string
-	Meta       material.Metadata
-	Version    int64
-	CreatedAt  time.Time
-	UpdatedAt  time.Time
+	TenantID string
+	ID       string
+	Name     string
+	Type     material.Kind
+	Source   string
+	Notes    string
+	CertPath string
+	KeyPath  string
+	// Sealed is an inline entry's material; empty for a file entry, and when the row was
+	// read without it (listings).
+	Sealed    sealing.Pair
+	Meta      material.Metadata
+	Version   int64
+	CreatedAt time.Time
+	UpdatedAt time.Time
 	// RefCount is filled by List and Get: how many deployed node fields reference the entry.
 	RefCount int
 
@@ -53,7 +54,7 @@ const listColumns = `tenant_id, id, name, type, source, notes, coalesce(cert_pat
 func scanEntry(row pgx.Row, extra ...any) (*Entry, error) {
 	var e Entry
 	dest := []any{&e.TenantID, &e.ID, &e.Name, &e.Type, &e.Source, &e.Notes, &e.CertPath, &e.KeyPath,
-		&e.CertSealed, &e.KeySealed, &e.KeyID, &e.Meta.FingerprintSHA256, &e.Meta.Subject, &e.Meta.Issuer,
+		&e.Sealed.Cert, &e.Sealed.Key, &e.Sealed.KeyID, &e.Meta.FingerprintSHA256, &e.Meta.Subject, &e.Meta.Issuer,
 		&e.Meta.SerialNumber, &e.Meta.NotBefore, &e.Meta.NotAfter, &e.Meta.DNSNames, &e.Meta.CertCount,
 		&e.Meta.KeyAlgorithm, &e.Meta.HasPrivateKey, &e.Version, &e.CreatedAt, &e.UpdatedAt, &e.PassphrasePath}
 	if err := row.Scan(append(dest, extra...)...); err != nil {
@@ -93,7 +94,7 @@ const insertEntrySQL = `
 
 func insertEntryArgs(e *Entry) []any {
 	return []any{e.TenantID, e.ID, e.Name, e.Type, e.Source, e.Notes, nullIfEmpty(e.CertPath), nullIfEmpty(e.KeyPath),
-		e.CertSealed, e.KeySealed, nullIfEmpty(e.KeyID), e.Meta.FingerprintSHA256, e.Meta.Subject, e.Meta.Issuer,
+		e.Sealed.Cert, e.Sealed.Key, nullIfEmpty(e.Sealed.KeyID), e.Meta.FingerprintSHA256, e.Meta.Subject, e.Meta.Issuer,
 		e.Meta.SerialNumber, e.Meta.NotBefore, e.Meta.NotAfter, nonNil(e.Meta.DNSNames), e.Meta.CertCount,
 		e.Meta.KeyAlgorithm, e.Meta.HasPrivateKey, nullIfEmpty(e.PassphrasePath)}
 }
@@ -170,7 +171,7 @@ func nonNil(s []string) []string {
 }
 
 // GetEntry returns what is shown of one entry of tenant, with its reference count and
-// without the sealed material (CertSealed and KeySealed are nil); ErrNotFound when it does
+// without the sealed material (Sealed is empty); ErrNotFound when it does
 // not exist there. It scopes itself (see scopedQuery), so it takes a pool as well as a
 // transaction, in one round trip either way.
 func GetEntry(ctx context.Context, q db.DBTX, tenant, id string) (*Entry, error) {
@@ -210,7 +211,7 @@ func UpdateEntry(ctx context.Context, q db.DBTX, e *Entry) error {
 		WHERE tenant_id = $1 AND id = $2 AND version = $22
 		RETURNING version, updated_at`,
 		e.TenantID, e.ID, e.Name, e.Type, e.Source, e.Notes, nullIfEmpty(e.CertPath), nullIfEmpty(e.KeyPath),
-		e.CertSealed, e.KeySealed, nullIfEmpty(e.KeyID), e.Meta.FingerprintSHA256, e.Meta.Subject, e.Meta.Issuer,
+		e.Sealed.Cert, e.Sealed.Key, nullIfEmpty(e.Sealed.KeyID), e.Meta.FingerprintSHA256, e.Meta.Subject, e.Meta.Issuer,
 		e.Meta.SerialNumber, e.Meta.NotBefore, e.Meta.NotAfter, nonNil(e.Meta.DNSNames), e.Meta.CertCount,
 		e.Meta.KeyAlgorithm, e.Meta.HasPrivateKey, e.Version, nullIfEmpty(e.PassphrasePath),
 	).Scan(&e.Version, &e.UpdatedAt)
@@ -253,7 +254,7 @@ type ListFilter struct {
 }
 
 // ListEntries returns up to f.Limit entries of tenant after f.After, and whether more
-// follow. Sealed material is left out (Entry.CertSealed and KeySealed are nil). It scopes
+// follow. Sealed material is left out (Entry.Sealed is empty). It scopes
 // itself, so it takes a pool as well as a transaction, in one round trip either way.
 func ListEntries(ctx context.Context, q db.DBTX, tenant string, f ListFilter) ([]*Entry, bool, error) {
 	sql, args, limit := listQuery(tenant, f)
@@ -446,7 +447,7 @@ func ImportEntries(ctx context.Context, q db.DBTX, entries []*Entry) error {
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
 				$19, $20, $21, $22, $23, $24)`,
 			e.TenantID, e.ID, e.Name, string(e.Type), e.Source, e.Notes, nullIfEmpty(e.CertPath),
-			nullIfEmpty(e.KeyPath), e.CertSealed, e.KeySealed, nullIfEmpty(e.KeyID), e.Meta.FingerprintSHA256,
+			nullIfEmpty(e.KeyPath), e.Sealed.Cert, e.Sealed.Key, nullIfEmpty(e.Sealed.KeyID), e.Meta.FingerprintSHA256,
 			e.Meta.Subject, e.Meta.Issuer, e.Meta.SerialNumber, e.Meta.NotBefore, e.Meta.NotAfter,
 			nonNil(e.Meta.DNSNames), e.Meta.CertCount, e.Meta.KeyAlgorithm, e.Meta.HasPrivateKey,
 			created, updated, nullIfEmpty(e.PassphrasePath))

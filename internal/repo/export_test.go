@@ -8,13 +8,14 @@ import (
 
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/sealing"
 )
 
 // inlineEntry is an entry whose "sealed" bytes stand in for envelope blobs: the repo
 // stores them opaquely.
 func inlineEntry(tenant, id, keyID string) *repo.Entry {
 	e := fileEntry(tenant, id)
-	e.Source, e.CertPath, e.CertSealed, e.KeyID = "inline", "", []byte("sealed "+id), keyID
+	e.Source, e.CertPath, e.Sealed = "inline", "", sealing.Pair{Cert: []byte("sealed " + id), KeyID: keyID}
 	return e
 }
 
@@ -49,7 +50,7 @@ func TestExportRestoreAndRewrapQueries(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, batch, 2)
 		for _, e := range batch {
-			e.CertSealed, e.KeyID = []byte("rewrapped"), "new"
+			e.Sealed.Cert, e.Sealed.KeyID = []byte("rewrapped"), "new"
 		}
 		require.NoError(t, repo.RewrapEntries(ctx, tx, batch))
 		rest, err := repo.EntriesToRewrap(ctx, tx, "acme", "new", 10)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/material"
+	"github.com/loopze/certstore/internal/sealing"
 )
 
 // Version is one row of an entry's history: the entry as it was after a change (for a
@@ -31,12 +32,11 @@ type Version struct {
 	Notes        string
 	CertPath     string
 	KeyPath      string
-	CertSealed   []byte
-	KeySealed    []byte
-	KeyID        string
-	Meta         material.Metadata
-	ChangedAt    time.Time
-	ChangedBy    string
+	// Sealed is an inline version's material, sealed for the version's place.
+	Sealed    sealing.Pair
+	Meta      material.Metadata
+	ChangedAt time.Time
+	ChangedBy string
 }
 
 // Version actions.
@@ -58,7 +58,7 @@ const versionColumns = `tenant_id, entry_id, version, action, entry_version, coa
 func scanVersion(row pgx.Row) (*Version, error) {
 	var v Version
 	err := row.Scan(&v.TenantID, &v.EntryID, &v.Version, &v.Action, &v.EntryVersion, &v.RestoredFrom, &v.Name,
-		&v.Type, &v.Source, &v.Notes, &v.CertPath, &v.KeyPath, &v.CertSealed, &v.KeySealed, &v.KeyID,
+		&v.Type, &v.Source, &v.Notes, &v.CertPath, &v.KeyPath, &v.Sealed.Cert, &v.Sealed.Key, &v.Sealed.KeyID,
 		&v.Meta.FingerprintSHA256, &v.Meta.Subject, &v.Meta.Issuer, &v.Meta.SerialNumber, &v.Meta.NotBefore,
 		&v.Meta.NotAfter, &v.Meta.DNSNames, &v.Meta.CertCount, &v.Meta.KeyAlgorithm, &v.Meta.HasPrivateKey,
 		&v.ChangedAt, &v.ChangedBy)
@@ -154,7 +154,7 @@ func insertVersionArgs(v *Version) []any {
 		restored = v.RestoredFrom
 	}
 	return []any{v.TenantID, v.EntryID, v.Version, v.Action, v.EntryVersion, restored, v.Name, v.Type, v.Source, v.Notes,
-		nullIfEmpty(v.CertPath), nullIfEmpty(v.KeyPath), v.CertSealed, v.KeySealed, nullIfEmpty(v.KeyID),
+		nullIfEmpty(v.CertPath), nullIfEmpty(v.KeyPath), v.Sealed.Cert, v.Sealed.Key, nullIfEmpty(v.Sealed.KeyID),
 		v.Meta.FingerprintSHA256, v.Meta.Subject, v.Meta.Issuer, v.Meta.SerialNumber, v.Meta.NotBefore,
 		v.Meta.NotAfter, nonNil(v.Meta.DNSNames), v.Meta.CertCount, v.Meta.KeyAlgorithm, v.Meta.HasPrivateKey,
 		v.ChangedBy}
@@ -336,7 +336,7 @@ func RewrapVersions(ctx context.Context, q db.DBTX, versions []*Version) error {
 	for _, v := range versions {
 		b.Queue(`UPDATE entry_versions SET cert_sealed = $4, key_sealed = $5, key_id = $6
 			WHERE tenant_id = $1 AND entry_id = $2 AND version = $3`,
-			v.TenantID, v.EntryID, v.Version, v.CertSealed, v.KeySealed, v.KeyID)
+			v.TenantID, v.EntryID, v.Version, v.Sealed.Cert, v.Sealed.Key, v.Sealed.KeyID)
 	}
 	return execBatch(ctx, q, b, "rewrap versions")
 }

@@ -38,7 +38,7 @@ func RewrapEntries(ctx context.Context, q db.DBTX, entries []*Entry) error {
 	b := &pgx.Batch{}
 	for _, e := range entries {
 		b.Queue(`UPDATE entries SET cert_sealed = $3, key_sealed = $4, key_id = $5
-			WHERE tenant_id = $1 AND id = $2`, e.TenantID, e.ID, e.CertSealed, e.KeySealed, e.KeyID)
+			WHERE tenant_id = $1 AND id = $2`, e.TenantID, e.ID, e.Sealed.Cert, e.Sealed.Key, e.Sealed.KeyID)
 	}
 	return execBatch(ctx, q, b, "rewrap entries")
 }

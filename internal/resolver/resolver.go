@@ -22,7 +22,6 @@ import (
 
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/refs"
-	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/secret"
 )
 
@@ -45,13 +44,32 @@ const sourceFile = "file"
 // again: long enough for the second mv of a rotation, short enough for a connection init.
 const DefaultRetryPause = 100 * time.Millisecond
 
+// Entry is a catalogue entry as a connection init needs it: its type, where a file entry's
+// material lives, and what tells one version of an inline entry's material from another.
+// Sources build it from their own records; the resolver reads nothing else of them.
+type Entry struct {
+	ID     string
+	Type   material.Kind
+	Source string // "inline" or "file"
+	// Files are a file entry's paths.
+	Files material.Paths
+	// Stamp identifies an inline entry's stored material: two lookups of one tenant's
+	// entry ID with one Stamp hold the same material, so its parse is reused. The server
+	// takes it from the sealed values (sealing.StampOf); a runtime from its file.
+	Stamp Stamp
+	// Handle is whatever the source needs to Open the entry; the resolver only hands it back.
+	Handle any
+}
+
+// Stamp identifies a version of an entry's stored material (see Entry.Stamp).
+type Stamp [32]byte
+
 // Entries is where a Resolver finds the entries that store references name.
 type Entries interface {
-	// Lookup returns the entries of tenant among ids (those that exist). Inline entries
-	// must come with what Open needs.
-	Lookup(ctx context.Context, tenant string, ids []string) ([]*repo.Entry, error)
+	// Lookup returns the entries of tenant among ids (those that exist).
+	Lookup(ctx context.Context, tenant string, ids []string) ([]*Entry, error)
 	// Open returns an inline entry's certificate chain and key.
-	Open(e *repo.Entry) (cert, key secret.PEM, err error)
+	Open(e *Entry) (cert, key secret.PEM, err error)
 }
 
 // Resolver turns tls blocks into TLS material at connection init.
@@ -72,9 +90,9 @@ type Resolver struct {
 	// Wait pauses for d or until ctx ends; nil uses a timer. Tests hook the rotation in here.
 	Wait func(ctx context.Context, d time.Duration) error
 
-	// parsed caches the material of stored inline entries by (tenant, ID, version, sealed
-	// tags): every change moves the version, so an entry is decrypted and parsed once per
-	// version, not once per connection.
+	// parsed caches the material of stored inline entries by (tenant, ID, stamp): every
+	// change of the material changes its stamp, so an entry is decrypted and parsed once
+	// per version of its material, not once per connection.
 	//
 	// files caches the decoded material of file parts by their paths, with the SHA-256 of
 	// the bytes it was decoded from. File material is still read from disk at every call;
@@ -156,30 +174,14 @@ func nextBoundary(m *material.Material, now time.Time) time.Time {
 
 type inlineKey struct {
 	tenant, id string
-	version    int64
-	// sealed is the tail (the GCM tags) of the sealed certificate and key: a restore
-	// brings rows back at versions already seen, but never with the same sealed bytes.
-	sealed sealedTail
-}
-
-// sealedTail identifies an entry's sealed material by the last bytes of each part.
-type sealedTail struct {
-	cert, key   [16]byte
-	nCert, nKey uint8
-}
-
-func tailOf(e *repo.Entry) sealedTail {
-	var t sealedTail
-	t.nCert = uint8(copy(t.cert[:], e.CertSealed[max(0, len(e.CertSealed)-16):]))
-	t.nKey = uint8(copy(t.key[:], e.KeySealed[max(0, len(e.KeySealed)-16):]))
-	return t
+	stamp      Stamp
 }
 
 // maxParsed bounds each cache of parsed material (see cache).
 const maxParsed = 16384
 
-func (r *Resolver) inline(tenant string, e *repo.Entry, k material.Kind) (*material.Material, error) {
-	key := inlineKey{tenant, e.ID, e.Version, tailOf(e)}
+func (r *Resolver) inline(tenant string, e *Entry, k material.Kind) (*material.Material, error) {
+	key := inlineKey{tenant, e.ID, e.Stamp}
 	now := r.now()
 	pe, ok := r.parsed.load(key)
 	if ok && now.Before(pe.until) {
@@ -352,7 +354,7 @@ func (r *Resolver) resolveInto(ctx context.Context, tenant string, block *refs.T
 			ids = append(ids, ref)
 		}
 	}
-	var entries []*repo.Entry
+	var entries []*Entry
 	if len(ids) > 0 {
 		var err error
 		if entries, err = r.Entries.Lookup(ctx, tenant, ids); err != nil {
@@ -386,8 +388,8 @@ func (r *Resolver) resolveInto(ctx context.Context, tenant string, block *refs.T
 }
 
 // entryOf is the entry of list with ID id, the last one when several are.
-func entryOf(list []*repo.Entry, id string) *repo.Entry {
-	var found *repo.Entry
+func entryOf(list []*Entry, id string) *Entry {
+	var found *Entry
 	for _, e := range list {
 		if e.ID == id {
 			found = e
@@ -396,7 +398,7 @@ func entryOf(list []*repo.Entry, id string) *repo.Entry {
 	return found
 }
 
-func (r *Resolver) resolvePart(ctx context.Context, tenant string, p refs.Part, s *refs.PartSpec, entries []*repo.Entry, rep *PartReport) (*material.Material, error) {
+func (r *Resolver) resolvePart(ctx context.Context, tenant string, p refs.Part, s *refs.PartSpec, entries []*Entry, rep *PartReport) (*material.Material, error) {
 	switch {
 	case s.Ref != "":
 		rep.Origin, rep.Ref = OriginRef, s.Ref
@@ -409,8 +411,8 @@ func (r *Resolver) resolvePart(ctx context.Context, tenant string, p refs.Part, 
 		}
 		rep.EntrySource = e.Source
 		if e.Source == sourceFile {
-			rep.CertPath, rep.KeyPath = e.CertPath, e.KeyPath
-			return r.loadFiles(ctx, tenant, p.Kind, material.Paths{Cert: e.CertPath, Key: e.KeyPath, Passphrase: e.PassphrasePath}, material.PathFields)
+			rep.CertPath, rep.KeyPath = e.Files.Cert, e.Files.Key
+			return r.loadFiles(ctx, tenant, p.Kind, e.Files, material.PathFields)
 		}
 		return r.inline(tenant, e, p.Kind)
 	case s.CertFile != "" || s.KeyFile != "":

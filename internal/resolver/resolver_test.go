@@ -16,20 +16,19 @@ import (
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/refs"
-	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/resolver"
 	"github.com/loopze/certstore/internal/secret"
 )
 
 // memEntries is an Entries source held in memory, as a runtime holding a snapshot has one.
 type memEntries struct {
-	entries map[string]*repo.Entry
+	entries map[string]*resolver.Entry
 	pem     map[string][2]secret.PEM
 	opened  int
 }
 
-func (m *memEntries) Lookup(_ context.Context, tenant string, ids []string) ([]*repo.Entry, error) {
-	var out []*repo.Entry
+func (m *memEntries) Lookup(_ context.Context, tenant string, ids []string) ([]*resolver.Entry, error) {
+	var out []*resolver.Entry
 	for _, id := range ids {
 		if e, ok := m.entries[tenant+"/"+id]; ok {
 			out = append(out, e)
@@ -38,9 +37,9 @@ func (m *memEntries) Lookup(_ context.Context, tenant string, ids []string) ([]*
 	return out, nil
 }
 
-func (m *memEntries) Open(e *repo.Entry) (secret.PEM, secret.PEM, error) {
+func (m *memEntries) Open(e *resolver.Entry) (secret.PEM, secret.PEM, error) {
 	m.opened++
-	p, ok := m.pem[e.TenantID+"/"+e.ID]
+	p, ok := m.pem[e.Handle.(string)]
 	if !ok {
 		return nil, nil, errors.New("no material")
 	}
@@ -62,9 +61,9 @@ func TestResolverFromAnEntriesSource(t *testing.T) {
 	ca := materialtest.NewCA(t, materialtest.Options{})
 	a, b := ca.Issue(t, materialtest.Options{CommonName: "a"}), ca.Issue(t, materialtest.Options{CommonName: "b"})
 	src := &memEntries{
-		entries: map[string]*repo.Entry{
-			"acme/pair": {TenantID: "acme", ID: "pair", Type: material.ClientPair, Source: "inline", Version: 1},
-			"acme/root": {TenantID: "acme", ID: "root", Type: material.CABundle, Source: "inline", Version: 1},
+		entries: map[string]*resolver.Entry{
+			"acme/pair": {ID: "pair", Type: material.ClientPair, Source: "inline", Handle: "acme/pair"},
+			"acme/root": {ID: "root", Type: material.CABundle, Source: "inline", Handle: "acme/root"},
 		},
 		pem: map[string][2]secret.PEM{
 			"acme/pair": {secret.PEM(a.ChainPEM()), secret.PEM(a.KeyPEM())},
@@ -116,15 +115,15 @@ func TestResolverFromAnEntriesSource(t *testing.T) {
 	require.Equal(t, "c", leafCN(t, cfg))
 }
 
-// A restore brings an entry back at a version already seen, with other material: it is
-// parsed again, since its sealed bytes are not those of the cached version.
+// A restore brings an entry back with other material under a stamp not seen before: it is
+// parsed again, whatever else it shares with the cached one.
 func TestResolverParsesARestoredEntryAgain(t *testing.T) {
 	t.Parallel()
 	ca := materialtest.NewCA(t, materialtest.Options{})
 	a, b := ca.Issue(t, materialtest.Options{CommonName: "before"}), ca.Issue(t, materialtest.Options{CommonName: "restored"})
 	src := &memEntries{
-		entries: map[string]*repo.Entry{"acme/pair": {TenantID: "acme", ID: "pair", Type: material.ClientPair, Source: "inline",
-			Version: 1, CertSealed: []byte("sealed certificate, first tag....."), KeySealed: []byte("sealed key, first tag.....")}},
+		entries: map[string]*resolver.Entry{"acme/pair": {ID: "pair", Type: material.ClientPair, Source: "inline",
+			Stamp: resolver.Stamp{1}, Handle: "acme/pair"}},
 		pem: map[string][2]secret.PEM{"acme/pair": {secret.PEM(a.ChainPEM()), secret.PEM(a.KeyPEM())}},
 	}
 	r := &resolver.Resolver{Entries: src, Logger: logging.Discard()}
@@ -134,8 +133,8 @@ func TestResolverParsesARestoredEntryAgain(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "before", leafCN(t, cfg))
 
-	src.entries["acme/pair"] = &repo.Entry{TenantID: "acme", ID: "pair", Type: material.ClientPair, Source: "inline",
-		Version: 1, CertSealed: []byte("sealed certificate, other tag....."), KeySealed: []byte("sealed key, other tag.....")}
+	src.entries["acme/pair"] = &resolver.Entry{ID: "pair", Type: material.ClientPair, Source: "inline",
+		Stamp: resolver.Stamp{2}, Handle: "acme/pair"}
 	src.pem["acme/pair"] = [2]secret.PEM{secret.PEM(b.ChainPEM()), secret.PEM(b.KeyPEM())}
 	cfg, err = r.BuildTLSConfig(ctx, "acme", block)
 	require.NoError(t, err)

@@ -2,6 +2,7 @@ package sealing_test
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/hex"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/sealing"
+	"github.com/loopze/certstore/internal/secret"
 )
 
 // golden reads testdata/golden.txt: ciphertexts sealed once, under a fixed test key, by the
@@ -109,4 +111,51 @@ func TestOpenReloadsForAKeyWrittenElsewhere(t *testing.T) {
 	pt, err := sealing.Open(ours, blob, aad)
 	require.NoError(t, err)
 	require.Equal(t, "secret", string(pt))
+}
+
+// TestPairs: a pair opens only where it was sealed for (its entry's row or one version of
+// its history), its stamp changes when the material is sealed again and stays through a
+// rewrap under another master key.
+func TestPairs(t *testing.T) {
+	t.Parallel()
+	ring := testRing(t)
+	row := sealing.Place{Tenant: "acme", EntryID: "edge"}
+	v2 := sealing.Place{Tenant: "acme", EntryID: "edge", Version: 2}
+	p, err := sealing.SealPair(ring, row, secret.PEM("cert"), secret.PEM("key"))
+	require.NoError(t, err)
+	require.Equal(t, ring.CurrentKeyID(), p.KeyID)
+	cert, key, err := sealing.OpenPair(ring, row, p)
+	require.NoError(t, err)
+	require.Equal(t, "cert", string(cert))
+	require.Equal(t, "key", string(key))
+	for _, at := range []sealing.Place{v2, {Tenant: "globex", EntryID: "edge"}, {Tenant: "acme", EntryID: "other"}} {
+		_, _, err = sealing.OpenPair(ring, at, p)
+		require.ErrorIs(t, err, envelope.ErrDecrypt, "%v", at)
+	}
+	swapped := sealing.Pair{Cert: p.Key, Key: p.Cert, KeyID: p.KeyID}
+	_, _, err = sealing.OpenPair(ring, row, swapped)
+	require.ErrorIs(t, err, envelope.ErrDecrypt)
+
+	bundle, err := sealing.SealPair(ring, v2, secret.PEM("ca"), nil)
+	require.NoError(t, err)
+	require.Nil(t, bundle.Key)
+	cert, key, err = sealing.OpenPair(ring, v2, bundle)
+	require.NoError(t, err)
+	require.Equal(t, "ca", string(cert))
+	require.Nil(t, key)
+
+	again, err := sealing.SealPair(ring, row, secret.PEM("cert"), secret.PEM("key"))
+	require.NoError(t, err)
+	require.NotEqual(t, p.Stamp(), again.Stamp(), "sealed again: a new stamp")
+	old := make([]byte, 32)
+	for i := range old {
+		old[i] = byte(i) // testRing's key
+	}
+	next, err := envelope.NewRing(bytes.Repeat([]byte{7}, 32), old)
+	require.NoError(t, err)
+	rewrapped, err := sealing.RewrapPair(next, row, p)
+	require.NoError(t, err)
+	require.Equal(t, next.CurrentKeyID(), rewrapped.KeyID)
+	require.NotEqual(t, p.KeyID, rewrapped.KeyID)
+	require.Equal(t, p.Stamp(), rewrapped.Stamp(), "a rewrap keeps the stamp")
 }

@@ -1,8 +1,9 @@
 // Package testdb gives each test a real, migrated PostgreSQL database of its own, cloned
 // from a template that goose migrates once per server (pgtestdb). Where the server comes
 // from is decided once per test binary, in this order: LOOPZE_TEST_DATABASE_URL; a
-// testcontainers PostgreSQL when a Docker engine answers; a throwaway cluster from the
-// local server binaries (internal/pgembed). Main stops whatever it started, so no
+// testcontainers PostgreSQL when a Docker engine answers (only in binaries built with
+// -tags testcontainers, so the default build links no Docker client); a throwaway cluster
+// from the local server binaries (internal/pgembed). Main stops whatever it started, so no
 // postgres process survives `go test`.
 //
 // Use it from TestMain:

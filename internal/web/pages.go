@@ -2,11 +2,13 @@ package web
 
 import (
 	"errors"
+	"fmt"
 	"html/template"
 	"math"
 	"net/http"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/loopze/certstore/internal/auth"
 	"github.com/loopze/certstore/internal/catalog"
@@ -24,9 +26,31 @@ const soonDays = 30
 // many there are in all.
 const maxShownReferences = 1000
 
+// visible shows text as it reads: characters that would make it display otherwise (bidi
+// overrides, line separators, control characters but tab and line breaks) become escapes
+// such as \u202E. Entries saved before names and notes refused them may still hold them,
+// and a certificate's subject may hold anything.
+func visible(s string) string {
+	hidden := func(r rune) bool {
+		return (unicode.IsControl(r) && r != '\n' && r != '\r' && r != '\t') || catalog.Deceptive(r)
+	}
+	if !strings.ContainsFunc(s, hidden) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if hidden(r) {
+			fmt.Fprintf(&b, "\\u%04X", r)
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
 // breakDN lets a distinguished name wrap after its commas rather than inside words.
 func breakDN(dn string) template.HTML {
-	parts := strings.Split(dn, ",")
+	parts := strings.Split(visible(dn), ",")
 	for i, p := range parts {
 		parts[i] = template.HTMLEscapeString(p)
 	}

@@ -50,10 +50,15 @@ func (h *Handler) session(r *http.Request) (*auth.Principal, error) {
 }
 
 // requireSession returns the signed-in user or sends the browser to the sign-in page,
-// remembering where it wanted to go.
+// remembering where it wanted to go. A user past its rate limit gets a 429 page instead.
 func (h *Handler) requireSession(w http.ResponseWriter, r *http.Request) *auth.Principal {
 	p, err := h.session(r)
 	if err == nil {
+		if h.cfg.Limit != nil && !h.cfg.Limit(w, p) {
+			h.errorPage(w, r, http.StatusTooManyRequests, p,
+				"Too many requests from your account just now. Try again in "+w.Header().Get("Retry-After")+" seconds.")
+			return nil
+		}
 		return p
 	}
 	q := url.Values{"next": {r.URL.RequestURI()}}

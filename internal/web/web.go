@@ -59,6 +59,10 @@ type Config struct {
 	// SecureCookies marks the session cookie Secure even when the request did not arrive
 	// over TLS here, for deployments behind a TLS-terminating proxy.
 	SecureCookies bool
+	// Limit, when set, charges each page a signed-in user opens to the rate-limit bucket
+	// of the user's subject, the one its API requests draw from. It returns false when that
+	// bucket is empty, having set Retry-After on w; the page is then not served.
+	Limit func(w http.ResponseWriter, p *auth.Principal) bool
 	// Now is the clock for expiry badges; nil means time.Now.
 	Now func() time.Time
 }
@@ -104,7 +108,7 @@ func New(cfg Config) *Handler {
 	if err != nil {
 		panic(fmt.Sprintf("web: index embedded static files: %v", err))
 	}
-	funcs := template.FuncMap{"asset": h.assetURL, "dn": breakDN}
+	funcs := template.FuncMap{"asset": h.assetURL, "dn": breakDN, "visible": visible}
 	h.pages = make(map[string]*template.Template, len(pageNames))
 	for _, name := range pageNames {
 		t := template.New("layout.html").Funcs(funcs)

@@ -504,22 +504,9 @@ func (s *Service) Node(ctx context.Context, tenant, flowID, nodeID string) (*ref
 	return n, nil
 }
 
-// NodeTLS reports what a saved node's TLS resolves to now, part by part. An opcua-server
-// node's certRef (or legacy files) counts as its clientCert part.
-func (s *Service) NodeTLS(ctx context.Context, tenant, flowID, nodeID string) (*refs.Node, []resolver.PartReport, error) {
-	n, err := s.Node(ctx, tenant, flowID, nodeID)
-	if err != nil {
-		return nil, nil, err
-	}
-	rep, err := s.Resolver.Report(ctx, tenant, n.EffectiveTLS())
-	if err != nil {
-		return nil, nil, err
-	}
-	return n, rep, nil
-}
-
-// NodeTLSCheck is NodeTLS plus whether the node's client pair chains to its CA bundle
-// (nil unless the node has both and they resolve).
+// NodeTLSCheck reports what a saved node's TLS resolves to now, part by part (an
+// opcua-server node's certRef, or legacy files, counts as its clientCert part), and whether
+// its client pair chains to its CA bundle (nil unless the node has both and they resolve).
 func (s *Service) NodeTLSCheck(ctx context.Context, tenant, flowID, nodeID string) (*refs.Node, []resolver.PartReport, *material.Verification, error) {
 	n, err := s.Node(ctx, tenant, flowID, nodeID)
 	if err != nil {

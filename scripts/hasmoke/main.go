@@ -33,7 +33,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/credfile"
 )
 
 func main() {
@@ -384,9 +384,9 @@ func converge(ctx context.Context, args []string) error {
 		same := true
 		for i, d := range list {
 			gens[i] = -1
-			data, err := os.ReadFile(fileexport.Path(d, *tenant))
+			data, err := os.ReadFile(credfile.Path(d, *tenant))
 			if err == nil {
-				if h, err := fileexport.ParseHeader(data); err == nil {
+				if h, err := credfile.ParseHeader(data); err == nil {
 					gens[i] = h.Generation
 				}
 			}

@@ -1,4 +1,4 @@
-package fileexport
+package credfile
 
 import (
 	"crypto/aes"
@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -19,7 +20,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/material/materialtest"
+	"github.com/loopze/certstore/internal/secret"
 )
 
 func sampleDoc(t testing.TB, tenant string, gen int64) *Document {
@@ -27,7 +30,7 @@ func sampleDoc(t testing.TB, tenant string, gen int64) *Document {
 	return &Document{
 		Tenant: tenant, Generation: gen,
 		Entries: []Entry{{ID: "edge", Name: "Edge", Type: "client-pair", Source: "inline",
-			CertPEM: string(cert), KeyPEM: string(key), DNSNames: []string{}}},
+			CertPEM: string(cert), KeyPEM: string(key), Metadata: material.Metadata{DNSNames: []string{}}}},
 		Workspace:       json.RawMessage(`{"flows":[]}`),
 		References:      []Reference{{EntryID: "edge", FlowID: "f", NodeID: "n", NodeType: "tcp-out", Field: "tls.clientCertRef"}},
 		NodeCredentials: []NodeCredential{{NodeID: "n", Name: "password", Value: "hunter2"}},
@@ -44,7 +47,8 @@ func TestFileDecryptsWithOnlyTheFileAndTheKey(t *testing.T) {
 	want := sampleDoc(t, "acme", 42)
 	data, _, err := Seal(ring, want)
 	require.NoError(t, err)
-	require.NoError(t, WriteAtomic(Path(dir, "acme"), data))
+	require.NoError(t, os.MkdirAll(filepath.Dir(Path(dir, "acme")), 0o700))
+	require.NoError(t, os.WriteFile(Path(dir, "acme"), data, 0o600))
 
 	// 1. The key: base64 of 32 bytes; its ID is the hex of the first 8 bytes of its SHA-256.
 	keyText, err := os.ReadFile(filepath.Join(dir, "loopze.key"))
@@ -186,34 +190,13 @@ func TestDocumentPrintsNoMaterial(t *testing.T) {
 func TestNodeCredentialKeepsBinaryValues(t *testing.T) {
 	t.Parallel()
 	for _, v := range [][]byte{[]byte("plain text"), {0xff, 0x00, 0xfe}, {}} {
-		c := nodeCredential("n", "k", v)
+		c := NewNodeCredential("n", "k", v)
 		got, err := c.Bytes()
 		require.NoError(t, err)
 		require.Equal(t, string(v), string(got))
 	}
 	_, err := NodeCredential{Value: "x", Encoding: "rot13"}.Bytes()
 	require.Error(t, err)
-}
-
-func TestWriteAtomic(t *testing.T) {
-	t.Parallel()
-	dir := filepath.Join(t.TempDir(), "tenants", "acme")
-	path := filepath.Join(dir, FileName)
-	require.NoError(t, WriteAtomic(path, []byte("one")))
-	require.NoError(t, os.Chmod(path, 0o644)) // loosened by someone: os.WriteFile would keep the mode
-	require.NoError(t, WriteAtomic(path, []byte("two")))
-	got, err := os.ReadFile(path)
-	require.NoError(t, err)
-	require.Equal(t, "two", string(got))
-	info, err := os.Stat(path)
-	require.NoError(t, err)
-	require.Equal(t, os.FileMode(0o600), info.Mode().Perm())
-	dinfo, err := os.Stat(dir)
-	require.NoError(t, err)
-	require.Equal(t, os.FileMode(0o700), dinfo.Mode().Perm())
-	left, err := filepath.Glob(filepath.Join(dir, ".*tmp*"))
-	require.NoError(t, err)
-	require.Empty(t, left)
 }
 
 func TestPath(t *testing.T) {
@@ -280,4 +263,50 @@ func TestParseHeaderCopiesNoCiphertext(t *testing.T) {
 
 	_, err = ParseHeader(append(data[:len(data)-3:len(data)-3], []byte(`, "x": }`)...))
 	require.ErrorIs(t, err, ErrNotCredentialsFile)
+}
+
+// TestReadHeaderStopsAtTheCiphertext: the header comes from the first bytes of a file of
+// megabytes; a reader that fails past them is never reached. A file that is not one, or
+// whose header fields come after the ciphertext, is refused.
+func TestReadHeaderStopsAtTheCiphertext(t *testing.T) {
+	h := Header{Format: Format, Version: Version, Tenant: "acme", Generation: 42, KeyID: "0123456789abcdef", Cipher: Cipher}
+	data, err := encodeFile(h, make([]byte, 4<<20))
+	require.NoError(t, err)
+	r := &failPast{data: data, limit: 8 << 10}
+	got, err := ReadHeader(r)
+	require.NoError(t, err)
+	require.Equal(t, h, got)
+	require.LessOrEqual(t, r.read, 8<<10)
+
+	for name, bad := range map[string]string{
+		"not JSON":             "ciphertext",
+		"an array":             `[1, 2]`,
+		"ciphertext first":     `{"ciphertext": "AAAA", "format": "loopze-credentials", "version": 1}`,
+		"truncated header":     `{"format": "loopze-credentials", "version": `,
+		"another format":       `{"format": "x", "version": 1, "tenant": "acme", "generation": 1, "keyId": "k", "ciphertext": ""}`,
+		"a number for the key": `{"format": "loopze-credentials", 7: 1}`,
+	} {
+		_, err := ReadHeader(strings.NewReader(bad))
+		require.ErrorIs(t, err, ErrNotCredentialsFile, name)
+	}
+}
+
+// failPast is a reader of data that fails once more than limit bytes have been read.
+type failPast struct {
+	data        []byte
+	limit, read int
+}
+
+func (f *failPast) Read(p []byte) (int, error) {
+	if f.read >= f.limit {
+		return 0, errors.New("read past the header")
+	}
+	n := copy(p, f.data[f.read:min(len(f.data), f.limit)])
+	f.read += n
+	return n, nil
+}
+
+func requireNoPEM(t *testing.T, s string) {
+	t.Helper()
+	require.False(t, secret.LooksLikePEM(s), "PEM leaked into %q", s)
 }

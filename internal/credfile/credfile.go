@@ -1,13 +1,13 @@
-// Package fileexport owns each tenant's canonical credentials.json: its file format (a small
-// authenticated header, then the tenant's entries with their material, its workspace,
-// references and node credentials, sealed whole with AES-256-GCM under the master key),
-// crash-safe atomic writing, the export of a tenant from the database, the loop that keeps
-// every file in step with the database (LISTEN/NOTIFY, a periodic reconcile, a pass at
-// boot), and the restore of a tenant from a file.
+// Package credfile is the credentials.json file format: a small authenticated header, then a
+// tenant's entries with their material, its workspace, references and node credentials,
+// sealed whole with AES-256-GCM under the master key. It encodes, seals, opens and reads
+// the header of a file, and knows nothing of where the data comes from: the server's export
+// job (internal/fileexport) writes files, and the runtime side (nodetls) reads them, so
+// this package links nothing of the server.
 //
 // The decrypted document holds PEM and private keys. Its types print a summary only, so a
 // document that reaches a log line or an error leaks nothing.
-package fileexport
+package credfile
 
 import (
 	"bytes"
@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/sealing"
 	"github.com/loopze/certstore/internal/secret"
 )
@@ -109,27 +110,18 @@ type Document struct {
 // Entry is one catalogue entry with its material in clear: PEM for inline entries, paths
 // for file-sourced ones. Metadata is what the database held when the file was written.
 type Entry struct {
-	ID                string    `json:"id"`
-	Name              string    `json:"name"`
-	Type              string    `json:"type"`
-	Source            string    `json:"source"`
-	Notes             string    `json:"notes"`
-	CertPEM           string    `json:"certPem,omitempty"`
-	KeyPEM            string    `json:"keyPem,omitempty"`
-	CertPath          string    `json:"certPath,omitempty"`
-	KeyPath           string    `json:"keyPath,omitempty"`
-	FingerprintSHA256 string    `json:"fingerprintSha256"`
-	Subject           string    `json:"subject"`
-	Issuer            string    `json:"issuer"`
-	SerialNumber      string    `json:"serialNumber"`
-	NotBefore         time.Time `json:"notBefore"`
-	NotAfter          time.Time `json:"notAfter"`
-	DNSNames          []string  `json:"dnsNames"`
-	CertCount         int       `json:"certCount"`
-	KeyAlgorithm      string    `json:"keyAlgorithm"`
-	HasPrivateKey     bool      `json:"hasPrivateKey"`
-	CreatedAt         time.Time `json:"createdAt"`
-	UpdatedAt         time.Time `json:"updatedAt"`
+	ID       string `json:"id"`
+	Name     string `json:"name"`
+	Type     string `json:"type"`
+	Source   string `json:"source"`
+	Notes    string `json:"notes"`
+	CertPEM  string `json:"certPem,omitempty"`
+	KeyPEM   string `json:"keyPem,omitempty"`
+	CertPath string `json:"certPath,omitempty"`
+	KeyPath  string `json:"keyPath,omitempty"`
+	material.Metadata
+	CreatedAt time.Time `json:"createdAt"`
+	UpdatedAt time.Time `json:"updatedAt"`
 	// PassphraseFile is a file entry's passphrase file (its path, never the passphrase).
 	PassphraseFile string `json:"passphraseFile,omitempty"`
 }
@@ -173,9 +165,9 @@ func (c NodeCredential) Bytes() ([]byte, error) {
 // summary is what a document prints as: counts only.
 func (d *Document) summary() string {
 	if d == nil {
-		return "fileexport.Document(nil)"
+		return "credfile.Document(nil)"
 	}
-	return fmt.Sprintf("fileexport.Document{tenant: %s, generation: %d, entries: %d, references: %d, nodeCredentials: %d}",
+	return fmt.Sprintf("credfile.Document{tenant: %s, generation: %d, entries: %d, references: %d, nodeCredentials: %d}",
 		d.Tenant, d.Generation, len(d.Entries), len(d.References), len(d.NodeCredentials))
 }
 
@@ -193,7 +185,7 @@ func (d *Document) LogValue() slog.Value { return slog.StringValue(d.summary()) 
 
 // Format implements fmt.Formatter: an entry prints its ID only.
 func (e Entry) Format(f fmt.State, _ rune) {
-	_, _ = io.WriteString(f, "fileexport.Entry{id: "+e.ID+"}")
+	_, _ = io.WriteString(f, "credfile.Entry{id: "+e.ID+"}")
 }
 
 // LogValue implements slog.LogValuer.
@@ -201,7 +193,7 @@ func (e Entry) LogValue() slog.Value { return slog.StringValue("entry " + e.ID) 
 
 // Format implements fmt.Formatter: a credential prints where it lives, never its value.
 func (c NodeCredential) Format(f fmt.State, _ rune) {
-	_, _ = io.WriteString(f, "fileexport.NodeCredential{node: "+c.NodeID+", name: "+c.Name+", value: "+secret.Redacted+"}")
+	_, _ = io.WriteString(f, "credfile.NodeCredential{node: "+c.NodeID+", name: "+c.Name+", value: "+secret.Redacted+"}")
 }
 
 // LogValue implements slog.LogValuer.
@@ -210,43 +202,53 @@ func (c NodeCredential) LogValue() slog.Value {
 }
 
 // Seal encrypts doc under ring's current key and returns the file's bytes and header.
-// doc.Tenant and doc.Generation go into the header.
+// doc.Tenant and doc.Generation go into the header. It encodes doc with the encoder the
+// export job uses (EncodeDocument), element by element.
 func Seal(ring *envelope.Ring, doc *Document) ([]byte, Header, error) {
-	plain, err := json.Marshal(doc)
+	entries := make([][]byte, len(doc.Entries))
+	for i, e := range doc.Entries {
+		b, err := EncodeEntry(e)
+		if err != nil {
+			return nil, Header{}, err
+		}
+		entries[i] = b
+	}
+	creds := make([][]byte, len(doc.NodeCredentials))
+	for i, c := range doc.NodeCredentials {
+		b, err := EncodeNodeCredential(c)
+		if err != nil {
+			return nil, Header{}, err
+		}
+		creds[i] = b
+	}
+	enc, err := EncodeDocument(doc.Tenant, doc.Generation, doc.ExportedAt, entries, doc.Workspace, doc.References, creds)
+	for _, b := range entries {
+		clear(b)
+	}
+	for _, b := range creds {
+		clear(b)
+	}
 	if err != nil {
 		return nil, Header{}, fmt.Errorf("encode credentials of %s: %w", doc.Tenant, err)
 	}
-	defer clear(plain)
-	return sealPlain(ring, doc.Tenant, doc.Generation, plain)
+	return enc.Seal(ring)
 }
 
-// sealPlain encrypts an encoded document of tenant at generation under ring's current key.
-func sealPlain(ring *envelope.Ring, tenant string, generation int64, plain []byte) ([]byte, Header, error) {
-	h, sealed, err := sealDocument(ring, tenant, generation, plain)
+// Seal encrypts the encoded document under ring's current key and returns the file's bytes
+// and header. The document in clear is released once sealed, before the file's bytes are
+// made: sealing holds at most two copies of a tenant's document at once (sealed, and the
+// sealed in base64), not three.
+func (d *Encoded) Seal(ring *envelope.Ring) ([]byte, Header, error) {
+	h := Header{Format: Format, Version: Version, Tenant: d.Tenant, Generation: d.Generation, Cipher: Cipher}
+	keyID, sealed, err := ring.SealWithCurrent(d.plain, h.AAD())
+	d.Release()
 	if err != nil {
-		return nil, Header{}, err
-	}
-	return fileBytes(h, sealed)
-}
-
-// sealDocument encrypts an encoded document under ring's current key and returns the
-// file's header and the sealed bytes (nonce, ciphertext, tag).
-func sealDocument(ring *envelope.Ring, tenant string, generation int64, plain []byte) (Header, []byte, error) {
-	h := Header{Format: Format, Version: Version, Tenant: tenant, Generation: generation, Cipher: Cipher}
-	keyID, sealed, err := ring.SealWithCurrent(plain, h.AAD())
-	if err != nil {
-		return Header{}, nil, fmt.Errorf("seal credentials of %s: %w", tenant, err)
+		return nil, Header{}, fmt.Errorf("seal credentials of %s: %w", h.Tenant, err)
 	}
 	h.KeyID = keyID
-	return h, sealed, nil
-}
-
-// fileBytes is the file of a sealed document.
-func fileBytes(h Header, sealed []byte) ([]byte, Header, error) {
-	tenant := h.Tenant
 	out, err := encodeFile(h, sealed)
 	if err != nil {
-		return nil, Header{}, fmt.Errorf("encode credentials file of %s: %w", tenant, err)
+		return nil, Header{}, fmt.Errorf("encode credentials file of %s: %w", h.Tenant, err)
 	}
 	return out, h, nil
 }
@@ -280,6 +282,41 @@ func ParseHeader(data []byte) (Header, error) {
 		return Header{}, err
 	}
 	return h, nil
+}
+
+// maxHeaderBytes bounds what ReadHeader reads: a header is a few hundred bytes.
+const maxHeaderBytes = 64 << 10
+
+// ReadHeader reads a file's header from r, positioned at the file's start, and stops at the
+// ciphertext, which every file Seal writes puts after the header: the runtimes' route
+// serves files of megabytes from an open descriptor and reads only this much of them. A
+// file whose header fields do not all come before the ciphertext is ErrNotCredentialsFile.
+func ReadHeader(r io.Reader) (Header, error) {
+	dec := json.NewDecoder(io.LimitReader(r, maxHeaderBytes))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return Header{}, fmt.Errorf("%w: not a JSON object", ErrNotCredentialsFile)
+	}
+	fields := map[string]json.RawMessage{}
+	for dec.More() {
+		tok, err := dec.Token()
+		key, ok := tok.(string)
+		if err != nil || !ok {
+			return Header{}, fmt.Errorf("%w: not valid JSON", ErrNotCredentialsFile)
+		}
+		if key == "ciphertext" {
+			break
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return Header{}, fmt.Errorf("%w: not valid JSON", ErrNotCredentialsFile)
+		}
+		fields[key] = v
+	}
+	b, err := json.Marshal(fields)
+	if err != nil {
+		return Header{}, fmt.Errorf("%w: not valid JSON", ErrNotCredentialsFile)
+	}
+	return ParseHeader(b)
 }
 
 func parseFile(data []byte) (file, error) {
