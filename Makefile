@@ -50,6 +50,7 @@ bench:
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzInspect -fuzztime 30s -fuzzminimizetime 2s ./internal/material
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 30s -fuzzminimizetime 2s ./internal/material
+	$(GO) test -run '^$$' -fuzz FuzzPBES2Params -fuzztime 30s -fuzzminimizetime 2s ./internal/material
 	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime 30s -fuzzminimizetime 2s ./internal/envelope
 
 clean:

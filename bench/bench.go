@@ -159,7 +159,7 @@ func (b *bench) setup(ctx context.Context) error {
 	b.progress("server up at %s in %s (pid %d)", b.srv.base, since(t0), b.srv.pid())
 
 	b.tokens = map[string]string{}
-	roles := []string{tenantMain + "/viewer", tenantMain + "/editor", tenantPost + "/editor",
+	roles := []string{tenantMain + "/viewer", tenantMain + "/editor", tenantPost + "/editor", tenantKDF + "/editor",
 		tenantSync + "/editor", tenantEdge + "/editor", tenantRefs + "/editor", tenantDeploy + "/editor"}
 	for run := 1; run <= runs; run++ {
 		roles = append(roles, postTenant(run)+"/editor")
@@ -247,6 +247,7 @@ func (b *bench) runAll(ctx context.Context) {
 		name string
 		fn   func(context.Context) error
 	}{
+		{"KDF flood", b.scenarioKDFFlood},
 		{"largest workspace", b.scenarioBigWorkspace},
 		{"credentials slow readers", b.scenarioSlowReaders},
 		{"credentials long polls", b.scenarioLongPolls},

@@ -39,9 +39,9 @@ func largestWorkspace() []byte {
 // scenarioBigWorkspace: deploy the largest accepted workspace, then have several viewers
 // read it at once, and report the server's peak resident memory while they do.
 //
-// It runs first and in the first run only: what the server holds resident after the other
-// scenarios (Go returns freed memory to the kernel lazily) would be counted as this
-// scenario's peak.
+// It runs in the first run only and before everything but the KDF flood (which has the
+// same need): what the server holds resident after the other scenarios (Go returns freed
+// memory to the kernel lazily) would be counted as this scenario's peak.
 func (b *bench) scenarioBigWorkspace(ctx context.Context) error {
 	if b.run > 1 {
 		return nil

@@ -17,6 +17,7 @@ import (
 	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/config"
 	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/kdf"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/resolver"
@@ -28,7 +29,9 @@ type services struct {
 	ring     *envelope.Ring
 	verifier *auth.Verifier
 	roots    material.Roots
-	catalog  *catalog.Service
+	// kdf admits every key derivation the server runs for a request or a scrape.
+	kdf     *kdf.Budget
+	catalog *catalog.Service
 	// chainer chains the audit records of this process's writes.
 	chainer *audit.Chainer
 	// workspace deploys the tenants' flows and resolves their TLS.
@@ -54,16 +57,17 @@ func loadServices(cfg config.Config, logger *slog.Logger) (*services, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load master key: %w", err)
 	}
-	return &services{ring: ring, verifier: verifier, roots: roots}, nil
+	budget := kdf.New(kdf.Config{Memory: int64(cfg.KDFMemoryMiB) << 20, Slots: cfg.KDFConcurrency, Queue: cfg.KDFQueue})
+	return &services{ring: ring, verifier: verifier, roots: roots, kdf: budget}, nil
 }
 
 // connect builds the database-backed services over pool.
 func (s *services) connect(pool *pgxpool.Pool, logger *slog.Logger) {
 	cache := &catalog.Cache{} // serves once the export loop's listener is up
 	s.chainer = &audit.Chainer{Pool: pool, Logger: logger}
-	s.catalog = &catalog.Service{Pool: pool, Ring: s.ring, Roots: s.roots, Logger: logger, Cache: cache, Chainer: s.chainer}
-	s.workspace = &workspace.Service{Pool: pool, Ring: s.ring, Roots: s.roots, Logger: logger,
-		Resolver: &resolver.Resolver{Entries: s.catalog.Entries(), Roots: s.catalog.Roots, Logger: logger},
+	s.catalog = &catalog.Service{Pool: pool, Ring: s.ring, Roots: s.roots, KDF: s.kdf, Logger: logger, Cache: cache, Chainer: s.chainer}
+	s.workspace = &workspace.Service{Pool: pool, Ring: s.ring, Roots: s.roots, KDF: s.kdf, Logger: logger,
+		Resolver: &resolver.Resolver{Entries: s.catalog.Entries(), Roots: s.catalog.Roots, KDF: s.kdf, Logger: logger},
 		Changed:  func(tenant string) { cache.Changed(tenant); s.chainer.Kick(tenant) }}
 }
 

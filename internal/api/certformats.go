@@ -147,7 +147,7 @@ func negotiateCertificate(accept string) string {
 }
 
 func registerCertificateExport(api huma.API, s *Server, tags []string) {
-	huma.Register(api, secured(huma.Operation{
+	huma.Register(api, secured(derives(huma.Operation{
 		OperationID: "getCertCertificate", Method: http.MethodGet, Path: certsPath + "/{id}/certificate", Tags: tags,
 		Summary: "Download an entry's public certificate chain",
 		Description: "The certificates only, never the key: to hand the chain to a peer. " +
@@ -159,7 +159,7 @@ func registerCertificateExport(api huma.API, s *Server, tags []string) {
 			pemChainType: {Schema: &huma.Schema{Type: "string"}},
 			derCertType:  {Schema: &huma.Schema{Type: "string", Format: "binary"}},
 		}}},
-	}, auth.Editor), func(ctx context.Context, in *struct {
+	}), auth.Editor), func(ctx context.Context, in *struct {
 		CertIDParam
 		Accept string `header:"Accept" maxLength:"1024" doc:"application/pem-certificate-chain (default) or application/pkix-cert"`
 	}) (*CertificateOutput, error) {

@@ -313,13 +313,13 @@ func registerCerts(api huma.API, s *Server) {
 		return out, nil
 	})
 
-	huma.Register(api, secured(huma.Operation{
+	huma.Register(api, secured(derives(huma.Operation{
 		OperationID: "createCert", Method: http.MethodPost, Path: certsPath, Tags: tags,
 		Summary:       "Create an entry",
 		Description:   "Validates the material, derives its metadata and stores it (inline PEM encrypted at rest). Expired or not-yet-valid certificates are saved with a warning.",
 		DefaultStatus: http.StatusCreated,
 		Errors:        []int{http.StatusBadRequest, http.StatusConflict, http.StatusRequestEntityTooLarge, http.StatusUnprocessableEntity},
-	}, auth.Editor), func(ctx context.Context, in *struct{ Body CertBody }) (*CertSavedOutput, error) {
+	}), auth.Editor), func(ctx context.Context, in *struct{ Body CertBody }) (*CertSavedOutput, error) {
 		input := in.Body.input()
 		if err := in.Body.apply(&input); err != nil {
 			return nil, err
@@ -331,7 +331,7 @@ func registerCerts(api huma.API, s *Server) {
 		return s.saved(res), nil
 	})
 
-	huma.Register(api, secured(huma.Operation{
+	huma.Register(api, secured(derives(huma.Operation{
 		OperationID: "updateCert", Method: http.MethodPut, Path: certsPath + "/{id}", Tags: tags,
 		Summary: "Update an entry (or create it)",
 		Description: "Replaces the fields given; omitted fields and omitted material keep their stored values, new material re-derives the metadata. " +
@@ -339,7 +339,7 @@ func registerCerts(api huma.API, s *Server) {
 			"Send If-Match with the ETag to refuse a lost update (412); If-Match: * updates only an entry that exists, " +
 			"If-None-Match: * creates only an entry that does not (412 otherwise).",
 		Errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusPreconditionFailed, http.StatusRequestEntityTooLarge, http.StatusUnprocessableEntity},
-	}, auth.Editor), func(ctx context.Context, in *struct {
+	}), auth.Editor), func(ctx context.Context, in *struct {
 		CertIDParam
 		IfMatch     string `header:"If-Match" maxLength:"1024" doc:"ETag of the version being replaced, or * for any version of an existing entry"`
 		IfNoneMatch string `header:"If-None-Match" maxLength:"1024" doc:"* to create only: 412 when the entry exists"`
@@ -387,12 +387,12 @@ func registerCerts(api huma.API, s *Server) {
 		return nil, nil
 	})
 
-	huma.Register(api, secured(huma.Operation{
+	huma.Register(api, secured(derives(huma.Operation{
 		OperationID: "validateCert", Method: http.MethodPost, Path: certsPath + "/validate", Tags: tags,
 		Summary:     "Validate an entry without saving it",
 		Description: "Parses exactly as create would and returns the derived metadata, warnings and errors. Never persists anything.",
 		Errors:      []int{http.StatusBadRequest, http.StatusRequestEntityTooLarge, http.StatusUnprocessableEntity},
-	}, auth.Editor), func(ctx context.Context, in *struct{ Body ValidateBody }) (*ValidateOutput, error) {
+	}), auth.Editor), func(ctx context.Context, in *struct{ Body ValidateBody }) (*ValidateOutput, error) {
 		v := in.Body
 		// A probe of material alone: the entry's ID is not being asked about, so a
 		// well-formed stand-in takes its place (validation reads no stored entry by it).

@@ -37,8 +37,9 @@ func defineTags(o *huma.OpenAPI, op *huma.Operation) {
 
 // declareCommon documents the answers every operation of a kind can give, whoever
 // registered it: 415 where there is a request body (Huma refuses another media type); the
-// rate limit's headers, 429 and 503 (no database, or authentication not configured) where
-// a token is required; 201 beside a 200 that carries Location, since such an operation
+// rate limit's headers, 429 and 503 (no database, or authentication not configured, or,
+// with Retry-After, a full key derivation budget where the operation derives) where a
+// token is required; 201 beside a 200 that carries Location, since such an operation
 // (CertSavedOutput) answers 201 when it created the entry. It runs after every route is
 // registered.
 func declareCommon(api huma.API) {
@@ -52,6 +53,9 @@ func declareCommon(api huma.API) {
 			}
 			if len(op.Security) > 0 {
 				declareRateLimit(api, op)
+				if op.Metadata[metaDerives] == true {
+					declareError(api, op, http.StatusServiceUnavailable, busyHeaders())
+				}
 				declareError(api, op, http.StatusServiceUnavailable, nil)
 			}
 			declareCreated(op)

@@ -3,12 +3,16 @@ package api
 import (
 	"context"
 	"errors"
+	"math"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/danielgtaylor/huma/v2"
 
 	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/kdf"
 	"github.com/loopze/certstore/internal/repo"
 )
 
@@ -119,7 +123,9 @@ func (s *Server) mapError(ctx context.Context, err error) error {
 		return newError(http.StatusUnprocessableEntity, "a value in the request cannot be stored (for example a NUL character)")
 	case errors.Is(err, repo.ErrVersionMismatch):
 		return newError(http.StatusPreconditionFailed, "the entry has changed since the ETag given in If-Match; GET it again")
-	case errors.Is(err, context.Canceled):
+	case errors.Is(err, kdf.ErrBusy):
+		return busyError(err)
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return newError(http.StatusServiceUnavailable, "request cancelled")
 	case db.Unavailable(err):
 		// A failover, a restart or a pooler without a server: nothing the request did
@@ -132,4 +138,39 @@ func (s *Server) mapError(ctx context.Context, err error) error {
 	b := newError(http.StatusInternalServerError, "internal error; see the server log for request "+id)
 	b.RequestID = id
 	return b
+}
+
+// busyError answers a request refused by the key derivation budget: 503 with Retry-After,
+// the whole seconds the budget suggests. Nothing was judged or saved; the same request
+// later may succeed.
+func busyError(err error) error {
+	retry := time.Second
+	var be *kdf.BusyError
+	if errors.As(err, &be) {
+		retry = be.RetryAfter
+	}
+	secs := max(1, int(math.Ceil(retry.Seconds())))
+	return huma.ErrorWithHeaders(
+		newError(http.StatusServiceUnavailable, "the server is busy deriving keys from passphrases; retry after the seconds in Retry-After"),
+		http.Header{"Retry-After": {strconv.Itoa(secs)}})
+}
+
+// metaDerives marks an operation whose material may need key derivation (an encrypted key,
+// a PKCS#12): it can be refused by the server's derivation budget with 503 and Retry-After.
+const metaDerives = "derives"
+
+// derives marks op with metaDerives.
+func derives(op huma.Operation) huma.Operation {
+	if op.Metadata == nil {
+		op.Metadata = map[string]any{}
+	}
+	op.Metadata[metaDerives] = true
+	return op
+}
+
+// busyHeaders are the headers documented on the 503 of an operation that derives keys.
+func busyHeaders() map[string]*huma.Param {
+	return map[string]*huma.Param{"Retry-After": {
+		Description: "With a full key derivation budget: seconds after which the request is likely to be admitted",
+		Schema:      &huma.Schema{Type: huma.TypeInteger, Format: "int32", Minimum: ptr(1.0), Maximum: ptr(86400.0)}}}
 }

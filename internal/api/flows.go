@@ -215,14 +215,14 @@ func registerFlows(api huma.API, s *Server) {
 		op.RequestBody.Content["application/json"].Schema = wsSchema
 	}
 
-	huma.Register(api, secured(huma.Operation{
+	huma.Register(api, secured(derives(huma.Operation{
 		OperationID: "getNodeTLS", Method: http.MethodGet, Path: flowsPath + "/{flowId}/nodes/{nodeId}/tls", Tags: tags,
 		Summary: "What a node's TLS resolves to now",
 		Description: "Resolves the saved node's tls block (an opcua-server node's certRef counts as its clientCert part) the way a connection init would, now: " +
 			"files are read afresh, so a rotation on disk shows at once. Per part: origin (ref, file, inline), ref or paths, the leaf's fingerprint, subject and notAfter, " +
 			"warnings, and an error when the part would fail a connection; for a node with a clientCert and a caBundle, whether the client pair chains to that bundle (clientChain). Never PEM.",
 		Errors: []int{http.StatusNotFound},
-	}, auth.Viewer), func(ctx context.Context, in *struct {
+	}), auth.Viewer), func(ctx context.Context, in *struct {
 		FlowID string `path:"flowId" maxLength:"200" example:"ingest-line-1"`
 		NodeID string `path:"nodeId" maxLength:"200" example:"tcp-out-3"`
 	}) (*NodeTLSOutput, error) {

@@ -431,6 +431,8 @@ func TestBadMaterialInputs(t *testing.T) {
 		{"unknown cipher", base(obj{"certPem": certPEM, "keyPem": string(readFile(t, pki.path("camellia.enc"))), "keyPassphrase": opensslPass}), "body.keyPem", "is not supported"},
 		{"unknown scheme", base(obj{"certPem": certPEM, "keyPem": string(readFile(t, pki.path("v1.enc"))), "keyPassphrase": opensslPass}), "body.keyPem", "is not supported"},
 		{"scrypt bomb", base(obj{"certPem": certPEM, "keyPem": string(scryptBomb), "keyPassphrase": opensslPass}), "body.keyPem", "MiB limit"},
+		// N=2 keeps the table at 32 MiB while p=16 blocks of r=131072 would take 256 MiB more.
+		{"scrypt bomb: blocks", base(obj{"certPem": certPEM, "keyPem": string(materialtest.ScryptParamsPEM(t, 2, 131072, 16)), "keyPassphrase": opensslPass}), "body.keyPem", "r=131072 is over the limit of 32"},
 		{"certDer not base64", base(obj{"certDer": "%%%", "keyPem": keyPEM}), "body.certDer", "is not base64"},
 		{"certDer holding PEM", base(obj{"certDer": b64([]byte(certPEM)), "keyPem": keyPEM}), "body.certDer", "holds PEM text"},
 		{"certDer holding a PKCS#12", base(obj{"certDer": b64(p12), "keyPem": keyPEM}), "body.certDer", "holds a PKCS#12"},

@@ -201,14 +201,14 @@ func registerHistory(api huma.API, s *Server) {
 		return &VersionOutput{Body: toVersion(v)}, nil
 	})
 
-	huma.Register(api, secured(huma.Operation{
+	huma.Register(api, secured(derives(huma.Operation{
 		OperationID: "restoreCertVersion", Method: http.MethodPost, Path: certsPath + "/{id}/versions/{version}/restore", Tags: tags,
 		Summary: "Restore a version of an entry",
 		Description: "Makes a new version whose fields and material are those of the given one; the references to the entry are untouched, " +
 			"so a type change is refused with 409 while the entry is referenced. A deleted entry is recreated (201). " +
 			"File-sourced material is read from the version's paths again. Send If-Match with the entry's ETag to refuse a lost update (412).",
 		Errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusPreconditionFailed, http.StatusUnprocessableEntity},
-	}, auth.Editor), func(ctx context.Context, in *struct {
+	}), auth.Editor), func(ctx context.Context, in *struct {
 		VersionParam
 		IfMatch string `header:"If-Match" maxLength:"1024" doc:"ETag of the entry version being replaced"`
 	}) (*CertSavedOutput, error) {

@@ -28,6 +28,7 @@ import (
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/kdf"
 	"github.com/loopze/certstore/internal/logging"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/resolver"
@@ -65,6 +66,8 @@ type Options struct {
 	// ExportLoop runs the export job (LISTEN/NOTIFY and reconcile) as serve does, so
 	// every change reaches DataDir's credentials.json files.
 	ExportLoop bool
+	// KDF is the key derivation budget; nil is one sized as serve's defaults size it.
+	KDF material.Budget
 	// Credentials, when set, adjusts the credentials route (its poll caps, its hooks)
 	// before the server starts.
 	Credentials func(*api.Credentials)
@@ -112,9 +115,13 @@ func New(t testing.TB, opts ...Options) *Env {
 	verifier, err := auth.NewVerifier(auth.Config{HMACSecret: secret})
 	require.NoError(t, err)
 	roots := material.ParseRoots(o.FileRoots)
-	cat := &catalog.Service{Pool: pool, Ring: ring, Roots: roots, Logger: logger}
-	ws := &workspace.Service{Pool: pool, Ring: ring, Roots: roots, Logger: logger,
-		Resolver: &resolver.Resolver{Entries: cat.Entries(), Roots: cat.Roots, Logger: logger}}
+	budget := o.KDF
+	if budget == nil {
+		budget = kdf.New(kdf.Config{})
+	}
+	cat := &catalog.Service{Pool: pool, Ring: ring, Roots: roots, KDF: budget, Logger: logger}
+	ws := &workspace.Service{Pool: pool, Ring: ring, Roots: roots, KDF: budget, Logger: logger,
+		Resolver: &resolver.Resolver{Entries: cat.Entries(), Roots: cat.Roots, KDF: budget, Logger: logger}}
 	creds := &api.Credentials{DataDir: dataDir}
 	if o.Credentials != nil {
 		o.Credentials(creds)

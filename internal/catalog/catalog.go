@@ -86,9 +86,12 @@ const MaxConflictReferences = 1000
 
 // Service is the catalogue.
 type Service struct {
-	Pool   *pgxpool.Pool
-	Ring   *envelope.Ring
-	Roots  material.Roots
+	Pool  *pgxpool.Pool
+	Ring  *envelope.Ring
+	Roots material.Roots
+	// KDF admits the key derivations of encrypted keys and PKCS#12 files (the server's
+	// kdf.Budget), charged to the entry's tenant; nil derives at once.
+	KDF    material.Budget
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -231,8 +234,10 @@ type prepared struct {
 
 // prepare validates a complete entry and derives its metadata. The encoded material is
 // used for inline entries, the paths for file entries. Inline material comes out
-// normalised (certificates leaf first, the key unencrypted) in certPEM and keyPEM.
-func (s *Service) prepare(tenant, id, name, typ, source, notes string, enc material.Encoded, paths material.Paths) (*prepared, error) {
+// normalised (certificates leaf first, the key unencrypted) in certPEM and keyPEM. Key
+// derivations run under s.KDF and ctx; an error wrapping material.ErrNotAdmitted means
+// they could not run now (nothing was judged), any other is a *ValidationError.
+func (s *Service) prepare(ctx context.Context, tenant, id, name, typ, source, notes string, enc material.Encoded, paths material.Paths) (*prepared, error) {
 	issues := checkFields(id, name, typ, source, notes)
 	kind := material.Kind(typ)
 	var (
@@ -250,7 +255,10 @@ func (s *Service) prepare(tenant, id, name, typ, source, notes string, enc mater
 				add(x.field, "is for source file; an inline entry carries certPem/keyPem, certDer/keyDer or pkcs12")
 			}
 		}
-		mm, n, e := material.Decode(kind, enc, material.InlineFields, s.now())
+		mm, n, e, err := material.Decode(ctx, kind, enc, material.InlineFields, s.now(), material.KDF{Budget: s.KDF, Tenant: tenant})
+		if err != nil {
+			return nil, fmt.Errorf("validate entry %s: %w", id, err)
+		}
 		m, norm, errs = mm, n, append(errs, e...)
 	default:
 		for _, x := range []struct {
@@ -265,7 +273,10 @@ func (s *Service) prepare(tenant, id, name, typ, source, notes string, enc mater
 		if enc.Passphrase != "" || enc.KeyPassphrase != "" {
 			add("passphraseFile", "a file entry reads its passphrase from passphraseFile; passphrase and keyPassphrase are for inline material")
 		}
-		mm, e := s.Roots.LoadFilesWith(kind, tenant, paths, material.PathFields, s.now())
+		mm, e, err := s.Roots.LoadFilesWith(ctx, kind, tenant, paths, material.PathFields, s.now(), s.KDF)
+		if err != nil {
+			return nil, fmt.Errorf("validate entry %s: %w", id, err)
+		}
 		m, errs = mm, append(errs, e...)
 	}
 	issues = append(issues, errs...)
@@ -349,14 +360,18 @@ func (r resolverEntries) Open(e *resolver.Entry) (cert, key secret.PEM, err erro
 	return r.s.Open(row)
 }
 
-// Validate parses an entry exactly as Create would and persists nothing.
-func (s *Service) Validate(tenant string, in Input) (*material.Metadata, []material.Issue, []material.Issue) {
-	p, err := s.prepare(tenant, in.ID, str(in.Name), str(in.Type), str(in.Source), str(in.Notes), in.encoded(), in.paths())
+// Validate parses an entry exactly as Create would and persists nothing. err is for
+// material that could not be judged now (material.ErrNotAdmitted).
+func (s *Service) Validate(ctx context.Context, tenant string, in Input) (meta *material.Metadata, warnings, errs []material.Issue, err error) {
+	p, err := s.prepare(ctx, tenant, in.ID, str(in.Name), str(in.Type), str(in.Source), str(in.Notes), in.encoded(), in.paths())
 	var ve *ValidationError
 	if errors.As(err, &ve) {
-		return nil, nil, ve.Issues
+		return nil, nil, ve.Issues, nil
 	}
-	return &p.material.Metadata, p.warnings, nil
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return &p.material.Metadata, p.warnings, nil, nil
 }
 
 // Preview is what a validation derives: the metadata, warnings and verification, or the
@@ -368,13 +383,17 @@ type Preview struct {
 	Verification *Verification
 }
 
-// ValidateWith is Validate with in.VerifyWith honoured; it reads the named bundle, hence
-// the context. Errors are for failures of the lookup itself.
+// ValidateWith is Validate with in.VerifyWith honoured; it reads the named bundle. Errors
+// are for failures of the lookup itself and for material not judged now
+// (material.ErrNotAdmitted).
 func (s *Service) ValidateWith(ctx context.Context, tenant string, in Input) (*Preview, error) {
-	p, err := s.prepare(tenant, in.ID, str(in.Name), str(in.Type), str(in.Source), str(in.Notes), in.encoded(), in.paths())
+	p, err := s.prepare(ctx, tenant, in.ID, str(in.Name), str(in.Type), str(in.Source), str(in.Notes), in.encoded(), in.paths())
 	var ve *ValidationError
 	if errors.As(err, &ve) {
 		return &Preview{Errors: ve.Issues}, nil
+	}
+	if err != nil {
+		return nil, err
 	}
 	v, err := s.verify(ctx, tenant, p, in.VerifyWith)
 	if err != nil {
@@ -389,7 +408,7 @@ func (s *Service) ValidateWith(ctx context.Context, tenant string, in Input) (*P
 
 // Create validates, seals and stores a new entry.
 func (s *Service) Create(ctx context.Context, tenant string, in Input) (*Result, error) {
-	p, err := s.prepare(tenant, in.ID, str(in.Name), str(in.Type), str(in.Source), str(in.Notes), in.encoded(), in.paths())
+	p, err := s.prepare(ctx, tenant, in.ID, str(in.Name), str(in.Type), str(in.Source), str(in.Notes), in.encoded(), in.paths())
 	if err != nil {
 		return nil, err
 	}

@@ -239,7 +239,7 @@ func (s *Service) Restore(ctx context.Context, tenant, id string, version int64,
 		if v.Source == SourceFile && cur != nil && cur.Source == SourceFile {
 			paths.Passphrase = cur.PassphrasePath
 		}
-		p, err := s.prepare(tenant, id, v.Name, string(v.Type), v.Source, v.Notes,
+		p, err := s.prepare(ctx, tenant, id, v.Name, string(v.Type), v.Source, v.Notes,
 			material.Encoded{CertPEM: cert, KeyPEM: key}, paths)
 		if err != nil {
 			return err

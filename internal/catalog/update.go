@@ -69,7 +69,7 @@ func (s *Service) put(ctx context.Context, tenant string, in Input, pre Precondi
 }
 
 func (s *Service) createIn(ctx context.Context, tx pgx.Tx, tenant string, in Input) (*Result, error) {
-	p, err := s.prepare(tenant, in.ID, str(in.Name), str(in.Type), str(in.Source), str(in.Notes), in.encoded(), in.paths())
+	p, err := s.prepare(ctx, tenant, in.ID, str(in.Name), str(in.Type), str(in.Source), str(in.Notes), in.encoded(), in.paths())
 	if err != nil {
 		return nil, err
 	}
@@ -161,7 +161,7 @@ func (s *Service) updateIn(ctx context.Context, tx pgx.Tx, tenant string, cur *r
 		paths.Key = ""
 	}
 
-	p, err := s.prepare(tenant, cur.ID, name, typ, source, notes, enc, paths)
+	p, err := s.prepare(ctx, tenant, cur.ID, name, typ, source, notes, enc, paths)
 	if err != nil {
 		return nil, err
 	}

@@ -16,8 +16,9 @@ var ErrMaterialUnavailable = errors.New("entry material is not available")
 
 // Material loads the current material of entry id of tenant: inline material opened and
 // parsed, file material read afresh. ErrNotFound when there is no such entry; an error
-// wrapping ErrMaterialUnavailable when the material cannot be loaded now. The material
-// holds the private key of a pair: callers use what they need and drop it.
+// wrapping ErrMaterialUnavailable when the material cannot be loaded now, or
+// material.ErrNotAdmitted when its key derivations could not run now. The material holds
+// the private key of a pair: callers use what they need and drop it.
 func (s *Service) Material(ctx context.Context, tenant, id string) (*repo.Entry, *material.Material, error) {
 	list, err := repo.LookupEntries(ctx, s.Pool, tenant, []string{id})
 	if err != nil {
@@ -27,18 +28,22 @@ func (s *Service) Material(ctx context.Context, tenant, id string) (*repo.Entry,
 		return nil, nil, fmt.Errorf("load entry %s: %w", id, repo.ErrNotFound)
 	}
 	e := list[0]
-	m, err := s.entryMaterial(e)
+	m, err := s.entryMaterial(ctx, e)
 	return e, m, err
 }
 
-func (s *Service) entryMaterial(e *repo.Entry) (*material.Material, error) {
+func (s *Service) entryMaterial(ctx context.Context, e *repo.Entry) (*material.Material, error) {
 	var (
 		m      *material.Material
 		issues []material.Issue
 	)
 	if e.Source == SourceFile {
-		m, issues = s.Roots.LoadFilesWith(e.Type, e.TenantID,
-			material.Paths{Cert: e.CertPath, Key: e.KeyPath, Passphrase: e.PassphrasePath}, material.PathFields, s.now())
+		var err error
+		m, issues, err = s.Roots.LoadFilesWith(ctx, e.Type, e.TenantID,
+			material.Paths{Cert: e.CertPath, Key: e.KeyPath, Passphrase: e.PassphrasePath}, material.PathFields, s.now(), s.KDF)
+		if err != nil {
+			return nil, fmt.Errorf("load entry %s: %w", e.ID, err)
+		}
 	} else {
 		cert, key, err := s.Open(e)
 		if err != nil {

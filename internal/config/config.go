@@ -73,6 +73,11 @@ type Config struct {
 	// PollLimitTenant and PollLimitSubject cap the long polls of GET /api/v1/credentials
 	// waiting at once, per tenant and per token subject within it; 0 turns a cap off.
 	PollLimitTenant, PollLimitSubject int
+	// KDFMemoryMiB is the memory the key derivations running at once may need together
+	// (LOOPZE_KDF_MEMORY_MIB); KDFConcurrency how many run at once, 0 for one per
+	// processor (LOOPZE_KDF_CONCURRENCY); KDFQueue how many requests may wait for one
+	// (LOOPZE_KDF_QUEUE).
+	KDFMemoryMiB, KDFConcurrency, KDFQueue int
 }
 
 // Environment variable names, listed once so flags, docs and errors agree.
@@ -104,6 +109,9 @@ const (
 
 	EnvPollLimitTenant  = "LOOPZE_POLL_LIMIT_TENANT"
 	EnvPollLimitSubject = "LOOPZE_POLL_LIMIT_SUBJECT"
+	EnvKDFMemory        = "LOOPZE_KDF_MEMORY_MIB"
+	EnvKDFConcurrency   = "LOOPZE_KDF_CONCURRENCY"
+	EnvKDFQueue         = "LOOPZE_KDF_QUEUE"
 )
 
 // Defaults.
@@ -129,6 +137,14 @@ const (
 	// bounds what all its runtimes together hold (a goroutine and a connection each).
 	DefaultPollLimitTenant  = 1000
 	DefaultPollLimitSubject = 8
+	// The key derivation budget: 64 MiB fits one derivation at the largest parameters
+	// accepted (32 MiB) beside smaller ones, within the serve default GOMEMLIMIT=128MiB
+	// and a 256 MiB resident ceiling; a queue of 8 is a few seconds of work.
+	DefaultKDFMemoryMiB = 64
+	DefaultKDFQueue     = 8
+	// MinKDFMemoryMiB is the largest single derivation accepted, rounded up: a smaller
+	// budget could never admit it.
+	MinKDFMemoryMiB = 33
 )
 
 // FromEnv reads the configuration from getenv (os.Getenv in main, a map in tests).
@@ -161,6 +177,10 @@ func FromEnv(getenv func(string) string) Config {
 
 		PollLimitTenant:  count(getenv(EnvPollLimitTenant), DefaultPollLimitTenant),
 		PollLimitSubject: count(getenv(EnvPollLimitSubject), DefaultPollLimitSubject),
+
+		KDFMemoryMiB:   count(getenv(EnvKDFMemory), DefaultKDFMemoryMiB),
+		KDFConcurrency: count(getenv(EnvKDFConcurrency), 0),
+		KDFQueue:       count(getenv(EnvKDFQueue), DefaultKDFQueue),
 	}
 }
 
@@ -238,6 +258,12 @@ func (c *Config) registerRateLimitFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.PollLimitSubject, "poll-limit-subject", c.PollLimitSubject, "long polls of the credentials route one token subject may have waiting; 0 turns the cap off ("+EnvPollLimitSubject+")")
 }
 
+func (c *Config) registerKDFFlags(fs *flag.FlagSet) {
+	fs.IntVar(&c.KDFMemoryMiB, "kdf-memory-mib", c.KDFMemoryMiB, "MiB the key derivations running at once may need together ("+EnvKDFMemory+")")
+	fs.IntVar(&c.KDFConcurrency, "kdf-concurrency", c.KDFConcurrency, "key derivations that run at once; 0 is one per processor ("+EnvKDFConcurrency+")")
+	fs.IntVar(&c.KDFQueue, "kdf-queue", c.KDFQueue, "requests that may wait for a key derivation; more are answered 503 ("+EnvKDFQueue+")")
+}
+
 // RegisterFlags adds flags mirroring the environment to fs, with c's values as defaults, so
 // a flag overrides the variable and the variable overrides the built-in default.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
@@ -262,6 +288,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	})
 	fs.BoolVar(&c.SecureCookies, "secure-cookies", c.SecureCookies, "mark the session cookie Secure behind a TLS-terminating proxy ("+EnvSecureCookies+")")
 	c.registerRateLimitFlags(fs)
+	c.registerKDFFlags(fs)
 }
 
 // RegisterFlagsOf adds only the named flags of RegisterFlags to fs, for a subcommand that
@@ -346,6 +373,15 @@ func (c *Config) Validate() error {
 		if p.n < 0 {
 			errs = append(errs, fmt.Errorf("%s: want a whole number of polls, 0 or more", p.name))
 		}
+	}
+	if c.KDFMemoryMiB < MinKDFMemoryMiB || c.KDFMemoryMiB > 1<<20 {
+		errs = append(errs, fmt.Errorf("%s: want a whole number of MiB from %d (the largest key derivation accepted) to 1048576", EnvKDFMemory, MinKDFMemoryMiB))
+	}
+	if c.KDFConcurrency < 0 || c.KDFConcurrency > 1024 {
+		errs = append(errs, fmt.Errorf("%s: want a whole number from 0 (one per processor) to 1024", EnvKDFConcurrency))
+	}
+	if c.KDFQueue < 1 || c.KDFQueue > 1<<16 {
+		errs = append(errs, fmt.Errorf("%s: want a whole number from 1 to 65536", EnvKDFQueue))
 	}
 	return errors.Join(errs...)
 }

@@ -28,6 +28,7 @@ func TestDefaultsWorkOnALaptop(t *testing.T) {
 	require.NoError(t, off.Validate())
 	require.Equal(t, 0, off.PollLimitTenant, "0 turns the cap off")
 	require.Equal(t, 3, off.PollLimitSubject)
+	require.Equal(t, []int{64, 0, 8}, []int{c.KDFMemoryMiB, c.KDFConcurrency, c.KDFQueue})
 }
 
 func TestFromEnv(t *testing.T) {
@@ -61,6 +62,10 @@ func TestValidate(t *testing.T) {
 		"bad listen url":    {"LOOPZE_DATABASE_URL": "postgres://u:p@h/db", "LOOPZE_LISTEN_DATABASE_URL": "postgres://u:p@h1:port,h2/db"},
 		"poll limit words":  {"LOOPZE_POLL_LIMIT_TENANT": "many"},
 		"negative polls":    {"LOOPZE_POLL_LIMIT_SUBJECT": "-2"},
+		"kdf memory":        {"LOOPZE_KDF_MEMORY_MIB": "16"},
+		"kdf memory text":   {"LOOPZE_KDF_MEMORY_MIB": "64MiB"},
+		"kdf concurrency":   {"LOOPZE_KDF_CONCURRENCY": "-2"},
+		"kdf queue":         {"LOOPZE_KDF_QUEUE": "0"},
 	} {
 		c := config.FromEnv(env(m))
 		if name == "empty data dir" {
@@ -136,6 +141,7 @@ func TestEveryVariableButTheSecretsHasAFlag(t *testing.T) {
 		config.EnvRateLimitTenant: "rate-limit-tenant", config.EnvRateLimitTenantBurst: "rate-limit-tenant-burst",
 		config.EnvRateLimitSubject: "rate-limit-subject", config.EnvRateLimitSubjectBurst: "rate-limit-subject-burst",
 		config.EnvPollLimitTenant: "poll-limit-tenant", config.EnvPollLimitSubject: "poll-limit-subject",
+		config.EnvKDFMemory: "kdf-memory-mib", config.EnvKDFConcurrency: "kdf-concurrency", config.EnvKDFQueue: "kdf-queue",
 	}, byVariable, "every variable but LOOPZE_JWT_SECRET and LOOPZE_METRICS_TOKEN")
 
 	require.NoError(t, fs.Parse([]string{"--allowed-origins", "https://a.example, https://b.example", "--log-level", "debug"}))

@@ -293,8 +293,11 @@ func (d *Doctor) checkRows(ctx context.Context, ring *envelope.Ring, tenant stri
 		subject := tenant + "/" + e.ID
 		notAfter := e.Meta.NotAfter
 		if e.Source == "file" {
-			m, issues := d.Roots.LoadFilesWith(e.Type, tenant, material.Paths{Cert: e.CertPath, Key: e.KeyPath, Passphrase: e.PassphrasePath}, material.PathFields, now)
-			if len(issues) > 0 {
+			// The doctor runs alone, from the command line: no budget to share.
+			m, issues, err := d.Roots.LoadFilesWith(ctx, e.Type, tenant, material.Paths{Cert: e.CertPath, Key: e.KeyPath, Passphrase: e.PassphrasePath}, material.PathFields, now, nil)
+			if err != nil {
+				d.add("file-material", Fail, subject, "not read: %v", err)
+			} else if len(issues) > 0 {
 				d.add("file-material", Fail, subject, "%s", issues[0])
 			} else {
 				d.add("file-material", OK, subject, "readable: %s", e.CertPath)

@@ -119,7 +119,7 @@ func (im *Importer) Import(ctx context.Context, data []byte, o ImportOptions) (I
 	}
 	res.FileGeneration = h.Generation
 
-	entries, warnings, err := im.prepareEntries(o.Tenant, doc)
+	entries, warnings, err := im.prepareEntries(ctx, o.Tenant, doc)
 	if err != nil {
 		return res, err
 	}
@@ -193,7 +193,7 @@ func (im *Importer) Import(ctx context.Context, data []byte, o ImportOptions) (I
 
 // prepareEntries turns the document's entries into rows for tenant: metadata re-derived,
 // inline material sealed under the current key.
-func (im *Importer) prepareEntries(tenant string, doc *credfile.Document) ([]*repo.Entry, []string, error) {
+func (im *Importer) prepareEntries(ctx context.Context, tenant string, doc *credfile.Document) ([]*repo.Entry, []string, error) {
 	var (
 		out      = make([]*repo.Entry, 0, len(doc.Entries))
 		warnings []string
@@ -225,8 +225,12 @@ func (im *Importer) prepareEntries(tenant string, doc *credfile.Document) ([]*re
 			if e.CertPath == "" {
 				return nil, nil, fmt.Errorf("%w: file entry %s has no certPath", ErrInvalidDocument, de.ID)
 			}
-			m, issues := im.Roots.LoadFilesWith(kind, tenant,
-				material.Paths{Cert: de.CertPath, Key: de.KeyPath, Passphrase: de.PassphraseFile}, material.PathFields, now)
+			// An import runs alone, from the command line or at boot: no budget to share.
+			m, issues, err := im.Roots.LoadFilesWith(ctx, kind, tenant,
+				material.Paths{Cert: de.CertPath, Key: de.KeyPath, Passphrase: de.PassphraseFile}, material.PathFields, now, nil)
+			if err != nil {
+				return nil, nil, fmt.Errorf("entry %s: %w", de.ID, err)
+			}
 			if len(issues) == 0 {
 				e.Meta = m.Metadata
 				break

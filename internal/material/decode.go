@@ -2,6 +2,7 @@ package material
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/x509"
 	"encoding/pem"
@@ -53,19 +54,22 @@ type Normalized struct {
 }
 
 // Decode normalises enc and inspects the result: Inspect for every accepted encoding.
-// The warnings of the normalisation come first in the material's warnings.
-func Decode(k Kind, enc Encoded, f EncodedFields, now time.Time) (*Material, *Normalized, []Issue) {
+// The warnings of the normalisation come first in the material's warnings. The key
+// derivations an encrypted key or a PKCS#12 needs run under kdf, and stop when ctx ends:
+// err, wrapping ErrNotAdmitted, means the material could not be judged now (a full budget,
+// a caller gone), not that it is wrong.
+func Decode(ctx context.Context, k Kind, enc Encoded, f EncodedFields, now time.Time, kdf KDF) (*Material, *Normalized, []Issue, error) {
 	sigs := newSigChecks()
-	n, errs := normalize(k, enc, f, sigs)
-	if len(errs) > 0 {
-		return nil, nil, errs
+	n, errs, err := normalize(newDeriver(ctx, kdf), k, enc, f, sigs)
+	if err != nil || len(errs) > 0 {
+		return nil, nil, errs, err
 	}
 	m, errs := inspect(k, n.Cert, n.Key, n.Fields, now, sigs)
 	if len(errs) > 0 {
-		return nil, nil, errs
+		return nil, nil, errs, nil
 	}
 	m.Warnings = append(append([]Issue(nil), n.Warnings...), m.Warnings...)
-	return m, n, nil
+	return m, n, nil, nil
 }
 
 // normalizer collects the issues of one Normalize call.
@@ -74,6 +78,9 @@ type normalizer struct {
 	f    EncodedFields
 	errs []Issue
 	sigs *sigChecks
+	d    *deriver
+	// notAdmitted is set when a key derivation was not admitted: the call stops there.
+	notAdmitted error
 }
 
 func (z *normalizer) fail(field, format string, args ...any) {
@@ -83,13 +90,13 @@ func (z *normalizer) fail(field, format string, args ...any) {
 // Normalize decodes enc into PEM. Plain PEM passes through untouched unless its chain must
 // be put in order; everything it cannot judge (malformed PEM, a key that does not match)
 // is left for Inspect to report. Every issue names its field; none holds a passphrase or
-// key bytes.
-func Normalize(k Kind, enc Encoded, f EncodedFields) (*Normalized, []Issue) {
-	return normalize(k, enc, f, nil)
+// key bytes. Key derivations run as Decode's do.
+func Normalize(ctx context.Context, k Kind, enc Encoded, f EncodedFields, kdf KDF) (*Normalized, []Issue, error) {
+	return normalize(newDeriver(ctx, kdf), k, enc, f, nil)
 }
 
-func normalize(k Kind, enc Encoded, f EncodedFields, sigs *sigChecks) (*Normalized, []Issue) {
-	z := &normalizer{k: k, f: f, sigs: sigs}
+func normalize(d *deriver, k Kind, enc Encoded, f EncodedFields, sigs *sigChecks) (*Normalized, []Issue, error) {
+	z := &normalizer{k: k, f: f, sigs: sigs, d: d}
 	out := &Normalized{Cert: enc.CertPEM, Key: enc.KeyPEM, Fields: Fields{Cert: f.CertPEM, Key: f.KeyPEM}}
 	has := func(b []byte) bool { return len(b) > 0 }
 	for _, x := range []struct {
@@ -125,7 +132,7 @@ func normalize(k Kind, enc Encoded, f EncodedFields, sigs *sigChecks) (*Normaliz
 		z.fail(f.Passphrase, "is the passphrase of %s, which is not given; an encrypted key's passphrase goes in %s", f.PKCS12, f.KeyPassphrase)
 	}
 	if len(z.errs) > 0 {
-		return nil, z.errs
+		return nil, z.errs, nil
 	}
 
 	var (
@@ -136,10 +143,12 @@ func normalize(k Kind, enc Encoded, f EncodedFields, sigs *sigChecks) (*Normaliz
 	)
 	switch {
 	case has(enc.PKCS12):
-		c, s, err := decodePKCS12(enc.PKCS12, enc.Passphrase.Reveal())
+		c, s, err := decodePKCS12(d, enc.PKCS12, enc.Passphrase.Reveal())
 		if err != nil {
 			var pe *p12Error
 			switch {
+			case errors.Is(err, ErrNotAdmitted):
+				return nil, nil, err
 			case errors.As(err, &pe) && pe.onPass && enc.Passphrase == "":
 				z.fail(f.Passphrase, "%s is protected by a passphrase: give it in %s", f.PKCS12, f.Passphrase)
 			case errors.As(err, &pe) && pe.onPass:
@@ -147,7 +156,7 @@ func normalize(k Kind, enc Encoded, f EncodedFields, sigs *sigChecks) (*Normaliz
 			default:
 				z.fail(f.PKCS12, "%s", err.Error())
 			}
-			return nil, z.errs
+			return nil, z.errs, nil
 		}
 		certs, key, certsNew = c, s, true
 		out.Fields = Fields{Cert: f.PKCS12, Key: f.PKCS12}
@@ -173,15 +182,18 @@ func normalize(k Kind, enc Encoded, f EncodedFields, sigs *sigChecks) (*Normaliz
 			z.fail(f.KeyPassphrase, "is given but there is no key to decrypt: leave it empty")
 		}
 	}
+	if z.notAdmitted != nil {
+		return nil, nil, z.notAdmitted
+	}
 	if len(z.errs) > 0 {
-		return nil, z.errs
+		return nil, z.errs, nil
 	}
 	if key != nil {
 		matchKey = key.Public()
 		der, err := x509.MarshalPKCS8PrivateKey(key)
 		if err != nil {
 			z.fail(out.Fields.Key, "the private key cannot be written as PKCS#8: %s", errText(err))
-			return nil, z.errs
+			return nil, z.errs, nil
 		}
 		out.Key = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 	}
@@ -196,7 +208,7 @@ func normalize(k Kind, enc Encoded, f EncodedFields, sigs *sigChecks) (*Normaliz
 			out.Cert = buf.Bytes()
 		}
 	}
-	return out, nil
+	return out, nil, nil
 }
 
 // certsFromDER parses concatenated DER certificates.
@@ -244,11 +256,14 @@ func (z *normalizer) decryptPKCS8(der []byte, pass secret.String, field string) 
 		z.fail(z.f.KeyPassphrase, "the key in %s is encrypted: give its passphrase in %s", field, z.f.KeyPassphrase)
 		return nil
 	}
-	plain, err := decryptPKCS8(der, []byte(pass.Reveal()))
+	plain, err := decryptPKCS8(z.d, der, []byte(pass.Reveal()))
 	if err != nil {
-		if errors.Is(err, errWrongPass) {
+		switch {
+		case errors.Is(err, ErrNotAdmitted):
+			z.notAdmitted = err
+		case errors.Is(err, errWrongPass):
 			z.fail(z.f.KeyPassphrase, "does not decrypt the key in %s (wrong passphrase?)", field)
-		} else {
+		default:
 			z.fail(field, "the encrypted key cannot be decrypted: %s", err.Error())
 		}
 		return nil

@@ -1,6 +1,7 @@
 package material_test
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -79,7 +80,10 @@ func FuzzDecode(f *testing.F) {
 		default:
 			enc = material.Encoded{CertDER: a, KeyDER: b, KeyPassphrase: secret.String(passphrase)}
 		}
-		m, n, errs := material.Decode(k, enc, material.InlineFields, now)
+		m, n, errs, err := material.Decode(context.Background(), k, enc, material.InlineFields, now, material.KDF{})
+		if err != nil {
+			t.Fatalf("without a budget every derivation runs: %v", err)
+		}
 		if (m == nil) == (len(errs) == 0) || (m == nil) != (n == nil) {
 			t.Fatalf("want exactly one of material and issues, got %v and %v", m != nil, errs)
 		}

@@ -23,16 +23,27 @@ import (
 // input itself, so without them one upload could pin a core for hours (a "PKCS#12 bomb")
 // or allocate gigabytes. They are checked before any key derivation runs, and are far
 // above what real tools write (OpenSSL: 2,048 PBKDF2 iterations, scrypt N=16384 r=8 p=1;
-// Windows: 2,000 to 10,000 iterations).
+// Windows: 2,000 to 10,000 iterations). What a derivation within them may still cost is
+// the business of the budget it runs under (KDF).
 const (
 	// MaxKDFIterations bounds PBKDF2 and PKCS#12 key derivation iteration counts.
 	MaxKDFIterations = 1_000_000
-	// MaxScryptMemory bounds scrypt's memory (128 * N * r bytes), as OpenSSL's default does.
+	// MaxScryptMemory bounds what scrypt allocates in all: its table of 128·N·r bytes,
+	// its blocks of 128·r·p and its scratch of 256·r, 128·r·(N+p+2) together. It is
+	// OpenSSL's default limit on the same sum, so what OpenSSL writes by default passes.
 	MaxScryptMemory = 32 << 20
+	// MaxScryptR bounds scrypt's block size r; tools write 8.
+	MaxScryptR = 32
 	// MaxScryptParallel bounds scrypt's p, which multiplies its time.
 	MaxScryptParallel = 16
+	// MinScryptN is the smallest cost N accepted: below it scrypt protects nothing, and
+	// no tool writes it; a tiny N is how a huge r or p hides behind a small table.
+	MinScryptN = 1 << 10
 	// maxSaltLen bounds a KDF salt; real ones are 8 to 32 bytes.
 	maxSaltLen = 1024
+	// maxKeyLength bounds a key length a KDF's parameters state: the longest key or MAC
+	// key any supported algorithm takes is 64 bytes.
+	maxKeyLength = 64
 )
 
 // The algorithms of password-based encryption this package recognises.
@@ -154,8 +165,8 @@ func checkPBE(alg pkix.AlgorithmIdentifier) error {
 	return nil
 }
 
-// kdf is a checked key derivation, ready to run.
-type kdf struct {
+// kdfSpec is a checked key derivation, ready to run.
+type kdfSpec struct {
 	salt       []byte
 	iterations int              // PBKDF2
 	prf        func() hash.Hash // PBKDF2
@@ -164,18 +175,36 @@ type kdf struct {
 	scrypt     bool
 }
 
-func (k *kdf) derive(pass []byte, keyLen int) ([]byte, error) {
+// memory is what deriving a key costs in memory, as the budget counts it: scrypt
+// allocates 128·r·(N+p+2) bytes and its blocks pass through PBKDF2 once more (128·r·p);
+// PBKDF2 only hash states.
+func (k *kdfSpec) memory() int64 {
+	if !k.scrypt {
+		return derivationSlack
+	}
+	return 128*int64(k.r)*(int64(k.n)+2*int64(k.p)+2) + derivationSlack
+}
+
+// derive derives a key of keyLen bytes from pass through d.
+func (k *kdfSpec) derive(d *deriver, pass []byte, keyLen int) ([]byte, error) {
 	if k.keyLength != 0 && k.keyLength != keyLen {
 		return nil, pbeErr(errMalformedPBE, "the key length %d does not fit the cipher (%d)", k.keyLength, keyLen)
 	}
-	if k.scrypt {
-		return scrypt.Key(pass, k.salt, k.n, k.r, k.p, keyLen)
-	}
-	return pbkdf2.Key(k.prf, string(pass), k.salt, k.iterations, keyLen)
+	var key []byte
+	err := d.run(1, k.memory(), func() error {
+		var err error
+		if k.scrypt {
+			key, err = scrypt.Key(pass, k.salt, k.n, k.r, k.p, keyLen)
+		} else {
+			key, err = pbkdf2.Key(k.prf, string(pass), k.salt, k.iterations, keyLen)
+		}
+		return err
+	})
+	return key, err
 }
 
-// kdfParams reads and bounds the key derivation function of PBES2.
-func kdfParams(alg pkix.AlgorithmIdentifier) (*kdf, error) {
+// kdfParams reads and bounds the key derivation function of PBES2 (or PBMAC1).
+func kdfParams(alg pkix.AlgorithmIdentifier) (*kdfSpec, error) {
 	switch {
 	case alg.Algorithm.Equal(oidPBKDF2):
 		var p pbkdf2Params
@@ -192,11 +221,14 @@ func kdfParams(alg pkix.AlgorithmIdentifier) (*kdf, error) {
 		if err != nil {
 			return nil, err
 		}
+		if err := boundedKeyLength(p.KeyLength); err != nil {
+			return nil, err
+		}
 		prf, err := prfOf(p.PRF.Algorithm)
 		if err != nil {
 			return nil, err
 		}
-		return &kdf{salt: p.Salt.Bytes, iterations: it, prf: prf, keyLength: p.KeyLength}, nil
+		return &kdfSpec{salt: p.Salt.Bytes, iterations: it, prf: prf, keyLength: p.KeyLength}, nil
 	case alg.Algorithm.Equal(oidScrypt):
 		var p scryptParams
 		if err := unmarshalAll(alg.Parameters.FullBytes, &p); err != nil {
@@ -205,26 +237,54 @@ func kdfParams(alg pkix.AlgorithmIdentifier) (*kdf, error) {
 		if len(p.Salt) > maxSaltLen {
 			return nil, pbeErr(errOverLimit, "the salt is %d bytes, over the limit of %d", len(p.Salt), maxSaltLen)
 		}
-		for _, v := range []*big.Int{p.N, p.R, p.P} {
-			if v == nil || v.Sign() <= 0 {
-				return nil, pbeErr(errMalformedPBE, "a scrypt parameter is not positive")
-			}
+		if err := boundedKeyLength(p.KeyLength); err != nil {
+			return nil, err
 		}
-		mem := new(big.Int).Mul(big.NewInt(128), new(big.Int).Mul(p.N, p.R))
-		if mem.Cmp(big.NewInt(MaxScryptMemory)) > 0 {
-			return nil, pbeErr(errOverLimit, "scrypt with N=%s and r=%s needs more than the %d MiB limit",
-				boundedNumber(p.N), boundedNumber(p.R), MaxScryptMemory>>20)
+		n, r, par, err := boundedScrypt(p.N, p.R, p.P)
+		if err != nil {
+			return nil, err
 		}
-		if p.P.Cmp(big.NewInt(MaxScryptParallel)) > 0 {
-			return nil, pbeErr(errOverLimit, "scrypt parallelization %s is over the limit of %d", boundedNumber(p.P), MaxScryptParallel)
-		}
-		n := int(p.N.Int64())
-		if n < 2 || n&(n-1) != 0 {
-			return nil, pbeErr(errMalformedPBE, "scrypt N=%d is not a power of two", n)
-		}
-		return &kdf{salt: p.Salt, n: n, r: int(p.R.Int64()), p: int(p.P.Int64()), keyLength: p.KeyLength, scrypt: true}, nil
+		return &kdfSpec{salt: p.Salt, n: n, r: r, p: par, keyLength: p.KeyLength, scrypt: true}, nil
 	}
 	return nil, pbeErr(errUnsupported, "key derivation %s is not supported (PBKDF2 or scrypt are)", alg.Algorithm)
+}
+
+// boundedScrypt checks scrypt's N, r and p read from an input: each within its own bound,
+// N a power of two, and the whole allocation within MaxScryptMemory. Every product is
+// taken only after its factors are bounded, so none overflows.
+func boundedScrypt(bn, br, bp *big.Int) (n, r, p int, err error) {
+	for _, v := range []*big.Int{bn, br, bp} {
+		if v == nil || v.Sign() <= 0 {
+			return 0, 0, 0, pbeErr(errMalformedPBE, "a scrypt parameter is not positive")
+		}
+	}
+	switch {
+	case br.Cmp(big.NewInt(MaxScryptR)) > 0:
+		return 0, 0, 0, pbeErr(errOverLimit, "scrypt block size r=%s is over the limit of %d", boundedNumber(br), MaxScryptR)
+	case bp.Cmp(big.NewInt(MaxScryptParallel)) > 0:
+		return 0, 0, 0, pbeErr(errOverLimit, "scrypt parallelization p=%s is over the limit of %d", boundedNumber(bp), MaxScryptParallel)
+	case bn.Cmp(big.NewInt(MinScryptN)) < 0:
+		return 0, 0, 0, pbeErr(errUnsupported, "scrypt cost N=%s is under the minimum of %d", boundedNumber(bn), MinScryptN)
+	case bn.Cmp(big.NewInt(MaxScryptMemory/128)) > 0:
+		return 0, 0, 0, pbeErr(errOverLimit, "scrypt with N=%s needs more than the %d MiB limit", boundedNumber(bn), MaxScryptMemory>>20)
+	}
+	n, r, p = int(bn.Int64()), int(br.Int64()), int(bp.Int64())
+	if n&(n-1) != 0 {
+		return 0, 0, 0, pbeErr(errMalformedPBE, "scrypt N=%d is not a power of two", n)
+	}
+	if mem := 128 * int64(r) * (int64(n) + int64(p) + 2); mem > MaxScryptMemory {
+		return 0, 0, 0, pbeErr(errOverLimit, "scrypt with N=%d, r=%d and p=%d needs %d MiB, more than the %d MiB limit",
+			n, r, p, (mem+(1<<20)-1)>>20, MaxScryptMemory>>20)
+	}
+	return n, r, p, nil
+}
+
+// boundedKeyLength checks a key length stated in KDF parameters (0: not stated).
+func boundedKeyLength(n int) error {
+	if n < 0 || n > maxKeyLength {
+		return pbeErr(errMalformedPBE, "the stated key length %d is not one any supported cipher or MAC takes", n)
+	}
+	return nil
 }
 
 func prfOf(oid asn1.ObjectIdentifier) (func() hash.Hash, error) {
@@ -243,9 +303,10 @@ func prfOf(oid asn1.ObjectIdentifier) (func() hash.Hash, error) {
 	return nil, pbeErr(errUnsupported, "PBKDF2 PRF %s is not supported (HMAC with SHA-1 or SHA-2 is)", oid)
 }
 
-// decryptPBES2 decrypts data under PBES2 parameters with pass. A wrong passphrase shows as
-// bad padding (or, for the 1 in 256 that pads by chance, as a caller's parse failure).
-func decryptPBES2(params []byte, data, pass []byte) ([]byte, error) {
+// decryptPBES2 decrypts data under PBES2 parameters with pass, deriving its key through d.
+// Every parameter is checked before the derivation. A wrong passphrase shows as bad
+// padding (or, for the 1 in 256 that pads by chance, as a caller's parse failure).
+func decryptPBES2(d *deriver, params []byte, data, pass []byte) ([]byte, error) {
 	var p pbes2Params
 	if err := unmarshalAll(params, &p); err != nil {
 		return nil, pbeErr(errMalformedPBE, "the PBES2 parameters do not parse")
@@ -274,19 +335,25 @@ func decryptPBES2(params []byte, data, pass []byte) ([]byte, error) {
 	if err := unmarshalAll(p.Enc.Parameters.FullBytes, &iv); err != nil {
 		return nil, pbeErr(errMalformedPBE, "the cipher's IV does not parse")
 	}
-	key, err := k.derive(pass, keyLen)
+	// AES and DES-EDE3 both take the key lengths above; the block size decides the rest,
+	// checked before the derivation so no malformed input costs one.
+	size := aes.BlockSize
+	if p.Enc.Algorithm.Equal(oidDESEDE3CBC) {
+		size = des.BlockSize
+	}
+	if len(iv) != size {
+		return nil, pbeErr(errMalformedPBE, "the IV is %d bytes, the cipher needs %d", len(iv), size)
+	}
+	if len(data) == 0 || len(data)%size != 0 {
+		return nil, pbeErr(errMalformedPBE, "the encrypted data is not a whole number of blocks")
+	}
+	key, err := k.derive(d, pass, keyLen)
 	if err != nil {
 		return nil, err
 	}
 	block, err := newBC(key)
 	if err != nil {
 		return nil, pbeErr(errMalformedPBE, "the cipher does not accept the key")
-	}
-	if len(iv) != block.BlockSize() {
-		return nil, pbeErr(errMalformedPBE, "the IV is %d bytes, the cipher needs %d", len(iv), block.BlockSize())
-	}
-	if len(data) == 0 || len(data)%block.BlockSize() != 0 {
-		return nil, pbeErr(errMalformedPBE, "the encrypted data is not a whole number of blocks")
 	}
 	out := make([]byte, len(data))
 	cipher.NewCBCDecrypter(block, iv).CryptBlocks(out, data)

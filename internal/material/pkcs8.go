@@ -22,10 +22,11 @@ func isEncryptedPKCS8(der []byte) bool {
 	return unmarshalAll(der, &e) == nil && len(e.Algorithm.Algorithm) > 0
 }
 
-// decryptPKCS8 decrypts an EncryptedPrivateKeyInfo with pass and returns the PKCS#8 DER
-// inside. Errors wrap errWrongPass, errUnsupported, errOverLimit or errMalformedPBE and
-// never contain the passphrase or key bytes.
-func decryptPKCS8(der, pass []byte) ([]byte, error) {
+// decryptPKCS8 decrypts an EncryptedPrivateKeyInfo with pass, deriving its key through d,
+// and returns the PKCS#8 DER inside. Errors wrap errWrongPass, errUnsupported,
+// errOverLimit, errMalformedPBE or ErrNotAdmitted and never contain the passphrase or key
+// bytes.
+func decryptPKCS8(d *deriver, der, pass []byte) ([]byte, error) {
 	var e encryptedPrivateKeyInfo
 	if err := unmarshalAll(der, &e); err != nil {
 		return nil, pbeErr(errMalformedPBE, "the encrypted key does not parse as PKCS#8")
@@ -33,7 +34,7 @@ func decryptPKCS8(der, pass []byte) ([]byte, error) {
 	alg := e.Algorithm.Algorithm
 	switch {
 	case alg.Equal(oidPBES2):
-		plain, err := decryptPBES2(e.Algorithm.Parameters.FullBytes, e.Data, pass)
+		plain, err := decryptPBES2(d, e.Algorithm.Parameters.FullBytes, e.Data, pass)
 		if err != nil {
 			return nil, err
 		}

@@ -1,6 +1,7 @@
 package material
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -294,8 +295,8 @@ func fileKind(m fs.FileMode) string {
 
 // LoadFiles reads certPath (and keyPath for pairs) and inspects the result: LoadFilesWith
 // without a passphrase file.
-func (r Roots) LoadFiles(k Kind, tenant, certPath, keyPath string, f Fields, now time.Time) (*Material, []Issue) {
-	return r.LoadFilesWith(k, tenant, Paths{Cert: certPath, Key: keyPath}, f, now)
+func (r Roots) LoadFiles(ctx context.Context, k Kind, tenant, certPath, keyPath string, f Fields, now time.Time, b Budget) (*Material, []Issue, error) {
+	return r.LoadFilesWith(ctx, k, tenant, Paths{Cert: certPath, Key: keyPath}, f, now, b)
 }
 
 // Paths are the files of a file-sourced entry.
@@ -316,15 +317,17 @@ const MaxPassphraseFile = 4 << 10
 // in (Decode) and inspects the result. Read errors become issues on f.Cert / f.Key /
 // f.Passphrase; Inspect's issues about a field whose file could not be read are dropped,
 // since they would only repeat that it is missing. Empty names in f default to PathFields.
-// It is ReadFiles followed by FileSet.Decode.
-func (r Roots) LoadFilesWith(k Kind, tenant string, p Paths, f Fields, now time.Time) (*Material, []Issue) {
-	return r.ReadFiles(k, tenant, p, f).Decode(now)
+// Key derivations (a PKCS#12, an encrypted key) are charged to tenant under b, as
+// FileSet.Decode says. It is ReadFiles followed by FileSet.Decode.
+func (r Roots) LoadFilesWith(ctx context.Context, k Kind, tenant string, p Paths, f Fields, now time.Time, b Budget) (*Material, []Issue, error) {
+	return r.ReadFiles(k, tenant, p, f).Decode(ctx, now, b)
 }
 
 // FileSet is what ReadFiles read of a file-sourced entry's files, and the problems reading
 // them, ready for Decode. It holds key bytes: never log it.
 type FileSet struct {
 	k         Kind
+	tenant    string
 	f         Fields
 	cert, key secret.PEM
 	pass      secret.String
@@ -346,7 +349,7 @@ func (r Roots) ReadFiles(k Kind, tenant string, p Paths, f Fields) *FileSet {
 	if f.Passphrase == "" {
 		f.Passphrase = PathFields.Passphrase
 	}
-	s := &FileSet{k: k, f: f}
+	s := &FileSet{k: k, tenant: tenant, f: f}
 	read := func(field, path, what string) secret.PEM {
 		if strings.TrimSpace(path) == "" {
 			s.fail(field, what+" path is required")
@@ -429,12 +432,14 @@ func (s *FileSet) Sum() [sha256.Size]byte {
 }
 
 // Decode decodes and inspects what was read, as LoadFilesWith does: the read problems come
-// first, and Inspect's issues about a field whose file could not be read are dropped.
-func (s *FileSet) Decode(now time.Time) (*Material, []Issue) {
+// first, and Inspect's issues about a field whose file could not be read are dropped. Key
+// derivations run under b (nil: at once), charged to the tenant the files were read for;
+// err, wrapping ErrNotAdmitted, means they could not run now and nothing was judged.
+func (s *FileSet) Decode(ctx context.Context, now time.Time, b Budget) (*Material, []Issue, error) {
 	f, cert, key, pass, isP12 := s.f, s.cert, s.key, s.pass, s.isP12
 	issues := append([]Issue(nil), s.issues...)
 	if len(issues) > 0 && (s.unread[f.Cert] || s.unread[f.Passphrase]) {
-		return nil, issues
+		return nil, issues, nil
 	}
 	enc := Encoded{}
 	ef := EncodedFields{CertPEM: f.Cert, CertDER: f.Cert, PKCS12: f.Cert, KeyPEM: f.Key, KeyDER: f.Key,
@@ -454,14 +459,17 @@ func (s *FileSet) Decode(now time.Time) (*Material, []Issue) {
 		}
 		enc.KeyPassphrase = pass
 	}
-	m, _, errs := Decode(s.k, enc, ef, now)
+	m, _, errs, err := Decode(ctx, s.k, enc, ef, now, KDF{Budget: b, Tenant: s.tenant})
+	if err != nil {
+		return nil, nil, err
+	}
 	for _, e := range errs {
 		if !s.unread[e.Field] {
 			issues = append(issues, e)
 		}
 	}
 	if len(issues) > 0 {
-		return nil, issues
+		return nil, issues, nil
 	}
-	return m, nil
+	return m, nil, nil
 }

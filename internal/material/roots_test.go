@@ -2,6 +2,7 @@ package material_test
 
 import (
 	"bytes"
+	"context"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -219,7 +220,8 @@ func TestLoadFiles(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			m, issues := tc.roots.LoadFiles(tc.kind, material.DefaultTenant, tc.cert, tc.key, tc.fields, time.Now())
+			m, issues, err := tc.roots.LoadFiles(context.Background(), tc.kind, material.DefaultTenant, tc.cert, tc.key, tc.fields, time.Now(), nil)
+			require.NoError(t, err)
 			requireIssues(t, issues, tc.want)
 			requireClean(t, issues, leaf.KeyPEM(), leaf.ChainPEM())
 			if len(tc.want) == 0 {

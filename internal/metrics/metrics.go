@@ -43,6 +43,9 @@ type Options struct {
 	Exporter *fileexport.Exporter
 	// Roots confines the re-read of file-sourced material, as for the API.
 	Roots material.Roots
+	// KDF admits the key derivations of re-reading a PKCS#12 file entry, charged to its
+	// tenant; nil derives at once.
+	KDF material.Budget
 	// Logger receives collection errors.
 	Logger *slog.Logger
 	// ExpiryTTL is how long expiry figures are cached; DefaultExpiryTTL when zero.
@@ -306,9 +309,14 @@ func (c *expiryCollector) refreshTenant(ctx context.Context, t repo.Tenant, now 
 	for _, r := range rows {
 		s := expirySample{tenant: t.ID, id: r.ID, typ: r.Type, source: r.Source, notAfter: r.NotAfter}
 		if r.Source == "file" {
-			if na, ok := c.leafNotAfter(t.ID, r); ok {
+			na, ok, err := c.leafNotAfter(ctx, t.ID, r)
+			switch {
+			case err != nil:
+				// Its key derivations could not run now: the stored figure stands, and the
+				// file is not unreadable for that.
+			case ok:
 				s.notAfter = na
-			} else {
+			default:
 				snap.fileErr = append(snap.fileErr, s)
 			}
 		}
@@ -317,40 +325,42 @@ func (c *expiryCollector) refreshTenant(ctx context.Context, t repo.Tenant, now 
 	return snap, nil
 }
 
-// leafNotAfter reads a certificate file and returns its first certificate's notAfter.
-func (c *expiryCollector) leafNotAfter(tenant string, r repo.ExpiryRow) (time.Time, bool) {
+// leafNotAfter reads a certificate file and returns its first certificate's notAfter; ok
+// is false for a file that cannot be read or parsed, err (material.ErrNotAdmitted) says
+// it was not read now.
+func (c *expiryCollector) leafNotAfter(ctx context.Context, tenant string, r repo.ExpiryRow) (time.Time, bool, error) {
 	data, err := c.o.Roots.ReadFile(tenant, r.CertPath)
 	if err != nil {
-		return time.Time{}, false
+		return time.Time{}, false, nil
 	}
 	if pemText, p12 := material.DetectFile(data); p12 {
 		// A PKCS#12 file is opened with its passphrase file; it carries the key too.
-		m, issues := c.o.Roots.LoadFilesWith(material.Kind(r.Type), tenant,
-			material.Paths{Cert: r.CertPath, Passphrase: r.PassphrasePath}, material.PathFields, time.Now())
-		if len(issues) > 0 {
-			return time.Time{}, false
+		m, issues, err := c.o.Roots.LoadFilesWith(ctx, material.Kind(r.Type), tenant,
+			material.Paths{Cert: r.CertPath, Passphrase: r.PassphrasePath}, material.PathFields, time.Now(), c.o.KDF)
+		if err != nil || len(issues) > 0 {
+			return time.Time{}, false, err
 		}
-		return m.Metadata.NotAfter, true
+		return m.Metadata.NotAfter, true, nil
 	} else if !pemText {
 		certs, err := x509.ParseCertificates(data)
 		if err != nil || len(certs) == 0 {
-			return time.Time{}, false
+			return time.Time{}, false, nil
 		}
-		return certs[0].NotAfter, true
+		return certs[0].NotAfter, true, nil
 	}
 	for rest := []byte(data); ; {
 		var b *pem.Block
 		b, rest = pem.Decode(rest)
 		if b == nil {
-			return time.Time{}, false
+			return time.Time{}, false, nil
 		}
 		if b.Type != "CERTIFICATE" {
 			continue
 		}
 		cert, err := x509.ParseCertificate(b.Bytes)
 		if err != nil {
-			return time.Time{}, false
+			return time.Time{}, false, nil
 		}
-		return cert.NotAfter, true
+		return cert.NotAfter, true, nil
 	}
 }

@@ -2,6 +2,7 @@ package refs
 
 import (
 	"cmp"
+	"context"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -145,12 +146,15 @@ type Checker struct {
 	Now time.Time
 	// Stored answers for {"set": true} markers; nil accepts them unchecked.
 	Stored StoredSecrets
+	// Budget admits the key derivations of direct files (a PKCS#12); nil derives at once.
+	Budget material.Budget
 }
 
 // Check returns every problem of the workspace (errs non-empty: refuse the deploy) and the
 // warnings that do not stop it (expired material, unreadable direct files, legacy
 // opcua-server properties). References are not looked up here: see Extract and CheckTypes.
-func (c Checker) Check(ws *Workspace) (errs, warnings []Issue) {
+// ctx bounds the reading of direct files.
+func (c Checker) Check(ctx context.Context, ws *Workspace) (errs, warnings []Issue) {
 	flowIDs := make(map[string]int, len(ws.Flows))
 	nodeIDs := map[string]string{}
 	for fi, f := range ws.Flows {
@@ -170,7 +174,7 @@ func (c Checker) Check(ws *Workspace) (errs, warnings []Issue) {
 			}
 		}
 		for ni, n := range f.Nodes {
-			nc := nodeCheck{c: c, fi: fi, ni: ni, f: f, n: n}
+			nc := nodeCheck{ctx: ctx, c: c, fi: fi, ni: ni, f: f, n: n}
 			nc.run(nodeIDs)
 			errs = append(errs, nc.errs...)
 			warnings = append(warnings, nc.warnings...)
@@ -183,6 +187,7 @@ func (c Checker) Check(ws *Workspace) (errs, warnings []Issue) {
 
 // nodeCheck collects the issues of one node.
 type nodeCheck struct {
+	ctx            context.Context
 	c              Checker
 	fi, ni         int
 	f              *Flow
@@ -310,7 +315,13 @@ func (nc *nodeCheck) files(p Part, prefix, certField, keyField, certPath, keyPat
 		return
 	}
 	fields := material.Fields{Cert: prefix + certField, Key: prefix + keyField}
-	m, issues := nc.c.Roots.LoadFiles(kind, nc.c.Tenant, certPath, keyPath, fields, nc.c.Now)
+	m, issues, err := nc.c.Roots.LoadFiles(nc.ctx, kind, nc.c.Tenant, certPath, keyPath, fields, nc.c.Now, nc.c.Budget)
+	if err != nil {
+		// Direct files are checked for warnings only, and every connection reads them
+		// again: a check that cannot run now does not hold the deploy up.
+		nc.warn(fields.Cert, "was not checked now (%s); every connection reads the file afresh", err.Error())
+		return
+	}
 	for _, is := range issues {
 		// LoadFiles reports read errors as text; a path outside the roots is a refusal.
 		if strings.Contains(is.Message, material.ErrOutsideRoots.Error()) {

@@ -1,6 +1,7 @@
 package refs_test
 
 import (
+	"context"
 	"encoding/json"
 	"testing"
 	"time"
@@ -85,7 +86,7 @@ func TestCheck(t *testing.T) {
 			t.Parallel()
 			ws, err := refs.Parse([]byte(c.doc))
 			require.NoError(t, err)
-			errs, warnings := refs.Checker{Tenant: material.DefaultTenant, Roots: c.roots, Now: time.Now(), Stored: prev}.Check(ws)
+			errs, warnings := refs.Checker{Tenant: material.DefaultTenant, Roots: c.roots, Now: time.Now(), Stored: prev}.Check(context.Background(), ws)
 			requireIssues(t, errs, c.errs)
 			requireIssues(t, warnings, c.warnings)
 		})

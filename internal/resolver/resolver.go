@@ -77,7 +77,10 @@ type Resolver struct {
 	// Entries reaches the entries references name and opens their inline material.
 	Entries Entries
 	// Roots confines file paths (LOOPZE_FILE_ROOTS).
-	Roots  material.Roots
+	Roots material.Roots
+	// KDF admits the key derivations of file material (a PKCS#12, an encrypted key): the
+	// server's budget. Nil, as in a runtime, derives at once.
+	KDF    material.Budget
 	Logger *slog.Logger
 	// Now dates expiry warnings; nil means time.Now.
 	Now func() time.Time
@@ -366,6 +369,10 @@ func (r *Resolver) resolveInto(ctx context.Context, tenant string, block *refs.T
 		out = append(out, resolved{part: p, report: PartReport{Part: p.Name}})
 		res := &out[len(out)-1]
 		res.material, res.err = r.resolvePart(ctx, tenant, p, s, entries, &res.report)
+		if errors.Is(res.err, material.ErrNotAdmitted) {
+			// Not judged, as a lookup that failed: the whole call is tried again later.
+			return nil, fmt.Errorf("resolve tls.%s: %w", p.Name, res.err)
+		}
 		if res.err != nil {
 			res.report.Error = res.err.Error()
 			res.err = fmt.Errorf("%s: %w: %w", p.Name, ErrUnresolved, res.err)
@@ -473,7 +480,10 @@ func keyPEMField(p refs.Part) string {
 // explains (the certificate already renamed, the key not yet; a file half written), it
 // waits once and reads again; only the second failure is an error.
 func (r *Resolver) loadFiles(ctx context.Context, tenant string, k material.Kind, paths material.Paths, f material.Fields) (*material.Material, error) {
-	m, issues := r.loadFilesOnce(tenant, k, paths, f)
+	m, issues, err := r.loadFilesOnce(ctx, tenant, k, paths, f)
+	if err != nil {
+		return nil, err
+	}
 	if len(issues) == 0 {
 		return m, nil
 	}
@@ -485,7 +495,10 @@ func (r *Resolver) loadFiles(ctx context.Context, tenant string, k material.Kind
 	if err := r.wait(ctx); err != nil {
 		return nil, fmt.Errorf("%s (retry cancelled: %w)", joinIssues(issues), err)
 	}
-	m, issues = r.loadFilesOnce(tenant, k, paths, f)
+	m, issues, err = r.loadFilesOnce(ctx, tenant, k, paths, f)
+	if err != nil {
+		return nil, err
+	}
 	if len(issues) > 0 {
 		return nil, errors.New(joinIssues(issues))
 	}
@@ -496,25 +509,26 @@ func (r *Resolver) loadFiles(ctx context.Context, tenant string, k material.Kind
 // the very bytes (by SHA-256) the last decode of these paths saw and no validity boundary
 // has passed since: the material is then the same, and the earlier result is returned.
 // Only what loads is remembered; a read that fails, or bytes that do not decode, are
-// reported as they are every time.
-func (r *Resolver) loadFilesOnce(tenant string, k material.Kind, paths material.Paths, f material.Fields) (*material.Material, []material.Issue) {
+// reported as they are every time. err (material.ErrNotAdmitted) means the decode's key
+// derivations could not run now.
+func (r *Resolver) loadFilesOnce(ctx context.Context, tenant string, k material.Kind, paths material.Paths, f material.Fields) (*material.Material, []material.Issue, error) {
 	now := r.now()
 	files := r.Roots.ReadFiles(k, tenant, paths, f)
 	if len(files.Issues()) > 0 {
-		return files.Decode(now)
+		return files.Decode(ctx, now, r.KDF)
 	}
 	key := fileKey{tenant: tenant, kind: k, paths: paths, fields: f}
 	sum := files.Sum()
 	fe, ok := r.files.load(key)
 	if ok && fe.sum == sum && now.Before(fe.until) {
-		return fe.m, nil
+		return fe.m, nil, nil
 	}
-	m, issues := files.Decode(now)
-	if len(issues) > 0 {
-		return nil, issues
+	m, issues, err := files.Decode(ctx, now, r.KDF)
+	if err != nil || len(issues) > 0 {
+		return nil, issues, err
 	}
 	r.files.store(key, fileEntry{sum: sum, parsedEntry: parsedEntry{m: m, until: nextBoundary(m, now)}})
-	return m, nil
+	return m, nil, nil
 }
 
 // retryable reports whether reading again could help: a path that is relative or outside

@@ -59,9 +59,11 @@ func (e *ValidationError) Unwrap() error { return ErrInvalid }
 
 // Service deploys and reads workspaces.
 type Service struct {
-	Pool     *pgxpool.Pool
-	Ring     *envelope.Ring
-	Roots    material.Roots
+	Pool  *pgxpool.Pool
+	Ring  *envelope.Ring
+	Roots material.Roots
+	// KDF admits the key derivations of direct files a deploy checks; nil derives at once.
+	KDF      material.Budget
 	Logger   *slog.Logger
 	Resolver *resolver.Resolver
 	// Now is the clock; nil means time.Now.
@@ -112,8 +114,8 @@ func (s *Service) Deploy(ctx context.Context, tenant string, ws *refs.Workspace,
 			return err
 		}
 		stored := newStoredSecrets(ctx, tx, s.Ring, tenant, keys)
-		checker := refs.Checker{Tenant: tenant, Roots: s.Roots, Now: s.now(), Stored: stored}
-		issues, warnings := checker.Check(ws)
+		checker := refs.Checker{Tenant: tenant, Roots: s.Roots, Now: s.now(), Stored: stored, Budget: s.KDF}
+		issues, warnings := checker.Check(ctx, ws)
 		if stored.err != nil {
 			return stored.err
 		}

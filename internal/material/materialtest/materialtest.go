@@ -1,6 +1,6 @@
 // Package materialtest makes certificates and keys for tests: CAs, intermediates, leaves,
 // expired or not-yet-valid ones, in every key algorithm and PEM encoding the store accepts.
-// It is imported only from tests.
+// It is imported only from tests, and by the bench for its scrypt-encrypted key.
 //
 //	ca := materialtest.NewCA(t, materialtest.Options{})
 //	srv := ca.Issue(t, materialtest.Options{DNSNames: []string{"localhost"}})
