@@ -65,10 +65,20 @@ func TestAuditVerifyAndExport(t *testing.T) {
 	code, out, all = runCLICode(t, env, "audit", "export", "--tenant", "copy")
 	require.Equal(t, 0, code, all)
 	lines = strings.Split(strings.TrimSpace(out), "\n")
-	require.Len(t, lines, 2, out)
+	// Each imported entry is a create of its own (the one write path every entry takes),
+	// then the import as a whole, then the rotation.
+	require.Len(t, lines, 5, out)
+	for i, id := range []string{"a", "b", "c"} {
+		var rec map[string]any
+		require.NoError(t, json.Unmarshal([]byte(lines[i]), &rec))
+		require.Equal(t, "entry.create", rec["action"])
+		require.Equal(t, "entry:"+id, rec["target"])
+		require.Equal(t, "loopze-certs import", rec["subject"])
+		require.Equal(t, true, rec["detail"].(map[string]any)["import"])
+	}
 	var imp, rot map[string]any
-	require.NoError(t, json.Unmarshal([]byte(lines[0]), &imp))
-	require.NoError(t, json.Unmarshal([]byte(lines[1]), &rot))
+	require.NoError(t, json.Unmarshal([]byte(lines[3]), &imp))
+	require.NoError(t, json.Unmarshal([]byte(lines[4]), &rot))
 	require.Equal(t, "tenant.import", imp["action"])
 	require.Equal(t, "loopze-certs import", imp["subject"])
 	require.Equal(t, "operator", imp["role"])
@@ -77,7 +87,7 @@ func TestAuditVerifyAndExport(t *testing.T) {
 	require.Equal(t, "loopze-certs rotate-key", rot["subject"])
 	code, out, all = runCLICode(t, env, "audit", "verify")
 	require.Equal(t, 0, code, all)
-	require.Contains(t, out, "tenant copy: 2 record(s) verified: ok")
+	require.Contains(t, out, "tenant copy: 5 record(s) verified: ok")
 	require.Contains(t, out, "tenant default: 4 record(s) verified: ok")
 
 	// A superuser switches the append-only trigger off and rewrites record 2.

@@ -24,7 +24,7 @@ func startExport(ctx context.Context, cfg config.Config, svc *services, pool *pg
 	if err != nil {
 		return nil, nil, fmt.Errorf("parse %s: malformed connection string", config.EnvListenURL)
 	}
-	im := &fileexport.Importer{Pool: pool, Ring: svc.ring, Roots: svc.roots, Logger: logger}
+	im := &fileexport.Importer{Pool: pool, Catalog: svc.catalog, Ring: svc.ring, Logger: logger}
 	res, imported, err := im.BootImport(operator(ctx, "serve"), cfg.DataDir)
 	if err != nil {
 		return nil, nil, err

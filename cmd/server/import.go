@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/loopze/certstore/internal/auth"
+	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/config"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
@@ -71,7 +72,8 @@ func runImport(ctx context.Context, env *environ, args []string) error {
 	}
 	defer st.Close(ctx)
 	ctx = operator(ctx, "import")
-	im := &fileexport.Importer{Pool: st.pool, Ring: ring, FileRing: fileRing, Roots: roots, Logger: logger}
+	im := &fileexport.Importer{Pool: st.pool, Catalog: &catalog.Service{Pool: st.pool, Ring: ring, Roots: roots, Logger: logger},
+		Ring: ring, FileRing: fileRing, Logger: logger}
 	res, err := im.ImportFile(ctx, file, fileexport.ImportOptions{Tenant: tenant, FileTenant: fromTenant, Replace: replace})
 	if err != nil {
 		return err

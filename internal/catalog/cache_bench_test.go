@@ -41,14 +41,19 @@ func seedReads(b *testing.B) *replica {
 		sealed, err := sealing.SealPair(rep.svc.Ring, sealing.Place{Tenant: "big", EntryID: id}, cert, key)
 		require.NoError(b, err)
 		entries = append(entries, &repo.Entry{TenantID: "big", ID: id, Name: id, Type: material.ClientPair,
-			Source: "inline", Sealed: sealed, Meta: m.Metadata})
+			Source: "inline", Sealed: sealed, Meta: m.Metadata, Version: 1})
 	}
 	rep.drain()
 	require.NoError(b, db.InTenant(ctx, rep.svc.Pool, "big", func(tx pgx.Tx) error {
 		if _, err := repo.BumpGeneration(ctx, tx, "big"); err != nil {
 			return err
 		}
-		return repo.ImportEntries(ctx, tx, entries)
+		// Rows alone, without history or audit: a seed of the read paths, not a write.
+		writes := make([]repo.EntryWrite, len(entries))
+		for i, e := range entries {
+			writes[i] = repo.EntryWrite{Row: e}
+		}
+		return repo.WriteEntries(ctx, tx, "big", false, writes)
 	}))
 	rep.awaitChange(b, "big")
 	return rep

@@ -2,6 +2,7 @@ package catalog_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -147,12 +148,13 @@ func sneak(t *testing.T, pool *pgxpool.Pool, tenant, id, notes string) {
 	t.Helper()
 	ctx := context.Background()
 	require.NoError(t, db.InTenant(ctx, pool, tenant, func(tx pgx.Tx) error {
-		e, err := repo.GetEntryForUpdate(ctx, tx, tenant, id)
-		if err != nil {
-			return err
+		found, err := repo.LookupEntries(ctx, tx, tenant, []string{id})
+		if err != nil || len(found) != 1 {
+			return fmt.Errorf("entry %s: %v", id, err)
 		}
-		e.Notes = notes
-		return repo.UpdateEntry(ctx, tx, e)
+		after := *found[0]
+		after.Notes = notes
+		return repo.WriteEntries(ctx, tx, tenant, false, []repo.EntryWrite{{Row: &after, Before: found[0]}})
 	}))
 }
 
@@ -231,12 +233,13 @@ func TestCacheFollowsAnotherReplica(t *testing.T) {
 			if _, err := repo.BumpGeneration(ctx, tx, "acme"); err != nil {
 				return err
 			}
-			e, err := repo.GetEntryForUpdate(ctx, tx, "acme", "edge")
-			if err != nil {
-				return err
+			found, err := repo.LookupEntries(ctx, tx, "acme", []string{"edge"})
+			if err != nil || len(found) != 1 {
+				return fmt.Errorf("entry edge: %v", err)
 			}
-			e.Notes = "renewed"
-			if err := repo.UpdateEntry(ctx, tx, e); err != nil {
+			after := *found[0]
+			after.Notes = "renewed"
+			if err := repo.WriteEntries(ctx, tx, "acme", false, []repo.EntryWrite{{Row: &after, Before: found[0]}}); err != nil {
 				return err
 			}
 			close(held)
@@ -376,7 +379,7 @@ func TestNoCachedValueSurvivesAChange(t *testing.T) {
 	b.awaitChange(t, "acme")
 	require.Equal(t, "after the backup", notes(t, b.svc, "acme", "edge"))
 	warm()
-	im := &fileexport.Importer{Pool: a.svc.Pool, Ring: a.svc.Ring, Logger: logging.Discard()}
+	im := &fileexport.Importer{Pool: a.svc.Pool, Catalog: a.svc, Ring: a.svc.Ring, Logger: logging.Discard()}
 	b.drain()
 	_, err = im.Import(ctx, file, fileexport.ImportOptions{Tenant: "acme", Replace: true})
 	require.NoError(t, err)

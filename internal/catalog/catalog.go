@@ -416,11 +416,8 @@ func (s *Service) Create(ctx context.Context, tenant string, in Input) (*Result,
 	if err != nil {
 		return nil, err
 	}
-	if err := s.seal(p); err != nil {
-		return nil, err
-	}
 	defer s.changed(tenant)
-	if err := s.createEntry(ctx, p.entry); err != nil {
+	if err := s.create(ctx, tenant, p); err != nil {
 		return nil, err
 	}
 	s.logWarnings(tenant, p.entry.ID, p.warnings)

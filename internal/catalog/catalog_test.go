@@ -4,7 +4,6 @@ import (
 	"context"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/catalog"
@@ -39,13 +38,10 @@ func pairInput(id string, c *materialtest.Cert) catalog.Input {
 // sealed reads an entry's row with its sealed material.
 func sealed(t *testing.T, s *catalog.Service, tenant, id string) *repo.Entry {
 	t.Helper()
-	var e *repo.Entry
-	require.NoError(t, db.InTenant(t.Context(), s.Pool, tenant, func(tx pgx.Tx) error {
-		var err error
-		e, err = repo.GetEntryForUpdate(t.Context(), tx, tenant, id)
-		return err
-	}))
-	return e
+	found, err := repo.LookupEntries(t.Context(), s.Pool, tenant, []string{id})
+	require.NoError(t, err)
+	require.Len(t, found, 1)
+	return found[0]
 }
 
 func TestSealedMaterialOpensOnlyWhereItLives(t *testing.T) {

@@ -28,115 +28,6 @@ func (s *Service) OpenVersion(v *repo.Version) (cert, key secret.PEM, err error)
 	return sealing.OpenPair(s.Ring, sealing.Place{Tenant: v.TenantID, EntryID: v.EntryID, Version: v.Version}, v.Sealed)
 }
 
-// materialOf opens an inline entry's stored material; nil for a file entry.
-func (s *Service) materialOf(e *repo.Entry) (cert, key secret.PEM, err error) {
-	if e == nil || e.Source != SourceInline {
-		return nil, nil, nil
-	}
-	return s.Open(e)
-}
-
-// versionOf builds version n of e's history, its material sealed for that version.
-func (s *Service) versionOf(ctx context.Context, e *repo.Entry, n int64, action string, restoredFrom int64) (*repo.Version, error) {
-	v := &repo.Version{
-		TenantID: e.TenantID, EntryID: e.ID, Version: n, Action: action, EntryVersion: e.Version,
-		RestoredFrom: restoredFrom, Name: e.Name, Type: e.Type, Source: e.Source, Notes: e.Notes,
-		CertPath: e.CertPath, KeyPath: e.KeyPath, Meta: e.Meta, ChangedBy: audit.ActorFrom(ctx).Subject,
-	}
-	if e.Source != SourceInline {
-		return v, nil
-	}
-	cert, key, err := s.materialOf(e)
-	if err != nil {
-		return nil, fmt.Errorf("record version %d of %s: %w", n, e.ID, err)
-	}
-	if v.Sealed, err = sealing.SealPair(s.Ring, sealing.Place{Tenant: e.TenantID, EntryID: e.ID, Version: n}, cert, key); err != nil {
-		return nil, fmt.Errorf("record version %d of %s: %w", n, e.ID, err)
-	}
-	return v, nil
-}
-
-// change is one write of an entry, as history and audit record it.
-type change struct {
-	action       string // repo.Version* action
-	before       *repo.Entry
-	after        *repo.Entry
-	restoredFrom int64
-	// last is the entry ID's last version number when the caller read it under the
-	// tenant's lock already (known); otherwise record reads it.
-	last  int64
-	known bool
-}
-
-var auditActions = map[string]string{
-	repo.VersionCreate: audit.EntryCreate, repo.VersionUpdate: audit.EntryUpdate,
-	repo.VersionDelete: audit.EntryDelete, repo.VersionRestore: audit.EntryRestore,
-}
-
-// record writes a change's version row and audit record in its transaction, which holds
-// the tenant's row lock: version numbers are the entry ID's last plus one. An entry that
-// predates history gets its state before the change recorded first, as a baseline.
-func (s *Service) record(ctx context.Context, tx pgx.Tx, c change) (int64, error) {
-	e := c.after
-	if e == nil {
-		e = c.before
-	}
-	last := c.last
-	if !c.known {
-		var err error
-		if last, err = repo.LastVersion(ctx, tx, e.TenantID, e.ID); err != nil {
-			return 0, err
-		}
-	}
-	if c.before == nil && last > 0 {
-		v, err := repo.ContinueEntryVersion(ctx, tx, e.TenantID, e.ID, e.Version)
-		if err != nil {
-			return 0, err
-		}
-		e.Version = v
-	}
-	if last == 0 && c.before != nil && c.action != repo.VersionDelete {
-		last = 1
-		base, err := s.versionOf(ctx, c.before, last, repo.VersionBaseline, 0)
-		if err != nil {
-			return 0, err
-		}
-		if err := repo.InsertVersion(ctx, tx, base); err != nil {
-			return 0, err
-		}
-	}
-	n := last + 1
-	v, err := s.versionOf(ctx, e, n, c.action, c.restoredFrom)
-	if err != nil {
-		return 0, err
-	}
-	rec, err := audit.Prepare(ctx, c.event(n))
-	if err != nil {
-		return 0, err
-	}
-	return n, repo.RecordVersion(ctx, tx, v, rec)
-}
-
-// event is the audit record of a change that made version n.
-func (c change) event(n int64) audit.Event {
-	e := c.after
-	if e == nil {
-		e = c.before
-	}
-	ev := audit.Event{Tenant: e.TenantID, Action: auditActions[c.action], Target: audit.EntryTarget(e.ID),
-		Detail: map[string]any{"version": n}}
-	if c.before != nil {
-		ev.FingerprintBefore = c.before.Meta.FingerprintSHA256
-	}
-	if c.after != nil {
-		ev.FingerprintAfter = c.after.Meta.FingerprintSHA256
-	}
-	if c.restoredFrom > 0 {
-		ev.Detail["restoredFrom"] = c.restoredFrom
-	}
-	return ev
-}
-
 // recordRefusedDelete audits a delete refused because deployed nodes reference the entry.
 // The refusal changed nothing, so its record gets a transaction of its own; failing to
 // write it is logged, and the refusal still answers.
@@ -193,7 +84,12 @@ func (s *Service) Restore(ctx context.Context, tenant, id string, version int64,
 	defer s.changed(tenant)
 	var res *Result
 	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
-		if _, err := repo.BumpGeneration(ctx, tx, tenant); err != nil {
+		// The tenant's lock, the entry and its history first, as every write but a create.
+		cur, h, err := repo.BeginEntryWrite(ctx, tx, tenant, id)
+		if errors.Is(err, repo.ErrNotFound) {
+			cur, err = nil, nil
+		}
+		if err != nil {
 			return err
 		}
 		v, err := repo.GetVersion(ctx, tx, tenant, id, version)
@@ -209,19 +105,10 @@ func (s *Service) Restore(ctx context.Context, tenant, id string, version int64,
 				return err
 			}
 		}
-		cur, err := repo.GetEntryForUpdate(ctx, tx, tenant, id)
-		if errors.Is(err, repo.ErrNotFound) {
-			cur, err = nil, nil
-		}
-		if err != nil {
-			return err
-		}
 		if err := pre.check(cur, "restore "+id); err != nil {
 			return err
 		}
-		switch {
-		case cur == nil:
-		case cur.Type != v.Type:
+		if cur != nil && cur.Type != v.Type {
 			n, err := repo.CountReferences(ctx, tx, tenant, id)
 			if err != nil {
 				return err
@@ -244,23 +131,9 @@ func (s *Service) Restore(ctx context.Context, tenant, id string, version int64,
 		if err != nil {
 			return err
 		}
-		if err := s.seal(p); err != nil {
-			return err
-		}
-		res = &Result{Entry: p.entry, Warnings: p.warnings}
-		if cur == nil {
-			if err := repo.InsertEntry(ctx, tx, p.entry); err != nil {
-				return err
-			}
-			res.Created = true
-		} else {
-			p.entry.Version, p.entry.CreatedAt = cur.Version, cur.CreatedAt
-			if err := repo.UpdateEntry(ctx, tx, p.entry); err != nil {
-				return err
-			}
-		}
-		_, err = s.record(ctx, tx, change{action: repo.VersionRestore, before: cur, after: p.entry, restoredFrom: v.Version})
-		return err
+		res = &Result{Entry: p.entry, Warnings: p.warnings, Created: cur == nil}
+		return s.commit(ctx, tx, tenant, false, &change{action: repo.VersionRestore, before: cur, after: p,
+			history: h, restoredFrom: v.Version})
 	})
 	if err != nil {
 		return nil, err
@@ -316,52 +189,4 @@ func (s *Service) RunPruner(ctx context.Context, keep int, maxAge, interval time
 		case <-t.C:
 		}
 	}
-}
-
-// createEntry stores a new entry with version 1 of its history and its audit record. An
-// ID that never had history (nearly every create) takes one round trip, the tenant's row
-// locked only server-side; an ID with a deleted entry's history continues its numbering
-// in a transaction that takes the tenant's row lock first, as every write does.
-func (s *Service) createEntry(ctx context.Context, e *repo.Entry) error {
-	c := change{action: repo.VersionCreate, after: e}
-	v, err := s.versionOf(ctx, e, 1, repo.VersionCreate, 0)
-	if err != nil {
-		return err
-	}
-	v.EntryVersion = 1 // what the insert assigns
-	rec, err := audit.Prepare(ctx, c.event(1))
-	if err != nil {
-		return err
-	}
-	err = repo.CreateEntryFirst(ctx, s.Pool, e, v, rec)
-	if !errors.Is(err, repo.ErrHasHistory) {
-		return err
-	}
-	return db.InTenant(ctx, s.Pool, e.TenantID, func(tx pgx.Tx) error {
-		if _, err := repo.BumpGeneration(ctx, tx, e.TenantID); err != nil {
-			return err
-		}
-		if err := repo.InsertEntry(ctx, tx, e); err != nil {
-			return err
-		}
-		_, err := s.record(ctx, tx, c)
-		return err
-	})
-}
-
-// deleting reads the entry a delete is about to remove, with its material, for the
-// version that keeps it: ErrNotFound when it is gone and pre asks nothing of it,
-// ErrVersionMismatch when pre does not hold.
-func (s *Service) deleting(ctx context.Context, tx pgx.Tx, tenant, id string, pre Precondition) (*repo.Entry, error) {
-	cur, err := repo.GetEntryForUpdate(ctx, tx, tenant, id)
-	if errors.Is(err, repo.ErrNotFound) && (pre.Version != 0 || pre.Exists) {
-		return nil, pre.check(nil, "delete entry "+id)
-	}
-	if err != nil {
-		return nil, err
-	}
-	if err := pre.check(cur, "delete entry "+id); err != nil {
-		return nil, err
-	}
-	return cur, nil
 }

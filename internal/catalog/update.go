@@ -39,19 +39,23 @@ func (s *Service) put(ctx context.Context, tenant string, in Input, pre Precondi
 	err = db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
 		// The tenant row first, as every write of the tenant but a create does (Delete,
 		// a workspace deploy): one lock order, so a PUT racing a deploy waits instead of
-		// deadlocking. The entry and its history's last version number come in the same
-		// round trip.
-		cur, last, err := repo.BeginEntryWrite(ctx, tx, tenant, in.ID)
+		// deadlocking. The entry and where its history stands come in the same round trip.
+		cur, h, err := repo.BeginEntryWrite(ctx, tx, tenant, in.ID)
 		if errors.Is(err, repo.ErrNotFound) {
 			if err := pre.check(nil, "create entry "+in.ID); err != nil {
 				return err
 			}
 			created = true
-			if res, err = s.createIn(ctx, tx, tenant, in); err != nil {
+			p, err := s.prepare(ctx, tenant, in.ID, str(in.Name), str(in.Type), str(in.Source), str(in.Notes), in.encoded(), in.paths())
+			if err != nil {
 				return err
 			}
-			_, err = s.record(ctx, tx, change{action: repo.VersionCreate, after: res.Entry, last: last, known: true})
-			return err
+			v, err := s.verify(ctx, tenant, p, in.VerifyWith)
+			if err != nil {
+				return err
+			}
+			res = &Result{Entry: p.entry, Warnings: p.warnings, Created: true, Verification: v}
+			return s.commit(ctx, tx, tenant, false, &change{action: repo.VersionCreate, after: p, history: h})
 		}
 		if err != nil {
 			return err
@@ -59,34 +63,20 @@ func (s *Service) put(ctx context.Context, tenant string, in Input, pre Precondi
 		if err := pre.check(cur, "update entry "+in.ID); err != nil {
 			return err
 		}
-		if res, err = s.updateIn(ctx, tx, tenant, cur, in); err != nil {
+		c, v, err := s.updateOf(ctx, tx, tenant, cur, in)
+		if err != nil {
 			return err
 		}
-		_, err = s.record(ctx, tx, change{action: repo.VersionUpdate, before: cur, after: res.Entry, last: last, known: true})
-		return err
+		c.history = h
+		res = &Result{Entry: c.after.entry, Warnings: c.after.warnings, Verification: v}
+		return s.commit(ctx, tx, tenant, false, c)
 	})
 	return res, created, err
 }
 
-func (s *Service) createIn(ctx context.Context, tx pgx.Tx, tenant string, in Input) (*Result, error) {
-	p, err := s.prepare(ctx, tenant, in.ID, str(in.Name), str(in.Type), str(in.Source), str(in.Notes), in.encoded(), in.paths())
-	if err != nil {
-		return nil, err
-	}
-	v, err := s.verify(ctx, tenant, p, in.VerifyWith)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.seal(p); err != nil {
-		return nil, err
-	}
-	if err := repo.InsertEntry(ctx, tx, p.entry); err != nil {
-		return nil, err
-	}
-	return &Result{Entry: p.entry, Warnings: p.warnings, Created: true, Verification: v}, nil
-}
-
-func (s *Service) updateIn(ctx context.Context, tx pgx.Tx, tenant string, cur *repo.Entry, in Input) (*Result, error) {
+// updateOf is the change a PUT makes to cur: in's fields over cur's, in's material (in any
+// encoding) over cur's, judged as a whole again.
+func (s *Service) updateOf(ctx context.Context, tx pgx.Tx, tenant string, cur *repo.Entry, in Input) (*change, *Verification, error) {
 	name, typ, source, notes := cur.Name, string(cur.Type), cur.Source, cur.Notes
 	if in.Name != nil {
 		name = *in.Name
@@ -103,20 +93,20 @@ func (s *Service) updateIn(ctx context.Context, tx pgx.Tx, tenant string, cur *r
 	if typ != string(cur.Type) {
 		n, err := repo.CountReferences(ctx, tx, tenant, cur.ID)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if n > 0 {
 			refs, err := repo.ListReferences(ctx, tx, tenant, cur.ID, nil, MaxConflictReferences)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
-			return nil, &ReferencedError{EntryID: cur.ID, References: refs, Total: n}
+			return nil, nil, &ReferencedError{EntryID: cur.ID, References: refs, Total: n}
 		}
 	}
 
 	sourceChanged := source != cur.Source
 	if sourceChanged && !in.hasMaterial() {
-		return nil, &ValidationError{Issues: []material.Issue{{Field: "source",
+		return nil, nil, &ValidationError{Issues: []material.Issue{{Field: "source",
 			Message: "changing the source needs the new material (certPem/keyPem, certDer/keyDer or pkcs12 for inline, certPath/keyPath for file)"}}}
 	}
 	// Material: what the request brings, completed from what is stored unless the source
@@ -129,7 +119,7 @@ func (s *Service) updateIn(ctx context.Context, tx pgx.Tx, tenant string, cur *r
 		if cur.Source == SourceInline {
 			c, k, err := s.Open(cur)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			// A PKCS#12 replaces certificate and key; otherwise each half given replaces
 			// the stored one, in whichever encoding it comes.
@@ -163,28 +153,22 @@ func (s *Service) updateIn(ctx context.Context, tx pgx.Tx, tenant string, cur *r
 
 	p, err := s.prepare(ctx, tenant, cur.ID, name, typ, source, notes, enc, paths)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	v, err := s.verify(ctx, tenant, p, in.VerifyWith)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	p.entry.Version = cur.Version
-	p.entry.CreatedAt = cur.CreatedAt
-	if in.hasMaterial() || sourceChanged || typ != string(cur.Type) {
-		if err := s.seal(p); err != nil {
-			return nil, err
-		}
-	} else {
-		// Nothing about the material changed: keep the stored ciphertext as it is.
+	c := &change{action: repo.VersionUpdate, before: cur, after: p}
+	if !in.hasMaterial() && !sourceChanged && typ == string(cur.Type) {
+		// Nothing about the material changed: the row keeps its ciphertext and metadata
+		// as they are, and the re-read material raises no warnings again.
+		c.keepSealed = true
 		p.entry.Sealed = cur.Sealed
 		p.entry.Meta = cur.Meta
 		p.warnings = nil
 	}
-	if err := repo.UpdateEntry(ctx, tx, p.entry); err != nil {
-		return nil, err
-	}
-	return &Result{Entry: p.entry, Warnings: p.warnings, Verification: v}, nil
+	return c, v, nil
 }
 
 // Delete removes an entry. A referenced entry is refused with a *ReferencedError listing
@@ -204,7 +188,14 @@ func (s *Service) Delete(ctx context.Context, tenant, id string, pre Preconditio
 	}
 	defer s.changed(tenant)
 	err = db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
-		if _, err := repo.BumpGeneration(ctx, tx, tenant); err != nil {
+		cur, h, err := repo.BeginEntryWrite(ctx, tx, tenant, id)
+		if errors.Is(err, repo.ErrNotFound) && (pre.Version != 0 || pre.Exists) {
+			return pre.check(nil, "delete entry "+id)
+		}
+		if err != nil {
+			return err
+		}
+		if err := pre.check(cur, "delete entry "+id); err != nil {
 			return err
 		}
 		// The count is exact (kept by triggers) and the tenant row lock taken above
@@ -215,42 +206,28 @@ func (s *Service) Delete(ctx context.Context, tenant, id string, pre Preconditio
 		if err != nil {
 			return err
 		}
-		if n == 0 {
-			cur, err := s.deleting(ctx, tx, tenant, id, pre)
+		if n > 0 {
+			refs, err := repo.ListReferences(ctx, tx, tenant, id, nil, MaxConflictReferences)
 			if err != nil {
 				return err
 			}
-			// A savepoint, so that a refusal by the foreign key leaves the transaction
-			// usable for listing what refused it.
-			sp, err := tx.Begin(ctx)
-			if err != nil {
-				return fmt.Errorf("delete entry %s: %w", id, err)
-			}
-			err = repo.DeleteEntry(ctx, sp, tenant, id, cur.Version)
-			if !errors.Is(err, repo.ErrReferenced) {
-				if err != nil {
-					_ = sp.Rollback(ctx)
-					return err
-				}
-				if err := sp.Commit(ctx); err != nil {
-					return fmt.Errorf("delete entry %s: %w", id, err)
-				}
-				_, err = s.record(ctx, tx, change{action: repo.VersionDelete, before: cur})
-				return err
-			}
-			if err := sp.Rollback(ctx); err != nil {
-				return fmt.Errorf("delete entry %s: %w", id, err)
-			}
+			refErr = &ReferencedError{EntryID: id, References: refs, Total: max(n, len(refs))}
+			return refErr // rolls back: the generation does not move for a refused delete
 		}
-		refs, err := repo.ListReferences(ctx, tx, tenant, id, nil, MaxConflictReferences)
+		return s.commit(ctx, tx, tenant, false, &change{action: repo.VersionDelete, before: cur, history: h})
+	})
+	if errors.Is(err, repo.ErrReferenced) && !errors.As(err, &refErr) {
+		// The foreign key refused what the count did not see: list what refuses it now.
+		if refErr, err = s.readRefusal(ctx, tenant, id); err == nil && refErr == nil {
+			return fmt.Errorf("delete entry %s: %w", id, repo.ErrReferenced)
+		}
 		if err != nil {
 			return err
 		}
-		refErr = &ReferencedError{EntryID: id, References: refs, Total: max(n, len(refs))}
-		return refErr // rolls back: the generation does not move for a refused delete
-	})
-	if errors.As(err, &refErr) {
+	}
+	if refErr != nil {
 		s.recordRefusedDelete(ctx, tenant, id, refErr)
+		return refErr
 	}
 	return err
 }

@@ -74,13 +74,18 @@ func setupBench(b *testing.B) *bundle {
 		sealed, err := sealing.SealPair(bb.ring, sealing.Place{Tenant: "big", EntryID: id}, cert, key)
 		require.NoError(b, err)
 		entries = append(entries, &repo.Entry{TenantID: "big", ID: id, Name: id, Type: material.ClientPair,
-			Source: "inline", Sealed: sealed, Meta: m.Metadata})
+			Source: "inline", Sealed: sealed, Meta: m.Metadata, Version: 1})
 	}
 	require.NoError(b, db.InTenant(ctx, bb.pool, "big", func(tx pgx.Tx) error {
 		if _, err := repo.BumpGeneration(ctx, tx, "big"); err != nil {
 			return err
 		}
-		return repo.ImportEntries(ctx, tx, entries)
+		// Rows alone, without history or audit: a seed of the read paths, not a write.
+		writes := make([]repo.EntryWrite, len(entries))
+		for i, e := range entries {
+			writes[i] = repo.EntryWrite{Row: e}
+		}
+		return repo.WriteEntries(ctx, tx, "big", false, writes)
 	}))
 	return bb
 }

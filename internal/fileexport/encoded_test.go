@@ -96,7 +96,7 @@ func TestIncrementalExportMatchesFullExport(t *testing.T) {
 
 	// A restore of the first file brings back rows under the same IDs: nothing stale
 	// survives it.
-	im := &Importer{Pool: b.pool, Ring: b.ring, Logger: testLogger(t)}
+	im := &Importer{Pool: b.pool, Catalog: b.catalog, Ring: b.ring, Logger: testLogger(t)}
 	_, err = im.Import(ctx, before, ImportOptions{Tenant: "acme", Replace: true})
 	require.NoError(t, err)
 	same(t)

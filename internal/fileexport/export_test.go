@@ -2,6 +2,7 @@ package fileexport
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -17,7 +18,6 @@ import (
 	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
-	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/sealing"
 	"github.com/loopze/certstore/internal/testdb"
@@ -144,7 +144,7 @@ func TestRoundTripThroughAFreshDatabase(t *testing.T) {
 	// Another database and another master key: the file is opened with its own key
 	// (import --key) and everything is sealed again under the new one.
 	dst := setupOn(t, testdb.URL(t))
-	im := &Importer{Pool: dst.pool, Ring: dst.ring, FileRing: src.ring, Roots: material.Roots{os.TempDir()}, Logger: testLogger(t)}
+	im := &Importer{Pool: dst.pool, Catalog: dst.catalog, Ring: dst.ring, FileRing: src.ring, Logger: testLogger(t)}
 	got, err := im.Import(ctx, file, ImportOptions{Tenant: "acme"})
 	require.NoError(t, err)
 	require.Equal(t, 3, got.Entries)
@@ -232,7 +232,7 @@ func TestImportKeepsFileEntriesWhoseFilesAreGone(t *testing.T) {
 	require.NoError(t, os.RemoveAll(dir))
 
 	dst := setupOn(t, testdb.URL(t))
-	im := &Importer{Pool: dst.pool, Ring: dst.ring, FileRing: src.ring}
+	im := &Importer{Pool: dst.pool, Catalog: dst.catalog, Ring: dst.ring, FileRing: src.ring}
 	got, err := im.ImportFile(ctx, res.Path, ImportOptions{Tenant: "acme"})
 	require.NoError(t, err)
 	require.Len(t, got.Warnings, 1)
@@ -253,7 +253,7 @@ func TestBootImport(t *testing.T) {
 
 	// A new, empty database beside the same data directory.
 	dst := setupOn(t, testdb.URL(t))
-	im := &Importer{Pool: dst.pool, Ring: src.ring, Roots: material.Roots{}}
+	im := &Importer{Pool: dst.pool, Catalog: &catalog.Service{Pool: dst.pool, Ring: src.ring, Logger: testLogger(t)}, Ring: src.ring}
 	res, imported, err := im.BootImport(ctx, src.dataDir)
 	require.NoError(t, err)
 	require.True(t, imported)
@@ -276,7 +276,7 @@ func TestBootImport(t *testing.T) {
 
 	// A file that cannot be opened stops the boot instead of being overwritten later.
 	other := setupOn(t, testdb.URL(t))
-	bad := &Importer{Pool: other.pool, Ring: other.ring}
+	bad := &Importer{Pool: other.pool, Catalog: other.catalog, Ring: other.ring}
 	_, _, err = bad.BootImport(ctx, src.dataDir)
 	require.ErrorIs(t, err, envelope.ErrUnknownKey)
 }
@@ -357,7 +357,11 @@ func TestTwoServersFollowChanges(t *testing.T) {
 		if _, err := repo.BumpGeneration(ctx, tx, "acme"); err != nil {
 			return err
 		}
-		return repo.DeleteEntry(ctx, tx, "acme", "first", 0)
+		found, err := repo.LookupEntries(ctx, tx, "acme", []string{"first"})
+		if err != nil || len(found) != 1 {
+			return fmt.Errorf("entry first: %v", err)
+		}
+		return repo.WriteEntries(ctx, tx, "acme", false, []repo.EntryWrite{{Before: found[0]}})
 	}))
 	for _, doc := range awaitFiles("delete") {
 		require.Nil(t, entryByID(doc, "first"))
@@ -374,11 +378,9 @@ func TestTwoServersFollowChanges(t *testing.T) {
 
 // sealedEntry reads an entry with its sealed material, which the catalogue's Get leaves out.
 func sealedEntry(ctx context.Context, pool *pgxpool.Pool, tenant, id string) (*repo.Entry, error) {
-	var e *repo.Entry
-	err := db.InTenant(ctx, pool, tenant, func(tx pgx.Tx) error {
-		var err error
-		e, err = repo.GetEntryForUpdate(ctx, tx, tenant, id)
-		return err
-	})
-	return e, err
+	found, err := repo.LookupEntries(ctx, pool, tenant, []string{id})
+	if err != nil || len(found) != 1 {
+		return nil, fmt.Errorf("entry %s: %v", id, err)
+	}
+	return found[0], nil
 }

@@ -21,7 +21,6 @@ import (
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/sealing"
-	"github.com/loopze/certstore/internal/secret"
 	"github.com/loopze/certstore/internal/testdb"
 )
 
@@ -156,10 +155,4 @@ func entryByID(doc *credfile.Document, id string) *credfile.Entry {
 		}
 	}
 	return nil
-}
-
-// requireNoPEM fails when s carries PEM armour.
-func requireNoPEM(t *testing.T, s string) {
-	t.Helper()
-	require.False(t, secret.LooksLikePEM(s), "PEM leaked into %q", s)
 }

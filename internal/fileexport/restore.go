@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -17,7 +16,6 @@ import (
 	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
-	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/sealing"
 	"github.com/loopze/certstore/internal/secret"
@@ -34,16 +32,15 @@ var ErrInvalidDocument = errors.New("credentials file holds invalid data")
 type Importer struct {
 	// Pool reaches the database.
 	Pool *pgxpool.Pool
-	// Ring seals the restored material under its current key.
+	// Catalog stores the restored entries, under the rules and through the write of any
+	// other entry.
+	Catalog *catalog.Service
+	// Ring seals the restored node credentials under its current key.
 	Ring *envelope.Ring
 	// FileRing opens the file; nil means Ring. `import --key` sets it to the file's key.
 	FileRing *envelope.Ring
-	// Roots confines file-sourced paths, as for the API.
-	Roots material.Roots
 	// Logger receives warnings.
 	Logger *slog.Logger
-	// Now is the clock; nil means time.Now.
-	Now func() time.Time
 }
 
 // ImportOptions say what to restore where.
@@ -69,13 +66,6 @@ type ImportResult struct {
 	// Warnings are about file-sourced entries whose files cannot be read here: their paths
 	// and the metadata from the file are kept.
 	Warnings []string
-}
-
-func (im *Importer) now() time.Time {
-	if im.Now != nil {
-		return im.Now()
-	}
-	return time.Now()
 }
 
 func (im *Importer) logger() *slog.Logger {
@@ -119,11 +109,10 @@ func (im *Importer) Import(ctx context.Context, data []byte, o ImportOptions) (I
 	}
 	res.FileGeneration = h.Generation
 
-	entries, warnings, err := im.prepareEntries(ctx, o.Tenant, doc)
+	entries, err := importedEntries(doc)
 	if err != nil {
 		return res, err
 	}
-	res.Warnings = warnings
 	secrets := make([]repo.NodeSecret, 0, len(doc.NodeCredentials))
 	for _, c := range doc.NodeCredentials {
 		value, err := c.Bytes()
@@ -162,9 +151,14 @@ func (im *Importer) Import(ctx context.Context, data []byte, o ImportOptions) (I
 				return err
 			}
 		}
-		if err := repo.ImportEntries(ctx, tx, entries); err != nil {
+		warnings, err := im.Catalog.Import(ctx, tx, o.Tenant, entries, map[string]any{"import": true, "fromTenant": fileTenant})
+		if errors.Is(err, catalog.ErrInvalid) {
+			return fmt.Errorf("%w: %w", ErrInvalidDocument, err)
+		}
+		if err != nil {
 			return err
 		}
+		res.Warnings = warnings
 		if len(doc.Workspace) > 0 && string(doc.Workspace) != "null" {
 			if err := repo.ImportWorkspace(ctx, tx, o.Tenant, doc.Workspace); err != nil {
 				return err
@@ -191,58 +185,26 @@ func (im *Importer) Import(ctx context.Context, data []byte, o ImportOptions) (I
 	return res, nil
 }
 
-// prepareEntries turns the document's entries into rows for tenant: metadata re-derived,
-// inline material sealed under the current key.
-func (im *Importer) prepareEntries(ctx context.Context, tenant string, doc *credfile.Document) ([]*repo.Entry, []string, error) {
-	var (
-		out      = make([]*repo.Entry, 0, len(doc.Entries))
-		warnings []string
-		now      = im.now()
-	)
-	for _, de := range doc.Entries {
-		kind := material.Kind(de.Type)
-		if !catalog.ValidID(de.ID) || !kind.Valid() || (de.Source != "inline" && de.Source != "file") {
-			return nil, nil, fmt.Errorf("%w: entry %q has an invalid ID, type or source", ErrInvalidDocument, de.ID)
+// importedEntries are the document's entries as the catalogue imports them.
+func importedEntries(doc *credfile.Document) ([]catalog.Imported, error) {
+	out := make([]catalog.Imported, 0, len(doc.Entries))
+	opt := func(s string) *string {
+		if s == "" {
+			return nil
 		}
-		e := &repo.Entry{
-			TenantID: tenant, ID: de.ID, Name: de.Name, Type: kind, Source: de.Source, Notes: de.Notes,
-			CreatedAt: de.CreatedAt, UpdatedAt: de.UpdatedAt,
-		}
-		switch de.Source {
-		case "inline":
-			cert, key := secret.PEM(de.CertPEM), secret.PEM(de.KeyPEM)
-			m, issues := material.Inspect(kind, cert, key, material.PEMFields, now)
-			if len(issues) > 0 {
-				return nil, nil, fmt.Errorf("%w: entry %s: %s", ErrInvalidDocument, de.ID, issues[0])
-			}
-			e.Meta = m.Metadata
-			var err error
-			if e.Sealed, err = sealing.SealPair(im.Ring, sealing.Place{Tenant: tenant, EntryID: de.ID}, cert, key); err != nil {
-				return nil, nil, err
-			}
-		default:
-			e.CertPath, e.KeyPath, e.PassphrasePath = de.CertPath, de.KeyPath, de.PassphraseFile
-			if e.CertPath == "" {
-				return nil, nil, fmt.Errorf("%w: file entry %s has no certPath", ErrInvalidDocument, de.ID)
-			}
-			// An import runs alone, from the command line or at boot: no budget to share.
-			m, issues, err := im.Roots.LoadFilesWith(ctx, kind, tenant,
-				material.Paths{Cert: de.CertPath, Key: de.KeyPath, Passphrase: de.PassphraseFile}, material.PathFields, now, nil)
-			if err != nil {
-				return nil, nil, fmt.Errorf("entry %s: %w", de.ID, err)
-			}
-			if len(issues) == 0 {
-				e.Meta = m.Metadata
-				break
-			}
-			// The files may live on the machine the backup came from only; the entry keeps
-			// its paths and the metadata recorded in the file until they appear.
-			warnings = append(warnings, fmt.Sprintf("entry %s: file material not usable here (%s); keeping its paths and recorded metadata", de.ID, issues[0]))
-			e.Meta = de.Metadata
-		}
-		out = append(out, e)
+		return &s
 	}
-	return out, warnings, nil
+	for _, de := range doc.Entries {
+		if de.ID == "" {
+			return nil, fmt.Errorf("%w: an entry has no ID", ErrInvalidDocument)
+		}
+		name, typ, source, notes := de.Name, de.Type, de.Source, de.Notes
+		in := catalog.Input{ID: de.ID, Name: &name, Type: &typ, Source: &source, Notes: &notes,
+			CertPEM: secret.PEM(de.CertPEM), KeyPEM: secret.PEM(de.KeyPEM),
+			CertPath: opt(de.CertPath), KeyPath: opt(de.KeyPath), PassphrasePath: opt(de.PassphraseFile)}
+		out = append(out, catalog.Imported{Input: in, Recorded: de.Metadata, CreatedAt: de.CreatedAt, UpdatedAt: de.UpdatedAt})
+	}
+	return out, nil
 }
 
 // BootImport restores the default tenant from dataDir's credentials.json when the database

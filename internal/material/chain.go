@@ -103,7 +103,7 @@ func orderText[T any](items []T, at func(T) (int, *x509.Certificate)) string {
 
 // sigChecks remembers the signature checks of one Decode, so that putting a chain in order
 // and then checking that it links verifies each signature once. The certificates are
-// told apart by their bytes: Normalize and Inspect parse them separately. A nil
+// told apart by their bytes: normalize and Inspect parse them separately. A nil
 // *sigChecks remembers nothing.
 type sigChecks struct{ done map[[2]string]error }
 

@@ -16,7 +16,7 @@ import (
 
 // Encoded is material in any of the shapes the store accepts, as a client or a file hands
 // it over: PEM (with the key possibly encrypted, as PKCS#8 or in OpenSSL's legacy format),
-// DER, or a PKCS#12 / PFX file with its passphrase. Normalize turns it into the one shape
+// DER, or a PKCS#12 / PFX file with its passphrase. Decode turns it into the one shape
 // the store keeps.
 type Encoded struct {
 	CertPEM secret.PEM
@@ -72,7 +72,7 @@ func Decode(ctx context.Context, k Kind, enc Encoded, f EncodedFields, now time.
 	return m, n, nil, nil
 }
 
-// normalizer collects the issues of one Normalize call.
+// normalizer collects the issues of one normalize call.
 type normalizer struct {
 	k    Kind
 	f    EncodedFields
@@ -87,14 +87,10 @@ func (z *normalizer) fail(field, format string, args ...any) {
 	z.errs = append(z.errs, Issue{Field: field, Message: fmt.Sprintf(format, args...)})
 }
 
-// Normalize decodes enc into PEM. Plain PEM passes through untouched unless its chain must
+// normalize decodes enc into PEM. Plain PEM passes through untouched unless its chain must
 // be put in order; everything it cannot judge (malformed PEM, a key that does not match)
 // is left for Inspect to report. Every issue names its field; none holds a passphrase or
-// key bytes. Key derivations run as Decode's do.
-func Normalize(ctx context.Context, k Kind, enc Encoded, f EncodedFields, kdf KDF) (*Normalized, []Issue, error) {
-	return normalize(newDeriver(ctx, kdf), k, enc, f, nil)
-}
-
+// key bytes.
 func normalize(d *deriver, k Kind, enc Encoded, f EncodedFields, sigs *sigChecks) (*Normalized, []Issue, error) {
 	z := &normalizer{k: k, f: f, sigs: sigs, d: d}
 	out := &Normalized{Cert: enc.CertPEM, Key: enc.KeyPEM, Fields: Fields{Cert: f.CertPEM, Key: f.KeyPEM}}

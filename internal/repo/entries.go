@@ -40,23 +40,20 @@ type Entry struct {
 }
 
 const entryColumns = `tenant_id, id, name, type, source, notes, coalesce(cert_path, ''), coalesce(key_path, ''),
-	cert_sealed, key_sealed, coalesce(key_id, ''), fingerprint_sha256, subject, issuer, serial_number,
-	not_before, not_after, dns_names, cert_count, key_algorithm, has_private_key, version, created_at, updated_at,
+	cert_sealed, key_sealed, coalesce(key_id, ''), ` + metaColumns + `, version, created_at, updated_at,
 	coalesce(passphrase_path, '')`
 
 // listColumns are entryColumns without the sealed material, which listings never show:
 // a page of 100 entries then moves kilobytes, not hundreds of them.
 const listColumns = `tenant_id, id, name, type, source, notes, coalesce(cert_path, ''), coalesce(key_path, ''),
-	NULL::bytea, NULL::bytea, coalesce(key_id, ''), fingerprint_sha256, subject, issuer, serial_number,
-	not_before, not_after, dns_names, cert_count, key_algorithm, has_private_key, version, created_at, updated_at,
+	NULL::bytea, NULL::bytea, coalesce(key_id, ''), ` + metaColumns + `, version, created_at, updated_at,
 	coalesce(passphrase_path, '')`
 
 func scanEntry(row pgx.Row, extra ...any) (*Entry, error) {
 	var e Entry
 	dest := []any{&e.TenantID, &e.ID, &e.Name, &e.Type, &e.Source, &e.Notes, &e.CertPath, &e.KeyPath,
-		&e.Sealed.Cert, &e.Sealed.Key, &e.Sealed.KeyID, &e.Meta.FingerprintSHA256, &e.Meta.Subject, &e.Meta.Issuer,
-		&e.Meta.SerialNumber, &e.Meta.NotBefore, &e.Meta.NotAfter, &e.Meta.DNSNames, &e.Meta.CertCount,
-		&e.Meta.KeyAlgorithm, &e.Meta.HasPrivateKey, &e.Version, &e.CreatedAt, &e.UpdatedAt, &e.PassphrasePath}
+		&e.Sealed.Cert, &e.Sealed.Key, &e.Sealed.KeyID}
+	dest = append(append(dest, metaDest(&e.Meta)...), &e.Version, &e.CreatedAt, &e.UpdatedAt, &e.PassphrasePath)
 	if err := row.Scan(append(dest, extra...)...); err != nil {
 		return nil, err
 	}
@@ -82,34 +79,6 @@ func nullIfEmpty(s string) any {
 		return nil
 	}
 	return s
-}
-
-// insertEntrySQL stores one entry and returns what the database assigns.
-const insertEntrySQL = `
-		INSERT INTO entries (tenant_id, id, name, type, source, notes, cert_path, key_path,
-			cert_sealed, key_sealed, key_id, fingerprint_sha256, subject, issuer, serial_number,
-			not_before, not_after, dns_names, cert_count, key_algorithm, has_private_key, passphrase_path)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)
-		RETURNING version, created_at, updated_at`
-
-func insertEntryArgs(e *Entry) []any {
-	return []any{e.TenantID, e.ID, e.Name, e.Type, e.Source, e.Notes, nullIfEmpty(e.CertPath), nullIfEmpty(e.KeyPath),
-		e.Sealed.Cert, e.Sealed.Key, nullIfEmpty(e.Sealed.KeyID), e.Meta.FingerprintSHA256, e.Meta.Subject, e.Meta.Issuer,
-		e.Meta.SerialNumber, e.Meta.NotBefore, e.Meta.NotAfter, nonNil(e.Meta.DNSNames), e.Meta.CertCount,
-		e.Meta.KeyAlgorithm, e.Meta.HasPrivateKey, nullIfEmpty(e.PassphrasePath)}
-}
-
-// InsertEntry stores a new entry; ErrDuplicate when the ID is taken in the tenant.
-func InsertEntry(ctx context.Context, q db.DBTX, e *Entry) error {
-	err := q.QueryRow(ctx, insertEntrySQL, insertEntryArgs(e)...).Scan(&e.Version, &e.CreatedAt, &e.UpdatedAt)
-	return mapErr("insert entry", err)
-}
-
-// CreateEntry stores a new entry of e.TenantID and moves the tenant's generation, in one
-// round trip: the tenant scope, the generation (with its notification) and the insert
-// travel as one batch, which PostgreSQL runs as one implicit transaction, all or nothing.
-func CreateEntry(ctx context.Context, q db.DBTX, e *Entry) error {
-	return mapErr("insert entry", sendCreate(ctx, q, e, nil))
 }
 
 // ensureTenantSQL creates a tenant's row when it has none, without moving its generation.
@@ -144,25 +113,6 @@ func missingTenant(err error) bool {
 	return errors.As(err, &pgErr) && pgErr.Code == "23503" && strings.HasSuffix(pgErr.ConstraintName, "_tenant_id_fkey")
 }
 
-// sendCreate sends the batch of a create, run by PostgreSQL as one implicit transaction:
-// the tenant scope, the change of the generation (with its notification), the insert, and
-// then what more adds. It locks nothing another create waits for: the change is a row of
-// its own, and the foreign keys of the inserts lock the tenant's row FOR KEY SHARE, which
-// creates share with each other and with the lock of every other write (see
-// bumpGenerationSQL). So the creates of one tenant commit side by side, their commits
-// flushed to disk together. A tenant's first create creates its row (sendTenantBatch).
-func sendCreate(ctx context.Context, q db.DBTX, e *Entry, more func(*pgx.Batch)) error {
-	return sendTenantBatch(ctx, q, e.TenantID, func(b *pgx.Batch) {
-		b.Queue(changeSQL, e.TenantID, GenerationChannel)
-		b.Queue(insertEntrySQL, insertEntryArgs(e)...).QueryRow(func(row pgx.Row) error {
-			return row.Scan(&e.Version, &e.CreatedAt, &e.UpdatedAt)
-		})
-		if more != nil {
-			more(b)
-		}
-	})
-}
-
 func nonNil(s []string) []string {
 	if s == nil {
 		return []string{}
@@ -187,58 +137,6 @@ func GetEntry(ctx context.Context, q db.DBTX, tenant, id string) (*Entry, error)
 		return nil, mapErr("get entry "+id, pgx.ErrNoRows)
 	}
 	return page[0], nil
-}
-
-// GetEntryForUpdate is GetEntry with a row lock, for read-modify-write in one transaction.
-func GetEntryForUpdate(ctx context.Context, q db.DBTX, tenant, id string) (*Entry, error) {
-	row := q.QueryRow(ctx, `SELECT `+entryColumns+` FROM entries WHERE tenant_id = $1 AND id = $2 FOR UPDATE`, tenant, id)
-	e, err := scanEntry(row)
-	if err != nil {
-		return nil, mapErr("get entry "+id, err)
-	}
-	return e, nil
-}
-
-// UpdateEntry writes every mutable column of e when its version is still e.Version, and
-// bumps the version. ErrNotFound when the row is gone, ErrVersionMismatch when it moved.
-func UpdateEntry(ctx context.Context, q db.DBTX, e *Entry) error {
-	err := q.QueryRow(ctx, `
-		UPDATE entries SET name = $3, type = $4, source = $5, notes = $6, cert_path = $7, key_path = $8,
-			cert_sealed = $9, key_sealed = $10, key_id = $11, fingerprint_sha256 = $12, subject = $13,
-			issuer = $14, serial_number = $15, not_before = $16, not_after = $17, dns_names = $18,
-			cert_count = $19, key_algorithm = $20, has_private_key = $21, passphrase_path = $23,
-			version = version + 1, updated_at = now()
-		WHERE tenant_id = $1 AND id = $2 AND version = $22
-		RETURNING version, updated_at`,
-		e.TenantID, e.ID, e.Name, e.Type, e.Source, e.Notes, nullIfEmpty(e.CertPath), nullIfEmpty(e.KeyPath),
-		e.Sealed.Cert, e.Sealed.Key, nullIfEmpty(e.Sealed.KeyID), e.Meta.FingerprintSHA256, e.Meta.Subject, e.Meta.Issuer,
-		e.Meta.SerialNumber, e.Meta.NotBefore, e.Meta.NotAfter, nonNil(e.Meta.DNSNames), e.Meta.CertCount,
-		e.Meta.KeyAlgorithm, e.Meta.HasPrivateKey, e.Version, nullIfEmpty(e.PassphrasePath),
-	).Scan(&e.Version, &e.UpdatedAt)
-	if errors.Is(err, pgx.ErrNoRows) {
-		if _, gerr := GetEntry(ctx, q, e.TenantID, e.ID); gerr != nil {
-			return gerr
-		}
-		return fmt.Errorf("update entry %s: %w", e.ID, ErrVersionMismatch)
-	}
-	return mapErr("update entry "+e.ID, err)
-}
-
-// DeleteEntry removes an entry. version 0 skips the version check. A foreign key from the
-// references table makes the database itself refuse to delete a referenced entry:
-// ErrReferenced.
-func DeleteEntry(ctx context.Context, q db.DBTX, tenant, id string, version int64) error {
-	tag, err := q.Exec(ctx, `DELETE FROM entries WHERE tenant_id = $1 AND id = $2 AND ($3 = 0 OR version = $3)`, tenant, id, version)
-	if err != nil {
-		return mapErr("delete entry "+id, err)
-	}
-	if tag.RowsAffected() == 0 {
-		if _, gerr := GetEntry(ctx, q, tenant, id); gerr != nil {
-			return gerr
-		}
-		return fmt.Errorf("delete entry %s: %w", id, ErrVersionMismatch)
-	}
-	return nil
 }
 
 // ListFilter narrows and pages a listing. Entries come sorted by ID; After is the cursor
@@ -423,36 +321,6 @@ func ExportEntriesStamped(ctx context.Context, q db.DBTX, tenant string, ids []s
 		return nil, nil, mapErr("export entries", err)
 	}
 	return out, xmins, nil
-}
-
-// ImportEntries inserts restored entries in one round trip, keeping their creation and
-// update times. The caller has sealed the material under the current key. (COPY would be
-// faster but PostgreSQL refuses it on tables under row-level security.)
-func ImportEntries(ctx context.Context, q db.DBTX, entries []*Entry) error {
-	now := time.Now()
-	b := &pgx.Batch{}
-	for _, e := range entries {
-		created, updated := e.CreatedAt, e.UpdatedAt
-		if created.IsZero() {
-			created = now
-		}
-		if updated.IsZero() {
-			updated = created
-		}
-		b.Queue(`
-			INSERT INTO entries (tenant_id, id, name, type, source, notes, cert_path, key_path,
-				cert_sealed, key_sealed, key_id, fingerprint_sha256, subject, issuer, serial_number,
-				not_before, not_after, dns_names, cert_count, key_algorithm, has_private_key,
-				created_at, updated_at, passphrase_path)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-				$19, $20, $21, $22, $23, $24)`,
-			e.TenantID, e.ID, e.Name, string(e.Type), e.Source, e.Notes, nullIfEmpty(e.CertPath),
-			nullIfEmpty(e.KeyPath), e.Sealed.Cert, e.Sealed.Key, nullIfEmpty(e.Sealed.KeyID), e.Meta.FingerprintSHA256,
-			e.Meta.Subject, e.Meta.Issuer, e.Meta.SerialNumber, e.Meta.NotBefore, e.Meta.NotAfter,
-			nonNil(e.Meta.DNSNames), e.Meta.CertCount, e.Meta.KeyAlgorithm, e.Meta.HasPrivateKey,
-			created, updated, nullIfEmpty(e.PassphrasePath))
-	}
-	return execBatch(ctx, q, b, "import entries")
 }
 
 // ExpiryRow is what the expiry metric needs of an entry.

@@ -89,7 +89,7 @@ func TestExportRestoreAndRewrapQueries(t *testing.T) {
 		require.EqualValues(t, 102, gen, "never backwards")
 
 		e := inlineEntry("acme", "restored", "new")
-		require.NoError(t, repo.ImportEntries(ctx, tx, []*repo.Entry{e}))
+		require.NoError(t, insertEntry(ctx, tx, e))
 		require.NoError(t, repo.ImportWorkspace(ctx, tx, "acme", []byte(`{"flows":[]}`)))
 		require.NoError(t, repo.ImportReferences(ctx, tx, "acme", []repo.Reference{
 			{EntryID: "restored", FlowID: "f", NodeID: "n", NodeType: "tcp-out", Field: "tls.caBundleRef"}}))

@@ -49,8 +49,8 @@ func TestWritesButCreatesAreOrdered(t *testing.T) {
 	require.Error(t, err, "a second writer must wait for the first")
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 
-	e := &Entry{TenantID: "acme", ID: "new", Name: "new", Type: "ca-bundle", Source: "file", CertPath: "/x.pem"}
-	require.NoError(t, CreateEntry(ctx, pool, e), "a create must not wait for the writer")
+	e := &Entry{TenantID: "acme", ID: "new", Name: "new", Type: "ca-bundle", Source: "file", CertPath: "/x.pem", Version: 1}
+	require.NoError(t, WriteEntries(ctx, pool, "acme", true, []EntryWrite{{Row: e}}), "a create must not wait for the writer")
 	got, err := GetGeneration(ctx, pool, "acme")
 	require.NoError(t, err)
 	require.EqualValues(t, 2, got, "the create counted; the held write did not commit")

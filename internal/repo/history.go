@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/material"
@@ -52,16 +51,13 @@ const (
 // scanVersion reads them.
 const versionColumns = `tenant_id, entry_id, version, action, entry_version, coalesce(restored_from, 0), name, type,
 	source, notes, coalesce(cert_path, ''), coalesce(key_path, ''), cert_sealed, key_sealed, coalesce(key_id, ''),
-	fingerprint_sha256, subject, issuer, serial_number, not_before, not_after, dns_names, cert_count,
-	key_algorithm, has_private_key, changed_at, changed_by`
+	` + metaColumns + `, changed_at, changed_by`
 
 func scanVersion(row pgx.Row) (*Version, error) {
 	var v Version
-	err := row.Scan(&v.TenantID, &v.EntryID, &v.Version, &v.Action, &v.EntryVersion, &v.RestoredFrom, &v.Name,
-		&v.Type, &v.Source, &v.Notes, &v.CertPath, &v.KeyPath, &v.Sealed.Cert, &v.Sealed.Key, &v.Sealed.KeyID,
-		&v.Meta.FingerprintSHA256, &v.Meta.Subject, &v.Meta.Issuer, &v.Meta.SerialNumber, &v.Meta.NotBefore,
-		&v.Meta.NotAfter, &v.Meta.DNSNames, &v.Meta.CertCount, &v.Meta.KeyAlgorithm, &v.Meta.HasPrivateKey,
-		&v.ChangedAt, &v.ChangedBy)
+	dest := []any{&v.TenantID, &v.EntryID, &v.Version, &v.Action, &v.EntryVersion, &v.RestoredFrom, &v.Name,
+		&v.Type, &v.Source, &v.Notes, &v.CertPath, &v.KeyPath, &v.Sealed.Cert, &v.Sealed.Key, &v.Sealed.KeyID}
+	err := row.Scan(append(append(dest, metaDest(&v.Meta)...), &v.ChangedAt, &v.ChangedBy)...)
 	if err != nil {
 		return nil, err
 	}
@@ -81,14 +77,14 @@ func collectVersions(rows pgx.Rows, what string) ([]*Version, error) {
 	return out, mapErr(what, rows.Err())
 }
 
-const lastVersionSQL = `SELECT coalesce(max(version), 0) FROM entry_versions WHERE tenant_id = $1 AND entry_id = $2`
+const lastVersionSQL = `SELECT coalesce(max(version), 0), coalesce(max(entry_version), 0) FROM entry_versions WHERE tenant_id = $1 AND entry_id = $2`
 
 // BeginEntryWrite starts a write of entry id in the caller's transaction, in one round
 // trip: it moves the tenant's generation (taking the tenant's row lock first, as every
-// write does), reads the entry for update, and reads the last version number of its
-// history (0 when none). A missing entry is ErrNotFound, with the last version number
-// still given (a deleted entry's history).
-func BeginEntryWrite(ctx context.Context, q db.DBTX, tenant, id string) (*Entry, int64, error) {
+// write but a create does), reads the entry for update, and reads where its history
+// stands. A missing entry is ErrNotFound, with the history still given (a deleted
+// entry's).
+func BeginEntryWrite(ctx context.Context, q db.DBTX, tenant, id string) (*Entry, History, error) {
 	b := &pgx.Batch{}
 	b.Queue(bumpGenerationSQL, tenant, GenerationChannel)
 	b.Queue(`SELECT `+entryColumns+` FROM entries WHERE tenant_id = $1 AND id = $2 FOR UPDATE`, tenant, id)
@@ -98,102 +94,26 @@ func BeginEntryWrite(ctx context.Context, q db.DBTX, tenant, id string) (*Entry,
 	var (
 		gen, locked int64
 		void        bool
-		last        int64
+		h           History
 	)
 	if err := br.QueryRow().Scan(&gen, &void, &locked); err != nil {
-		return nil, 0, mapErr("bump generation", err)
+		return nil, h, mapErr("bump generation", err)
 	}
 	cur, err := scanEntry(br.QueryRow())
 	missing := errors.Is(err, pgx.ErrNoRows)
 	if err != nil && !missing {
-		return nil, 0, mapErr("get entry "+id, err)
+		return nil, h, mapErr("get entry "+id, err)
 	}
-	if err := br.QueryRow().Scan(&last); err != nil {
-		return nil, 0, mapErr("read last version of "+id, err)
+	if err := br.QueryRow().Scan(&h.Last, &h.LastEntryVersion); err != nil {
+		return nil, h, mapErr("read the history of "+id, err)
 	}
 	if err := br.Close(); err != nil {
-		return nil, 0, mapErr("get entry "+id, err)
+		return nil, h, mapErr("get entry "+id, err)
 	}
 	if missing {
-		return nil, last, mapErr("get entry "+id, pgx.ErrNoRows)
+		return nil, h, mapErr("get entry "+id, pgx.ErrNoRows)
 	}
-	return cur, last, nil
-}
-
-// LastVersion returns the highest version number of entry id's history (0 when it has
-// none). The caller holds the tenant's row lock, so the next number is this plus one.
-func LastVersion(ctx context.Context, q db.DBTX, tenant, id string) (int64, error) {
-	var n int64
-	err := q.QueryRow(ctx, lastVersionSQL, tenant, id).Scan(&n)
-	return n, mapErr("read last version of "+id, err)
-}
-
-// insertVersionSQL stores one history row and returns its time. A NULL version (see
-// firstVersionSQL) fails the NOT NULL constraint.
-const insertVersionSQL = `
-		INSERT INTO entry_versions (tenant_id, entry_id, version, action, entry_version, restored_from, name, type,
-			source, notes, cert_path, key_path, cert_sealed, key_sealed, key_id, fingerprint_sha256, subject,
-			issuer, serial_number, not_before, not_after, dns_names, cert_count, key_algorithm, has_private_key,
-			changed_by)
-		VALUES ($1, $2, %s, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
-			$22, $23, $24, $25, $26)
-		RETURNING changed_at`
-
-var (
-	// nextVersionSQL inserts the version numbered by the caller.
-	nextVersionSQL = fmt.Sprintf(insertVersionSQL, `$3`)
-	// firstVersionSQL inserts version $3 (1) only when the entry ID has no history at
-	// all; otherwise the version is NULL and the insert fails with not_null_violation.
-	firstVersionSQL = fmt.Sprintf(insertVersionSQL, `(SELECT CASE WHEN EXISTS (
-			SELECT 1 FROM entry_versions WHERE tenant_id = $1 AND entry_id = $2) THEN NULL ELSE $3::bigint END)`)
-)
-
-func insertVersionArgs(v *Version) []any {
-	var restored any
-	if v.RestoredFrom > 0 {
-		restored = v.RestoredFrom
-	}
-	return []any{v.TenantID, v.EntryID, v.Version, v.Action, v.EntryVersion, restored, v.Name, v.Type, v.Source, v.Notes,
-		nullIfEmpty(v.CertPath), nullIfEmpty(v.KeyPath), v.Sealed.Cert, v.Sealed.Key, nullIfEmpty(v.Sealed.KeyID),
-		v.Meta.FingerprintSHA256, v.Meta.Subject, v.Meta.Issuer, v.Meta.SerialNumber, v.Meta.NotBefore,
-		v.Meta.NotAfter, nonNil(v.Meta.DNSNames), v.Meta.CertCount, v.Meta.KeyAlgorithm, v.Meta.HasPrivateKey,
-		v.ChangedBy}
-}
-
-// InsertVersion stores one history row and returns its time.
-func InsertVersion(ctx context.Context, q db.DBTX, v *Version) error {
-	err := q.QueryRow(ctx, nextVersionSQL, insertVersionArgs(v)...).Scan(&v.ChangedAt)
-	return mapErr(fmt.Sprintf("insert version %d of %s", v.Version, v.EntryID), err)
-}
-
-// RecordVersion stores a history row and appends its audit record, in one round trip of
-// the caller's transaction.
-func RecordVersion(ctx context.Context, q db.DBTX, v *Version, r *AuditRecord) error {
-	b := &pgx.Batch{}
-	b.Queue(nextVersionSQL, insertVersionArgs(v)...).QueryRow(func(row pgx.Row) error { return row.Scan(&v.ChangedAt) })
-	queueAudit(b, r)
-	return mapErr(fmt.Sprintf("record version %d of %s", v.Version, v.EntryID), q.SendBatch(ctx, b).Close())
-}
-
-// ErrHasHistory means CreateEntryFirst met an entry ID that has history (a deleted
-// entry's): nothing was stored, and the caller numbers the version itself.
-var ErrHasHistory = errors.New("the entry ID has history")
-
-// CreateEntryFirst stores a new entry of e.TenantID with version 1 of its history (v,
-// sealed for version 1) and its audit record, moving the tenant's generation, in one
-// round trip run by PostgreSQL as one implicit transaction, like CreateEntry. When the ID
-// has history already nothing is stored and the error is ErrHasHistory.
-
-func CreateEntryFirst(ctx context.Context, q db.DBTX, e *Entry, v *Version, r *AuditRecord) error {
-	err := sendCreate(ctx, q, e, func(b *pgx.Batch) {
-		b.Queue(firstVersionSQL, insertVersionArgs(v)...).QueryRow(func(row pgx.Row) error { return row.Scan(&v.ChangedAt) })
-		queueAudit(b, r)
-	})
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "23502" && pgErr.TableName == "entry_versions" {
-		return fmt.Errorf("insert entry %s: %w", e.ID, ErrHasHistory)
-	}
-	return mapErr("insert entry", err)
+	return cur, h, nil
 }
 
 // GetVersion returns one version of entry id with its sealed material; ErrNotFound when
@@ -360,19 +280,4 @@ func PruneVersions(ctx context.Context, q db.DBTX, tenant string, keep int, dele
 		return 0, mapErr("prune versions", err)
 	}
 	return tag.RowsAffected(), nil
-}
-
-// ContinueEntryVersion moves a just-created entry's version past every version the ID had
-// before (a deleted entry recreated), so an ETag or a cache keyed by (ID, version) never
-// takes the new entry for the old one. It returns the entry's version.
-func ContinueEntryVersion(ctx context.Context, q db.DBTX, tenant, id string, version int64) (int64, error) {
-	err := q.QueryRow(ctx, `
-		UPDATE entries e SET version = h.v + 1
-		FROM (SELECT max(entry_version) AS v FROM entry_versions WHERE tenant_id = $1 AND entry_id = $2) h
-		WHERE e.tenant_id = $1 AND e.id = $2 AND h.v >= e.version
-		RETURNING e.version`, tenant, id).Scan(&version)
-	if err == pgx.ErrNoRows {
-		return version, nil
-	}
-	return version, mapErr("continue version of "+id, err)
 }

@@ -42,11 +42,11 @@ func TestListVersionsSummaries(t *testing.T) {
 			if i == 5 {
 				v.Action, v.RestoredFrom = VersionRestore, 2
 			}
-			if err := InsertVersion(ctx, tx, v); err != nil {
+			if err := tx.QueryRow(ctx, insertVersionSQL, insertVersionArgs(v)...).Scan(&v.ChangedAt); err != nil {
 				return err
 			}
 			// Another entry's versions between this one's.
-			if err := InsertVersion(ctx, tx, versionAt("acme", "other", n, "other", "x", "FF")); err != nil {
+			if _, err := tx.Exec(ctx, insertVersionSQL, insertVersionArgs(versionAt("acme", "other", n, "other", "x", "FF"))...); err != nil {
 				return err
 			}
 			want = append([]VersionSummary{{Version: n, Action: v.Action, EntryVersion: n, RestoredFrom: v.RestoredFrom,

@@ -39,7 +39,7 @@ func insert(t *testing.T, pool *pgxpool.Pool, e *repo.Entry) {
 		if _, err := repo.BumpGeneration(t.Context(), tx, e.TenantID); err != nil {
 			return err
 		}
-		return repo.InsertEntry(t.Context(), tx, e)
+		return insertEntry(t.Context(), tx, e)
 	}))
 }
 
@@ -75,7 +75,7 @@ func TestRowLevelSecurity(t *testing.T) {
 
 	// Writing a row for another tenant from tenant-a's transaction is refused.
 	err := db.InTenant(t.Context(), pool, "tenant-a", func(tx pgx.Tx) error {
-		return repo.InsertEntry(t.Context(), tx, fileEntry("tenant-b", "sneaky"))
+		return insertEntry(t.Context(), tx, fileEntry("tenant-b", "sneaky"))
 	})
 	require.Error(t, err)
 	// And updating or deleting another tenant's row touches nothing.
@@ -94,7 +94,7 @@ func TestEntrySentinels(t *testing.T) {
 	insert(t, pool, e)
 	require.EqualValues(t, 1, e.Version)
 
-	err := db.InTenant(t.Context(), pool, "acme", func(tx pgx.Tx) error { return repo.InsertEntry(t.Context(), tx, fileEntry("acme", "one")) })
+	err := db.InTenant(t.Context(), pool, "acme", func(tx pgx.Tx) error { return insertEntry(t.Context(), tx, fileEntry("acme", "one")) })
 	require.ErrorIs(t, err, repo.ErrDuplicate)
 
 	err = db.InTenant(t.Context(), pool, "acme", func(tx pgx.Tx) error {
@@ -105,18 +105,18 @@ func TestEntrySentinels(t *testing.T) {
 
 	stale := *e
 	stale.Version = 7
-	err = db.InTenant(t.Context(), pool, "acme", func(tx pgx.Tx) error { return repo.UpdateEntry(t.Context(), tx, &stale) })
+	err = db.InTenant(t.Context(), pool, "acme", func(tx pgx.Tx) error { return updateEntry(t.Context(), tx, &stale) })
 	require.ErrorIs(t, err, repo.ErrVersionMismatch)
 
 	e.Name = "renamed"
-	require.NoError(t, db.InTenant(t.Context(), pool, "acme", func(tx pgx.Tx) error { return repo.UpdateEntry(t.Context(), tx, e) }))
+	require.NoError(t, db.InTenant(t.Context(), pool, "acme", func(tx pgx.Tx) error { return updateEntry(t.Context(), tx, e) }))
 	require.EqualValues(t, 2, e.Version)
 
-	err = db.InTenant(t.Context(), pool, "acme", func(tx pgx.Tx) error { return repo.DeleteEntry(t.Context(), tx, "acme", "one", 1) })
+	err = db.InTenant(t.Context(), pool, "acme", func(tx pgx.Tx) error { return deleteEntry(t.Context(), tx, "acme", "one", 1) })
 	require.ErrorIs(t, err, repo.ErrVersionMismatch)
-	require.NoError(t, db.InTenant(t.Context(), pool, "acme", func(tx pgx.Tx) error { return repo.DeleteEntry(t.Context(), tx, "acme", "one", 2) }))
-	err = db.InTenant(t.Context(), pool, "acme", func(tx pgx.Tx) error { return repo.DeleteEntry(t.Context(), tx, "acme", "one", 0) })
-	require.ErrorIs(t, err, repo.ErrNotFound)
+	require.NoError(t, db.InTenant(t.Context(), pool, "acme", func(tx pgx.Tx) error { return deleteEntry(t.Context(), tx, "acme", "one", 2) }))
+	err = db.InTenant(t.Context(), pool, "acme", func(tx pgx.Tx) error { return deleteEntry(t.Context(), tx, "acme", "one", 2) })
+	require.ErrorIs(t, err, repo.ErrVersionMismatch, "the row is gone")
 
 	gen, err := repo.GetGeneration(t.Context(), pool, "acme")
 	require.NoError(t, err)
@@ -190,14 +190,14 @@ func TestCreateEntryIsAllOrNothing(t *testing.T) {
 	t.Parallel()
 	pool := setup(t)
 	e := fileEntry("acme", "one")
-	require.NoError(t, repo.CreateEntry(t.Context(), pool, e))
+	require.NoError(t, createEntry(t.Context(), pool, e))
 	require.EqualValues(t, 1, e.Version)
 	require.False(t, e.CreatedAt.IsZero())
 	gen, err := repo.GetGeneration(t.Context(), pool, "acme")
 	require.NoError(t, err)
 	require.EqualValues(t, 1, gen)
 
-	err = repo.CreateEntry(t.Context(), pool, fileEntry("acme", "one"))
+	err = createEntry(t.Context(), pool, fileEntry("acme", "one"))
 	require.ErrorIs(t, err, repo.ErrDuplicate)
 	gen, err = repo.GetGeneration(t.Context(), pool, "acme")
 	require.NoError(t, err)
@@ -205,7 +205,7 @@ func TestCreateEntryIsAllOrNothing(t *testing.T) {
 
 	// The scope is the entry's tenant: row-level security refuses a row of another.
 	other := fileEntry("beta", "two")
-	require.NoError(t, repo.CreateEntry(t.Context(), pool, other))
+	require.NoError(t, createEntry(t.Context(), pool, other))
 	require.NoError(t, db.InTenant(t.Context(), pool, "acme", func(tx pgx.Tx) error {
 		_, err := repo.GetEntry(t.Context(), tx, "acme", "two")
 		require.ErrorIs(t, err, repo.ErrNotFound)
@@ -220,5 +220,5 @@ func TestDataExceptionsAreInvalidData(t *testing.T) {
 	pool := setup(t)
 	e := fileEntry("acme", "nul")
 	e.Notes = "a\x00b"
-	require.ErrorIs(t, repo.CreateEntry(t.Context(), pool, e), repo.ErrInvalidData)
+	require.ErrorIs(t, createEntry(t.Context(), pool, e), repo.ErrInvalidData)
 }

@@ -80,7 +80,7 @@ func TestReferenceRows(t *testing.T) {
 		return repo.InsertReferences(ctx, tx, "acme", []repo.Reference{{EntryID: "gone", FlowID: "f", NodeID: "n9", NodeType: "t", Field: "tls.caBundleRef"}})
 	})
 	require.ErrorIs(t, err, repo.ErrReferenced)
-	err = db.InTenant(ctx, pool, "acme", func(tx pgx.Tx) error { return repo.DeleteEntry(ctx, tx, "acme", "ca", 0) })
+	err = db.InTenant(ctx, pool, "acme", func(tx pgx.Tx) error { return deleteEntry(ctx, tx, "acme", "ca", 1) })
 	require.ErrorIs(t, err, repo.ErrReferenced)
 	// Another tenant's entry of the same ID is not this tenant's to reference.
 	require.NoError(t, db.InTenant(ctx, pool, "other", func(tx pgx.Tx) error {
