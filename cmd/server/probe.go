@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -11,7 +9,7 @@ import (
 	"net"
 	"time"
 
-	"github.com/loopze/certstore/internal/material"
+	"github.com/loopze/certstore/internal/probe"
 )
 
 // errProbeFailed makes probe exit 1 after printing its report.
@@ -19,37 +17,6 @@ var errProbeFailed = errors.New("the TLS connection did not pass")
 
 // maxProbeTimeout bounds --timeout: a probe is an operator waiting at a terminal.
 const maxProbeTimeout = 2 * time.Minute
-
-// probeReport is what probe prints.
-type probeReport struct {
-	Address    string      `json:"address"`
-	ServerName string      `json:"serverName"`
-	Connected  bool        `json:"connected"`
-	Error      string      `json:"error,omitempty"`
-	Protocol   string      `json:"protocol,omitempty"`
-	Cipher     string      `json:"cipher,omitempty"`
-	PeerChain  []probeCert `json:"peerChain,omitempty"`
-	Verified   bool        `json:"verified"`
-	VerifyErr  string      `json:"verifyError,omitempty"`
-	// ClientCertRequested says whether the server asked for a client certificate;
-	// ClientCert is the one presented, if any.
-	ClientCertRequested bool       `json:"clientCertRequested"`
-	ClientCert          *probeCert `json:"clientCert,omitempty"`
-	// Refused is the server's alert after the handshake, when it refused the client
-	// certificate (TLS 1.3 says so only then).
-	Refused string `json:"refusedByServer,omitempty"`
-}
-
-type probeCert struct {
-	Subject           string    `json:"subject"`
-	Issuer            string    `json:"issuer"`
-	FingerprintSHA256 string    `json:"fingerprintSha256"`
-	NotAfter          time.Time `json:"notAfter"`
-}
-
-func certOf(c *x509.Certificate) probeCert {
-	return probeCert{Subject: c.Subject.String(), Issuer: c.Issuer.String(), FingerprintSHA256: material.Fingerprint(c), NotAfter: c.NotAfter.UTC()}
-}
 
 // runProbe opens a real TLS connection with a node's config and prints the handshake.
 func runProbe(ctx context.Context, env *environ, args []string) error {
@@ -87,7 +54,7 @@ func runProbe(ctx context.Context, env *environ, args []string) error {
 	if err != nil {
 		return err
 	}
-	rep := probe(ctx, addr, host, cfg, timeout)
+	rep := probe.Dial(ctx, addr, host, cfg, timeout)
 	if f.json {
 		enc := json.NewEncoder(env.stdout)
 		enc.SetIndent("", "  ")
@@ -103,76 +70,7 @@ func runProbe(ctx context.Context, env *environ, args []string) error {
 	return nil
 }
 
-// probe dials addr with cfg. Verification runs in VerifyConnection with the node's own
-// roots and server name, so a failure is reported with the chain that caused it instead
-// of ending the handshake unseen.
-func probe(ctx context.Context, addr, host string, cfg *tls.Config, timeout time.Duration) probeReport {
-	rep := probeReport{Address: addr, ServerName: cfg.ServerName}
-	if rep.ServerName == "" {
-		rep.ServerName = host
-	}
-	c := cfg.Clone()
-	c.ServerName = rep.ServerName
-	c.InsecureSkipVerify = true
-	c.VerifyConnection = func(cs tls.ConnectionState) error {
-		if len(cs.PeerCertificates) == 0 {
-			rep.VerifyErr = "the server sent no certificate"
-			return nil
-		}
-		opts := x509.VerifyOptions{Roots: cfg.RootCAs, DNSName: rep.ServerName, Intermediates: x509.NewCertPool()}
-		for _, ic := range cs.PeerCertificates[1:] {
-			opts.Intermediates.AddCert(ic)
-		}
-		if _, err := cs.PeerCertificates[0].Verify(opts); err != nil {
-			rep.VerifyErr = err.Error()
-		} else {
-			rep.Verified = true
-		}
-		return nil
-	}
-	if get := cfg.GetClientCertificate; get != nil {
-		c.GetClientCertificate = func(info *tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			rep.ClientCertRequested = true
-			cert, err := get(info)
-			if err == nil && cert != nil && cert.Leaf != nil {
-				pc := certOf(cert.Leaf)
-				rep.ClientCert = &pc
-			}
-			return cert, err
-		}
-	} else {
-		c.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			rep.ClientCertRequested = true
-			return &tls.Certificate{}, nil
-		}
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: c}
-	nc, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		rep.Error = err.Error()
-		return rep
-	}
-	defer nc.Close()
-	conn := nc.(*tls.Conn)
-	rep.Connected = true
-	cs := conn.ConnectionState()
-	rep.Protocol, rep.Cipher = tls.VersionName(cs.Version), tls.CipherSuiteName(cs.CipherSuite)
-	for _, pc := range cs.PeerCertificates {
-		rep.PeerChain = append(rep.PeerChain, certOf(pc))
-	}
-	// Under TLS 1.3 a server that refuses the client certificate says so only after the
-	// handshake: a short read shows its alert. Silence (a timeout) means it accepted.
-	_ = conn.SetReadDeadline(time.Now().Add(min(timeout, 500*time.Millisecond)))
-	var alert tls.AlertError
-	if _, err := conn.Read(make([]byte, 1)); errors.As(err, &alert) {
-		rep.Refused = err.Error()
-	}
-	return rep
-}
-
-func printProbe(env *environ, r probeReport) {
+func printProbe(env *environ, r probe.Report) {
 	w := env.stdout
 	fmt.Fprintf(w, "address          %s (server name %s)\n", r.Address, r.ServerName)
 	if !r.Connected {
