@@ -5,10 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"slices"
 	"syscall"
+
+	"github.com/loopze/certstore/internal/material"
 )
 
 // MaxFileSize bounds a credentials file, read from disk by a Store or downloaded by Sync:
@@ -39,7 +40,7 @@ func readFile(ctx context.Context, path string, limit int64) ([]byte, error) {
 		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%w (%s)", errNotRegular, kindOf(fi.Mode()))
+		return nil, fmt.Errorf("%w (%s)", errNotRegular, material.FileKind(fi.Mode()))
 	}
 	if fi.Size() > limit {
 		return nil, tooLarge(limit)
@@ -69,18 +70,4 @@ func readFile(ctx context.Context, path string, limit int64) ([]byte, error) {
 
 func tooLarge(limit int64) error {
 	return fmt.Errorf("%w (%d MiB)", ErrTooLarge, limit>>20)
-}
-
-func kindOf(m fs.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "a directory"
-	case m&fs.ModeNamedPipe != 0:
-		return "a FIFO"
-	case m&fs.ModeSocket != 0:
-		return "a socket"
-	case m&fs.ModeDevice != 0:
-		return "a device"
-	}
-	return "mode " + m.Type().String()
 }

@@ -240,17 +240,7 @@ func readAll(f io.Reader, size int64) ([]byte, error) {
 // admit reports whether p (clean and absolute) lies inside one of the roots for tenant,
 // as written or with the root's own symlinks resolved.
 func (r Roots) admit(tenant, p string) bool {
-	for _, root := range r {
-		if strings.Contains(root, TenantPlaceholder) {
-			if !safeTenant(tenant) {
-				continue
-			}
-			root = strings.ReplaceAll(root, TenantPlaceholder, tenant)
-		}
-		if !filepath.IsAbs(root) {
-			continue
-		}
-		root = filepath.Clean(root)
+	for _, root := range r.of(tenant) {
 		if within(root, p) {
 			return true
 		}
@@ -259,6 +249,24 @@ func (r Roots) admit(tenant, p string) bool {
 		}
 	}
 	return false
+}
+
+// of is tenant's roots, {tenant} expanded and cleaned; a root that is not absolute, or
+// whose {tenant} would move it elsewhere, is none.
+func (r Roots) of(tenant string) []string {
+	out := make([]string, 0, len(r))
+	for _, root := range r {
+		if strings.Contains(root, TenantPlaceholder) {
+			if !safeTenant(tenant) {
+				continue
+			}
+			root = strings.ReplaceAll(root, TenantPlaceholder, tenant)
+		}
+		if filepath.IsAbs(root) {
+			out = append(out, filepath.Clean(root))
+		}
+	}
+	return out
 }
 
 // safeTenant refuses tenant IDs that would move a {tenant} root somewhere else.
@@ -279,7 +287,8 @@ func within(root, path string) bool {
 	return strings.HasSuffix(root, string(filepath.Separator)) || path[len(root)] == filepath.Separator
 }
 
-func fileKind(m fs.FileMode) string {
+// FileKind names what a non-regular file is, for errors: "a FIFO", "a directory", ...
+func FileKind(m fs.FileMode) string {
 	switch {
 	case m.IsDir():
 		return "a directory"

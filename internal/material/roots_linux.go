@@ -110,17 +110,7 @@ func (r Roots) anchors(tenant string) []anchor {
 		return []anchor{{real: "/", names: [2]string{"/", "/"}}}
 	}
 	out := make([]anchor, 0, len(r))
-	for _, root := range r {
-		if strings.Contains(root, TenantPlaceholder) {
-			if !safeTenant(tenant) {
-				continue
-			}
-			root = strings.ReplaceAll(root, TenantPlaceholder, tenant)
-		}
-		if !filepath.IsAbs(root) {
-			continue
-		}
-		root = filepath.Clean(root)
+	for _, root := range r.of(tenant) {
 		real, err := filepath.EvalSymlinks(root)
 		if err != nil {
 			real = root // opening it fails the same way, as a missing file
@@ -278,7 +268,7 @@ func (w *walk) openFile(dir int, name string, st *unix.Stat_t, more bool) (*os.F
 		return nil, resolved, &fs.PathError{Op: "open", Path: resolved, Err: unix.ENOTDIR}
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, resolved, fmt.Errorf("%w (%s)", ErrNotRegular, fileKind(modeOf(st.Mode)))
+		return nil, resolved, fmt.Errorf("%w (%s)", ErrNotRegular, FileKind(modeOf(st.Mode)))
 	}
 	// O_PATH descriptors cannot be read: the name is opened again, and must still be the
 	// file just checked. O_NONBLOCK keeps a FIFO put there meanwhile from blocking.

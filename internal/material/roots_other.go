@@ -38,7 +38,7 @@ func (r Roots) open(tenant, p string) (f *os.File, resolved string, err error) {
 	}
 	if !fi.Mode().IsRegular() {
 		f.Close()
-		return nil, resolved, fmt.Errorf("%w (%s)", ErrNotRegular, fileKind(fi.Mode()))
+		return nil, resolved, fmt.Errorf("%w (%s)", ErrNotRegular, FileKind(fi.Mode()))
 	}
 	if li, err := os.Lstat(resolved); err != nil || !os.SameFile(fi, li) {
 		f.Close()
