@@ -14,6 +14,7 @@ import (
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/kdf"
 	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/workspace"
 )
 
 // ErrorBody is the one error shape of the API: {"error": "<status text>", "message": ...},
@@ -93,14 +94,29 @@ func newError(status int, msg string, details ...*ErrorDetail) *ErrorBody {
 	return &ErrorBody{status: status, Title: http.StatusText(status), Message: msg, Errors: details}
 }
 
-// mapError turns domain errors into HTTP errors: the one place that decides status codes.
+// mapError turns domain errors into HTTP errors: the one place that decides status codes,
+// for every route.
 // Anything unexpected is logged with the request id and answered 500 without detail.
 func (s *Server) mapError(ctx context.Context, err error) error {
 	var (
-		ve *catalog.ValidationError
-		re *catalog.ReferencedError
+		ve  *catalog.ValidationError
+		wve *workspace.ValidationError
+		re  *catalog.ReferencedError
 	)
 	switch {
+	case errors.As(err, &wve):
+		details := make([]*ErrorDetail, 0, len(wve.Issues))
+		for _, is := range wve.Issues {
+			details = append(details, &ErrorDetail{Location: "body." + is.Path(), Message: is.String(),
+				FlowID: is.FlowID, NodeID: is.NodeID, NodeType: is.NodeType, Field: is.Field})
+		}
+		return newError(http.StatusUnprocessableEntity, "the workspace is not valid; nothing was deployed", details...)
+	case errors.Is(err, workspace.ErrNodeNotFound):
+		return newError(http.StatusNotFound, "no such flow or node in the saved workspace")
+	case errors.Is(err, workspace.ErrConcurrentChange):
+		return newError(http.StatusConflict, "an entry this workspace references was deleted while it was deployed; deploy again")
+	case errors.Is(err, catalog.ErrUnknownVersion):
+		return newError(http.StatusNotFound, "no such version of this cert in this tenant")
 	case errors.As(err, &ve):
 		details := make([]*ErrorDetail, 0, len(ve.Issues))
 		for _, is := range ve.Issues {
@@ -122,7 +138,7 @@ func (s *Server) mapError(ctx context.Context, err error) error {
 		s.deps.Logger.Warn("request refused by the database as invalid data", "request_id", RequestID(ctx), "err", err)
 		return newError(http.StatusUnprocessableEntity, "a value in the request cannot be stored (for example a NUL character)")
 	case errors.Is(err, repo.ErrVersionMismatch):
-		return newError(http.StatusPreconditionFailed, "the entry has changed since the ETag given in If-Match; GET it again")
+		return newError(http.StatusPreconditionFailed, "it has changed since the ETag given in If-Match (or If-None-Match holds); GET it again")
 	case errors.Is(err, kdf.ErrBusy):
 		return busyError(err)
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):

@@ -12,8 +12,6 @@ import (
 
 	"github.com/loopze/certstore/internal/auth"
 	"github.com/loopze/certstore/internal/refs"
-	"github.com/loopze/certstore/internal/repo"
-	"github.com/loopze/certstore/internal/workspace"
 )
 
 const flowsPath = "/api/v1/flows"
@@ -150,7 +148,7 @@ func registerFlows(api huma.API, s *Server) {
 	}) (*WorkspaceOutput, error) {
 		doc, err := s.deps.Workspace.Document(ctx, principalFrom(ctx).Tenant)
 		if err != nil {
-			return nil, s.mapFlowError(ctx, err)
+			return nil, s.mapError(ctx, err)
 		}
 		if err := notModified(in.IfNoneMatch, etag(doc.Version)); err != nil {
 			return nil, err
@@ -198,7 +196,7 @@ func registerFlows(api huma.API, s *Server) {
 		}
 		res, err := s.deps.Workspace.Deploy(ctx, principalFrom(ctx).Tenant, ws, ifMatch)
 		if err != nil {
-			return nil, s.mapFlowError(ctx, err)
+			return nil, s.mapError(ctx, err)
 		}
 		out := &DeployOutput{ETag: etag(res.Version)}
 		out.Body.Version, out.Body.References, out.Body.UpdatedAt = res.Version, res.References, res.UpdatedAt.UTC()
@@ -228,7 +226,7 @@ func registerFlows(api huma.API, s *Server) {
 	}) (*NodeTLSOutput, error) {
 		n, parts, chain, err := s.deps.Workspace.NodeTLSCheck(ctx, principalFrom(ctx).Tenant, in.FlowID, in.NodeID)
 		if err != nil {
-			return nil, s.mapFlowError(ctx, err)
+			return nil, s.mapError(ctx, err)
 		}
 		out := &NodeTLSOutput{}
 		if chain != nil {
@@ -269,25 +267,4 @@ func parseError(err error) error {
 		loc = "body." + loc
 	}
 	return newError(http.StatusUnprocessableEntity, "the workspace is not valid", &ErrorDetail{Location: loc, Message: fe.Message})
-}
-
-// mapFlowError maps the workspace service's errors, and hands the rest to mapError.
-func (s *Server) mapFlowError(ctx context.Context, err error) error {
-	var ve *workspace.ValidationError
-	switch {
-	case errors.As(err, &ve):
-		details := make([]*ErrorDetail, 0, len(ve.Issues))
-		for _, is := range ve.Issues {
-			details = append(details, &ErrorDetail{Location: "body." + is.Path(), Message: is.String(),
-				FlowID: is.FlowID, NodeID: is.NodeID, NodeType: is.NodeType, Field: is.Field})
-		}
-		return newError(http.StatusUnprocessableEntity, "the workspace is not valid; nothing was deployed", details...)
-	case errors.Is(err, workspace.ErrNodeNotFound):
-		return newError(http.StatusNotFound, "no such flow or node in the saved workspace")
-	case errors.Is(err, workspace.ErrConcurrentChange):
-		return newError(http.StatusConflict, "an entry this workspace references was deleted while it was deployed; deploy again")
-	case errors.Is(err, repo.ErrVersionMismatch):
-		return newError(http.StatusPreconditionFailed, "the workspace has changed since the ETag given in If-Match; GET it again")
-	}
-	return s.mapError(ctx, err)
 }

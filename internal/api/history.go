@@ -2,14 +2,12 @@ package api
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"time"
 
 	"github.com/danielgtaylor/huma/v2"
 
 	"github.com/loopze/certstore/internal/auth"
-	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/repo"
 )
 
@@ -138,17 +136,6 @@ type VersionOutput struct {
 	Body Version
 }
 
-// historyError maps the errors of the history routes, then defers to mapError.
-func (s *Server) historyError(ctx context.Context, err error) error {
-	if errors.Is(err, catalog.ErrUnknownVersion) {
-		return newError(http.StatusNotFound, "no such version of this cert in this tenant")
-	}
-	if errors.Is(err, repo.ErrNotFound) {
-		return newError(http.StatusNotFound, "no such cert, and no history of one, in this tenant")
-	}
-	return s.mapError(ctx, err)
-}
-
 func registerHistory(api huma.API, s *Server) {
 	tags := []string{"history"}
 
@@ -175,7 +162,7 @@ func registerHistory(api huma.API, s *Server) {
 		}
 		vs, more, err := s.deps.Catalog.Versions(ctx, principalFrom(ctx).Tenant, in.ID, before, in.Limit)
 		if err != nil {
-			return nil, s.historyError(ctx, err)
+			return nil, s.mapError(ctx, err)
 		}
 		out := &VersionsOutput{}
 		out.Body.Items = make([]VersionSummary, 0, len(vs))
@@ -196,7 +183,7 @@ func registerHistory(api huma.API, s *Server) {
 	}, auth.Viewer), func(ctx context.Context, in *VersionParam) (*VersionOutput, error) {
 		v, err := s.deps.Catalog.Version(ctx, principalFrom(ctx).Tenant, in.ID, in.Version)
 		if err != nil {
-			return nil, s.historyError(ctx, err)
+			return nil, s.mapError(ctx, err)
 		}
 		return &VersionOutput{Body: toVersion(v)}, nil
 	})
@@ -218,7 +205,7 @@ func registerHistory(api huma.API, s *Server) {
 		}
 		res, err := s.deps.Catalog.Restore(ctx, principalFrom(ctx).Tenant, in.ID, in.Version, pre)
 		if err != nil {
-			return nil, s.historyError(ctx, err)
+			return nil, s.mapError(ctx, err)
 		}
 		return s.saved(res), nil
 	})
