@@ -156,7 +156,9 @@ func (s *Syncer) Once(ctx context.Context) (written bool, err error) {
 		s.have, s.haveSet = s.localGeneration(ctx), true
 	}
 	if s.have >= 0 {
-		req.Header.Set("If-None-Match", ETag(s.have))
+		// The server's ETag for a file is its generation, quoted: the copy on disk says
+		// which it holds, even after a restart.
+		req.Header.Set("If-None-Match", `"`+strconv.FormatInt(s.have, 10)+`"`)
 	}
 	resp, err := s.client().Do(req)
 	if err != nil {
@@ -228,9 +230,6 @@ func (s *Syncer) localGeneration(ctx context.Context) int64 {
 	}
 	return h.Generation
 }
-
-// ETag is the entity tag the credentials route gives a file of generation gen.
-func ETag(gen int64) string { return `"` + strconv.FormatInt(gen, 10) + `"` }
 
 // endpoint is the credentials route under BaseURL, refused unless it is https:// (or
 // http:// to a loopback host, with AllowLoopbackHTTP).

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,7 +20,8 @@ import (
 )
 
 // credentialsServer serves the credentials route as the store does: the current file with
-// its generation as ETag, 304 to a matching If-None-Match. requests counts what reached it.
+// its generation as ETag (quoted, as the store's API documents it), 304 to the If-None-Match
+// naming it. requests counts what reached it.
 type credentialsServer struct {
 	mu       sync.Mutex
 	data     []byte
@@ -42,8 +44,9 @@ func (c *credentialsServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no", http.StatusForbidden)
 		return
 	}
-	w.Header().Set("ETag", nodetls.ETag(gen))
-	if r.Header.Get("If-None-Match") == nodetls.ETag(gen) {
+	tag := `"` + strconv.FormatInt(gen, 10) + `"`
+	w.Header().Set("ETag", tag)
+	if r.Header.Get("If-None-Match") == tag {
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}

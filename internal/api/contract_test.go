@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -131,8 +132,11 @@ func TestErrorShapeEverywhere(t *testing.T) {
 	require.Equal(t, "Method Not Allowed", res.JSON(t)["error"])
 }
 
-// TestConditionalGet: If-None-Match with the current ETag answers 304 with no body, on an
-// entry and on the workspace; once the version moves, the same tag gets the new version.
+// TestConditionalGet: the conditional GETs of an entry, the workspace and the credentials
+// file read If-None-Match alike: a 304 with no body and the current ETag when the header
+// is "*" or names the current tag, weakly (W/ too) and anywhere in a list; the full answer
+// for another tag and for a header that is not "*" nor a list of entity tags ("*" in a
+// list, a bare word). Once the version moves, the same tag gets the new version.
 func TestConditionalGet(t *testing.T) {
 	t.Parallel()
 	env := apitest.New(t)
@@ -140,20 +144,40 @@ func TestConditionalGet(t *testing.T) {
 	ca := materialtest.NewCA(t, materialtest.Options{CommonName: "Root"})
 	res := env.Do(t, apitest.Request{Method: http.MethodPost, Path: "/api/v1/certs", Token: tok, Body: inlineCA("root", ca)})
 	require.Equal(t, http.StatusCreated, res.Status, "%s", res.Body)
+	env.Export(t, "acme")
 
-	for _, path := range []string{"/api/v1/certs/root", "/api/v1/flows"} {
+	for path, tok := range map[string]string{"/api/v1/certs/root": tok, "/api/v1/flows": tok,
+		"/api/v1/credentials": env.Token(t, "acme", "runtime")} {
 		res := env.Do(t, apitest.Request{Method: http.MethodGet, Path: path, Token: tok})
 		require.Equal(t, http.StatusOK, res.Status)
 		tag := res.Header.Get("ETag")
-		require.NotEmpty(t, tag)
-		for _, inm := range []string{tag, "W/" + tag, `"other", ` + tag, "*"} {
-			res = env.Do(t, apitest.Request{Method: http.MethodGet, Path: path, Token: tok, Headers: map[string]string{"If-None-Match": inm}})
-			require.Equal(t, http.StatusNotModified, res.Status, "%s If-None-Match %s", path, inm)
-			require.Empty(t, res.Body)
-			require.Equal(t, tag, res.Header.Get("ETag"))
+		require.Regexp(t, `^"[0-9]+"$`, tag, path)
+		for _, c := range []struct {
+			header string
+			want   int
+		}{
+			{tag, http.StatusNotModified},
+			{"W/" + tag, http.StatusNotModified},
+			{`"other", ` + tag, http.StatusNotModified},
+			{`W/"999",W/` + tag + ` , "x"`, http.StatusNotModified},
+			{"*", http.StatusNotModified},
+			{" * ", http.StatusNotModified},
+			{`"999"`, http.StatusOK},
+			{`W/"999", "x"`, http.StatusOK},
+			{strings.Trim(tag, `"`), http.StatusOK},
+			{`"999", *`, http.StatusOK},
+			{"yesterday, " + tag, http.StatusOK},
+			{tag + "x", http.StatusOK},
+		} {
+			res = env.Do(t, apitest.Request{Method: http.MethodGet, Path: path, Token: tok, Headers: map[string]string{"If-None-Match": c.header}})
+			require.Equal(t, c.want, res.Status, "%s If-None-Match %s", path, c.header)
+			require.Equal(t, tag, res.Header.Get("ETag"), "%s If-None-Match %s", path, c.header)
+			if c.want == http.StatusNotModified {
+				require.Empty(t, res.Body)
+			} else {
+				require.NotEmpty(t, res.Body)
+			}
 		}
-		res = env.Do(t, apitest.Request{Method: http.MethodGet, Path: path, Token: tok, Headers: map[string]string{"If-None-Match": `"999"`}})
-		require.Equal(t, http.StatusOK, res.Status)
 	}
 
 	// Both versions move: the old tags get the new representation.

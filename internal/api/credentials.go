@@ -256,16 +256,16 @@ type CredentialsOutput struct {
 }
 
 // credentialsNotModified is the answer while the caller's copy is current.
-func credentialsNotModified(etag string) *CredentialsOutput {
-	return &CredentialsOutput{ETag: etag, CacheControl: "no-store", Body: func(ctx huma.Context) {
+func credentialsNotModified(tag string) *CredentialsOutput {
+	return &CredentialsOutput{ETag: tag, CacheControl: "no-store", Body: func(ctx huma.Context) {
 		ctx.SetStatus(http.StatusNotModified)
 	}}
 }
 
 // fileOutput streams the snapshot and releases it once written, or once the client has
 // gone; a reader that stops reading holds one small buffer, not the file.
-func (c *Credentials) fileOutput(tenant, etag string, s *snapshot) *CredentialsOutput {
-	return &CredentialsOutput{ETag: etag, ContentType: "application/json", CacheControl: "no-store", Body: func(ctx huma.Context) {
+func (c *Credentials) fileOutput(tenant, tag string, s *snapshot) *CredentialsOutput {
+	return &CredentialsOutput{ETag: tag, ContentType: "application/json", CacheControl: "no-store", Body: func(ctx huma.Context) {
 		defer c.release(tenant, s)
 		ctx.SetHeader("Content-Length", strconv.FormatInt(s.info.Size(), 10))
 		ctx.SetStatus(http.StatusOK)
@@ -335,13 +335,13 @@ func registerCredentials(api huma.API, s *Server) {
 			case err != nil:
 				return nil, s.mapError(ctx, fmt.Errorf("read credentials file of %s: %w", tenant, err))
 			}
-			etag := strconv.Quote(strconv.FormatInt(snap.gen, 10))
-			if !etagMatches(in.IfNoneMatch, etag) {
-				return c.fileOutput(tenant, etag, snap), nil
+			tag := etag(snap.gen)
+			if !noneMatchNames(in.IfNoneMatch, tag) {
+				return c.fileOutput(tenant, tag, snap), nil
 			}
 			c.release(tenant, snap)
 			if timeout == nil {
-				return credentialsNotModified(etag), nil
+				return credentialsNotModified(tag), nil
 			}
 			if !polling {
 				// Only a request that is about to wait is a poll: one that is answered at
@@ -357,7 +357,7 @@ func registerCredentials(api huma.API, s *Server) {
 				timeout = nil // one more read, then 304
 			case <-ctx.Done():
 				// The client went away (or the server stops): nobody reads this answer.
-				return credentialsNotModified(etag), nil
+				return credentialsNotModified(tag), nil
 			}
 		}
 	})
@@ -374,15 +374,4 @@ func parseWait(s string) (time.Duration, error) {
 			&ErrorDetail{Location: "query.wait", Message: "must be a duration from 0s to 60s, such as 30s"})
 	}
 	return d, nil
-}
-
-// etagMatches reports whether an If-None-Match header names etag (or is *).
-func etagMatches(header, etag string) bool {
-	for _, t := range strings.Split(header, ",") {
-		t = strings.TrimPrefix(strings.TrimSpace(t), "W/")
-		if t == etag || t == "*" {
-			return true
-		}
-	}
-	return false
 }

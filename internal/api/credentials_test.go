@@ -25,6 +25,11 @@ import (
 	"github.com/loopze/certstore/nodetls"
 )
 
+// generationTag is the ETag the credentials route documents for a file of generation gen,
+// spelt out here rather than taken from the server's code: runtimes build it from their
+// copy of the file, so it may not change unnoticed.
+func generationTag(gen int64) string { return `"` + strconv.FormatInt(gen, 10) + `"` }
+
 // TestCredentialsRoute: the file exactly as on disk with its generation as ETag, 304 while
 // it is current, a long poll that returns on the next export, and only runtime and admin
 // tokens of the tenant served.
@@ -49,7 +54,7 @@ func TestCredentialsRoute(t *testing.T) {
 	require.Equal(t, onDisk, res.Body, "the bytes on disk, ciphertext only")
 	require.NotContains(t, string(res.Body), "BEGIN")
 	etag := res.Header.Get("ETag")
-	require.Equal(t, nodetls.ETag(r.Generation), etag)
+	require.Equal(t, generationTag(r.Generation), etag)
 
 	res = get(runtime, map[string]string{"If-None-Match": etag}, "")
 	require.Equal(t, http.StatusNotModified, res.Status)
@@ -71,13 +76,13 @@ func TestCredentialsRoute(t *testing.T) {
 	r2 := env.Export(t, "acme")
 	got := <-polled
 	require.Equal(t, http.StatusOK, got.status)
-	require.Equal(t, nodetls.ETag(r2.Generation), got.etag)
+	require.Equal(t, generationTag(r2.Generation), got.etag)
 
 	// Another replica sharing the directory writes the next file; this server's export
 	// then finds it current, and still wakes the poll.
 	other := &fileexport.Exporter{Pool: env.Pool, Ring: env.Ring, DataDir: env.DataDir}
 	go func() {
-		res := get(runtime, map[string]string{"If-None-Match": nodetls.ETag(r2.Generation)}, "?wait=60s")
+		res := get(runtime, map[string]string{"If-None-Match": generationTag(r2.Generation)}, "?wait=60s")
 		polled <- answer{res.Status, res.Header.Get("ETag")}
 	}()
 	post(t, env, editor, inlineCA("third-ca", ca))
@@ -92,7 +97,7 @@ func TestCredentialsRoute(t *testing.T) {
 		t.Fatal("the poll was not woken by the file another replica wrote")
 	}
 	require.Equal(t, http.StatusOK, got.status)
-	require.Equal(t, nodetls.ETag(r3.Generation), got.etag)
+	require.Equal(t, generationTag(r3.Generation), got.etag)
 
 	// Admin may read it; viewer and editor may not; another tenant sees only its own.
 	require.Equal(t, http.StatusOK, get(env.Token(t, "acme", "admin"), nil, "").Status)
@@ -124,7 +129,7 @@ func TestLongPollEndsWithTheClient(t *testing.T) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, env.URL+"/api/v1/credentials?wait=60s", nil)
 	require.NoError(t, err)
 	req.Header.Set("Authorization", "Bearer "+runtime)
-	req.Header.Set("If-None-Match", nodetls.ETag(r.Generation))
+	req.Header.Set("If-None-Match", generationTag(r.Generation))
 	done := make(chan error, 1)
 	go func() {
 		resp, err := http.DefaultClient.Do(req)
@@ -177,6 +182,41 @@ func TestRuntimeTokenRefusedElsewhere(t *testing.T) {
 	resp.Body.Close()
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	require.Contains(t, resp.Header.Get("Location"), "/login")
+}
+
+// TestSyncerAsksForChangesOnly: the If-None-Match a runtime's Syncer sends, built from the
+// generation of its copy, is one the credentials route matches: once the copy is current,
+// the server answers 304 and the file is not written again, also by a Syncer started anew
+// over the same directory; the next export is written.
+func TestSyncerAsksForChangesOnly(t *testing.T) {
+	t.Parallel()
+	env := apitest.New(t)
+	editor := env.Token(t, "acme", "editor")
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	post(t, env, editor, inlineCA("root-ca", ca))
+	env.Export(t, "acme")
+	dir := t.TempDir()
+	syncer := func() *nodetls.Syncer {
+		return &nodetls.Syncer{BaseURL: env.URL, Token: env.Token(t, "acme", "runtime"), Dir: dir, AllowLoopbackHTTP: true, Wait: 10 * time.Millisecond}
+	}
+	first := syncer()
+	written, err := first.Once(t.Context())
+	require.NoError(t, err)
+	require.True(t, written)
+	for name, s := range map[string]*nodetls.Syncer{"the same Syncer": first, "a Syncer started anew": syncer()} {
+		written, err = s.Once(t.Context())
+		require.NoError(t, err, name)
+		require.False(t, written, "%s: the server answered the current copy in full", name)
+	}
+
+	post(t, env, editor, inlineCA("second-ca", ca))
+	r := env.Export(t, "acme")
+	var got int64
+	first.OnWrite = func(gen int64) { got = gen }
+	written, err = first.Once(t.Context())
+	require.NoError(t, err)
+	require.True(t, written)
+	require.Equal(t, r.Generation, got)
 }
 
 // TestPutReachesRuntime: a PUT of an inline entry on the server reaches a runtime's
@@ -259,7 +299,7 @@ func TestWokenPollsShareOneRead(t *testing.T) {
 	editor, runtime := env.Token(t, "acme", "editor"), env.Token(t, "acme", "runtime")
 	ca := materialtest.NewCA(t, materialtest.Options{})
 	post(t, env, editor, inlineCA("root-ca", ca))
-	etag := nodetls.ETag(env.Export(t, "acme").Generation)
+	etag := generationTag(env.Export(t, "acme").Generation)
 
 	const polls = 20
 	answers := make(chan *apitest.Response, polls)
@@ -278,7 +318,7 @@ func TestWokenPollsShareOneRead(t *testing.T) {
 	for range polls {
 		res := <-answers
 		require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
-		require.Equal(t, nodetls.ETag(r.Generation), res.Header.Get("ETag"))
+		require.Equal(t, generationTag(r.Generation), res.Header.Get("ETag"))
 		require.Equal(t, onDisk, res.Body)
 	}
 	require.Equal(t, int64(1), reads.Load()-before, "the woken polls share one read of the new file")
@@ -297,7 +337,7 @@ func TestPollCaps(t *testing.T) {
 	runtime, admin := env.Token(t, "acme", "runtime"), env.Token(t, "acme", "admin") // two subjects
 	ca := materialtest.NewCA(t, materialtest.Options{})
 	post(t, env, editor, inlineCA("root-ca", ca))
-	etag := nodetls.ETag(env.Export(t, "acme").Generation)
+	etag := generationTag(env.Export(t, "acme").Generation)
 	get := func(tok, tag, query string) *apitest.Response {
 		h := map[string]string{}
 		if tag != "" {
@@ -333,7 +373,7 @@ func TestPollCaps(t *testing.T) {
 	require.Equal(t, http.StatusOK, get(runtime, `"0"`, "?wait=60s").Status, "an old ETag: answered at once")
 	globex := env.Token(t, "globex", "runtime")
 	post(t, env, env.Token(t, "globex", "editor"), inlineCA("root-ca", ca))
-	gEtag := nodetls.ETag(env.Export(t, "globex").Generation)
+	gEtag := generationTag(env.Export(t, "globex").Generation)
 	res := env.Do(t, apitest.Request{Method: http.MethodGet, Path: "/api/v1/credentials?wait=20ms", Token: globex,
 		Headers: map[string]string{"If-None-Match": gEtag}})
 	require.Equal(t, http.StatusNotModified, res.Status, "%s", res.Body)
@@ -346,6 +386,6 @@ func TestPollCaps(t *testing.T) {
 		require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
 	}
 	require.Zero(t, env.Credentials.Waiting("acme"))
-	res = get(runtime, nodetls.ETag(r.Generation), "?wait=20ms")
+	res = get(runtime, generationTag(r.Generation), "?wait=20ms")
 	require.Equal(t, http.StatusNotModified, res.Status, "%s", res.Body)
 }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -11,6 +12,9 @@ import (
 	"github.com/loopze/certstore/internal/repo"
 )
 
+// etag is this API's entity tag for a version: an entry's or the workspace's version, or
+// the generation of a credentials file. It is the decimal number, quoted, which is what
+// runtimes build from the generation in their copy of the file to ask for changes only.
 func etag(version int64) string { return `"` + strconv.FormatInt(version, 10) + `"` }
 
 // parseIfMatch reads an If-Match header into the version the caller last saw: 0 when there
@@ -120,43 +124,63 @@ func entryPrecondition(ifMatch, ifNoneMatch string) (catalog.Precondition, error
 		}
 		pre.Version = v
 	}
-	switch h := strings.TrimSpace(ifNoneMatch); h {
-	case "":
-	case "*":
-		pre.Absent = true
-	default:
-		tags, ok := parseETags(h)
-		if !ok {
-			return pre, newError(http.StatusBadRequest, `If-None-Match must be "*" or entity tags, like "3"`,
-				&ErrorDetail{Location: "header.If-None-Match", Message: "not an entity tag"})
-		}
-		for _, t := range tags {
-			// If-None-Match compares weakly (RFC 9110 13.1.2).
-			if v, ok := ourVersion(strings.TrimPrefix(t, "W/")); ok && v > 0 {
-				pre.NotVersions = append(pre.NotVersions, v)
-			}
+	if strings.TrimSpace(ifNoneMatch) == "" {
+		return pre, nil
+	}
+	m, ok := parseIfNoneMatch(ifNoneMatch)
+	if !ok {
+		return pre, newError(http.StatusBadRequest, `If-None-Match must be "*" or entity tags, like "3"`,
+			&ErrorDetail{Location: "header.If-None-Match", Message: "not an entity tag"})
+	}
+	pre.Absent = m.any
+	for _, t := range m.tags {
+		if v, ok := ourVersion(t); ok && v > 0 {
+			pre.NotVersions = append(pre.NotVersions, v)
 		}
 	}
 	return pre, nil
 }
 
+// noneMatch is an If-None-Match header (RFC 9110 13.1.2): "*", or entity tags held without
+// their weak prefix, since If-None-Match compares weakly (W/"3" names "3" too).
+type noneMatch struct {
+	any  bool
+	tags []string
+}
+
+// parseIfNoneMatch reads an If-None-Match header; ok is false when it is neither "*" nor a
+// list of entity tags ("*" inside a list is not one: the grammar allows it alone).
+func parseIfNoneMatch(h string) (m noneMatch, ok bool) {
+	h = strings.TrimSpace(h)
+	if h == "*" {
+		return noneMatch{any: true}, true
+	}
+	tags, ok := parseETags(h)
+	if !ok {
+		return noneMatch{}, false
+	}
+	for i, t := range tags {
+		tags[i] = strings.TrimPrefix(t, "W/")
+	}
+	return noneMatch{tags: tags}, true
+}
+
+// noneMatchNames reports whether a conditional GET's If-None-Match names current, the
+// resource's ETag, or is "*": the answer is then a 304. An absent header, or one that is
+// not "*" nor a list of entity tags, names nothing: the resource is sent in full, which is
+// never a wrong answer to a GET.
+func noneMatchNames(header, current string) bool {
+	m, ok := parseIfNoneMatch(header)
+	if !ok {
+		return false
+	}
+	return m.any || slices.Contains(m.tags, current)
+}
+
 // notModified answers a conditional GET: a 304 carrying the current ETag when the
-// If-None-Match header names it (or is "*"), nil otherwise. If-None-Match compares weakly,
-// so W/"3" matches "3" too (RFC 9110 13.1.2).
-func notModified(ifNoneMatch, current string) error {
-	h := strings.TrimSpace(ifNoneMatch)
-	if h == "" {
-		return nil
-	}
-	match := h == "*"
-	if tags, ok := parseETags(h); ok {
-		for _, t := range tags {
-			if strings.TrimPrefix(t, "W/") == current {
-				match = true
-			}
-		}
-	}
-	if !match {
+// If-None-Match header names it (see noneMatchNames), nil otherwise.
+func notModified(header, current string) error {
+	if !noneMatchNames(header, current) {
 		return nil
 	}
 	return huma.ErrorWithHeaders(newError(http.StatusNotModified, "not modified"), http.Header{"ETag": {current}})

@@ -112,8 +112,10 @@ func TestPEMRefusedInFreeText(t *testing.T) {
 	require.NotContains(t, env.Logs.String(), "PRIVATE KEY-----")
 }
 
-// The streamed GET /api/v1/flows says what a decoded and re-encoded workspace says,
-// markers included, for nodes with and without stored values.
+// The streamed GET /api/v1/flows says what the workspace model read from the same saved
+// document says once re-encoded (Document.Workspace, what the OPC UA migration changes and
+// deploys back), markers included, for nodes with and without stored values; the model
+// deployed back keeps every stored value.
 func TestStreamedWorkspaceMatchesDecoded(t *testing.T) {
 	t.Parallel()
 	env := apitest.New(t)
@@ -132,9 +134,11 @@ func TestStreamedWorkspaceMatchesDecoded(t *testing.T) {
 		obj{"id": "c", "nodes": []any{}, "info": "empty"}))
 	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
 
-	saved, err := env.Workspace.Get(t.Context(), "acme")
+	saved, err := env.Workspace.Document(t.Context(), "acme")
 	require.NoError(t, err)
-	want, err := json.Marshal(saved.Workspace)
+	ws, err := saved.Workspace()
+	require.NoError(t, err)
+	want, err := json.Marshal(ws)
 	require.NoError(t, err)
 	got := getFlows(t, env, tok)
 	require.JSONEq(t, string(want), string(got.Body))
@@ -143,9 +147,17 @@ func TestStreamedWorkspaceMatchesDecoded(t *testing.T) {
 	require.NotContains(t, string(got.Body), "-----BEGIN")
 	require.Equal(t, `"1"`, got.Header.Get("ETag"))
 
-	// Deploying what was read back changes nothing.
+	// Deploying what was read back changes nothing, over HTTP or as the model.
 	res = deploy(t, env, tok, got.Body)
 	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
 	again := getFlows(t, env, tok)
 	require.JSONEq(t, string(got.Body), string(again.Body))
+	secrets := nodeSecrets(t, env, "acme")
+	_, err = env.Workspace.Deploy(t.Context(), "acme", ws, 2)
+	require.NoError(t, err)
+	require.Equal(t, secrets, nodeSecrets(t, env, "acme"))
+	n, err := env.Workspace.Node(t.Context(), "acme", "a", "n1")
+	require.NoError(t, err)
+	require.Equal(t, string(pair.KeyPEM()), n.TLS.ClientCert.KeyPEM.Text.Reveal())
+	require.JSONEq(t, string(got.Body), string(getFlows(t, env, tok).Body))
 }

@@ -393,9 +393,11 @@ func TestNodeCredentials(t *testing.T) {
 	require.Equal(t, []string{"http-1/credentials.token", "mqtt-1/credentials.user"}, nodeSecrets(t, env, "acme"))
 
 	// The stored value is the one sent, sealed to its node.
-	n, err := env.Workspace.Get(context.Background(), "acme")
+	saved, err := env.Workspace.Document(context.Background(), "acme")
 	require.NoError(t, err)
-	_, mqtt := n.Workspace.Find("f1", "mqtt-1")
+	ws, err := saved.Workspace()
+	require.NoError(t, err)
+	_, mqtt := ws.Find("f1", "mqtt-1")
 	require.True(t, mqtt.Credentials["user"].Keep)
 
 	// A removed node's credentials are removed.

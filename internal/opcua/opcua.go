@@ -113,11 +113,15 @@ func (m *Migrator) tenant(ctx context.Context, tenant string) (Result, error) {
 
 func (m *Migrator) attempt(ctx context.Context, tenant string) (Result, error) {
 	var res Result
-	saved, err := m.Workspace.Get(ctx, tenant)
+	saved, err := m.Workspace.Document(ctx, tenant)
 	if err != nil {
 		return res, fmt.Errorf("opcua migration of tenant %s: %w", tenant, err)
 	}
-	for _, f := range saved.Workspace.Flows {
+	ws, err := saved.Workspace()
+	if err != nil {
+		return res, fmt.Errorf("opcua migration of tenant %s: %w", tenant, err)
+	}
+	for _, f := range ws.Flows {
 		for _, n := range f.Nodes {
 			certPath, keyPath, legacy := legacyFiles(n)
 			if !legacy {
@@ -147,7 +151,7 @@ func (m *Migrator) attempt(ctx context.Context, tenant string) (Result, error) {
 	if err := m.hook(tenant, StepDeploy, ""); err != nil {
 		return res, err
 	}
-	if _, err := m.Workspace.Deploy(ctx, tenant, saved.Workspace, saved.Version); err != nil {
+	if _, err := m.Workspace.Deploy(ctx, tenant, ws, saved.Version); err != nil {
 		return Result{}, fmt.Errorf("opcua migration of tenant %s: deploy: %w", tenant, err)
 	}
 	m.Logger.Info("opcua migration: opcua-server nodes now use certRef", "tenant", tenant, "nodes", res.Migrated)

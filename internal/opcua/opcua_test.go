@@ -15,6 +15,7 @@ import (
 	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/opcua"
+	"github.com/loopze/certstore/internal/refs"
 	"github.com/loopze/certstore/internal/testdb"
 )
 
@@ -94,10 +95,9 @@ func (f *fixture) requireMigrated(t *testing.T) {
 	t.Helper()
 	idA := opcua.EntryID("7f3a.9b21")
 	require.Regexp(t, `^opcua-7f3a-9b21-[0-9a-f]{8}$`, idA)
-	saved, err := f.env.Workspace.Get(context.Background(), "acme")
-	require.NoError(t, err)
+	saved := f.workspace(t)
 	for nodeID, entryID := range map[string]string{"7f3a.9b21": idA, "plc-b": "opcua-plc-b"} {
-		_, n := saved.Workspace.Find("plant", nodeID)
+		_, n := saved.Find("plant", nodeID)
 		require.NotNil(t, n)
 		ref, ok, err := n.Prop("certRef")
 		require.NoError(t, err)
@@ -116,7 +116,7 @@ func (f *fixture) requireMigrated(t *testing.T) {
 		require.Equal(t, f.keyPath, e.KeyPath)
 		require.Equal(t, 1, e.RefCount)
 	}
-	_, mqtt := saved.Workspace.Find("plant", "mqtt-1")
+	_, mqtt := saved.Find("plant", "mqtt-1")
 	require.True(t, mqtt.Credentials["password"].Keep, "credentials survive the migration")
 	res := f.env.Do(t, apitest.Request{Method: http.MethodGet, Path: "/api/v1/flows/plant/nodes/7f3a.9b21/tls", Token: f.tok})
 	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
@@ -127,9 +127,19 @@ func (f *fixture) requireMigrated(t *testing.T) {
 
 func (f *fixture) version(t *testing.T) int64 {
 	t.Helper()
-	saved, err := f.env.Workspace.Get(context.Background(), "acme")
+	saved, err := f.env.Workspace.Document(context.Background(), "acme")
 	require.NoError(t, err)
 	return saved.Version
+}
+
+// workspace is the saved workspace as the migration reads it.
+func (f *fixture) workspace(t *testing.T) *refs.Workspace {
+	t.Helper()
+	saved, err := f.env.Workspace.Document(context.Background(), "acme")
+	require.NoError(t, err)
+	ws, err := saved.Workspace()
+	require.NoError(t, err)
+	return ws
 }
 
 func TestMigrationIsIdempotent(t *testing.T) {
@@ -210,10 +220,9 @@ func TestMigrationSkipsWhatItCannotConvert(t *testing.T) {
 	out, err := f.migrator(nil).Run(context.Background())
 	require.NoError(t, err)
 	require.Equal(t, opcua.Result{Migrated: 1, Skipped: 2}, out)
-	saved, err := f.env.Workspace.Get(context.Background(), "acme")
-	require.NoError(t, err)
+	saved := f.workspace(t)
 	for _, id := range []string{"plc-b", "plc-c"} {
-		_, n := saved.Workspace.Find("plant", id)
+		_, n := saved.Find("plant", id)
 		cf, ok, _ := n.Prop("clientCertFile")
 		require.True(t, ok, id)
 		require.NotEmpty(t, cf)

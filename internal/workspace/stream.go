@@ -18,7 +18,9 @@ import (
 	"github.com/loopze/certstore/internal/repo"
 )
 
-// Document is a saved workspace ready to be written out as GET /api/v1/flows answers it.
+// Document is a saved workspace as it is read: written out as GET /api/v1/flows answers it
+// (WriteTo), or parsed from that same output (Workspace). Both show stored values the one
+// way WriteTo writes them, as {"set": true} markers.
 type Document struct {
 	Version   int64
 	UpdatedAt time.Time
@@ -27,8 +29,9 @@ type Document struct {
 	secrets   map[string][]repo.NodeSecretKey // keys by node
 }
 
-// Document reads the tenant's saved workspace for WriteTo. A tenant that never deployed
-// has an empty workspace at version 0.
+// Document reads the tenant's saved workspace, its stored document and the names of its
+// node secrets, never their values. A tenant that never deployed has an empty workspace at
+// version 0.
 func (s *Service) Document(ctx context.Context, tenant string) (*Document, error) {
 	var (
 		row  *repo.Workspace
@@ -125,6 +128,22 @@ func (d *Document) WriteTo(w io.Writer) (int64, error) {
 			return cw.n, fmt.Errorf("write workspace: %w", err)
 		}
 	}
+}
+
+// Workspace parses what WriteTo writes into the workspace model: every node as deployed,
+// and a Keep value wherever a credential or inline PEM is stored, so a caller that changes
+// the model and deploys it back (at Version) keeps every stored value it did not touch.
+func (d *Document) Workspace() (*refs.Workspace, error) {
+	var buf bytes.Buffer
+	buf.Grow(len(d.doc) + 64)
+	if _, err := d.WriteTo(&buf); err != nil {
+		return nil, err
+	}
+	ws, err := refs.ParseStored(buf.Bytes())
+	if err != nil {
+		return nil, fmt.Errorf("decode saved workspace: %w", err)
+	}
+	return ws, nil
 }
 
 // inNodes reports whether the decoder is inside a flow's nodes array (/flows/i/nodes).

@@ -394,68 +394,6 @@ func openSecret(ring *envelope.Ring, tenant string, ns repo.NodeSecret) (secret.
 	return secret.String(pt), nil
 }
 
-// Saved is a tenant's saved workspace with its version (0 before the first deploy).
-type Saved struct {
-	Workspace *refs.Workspace
-	Version   int64
-	UpdatedAt time.Time
-}
-
-// Get returns the tenant's saved workspace: write-only values show as {"set": true}
-// markers (credentials by key, inline PEM by field), so deploying it back unchanged keeps
-// them. A tenant that never deployed has an empty workspace at version 0.
-func (s *Service) Get(ctx context.Context, tenant string) (*Saved, error) {
-	d, err := s.Document(ctx, tenant)
-	if err != nil {
-		return nil, err
-	}
-	if d.doc == nil {
-		return &Saved{Workspace: &refs.Workspace{Flows: []*refs.Flow{}}}, nil
-	}
-	ws, err := refs.ParseStored(d.doc)
-	if err != nil {
-		return nil, fmt.Errorf("decode saved workspace: %w", err)
-	}
-	markSecrets(ws, d.keys)
-	return &Saved{Workspace: ws, Version: d.Version, UpdatedAt: d.UpdatedAt}, nil
-}
-
-// markSecrets puts {"set": true} markers where values are stored.
-func markSecrets(ws *refs.Workspace, keys []repo.NodeSecretKey) {
-	byNode := map[string][]string{}
-	for _, k := range keys {
-		byNode[k.NodeID] = append(byNode[k.NodeID], k.Name)
-	}
-	for _, f := range ws.Flows {
-		for _, n := range f.Nodes {
-			for _, name := range byNode[n.ID] {
-				if key, ok := refs.IsCredentialName(name); ok {
-					if n.Credentials == nil {
-						n.Credentials = map[string]refs.Value{}
-					}
-					n.Credentials[key] = refs.Value{Keep: true}
-					continue
-				}
-				field, ok := strings.CutPrefix(name, "tls.")
-				if !ok || n.TLS == nil {
-					continue
-				}
-				for _, p := range refs.Parts {
-					sp := n.TLS.Spec(p)
-					switch field {
-					case p.CertPEM:
-						sp.CertPEM = &refs.Value{Keep: true}
-					case p.KeyPEM:
-						if p.KeyPEM != "" {
-							sp.KeyPEM = &refs.Value{Keep: true}
-						}
-					}
-				}
-			}
-		}
-	}
-}
-
 // Node returns one node of the saved workspace with its inline TLS PEM opened (never its
 // credentials), ready for BuildTLSConfig. Only that node is read from the database, not
 // the whole workspace. ErrNodeNotFound when the flow or node is not there.
