@@ -168,48 +168,67 @@ type Source struct {
 	PKCS11 *PKCS11URI
 }
 
+// CheckURI checks uri's syntax without touching the file system: empty, "file:",
+// "file:/absolute/path" or a pkcs11: URI that parses. Errors wrap ErrBadURI and quote no PIN.
+func CheckURI(uri string) error {
+	_, _, err := parseURI(uri)
+	return err
+}
+
+// parseURI returns the key file a file: URI names ("" for the default) or the parsed
+// pkcs11: URI.
+func parseURI(uri string) (path string, u *PKCS11URI, err error) {
+	if uri == "" {
+		return "", nil, nil
+	}
+	if len(uri) >= len(SchemePKCS11) && strings.EqualFold(uri[:len(SchemePKCS11)], SchemePKCS11) {
+		u, err := ParsePKCS11URI(uri)
+		return "", u, err
+	}
+	rest, ok := strings.CutPrefix(uri, SchemeFile)
+	if !ok {
+		return "", nil, fmt.Errorf("%w: %s: want %s or %s", ErrBadURI, Redact(uri), SchemeFile, SchemePKCS11)
+	}
+	if after, ok := strings.CutPrefix(rest, "//"); ok {
+		if !strings.HasPrefix(after, "/") {
+			return "", nil, fmt.Errorf("%w: %s names another host; want file:/absolute/path", ErrBadURI, uri)
+		}
+		rest = after
+	}
+	if rest != "" && !filepath.IsAbs(rest) {
+		return "", nil, fmt.Errorf("%w: %s: want file: alone or file:/absolute/path", ErrBadURI, uri)
+	}
+	if rest == "" {
+		return "", nil, nil
+	}
+	return filepath.Clean(rest), nil, nil
+}
+
 // Locate says where uri puts the master key. An empty uri is "file:". "file:" alone is
 // loopze.key in dataDir, unless systemd passed a credential named loopze.key
 // ($CREDENTIALS_DIRECTORY, read through getenv), which is then used; "file:/abs/path" is
 // that file. A pkcs11: URI is parsed (RFC 7512). Errors wrap ErrBadURI and quote no PIN.
 func Locate(uri, dataDir string, getenv func(string) string) (Source, error) {
-	if uri == "" {
-		uri = SchemeFile
+	path, u, err := parseURI(uri)
+	if err != nil {
+		return Source{}, err
+	}
+	if u != nil {
+		return Source{Kind: KindPKCS11, PKCS11: u}, nil
 	}
 	if getenv == nil {
 		getenv = func(string) string { return "" }
-	}
-	if len(uri) >= len(SchemePKCS11) && strings.EqualFold(uri[:len(SchemePKCS11)], SchemePKCS11) {
-		u, err := ParsePKCS11URI(uri)
-		if err != nil {
-			return Source{}, err
-		}
-		return Source{Kind: KindPKCS11, PKCS11: u}, nil
-	}
-	rest, ok := strings.CutPrefix(uri, SchemeFile)
-	if !ok {
-		return Source{}, fmt.Errorf("%w: %s: want %s or %s", ErrBadURI, Redact(uri), SchemeFile, SchemePKCS11)
-	}
-	if after, ok := strings.CutPrefix(rest, "//"); ok {
-		if !strings.HasPrefix(after, "/") {
-			return Source{}, fmt.Errorf("%w: %s names another host; want file:/absolute/path", ErrBadURI, uri)
-		}
-		rest = after
 	}
 	cred, err := credential(getenv)
 	if err != nil {
 		return Source{}, err
 	}
-	if rest != "" {
-		if !filepath.IsAbs(rest) {
-			return Source{}, fmt.Errorf("%w: %s: want file: alone or file:/absolute/path", ErrBadURI, uri)
-		}
+	if path != "" {
 		if cred != "" {
 			return Source{}, fmt.Errorf("%w: %s names a key file, and systemd passes a credential %s too; "+
 				"use file: alone to read the credential, or drop the credential", ErrBadURI, uri, cred)
 		}
-		p := filepath.Clean(rest)
-		return Source{Kind: KindFile, Path: p, NextPath: p + nextSuffix}, nil
+		return Source{Kind: KindFile, Path: path, NextPath: path + nextSuffix}, nil
 	}
 	next := filepath.Join(dataDir, envelope.NextKeyFile)
 	if cred != "" {
