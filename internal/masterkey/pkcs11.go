@@ -167,7 +167,9 @@ func openPKCS11(u *PKCS11URI, getenv func(string) string, logger *slog.Logger) (
 		}
 		r.sessions = append(r.sessions, s)
 	}
-	// A login holds for every session of the process on the token.
+	// A login holds for every session of the process on the token. When another ring of
+	// this process is logged in already, the token does not check this PIN again: the
+	// process has shown it knows one.
 	switch err := mod.ctx.Login(r.sessions[0], pkcs11.CKU_USER, pin.Reveal()); {
 	case err == nil, isCKR(err, pkcs11.CKR_USER_ALREADY_LOGGED_IN):
 	case isCKR(err, pkcs11.CKR_PIN_INCORRECT):

@@ -374,15 +374,16 @@ func TestTokenConcurrentUse(t *testing.T) {
 	k := r.Current()
 	w, err := k.Wrap(randomKey(t), nil)
 	require.NoError(t, err)
-	started := make(chan struct{})
+	started := make(chan struct{}, 4)
 	var after sync.WaitGroup
 	for range 4 {
 		after.Go(func() {
 			for i := 0; ; i++ {
-				if i == 1 {
+				_, err := k.Unwrap(w, nil)
+				if i == 0 {
 					started <- struct{}{}
 				}
-				if _, err := k.Unwrap(w, nil); err != nil {
+				if err != nil {
 					if !errors.Is(err, masterkey.ErrClosed) {
 						t.Errorf("after close: %v", err)
 					}
