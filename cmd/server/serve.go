@@ -23,6 +23,9 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := checkMasterKeySource(cfg, env.getenv); err != nil {
+		return err
+	}
 	if err := cfg.EnsureDataDir(); err != nil {
 		return err
 	}

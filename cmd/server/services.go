@@ -18,6 +18,7 @@ import (
 	"github.com/loopze/certstore/internal/config"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/kdf"
+	"github.com/loopze/certstore/internal/masterkey"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/resolver"
@@ -92,6 +93,39 @@ func checkKeyModes(dataDir string) error {
 		}
 	}
 	return nil
+}
+
+// checkMasterKeySource refuses a master key anywhere but DataDir/loopze.key: the envelope
+// ring seals under that file only until per-tenant keys wrap under a masterkey.Keyring, and
+// a server that ignored LOOPZE_MASTER_KEY_URI or a systemd credential would seal under a
+// key the operator did not choose (or create one beside the credential).
+func checkMasterKeySource(cfg config.Config, getenv func(string) string) error {
+	src, err := masterkey.Locate(cfg.MasterKeyURI, cfg.DataDir, getenv)
+	if err != nil {
+		return fmt.Errorf("%s: %w", config.EnvMasterKeyURI, err)
+	}
+	here := filepath.Join(cfg.DataDir, envelope.KeyFile)
+	switch {
+	case src.Kind == masterkey.KindPKCS11:
+		return fmt.Errorf("%s: a pkcs11: master key takes effect with per-tenant keys, which this version does not have; "+
+			"unset it to keep the master key in %s", config.EnvMasterKeyURI, here)
+	case src.Credential:
+		return fmt.Errorf("systemd passes the credential %s: a master key in a credential takes effect with per-tenant keys, "+
+			"which this version does not have; drop LoadCredentialEncrypted=%s from the unit to keep the master key in %s",
+			src.Path, envelope.KeyFile, here)
+	case !samePath(src.Path, here):
+		return fmt.Errorf("%s: a master key file other than %s takes effect with per-tenant keys, which this version does not have; "+
+			"unset it, or move the key and set %s", config.EnvMasterKeyURI, here, config.EnvDataDir)
+	}
+	return nil
+}
+
+// samePath compares two paths as absolute, so ./data/loopze.key and its absolute spelling
+// are one file.
+func samePath(a, b string) bool {
+	absA, errA := filepath.Abs(a)
+	absB, errB := filepath.Abs(b)
+	return errA == nil && errB == nil && absA == absB
 }
 
 // warnFileRoots says at start what an installation with tenants other than the default

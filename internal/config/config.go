@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/loopze/certstore/internal/masterkey"
 	"github.com/loopze/certstore/internal/secret"
 )
 
@@ -78,6 +79,11 @@ type Config struct {
 	// processor (LOOPZE_KDF_CONCURRENCY); KDFQueue how many requests may wait for one
 	// (LOOPZE_KDF_QUEUE).
 	KDFMemoryMiB, KDFConcurrency, KDFQueue int
+	// MasterKeyURI says where the master key lives (LOOPZE_MASTER_KEY_URI): "file:" for
+	// loopze.key in DataDir (the default), "file:/absolute/path", or a PKCS#11 URI (RFC
+	// 7512). It has no flag: a pkcs11: URI may carry pin-value, which a flag would show in
+	// the process list.
+	MasterKeyURI string
 }
 
 // Environment variable names, listed once so flags, docs and errors agree.
@@ -112,6 +118,7 @@ const (
 	EnvKDFMemory        = "LOOPZE_KDF_MEMORY_MIB"
 	EnvKDFConcurrency   = "LOOPZE_KDF_CONCURRENCY"
 	EnvKDFQueue         = "LOOPZE_KDF_QUEUE"
+	EnvMasterKeyURI     = "LOOPZE_MASTER_KEY_URI"
 )
 
 // Defaults.
@@ -145,6 +152,8 @@ const (
 	// MinKDFMemoryMiB is the largest single derivation accepted, rounded up: a smaller
 	// budget could never admit it.
 	MinKDFMemoryMiB = 33
+	// DefaultMasterKeyURI is loopze.key in the data directory.
+	DefaultMasterKeyURI = masterkey.SchemeFile
 )
 
 // FromEnv reads the configuration from getenv (os.Getenv in main, a map in tests).
@@ -181,6 +190,8 @@ func FromEnv(getenv func(string) string) Config {
 		KDFMemoryMiB:   count(getenv(EnvKDFMemory), DefaultKDFMemoryMiB),
 		KDFConcurrency: count(getenv(EnvKDFConcurrency), 0),
 		KDFQueue:       count(getenv(EnvKDFQueue), DefaultKDFQueue),
+
+		MasterKeyURI: cmp.Or(strings.TrimSpace(getenv(EnvMasterKeyURI)), DefaultMasterKeyURI),
 	}
 }
 
@@ -382,6 +393,9 @@ func (c *Config) Validate() error {
 	}
 	if c.KDFQueue < 1 || c.KDFQueue > 1<<16 {
 		errs = append(errs, fmt.Errorf("%s: want a whole number from 1 to 65536", EnvKDFQueue))
+	}
+	if err := masterkey.CheckURI(c.MasterKeyURI); err != nil {
+		errs = append(errs, fmt.Errorf("%s: %w", EnvMasterKeyURI, err))
 	}
 	return errors.Join(errs...)
 }

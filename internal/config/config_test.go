@@ -77,6 +77,27 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// TestMasterKeyURI: the master key is loopze.key in the data directory unless
+// LOOPZE_MASTER_KEY_URI says otherwise; a file: URI must be absolute and a pkcs11: URI must
+// parse, and a refusal names the variable without the PIN the URI may carry.
+func TestMasterKeyURI(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "file:", config.FromEnv(env(nil)).MasterKeyURI)
+	for _, ok := range []string{"file:", " file: ", "file:/etc/loopze/loopze.key",
+		"pkcs11:token=loopze;object=master?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/loopze/pin"} {
+		c := config.FromEnv(env(map[string]string{"LOOPZE_MASTER_KEY_URI": ok}))
+		require.NoError(t, c.Validate(), ok)
+	}
+	for _, bad := range []string{"file:loopze.key", "vault://s3cr3t@vault/key",
+		"pkcs11:token=loopze?module-path=/m.so&pin-value=s3cr3t",
+		"pkcs11:token=loopze;object=master?module-path=/m.so&pin-value=s3cr3t&pin-source=/p"} {
+		c := config.FromEnv(env(map[string]string{"LOOPZE_MASTER_KEY_URI": bad}))
+		err := c.Validate()
+		require.ErrorContains(t, err, "LOOPZE_MASTER_KEY_URI", bad)
+		require.NotContains(t, err.Error(), "s3cr3t", bad)
+	}
+}
+
 // TestHighAvailabilityURLs: a multi-host URL is a valid database URL, the listen URL is the
 // direct one when given, and the pooler setting defaults to detection.
 func TestHighAvailabilityURLs(t *testing.T) {
@@ -142,7 +163,7 @@ func TestEveryVariableButTheSecretsHasAFlag(t *testing.T) {
 		config.EnvRateLimitSubject: "rate-limit-subject", config.EnvRateLimitSubjectBurst: "rate-limit-subject-burst",
 		config.EnvPollLimitTenant: "poll-limit-tenant", config.EnvPollLimitSubject: "poll-limit-subject",
 		config.EnvKDFMemory: "kdf-memory-mib", config.EnvKDFConcurrency: "kdf-concurrency", config.EnvKDFQueue: "kdf-queue",
-	}, byVariable, "every variable but LOOPZE_JWT_SECRET and LOOPZE_METRICS_TOKEN")
+	}, byVariable, "every variable but LOOPZE_JWT_SECRET, LOOPZE_METRICS_TOKEN and LOOPZE_MASTER_KEY_URI")
 
 	require.NoError(t, fs.Parse([]string{"--allowed-origins", "https://a.example, https://b.example", "--log-level", "debug"}))
 	require.Equal(t, []string{"https://a.example", "https://b.example"}, c.AllowedOrigins)

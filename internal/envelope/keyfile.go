@@ -63,6 +63,13 @@ func ReadKeyFile(path string) (secret.Bytes, error) {
 	return key, err
 }
 
+// ReadKeyFileMode is ReadKeyFile that also returns the file's permission bits, taken from
+// the open file, so a caller refusing a key others may read (TooOpen) checks the mode of
+// the very bytes it loads even if the path is swapped meanwhile.
+func ReadKeyFileMode(path string) (secret.Bytes, fs.FileMode, error) {
+	return readKeyFile(path)
+}
+
 // readKeyFile also returns the file's mode, taken from the open file so the mode checked is
 // the mode of the bytes read even if the path is swapped meanwhile.
 func readKeyFile(path string) (secret.Bytes, fs.FileMode, error) {
@@ -132,7 +139,8 @@ func WriteKeyFile(path string, key []byte) error {
 	return nil
 }
 
-// tooOpen reports whether a key file's mode grants anything to group or others.
-func tooOpen(mode fs.FileMode) bool {
+// TooOpen reports whether a key file's mode grants anything to group or others. Windows
+// modes say nothing about that, so there it is always false.
+func TooOpen(mode fs.FileMode) bool {
 	return runtime.GOOS != "windows" && mode&0o077 != 0
 }

@@ -221,7 +221,7 @@ func (r *Ring) readChecked(path string) (*masterKey, error) {
 		return nil, err
 	}
 	defer clear(key)
-	if tooOpen(mode) {
+	if TooOpen(mode) {
 		r.logger.Warn("master key file is readable by others; chmod 600 it",
 			"path", path, "mode", fmt.Sprintf("%#o", mode))
 	}
