@@ -15,9 +15,9 @@ import (
 	"github.com/loopze/certstore/internal/repo"
 )
 
-// AuditRecord is a record of the audit trail as the API shows it. It is audit.Entry under
-// the glossary's name: in the API, Entry is a catalogue entry.
-type AuditRecord audit.Entry
+// AuditRecord is a record of the audit trail as the API shows it: an audit.Link under the
+// glossary's name, which is also its OpenAPI schema's.
+type AuditRecord audit.Link
 
 // AuditOutput is a page of the tenant's audit trail, newest first.
 type AuditOutput struct {
@@ -99,7 +99,7 @@ func registerAudit(api huma.API, s *Server) {
 		out := &AuditOutput{}
 		out.Body.Items = make([]AuditRecord, 0, len(recs))
 		for _, r := range recs {
-			out.Body.Items = append(out.Body.Items, AuditRecord(audit.ToEntry(r)))
+			out.Body.Items = append(out.Body.Items, AuditRecord(audit.ToLink(r)))
 		}
 		if more && len(recs) > 0 {
 			out.Body.NextCursor = encodeCursor(recs[len(recs)-1].Seq)
