@@ -17,7 +17,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/loopze/certstore/internal/db"
-	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/masterkey"
+	"github.com/loopze/certstore/internal/tenantkey"
 )
 
 // Tenants of the run, each serving one purpose so scenarios do not disturb each other.
@@ -42,8 +43,8 @@ type bench struct {
 	tmp      string
 	pg       *cluster
 	srv      *server
-	ring     *envelope.Ring
-	pool     *pgxpool.Pool // the server's kind of pool (app role, RLS), for in-process scenarios
+	keys     *tenantkey.Keys // the server's master key and the tenant keys under it
+	pool     *pgxpool.Pool   // the server's kind of pool (app role, RLS), for in-process scenarios
 	pki      *pki
 	seed     *seeder
 	client   *http.Client
@@ -135,15 +136,22 @@ func (b *bench) setup(ctx context.Context) error {
 	if err := os.Mkdir(dataDir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
-	// The bench creates the master key the server then loads, so it can seal seeded rows
-	// exactly as the server would.
-	if b.ring, err = envelope.Load(dataDir, b.log); err != nil {
+	if b.pool, err = db.Open(ctx, url, b.log); err != nil {
+		return err
+	}
+	b.onCleanup(func() error { b.pool.Close(); return nil })
+	// The bench creates the master key the server then loads, and the tenant keys under
+	// it, so it can seal seeded rows exactly as the server would.
+	master, err := masterkey.Open("", dataDir, os.Getenv, b.log)
+	if err != nil {
 		return fmt.Errorf("load master key: %w", err)
 	}
+	b.onCleanup(master.Close)
+	b.keys = &tenantkey.Keys{Pool: b.pool, Master: master, Logger: b.log}
 	if b.pki, err = newPKI(4); err != nil {
 		return err
 	}
-	b.seed = &seeder{url: url, ring: b.ring, pki: b.pki}
+	b.seed = &seeder{url: url, keys: b.keys, pki: b.pki}
 	if err := b.seedBase(ctx); err != nil {
 		return err
 	}
@@ -174,11 +182,6 @@ func (b *bench) setup(ctx context.Context) error {
 	}
 	b.client = newClient(b.s.Concurrency)
 	b.onCleanup(func() error { b.client.CloseIdleConnections(); return nil })
-
-	if b.pool, err = db.Open(ctx, url, b.log); err != nil {
-		return err
-	}
-	b.onCleanup(func() error { b.pool.Close(); return nil })
 	return nil
 }
 
@@ -208,7 +211,7 @@ func (b *bench) seedBase(ctx context.Context) error {
 		return err
 	}
 	for _, te := range [][2]string{{tenantRefs, refdEntry}, {tenantDeploy, deployCA}} {
-		row, err := b.seed.caBundleRow(te[0], te[1])
+		row, err := b.seed.caBundleRow(ctx, te[0], te[1])
 		if err != nil {
 			return err
 		}

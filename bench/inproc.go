@@ -70,7 +70,7 @@ func (b *bench) scenarioBuildTLS(ctx context.Context) error {
 
 // exportOp exports the main tenant, forced, into dir.
 func (b *bench) exportOp(dir string) (Op, *fileexport.Result) {
-	x := &fileexport.Exporter{Pool: b.pool, Ring: b.ring, DataDir: dir, Logger: b.log}
+	x := &fileexport.Exporter{Pool: b.pool, Keys: b.keys, DataDir: dir, Logger: b.log}
 	last := &fileexport.Result{}
 	return func(ctx context.Context, _ int, _ *rand.Rand) error {
 		res, err := x.ExportTenant(ctx, tenantMain, true)

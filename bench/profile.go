@@ -47,7 +47,7 @@ func (b *bench) handler(ctx context.Context) (http.Handler, error) {
 	}
 	b.onCleanup(func() error { rep.stop(); return nil })
 	cat := rep.svc
-	ws := &workspace.Service{Pool: b.pool, Ring: b.ring, Logger: b.log, Resolver: &resolver.Resolver{Entries: cat.Entries(), Roots: cat.Roots, Logger: b.log}}
+	ws := &workspace.Service{Pool: b.pool, Keys: b.keys, Logger: b.log, Resolver: &resolver.Resolver{Entries: cat.Entries(), Roots: cat.Roots, Logger: b.log}}
 	b.inproc = api.New(api.Deps{Logger: b.log, Pool: b.pool, Version: "bench", Verifier: verifier, Catalog: cat, Workspace: ws}).Handler
 	return b.inproc, nil
 }

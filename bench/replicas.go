@@ -10,6 +10,7 @@ import (
 
 	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/tenantkey"
 )
 
 const tenantReplicas = "replicas" // one entry PUT on replica A and read on replica B
@@ -27,10 +28,11 @@ func (b *bench) newReplica(ctx context.Context) (*replica, error) {
 		return nil, fmt.Errorf("open replica pool: %w", err)
 	}
 	cache := &catalog.Cache{}
+	keys := &tenantkey.Keys{Pool: pool, Master: b.keys.Master, Logger: b.log}
 	// Replicas share the server's data directory, as replicas of one deployment share their
 	// volume: the pass at start finds the server's files current instead of exporting every
 	// tenant again (a million entries once the scale scenario ran) during the measurement.
-	sy := &fileexport.Syncer{Exporter: &fileexport.Exporter{Pool: pool, Ring: b.ring, DataDir: b.srv.dataDir, Logger: b.log},
+	sy := &fileexport.Syncer{Exporter: &fileexport.Exporter{Pool: pool, Keys: keys, DataDir: b.srv.dataDir, Logger: b.log},
 		Logger: b.log, Watcher: cache}
 	loopCtx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -38,7 +40,7 @@ func (b *bench) newReplica(ctx context.Context) (*replica, error) {
 		defer close(done)
 		_ = sy.Run(loopCtx)
 	}()
-	r := &replica{svc: &catalog.Service{Pool: pool, Ring: b.ring, Logger: b.log, Cache: cache},
+	r := &replica{svc: &catalog.Service{Pool: pool, Keys: keys, Logger: b.log, Cache: cache},
 		stop: func() { cancel(); <-done; pool.Close() }}
 	for deadline := time.Now().Add(30 * time.Second); !cache.Serving(); {
 		if time.Now().After(deadline) || ctx.Err() != nil {

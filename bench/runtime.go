@@ -15,9 +15,9 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/loopze/certstore/internal/credfile"
-	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/secret"
 	"github.com/loopze/certstore/nodetls"
 )
 
@@ -34,7 +34,7 @@ const (
 	syncLagTarget       = time.Second
 )
 
-// runtimeFixture writes a runtime's data directory: a master key and a credentials.json
+// runtimeFixture writes a runtime's data directory: the tenant's runtime key and a credentials.json
 // of runtimeNodes client pairs (the run's ECDSA P-256 pairs) with one node each
 // referencing its pair, plus one node whose pair is a direct file pair on disk.
 func (b *bench) runtimeFixture() (dir string, err error) {
@@ -42,8 +42,16 @@ func (b *bench) runtimeFixture() (dir string, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("create runtime dir: %w", err)
 	}
-	ring, err := envelope.Load(dir, b.log)
+	ctx := context.Background()
+	fk, err := b.keys.FileKey(ctx, tenantMain)
 	if err != nil {
+		return "", err
+	}
+	rk, err := (&credfile.RuntimeKey{Tenant: tenantMain, Keys: map[int]secret.Bytes{fk.TenantKey.Version: fk.Key}}).Marshal()
+	if err != nil {
+		return "", err
+	}
+	if err := fileexport.WriteAtomic(filepath.Join(dir, runtimeKeyFile), rk); err != nil {
 		return "", err
 	}
 	p := b.pki.pairs[0]
@@ -68,7 +76,7 @@ func (b *bench) runtimeFixture() (dir string, err error) {
 	if doc.Workspace, err = json.Marshal(map[string]any{"flows": []any{map[string]any{"id": "rt-flow", "nodes": nodes}}}); err != nil {
 		return "", err
 	}
-	data, _, err := credfile.Seal(ring, doc)
+	data, _, err := credfile.Seal(fk, doc)
 	if err != nil {
 		return "", err
 	}
@@ -77,9 +85,12 @@ func (b *bench) runtimeFixture() (dir string, err error) {
 
 func runtimeNode(i int) string { return fmt.Sprintf("rt-node-%04d", i) }
 
+// runtimeKeyFile is the runtime key in the runtime's directory.
+const runtimeKeyFile = "runtime.key"
+
 func openRuntime(dir string) (*nodetls.Store, error) {
 	return nodetls.New(nodetls.Options{File: filepath.Join(dir, credfile.FileName),
-		KeyFile: filepath.Join(dir, envelope.KeyFile), FileRoots: dir})
+		KeyFile: filepath.Join(dir, runtimeKeyFile), FileRoots: dir})
 }
 
 // configOp is one connection init of a node through the runtime package.

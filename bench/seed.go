@@ -15,10 +15,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/sealing"
 	"github.com/loopze/certstore/internal/secret"
+	"github.com/loopze/certstore/internal/tenantkey"
 )
 
 // pair is an inline client pair: the leaf followed by its CA, its PKCS#8 key, and the
@@ -103,16 +103,20 @@ var entryColumnsCopy = []string{"tenant_id", "id", "name", "type", "source", "no
 // (sealing.SealPair), so the server opens them as if they had been POSTed.
 type seeder struct {
 	url  string
-	ring *envelope.Ring
+	keys *tenantkey.Keys
 	pki  *pki
 }
 
 func entryID(i int) string { return fmt.Sprintf("e%06d", i) }
 
 // clientPairRow is one inline client-pair row for COPY.
-func (s *seeder) clientPairRow(tenant, id string, i int) ([]any, error) {
+func (s *seeder) clientPairRow(ctx context.Context, tenant, id string, i int) ([]any, error) {
 	p := s.pki.pairs[i%len(s.pki.pairs)]
-	sealed, err := sealing.SealPair(s.ring, sealing.Place{Tenant: tenant, EntryID: id}, p.cert, p.key)
+	ring, err := s.keys.Ring(ctx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	sealed, err := sealing.SealPair(ring, sealing.Place{Tenant: tenant, EntryID: id}, p.cert, p.key)
 	if err != nil {
 		return nil, err
 	}
@@ -123,8 +127,12 @@ func (s *seeder) clientPairRow(tenant, id string, i int) ([]any, error) {
 }
 
 // caBundleRow is one inline ca-bundle row holding the run's CA.
-func (s *seeder) caBundleRow(tenant, id string) ([]any, error) {
-	sealed, err := sealing.SealPair(s.ring, sealing.Place{Tenant: tenant, EntryID: id}, s.pki.ca, nil)
+func (s *seeder) caBundleRow(ctx context.Context, tenant, id string) ([]any, error) {
+	ring, err := s.keys.Ring(ctx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	sealed, err := sealing.SealPair(ring, sealing.Place{Tenant: tenant, EntryID: id}, s.pki.ca, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -201,7 +209,7 @@ func (s *seeder) copyWorker(ctx context.Context, tenants <-chan string, perTenan
 			if i >= perTenant {
 				return nil, nil
 			}
-			row, err := s.clientPairRow(tenant, entryID(i), i)
+			row, err := s.clientPairRow(ctx, tenant, entryID(i), i)
 			i++
 			if err != nil {
 				rowErr = err

@@ -38,9 +38,11 @@ var (
 	// ErrWrongTenant means the file belongs to another tenant than the one loaded first
 	// (or asked for in Options.Tenant).
 	ErrWrongTenant = errors.New("credentials file belongs to another tenant")
-	// ErrUnknownKey means the file is sealed under a master key that neither the key file
-	// nor the next key file beside it holds.
-	ErrUnknownKey = errors.New("credentials file is sealed under an unknown master key")
+	// ErrUnknownKey means the file is sealed under a key the key file does not hold: a
+	// tenant key version the runtime key does not have yet (the message names the version
+	// the file needs and those the runtime key holds: give the runtime its new runtime
+	// key), or a master key neither loopze.key nor loopze.key.next holds.
+	ErrUnknownKey = errors.New("credentials file is sealed under a key this runtime does not hold")
 	// ErrStaleFile means the file's generation is older than one already accepted: the
 	// one loaded, or the generation floor recorded beside the file (credentials.json.floor),
 	// which outlives restarts. Sync refuses to write such a file too.
@@ -66,7 +68,7 @@ func fileError(path string, err error) error {
 		kind = ErrWrongTenant
 	case errors.Is(err, envelope.ErrUnknownKey):
 		kind = ErrUnknownKey
-	case errors.Is(err, envelope.ErrDecrypt), errors.Is(err, envelope.ErrMalformed):
+	case errors.Is(err, envelope.ErrDecrypt), errors.Is(err, envelope.ErrMalformed), errors.Is(err, envelope.ErrKeyUnwrap):
 		kind = ErrTampered
 	case errors.Is(err, credfile.ErrNotCredentialsFile):
 		kind = ErrNotCredentialsFile

@@ -2,11 +2,14 @@ package nodetls_test
 
 import (
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -21,17 +24,31 @@ import (
 	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/durable"
 	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/sealing"
+	"github.com/loopze/certstore/internal/secret"
 	"github.com/loopze/certstore/nodetls"
 )
 
-// exampleDir writes what a server's data directory holds for a runtime: loopze.key and a
-// credentials.json whose workspace has one node referencing a CA bundle.
+// exampleDir writes what a runtime holds: the credentials.json the server exports for
+// tenant default (or that Sync keeps), and the tenant's runtime key, runtime.key, which
+// `loopze-certs runtime-key --tenant default --out runtime.key` writes on the server. The
+// file's workspace has one node referencing a CA bundle.
 func exampleDir() string {
 	dir, err := os.MkdirTemp("", "nodetls-example-")
 	if err != nil {
 		log.Fatal(err)
 	}
-	ring, err := envelope.Load(dir, nil)
+	// What the server holds: its master key and the tenant's key, wrapped under it.
+	master, root := make([]byte, 32), make([]byte, 32)
+	_, _ = rand.Read(master)
+	_, _ = rand.Read(root)
+	block, _ := aes.NewCipher(master)
+	aead, _ := cipher.NewGCM(block)
+	wrapped, err := envelope.WrapKey(aead, root, sealing.TenantKeyWrap("default", 1))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fileKey, err := sealing.DeriveTenantKey(root, sealing.PurposeFile, "default", 1)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -45,11 +62,19 @@ func exampleDir() string {
 			CertPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))}},
 		Workspace: []byte(`{"flows":[{"id":"ingest-line-1","nodes":[
 			{"id":"mqtt-out-3","type":"mqtt-broker","tls":{"caBundleRef":"internal-root-ca","serverName":"broker.example"}}]}]}`)}
-	data, _, err := credfile.Seal(ring, doc)
+	data, _, err := credfile.Seal(credfile.FileKey{Key: fileKey, TenantKey: credfile.TenantKeyRef{Version: 1,
+		MasterKeyID: envelope.KeyIDOf(master), Wrapped: base64.StdEncoding.EncodeToString(wrapped)}}, doc)
 	if err != nil {
 		log.Fatal(err)
 	}
 	if err := durable.Replace(filepath.Join(dir, "credentials.json"), data); err != nil {
+		log.Fatal(err)
+	}
+	runtimeKey, err := (&credfile.RuntimeKey{Tenant: "default", Keys: map[int]secret.Bytes{1: fileKey}}).Marshal()
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := durable.Replace(filepath.Join(dir, "runtime.key"), runtimeKey); err != nil {
 		log.Fatal(err)
 	}
 	return dir
@@ -59,7 +84,7 @@ func ExampleStore_Config() {
 	dir := exampleDir()
 	defer os.RemoveAll(dir)
 
-	store, err := nodetls.Open(filepath.Join(dir, "credentials.json"), filepath.Join(dir, "loopze.key"))
+	store, err := nodetls.Open(filepath.Join(dir, "credentials.json"), filepath.Join(dir, "runtime.key"))
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -86,7 +111,7 @@ func ExampleStore_Err() {
 	defer os.RemoveAll(dir)
 	path := filepath.Join(dir, "credentials.json")
 
-	store, err := nodetls.New(nodetls.Options{File: path, KeyFile: filepath.Join(dir, "loopze.key"),
+	store, err := nodetls.New(nodetls.Options{File: path, KeyFile: filepath.Join(dir, "runtime.key"),
 		OnRefused: func(err error) { fmt.Println("refused:", errors.Is(err, nodetls.ErrNotCredentialsFile)) }})
 	if err != nil {
 		log.Fatal(err)

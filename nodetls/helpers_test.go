@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/credfile"
+	"github.com/loopze/certstore/internal/credfile/credfiletest"
 	"github.com/loopze/certstore/internal/durable"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material"
@@ -24,17 +25,19 @@ import (
 // fixture is a data directory with a master key, and a tenant document to seal into
 // its credentials.json.
 type fixture struct {
-	dir  string
-	ring *envelope.Ring
-	doc  *credfile.Document
+	dir string
+	key []byte // the master key in dir/loopze.key
+	doc *credfile.Document
 }
 
 func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	dir := t.TempDir()
-	ring, err := envelope.Load(dir, nil)
+	_, err := envelope.Load(dir, nil)
 	require.NoError(t, err)
-	return &fixture{dir: dir, ring: ring, doc: &credfile.Document{Tenant: "acme", Generation: 1, ExportedAt: time.Now().UTC()}}
+	key, err := envelope.ReadKeyFile(filepath.Join(dir, envelope.KeyFile))
+	require.NoError(t, err)
+	return &fixture{dir: dir, key: key, doc: &credfile.Document{Tenant: "acme", Generation: 1, ExportedAt: time.Now().UTC()}}
 }
 
 func (f *fixture) path() string    { return filepath.Join(f.dir, credfile.FileName) }
@@ -65,14 +68,7 @@ func (f *fixture) workspace(t testing.TB, nodes ...map[string]any) {
 // write seals the document into credentials.json by rename, as the export job does.
 func (f *fixture) write(t testing.TB) {
 	t.Helper()
-	f.writeWith(t, f.ring)
-}
-
-func (f *fixture) writeWith(t testing.TB, ring *envelope.Ring) {
-	t.Helper()
-	data, _, err := credfile.Seal(ring, f.doc)
-	require.NoError(t, err)
-	require.NoError(t, durable.Replace(f.path(), data))
+	require.NoError(t, durable.Replace(f.path(), credfiletest.Seal(t, f.key, f.doc)))
 }
 
 func node(id, typ string, tls map[string]any) map[string]any {
@@ -174,26 +170,18 @@ func tlsDial(addr string, cfg *tls.Config) (*tls.Conn, error) {
 }
 
 func seal(t testing.TB, f *fixture, doc *credfile.Document) []byte {
-	return sealUnder(t, doc, f.ring)
+	return sealUnder(t, doc, f.key)
 }
 
-func sealUnder(t testing.TB, doc *credfile.Document, ring *envelope.Ring) []byte {
+// sealUnder seals doc under a tenant key wrapped under the master key key.
+func sealUnder(t testing.TB, doc *credfile.Document, key []byte) []byte {
 	t.Helper()
-	data, _, err := credfile.Seal(ring, doc)
-	require.NoError(t, err)
-	return data
+	return credfiletest.Seal(t, key, doc)
 }
 
-func newRing(t testing.TB) *envelope.Ring {
+func newKey(t testing.TB) []byte {
 	t.Helper()
 	k, err := envelope.GenerateKey()
 	require.NoError(t, err)
-	return ringOf(t, k)
-}
-
-func ringOf(t testing.TB, key []byte) *envelope.Ring {
-	t.Helper()
-	r, err := envelope.NewRing(key)
-	require.NoError(t, err)
-	return r
+	return k
 }

@@ -210,7 +210,7 @@ func (snap *snapshot) Lookup(_ context.Context, _ string, ids []string) ([]*reso
 }
 
 // Open implements resolver.Entries: an inline entry's material, from the snapshot.
-func (snap *snapshot) Open(e *resolver.Entry) (cert, key secret.PEM, err error) {
+func (snap *snapshot) Open(_ context.Context, e *resolver.Entry) (cert, key secret.PEM, err error) {
 	se, ok := e.Handle.(*credfile.Entry)
 	if !ok {
 		return nil, nil, fmt.Errorf("entry %s: %w", e.ID, ErrEntryNotFound)

@@ -27,8 +27,12 @@ const DefaultRetryPause = resolver.DefaultRetryPause
 type Options struct {
 	// File is the tenant's credentials.json, as the export job (or Sync) writes it.
 	File string
-	// KeyFile is the master key file. It must be named loopze.key: during a key rotation
-	// the new key is loopze.key.next beside it, and both are read.
+	// KeyFile opens the file. It is the tenant's runtime key file (`loopze-certs
+	// runtime-key` writes it), which opens that tenant's files and nothing else; it is read
+	// again whenever it changes, so a runtime given its new key after a tenant key
+	// rotation needs no restart. The master key file (loopze.key, with loopze.key.next
+	// beside it during a rotation) is accepted too; it opens every tenant's files, so a
+	// runtime should not hold it.
 	KeyFile string
 	// Tenant, when set, is the only tenant whose file is accepted; empty pins the tenant of
 	// the first file loaded.
@@ -65,7 +69,10 @@ type Options struct {
 type Store struct {
 	opts  Options
 	roots material.Roots
-	ring  *envelope.Ring
+	// ring holds the master keys when KeyFile is loopze.key; runtime holds the runtime key
+	// otherwise, with the stat of the file it was read from.
+	ring    *envelope.Ring
+	runtime atomic.Pointer[runtimeKey]
 
 	state atomic.Pointer[state]
 	// reload is held by the one call reloading the file; others wait on it as long as
@@ -101,11 +108,7 @@ func New(opts Options) (*Store, error) {
 		return nil, errors.New("nodetls: Options.File (the credentials.json path) is required")
 	}
 	if opts.KeyFile == "" {
-		return nil, errors.New("nodetls: Options.KeyFile (the loopze.key path) is required")
-	}
-	if base := filepath.Base(opts.KeyFile); base != envelope.KeyFile {
-		return nil, fmt.Errorf("nodetls: key file %s: must be named %s (%s beside it is read during a key rotation)",
-			opts.KeyFile, envelope.KeyFile, envelope.NextKeyFile)
+		return nil, errors.New("nodetls: Options.KeyFile (the runtime key file) is required")
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -114,11 +117,16 @@ func New(opts Options) (*Store, error) {
 	if err := roots.Validate(); err != nil {
 		return nil, fmt.Errorf("nodetls: file roots: %w", err)
 	}
-	ring, err := envelope.LoadExisting(filepath.Dir(opts.KeyFile), opts.Logger)
-	if err != nil {
-		return nil, fmt.Errorf("nodetls: key file %s: %w", opts.KeyFile, err)
+	s := &Store{opts: opts, roots: roots, reload: make(chan struct{}, 1)}
+	if filepath.Base(opts.KeyFile) == envelope.KeyFile {
+		ring, err := envelope.LoadExisting(filepath.Dir(opts.KeyFile), opts.Logger)
+		if err != nil {
+			return nil, fmt.Errorf("nodetls: key file %s: %w", opts.KeyFile, err)
+		}
+		s.ring = ring
+	} else if _, err := s.readRuntimeKey(context.Background()); err != nil {
+		return nil, fmt.Errorf("nodetls: %w", err)
 	}
-	s := &Store{opts: opts, roots: roots, ring: ring, reload: make(chan struct{}, 1)}
 	info, err := os.Stat(opts.File)
 	if err != nil {
 		return nil, fmt.Errorf("nodetls: %w %s: %w", ErrFileMissing, opts.File, err)
@@ -241,6 +249,12 @@ func (s *Store) keysChanged(st *state) bool {
 
 func (s *Store) keyInfo() [2]fs.FileInfo {
 	var out [2]fs.FileInfo
+	if s.ring == nil {
+		if info, err := os.Stat(s.opts.KeyFile); err == nil {
+			out[0] = info
+		}
+		return out
+	}
 	dir := filepath.Dir(s.opts.KeyFile)
 	for i, name := range []string{envelope.KeyFile, envelope.NextKeyFile} {
 		if info, err := os.Stat(filepath.Join(dir, name)); err == nil {
@@ -272,13 +286,18 @@ func (s *Store) load(ctx context.Context, prev *snapshot) (*snapshot, error) {
 	if tenant == "" && prev != nil {
 		tenant = prev.tenant
 	}
-	doc, h, err := credfile.Open(s.ring, data, tenant)
+	keys, err := s.keys(ctx, false)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", path, err)
+	}
+	doc, h, err := credfile.Open(keys, data, tenant)
 	if errors.Is(err, envelope.ErrUnknownKey) {
-		// A key rotation wrote loopze.key.next (or promoted it) since the ring was read.
-		if rerr := s.ring.Reload(); rerr != nil {
-			return nil, fileError(path, errors.Join(err, rerr))
+		// A key rotation wrote loopze.key.next (or promoted it), or the runtime was given
+		// its new runtime key, since the keys were read.
+		if keys, err = s.keys(ctx, true); err != nil {
+			return nil, fmt.Errorf("load %s: %w", path, err)
 		}
-		doc, h, err = credfile.Open(s.ring, data, tenant)
+		doc, h, err = credfile.Open(keys, data, tenant)
 	}
 	if err != nil {
 		return nil, fileError(path, err)
@@ -371,4 +390,58 @@ func (s *Store) newSnapshot(doc *credfile.Document, h credfile.Header) (*snapsho
 		}
 	}
 	return snap, nil
+}
+
+// runtimeKey is a runtime key file as last read, with the stat that identified it.
+type runtimeKey struct {
+	info fs.FileInfo
+	key  *credfile.RuntimeKey
+}
+
+// maxKeyFileSize bounds a runtime key file: a few hundred bytes a tenant key version.
+const maxKeyFileSize = 1 << 20
+
+// readRuntimeKey reads the runtime key file, regular and bounded as the credentials file.
+func (s *Store) readRuntimeKey(ctx context.Context) (*credfile.RuntimeKey, error) {
+	path := s.opts.KeyFile
+	info, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("key file %s: %w", path, err)
+	}
+	data, err := readFile(ctx, path, maxKeyFileSize)
+	if err != nil {
+		return nil, fmt.Errorf("key file %s: %w", path, err)
+	}
+	defer clear(data)
+	if !credfile.IsRuntimeKey(data) {
+		return nil, fmt.Errorf("key file %s is neither a runtime key file nor named %s (the master key)", path, envelope.KeyFile)
+	}
+	k, err := credfile.ParseRuntimeKey(data)
+	if err != nil {
+		return nil, fmt.Errorf("key file %s: %w", path, err)
+	}
+	s.runtime.Store(&runtimeKey{info: info, key: k})
+	return k, nil
+}
+
+// keys are what open the credentials file: the master keys, or the runtime key. again
+// reads them again (reloads the ring, or re-reads a runtime key file that changed).
+func (s *Store) keys(ctx context.Context, again bool) (credfile.Keys, error) {
+	if s.ring != nil {
+		if again {
+			if err := s.ring.Reload(); err != nil {
+				return credfile.Keys{}, fmt.Errorf("reload key file %s: %w", s.opts.KeyFile, err)
+			}
+		}
+		return credfile.Keys{Ring: s.ring}, nil
+	}
+	rk := s.runtime.Load()
+	if info, err := os.Stat(s.opts.KeyFile); again || err != nil || !sameFile(rk.info, info) {
+		k, err := s.readRuntimeKey(ctx)
+		if err != nil {
+			return credfile.Keys{}, err
+		}
+		return credfile.Keys{FileKey: k.FileKey}, nil
+	}
+	return credfile.Keys{FileKey: rk.key.FileKey}, nil
 }

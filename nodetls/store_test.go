@@ -184,7 +184,7 @@ func TestLastKnownGood(t *testing.T) {
 		{"flipped byte", func() []byte { return flipped }, nodetls.ErrTampered},
 		{"another tenant", func() []byte { return seal(t, f, &otherTenant) }, nodetls.ErrWrongTenant},
 		{"older generation", func() []byte { return seal(t, f, &older) }, nodetls.ErrStaleFile},
-		{"under an unknown key", func() []byte { return sealUnder(t, f.doc, newRing(t)) }, nodetls.ErrUnknownKey},
+		{"under an unknown key", func() []byte { return sealUnder(t, f.doc, newKey(t)) }, nodetls.ErrUnknownKey},
 	} {
 		mv(t, f.path(), tc.data())
 		err := store.Refresh()
@@ -233,7 +233,7 @@ func TestKeyRingFollowsRotation(t *testing.T) {
 	require.NoError(t, err)
 	// The file arrives before the key: refused, then taken once the key is there.
 	f.doc.Generation = 2
-	mv(t, f.path(), sealUnder(t, f.doc, ringOf(t, next)))
+	mv(t, f.path(), sealUnder(t, f.doc, next))
 	require.ErrorIs(t, store.Refresh(), nodetls.ErrUnknownKey)
 	require.NoError(t, envelope.WriteKeyFile(filepath.Join(f.dir, envelope.NextKeyFile), next))
 	require.NoError(t, store.Refresh())
@@ -242,7 +242,7 @@ func TestKeyRingFollowsRotation(t *testing.T) {
 	// Promotion: loopze.key.next becomes loopze.key; the next file is still readable.
 	require.NoError(t, os.Rename(filepath.Join(f.dir, envelope.NextKeyFile), f.keyPath()))
 	f.doc.Generation = 3
-	mv(t, f.path(), sealUnder(t, f.doc, ringOf(t, next)))
+	mv(t, f.path(), sealUnder(t, f.doc, next))
 	require.NoError(t, store.Refresh())
 	require.EqualValues(t, 3, store.Generation())
 	_, err = store.Config(ctx, "line-1", "n1")
@@ -308,7 +308,7 @@ func TestBadInput(t *testing.T) {
 	_, err = nodetls.Open(f.path(), filepath.Join(t.TempDir(), "loopze.key"))
 	require.ErrorContains(t, err, "loopze.key")
 	_, err = nodetls.Open(f.path(), filepath.Join(files, "a.crt"))
-	require.ErrorContains(t, err, "must be named loopze.key")
+	require.ErrorContains(t, err, "neither a runtime key file nor named loopze.key")
 	wrongDir := t.TempDir()
 	_, err = envelope.Load(wrongDir, nil)
 	require.NoError(t, err)

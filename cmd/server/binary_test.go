@@ -279,7 +279,7 @@ func TestBadConfigurationExitsWithOneLine(t *testing.T) {
 	require.NoError(t, os.Chmod(filepath.Join(looseNext, "loopze.key.next"), 0o604))
 	// A systemd credential directory holding loopze.key, as LoadCredentialEncrypted= makes it.
 	creds := t.TempDir()
-	require.NoError(t, envelope.WriteKeyFile(filepath.Join(creds, "loopze.key"), key))
+	require.NoError(t, os.WriteFile(filepath.Join(creds, "loopze.key"), []byte("not a key\n"), 0o600))
 	pkcs11URI := "pkcs11:token=loopze;object=master?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-value=246813"
 
 	cases := []struct {
@@ -303,11 +303,10 @@ func TestBadConfigurationExitsWithOneLine(t *testing.T) {
 		{"bad metrics address", []string{"LOOPZE_DATA_DIR=" + ok, "LOOPZE_METRICS_ADDR=9090"}, "LOOPZE_METRICS_ADDR"},
 		{"metrics port in use", []string{"LOOPZE_DATA_DIR=" + ok, "LOOPZE_METRICS_ADDR=" + busy.Addr().String()}, "address already in use"},
 		{"malformed master key URI", []string{"LOOPZE_DATA_DIR=" + ok, "LOOPZE_MASTER_KEY_URI=pkcs11:object=master?pin-value=246813"}, "LOOPZE_MASTER_KEY_URI"},
-		// Until per-tenant keys wrap under it, the server seals under data/loopze.key only:
-		// a master key put elsewhere is refused, not ignored.
-		{"master key in a token", []string{"LOOPZE_DATA_DIR=" + ok, "LOOPZE_MASTER_KEY_URI=" + pkcs11URI}, "takes effect with per-tenant keys"},
-		{"master key in another file", []string{"LOOPZE_DATA_DIR=" + ok, "LOOPZE_MASTER_KEY_URI=file:" + filepath.Join(looseKey, "loopze.key")}, "takes effect with per-tenant keys"},
-		{"master key in a systemd credential", []string{"LOOPZE_DATA_DIR=" + ok, "CREDENTIALS_DIRECTORY=" + creds}, "takes effect with per-tenant keys"},
+		// A master key that cannot be had is one line naming it, never a key made elsewhere.
+		{"master key in a token that is not there", []string{"LOOPZE_DATA_DIR=" + ok, "LOOPZE_MASTER_KEY_URI=" + pkcs11URI}, "open master key pkcs11:"},
+		{"master key in a file readable by others", []string{"LOOPZE_DATA_DIR=" + ok, "LOOPZE_MASTER_KEY_URI=file:" + filepath.Join(looseKey, "loopze.key")}, "open master key"},
+		{"malformed master key in a systemd credential", []string{"LOOPZE_DATA_DIR=" + ok, "CREDENTIALS_DIRECTORY=" + creds}, "open master key"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -27,6 +27,7 @@ var commandFlags = map[string][]string{
 	"migrate":      databaseFlags,
 	"export":       databaseFlags,
 	"rotate-key":   databaseFlags,
+	"runtime-key":  databaseFlags,
 	"audit verify": databaseFlags,
 	"audit export": databaseFlags,
 	"import":       append(slices.Clone(databaseFlags), "file-roots"),

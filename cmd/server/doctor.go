@@ -8,6 +8,7 @@ import (
 
 	"github.com/loopze/certstore/internal/config"
 	"github.com/loopze/certstore/internal/doctor"
+	"github.com/loopze/certstore/internal/masterkey"
 	"github.com/loopze/certstore/internal/material"
 )
 
@@ -35,11 +36,16 @@ func runDoctor(ctx context.Context, env *environ, args []string) error {
 		return fmt.Errorf("%s: %w", config.EnvFileRoots, err)
 	}
 	d := &doctor.Doctor{DataDir: cfg.DataDir, Roots: roots, ExpiringWithin: within, Logger: logger}
+	// A URI that does not parse fails the key check through openKeys below.
+	d.MasterKey, _ = masterkey.Locate(cfg.MasterKeyURI, cfg.DataDir, env.getenv)
 	if st, err := openStore(ctx, cfg, logger, false); err != nil {
 		d.PoolErr = err
 	} else {
 		defer st.Close(ctx)
 		d.Pool = st.pool
+		if d.Keys, d.KeysErr = openKeys(cfg, env, logger, st.pool, false); d.Keys != nil {
+			defer d.Keys.Master.Close()
+		}
 	}
 	rep := d.Run(ctx)
 	if asJSON {

@@ -11,8 +11,8 @@ import (
 
 	"github.com/loopze/certstore/internal/config"
 	"github.com/loopze/certstore/internal/db"
-	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/tenantkey"
 )
 
 // runExport writes tenants' credentials.json files now and reports what it wrote.
@@ -36,14 +36,12 @@ func runExport(ctx context.Context, env *environ, args []string) error {
 		return err
 	}
 	defer st.Close(ctx)
-	if err := checkKeyModes(cfg.DataDir); err != nil {
-		return err
-	}
-	ring, err := envelope.LoadExisting(cfg.DataDir, logger)
+	keys, err := openKeys(cfg, env, logger, st.pool, false)
 	if err != nil {
 		return err
 	}
-	x := &fileexport.Exporter{Pool: st.pool, Ring: ring, DataDir: cfg.DataDir, Logger: logger}
+	defer keys.Master.Close()
+	x := &fileexport.Exporter{Pool: st.pool, Keys: keys, DataDir: cfg.DataDir, Logger: logger}
 	var results []fileexport.Result
 	if tenant != "" {
 		r, err := x.ExportTenant(ctx, tenant, true)
@@ -132,4 +130,18 @@ func openStore(ctx context.Context, cfg config.Config, logger *slog.Logger, migr
 func (s *store) Close(ctx context.Context) {
 	s.pool.Close()
 	_ = s.database.Close(context.WithoutCancel(ctx))
+}
+
+// openKeys opens the master keyring (LOOPZE_MASTER_KEY_URI; a key file is created only
+// when create is set) and the tenant keys under it, for a command over pool. The caller
+// closes keys.Master.
+func openKeys(cfg config.Config, env *environ, logger *slog.Logger, pool *pgxpool.Pool, create bool) (*tenantkey.Keys, error) {
+	if err := checkKeyModes(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	master, legacy, err := openMasterKeys(cfg, env.getenv, logger, create)
+	if err != nil {
+		return nil, err
+	}
+	return &tenantkey.Keys{Pool: pool, Master: master, Legacy: legacy, Logger: logger}, nil
 }

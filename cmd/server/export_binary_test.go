@@ -93,7 +93,7 @@ func TestExportRotateDoctorImportAgainstARunningServer(t *testing.T) {
 
 	post("first-ca")
 	h := fileHeader(t, dataDir, "after the first POST", func(h credfile.Header) bool { return h.Generation >= 1 })
-	firstKey := h.KeyID
+	firstKey, firstMaster := h.KeyID, h.TenantKey.MasterKeyID
 
 	// Neither LOOPZE_METRICS_TOKEN nor LOOPZE_METRICS_ADDR: the main listener's /metrics is
 	// the build and the process, naming no tenant or entry (TestMetricsListenerAndFileRootsWarning
@@ -149,14 +149,22 @@ func TestExportRotateDoctorImportAgainstARunningServer(t *testing.T) {
 	code, _, all = runCLICode(t, env, "doctor", "--fail-on-warning")
 	require.Equal(t, 1, code, all)
 
-	// Rotate under the running server; it hears of it, reloads, and exports a later change
-	// (which means opening rows rewrapped under the new key) under the new key.
+	// Rotate the master key under the running server; it hears of it, reloads, and
+	// exports a later change with the tenant's key (unchanged) wrapped under the new master
+	// key in the file's header.
 	out = runCLI(t, env, "rotate-key")
 	require.Contains(t, out, "rotated")
 	require.NoFileExists(t, filepath.Join(dataDir, envelope.NextKeyFile))
 	post("second-ca")
 	h = fileHeader(t, dataDir, "after rotation and a POST", func(h credfile.Header) bool {
-		return h.KeyID != firstKey && h.Generation >= 3
+		return h.TenantKey.MasterKeyID != firstMaster && h.KeyID == firstKey && h.Generation >= 3
+	})
+	// The tenant's key rotates too: the running server seals under the new version.
+	out = runCLI(t, env, "rotate-key", "--tenant", "default")
+	require.Contains(t, out, "key of tenant default rotated")
+	post("third-ca")
+	h = fileHeader(t, dataDir, "after the tenant's rotation and a POST", func(h credfile.Header) bool {
+		return h.TenantKey.Version == 2 && h.KeyID != firstKey && h.Generation >= 4
 	})
 	code, out, all = runCLICode(t, env, "doctor", "--json")
 	require.Equal(t, 0, code, all)
@@ -175,7 +183,7 @@ func TestExportRotateDoctorImportAgainstARunningServer(t *testing.T) {
 	other := []string{"LOOPZE_DATA_DIR=" + filepath.Join(t.TempDir(), "data2"), "LOOPZE_DATABASE_URL=" + testdb.URL(t)}
 	out = runCLI(t, other, "import", "--tenant", "default", "--file", filepath.Join(dataDir, "credentials.json"),
 		"--key", filepath.Join(dataDir, envelope.KeyFile))
-	require.Contains(t, out, "3 entries")
+	require.Contains(t, out, "4 entries")
 	code, _, all = runCLICode(t, other, "import", "--tenant", "default", "--file", filepath.Join(dataDir, "credentials.json"),
 		"--key", filepath.Join(dataDir, envelope.KeyFile))
 	require.Equal(t, 1, code)

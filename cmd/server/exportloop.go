@@ -24,7 +24,7 @@ func startExport(ctx context.Context, cfg config.Config, svc *services, pool *pg
 	if err != nil {
 		return nil, nil, fmt.Errorf("parse %s: malformed connection string", config.EnvListenURL)
 	}
-	im := &fileexport.Importer{Pool: pool, Catalog: svc.catalog, Ring: svc.ring, Logger: logger}
+	im := &fileexport.Importer{Pool: pool, Catalog: svc.catalog, Keys: svc.keys, Logger: logger}
 	res, imported, err := im.BootImport(operator(ctx, "serve"), cfg.DataDir)
 	if err != nil {
 		return nil, nil, err
@@ -34,7 +34,7 @@ func startExport(ctx context.Context, cfg config.Config, svc *services, pool *pg
 			"path", credfile.Path(cfg.DataDir, credfile.DefaultTenant), "entries", res.Entries,
 			"references", res.References, "node_credentials", res.NodeCredentials, "file_generation", res.FileGeneration)
 	}
-	x = &fileexport.Exporter{Pool: pool, Ring: svc.ring, DataDir: cfg.DataDir, Logger: logger, OnWrite: onWrite}
+	x = &fileexport.Exporter{Pool: pool, Keys: svc.keys, DataDir: cfg.DataDir, Logger: logger, OnWrite: onWrite}
 	sy := &fileexport.Syncer{Exporter: x, ListenConfig: listen, Logger: logger}
 	if svc.catalog != nil && svc.catalog.Cache != nil {
 		sy.Watcher = svc.catalog.Cache

@@ -4,10 +4,12 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"os"
 
 	"github.com/loopze/certstore/internal/auth"
 	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/config"
+	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material"
@@ -22,7 +24,7 @@ func runImport(ctx context.Context, env *environ, args []string) error {
 	cfg, logger, _, err := setup(env, "import", args, func(fs *flag.FlagSet) {
 		fs.StringVar(&tenant, "tenant", "", "tenant to restore into (required)")
 		fs.StringVar(&file, "file", "", "credentials.json to restore (required)")
-		fs.StringVar(&keyPath, "key", "", "master key file that opens --file (default: the data dir's key)")
+		fs.StringVar(&keyPath, "key", "", "key file that opens --file: the master key it was sealed under, or the tenant's runtime key (default: this server's master key)")
 		fs.StringVar(&fromTenant, "from-tenant", "", "tenant the file belongs to, when restoring it into another tenant")
 		fs.BoolVar(&replace, "replace", false, "delete what the tenant holds first (default: refuse a tenant with data)")
 	})
@@ -40,40 +42,33 @@ func runImport(ctx context.Context, env *environ, args []string) error {
 		return fmt.Errorf("%s: %w", config.EnvFileRoots, err)
 	}
 
-	// The data dir's key seals what is restored. Without --key it must open the file too,
-	// so it must exist; with --key (a restore onto a new machine) it is created if missing.
-	if err := checkKeyModes(cfg.DataDir); err != nil {
-		return err
-	}
-	var ring, fileRing *envelope.Ring
+	// The master key wraps the tenant's key, under which what is restored is sealed.
+	// Without --key it must open the file too, so it must exist; with --key (a restore onto
+	// a new machine) a key file is created if missing.
+	var fileKeys *credfile.Keys
 	if keyPath != "" {
-		key, err := envelope.ReadKeyFile(keyPath)
+		k, err := readKeyFileFor(keyPath)
 		if err != nil {
 			return err
 		}
-		fileRing, err = envelope.NewRing(key)
-		clear(key)
-		if err != nil {
-			return err
-		}
+		fileKeys = &k
 		if err := cfg.EnsureDataDir(); err != nil {
 			return err
 		}
-		if ring, err = envelope.Load(cfg.DataDir, logger); err != nil {
-			return err
-		}
-	} else if ring, err = envelope.LoadExisting(cfg.DataDir, logger); err != nil {
-		return err
 	}
-
 	st, err := openStore(ctx, cfg, logger, true)
 	if err != nil {
 		return err
 	}
 	defer st.Close(ctx)
+	keys, err := openKeys(cfg, env, logger, st.pool, keyPath != "")
+	if err != nil {
+		return err
+	}
+	defer keys.Master.Close()
 	ctx = operator(ctx, "import")
-	im := &fileexport.Importer{Pool: st.pool, Catalog: &catalog.Service{Pool: st.pool, Ring: ring, Roots: roots, Logger: logger},
-		Ring: ring, FileRing: fileRing, Logger: logger}
+	im := &fileexport.Importer{Pool: st.pool, Catalog: &catalog.Service{Pool: st.pool, Keys: keys, Roots: roots, Logger: logger},
+		Keys: keys, FileKeys: fileKeys, Logger: logger}
 	res, err := im.ImportFile(ctx, file, fileexport.ImportOptions{Tenant: tenant, FileTenant: fromTenant, Replace: replace})
 	if err != nil {
 		return err
@@ -83,7 +78,7 @@ func runImport(ctx context.Context, env *environ, args []string) error {
 	if res.HasWorkspace {
 		fmt.Fprint(env.stdout, ", workspace")
 	}
-	fmt.Fprintf(env.stdout, "; sealed under key %s; tenant generation now %d\n", ring.CurrentKeyID(), res.Generation)
+	fmt.Fprintf(env.stdout, "; sealed under the tenant's key; tenant generation now %d\n", res.Generation)
 	for _, w := range res.Warnings {
 		fmt.Fprintln(env.stdout, "warning:", w)
 	}
@@ -92,3 +87,30 @@ func runImport(ctx context.Context, env *environ, args []string) error {
 
 // validTenant checks a tenant slug, as tokens do.
 func validTenant(t string) bool { return auth.ValidTenant(t) }
+
+// readKeyFileFor reads a key file given to open credentials files: a runtime key file, or a
+// master key file (base64 of 32 bytes).
+func readKeyFileFor(path string) (credfile.Keys, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return credfile.Keys{}, fmt.Errorf("key file: %w", err)
+	}
+	defer clear(data)
+	if credfile.IsRuntimeKey(data) {
+		rk, err := credfile.ParseRuntimeKey(data)
+		if err != nil {
+			return credfile.Keys{}, fmt.Errorf("key file %s: %w", path, err)
+		}
+		return credfile.Keys{FileKey: rk.FileKey}, nil
+	}
+	key, err := envelope.ReadKeyFile(path)
+	if err != nil {
+		return credfile.Keys{}, err
+	}
+	defer clear(key)
+	ring, err := envelope.NewRing(key)
+	if err != nil {
+		return credfile.Keys{}, err
+	}
+	return credfile.Keys{Ring: ring}, nil
+}

@@ -4,21 +4,22 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"path/filepath"
 
-	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/keyrotation"
 )
 
-// runRotateKey rotates the master key, or continues a rotation that was interrupted.
+// runRotateKey rotates the master key (or one tenant's key with --tenant), or finishes a
+// rotation that was interrupted.
 func runRotateKey(ctx context.Context, env *environ, args []string) error {
 	var (
 		prepare bool
 		batch   int
+		tenant  string
 	)
 	cfg, logger, _, err := setup(env, "rotate-key", args, func(fs *flag.FlagSet) {
-		fs.BoolVar(&prepare, "prepare", false, "only write loopze.key.next (to copy to other replicas first); change no row")
+		fs.BoolVar(&prepare, "prepare", false, "only make the new master key (loopze.key.next, to copy to other replicas first); change nothing else")
 		fs.IntVar(&batch, "batch-size", keyrotation.DefaultBatchSize, "rows rewrapped per transaction")
+		fs.StringVar(&tenant, "tenant", "", "rotate this tenant's key instead of the master key")
 	})
 	if err != nil {
 		return err
@@ -26,21 +27,20 @@ func runRotateKey(ctx context.Context, env *environ, args []string) error {
 	if batch <= 0 {
 		return fmt.Errorf("%w: --batch-size must be positive", errUsage)
 	}
-	if err := checkKeyModes(cfg.DataDir); err != nil {
-		return err
+	if tenant != "" && (!validTenant(tenant) || prepare) {
+		return fmt.Errorf("%w: rotate-key --tenant T takes a tenant ID, and no --prepare", errUsage)
 	}
-	r := &keyrotation.Rotator{DataDir: cfg.DataDir, Logger: logger, BatchSize: batch}
-	next := filepath.Join(cfg.DataDir, envelope.NextKeyFile)
 	if prepare {
-		id, created, err := r.Prepare()
+		master, _, err := openMasterKeys(cfg, env.getenv, logger, false)
 		if err != nil {
 			return err
 		}
-		state := "already there"
-		if created {
-			state = "written"
+		defer master.Close()
+		next, err := master.Next()
+		if err != nil {
+			return err
 		}
-		fmt.Fprintf(env.stdout, "new key %s %s at %s\ncopy it (mode 0600) to every replica's data directory, then run: loopze-certs rotate-key\n", id, state, next)
+		fmt.Fprintf(env.stdout, "new master key %s made; give it to every replica (copy loopze.key.next, mode 0600, when it is a file), then run: loopze-certs rotate-key\n", next.ID())
 		return nil
 	}
 	st, err := openStore(ctx, cfg, logger, true)
@@ -48,16 +48,29 @@ func runRotateKey(ctx context.Context, env *environ, args []string) error {
 		return err
 	}
 	defer st.Close(ctx)
-	r.Pool = st.pool
-	rep, err := r.Rotate(operator(ctx, "rotate-key"))
+	keys, err := openKeys(cfg, env, logger, st.pool, false)
 	if err != nil {
 		return err
 	}
-	verb := "rotated"
-	if rep.Resumed {
-		verb = "rotation finished"
+	defer keys.Master.Close()
+	r := &keyrotation.Rotator{Pool: st.pool, DataDir: cfg.DataDir, Keys: keys, Logger: logger, BatchSize: batch}
+	ctx = operator(ctx, "rotate-key")
+	if tenant != "" {
+		rep, err := r.RotateTenant(ctx, tenant)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "key of tenant %s rotated: now %s; %d row(s) rewrapped; give its runtimes their new runtime key (loopze-certs runtime-key --tenant %s)\n",
+			tenant, rep.NewKeyID, rep.Rewrapped, tenant)
+		printExports(env, rep.Files, false)
+		return nil
 	}
-	fmt.Fprintf(env.stdout, "master key %s: now %s; %d row(s) rewrapped, %d file(s) checked\n", verb, rep.NewKeyID, rep.Rewrapped, len(rep.Files))
+	rep, err := r.Rotate(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "master key rotated: now %s; %d tenant key(s) rewrapped, %d row(s) moved to tenant keys, %d file(s) checked\n",
+		rep.NewKeyID, rep.TenantKeys, rep.Rewrapped, len(rep.Files))
 	printExports(env, rep.Files, false)
 	return nil
 }

@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -16,7 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/credfile"
-	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/credfile/credfiletest"
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/material/materialtest"
@@ -92,7 +94,15 @@ func TestRuntimeBesideRunningServer(t *testing.T) {
 		map[string]any{"id": "tcp-out-1", "type": "tcp-out", "tls": map[string]any{"caBundleRef": "plant-ca", "clientCertRef": "edge", "serverName": "localhost"}},
 	}}}}, http.StatusOK)
 
-	file, key := filepath.Join(dataDir, "credentials.json"), filepath.Join(dataDir, "loopze.key")
+	// The runtime holds its tenant's runtime key, never the master key.
+	file, key := filepath.Join(dataDir, "credentials.json"), filepath.Join(t.TempDir(), "default.runtime-key")
+	require.Contains(t, runCLI(t, env, "runtime-key", "--tenant", "default", "--out", key), "versions 1 to 1")
+	fi, err := os.Stat(key)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+	code, _, all := runCLICode(t, env, "runtime-key", "--tenant", "default", "--out", key)
+	require.Equal(t, 2, code, all)
+	require.Contains(t, all, "--force replaces it")
 	var store *nodetls.Store
 	require.Eventually(t, func() bool {
 		st, err := nodetls.Open(file, key)
@@ -119,7 +129,7 @@ func TestRuntimeBesideRunningServer(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(runCLI(t, env, append([]string{"resolve", "--json"}, flags...)...)), &rep))
 	require.True(t, rep.Resolves)
 	require.Len(t, rep.Parts, 2)
-	code, _, all := runCLICode(t, env, "resolve", "--file", file, "--key", key, "--flow", "line-1", "--node", "nope")
+	code, _, all = runCLICode(t, env, "resolve", "--file", file, "--key", key, "--flow", "line-1", "--node", "nope")
 	require.Equal(t, 1, code)
 	require.Contains(t, all, "flow line-1, node nope")
 
@@ -134,12 +144,12 @@ func TestRuntimeBesideRunningServer(t *testing.T) {
 	require.Contains(t, out, `"verified": false`)
 	require.Contains(t, out, "unknown authority")
 
-	// A key rotation under a runtime that holds the file: it keeps resolving, and the next
-	// change, exported under the new key, loads.
+	// A master key rotation under a runtime that holds the file: its runtime key is
+	// untouched, it keeps resolving, and the next change, exported after it, loads.
 	before := store.Generation()
-	runCLI(t, env, "rotate-key")
+	require.Contains(t, runCLI(t, env, "rotate-key"), "1 tenant key(s) rewrapped")
 	require.NoError(t, store.Refresh())
-	_, err := store.Config(context.Background(), "line-1", "tcp-out-1")
+	_, err = store.Config(context.Background(), "line-1", "tcp-out-1")
 	require.NoError(t, err)
 	v2 := ca.Issue(t, materialtest.Options{CommonName: "edge-v2"})
 	call(http.MethodPut, "/api/v1/certs/edge", editor, map[string]string{"certPem": string(v2.ChainPEM()), "keyPem": string(v2.KeyPEM())}, http.StatusOK)
@@ -147,6 +157,20 @@ func TestRuntimeBesideRunningServer(t *testing.T) {
 	code, out, all = runCLICode(t, env, append(append([]string{"probe"}, flags...), peer)...)
 	require.Equal(t, 0, code, all)
 	require.Contains(t, out, "client cert      CN=edge-v2")
+
+	// A tenant key rotation: the file moves to version 2, which the runtime's key lacks; it
+	// keeps its last good snapshot and says so, until it is given its new runtime key.
+	before = store.Generation()
+	require.Contains(t, runCLI(t, env, "rotate-key", "--tenant", "default"), "loopze-certs runtime-key --tenant default")
+	require.Eventually(t, func() bool { return errors.Is(store.Refresh(), nodetls.ErrUnknownKey) }, 15*time.Second, 20*time.Millisecond)
+	require.ErrorContains(t, store.Err(), "version 2 of default's key")
+	require.Equal(t, before, store.Generation())
+	_, err = store.Config(context.Background(), "line-1", "tcp-out-1")
+	require.NoError(t, err, "the last good snapshot keeps serving")
+	require.Contains(t, runCLI(t, env, "runtime-key", "--tenant", "default", "--out", key, "--force"), "versions 1 to 2")
+	require.NoError(t, store.Refresh())
+	require.NoError(t, store.Err())
+	require.Contains(t, runCLI(t, env, append([]string{"resolve"}, flags...)...), "clientCert: tls.clientCertRef from entry edge (inline)")
 
 	// The route: the runtime token reads its file and nothing else.
 	body := call(http.MethodGet, "/api/v1/credentials", runtime, nil, http.StatusOK)
@@ -163,16 +187,17 @@ func TestRuntimeBesideRunningServer(t *testing.T) {
 func TestResolveRefusesOlderGeneration(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	ring, err := envelope.Load(dir, nil)
+	master := make([]byte, 32)
+	_, err := rand.Read(master)
 	require.NoError(t, err)
 	ca := materialtest.NewCA(t, materialtest.Options{CommonName: "Plant CA"})
-	file, key := filepath.Join(dir, credfile.FileName), filepath.Join(dir, envelope.KeyFile)
+	file, key := filepath.Join(dir, credfile.FileName), filepath.Join(dir, "default.runtime-key")
+	require.NoError(t, os.WriteFile(key, credfiletest.RuntimeKey(t, master, "default", 1), 0o600))
 	write := func(gen int64) []byte {
 		doc := &credfile.Document{Tenant: "default", Generation: gen,
 			Entries:   []credfile.Entry{{ID: "plant-ca", Type: "ca-bundle", Source: "inline", CertPEM: string(ca.CertPEM())}},
 			Workspace: []byte(`{"flows":[{"id":"line-1","nodes":[{"id":"tcp-out-1","type":"tcp-out","tls":{"caBundleRef":"plant-ca"}}]}]}`)}
-		data, _, err := credfile.Seal(ring, doc)
-		require.NoError(t, err)
+		data := credfiletest.Seal(t, master, doc)
 		require.NoError(t, fileexport.WriteAtomic(file, data))
 		return data
 	}

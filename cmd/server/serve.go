@@ -23,9 +23,6 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := checkMasterKeySource(cfg, env.getenv); err != nil {
-		return err
-	}
 	if err := cfg.EnsureDataDir(); err != nil {
 		return err
 	}
@@ -44,10 +41,11 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 		defer metricsLn.Close()
 	}
 
-	svc, err := loadServices(cfg, logger)
+	svc, err := loadServices(cfg, env.getenv, logger)
 	if err != nil {
 		return err
 	}
+	defer svc.master.Close()
 
 	database, err := openDatabase(ctx, cfg, logger, true)
 	if err != nil {
@@ -78,6 +76,8 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	if err := warnFileRoots(ctx, pool, svc.roots, logger); err != nil {
 		return err
 	}
+	stopMigration := startKeyMigration(ctx, cfg, svc, pool, logger)
+	defer stopMigration()
 	stopPruner := startPruner(ctx, cfg, svc)
 	defer stopPruner()
 	stopChainer := startChainer(ctx, svc)

@@ -18,16 +18,22 @@ import (
 	"github.com/loopze/certstore/internal/config"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/kdf"
+	"github.com/loopze/certstore/internal/keyrotation"
 	"github.com/loopze/certstore/internal/masterkey"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/resolver"
+	"github.com/loopze/certstore/internal/tenantkey"
 	"github.com/loopze/certstore/internal/workspace"
 )
 
 // services are the long-lived pieces every serving process wires together.
 type services struct {
-	ring     *envelope.Ring
+	// master wraps the tenant keys; legacy opens what earlier releases sealed under the
+	// master key file itself (nil when there is none).
+	master   masterkey.Keyring
+	legacy   *envelope.Ring
+	keys     *tenantkey.Keys
 	verifier *auth.Verifier
 	roots    material.Roots
 	// kdf admits every key derivation the server runs for a request or a scrape.
@@ -39,10 +45,10 @@ type services struct {
 	workspace *workspace.Service
 }
 
-// loadServices loads what needs no database: the master key ring and the JWT keys from
-// the data dir, and the file roots. It runs before the database starts, so a malformed
-// key file or configuration stops the server at once.
-func loadServices(cfg config.Config, logger *slog.Logger) (*services, error) {
+// loadServices loads what needs no database: the master keyring (LOOPZE_MASTER_KEY_URI),
+// the JWT keys from the data dir, and the file roots. It runs before the database starts,
+// so a missing key, a wrong PIN or a malformed configuration stops the server at once.
+func loadServices(cfg config.Config, getenv func(string) string, logger *slog.Logger) (*services, error) {
 	roots := material.ParseRoots(cfg.FileRoots)
 	if err := roots.Validate(); err != nil {
 		return nil, fmt.Errorf("%s: %w", config.EnvFileRoots, err)
@@ -54,20 +60,53 @@ func loadServices(cfg config.Config, logger *slog.Logger) (*services, error) {
 	if err := checkKeyModes(cfg.DataDir); err != nil {
 		return nil, err
 	}
-	ring, err := envelope.Load(cfg.DataDir, logger)
+	master, legacy, err := openMasterKeys(cfg, getenv, logger, true)
 	if err != nil {
-		return nil, fmt.Errorf("load master key: %w", err)
+		return nil, err
 	}
 	budget := kdf.New(kdf.Config{Memory: int64(cfg.KDFMemoryMiB) << 20, Slots: cfg.KDFConcurrency, Queue: cfg.KDFQueue})
-	return &services{ring: ring, verifier: verifier, roots: roots, kdf: budget}, nil
+	return &services{master: master, legacy: legacy, verifier: verifier, roots: roots, kdf: budget}, nil
+}
+
+// openMasterKeys opens the master keyring LOOPZE_MASTER_KEY_URI names (creating loopze.key
+// on first boot when create is set and the key lives in a file), and the ring of master
+// key files that values of earlier releases were sealed under, when there is one: the
+// keyring's own file, or the data directory's loopze.key left beside a key in a token.
+func openMasterKeys(cfg config.Config, getenv func(string) string, logger *slog.Logger, create bool) (masterkey.Keyring, *envelope.Ring, error) {
+	src, err := masterkey.Locate(cfg.MasterKeyURI, cfg.DataDir, getenv)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", config.EnvMasterKeyURI, err)
+	}
+	if src.Kind == masterkey.KindFile && !create {
+		if _, err := os.Stat(src.Path); err != nil {
+			return nil, nil, fmt.Errorf("load master key: %w", err)
+		}
+	}
+	master, err := masterkey.Open(cfg.MasterKeyURI, cfg.DataDir, getenv, logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	dir := cfg.DataDir
+	if src.Kind == masterkey.KindFile {
+		dir = filepath.Dir(src.Path)
+	}
+	var legacy *envelope.Ring
+	if _, err := os.Stat(filepath.Join(dir, envelope.KeyFile)); err == nil {
+		if legacy, err = envelope.LoadExisting(dir, logger); err != nil {
+			_ = master.Close()
+			return nil, nil, fmt.Errorf("load master key: %w", err)
+		}
+	}
+	return master, legacy, nil
 }
 
 // connect builds the database-backed services over pool.
 func (s *services) connect(pool *pgxpool.Pool, logger *slog.Logger) {
 	cache := &catalog.Cache{} // serves once the export loop's listener is up
+	s.keys = &tenantkey.Keys{Pool: pool, Master: s.master, Legacy: s.legacy, Logger: logger}
 	s.chainer = &audit.Chainer{Pool: pool, Logger: logger}
-	s.catalog = &catalog.Service{Pool: pool, Ring: s.ring, Roots: s.roots, KDF: s.kdf, Logger: logger, Cache: cache, Chainer: s.chainer}
-	s.workspace = &workspace.Service{Pool: pool, Ring: s.ring, Roots: s.roots, KDF: s.kdf, Logger: logger,
+	s.catalog = &catalog.Service{Pool: pool, Keys: s.keys, Roots: s.roots, KDF: s.kdf, Logger: logger, Cache: cache, Chainer: s.chainer}
+	s.workspace = &workspace.Service{Pool: pool, Keys: s.keys, Roots: s.roots, KDF: s.kdf, Logger: logger,
 		Resolver: &resolver.Resolver{Entries: s.catalog.Entries(), Roots: s.catalog.Roots, KDF: s.kdf, Logger: logger},
 		Changed:  func(tenant string) { cache.Changed(tenant); s.chainer.Kick(tenant) }}
 }
@@ -93,39 +132,6 @@ func checkKeyModes(dataDir string) error {
 		}
 	}
 	return nil
-}
-
-// checkMasterKeySource refuses a master key anywhere but DataDir/loopze.key: the envelope
-// ring seals under that file only until per-tenant keys wrap under a masterkey.Keyring, and
-// a server that ignored LOOPZE_MASTER_KEY_URI or a systemd credential would seal under a
-// key the operator did not choose (or create one beside the credential).
-func checkMasterKeySource(cfg config.Config, getenv func(string) string) error {
-	src, err := masterkey.Locate(cfg.MasterKeyURI, cfg.DataDir, getenv)
-	if err != nil {
-		return fmt.Errorf("%s: %w", config.EnvMasterKeyURI, err)
-	}
-	here := filepath.Join(cfg.DataDir, envelope.KeyFile)
-	switch {
-	case src.Kind == masterkey.KindPKCS11:
-		return fmt.Errorf("%s: a pkcs11: master key takes effect with per-tenant keys, which this version does not have; "+
-			"unset it to keep the master key in %s", config.EnvMasterKeyURI, here)
-	case src.Credential:
-		return fmt.Errorf("systemd passes the credential %s: a master key in a credential takes effect with per-tenant keys, "+
-			"which this version does not have; drop LoadCredentialEncrypted=%s from the unit to keep the master key in %s",
-			src.Path, envelope.KeyFile, here)
-	case !samePath(src.Path, here):
-		return fmt.Errorf("%s: a master key file other than %s takes effect with per-tenant keys, which this version does not have; "+
-			"unset it, or move the key and set %s", config.EnvMasterKeyURI, here, config.EnvDataDir)
-	}
-	return nil
-}
-
-// samePath compares two paths as absolute, so ./data/loopze.key and its absolute spelling
-// are one file.
-func samePath(a, b string) bool {
-	absA, errA := filepath.Abs(a)
-	absB, errB := filepath.Abs(b)
-	return errA == nil && errB == nil && absA == absB
 }
 
 // warnFileRoots says at start what an installation with tenants other than the default
@@ -169,4 +175,25 @@ func newVerifier(cfg config.Config) (*auth.Verifier, error) {
 		return nil, fmt.Errorf("JWT verification: %w", err)
 	}
 	return v, nil
+}
+
+// startKeyMigration moves, in the background, what earlier releases sealed under the master
+// key itself to each tenant's own key (keyrotation.Rotator.Migrate): every row stays
+// readable throughout, and a server stopped halfway finishes at its next start. stop ends
+// it and waits.
+func startKeyMigration(ctx context.Context, cfg config.Config, svc *services, pool *pgxpool.Pool, logger *slog.Logger) (stop func()) {
+	r := &keyrotation.Rotator{Pool: pool, DataDir: cfg.DataDir, Keys: svc.keys, Logger: logger}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		n, err := r.Migrate(operator(runCtx, "serve"))
+		switch {
+		case err != nil && runCtx.Err() == nil:
+			logger.Error("moving rows to tenant keys stopped; the next start continues", "moved", n, "err", err)
+		case n > 0:
+			logger.Info("rows moved to their tenant's key", "rows", n)
+		}
+	}()
+	return func() { cancel(); <-done }
 }

@@ -80,7 +80,7 @@ func TestCredentialsRoute(t *testing.T) {
 
 	// Another replica sharing the directory writes the next file; this server's export
 	// then finds it current, and still wakes the poll.
-	other := &fileexport.Exporter{Pool: env.Pool, Ring: env.Ring, DataDir: env.DataDir}
+	other := &fileexport.Exporter{Pool: env.Pool, Keys: env.Keys, DataDir: env.DataDir}
 	go func() {
 		res := get(runtime, map[string]string{"If-None-Match": generationTag(r2.Generation)}, "?wait=60s")
 		polled <- answer{res.Status, res.Header.Get("ETag")}

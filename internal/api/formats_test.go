@@ -224,11 +224,11 @@ func TestOpensslFormatsAreAccepted(t *testing.T) {
 	// The passphrase reached nothing at rest: not the database, not the export file.
 	dump := testdbDump(t, te.env.DBURL)
 	require.NotContains(t, string(dump), opensslPass)
-	_, err := (&fileexport.Exporter{Pool: te.env.Pool, Ring: te.env.Ring, DataDir: te.env.DataDir}).ExportAll(context.Background(), true)
+	_, err := (&fileexport.Exporter{Pool: te.env.Pool, Keys: te.env.Keys, DataDir: te.env.DataDir}).ExportAll(context.Background(), true)
 	require.NoError(t, err)
 	raw := readFile(t, credfile.Path(te.env.DataDir, "acme"))
 	require.NotContains(t, string(raw), opensslPass)
-	doc, _, err := credfile.Open(te.env.Ring, raw, "acme")
+	doc, _, err := credfile.Open(te.env.Keys.Opener(), raw, "acme")
 	require.NoError(t, err)
 	clear, err := json.Marshal(doc.Entries)
 	require.NoError(t, err)

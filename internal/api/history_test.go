@@ -22,6 +22,7 @@ import (
 	"github.com/loopze/certstore/internal/keyrotation"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/tenantkey/tenantkeytest"
 	"github.com/loopze/certstore/internal/testdb"
 )
 
@@ -271,7 +272,7 @@ func TestVersionCiphertextOpensOnlyInItsRow(t *testing.T) {
 		n  int64
 	}{{"alpha", 2}, {"beta", 1}} {
 		v := readVersion(t, env, c.id, c.n)
-		_, _, err := env.Catalog.OpenVersion(v)
+		_, _, err := env.Catalog.OpenVersion(context.Background(), v)
 		require.ErrorIs(t, err, envelope.ErrDecrypt, "%s@%d", c.id, c.n)
 		res := restore(t, env, tok, c.id, c.n, nil)
 		require.Equal(t, http.StatusInternalServerError, res.Status, "%s", res.Body)
@@ -279,7 +280,7 @@ func TestVersionCiphertextOpensOnlyInItsRow(t *testing.T) {
 	}
 	// The untouched version still opens, and restores.
 	v := readVersion(t, env, "alpha", 1)
-	cert, _, err := env.Catalog.OpenVersion(v)
+	cert, _, err := env.Catalog.OpenVersion(context.Background(), v)
 	require.NoError(t, err)
 	require.Equal(t, a.ChainPEM(), []byte(cert))
 
@@ -288,12 +289,12 @@ func TestVersionCiphertextOpensOnlyInItsRow(t *testing.T) {
 		WHERE e.id = 'beta' AND v.entry_id = 'beta' AND v.version = 1`)
 	e, err := repo.GetEntry(ctx, env.Pool, "default", "beta")
 	if err == nil {
-		_, _, err = env.Catalog.Open(e)
+		_, _, err = env.Catalog.Open(context.Background(), e)
 	}
 	require.Error(t, err)
 
 	// doctor names each version that does not decrypt.
-	rep := (&doctor.Doctor{Pool: env.Pool, DataDir: env.DataDir, ExpiringWithin: -1}).Run(ctx)
+	rep := (&doctor.Doctor{Pool: env.Pool, DataDir: env.DataDir, Keys: env.Keys, ExpiringWithin: -1}).Run(ctx)
 	var failed []string
 	for _, c := range rep.Checks {
 		if c.Check == "rows" && c.Status == doctor.Fail {
@@ -328,28 +329,43 @@ func TestHistorySurvivesRotateKey(t *testing.T) {
 	res := env.Do(t, apitest.Request{Method: http.MethodPut, Path: "/api/v1/certs/edge", Token: tok,
 		Body: obj{"certPem": string(v2.ChainPEM()), "keyPem": string(v2.KeyPEM())}})
 	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
-	oldKey := env.Ring.CurrentKeyID()
-
 	ctx := context.Background()
-	rot := &keyrotation.Rotator{Pool: env.Pool, DataDir: env.DataDir, Settle: time.Millisecond, BatchSize: 2}
-	rep, err := rot.Rotate(audit.WithActor(ctx, audit.Actor{Subject: "loopze-certs rotate-key", Role: "operator"}))
+	ring, err := env.Keys.Ring(ctx, "default")
+	require.NoError(t, err)
+	oldKey := ring.CurrentKeyID()
+
+	// The master key rotates by rewrapping the tenant's key: no row moves.
+	rot := &keyrotation.Rotator{Pool: env.Pool, DataDir: env.DataDir, Keys: env.Keys, Settle: time.Millisecond, BatchSize: 2}
+	actx := audit.WithActor(ctx, audit.Actor{Subject: "loopze-certs rotate-key", Role: "operator"})
+	rep, err := rot.Rotate(actx)
+	require.NoError(t, err)
+	require.Equal(t, 1, rep.TenantKeys)
+	require.Zero(t, rep.Rewrapped)
+	ids, err := keyrotation.KeyIDsInUse(ctx, env.Pool)
+	require.NoError(t, err)
+	require.Equal(t, []string{oldKey}, ids, "rows stay under the tenant's key")
+
+	// The tenant's key rotates by moving its rows.
+	rep, err = rot.RotateTenant(actx, "default")
 	require.NoError(t, err)
 	require.EqualValues(t, 3, rep.Rewrapped, "the entry and its two versions")
-	ids, err := keyrotation.KeyIDsInUse(ctx, env.Pool)
+	ids, err = keyrotation.KeyIDsInUse(ctx, env.Pool)
 	require.NoError(t, err)
 	require.Equal(t, []string{rep.NewKeyID}, ids)
 	require.NotEqual(t, oldKey, rep.NewKeyID)
 
-	// A server that only knows the new key opens the old version and restores it.
-	ring, err := envelope.LoadExisting(env.DataDir, env.Logger)
+	// A server started afresh, knowing only the master key, opens the old version and
+	// restores it.
+	fresh := tenantkeytest.New(t, env.Pool, env.DataDir)
+	ring, err = fresh.Ring(ctx, "default")
 	require.NoError(t, err)
-	require.Equal(t, []string{rep.NewKeyID}, ring.KeyIDs())
-	require.NoError(t, env.Ring.Reload())
+	require.Equal(t, rep.NewKeyID, ring.CurrentKeyID())
+	require.NoError(t, env.Keys.Reload())
 	res = restore(t, env, tok, "edge", 1, nil)
 	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
 	require.Equal(t, fingerprint(v1), res.JSON(t)["fingerprintSha256"])
 
-	drep := (&doctor.Doctor{Pool: env.Pool, DataDir: env.DataDir, ExpiringWithin: -1}).Run(ctx)
+	drep := (&doctor.Doctor{Pool: env.Pool, DataDir: env.DataDir, Keys: fresh, ExpiringWithin: -1}).Run(ctx)
 	for _, c := range drep.Checks {
 		if c.Check == "rows" {
 			require.Equal(t, doctor.OK, c.Status, "%+v", c)

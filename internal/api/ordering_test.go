@@ -49,7 +49,7 @@ func TestConcurrentCreatesReachTheFileInOrder(t *testing.T) {
 		if err != nil {
 			return nil, 0, false, err
 		}
-		doc, h, err := credfile.Open(env.Ring, data, tenant)
+		doc, h, err := credfile.Open(env.Keys.Opener(), data, tenant)
 		if err != nil {
 			return nil, 0, false, err
 		}

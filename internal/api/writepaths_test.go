@@ -139,7 +139,7 @@ func TestEveryWritePathKeepsTheSameInvariants(t *testing.T) {
 	env.Export(t, "source")
 	backup, err := os.ReadFile(credfile.Path(env.DataDir, "source"))
 	require.NoError(t, err)
-	im := &fileexport.Importer{Pool: env.Pool, Catalog: env.Catalog, Ring: env.Ring, Logger: env.Logger}
+	im := &fileexport.Importer{Pool: env.Pool, Catalog: env.Catalog, Keys: env.Keys, Logger: env.Logger}
 	check("import", "imported", "from the backup", func() {
 		_, err := im.Import(ctx, backup, fileexport.ImportOptions{Tenant: tenant, FileTenant: "source", Replace: true})
 		require.NoError(t, err)
@@ -149,7 +149,9 @@ func TestEveryWritePathKeepsTheSameInvariants(t *testing.T) {
 	refused("import", "smuggled", func(notes string) {
 		doc := readCredentials(t, env, "source")
 		doc.Entries[0].ID, doc.Entries[0].Notes = "smuggled", notes
-		data, _, err := credfile.Seal(env.Ring, doc)
+		fk, err := env.Keys.FileKey(ctx, "source")
+		require.NoError(t, err)
+		data, _, err := credfile.Seal(fk, doc)
 		require.NoError(t, err)
 		_, err = im.Import(ctx, data, fileexport.ImportOptions{Tenant: tenant, FileTenant: "source", Replace: true})
 		require.ErrorIs(t, err, fileexport.ErrInvalidDocument)
@@ -180,7 +182,7 @@ func readCredentials(t *testing.T, env *apitest.Env, tenant string) *credfile.Do
 	t.Helper()
 	data, err := os.ReadFile(credfile.Path(env.DataDir, tenant))
 	require.NoError(t, err)
-	doc, _, err := credfile.Open(env.Ring, data, tenant)
+	doc, _, err := credfile.Open(env.Keys.Opener(), data, tenant)
 	require.NoError(t, err)
 	return doc
 }

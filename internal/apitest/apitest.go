@@ -26,12 +26,13 @@ import (
 	"github.com/loopze/certstore/internal/auth"
 	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/db"
-	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/kdf"
 	"github.com/loopze/certstore/internal/logging"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/resolver"
+	"github.com/loopze/certstore/internal/tenantkey"
+	"github.com/loopze/certstore/internal/tenantkey/tenantkeytest"
 	"github.com/loopze/certstore/internal/testdb"
 	"github.com/loopze/certstore/internal/workspace"
 )
@@ -42,7 +43,8 @@ type Env struct {
 	DBURL   string
 	DataDir string
 	Pool    *pgxpool.Pool
-	Ring    *envelope.Ring
+	// Keys seal and open every tenant's values and files.
+	Keys    *tenantkey.Keys
 	Catalog *catalog.Service
 	// Workspace is the deploy service behind /api/v1/flows.
 	Workspace *workspace.Service
@@ -109,8 +111,7 @@ func New(t testing.TB, opts ...Options) *Env {
 	t.Cleanup(pool.Close)
 
 	dataDir := t.TempDir()
-	ring, err := envelope.Load(dataDir, logger)
-	require.NoError(t, err)
+	keys := tenantkeytest.New(t, pool, dataDir)
 	secret := []byte("apitest-hmac-secret-0123456789abcdef")
 	verifier, err := auth.NewVerifier(auth.Config{HMACSecret: secret})
 	require.NoError(t, err)
@@ -119,14 +120,14 @@ func New(t testing.TB, opts ...Options) *Env {
 	if budget == nil {
 		budget = kdf.New(kdf.Config{})
 	}
-	cat := &catalog.Service{Pool: pool, Ring: ring, Roots: roots, KDF: budget, Logger: logger}
-	ws := &workspace.Service{Pool: pool, Ring: ring, Roots: roots, KDF: budget, Logger: logger,
+	cat := &catalog.Service{Pool: pool, Keys: keys, Roots: roots, KDF: budget, Logger: logger}
+	ws := &workspace.Service{Pool: pool, Keys: keys, Roots: roots, KDF: budget, Logger: logger,
 		Resolver: &resolver.Resolver{Entries: cat.Entries(), Roots: cat.Roots, KDF: budget, Logger: logger}}
 	creds := &api.Credentials{DataDir: dataDir}
 	if o.Credentials != nil {
 		o.Credentials(creds)
 	}
-	exporter := &fileexport.Exporter{Pool: pool, Ring: ring, DataDir: dataDir, Logger: logger, OnWrite: creds.Written}
+	exporter := &fileexport.Exporter{Pool: pool, Keys: keys, DataDir: dataDir, Logger: logger, OnWrite: creds.Written}
 	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: "test", Verifier: verifier, Catalog: cat, Workspace: ws,
 		RateLimit: o.RateLimit, Credentials: creds})
 	hs := httptest.NewServer(Contract(t, srv.Handler))
@@ -141,7 +142,7 @@ func New(t testing.TB, opts ...Options) *Env {
 		}()
 		t.Cleanup(func() { cancel(); <-done })
 	}
-	return &Env{URL: hs.URL, DBURL: url, DataDir: dataDir, Pool: pool, Ring: ring, Catalog: cat,
+	return &Env{URL: hs.URL, DBURL: url, DataDir: dataDir, Pool: pool, Keys: keys, Catalog: cat,
 		Workspace: ws, Server: srv, Credentials: creds, Exporter: exporter, Logs: logs, Logger: logger, secret: secret}
 }
 

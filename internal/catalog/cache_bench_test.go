@@ -36,9 +36,11 @@ func seedReads(b *testing.B) *replica {
 	m, issues := material.Inspect(material.ClientPair, secret.PEM(cert), secret.PEM(key), material.PEMFields, time.Now())
 	require.Empty(b, issues)
 	entries := make([]*repo.Entry, 0, n)
+	ring, err := rep.svc.Keys.Ring(ctx, "big")
+	require.NoError(b, err)
 	for i := range n {
 		id := fmt.Sprintf("entry-%05d", i)
-		sealed, err := sealing.SealPair(rep.svc.Ring, sealing.Place{Tenant: "big", EntryID: id}, cert, key)
+		sealed, err := sealing.SealPair(ring, sealing.Place{Tenant: "big", EntryID: id}, cert, key)
 		require.NoError(b, err)
 		entries = append(entries, &repo.Entry{TenantID: "big", ID: id, Name: id, Type: material.ClientPair,
 			Source: "inline", Sealed: sealed, Meta: m.Metadata, Version: 1})
@@ -68,7 +70,7 @@ func benchReads(b *testing.B, read func(ctx context.Context, s *catalog.Service,
 	ctx := context.Background()
 	rep := seedReads(b)
 	const n = benchEntries
-	uncached := &catalog.Service{Pool: rep.svc.Pool, Ring: rep.svc.Ring, Logger: rep.svc.Logger}
+	uncached := &catalog.Service{Pool: rep.svc.Pool, Keys: rep.svc.Keys, Logger: rep.svc.Logger}
 	for _, bc := range []struct {
 		name string
 		svc  *catalog.Service

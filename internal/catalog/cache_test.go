@@ -25,6 +25,7 @@ import (
 	"github.com/loopze/certstore/internal/logging"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/tenantkey/tenantkeytest"
 	"github.com/loopze/certstore/internal/testdb"
 )
 
@@ -88,11 +89,10 @@ func newReplica(t testing.TB, url, dataDir string) *replica {
 	ctx, cancel := context.WithCancel(context.Background())
 	pool, err := db.Open(ctx, url, logging.Discard())
 	require.NoError(t, err)
-	ring, err := envelope.Load(dataDir, logging.Discard())
-	require.NoError(t, err)
+	keys := tenantkeytest.New(t, pool, dataDir)
 	cache := &catalog.Cache{}
 	rec := &recorder{cache: cache, changed: make(chan string, 64), keys: make(chan struct{}, 8)}
-	x := &fileexport.Exporter{Pool: pool, Ring: ring, DataDir: t.TempDir()}
+	x := &fileexport.Exporter{Pool: pool, Keys: keys, DataDir: t.TempDir()}
 	sy := &fileexport.Syncer{Exporter: x, Watcher: rec, Debounce: time.Millisecond}
 	done := make(chan struct{})
 	go func() {
@@ -111,7 +111,7 @@ func newReplica(t testing.TB, url, dataDir string) *replica {
 		pool.Close()
 	})
 	require.Eventually(t, cache.Serving, 10*time.Second, 5*time.Millisecond, "the listener comes up")
-	return &replica{svc: &catalog.Service{Pool: pool, Ring: ring, Logger: logging.Discard(), Cache: cache}, cache: cache, watch: rec}
+	return &replica{svc: &catalog.Service{Pool: pool, Keys: keys, Logger: logging.Discard(), Cache: cache}, cache: cache, watch: rec}
 }
 
 // drain forgets the notices heard so far.
@@ -368,7 +368,7 @@ func TestNoCachedValueSurvivesAChange(t *testing.T) {
 	warm()
 
 	// Restore of an earlier file: the restored rows replace the cached ones.
-	x := &fileexport.Exporter{Pool: a.svc.Pool, Ring: a.svc.Ring, DataDir: t.TempDir()}
+	x := &fileexport.Exporter{Pool: a.svc.Pool, Keys: a.svc.Keys, DataDir: t.TempDir()}
 	res, err := x.ExportTenant(ctx, "acme", true)
 	require.NoError(t, err)
 	file, err := os.ReadFile(res.Path)
@@ -379,7 +379,7 @@ func TestNoCachedValueSurvivesAChange(t *testing.T) {
 	b.awaitChange(t, "acme")
 	require.Equal(t, "after the backup", notes(t, b.svc, "acme", "edge"))
 	warm()
-	im := &fileexport.Importer{Pool: a.svc.Pool, Catalog: a.svc, Ring: a.svc.Ring, Logger: logging.Discard()}
+	im := &fileexport.Importer{Pool: a.svc.Pool, Catalog: a.svc, Keys: a.svc.Keys, Logger: logging.Discard()}
 	b.drain()
 	_, err = im.Import(ctx, file, fileexport.ImportOptions{Tenant: "acme", Replace: true})
 	require.NoError(t, err)
@@ -395,12 +395,12 @@ func TestNoCachedValueSurvivesAChange(t *testing.T) {
 	require.Equal(t, "", notes(t, b.svc, "acme", "edge"), "the first version had no notes")
 	warm()
 
-	// Key rotation: the sealed material connection init opens is read again, under the
-	// new key.
+	// A rotation of the tenant's key: the sealed material connection init opens is read
+	// again, under the new key.
 	before, err := b.svc.Lookup(ctx, "acme", []string{"edge"})
 	require.NoError(t, err)
-	rot := &keyrotation.Rotator{Pool: a.svc.Pool, DataDir: dir, Logger: logging.Discard(), Settle: time.Millisecond}
-	rep, err := rot.Rotate(ctx)
+	rot := &keyrotation.Rotator{Pool: a.svc.Pool, DataDir: dir, Keys: a.svc.Keys, Logger: logging.Discard(), Settle: time.Millisecond}
+	rep, err := rot.RotateTenant(ctx, "acme")
 	require.NoError(t, err)
 	require.NotEqual(t, before[0].Sealed.KeyID, rep.NewKeyID)
 	require.Eventually(t, func() bool {
@@ -409,7 +409,7 @@ func TestNoCachedValueSurvivesAChange(t *testing.T) {
 	}, 10*time.Second, 5*time.Millisecond)
 	after, err := b.svc.Lookup(ctx, "acme", []string{"edge"})
 	require.NoError(t, err)
-	cert, _, err := b.svc.Open(after[0])
+	cert, _, err := b.svc.Open(context.Background(), after[0])
 	require.NoError(t, err)
 	require.NotEmpty(t, cert)
 	_, err = os.Stat(filepath.Join(dir, envelope.KeyFile))
@@ -425,7 +425,7 @@ func TestCacheOverHTTP(t *testing.T) {
 	env.Catalog.Cache = cache
 	env.Workspace.Changed = cache.Changed
 	ctx, cancel := context.WithCancel(context.Background())
-	sy := &fileexport.Syncer{Exporter: &fileexport.Exporter{Pool: env.Pool, Ring: env.Ring, DataDir: t.TempDir()}, Watcher: cache}
+	sy := &fileexport.Syncer{Exporter: &fileexport.Exporter{Pool: env.Pool, Keys: env.Keys, DataDir: t.TempDir()}, Watcher: cache}
 	done := make(chan struct{})
 	go func() { defer close(done); _ = sy.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
@@ -504,7 +504,7 @@ func TestMissOfAKnownTenantReadsNoGeneration(t *testing.T) {
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
-	s := &catalog.Service{Pool: pool, Ring: a.svc.Ring, Logger: logging.Discard(), Cache: a.cache}
+	s := &catalog.Service{Pool: pool, Keys: a.svc.Keys, Logger: logging.Discard(), Cache: a.cache}
 
 	require.Equal(t, "", notes(t, s, "acme", "first"))
 	require.EqualValues(t, 1, reads.n.Load(), "the first read learns the generation")

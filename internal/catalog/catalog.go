@@ -19,12 +19,12 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/loopze/certstore/internal/audit"
-	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/resolver"
 	"github.com/loopze/certstore/internal/sealing"
 	"github.com/loopze/certstore/internal/secret"
+	"github.com/loopze/certstore/internal/tenantkey"
 )
 
 // Sources of material.
@@ -86,8 +86,9 @@ const MaxConflictReferences = 1000
 
 // Service is the catalogue.
 type Service struct {
-	Pool  *pgxpool.Pool
-	Ring  *envelope.Ring
+	Pool *pgxpool.Pool
+	// Keys seal each tenant's material under that tenant's keys.
+	Keys  *tenantkey.Keys
 	Roots material.Roots
 	// KDF admits the key derivations of encrypted keys and PKCS#12 files (the server's
 	// kdf.Budget), charged to the entry's tenant; nil derives at once.
@@ -296,14 +297,26 @@ func (s *Service) prepare(ctx context.Context, tenant, id, name, typ, source, no
 	return p, nil
 }
 
-// seal encrypts inline material into the entry.
-func (s *Service) seal(p *prepared) error {
+// keysReady loads tenant's keys (making its first one on its first write) before a write
+// opens its transaction: the transaction locks the tenant's row, which storing a new
+// tenant key, on a connection of its own, would wait for.
+func (s *Service) keysReady(ctx context.Context, tenant string) error {
+	_, err := s.Keys.Ring(ctx, tenant)
+	return err
+}
+
+// seal encrypts inline material into the entry, under its tenant's keys.
+func (s *Service) seal(ctx context.Context, p *prepared) error {
 	e := p.entry
 	e.Sealed = sealing.Pair{}
 	if e.Source != SourceInline {
 		return nil
 	}
-	sealed, err := sealing.SealPair(s.Ring, sealing.Place{Tenant: e.TenantID, EntryID: e.ID}, p.certPEM, p.keyPEM)
+	ring, err := s.Keys.Ring(ctx, e.TenantID)
+	if err != nil {
+		return err
+	}
+	sealed, err := sealing.SealPair(ring, sealing.Place{Tenant: e.TenantID, EntryID: e.ID}, p.certPEM, p.keyPEM)
 	if err != nil {
 		return err
 	}
@@ -313,14 +326,18 @@ func (s *Service) seal(p *prepared) error {
 
 // Open decrypts an inline entry's stored material. It reloads the key ring once when the
 // material names a master key this process does not hold (another replica rotated).
-func (s *Service) Open(e *repo.Entry) (cert, key secret.PEM, err error) {
+func (s *Service) Open(ctx context.Context, e *repo.Entry) (cert, key secret.PEM, err error) {
 	if e.Source != SourceInline {
 		return nil, nil, fmt.Errorf("open %s: not an inline entry", e.ID)
 	}
 	if len(e.Sealed.Cert) == 0 {
 		return nil, nil, fmt.Errorf("open %s: the entry was read without its sealed material", e.ID)
 	}
-	return sealing.OpenPair(s.Ring, sealing.Place{Tenant: e.TenantID, EntryID: e.ID}, e.Sealed)
+	ring, err := s.Keys.Ring(ctx, e.TenantID)
+	if err != nil {
+		return nil, nil, err
+	}
+	return sealing.OpenPair(ring, sealing.Place{Tenant: e.TenantID, EntryID: e.ID}, e.Sealed)
 }
 
 // Lookup returns the entries of tenant among ids (those that exist), with their sealed
@@ -352,12 +369,12 @@ func (r resolverEntries) Lookup(ctx context.Context, tenant string, ids []string
 	return out, nil
 }
 
-func (r resolverEntries) Open(e *resolver.Entry) (cert, key secret.PEM, err error) {
+func (r resolverEntries) Open(ctx context.Context, e *resolver.Entry) (cert, key secret.PEM, err error) {
 	row, ok := e.Handle.(*repo.Entry)
 	if !ok {
 		return nil, nil, fmt.Errorf("open %s: not an entry of the catalogue", e.ID)
 	}
-	return r.s.Open(row)
+	return r.s.Open(ctx, row)
 }
 
 // Validate parses an entry exactly as Create would and persists nothing. err is for

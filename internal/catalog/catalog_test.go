@@ -13,6 +13,7 @@ import (
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/secret"
+	"github.com/loopze/certstore/internal/tenantkey/tenantkeytest"
 	"github.com/loopze/certstore/internal/testdb"
 )
 
@@ -23,9 +24,8 @@ func setup(t *testing.T) *catalog.Service {
 	pool, err := db.Open(context.Background(), testdb.URL(t), logging.Discard())
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
-	ring, err := envelope.Load(t.TempDir(), logging.Discard())
-	require.NoError(t, err)
-	return &catalog.Service{Pool: pool, Ring: ring, Logger: logging.Discard()}
+	keys := tenantkeytest.New(t, pool, t.TempDir())
+	return &catalog.Service{Pool: pool, Keys: keys, Logger: logging.Discard()}
 }
 
 func ptr(s string) *string { return &s }
@@ -55,7 +55,7 @@ func TestSealedMaterialOpensOnlyWhereItLives(t *testing.T) {
 	require.NoError(t, err)
 
 	ea := sealed(t, s, "acme", "a")
-	cert, key, err := s.Open(ea)
+	cert, key, err := s.Open(context.Background(), ea)
 	require.NoError(t, err)
 	require.Equal(t, string(a.ChainPEM()), string(cert))
 	require.Equal(t, string(a.KeyPEM()), string(key))
@@ -64,15 +64,15 @@ func TestSealedMaterialOpensOnlyWhereItLives(t *testing.T) {
 	eb := sealed(t, s, "acme", "b")
 	moved := *eb
 	moved.Sealed.Cert, moved.Sealed.Key = ea.Sealed.Cert, ea.Sealed.Key
-	_, _, err = s.Open(&moved)
+	_, _, err = s.Open(context.Background(), &moved)
 	require.ErrorIs(t, err, envelope.ErrDecrypt)
 	other := *ea
 	other.TenantID = "globex"
-	_, _, err = s.Open(&other)
-	require.ErrorIs(t, err, envelope.ErrDecrypt)
+	_, _, err = s.Open(context.Background(), &other)
+	require.ErrorIs(t, err, envelope.ErrUnknownKey, "another tenant's keys do not hold acme's")
 	swapped := *ea
 	swapped.Sealed.Cert, swapped.Sealed.Key = ea.Sealed.Key, ea.Sealed.Cert
-	_, _, err = s.Open(&swapped)
+	_, _, err = s.Open(context.Background(), &swapped)
 	require.ErrorIs(t, err, envelope.ErrDecrypt)
 }
 
@@ -100,7 +100,7 @@ func TestPutOfNotesKeepsTheCiphertext(t *testing.T) {
 	renewed := sealed(t, s, "acme", "a")
 	require.NotEqual(t, before.Sealed.Cert, renewed.Sealed.Cert)
 	require.NotEqual(t, before.Meta.FingerprintSHA256, renewed.Meta.FingerprintSHA256)
-	cert, _, err := s.Open(renewed)
+	cert, _, err := s.Open(context.Background(), renewed)
 	require.NoError(t, err)
 	require.Equal(t, string(c.ChainPEM()), string(cert))
 

@@ -21,11 +21,15 @@ import (
 var ErrUnknownVersion = fmt.Errorf("no such version: %w", repo.ErrNotFound)
 
 // OpenVersion decrypts an inline version's sealed material.
-func (s *Service) OpenVersion(v *repo.Version) (cert, key secret.PEM, err error) {
+func (s *Service) OpenVersion(ctx context.Context, v *repo.Version) (cert, key secret.PEM, err error) {
 	if v.Source != SourceInline {
 		return nil, nil, fmt.Errorf("open version %d of %s: not an inline version", v.Version, v.EntryID)
 	}
-	return sealing.OpenPair(s.Ring, sealing.Place{Tenant: v.TenantID, EntryID: v.EntryID, Version: v.Version}, v.Sealed)
+	ring, err := s.Keys.Ring(ctx, v.TenantID)
+	if err != nil {
+		return nil, nil, err
+	}
+	return sealing.OpenPair(ring, sealing.Place{Tenant: v.TenantID, EntryID: v.EntryID, Version: v.Version}, v.Sealed)
 }
 
 // recordRefusedDelete audits a delete refused because deployed nodes reference the entry.
@@ -82,6 +86,9 @@ func (s *Service) Version(ctx context.Context, tenant, id string, version int64)
 // File-sourced material is read from its paths again and must be valid there now.
 func (s *Service) Restore(ctx context.Context, tenant, id string, version int64, pre Precondition) (*Result, error) {
 	defer s.changed(tenant)
+	if err := s.keysReady(ctx, tenant); err != nil {
+		return nil, err
+	}
 	var res *Result
 	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
 		// The tenant's lock, the entry and its history first, as every write but a create.
@@ -101,7 +108,7 @@ func (s *Service) Restore(ctx context.Context, tenant, id string, version int64,
 		}
 		var cert, key secret.PEM
 		if v.Source == SourceInline {
-			if cert, key, err = s.OpenVersion(v); err != nil {
+			if cert, key, err = s.OpenVersion(ctx, v); err != nil {
 				return err
 			}
 		}

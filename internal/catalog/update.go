@@ -36,6 +36,9 @@ func (s *Service) Put(ctx context.Context, tenant string, in Input, pre Precondi
 
 // put is one attempt of Put; created says it found the entry missing and tried to create it.
 func (s *Service) put(ctx context.Context, tenant string, in Input, pre Precondition) (res *Result, created bool, err error) {
+	if err := s.keysReady(ctx, tenant); err != nil {
+		return nil, false, err
+	}
 	err = db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
 		// The tenant row first, as every write of the tenant but a create does (Delete,
 		// a workspace deploy): one lock order, so a PUT racing a deploy waits instead of
@@ -117,7 +120,7 @@ func (s *Service) updateOf(ctx context.Context, tx pgx.Tx, tenant string, cur *r
 	)
 	if !sourceChanged {
 		if cur.Source == SourceInline {
-			c, k, err := s.Open(cur)
+			c, k, err := s.Open(ctx, cur)
 			if err != nil {
 				return nil, nil, err
 			}
@@ -187,6 +190,9 @@ func (s *Service) Delete(ctx context.Context, tenant, id string, pre Preconditio
 		return refErr
 	}
 	defer s.changed(tenant)
+	if err := s.keysReady(ctx, tenant); err != nil {
+		return err
+	}
 	err = db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
 		cur, h, err := repo.BeginEntryWrite(ctx, tx, tenant, id)
 		if errors.Is(err, repo.ErrNotFound) && (pre.Version != 0 || pre.Exists) {

@@ -45,7 +45,7 @@ func (s *Service) entryMaterial(ctx context.Context, e *repo.Entry) (*material.M
 			return nil, fmt.Errorf("load entry %s: %w", e.ID, err)
 		}
 	} else {
-		cert, key, err := s.Open(e)
+		cert, key, err := s.Open(ctx, e)
 		if err != nil {
 			return nil, fmt.Errorf("load entry %s: %w: %w", e.ID, ErrMaterialUnavailable, err)
 		}

@@ -77,7 +77,7 @@ func (s *Service) entryWrite(ctx context.Context, tenant string, c *change) (rep
 			entryVersn = c.before.Version + 1
 		}
 		if !c.keepSealed {
-			if err := s.seal(c.after); err != nil {
+			if err := s.seal(ctx, c.after); err != nil {
 				return w, err
 			}
 		}
@@ -85,7 +85,7 @@ func (s *Service) entryWrite(ctx context.Context, tenant string, c *change) (rep
 	} else {
 		state, entryVersn = c.before, c.before.Version
 		var err error
-		if cert, key, err = s.materialOf(c.before); err != nil {
+		if cert, key, err = s.materialOf(ctx, c.before); err != nil {
 			return w, fmt.Errorf("delete entry %s: %w", c.before.ID, err)
 		}
 	}
@@ -93,7 +93,7 @@ func (s *Service) entryWrite(ctx context.Context, tenant string, c *change) (rep
 	if n == 0 && c.before != nil && c.action != repo.VersionDelete {
 		// An entry stored before history began: its state before the change is recorded
 		// first, so the change has something to be restored from.
-		bc, bk, err := s.materialOf(c.before)
+		bc, bk, err := s.materialOf(ctx, c.before)
 		if err != nil {
 			return w, fmt.Errorf("record the baseline of %s: %w", c.before.ID, err)
 		}
@@ -141,19 +141,22 @@ func (s *Service) versionOf(ctx context.Context, e *repo.Entry, cert, key secret
 	if e.Source != SourceInline {
 		return v, nil
 	}
-	var err error
-	if v.Sealed, err = sealing.SealPair(s.Ring, sealing.Place{Tenant: e.TenantID, EntryID: e.ID, Version: n}, cert, key); err != nil {
+	ring, err := s.Keys.Ring(ctx, e.TenantID)
+	if err != nil {
+		return nil, err
+	}
+	if v.Sealed, err = sealing.SealPair(ring, sealing.Place{Tenant: e.TenantID, EntryID: e.ID, Version: n}, cert, key); err != nil {
 		return nil, fmt.Errorf("record version %d of %s: %w", n, e.ID, err)
 	}
 	return v, nil
 }
 
 // materialOf opens an inline entry's stored material; nil for a file entry.
-func (s *Service) materialOf(e *repo.Entry) (cert, key secret.PEM, err error) {
+func (s *Service) materialOf(ctx context.Context, e *repo.Entry) (cert, key secret.PEM, err error) {
 	if e == nil || e.Source != SourceInline {
 		return nil, nil, nil
 	}
-	return s.Open(e)
+	return s.Open(ctx, e)
 }
 
 // maxCreateAttempts bounds how often a create reads the history again after a writer of

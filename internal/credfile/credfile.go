@@ -11,6 +11,9 @@ package credfile
 
 import (
 	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -35,10 +38,13 @@ const FileName = "credentials.json"
 // TenantsDir holds the files of the tenants other than DefaultTenant, one directory each.
 const TenantsDir = "tenants"
 
-// Format identifies the file; Version is the only version written and read.
+// Format identifies the file. Version is the format written: 2, sealed under the file key
+// of the tenant's own key, which the header carries wrapped under the master key. Version 1
+// files, sealed under the master key itself, are still read.
 const (
-	Format  = sealing.FileFormat
-	Version = 1
+	Format   = sealing.FileFormat
+	Version  = 2
+	Version1 = 1
 	// Cipher names the whole-file encryption in the header, for people reading it.
 	Cipher = "AES-256-GCM"
 )
@@ -67,8 +73,22 @@ type Header struct {
 	Version    int    `json:"version"`
 	Tenant     string `json:"tenant"`
 	Generation int64  `json:"generation"`
-	KeyID      string `json:"keyId"`
-	Cipher     string `json:"cipher"`
+	// KeyID names the key that sealed the file: the file key of a tenant key version
+	// (version 2), or a master key (version 1).
+	KeyID string `json:"keyId"`
+	// TenantKey (version 2) is the tenant key version the file key derives from, wrapped
+	// under the master key it names: what the master key alone needs to open the file.
+	TenantKey *TenantKeyRef `json:"tenantKey,omitempty"`
+	Cipher    string        `json:"cipher"`
+}
+
+// TenantKeyRef is a tenant key version as a file's header carries it: wrapped (base64)
+// under the master key MasterKeyID, bound to the tenant and version
+// (sealing.TenantKeyWrap).
+type TenantKeyRef struct {
+	Version     int    `json:"version"`
+	MasterKeyID string `json:"masterKeyId"`
+	Wrapped     string `json:"wrapped"`
 }
 
 // file is the whole file: the header fields, then the sealed document.
@@ -78,16 +98,27 @@ type file struct {
 	Ciphertext string `json:"ciphertext"`
 }
 
-// AAD returns the header bytes authenticated with the ciphertext (besides the key ID,
-// which the envelope binds itself): "loopze-credentials/v1", NUL, tenant, NUL, generation
-// in decimal. docs/credentials-format.md describes the exact bytes.
-func (h Header) AAD() []byte { return sealing.File(h.Version, h.Tenant, h.Generation) }
+// AAD returns the header bytes authenticated with the ciphertext. Version 1: the format and
+// version, tenant and generation (the envelope binds the key ID itself). Version 2: those,
+// the key ID and the tenant key reference too. docs/credentials-format.md gives the bytes.
+func (h Header) AAD() []byte {
+	if h.Version == Version1 || h.TenantKey == nil {
+		return sealing.File(h.Version, h.Tenant, h.Generation)
+	}
+	return sealing.FileWithKey(h.Version, h.Tenant, h.Generation, h.KeyID,
+		h.TenantKey.Version, h.TenantKey.MasterKeyID, h.TenantKey.Wrapped)
+}
 
 func (h Header) check() error {
 	if h.Format != Format {
 		return fmt.Errorf("%w: format is not %q", ErrNotCredentialsFile, Format)
 	}
-	if h.Version != Version {
+	switch {
+	case h.Version == Version1:
+	case h.Version == Version && h.TenantKey != nil && h.TenantKey.Version > 0 && h.TenantKey.MasterKeyID != "" && h.TenantKey.Wrapped != "":
+	case h.Version == Version:
+		return fmt.Errorf("%w: header lacks its tenant key", ErrNotCredentialsFile)
+	default:
 		return fmt.Errorf("%w: unsupported version %d", ErrNotCredentialsFile, h.Version)
 	}
 	if h.Tenant == "" || h.KeyID == "" || h.Generation < 0 {
@@ -201,15 +232,34 @@ func (c NodeCredential) LogValue() slog.Value {
 	return slog.StringValue("node " + c.NodeID + " credential " + c.Name)
 }
 
-// Seal encrypts doc under ring's current key and returns the file's bytes and header.
-// doc.Tenant and doc.Generation go into the header. It encodes doc with the encoder the
-// export job uses (EncodeDocument), element by element.
-func Seal(ring *envelope.Ring, doc *Document) ([]byte, Header, error) {
+// FileKey seals a tenant's version 2 files: the file key of a tenant key version, and that
+// version as the header carries it (wrapped under the master key).
+type FileKey struct {
+	Key       secret.Bytes
+	TenantKey TenantKeyRef
+}
+
+// ID names a file key in a header: the first 8 bytes of its SHA-256, hex.
+func (k FileKey) ID() string { return envelope.KeyIDOf(k.Key) }
+
+// Seal encrypts doc under k and returns the file's bytes and header. doc.Tenant and
+// doc.Generation go into the header. It encodes doc with the encoder the export job uses
+// (EncodeDocument), element by element.
+func Seal(k FileKey, doc *Document) ([]byte, Header, error) {
+	enc, err := encode(doc)
+	if err != nil {
+		return nil, Header{}, err
+	}
+	return enc.Seal(k)
+}
+
+// encode is doc through EncodeDocument.
+func encode(doc *Document) (*Encoded, error) {
 	entries := make([][]byte, len(doc.Entries))
 	for i, e := range doc.Entries {
 		b, err := EncodeEntry(e)
 		if err != nil {
-			return nil, Header{}, err
+			return nil, err
 		}
 		entries[i] = b
 	}
@@ -217,7 +267,7 @@ func Seal(ring *envelope.Ring, doc *Document) ([]byte, Header, error) {
 	for i, c := range doc.NodeCredentials {
 		b, err := EncodeNodeCredential(c)
 		if err != nil {
-			return nil, Header{}, err
+			return nil, err
 		}
 		creds[i] = b
 	}
@@ -229,28 +279,46 @@ func Seal(ring *envelope.Ring, doc *Document) ([]byte, Header, error) {
 		clear(b)
 	}
 	if err != nil {
-		return nil, Header{}, fmt.Errorf("encode credentials of %s: %w", doc.Tenant, err)
+		return nil, fmt.Errorf("encode credentials of %s: %w", doc.Tenant, err)
 	}
-	return enc.Seal(ring)
+	return enc, nil
 }
 
-// Seal encrypts the encoded document under ring's current key and returns the file's bytes
-// and header. The document in clear is released once sealed, before the file's bytes are
-// made: sealing holds at most two copies of a tenant's document at once (sealed, and the
-// sealed in base64), not three.
-func (d *Encoded) Seal(ring *envelope.Ring) ([]byte, Header, error) {
-	h := Header{Format: Format, Version: Version, Tenant: d.Tenant, Generation: d.Generation, Cipher: Cipher}
-	keyID, sealed, err := ring.SealWithCurrent(d.plain, h.AAD())
-	d.Release()
+// Seal encrypts the encoded document under k (AES-256-GCM, a random nonce) and returns the
+// file's bytes and header. The document in clear is released once sealed, before the
+// file's bytes are made: sealing holds at most two copies of a tenant's document at once
+// (sealed, and the sealed in base64), not three.
+func (d *Encoded) Seal(k FileKey) ([]byte, Header, error) {
+	defer d.Release()
+	ref := k.TenantKey
+	h := Header{Format: Format, Version: Version, Tenant: d.Tenant, Generation: d.Generation, KeyID: k.ID(),
+		TenantKey: &ref, Cipher: Cipher}
+	aead, err := fileAEAD(k.Key)
 	if err != nil {
 		return nil, Header{}, fmt.Errorf("seal credentials of %s: %w", h.Tenant, err)
 	}
-	h.KeyID = keyID
+	sealed := make([]byte, aead.NonceSize(), aead.NonceSize()+len(d.plain)+aead.Overhead())
+	if _, err := rand.Read(sealed); err != nil {
+		return nil, Header{}, fmt.Errorf("seal credentials of %s: nonce: %w", h.Tenant, err)
+	}
+	sealed = aead.Seal(sealed, sealed, d.plain, h.AAD())
+	d.Release()
 	out, err := encodeFile(h, sealed)
 	if err != nil {
 		return nil, Header{}, fmt.Errorf("encode credentials file of %s: %w", h.Tenant, err)
 	}
 	return out, h, nil
+}
+
+func fileAEAD(key []byte) (cipher.AEAD, error) {
+	if len(key) != sealing.TenantKeySize {
+		return nil, fmt.Errorf("a file key is %d bytes, want %d", len(key), sealing.TenantKeySize)
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
 }
 
 // encodeFile writes what json.MarshalIndent(file{...}, "", "  ") writes, without making the
@@ -333,11 +401,57 @@ func parseFile(data []byte) (file, error) {
 	return f, nil
 }
 
-// Open decrypts a file's bytes with ring and returns its document. The header must name
+// Keys are what open files.
+type Keys struct {
+	// Ring holds master keys from files (loopze.key): it opens version 1 files, sealed
+	// under a master key, and version 2 files by unwrapping the tenant key their header
+	// carries. Nil when the opener holds no master key (a runtime key only).
+	Ring *envelope.Ring
+	// FileKey, when set, returns the file key a version 2 header names: from a runtime
+	// key file, or through a master key the Ring does not hold (one in a token). An error
+	// wrapping envelope.ErrUnknownKey lets Ring try.
+	FileKey func(h Header) (secret.Bytes, error)
+}
+
+// fileKey is the key that opens the version 2 file whose header is h.
+func (k Keys) fileKey(h Header) (secret.Bytes, error) {
+	var errs []error
+	if k.FileKey != nil {
+		fk, err := k.FileKey(h)
+		if err == nil {
+			return fk, nil
+		}
+		if !errors.Is(err, envelope.ErrUnknownKey) {
+			return nil, err
+		}
+		errs = append(errs, err)
+	}
+	if k.Ring != nil {
+		ref := h.TenantKey
+		wrapped, err := base64.StdEncoding.DecodeString(ref.Wrapped)
+		if err != nil {
+			return nil, fmt.Errorf("%w: the wrapped tenant key is not base64", ErrNotCredentialsFile)
+		}
+		root, err := k.Ring.UnwrapKey(ref.MasterKeyID, wrapped, sealing.TenantKeyWrap(h.Tenant, ref.Version))
+		if err == nil {
+			defer clear(root)
+			return sealing.DeriveTenantKey(root, sealing.PurposeFile, h.Tenant, ref.Version)
+		}
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		return nil, fmt.Errorf("the file is sealed under version %d of %s's key (file key %s), and no key to open it was given: %w",
+			h.TenantKey.Version, h.Tenant, h.KeyID, envelope.ErrUnknownKey)
+	}
+	return nil, errors.Join(errs...)
+}
+
+// Open decrypts a file's bytes with keys and returns its document. The header must name
 // tenant (ErrWrongTenant otherwise); an empty tenant accepts any. Errors wrap
-// envelope.ErrUnknownKey when ring lacks the file's key, envelope.ErrDecrypt when the file
-// was altered, and ErrNotCredentialsFile when it is not a credentials file at all.
-func Open(ring *envelope.Ring, data []byte, tenant string) (*Document, Header, error) {
+// envelope.ErrUnknownKey when keys lack the file's key (the message says which),
+// envelope.ErrDecrypt when the file was altered, and ErrNotCredentialsFile when it is not a
+// credentials file at all.
+func Open(keys Keys, data []byte, tenant string) (*Document, Header, error) {
 	f, err := parseFile(data)
 	if err != nil {
 		return nil, Header{}, err
@@ -349,7 +463,22 @@ func Open(ring *envelope.Ring, data []byte, tenant string) (*Document, Header, e
 	if err != nil {
 		return nil, f.Header, fmt.Errorf("%w: ciphertext is not base64", ErrNotCredentialsFile)
 	}
-	plain, err := ring.OpenWith(f.KeyID, sealed, f.Header.AAD())
+	var plain []byte
+	switch f.Version {
+	case Version1:
+		if keys.Ring == nil {
+			return nil, f.Header, fmt.Errorf("decrypt credentials of %s: a version 1 file opens with the master key (loopze.key) only: %w",
+				f.Tenant, envelope.ErrUnknownKey)
+		}
+		plain, err = keys.Ring.OpenWith(f.KeyID, sealed, f.Header.AAD())
+	default:
+		var fk secret.Bytes
+		if fk, err = keys.fileKey(f.Header); err != nil {
+			return nil, f.Header, fmt.Errorf("decrypt credentials of %s: %w", f.Tenant, err)
+		}
+		plain, err = openFile(fk, f.Header, sealed)
+		clear(fk)
+	}
 	if err != nil {
 		return nil, f.Header, fmt.Errorf("decrypt credentials of %s: %w", f.Tenant, err)
 	}
@@ -363,4 +492,23 @@ func Open(ring *envelope.Ring, data []byte, tenant string) (*Document, Header, e
 		return nil, f.Header, fmt.Errorf("%w: document and header disagree", ErrNotCredentialsFile)
 	}
 	return &doc, f.Header, nil
+}
+
+// openFile opens a version 2 file's sealed bytes under its file key.
+func openFile(fk []byte, h Header, sealed []byte) ([]byte, error) {
+	if envelope.KeyIDOf(fk) != h.KeyID {
+		return nil, fmt.Errorf("the file key %s is not the %s the header names: %w", envelope.KeyIDOf(fk), h.KeyID, envelope.ErrUnknownKey)
+	}
+	aead, err := fileAEAD(fk)
+	if err != nil {
+		return nil, err
+	}
+	if len(sealed) < aead.NonceSize()+aead.Overhead() {
+		return nil, fmt.Errorf("%w: the sealed document is truncated", envelope.ErrMalformed)
+	}
+	plain, err := aead.Open(nil, sealed[:aead.NonceSize()], sealed[aead.NonceSize():], h.AAD())
+	if err != nil {
+		return nil, envelope.ErrDecrypt
+	}
+	return plain, nil
 }

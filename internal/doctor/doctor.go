@@ -26,9 +26,11 @@ import (
 	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/masterkey"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/sealing"
+	"github.com/loopze/certstore/internal/tenantkey"
 )
 
 // Status is the outcome of one check.
@@ -76,8 +78,15 @@ type Doctor struct {
 	Pool *pgxpool.Pool
 	// PoolErr says why Pool is nil, for the report.
 	PoolErr error
-	// DataDir holds the key and the files.
+	// DataDir holds the files (and the master key file, when that is where it lives).
 	DataDir string
+	// Keys are the tenant keys under the master keyring; nil fails the key checks.
+	Keys *tenantkey.Keys
+	// KeysErr says why Keys is nil (the master key could not be opened), for the report.
+	KeysErr error
+	// MasterKey is where the master key lives; the zero value is loopze.key in DataDir.
+	// Its files are checked (present, mode 0600); a key in a token has none.
+	MasterKey masterkey.Source
 	// Roots confines file-sourced paths, as for the API.
 	Roots material.Roots
 	// ExpiringWithin is how far ahead expiry is reported; DefaultExpiringWithin when zero,
@@ -106,7 +115,7 @@ func (d *Doctor) add(check string, st Status, subject, format string, args ...an
 func (d *Doctor) Run(ctx context.Context) Report {
 	d.report = Report{}
 	d.checkKeyFiles()
-	ring := d.loadKeys()
+	keys := d.loadKeys()
 	if d.Pool == nil {
 		reason := "no database to check"
 		if d.PoolErr != nil {
@@ -120,8 +129,8 @@ func (d *Doctor) Run(ctx context.Context) Report {
 		}
 		d.checkFileRoots(tenants)
 		for _, t := range tenants {
-			d.checkFile(ring, t)
-			d.checkRows(ctx, ring, t.ID)
+			d.checkFile(ctx, keys, t)
+			d.checkRows(ctx, keys, t.ID)
 		}
 	}
 	for _, c := range d.report.Checks {
@@ -136,20 +145,35 @@ func (d *Doctor) Run(ctx context.Context) Report {
 	return d.report
 }
 
-// checkKeyFiles checks loopze.key (and loopze.key.next) exist with mode 0600.
+// checkKeyFiles checks the master key's files (loopze.key, and loopze.key.next during a
+// rotation) exist with mode 0600; a key in a PKCS#11 token has none to check.
 func (d *Doctor) checkKeyFiles() {
-	for _, name := range []string{envelope.KeyFile, envelope.NextKeyFile} {
-		path := filepath.Join(d.DataDir, name)
+	src := d.MasterKey
+	switch src.Kind {
+	case masterkey.KindPKCS11:
+		d.add("key-file", OK, src.PKCS11.String(), "the master key lives in a PKCS#11 token: no key file")
+		return
+	case "":
+		src = masterkey.Source{Kind: masterkey.KindFile, Path: filepath.Join(d.DataDir, envelope.KeyFile),
+			NextPath: filepath.Join(d.DataDir, envelope.NextKeyFile)}
+	}
+	for _, path := range []string{src.Path, src.NextPath} {
+		next := path == src.NextPath
 		info, err := os.Stat(path)
 		switch {
-		case errors.Is(err, fs.ErrNotExist) && name == envelope.NextKeyFile:
+		case errors.Is(err, fs.ErrNotExist) && next:
 			continue
 		case err != nil:
 			d.add("key-file", Fail, path, "%v", err)
 			continue
 		}
-		if name == envelope.NextKeyFile {
+		if next {
 			d.add("key-file", Warn, path, "a master key rotation is under way or was interrupted: run rotate-key to finish it")
+		}
+		if src.Credential && !next {
+			// systemd owns the credential's mode and decrypts it for the unit alone.
+			d.add("key-file", OK, path, "the master key is a systemd credential")
+			continue
 		}
 		d.checkMode("key-file", path, info)
 	}
@@ -194,18 +218,17 @@ func (d *Doctor) checkMode(check, path string, info fs.FileInfo) {
 	d.add(check, OK, path, "mode %#o", mode)
 }
 
-func (d *Doctor) loadKeys() *envelope.Ring {
-	logger := d.Logger
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
-	ring, err := envelope.LoadExisting(d.DataDir, logger)
-	if err != nil {
-		d.add("key", Fail, d.DataDir, "%v", err)
+func (d *Doctor) loadKeys() *tenantkey.Keys {
+	if d.Keys == nil {
+		reason := "no master key to check with"
+		if d.KeysErr != nil {
+			reason = d.KeysErr.Error()
+		}
+		d.add("key", Fail, d.DataDir, "%s", reason)
 		return nil
 	}
-	d.add("key", OK, d.DataDir, "loaded; current key %s, keys %v", ring.CurrentKeyID(), ring.KeyIDs())
-	return ring
+	d.add("key", OK, d.DataDir, "master key loaded; current %s, keys %v", d.Keys.Master.Current().ID(), d.Keys.Master.IDs())
+	return d.Keys
 }
 
 func (d *Doctor) checkDatabase(ctx context.Context) bool {
@@ -223,7 +246,7 @@ func (d *Doctor) checkDatabase(ctx context.Context) bool {
 }
 
 // checkFile checks a tenant's file: present, 0600, decrypts, at the database's generation.
-func (d *Doctor) checkFile(ring *envelope.Ring, t repo.Tenant) {
+func (d *Doctor) checkFile(ctx context.Context, keys *tenantkey.Keys, t repo.Tenant) {
 	path := credfile.Path(d.DataDir, t.ID)
 	info, err := os.Stat(path)
 	if err != nil {
@@ -236,14 +259,20 @@ func (d *Doctor) checkFile(ring *envelope.Ring, t repo.Tenant) {
 		d.add("credentials-file", Fail, path, "%v", err)
 		return
 	}
-	var h credfile.Header
-	if ring == nil {
+	var (
+		h       credfile.Header
+		current credfile.FileKey
+	)
+	if keys == nil {
 		if h, err = credfile.ParseHeader(data); err != nil {
 			d.add("credentials-file", Fail, path, "%v", err)
 			return
 		}
-	} else if _, h, err = credfile.Open(ring, data, t.ID); err != nil {
+	} else if _, h, err = credfile.Open(keys.Opener(), data, t.ID); err != nil {
 		d.add("credentials-file", Fail, path, "does not decrypt: %v", err)
+		return
+	} else if current, err = keys.FileKey(ctx, t.ID); err != nil {
+		d.add("credentials-file", Fail, path, "the tenant's key: %v", err)
 		return
 	}
 	switch {
@@ -251,8 +280,9 @@ func (d *Doctor) checkFile(ring *envelope.Ring, t repo.Tenant) {
 		d.add("credentials-file", Fail, path, "generation %d is behind the database's %d: is the export job running? (loopze-certs export writes it now)", h.Generation, t.Generation)
 	case h.Generation > t.Generation:
 		d.add("credentials-file", Fail, path, "generation %d is ahead of the database's %d: the database is older than the file (restored from an older backup?)", h.Generation, t.Generation)
-	case ring != nil && h.KeyID != ring.CurrentKeyID():
-		d.add("credentials-file", Warn, path, "sealed under key %s, not the current %s: the next export rewrites it", h.KeyID, ring.CurrentKeyID())
+	case keys != nil && (h.Version != credfile.Version || h.KeyID != current.ID() || *h.TenantKey != current.TenantKey):
+		d.add("credentials-file", Warn, path, "sealed under key %s, not the tenant's current %s (master key %s): the next export rewrites it",
+			h.KeyID, current.ID(), current.TenantKey.MasterKeyID)
 	default:
 		d.add("credentials-file", OK, path, "decrypts; generation %d, key %s", h.Generation, h.KeyID)
 	}
@@ -260,7 +290,7 @@ func (d *Doctor) checkFile(ring *envelope.Ring, t repo.Tenant) {
 
 // checkRows opens every sealed row of a tenant, reads its file-sourced material, and lists
 // expired and expiring entries.
-func (d *Doctor) checkRows(ctx context.Context, ring *envelope.Ring, tenant string) {
+func (d *Doctor) checkRows(ctx context.Context, keys *tenantkey.Keys, tenant string) {
 	var (
 		entries  []*repo.Entry
 		versions []*repo.Version
@@ -280,6 +310,13 @@ func (d *Doctor) checkRows(ctx context.Context, ring *envelope.Ring, tenant stri
 	if err != nil {
 		d.add("rows", Fail, tenant, "read rows: %v", err)
 		return
+	}
+	var ring *envelope.Ring
+	if keys != nil {
+		if ring, err = keys.Ring(ctx, tenant); err != nil {
+			d.add("rows", Fail, tenant, "the tenant's key: %v", err)
+			return
+		}
 	}
 	now := d.now()
 	failures := 0
@@ -326,9 +363,24 @@ func (d *Doctor) checkRows(ctx context.Context, ring *envelope.Ring, tenant stri
 			}
 		}
 	}
+	legacy := 0
+	if ring != nil {
+		for _, e := range entries {
+			if e.Sealed.KeyID != "" && e.Sealed.KeyID != ring.CurrentKeyID() {
+				legacy++
+			}
+		}
+		for _, s := range secrets {
+			if s.KeyID != ring.CurrentKeyID() {
+				legacy++
+			}
+		}
+	}
 	switch {
 	case ring == nil:
 		d.add("rows", Fail, tenant, "not checked: the master key does not load")
+	case failures == 0 && legacy > 0:
+		d.add("rows", Warn, tenant, "%d row(s) are sealed under an older key than the tenant's current one: the server moves them at start, rotate-key --tenant %s moves them now", legacy, tenant)
 	case failures > maxRowFailures:
 		d.add("rows", Fail, tenant, "%d more row(s) do not decrypt", failures-maxRowFailures)
 	case failures == 0:

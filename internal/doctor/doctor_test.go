@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/catalog"
@@ -17,14 +18,18 @@ import (
 	"github.com/loopze/certstore/internal/doctor"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
+	"github.com/loopze/certstore/internal/masterkey"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/material/materialtest"
+	"github.com/loopze/certstore/internal/tenantkey"
+	"github.com/loopze/certstore/internal/tenantkey/tenantkeytest"
 	"github.com/loopze/certstore/internal/testdb"
 )
 
 func TestMain(m *testing.M) { testdb.Main(m) }
 
 type fixture struct {
+	pool    *pgxpool.Pool
 	doctor  *doctor.Doctor
 	catalog *catalog.Service
 	export  *fileexport.Exporter
@@ -42,13 +47,13 @@ func healthy(t *testing.T) *fixture {
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
 	dir := t.TempDir()
-	ring, err := envelope.Load(dir, nil)
-	require.NoError(t, err)
+	keys := tenantkeytest.New(t, pool, dir)
 	f := &fixture{
+		pool: pool,
 		// Tenants other than the default read files only inside LOOPZE_FILE_ROOTS.
 		doctor:  &doctor.Doctor{Pool: pool, DataDir: dir, Roots: material.Roots{os.TempDir()}},
-		catalog: &catalog.Service{Pool: pool, Ring: ring, Roots: material.Roots{os.TempDir()}, Logger: slog.New(slog.DiscardHandler)},
-		export:  &fileexport.Exporter{Pool: pool, Ring: ring, DataDir: dir},
+		catalog: &catalog.Service{Pool: pool, Keys: keys, Roots: material.Roots{os.TempDir()}, Logger: slog.New(slog.DiscardHandler)},
+		export:  &fileexport.Exporter{Pool: pool, Keys: keys, DataDir: dir},
 		dataDir: dir, fileDir: t.TempDir(),
 	}
 	year := materialtest.Options{NotAfter: time.Now().Add(365 * 24 * time.Hour)}
@@ -81,6 +86,32 @@ func (f *fixture) reexport(t *testing.T) {
 	require.NoError(t, err)
 }
 
+// keysNow opens the master key as `loopze-certs doctor` does, after a case broke the
+// store: a missing key file is an error, not a new key.
+func keysNow(t *testing.T, pool *pgxpool.Pool, dir string) (*tenantkey.Keys, error) {
+	t.Helper()
+	uri := os.Getenv(tenantkeytest.EnvMasterKeyURI)
+	if uri == "" {
+		if _, err := os.Stat(filepath.Join(dir, envelope.KeyFile)); err != nil {
+			return nil, err
+		}
+	}
+	master, err := masterkey.Open(uri, dir, os.Getenv, nil)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { _ = master.Close() })
+	return &tenantkey.Keys{Pool: pool, Master: master}, nil
+}
+
+// keyFileOnly skips a case about the master key file when the tests keep the master key
+// in a token.
+func keyFileOnly(t *testing.T) {
+	if os.Getenv(tenantkeytest.EnvMasterKeyURI) != "" {
+		t.Skip("the master key is in a token: no key file")
+	}
+}
+
 func TestDoctor(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
@@ -92,6 +123,7 @@ func TestDoctor(t *testing.T) {
 	}{
 		{"healthy", func(*testing.T, *fixture) {}, "", doctor.OK, ""},
 		{"key file 0644", func(t *testing.T, f *fixture) {
+			keyFileOnly(t)
 			require.NoError(t, os.Chmod(filepath.Join(f.dataDir, "loopze.key"), 0o644))
 		}, "key-file", doctor.Fail, "loopze.key"},
 		{"credentials file 0640", func(t *testing.T, f *fixture) {
@@ -107,15 +139,17 @@ func TestDoctor(t *testing.T) {
 			require.NoError(t, os.WriteFile(filepath.Join(f.dataDir, "tenants", "acme", "credentials.json"), []byte("{}"), 0o600))
 		}, "credentials-file", doctor.Fail, "credentials.json"},
 		{"key missing", func(t *testing.T, f *fixture) {
+			keyFileOnly(t)
 			require.NoError(t, os.Remove(filepath.Join(f.dataDir, "loopze.key")))
 		}, "key", doctor.Fail, ""},
 		{"another key", func(t *testing.T, f *fixture) {
+			keyFileOnly(t)
 			path := filepath.Join(f.dataDir, "loopze.key")
 			require.NoError(t, os.Remove(path))
 			key, err := envelope.GenerateKey()
 			require.NoError(t, err)
 			require.NoError(t, envelope.WriteKeyFile(path, key))
-		}, "rows", doctor.Fail, "acme/inline"},
+		}, "rows", doctor.Fail, "acme"},
 		{"file material gone", func(t *testing.T, f *fixture) {
 			require.NoError(t, os.RemoveAll(f.fileDir))
 		}, "file-material", doctor.Fail, "acme/onfile"},
@@ -131,6 +165,7 @@ func TestDoctor(t *testing.T) {
 			f.doctor.Roots = nil
 		}, "file-roots", doctor.Warn, "LOOPZE_FILE_ROOTS"},
 		{"rotation interrupted", func(t *testing.T, f *fixture) {
+			keyFileOnly(t)
 			key, err := envelope.GenerateKey()
 			require.NoError(t, err)
 			require.NoError(t, envelope.WriteKeyFile(filepath.Join(f.dataDir, "loopze.key.next"), key))
@@ -141,6 +176,7 @@ func TestDoctor(t *testing.T) {
 			t.Parallel()
 			f := healthy(t)
 			tc.break_(t, f)
+			f.doctor.Keys, f.doctor.KeysErr = keysNow(t, f.pool, f.dataDir)
 			rep := f.doctor.Run(context.Background())
 			if tc.status == doctor.OK {
 				require.True(t, rep.OK, "%+v", rep.Checks)
@@ -166,8 +202,10 @@ func TestDoctor(t *testing.T) {
 
 func TestReportOutputs(t *testing.T) {
 	t.Parallel()
+	keyFileOnly(t)
 	f := healthy(t)
 	require.NoError(t, os.Chmod(filepath.Join(f.dataDir, "loopze.key"), 0o644))
+	f.doctor.Keys, f.doctor.KeysErr = keysNow(t, f.pool, f.dataDir)
 	rep := f.doctor.Run(context.Background())
 
 	var js bytes.Buffer
@@ -195,20 +233,19 @@ func TestFileRootsFindingNeedsAnotherTenant(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
 	dir := t.TempDir()
-	ring, err := envelope.Load(dir, nil)
-	require.NoError(t, err)
-	cat := &catalog.Service{Pool: pool, Ring: ring, Logger: slog.New(slog.DiscardHandler)}
+	keys := tenantkeytest.New(t, pool, dir)
+	cat := &catalog.Service{Pool: pool, Keys: keys, Logger: slog.New(slog.DiscardHandler)}
 	cert, key := materialtest.Pair(t, materialtest.Options{NotAfter: time.Now().Add(365 * 24 * time.Hour)})
 	certPath := materialtest.WriteFile(t, t.TempDir(), "c.pem", cert)
 	keyPath := materialtest.WriteFile(t, t.TempDir(), "k.pem", key)
 	_, err = cat.Create(ctx, material.DefaultTenant, catalog.Input{ID: "onfile", Name: s("on file"), Type: s("client-pair"),
 		Source: s("file"), CertPath: &certPath, KeyPath: &keyPath})
 	require.NoError(t, err)
-	export := &fileexport.Exporter{Pool: pool, Ring: ring, DataDir: dir}
+	export := &fileexport.Exporter{Pool: pool, Keys: keys, DataDir: dir}
 	_, err = export.ExportAll(ctx, false)
 	require.NoError(t, err)
 
-	d := &doctor.Doctor{Pool: pool, DataDir: dir}
+	d := &doctor.Doctor{Pool: pool, DataDir: dir, Keys: keys}
 	rep := d.Run(ctx)
 	require.True(t, rep.OK, "%+v", rep.Checks)
 

@@ -25,7 +25,9 @@ import (
 // A Ring prints only key IDs, never key material, whatever the verb or logger.
 type Ring struct {
 	dataDir string // empty for a ring built by NewRing: Reload has nothing to read
-	logger  *slog.Logger
+	// load, for a ring of NewLoadedRing, reads its keys again on Reload.
+	load   func() (current []byte, others [][]byte, err error)
+	logger *slog.Logger
 
 	// keys is replaced, never mutated, so readers need no lock.
 	keys atomic.Pointer[keySet]
@@ -97,6 +99,58 @@ func NewRing(current []byte, others ...[]byte) (*Ring, error) {
 	return r, nil
 }
 
+// NewLoadedRing builds a ring from the keys load returns (current seals, others only
+// open), and reads them again from load on Reload, so a key another process added (a
+// tenant key rotated on another replica) becomes usable without a restart. The keys of
+// fallback, when given, are kept for opening only: the master keys values were sealed
+// under before the ring's own keys existed.
+func NewLoadedRing(load func() (current []byte, others [][]byte, err error), fallback *Ring) (*Ring, error) {
+	r := &Ring{load: load, logger: slog.New(slog.DiscardHandler)}
+	ks, err := r.loaded(nil, fallback)
+	if err != nil {
+		return nil, err
+	}
+	r.keys.Store(ks)
+	return r, nil
+}
+
+// loaded builds the key set load describes, on top of prev's keys and fallback's.
+func (r *Ring) loaded(prev *keySet, fallback *Ring) (*keySet, error) {
+	current, others, err := r.load()
+	if err != nil {
+		return nil, fmt.Errorf("load keys: %w", err)
+	}
+	cur, err := newMasterKey(current)
+	if err != nil {
+		return nil, fmt.Errorf("load keys: current key: %w", err)
+	}
+	byID := map[string]*masterKey{}
+	if prev != nil {
+		byID = maps.Clone(prev.byID)
+	}
+	if fallback != nil {
+		for id, mk := range fallback.keys.Load().byID {
+			if _, ok := byID[id]; !ok {
+				byID[id] = mk
+			}
+		}
+	}
+	if old, ok := byID[cur.id]; ok {
+		cur = old // the instance running calls already use
+	}
+	byID[cur.id] = cur
+	for i, k := range others {
+		mk, err := newMasterKey(k)
+		if err != nil {
+			return nil, fmt.Errorf("load keys: other key %d: %w", i, err)
+		}
+		if _, ok := byID[mk.id]; !ok {
+			byID[mk.id] = mk
+		}
+	}
+	return &keySet{current: cur, byID: byID}, nil
+}
+
 // Load reads the master key files from dataDir, creating dataDir and loopze.key on first
 // boot. When loopze.key.next exists it is the current key and loopze.key stays for opening.
 // Key files readable by group or others are logged as a warning, not refused.
@@ -124,19 +178,28 @@ func load(dataDir string, logger *slog.Logger, create bool) (*Ring, error) {
 	return r, nil
 }
 
-// Reload re-reads the key files from the data directory, so a key written by another
-// process (a rotation, another replica) becomes usable without a restart. Keys already in
+// Reload re-reads the key files from the data directory (or a loaded ring's keys from its
+// load), so a key written by another process (a rotation, another replica) becomes usable
+// without a restart. Keys already in
 // the ring stay for opening even when their file is gone; the current key becomes
 // loopze.key.next when present, else loopze.key. On error the ring is unchanged. A ring
 // from NewRing has no directory and Reload returns nil.
 func (r *Ring) Reload() error {
-	if r.dataDir == "" {
+	if r.dataDir == "" && r.load == nil {
 		return nil
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	prev := r.keys.Load()
-	ks, err := r.readKeys(prev, false)
+	var (
+		ks  *keySet
+		err error
+	)
+	if r.load != nil {
+		ks, err = r.loaded(prev, nil)
+	} else {
+		ks, err = r.readKeys(prev, false)
+	}
 	if err != nil {
 		return fmt.Errorf("reload master key: %w", err)
 	}

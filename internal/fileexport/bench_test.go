@@ -23,7 +23,7 @@ import (
 func BenchmarkExportTenant10k(b *testing.B) {
 	bb := setupBench(b)
 	ctx := context.Background()
-	x := &Exporter{Pool: bb.pool, Ring: bb.ring, DataDir: bb.dataDir}
+	x := &Exporter{Pool: bb.pool, Keys: bb.keys, DataDir: bb.dataDir}
 	b.ResetTimer()
 	for b.Loop() {
 		res, err := x.ExportTenant(ctx, "big", true)
@@ -43,7 +43,7 @@ func BenchmarkExportTenant10kOneChange(b *testing.B) {
 		bytes int64
 	}{{"full", -1}, {"incremental", 0}} {
 		b.Run(bc.name, func(b *testing.B) {
-			x := &Exporter{Pool: bb.pool, Ring: bb.ring, DataDir: b.TempDir(), EncodedCacheBytes: bc.bytes}
+			x := &Exporter{Pool: bb.pool, Keys: bb.keys, DataDir: b.TempDir(), EncodedCacheBytes: bc.bytes}
 			_, err := x.ExportTenant(ctx, "big", false)
 			require.NoError(b, err)
 			i := 0
@@ -69,9 +69,10 @@ func setupBench(b *testing.B) *bundle {
 	m, issues := material.Inspect(material.ClientPair, secret.PEM(cert), secret.PEM(key), material.PEMFields, time.Now())
 	require.Empty(b, issues)
 	entries := make([]*repo.Entry, 0, 10000)
+	ring := bb.ring(b, "big")
 	for i := range 10000 {
 		id := fmt.Sprintf("entry-%05d", i)
-		sealed, err := sealing.SealPair(bb.ring, sealing.Place{Tenant: "big", EntryID: id}, cert, key)
+		sealed, err := sealing.SealPair(ring, sealing.Place{Tenant: "big", EntryID: id}, cert, key)
 		require.NoError(b, err)
 		entries = append(entries, &repo.Entry{TenantID: "big", ID: id, Name: id, Type: material.ClientPair,
 			Source: "inline", Sealed: sealed, Meta: m.Metadata, Version: 1})

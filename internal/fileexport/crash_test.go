@@ -20,8 +20,10 @@ import (
 
 	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/db"
-	"github.com/loopze/certstore/internal/envelope"
+	"github.com/loopze/certstore/internal/masterkey"
 	"github.com/loopze/certstore/internal/repo"
+	"github.com/loopze/certstore/internal/tenantkey"
+	"github.com/loopze/certstore/internal/tenantkey/tenantkeytest"
 )
 
 // The crash helper is this test binary re-executed: it exports one tenant in a loop, a
@@ -43,12 +45,12 @@ func runCrashHelper() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	ring, err := envelope.LoadExisting(os.Getenv(envCrashDir), logger)
+	master, err := masterkey.Open(os.Getenv(tenantkeytest.EnvMasterKeyURI), os.Getenv(envCrashDir), os.Getenv, logger)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	x := &Exporter{Pool: pool, Ring: ring, DataDir: os.Getenv(envCrashDir)}
+	x := &Exporter{Pool: pool, Keys: &tenantkey.Keys{Pool: pool, Master: master}, DataDir: os.Getenv(envCrashDir)}
 	// LOOPZE_FILEEXPORT_CRASH_AT is "<step>:<n>": SIGKILL at the n-th time the writer
 	// reaches that step. Empty: pause at random between steps until killed from outside.
 	var (
@@ -111,7 +113,7 @@ func TestExportSurvivesKillAtAnyPoint(t *testing.T) {
 		t.Helper()
 		data, err := os.ReadFile(path)
 		require.NoError(t, err, what)
-		doc, h, err := credfile.Open(b.ring, data, crashTenant)
+		doc, h, err := credfile.Open(b.keys.Opener(), data, crashTenant)
 		require.NoError(t, err, "%s: torn or damaged file", what)
 		require.Len(t, doc.Entries, entries, what)
 		require.GreaterOrEqual(t, h.Generation, lastGen, "%s: file went back in time", what)

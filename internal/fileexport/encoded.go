@@ -125,8 +125,8 @@ func (x *Exporter) encodedCacheFor() *encodedCache {
 
 // encodeEntry returns e's element of the document's entries array and keeps it under the
 // stamp of the row it was read from.
-func (x *Exporter) encodeEntry(tenant string, e *repo.Entry, st stamp) ([]byte, error) {
-	de, err := x.documentEntry(tenant, e)
+func (x *Exporter) encodeEntry(tenant string, ring *envelope.Ring, e *repo.Entry, st stamp) ([]byte, error) {
+	de, err := documentEntry(tenant, ring, e)
 	if err != nil {
 		return nil, err
 	}
@@ -140,13 +140,13 @@ func (x *Exporter) encodeEntry(tenant string, e *repo.Entry, st stamp) ([]byte, 
 
 // encodeNodeCredential returns s's element of the document's nodeCredentials array, from
 // the cache when its sealed bytes did not change.
-func (x *Exporter) encodeNodeCredential(tenant string, s repo.NodeSecret) ([]byte, error) {
+func (x *Exporter) encodeNodeCredential(tenant string, ring *envelope.Ring, s repo.NodeSecret) ([]byte, error) {
 	c := x.encodedCacheFor()
 	key, st := encodedKey{kind: kindNodeCredential, tenant: tenant, id: s.NodeID, name: s.Name}, stamp{sealed: envelope.Tag(s.Sealed)}
 	if b, ok := c.get(key, st); ok {
 		return b, nil
 	}
-	plain, err := sealing.Open(x.Ring, s.Sealed, sealing.NodeSecret(tenant, s.NodeID, s.Name))
+	plain, err := sealing.Open(ring, s.Sealed, sealing.NodeSecret(tenant, s.NodeID, s.Name))
 	if err != nil {
 		return nil, fmt.Errorf("open node %s credential %s: %w", s.NodeID, s.Name, err)
 	}

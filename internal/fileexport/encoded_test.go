@@ -29,7 +29,7 @@ func TestIncrementalExportMatchesFullExport(t *testing.T) {
 		b.createInline(t, "acme", id, "server-pair")
 	}
 	x := b.exporter(t)
-	full := &Exporter{Pool: b.pool, Ring: b.ring, DataDir: t.TempDir(), EncodedCacheBytes: -1}
+	full := &Exporter{Pool: b.pool, Keys: b.keys, DataDir: t.TempDir(), EncodedCacheBytes: -1}
 
 	same := func(t *testing.T) {
 		t.Helper()
@@ -37,8 +37,8 @@ func TestIncrementalExportMatchesFullExport(t *testing.T) {
 		require.NoError(t, err)
 		_, err = full.ExportTenant(ctx, "acme", true)
 		require.NoError(t, err)
-		got, gh := readDoc(t, b.ring, b.dataDir, "acme")
-		want, wh := readDoc(t, b.ring, full.DataDir, "acme")
+		got, gh := readDoc(t, b.keys, b.dataDir, "acme")
+		want, wh := readDoc(t, b.keys, full.DataDir, "acme")
 		require.Equal(t, wh.Generation, gh.Generation)
 		got.ExportedAt, want.ExportedAt = time.Time{}, time.Time{}
 		require.Equal(t, want, got)
@@ -54,7 +54,7 @@ func TestIncrementalExportMatchesFullExport(t *testing.T) {
 	same(t)
 	require.EqualValues(t, 1, x.cache.encoded.Load()-encoded, "one changed entry, one encoding")
 	require.EqualValues(t, 1, x.rowsRead.Load()-read, "one changed entry, one sealed row read")
-	doc, _ := readDoc(t, b.ring, b.dataDir, "acme")
+	doc, _ := readDoc(t, b.keys, b.dataDir, "acme")
 	require.Equal(t, "renewed", entryByID(doc, "e2").Notes)
 
 	encoded, read = x.cache.encoded.Load(), x.rowsRead.Load()
@@ -76,31 +76,32 @@ func TestIncrementalExportMatchesFullExport(t *testing.T) {
 	same(t)
 	require.EqualValues(t, 1, x.cache.encoded.Load()-encoded)
 	require.EqualValues(t, 1, x.rowsRead.Load()-read)
-	doc, _ = readDoc(t, b.ring, b.dataDir, "acme")
+	doc, _ = readDoc(t, b.keys, b.dataDir, "acme")
 	require.Nil(t, entryByID(doc, "e3"))
 
 	// A node credential sealed again under the same name: re-encoded from its new bytes.
-	sealed, err := b.ring.Seal([]byte("changed"), sealing.NodeSecret("acme", "n1", "password"))
+	ring := b.ring(t, "acme")
+	sealed, err := ring.Seal([]byte("changed"), sealing.NodeSecret("acme", "n1", "password"))
 	require.NoError(t, err)
 	require.NoError(t, db.InTenant(ctx, b.pool, "acme", func(tx pgx.Tx) error {
 		if _, err := repo.BumpGeneration(ctx, tx, "acme"); err != nil {
 			return err
 		}
-		return repo.UpsertNodeSecrets(ctx, tx, "acme", []repo.NodeSecret{{NodeID: "n1", Name: "password", Sealed: sealed, KeyID: b.ring.CurrentKeyID()}})
+		return repo.UpsertNodeSecrets(ctx, tx, "acme", []repo.NodeSecret{{NodeID: "n1", Name: "password", Sealed: sealed, KeyID: ring.CurrentKeyID()}})
 	}))
 	encoded = x.cache.encoded.Load()
 	same(t)
 	require.EqualValues(t, 1, x.cache.encoded.Load()-encoded)
-	doc, _ = readDoc(t, b.ring, b.dataDir, "acme")
+	doc, _ = readDoc(t, b.keys, b.dataDir, "acme")
 	require.Contains(t, doc.NodeCredentials, credfile.NodeCredential{NodeID: "n1", Name: "password", Value: "changed"})
 
 	// A restore of the first file brings back rows under the same IDs: nothing stale
 	// survives it.
-	im := &Importer{Pool: b.pool, Catalog: b.catalog, Ring: b.ring, Logger: testLogger(t)}
+	im := &Importer{Pool: b.pool, Catalog: b.catalog, Keys: b.keys, Logger: testLogger(t)}
 	_, err = im.Import(ctx, before, ImportOptions{Tenant: "acme", Replace: true})
 	require.NoError(t, err)
 	same(t)
-	doc, _ = readDoc(t, b.ring, b.dataDir, "acme")
+	doc, _ = readDoc(t, b.keys, b.dataDir, "acme")
 	require.Equal(t, "notes of e2", entryByID(doc, "e2").Notes)
 	require.NotNil(t, entryByID(doc, "e3"))
 	require.Contains(t, doc.NodeCredentials, credfile.NodeCredential{NodeID: "n1", Name: "password", Value: "s3cret"})

@@ -20,6 +20,7 @@ import (
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/sealing"
+	"github.com/loopze/certstore/internal/tenantkey"
 )
 
 // Exporter writes tenants' files from the database into one data directory. It is safe
@@ -30,8 +31,8 @@ import (
 type Exporter struct {
 	// Pool reaches the database.
 	Pool *pgxpool.Pool
-	// Ring opens the rows and seals the files (under its current key).
-	Ring *envelope.Ring
+	// Keys open each tenant's rows and seal its file, under that tenant's keys.
+	Keys *tenantkey.Keys
 	// DataDir is where the files go (see Path).
 	DataDir string
 	// Logger receives one line per file written.
@@ -243,8 +244,21 @@ func (x *Exporter) export(ctx context.Context, st *tenantState, tenant string, f
 	if err := repo.FoldChanges(ctx, x.Pool, tenant); err != nil && ctx.Err() == nil {
 		x.logger().Warn("fold generation changes", "tenant", tenant, "err", err)
 	}
-	doc, err := x.snapshot(ctx, tenant, func(gen int64) bool {
-		return !force && haveFile && onDisk.Generation == gen && onDisk.KeyID == x.Ring.CurrentKeyID()
+	fk, err := x.Keys.FileKey(ctx, tenant)
+	if err != nil {
+		return res, err
+	}
+	defer clear(fk.Key)
+	ring, err := x.Keys.Ring(ctx, tenant)
+	if err != nil {
+		return res, err
+	}
+	// A file is current when it holds the database's generation, sealed under the
+	// tenant's current key and carrying it wrapped under the current master key.
+	sealedNow := onDisk.Version == credfile.Version && onDisk.KeyID == fk.ID() && onDisk.TenantKey != nil &&
+		*onDisk.TenantKey == fk.TenantKey
+	doc, err := x.snapshot(ctx, tenant, ring, func(gen int64) bool {
+		return !force && haveFile && onDisk.Generation == gen && sealedNow
 	})
 	if err != nil {
 		return res, err
@@ -264,7 +278,7 @@ func (x *Exporter) export(ctx context.Context, st *tenantState, tenant string, f
 		x.logger().Warn("credentials file is ahead of the database; kept it aside and rewriting it from the database",
 			"tenant", tenant, "path", path, "kept_as", aside, "file_generation", onDisk.Generation, "db_generation", doc.Generation)
 	}
-	data, h, err := doc.Seal(x.Ring)
+	data, h, err := doc.Seal(fk)
 	if err != nil {
 		return res, err
 	}
@@ -331,14 +345,14 @@ func (s seenFile) same(info fs.FileInfo) bool {
 // the generation labels exactly the rows read, and encodes them as a document, reusing the
 // encodings of the rows that did not change since an earlier export. When
 // current(generation) is true it stops there and returns nil.
-func (x *Exporter) snapshot(ctx context.Context, tenant string, current func(int64) bool) (*credfile.Encoded, error) {
+func (x *Exporter) snapshot(ctx context.Context, tenant string, ring *envelope.Ring, current func(int64) bool) (*credfile.Encoded, error) {
 	return db.InTenantV(ctx, x.Pool, tenant, func(tx pgx.Tx) (*credfile.Encoded, error) {
-		return x.read(ctx, tx, tenant, current)
+		return x.read(ctx, tx, tenant, ring, current)
 	}, db.Snapshot())
 }
 
 // read encodes the tenant's document inside the snapshot transaction tx.
-func (x *Exporter) read(ctx context.Context, tx pgx.Tx, tenant string, current func(int64) bool) (*credfile.Encoded, error) {
+func (x *Exporter) read(ctx context.Context, tx pgx.Tx, tenant string, ring *envelope.Ring, current func(int64) bool) (*credfile.Encoded, error) {
 	gen, err := repo.GetGeneration(ctx, tx, tenant)
 	if err != nil {
 		return nil, err
@@ -346,7 +360,7 @@ func (x *Exporter) read(ctx context.Context, tx pgx.Tx, tenant string, current f
 	if current(gen) {
 		return nil, nil
 	}
-	encEntries, err := x.readEntries(ctx, tx, tenant)
+	encEntries, err := x.readEntries(ctx, tx, tenant, ring)
 	if err != nil {
 		return nil, err
 	}
@@ -368,7 +382,7 @@ func (x *Exporter) read(ctx context.Context, tx pgx.Tx, tenant string, current f
 	}
 	encCreds := make([][]byte, 0, len(secrets))
 	for i, s := range secrets {
-		b, err := x.encodeNodeCredential(tenant, s)
+		b, err := x.encodeNodeCredential(tenant, ring, s)
 		if err != nil {
 			return nil, err
 		}
@@ -387,7 +401,7 @@ func (x *Exporter) read(ctx context.Context, tx pgx.Tx, tenant string, current f
 // stamp did not move from the cache, and reads with their sealed material only the rows
 // that changed (all of them in one scan when most did): an export after one change reads
 // one sealed row, not the whole tenant.
-func (x *Exporter) readEntries(ctx context.Context, tx pgx.Tx, tenant string) ([][]byte, error) {
+func (x *Exporter) readEntries(ctx context.Context, tx pgx.Tx, tenant string, ring *envelope.Ring) ([][]byte, error) {
 	stamps, err := repo.ExportStamps(ctx, tx, tenant)
 	if err != nil {
 		return nil, err
@@ -424,7 +438,7 @@ func (x *Exporter) readEntries(ctx context.Context, tx pgx.Tx, tenant string) ([
 			continue // read by the whole scan, and its encoding is cached
 		}
 		st := rowStamp(repo.RowStamp{ID: e.ID, XMin: xmins[k], Version: e.Version, UpdatedAt: e.UpdatedAt})
-		if enc[i], err = x.encodeEntry(tenant, e, st); err != nil {
+		if enc[i], err = x.encodeEntry(tenant, ring, e, st); err != nil {
 			return nil, err
 		}
 		delete(missing, e.ID)
@@ -436,14 +450,14 @@ func (x *Exporter) readEntries(ctx context.Context, tx pgx.Tx, tenant string) ([
 	return enc, nil
 }
 
-func (x *Exporter) documentEntry(tenant string, e *repo.Entry) (credfile.Entry, error) {
+func documentEntry(tenant string, ring *envelope.Ring, e *repo.Entry) (credfile.Entry, error) {
 	de := credfile.Entry{
 		ID: e.ID, Name: e.Name, Type: string(e.Type), Source: e.Source, Notes: e.Notes,
 		CertPath: e.CertPath, KeyPath: e.KeyPath, PassphraseFile: e.PassphrasePath,
 		Metadata: e.Meta.InUTC(), CreatedAt: e.CreatedAt.UTC(), UpdatedAt: e.UpdatedAt.UTC(),
 	}
 	if len(e.Sealed.Cert) > 0 {
-		cert, key, err := sealing.OpenPair(x.Ring, sealing.Place{Tenant: tenant, EntryID: e.ID}, e.Sealed)
+		cert, key, err := sealing.OpenPair(ring, sealing.Place{Tenant: tenant, EntryID: e.ID}, e.Sealed)
 		if err != nil {
 			return credfile.Entry{}, err
 		}

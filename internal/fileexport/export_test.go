@@ -20,6 +20,8 @@ import (
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/sealing"
+	"github.com/loopze/certstore/internal/tenantkey"
+	"github.com/loopze/certstore/internal/tenantkey/tenantkeytest"
 	"github.com/loopze/certstore/internal/testdb"
 )
 
@@ -54,15 +56,18 @@ func TestExportTenant(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), info.Mode().Perm())
 
-	doc, h := readDoc(t, b.ring, b.dataDir, "acme")
+	doc, h := readDoc(t, b.keys, b.dataDir, "acme")
 	gen, err := repo.GetGeneration(ctx, b.pool, "acme")
 	require.NoError(t, err)
 	require.Equal(t, gen, h.Generation)
-	require.Equal(t, b.ring.CurrentKeyID(), h.KeyID)
+	fk, err := b.keys.FileKey(ctx, "acme")
+	require.NoError(t, err)
+	require.Equal(t, fk.ID(), h.KeyID)
+	require.Equal(t, &fk.TenantKey, h.TenantKey, "the header carries the tenant key wrapped under the master key")
 
 	stored, err := sealedEntry(ctx, b.pool, "acme", "edge")
 	require.NoError(t, err)
-	cert, key, err := b.catalog.Open(stored)
+	cert, key, err := b.catalog.Open(ctx, stored)
 	require.NoError(t, err)
 	edge := entryByID(doc, "edge")
 	require.NotNil(t, edge)
@@ -95,7 +100,7 @@ func TestExportTenant(t *testing.T) {
 	all, err := x.ExportAll(ctx, false)
 	require.NoError(t, err)
 	require.Len(t, all, 2)
-	doc, _ = readDoc(t, b.ring, b.dataDir, "default")
+	doc, _ = readDoc(t, b.keys, b.dataDir, "default")
 	require.NotNil(t, entryByID(doc, "other"))
 	_, err = os.Stat(filepath.Join(b.dataDir, "credentials.json"))
 	require.NoError(t, err)
@@ -115,10 +120,12 @@ func TestExportRewritesDamagedOrForeignKeyFiles(t *testing.T) {
 	res, err := x.ExportTenant(ctx, "acme", false)
 	require.NoError(t, err)
 	require.True(t, res.Written, "a damaged file is rewritten")
-	readDoc(t, b.ring, b.dataDir, "acme")
+	readDoc(t, b.keys, b.dataDir, "acme")
 
 	// A file ahead of the database (the database came from an older backup) is kept aside.
-	ahead, _, err := credfile.Seal(b.ring, &credfile.Document{Tenant: "acme", Generation: res.Generation + 10})
+	fk, err := b.keys.FileKey(ctx, "acme")
+	require.NoError(t, err)
+	ahead, _, err := credfile.Seal(fk, &credfile.Document{Tenant: "acme", Generation: res.Generation + 10})
 	require.NoError(t, err)
 	require.NoError(t, WriteAtomic(path, ahead))
 	res2, err := x.ExportTenant(ctx, "acme", false)
@@ -144,7 +151,7 @@ func TestRoundTripThroughAFreshDatabase(t *testing.T) {
 	// Another database and another master key: the file is opened with its own key
 	// (import --key) and everything is sealed again under the new one.
 	dst := setupOn(t, testdb.URL(t))
-	im := &Importer{Pool: dst.pool, Catalog: dst.catalog, Ring: dst.ring, FileRing: src.ring, Logger: testLogger(t)}
+	im := &Importer{Pool: dst.pool, Catalog: dst.catalog, Keys: dst.keys, FileKeys: src.opener(), Logger: testLogger(t)}
 	got, err := im.Import(ctx, file, ImportOptions{Tenant: "acme"})
 	require.NoError(t, err)
 	require.Equal(t, 3, got.Entries)
@@ -167,10 +174,10 @@ func TestRoundTripThroughAFreshDatabase(t *testing.T) {
 		require.Equal(t, want.Notes, have.Notes, id)
 		require.Equal(t, want.RefCount, have.RefCount, id)
 		if want.Source == catalog.SourceInline {
-			require.Equal(t, dst.ring.CurrentKeyID(), have.Sealed.KeyID, "re-sealed under the current key")
-			wc, wk, err := src.catalog.Open(want)
+			require.Equal(t, dst.ring(t, "acme").CurrentKeyID(), have.Sealed.KeyID, "re-sealed under the current key")
+			wc, wk, err := src.catalog.Open(ctx, want)
 			require.NoError(t, err)
-			hc, hk, err := dst.catalog.Open(have)
+			hc, hk, err := dst.catalog.Open(ctx, have)
 			require.NoError(t, err)
 			require.Equal(t, wc, hc)
 			require.Equal(t, wk, hk)
@@ -190,8 +197,8 @@ func TestRoundTripThroughAFreshDatabase(t *testing.T) {
 	require.Equal(t, []repo.Reference{{EntryID: "root", FlowID: "f1", NodeID: "n1", NodeType: "tcp-out", Field: "tls.caBundleRef"}}, refs)
 	values := map[string]string{}
 	for _, s := range secrets {
-		require.Equal(t, dst.ring.CurrentKeyID(), s.KeyID)
-		pt, err := dst.ring.Open(s.Sealed, sealing.NodeSecret("acme", s.NodeID, s.Name))
+		require.Equal(t, dst.ring(t, "acme").CurrentKeyID(), s.KeyID)
+		pt, err := dst.ring(t, "acme").Open(s.Sealed, sealing.NodeSecret("acme", s.NodeID, s.Name))
 		require.NoError(t, err)
 		values[s.NodeID+"/"+s.Name] = string(pt)
 	}
@@ -218,7 +225,9 @@ func TestRoundTripThroughAFreshDatabase(t *testing.T) {
 	out, err := dst.exporter(t).ExportTenant(ctx, "acme", false)
 	require.NoError(t, err)
 	require.True(t, out.Written)
-	require.Equal(t, dst.ring.CurrentKeyID(), out.KeyID)
+	dfk, err := dst.keys.FileKey(ctx, "acme")
+	require.NoError(t, err)
+	require.Equal(t, dfk.ID(), out.KeyID)
 }
 
 func TestImportKeepsFileEntriesWhoseFilesAreGone(t *testing.T) {
@@ -232,7 +241,7 @@ func TestImportKeepsFileEntriesWhoseFilesAreGone(t *testing.T) {
 	require.NoError(t, os.RemoveAll(dir))
 
 	dst := setupOn(t, testdb.URL(t))
-	im := &Importer{Pool: dst.pool, Catalog: dst.catalog, Ring: dst.ring, FileRing: src.ring}
+	im := &Importer{Pool: dst.pool, Catalog: dst.catalog, Keys: dst.keys, FileKeys: src.opener()}
 	got, err := im.ImportFile(ctx, res.Path, ImportOptions{Tenant: "acme"})
 	require.NoError(t, err)
 	require.Len(t, got.Warnings, 1)
@@ -253,16 +262,23 @@ func TestBootImport(t *testing.T) {
 
 	// A new, empty database beside the same data directory.
 	dst := setupOn(t, testdb.URL(t))
-	im := &Importer{Pool: dst.pool, Catalog: &catalog.Service{Pool: dst.pool, Ring: src.ring, Logger: testLogger(t)}, Ring: src.ring}
+	keys := tenantkeytest.New(t, dst.pool, src.dataDir)
+	im := &Importer{Pool: dst.pool, Catalog: &catalog.Service{Pool: dst.pool, Keys: keys, Logger: testLogger(t)}, Keys: keys}
 	res, imported, err := im.BootImport(ctx, src.dataDir)
 	require.NoError(t, err)
 	require.True(t, imported)
 	require.Equal(t, 3, res.Entries)
+	// The tenant keeps its key: the one its file's header carries.
 	e, err := sealedEntry(ctx, dst.pool, "default", "edge")
 	require.NoError(t, err)
-	require.Equal(t, src.ring.CurrentKeyID(), e.Sealed.KeyID)
-	_, _, err = sealing.OpenPair(src.ring, sealing.Place{Tenant: "default", EntryID: "edge"}, e.Sealed)
+	require.Equal(t, src.ring(t, "default").CurrentKeyID(), e.Sealed.KeyID)
+	_, _, err = sealing.OpenPair(src.ring(t, "default"), sealing.Place{Tenant: "default", EntryID: "edge"}, e.Sealed)
 	require.NoError(t, err)
+	want, err := src.keys.FileKey(ctx, "default")
+	require.NoError(t, err)
+	have, err := keys.FileKey(ctx, "default")
+	require.NoError(t, err)
+	require.Equal(t, want.ID(), have.ID(), "runtime keys given out before the restore open the files written after it")
 
 	// Not again: the database is no longer empty.
 	_, imported, err = im.BootImport(ctx, src.dataDir)
@@ -276,7 +292,7 @@ func TestBootImport(t *testing.T) {
 
 	// A file that cannot be opened stops the boot instead of being overwritten later.
 	other := setupOn(t, testdb.URL(t))
-	bad := &Importer{Pool: other.pool, Catalog: other.catalog, Ring: other.ring}
+	bad := &Importer{Pool: other.pool, Catalog: other.catalog, Keys: other.keys}
 	_, _, err = bad.BootImport(ctx, src.dataDir)
 	require.ErrorIs(t, err, envelope.ErrUnknownKey)
 }
@@ -288,23 +304,23 @@ func TestTwoServersFollowChanges(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	dir2 := t.TempDir()
-	key, err := os.ReadFile(filepath.Join(b.dataDir, envelope.KeyFile))
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(filepath.Join(dir2, envelope.KeyFile), key, 0o600))
-	ring2, err := envelope.LoadExisting(dir2, nil)
-	require.NoError(t, err)
+	// Two replicas share the master key: a copy of the file, or the same token.
+	if key, err := os.ReadFile(filepath.Join(b.dataDir, envelope.KeyFile)); err == nil {
+		require.NoError(t, os.WriteFile(filepath.Join(dir2, envelope.KeyFile), key, 0o600))
+	}
+	keys2 := tenantkeytest.New(t, b.pool, dir2)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	type server struct {
 		dir    string
-		ring   *envelope.Ring
+		keys   *tenantkey.Keys
 		writes chan Result
 	}
-	servers := []*server{{dir: b.dataDir, ring: b.ring}, {dir: dir2, ring: ring2}}
+	servers := []*server{{dir: b.dataDir, keys: b.keys}, {dir: dir2, keys: keys2}}
 	done := make(chan struct{}, len(servers))
 	for _, s := range servers {
 		s.writes = make(chan Result, 100)
-		x := &Exporter{Pool: b.pool, Ring: s.ring, DataDir: s.dir, Logger: testLogger(t),
+		x := &Exporter{Pool: b.pool, Keys: s.keys, DataDir: s.dir, Logger: testLogger(t),
 			OnWrite: func(r Result) { s.writes <- r }}
 		sy := &Syncer{Exporter: x, Logger: testLogger(t), Reconcile: time.Hour}
 		go func() { _ = sy.Run(ctx); done <- struct{}{} }()
@@ -338,7 +354,7 @@ func TestTwoServersFollowChanges(t *testing.T) {
 					t.Fatalf("%s: server %d did not write generation %d within 15s", what, i, gen)
 				}
 			}
-			doc, _ := readDoc(t, s.ring, s.dir, "acme")
+			doc, _ := readDoc(t, s.keys, s.dir, "acme")
 			docs = append(docs, doc)
 		}
 		return docs
@@ -348,7 +364,7 @@ func TestTwoServersFollowChanges(t *testing.T) {
 	for _, doc := range awaitFiles("create") {
 		require.NotNil(t, entryByID(doc, "first"))
 	}
-	_, err = b.catalog.Put(ctx, "acme", catalog.Input{ID: "first", Notes: ptr("renewed")}, catalog.Precondition{})
+	_, err := b.catalog.Put(ctx, "acme", catalog.Input{ID: "first", Notes: ptr("renewed")}, catalog.Precondition{})
 	require.NoError(t, err)
 	for _, doc := range awaitFiles("update") {
 		require.Equal(t, "renewed", entryByID(doc, "first").Notes)

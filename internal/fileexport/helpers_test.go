@@ -21,6 +21,8 @@ import (
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/sealing"
+	"github.com/loopze/certstore/internal/tenantkey"
+	"github.com/loopze/certstore/internal/tenantkey/tenantkeytest"
 	"github.com/loopze/certstore/internal/testdb"
 )
 
@@ -48,12 +50,13 @@ func (w tlogWriter) Write(p []byte) (int, error) {
 
 var _ io.Writer = tlogWriter{}
 
-// bundle is one database with a data directory, a ring and a catalogue over it.
+// bundle is one database with a data directory, a master key, the tenant keys under it and
+// a catalogue over them.
 type bundle struct {
 	url     string
 	pool    *pgxpool.Pool
 	dataDir string
-	ring    *envelope.Ring
+	keys    *tenantkey.Keys
 	catalog *catalog.Service
 }
 
@@ -72,15 +75,28 @@ func setupOn(t testing.TB, url string) *bundle {
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
 	dataDir := t.TempDir()
-	ring, err := envelope.Load(dataDir, logger)
-	require.NoError(t, err)
-	return &bundle{url: url, pool: pool, dataDir: dataDir, ring: ring,
+	keys := tenantkeytest.New(t, pool, dataDir)
+	return &bundle{url: url, pool: pool, dataDir: dataDir, keys: keys,
 		// Tenants other than the default read files only inside LOOPZE_FILE_ROOTS.
-		catalog: &catalog.Service{Pool: pool, Ring: ring, Roots: material.Roots{os.TempDir()}, Logger: logger}}
+		catalog: &catalog.Service{Pool: pool, Keys: keys, Roots: material.Roots{os.TempDir()}, Logger: logger}}
 }
 
 func (b *bundle) exporter(t *testing.T) *Exporter {
-	return &Exporter{Pool: b.pool, Ring: b.ring, DataDir: b.dataDir, Logger: testLogger(t)}
+	return &Exporter{Pool: b.pool, Keys: b.keys, DataDir: b.dataDir, Logger: testLogger(t)}
+}
+
+// ring is tenant's sealing ring.
+func (b *bundle) ring(t testing.TB, tenant string) *envelope.Ring {
+	t.Helper()
+	ring, err := b.keys.Ring(context.Background(), tenant)
+	require.NoError(t, err)
+	return ring
+}
+
+// opener opens files with this bundle's master key, as `import` without --key does.
+func (b *bundle) opener() *credfile.Keys {
+	o := b.keys.Opener()
+	return &o
 }
 
 func ptr(s string) *string { return &s }
@@ -119,9 +135,10 @@ func (b *bundle) deploy(t *testing.T, tenant string, refs []repo.Reference, cred
 	var rows []repo.NodeSecret
 	for k, v := range creds {
 		node, name, _ := strings.Cut(k, "/")
-		sealed, err := b.ring.Seal([]byte(v), sealing.NodeSecret(tenant, node, name))
+		ring := b.ring(t, tenant)
+		sealed, err := ring.Seal([]byte(v), sealing.NodeSecret(tenant, node, name))
 		require.NoError(t, err)
-		rows = append(rows, repo.NodeSecret{NodeID: node, Name: name, Sealed: sealed, KeyID: b.ring.CurrentKeyID()})
+		rows = append(rows, repo.NodeSecret{NodeID: node, Name: name, Sealed: sealed, KeyID: ring.CurrentKeyID()})
 	}
 	flows := fmt.Sprintf(`{"flows":[{"id":"f1","label":"line","nodes":[{"id":"n1","type":"tcp-out","tls":{"caBundleRef":%q}}]}]}`, refs[0].EntryID)
 	require.NoError(t, db.InTenant(ctx, b.pool, tenant, func(tx pgx.Tx) error {
@@ -138,12 +155,12 @@ func (b *bundle) deploy(t *testing.T, tenant string, refs []repo.Reference, cred
 	}))
 }
 
-// readDoc opens tenant's file in dir with ring.
-func readDoc(t *testing.T, ring *envelope.Ring, dir, tenant string) (*credfile.Document, credfile.Header) {
+// readDoc opens tenant's file in dir with keys' master key.
+func readDoc(t *testing.T, keys *tenantkey.Keys, dir, tenant string) (*credfile.Document, credfile.Header) {
 	t.Helper()
 	data, err := os.ReadFile(credfile.Path(dir, tenant))
 	require.NoError(t, err)
-	doc, h, err := credfile.Open(ring, data, tenant)
+	doc, h, err := credfile.Open(keys.Opener(), data, tenant)
 	require.NoError(t, err)
 	return doc, h
 }

@@ -31,7 +31,7 @@ func TestListenerOutageIsLoggedOnceAndReconciled(t *testing.T) {
 
 	logs := &recordingHandler{retries: make(chan struct{}, 100), back: make(chan struct{}, 1)}
 	writes := make(chan Result, 100)
-	x := &Exporter{Pool: b.pool, Ring: b.ring, DataDir: b.dataDir, Logger: testLogger(t), OnWrite: func(r Result) { writes <- r }}
+	x := &Exporter{Pool: b.pool, Keys: b.keys, DataDir: b.dataDir, Logger: testLogger(t), OnWrite: func(r Result) { writes <- r }}
 	sy := &Syncer{Exporter: x, ListenConfig: cfg, Logger: slog.New(logs), Reconcile: time.Hour}
 	done := make(chan struct{})
 	go func() { _ = sy.Run(ctx); close(done) }()

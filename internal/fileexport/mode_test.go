@@ -28,5 +28,5 @@ func TestExportTightensALoosenedFile(t *testing.T) {
 	info, err := os.Stat(res.Path)
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), info.Mode().Perm())
-	readDoc(t, b.ring, b.dataDir, "acme")
+	readDoc(t, b.keys, b.dataDir, "acme")
 }

@@ -15,10 +15,10 @@ import (
 	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/db"
-	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/sealing"
 	"github.com/loopze/certstore/internal/secret"
+	"github.com/loopze/certstore/internal/tenantkey"
 )
 
 // ErrTenantNotEmpty means a restore was asked into a tenant that holds data, without Replace.
@@ -35,10 +35,13 @@ type Importer struct {
 	// Catalog stores the restored entries, under the rules and through the write of any
 	// other entry.
 	Catalog *catalog.Service
-	// Ring seals the restored node credentials under its current key.
-	Ring *envelope.Ring
-	// FileRing opens the file; nil means Ring. `import --key` sets it to the file's key.
-	FileRing *envelope.Ring
+	// Keys seal the restored node credentials under the tenant's keys, and open the file
+	// with the master keys unless FileKeys is set.
+	Keys *tenantkey.Keys
+	// FileKeys opens the file; nil means the master keys (Keys.Opener). `import --key`
+	// sets it to the key file given: a master key the file was sealed under, or a runtime
+	// key of the file's tenant.
+	FileKeys *credfile.Keys
 	// Logger receives warnings.
 	Logger *slog.Logger
 }
@@ -99,11 +102,11 @@ func (im *Importer) Import(ctx context.Context, data []byte, o ImportOptions) (I
 	if fileTenant == "" {
 		fileTenant = o.Tenant
 	}
-	fileRing := im.FileRing
-	if fileRing == nil {
-		fileRing = im.Ring
+	opener := im.Keys.Opener()
+	if im.FileKeys != nil {
+		opener = *im.FileKeys
 	}
-	doc, h, err := credfile.Open(fileRing, data, fileTenant)
+	doc, h, err := credfile.Open(opener, data, fileTenant)
 	if err != nil {
 		return res, err
 	}
@@ -113,18 +116,28 @@ func (im *Importer) Import(ctx context.Context, data []byte, o ImportOptions) (I
 	if err != nil {
 		return res, err
 	}
+	if h.TenantKey != nil && fileTenant == o.Tenant {
+		// A tenant restored from its own file keeps its key, and its runtimes their keys.
+		if _, err := im.Keys.Adopt(ctx, o.Tenant, *h.TenantKey); err != nil {
+			return res, err
+		}
+	}
+	ring, err := im.Keys.Ring(ctx, o.Tenant)
+	if err != nil {
+		return res, err
+	}
 	secrets := make([]repo.NodeSecret, 0, len(doc.NodeCredentials))
 	for _, c := range doc.NodeCredentials {
 		value, err := c.Bytes()
 		if err != nil {
 			return res, fmt.Errorf("%w: %w", ErrInvalidDocument, err)
 		}
-		sealed, err := im.Ring.Seal(value, sealing.NodeSecret(o.Tenant, c.NodeID, c.Name))
+		sealed, err := ring.Seal(value, sealing.NodeSecret(o.Tenant, c.NodeID, c.Name))
 		clear(value)
 		if err != nil {
 			return res, fmt.Errorf("seal node %s credential %s: %w", c.NodeID, c.Name, err)
 		}
-		secrets = append(secrets, repo.NodeSecret{NodeID: c.NodeID, Name: c.Name, Sealed: sealed, KeyID: im.Ring.CurrentKeyID()})
+		secrets = append(secrets, repo.NodeSecret{NodeID: c.NodeID, Name: c.Name, Sealed: sealed, KeyID: ring.CurrentKeyID()})
 	}
 	refs := make([]repo.Reference, len(doc.References))
 	for i, r := range doc.References {

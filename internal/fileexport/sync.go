@@ -124,8 +124,8 @@ func (s *Syncer) reconcileAll(ctx context.Context) {
 }
 
 func (s *Syncer) reloadKeys() {
-	if err := s.Exporter.Ring.Reload(); err != nil {
-		s.logger().Error("reload master keys", "err", err)
+	if err := s.Exporter.Keys.Reload(); err != nil {
+		s.logger().Error("reload keys", "err", err)
 	}
 }
 

@@ -1,37 +1,42 @@
-// Package keyrotation rotates the master key (`loopze-certs rotate-key`) without ever making
-// anything unreadable. The new key is written beside the old one (data/loopze.key.next,
-// 0600, synced) before any row changes; from then on every process that loads the data
-// directory holds both keys and seals under the new one. Data keys are rewrapped in small
-// transactions, each row recording its key ID; the credentials files are re-exported;
-// only then does the new key replace the old file. A rotation killed at any point is
-// finished by running it again.
+// Package keyrotation rotates keys (`loopze-certs rotate-key`) without ever making anything
+// unreadable, and moves what earlier releases sealed under the master key itself to the
+// tenants' own keys.
+//
+// A master key rotation rewraps the stored tenant keys only, one row per tenant and
+// version: the new master key is made first (loopze.key.next beside loopze.key, or a new
+// object in the token), every process that reloads holds both, each tenant key is
+// rewrapped under the new one, the credentials files are re-exported (their headers carry
+// the tenant key wrapped under the master key), and only then is the old key retired.
+//
+// A tenant key rotation makes the tenant's next key version, which seals from then on,
+// rewraps the data keys of the tenant's rows under it in small transactions, and re-exports
+// the tenant's file. Every step of either is durable before the next; one killed at any
+// point is finished by running it again.
 package keyrotation
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/loopze/certstore/internal/audit"
 	"github.com/loopze/certstore/internal/db"
-	"github.com/loopze/certstore/internal/durable"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/sealing"
+	"github.com/loopze/certstore/internal/tenantkey"
 )
 
-// ErrStaleSealer means rows kept appearing under an old key while the rotation ran: some
-// server does not hold loopze.key.next. Nothing is lost; the old key stays in place.
-var ErrStaleSealer = errors.New("rows are still being sealed under an old master key")
+// ErrStaleSealer means keys kept appearing under an old key while the rotation ran: some
+// server does not hold the new key yet. Nothing is lost; the old key stays in place.
+var ErrStaleSealer = errors.New("values are still being sealed under an old key")
 
 // DefaultBatchSize is how many rows one rewrap transaction handles.
 const DefaultBatchSize = 500
@@ -40,29 +45,33 @@ const DefaultBatchSize = 500
 type Rotator struct {
 	// Pool reaches the database.
 	Pool *pgxpool.Pool
-	// DataDir holds loopze.key (and loopze.key.next during a rotation) and the files.
+	// DataDir holds the files.
 	DataDir string
+	// Keys are the tenant keys under the master keyring.
+	Keys *tenantkey.Keys
 	// Logger receives progress.
 	Logger *slog.Logger
 	// BatchSize is the rows per rewrap transaction; DefaultBatchSize when zero.
 	BatchSize int
-	// Passes bounds the rewrap passes made while servers still seal under the old key;
+	// Passes bounds the rewrap passes made while servers still seal under an old key;
 	// 5 when zero.
 	Passes int
-	// Settle is how long the rotation watches for rows sealed under an old key (by a
-	// server that has not reloaded yet) before it retires the old key file; 1s when zero.
+	// Settle is how long the rotation watches for values sealed under an old key (by a
+	// server that has not reloaded yet) before it retires that key; 1s when zero.
 	Settle time.Duration
 }
 
 // Report says what a rotation did.
 type Report struct {
-	// Resumed is true when loopze.key.next already existed: a rotation was continued.
-	Resumed bool
-	// NewKeyID is the key everything is sealed under now.
+	// NewKeyID is the master key (a master key rotation) or the tenant's seal key (a
+	// tenant key rotation) everything is wrapped under now.
 	NewKeyID string
-	// Rewrapped counts the rows (entries, their versions and node secrets) moved to the new key.
+	// TenantKeys counts the stored tenant key versions rewrapped under the new master key.
+	TenantKeys int
+	// Rewrapped counts the rows (entries, their versions and node secrets) moved to a
+	// tenant's current key.
 	Rewrapped int64
-	// Files are the credentials files written under the new key.
+	// Files are the credentials files written under the new keys.
 	Files []fileexport.Result
 }
 
@@ -83,58 +92,7 @@ func (r *Rotator) logger() *slog.Logger {
 	return r.Logger
 }
 
-// Prepare writes loopze.key.next when it does not exist yet and returns its key ID. It
-// changes no row: run it, copy loopze.key.next to every replica's data directory, then
-// Rotate. created is false when the file was already there.
-func (r *Rotator) Prepare() (keyID string, created bool, err error) {
-	next := filepath.Join(r.DataDir, envelope.NextKeyFile)
-	if _, err := os.Stat(filepath.Join(r.DataDir, envelope.KeyFile)); err != nil {
-		return "", false, fmt.Errorf("prepare rotation: the current key: %w", err)
-	}
-	key, err := envelope.ReadKeyFile(next)
-	if err == nil {
-		defer clear(key)
-		return envelope.KeyIDOf(key), false, nil
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		return "", false, fmt.Errorf("prepare rotation: %w", err)
-	}
-	key, err = envelope.GenerateKey()
-	if err != nil {
-		return "", false, err
-	}
-	defer clear(key)
-	switch err := envelope.WriteKeyFile(next, key); {
-	case errors.Is(err, fs.ErrExist):
-		return r.Prepare() // another rotation wrote it first: use theirs
-	case err != nil:
-		return "", false, fmt.Errorf("prepare rotation: %w", err)
-	}
-	r.logger().Info("new master key written beside the current one; back it up", "path", next, "key_id", envelope.KeyIDOf(key))
-	return envelope.KeyIDOf(key), true, nil
-}
-
-// Rotate runs (or continues) a rotation to its end.
-func (r *Rotator) Rotate(ctx context.Context) (Report, error) {
-	var rep Report
-	newID, created, err := r.Prepare()
-	if err != nil {
-		return rep, err
-	}
-	rep.Resumed, rep.NewKeyID = !created, newID
-	step("next-written")
-
-	ring, err := envelope.LoadExisting(r.DataDir, r.Logger)
-	if err != nil {
-		return rep, fmt.Errorf("rotate master key: %w", err)
-	}
-	if ring.CurrentKeyID() != newID {
-		return rep, fmt.Errorf("rotate master key: the ring's current key is %s, not %s", ring.CurrentKeyID(), newID)
-	}
-	// Servers that hear this reload their keys: they start sealing under the new key and
-	// can open what this rotation rewraps.
-	r.announce(ctx)
-
+func (r *Rotator) passesAndSettle() (int, time.Duration) {
 	passes, settle := r.Passes, r.Settle
 	if passes <= 0 {
 		passes = 5
@@ -142,25 +100,47 @@ func (r *Rotator) Rotate(ctx context.Context) (Report, error) {
 	if settle <= 0 {
 		settle = time.Second
 	}
+	return passes, settle
+}
+
+// Rotate rotates the master key, or continues a rotation under way, to its end: O(tenants).
+func (r *Rotator) Rotate(ctx context.Context) (Report, error) {
+	var rep Report
+	master := r.Keys.Master
+	next, err := master.Next()
+	if err != nil {
+		return rep, fmt.Errorf("rotate master key: %w", err)
+	}
+	rep.NewKeyID = next.ID()
+	step("next-written")
+	// Servers that hear this reload their keys: they wrap under the new key and can
+	// unwrap what this rotation rewraps.
+	r.announce(ctx)
+
+	// Rows an earlier release sealed under the master key itself must move to their
+	// tenant's key before any master key is retired.
+	n, err := r.Migrate(ctx)
+	rep.Rewrapped += n
+	if err != nil {
+		return rep, err
+	}
+
+	passes, settle := r.passesAndSettle()
 	for pass := 1; ; pass++ {
-		n, err := r.rewrapAll(ctx, ring, newID)
-		rep.Rewrapped += n
-		if err != nil {
-			return rep, err
-		}
-		left, err := r.remaining(ctx, newID)
+		moved, left, err := r.rewrapTenantKeys(ctx, rep.NewKeyID, true)
+		rep.TenantKeys += moved
 		if err != nil {
 			return rep, err
 		}
 		if left == 0 {
-			// A server that has not reloaded yet would still seal under the old key.
-			// Watch for such rows a while before the old key file is retired.
+			// A server that has not reloaded yet would still wrap a new tenant key under
+			// the old master key. Watch for that a while before the old key is retired.
 			select {
 			case <-ctx.Done():
 				return rep, ctx.Err()
 			case <-time.After(settle):
 			}
-			if left, err = r.remaining(ctx, newID); err != nil {
+			if _, left, err = r.rewrapTenantKeys(ctx, rep.NewKeyID, false); err != nil {
 				return rep, err
 			}
 			if left == 0 {
@@ -168,14 +148,15 @@ func (r *Rotator) Rotate(ctx context.Context) (Report, error) {
 			}
 		}
 		if pass == passes {
-			return rep, fmt.Errorf("rotate master key: %d row(s) under an old key after %d passes: %w; copy %s to every replica's data directory (or restart them) and run rotate-key again",
-				left, passes, ErrStaleSealer, envelope.NextKeyFile)
+			return rep, fmt.Errorf("rotate master key: %d tenant key(s) under an old master key after %d passes: %w; give every replica the new key (or restart them) and run rotate-key again",
+				left, passes, ErrStaleSealer)
 		}
-		r.logger().Warn("rows were sealed under an old key during the rotation; asking servers to reload", "rows", left)
+		r.logger().Warn("tenant keys were wrapped under an old master key during the rotation; asking servers to reload", "left", left)
 		r.announce(ctx)
 	}
+	step("tenant-keys-rewrapped")
 
-	x := &fileexport.Exporter{Pool: r.Pool, Ring: ring, DataDir: r.DataDir, Logger: r.Logger}
+	x := &fileexport.Exporter{Pool: r.Pool, Keys: r.Keys, DataDir: r.DataDir, Logger: r.Logger}
 	files, err := x.ExportAll(ctx, false)
 	rep.Files = files
 	if err != nil {
@@ -183,13 +164,159 @@ func (r *Rotator) Rotate(ctx context.Context) (Report, error) {
 	}
 	step("exported")
 
-	if err := r.promote(); err != nil {
-		return rep, err
+	for _, id := range master.IDs() {
+		if id == rep.NewKeyID {
+			continue
+		}
+		if err := master.Retire(id); err != nil {
+			return rep, fmt.Errorf("rotate master key: retire %s: %w", id, err)
+		}
+	}
+	if r.Keys.Legacy != nil {
+		if err := r.Keys.Legacy.Reload(); err != nil {
+			return rep, fmt.Errorf("rotate master key: reload the key files: %w", err)
+		}
+		for _, id := range r.Keys.Legacy.KeyIDs() {
+			if id != rep.NewKeyID && id != r.Keys.Legacy.CurrentKeyID() {
+				_ = r.Keys.Legacy.Forget(id)
+			}
+		}
 	}
 	step("promoted")
 	r.announce(ctx)
-	r.logger().Info("master key rotated", "key_id", newID, "rewrapped", rep.Rewrapped, "files", len(files))
+	r.logger().Info("master key rotated", "key_id", rep.NewKeyID, "tenant_keys", rep.TenantKeys, "rows_moved", rep.Rewrapped, "files", len(files))
 	return rep, nil
+}
+
+// rewrapTenantKeys rewraps every tenant's stored keys under the current master key newID
+// (only counts them, without rewrap); it returns how many it moved and how many are left
+// under another (a server wrapped a new one under an old key meanwhile).
+func (r *Rotator) rewrapTenantKeys(ctx context.Context, newID string, rewrap bool) (moved, left int, err error) {
+	if cur := r.Keys.Master.Current().ID(); cur != newID {
+		return 0, 0, fmt.Errorf("rotate master key: the current master key is %s, not %s", cur, newID)
+	}
+	tenants, err := repo.ListTenants(ctx, r.Pool)
+	if err != nil {
+		return 0, 0, fmt.Errorf("rotate master key: %w", err)
+	}
+	for _, t := range tenants {
+		if rewrap {
+			n := 0
+			err := db.InTenant(ctx, r.Pool, t.ID, func(tx pgx.Tx) error {
+				var err error
+				if n, err = r.Keys.Rewrap(ctx, tx, t.ID); err != nil || n == 0 {
+					return err
+				}
+				return audit.Record(ctx, tx, audit.Event{Tenant: t.ID, Action: audit.KeyRotate, Target: "tenant",
+					Detail: map[string]any{"masterKeyId": newID, "tenantKeysRewrapped": n}})
+			})
+			if err != nil {
+				return moved, 0, fmt.Errorf("rotate master key: tenant %s: %w", t.ID, err)
+			}
+			r.Keys.Forget(t.ID)
+			moved += n
+			if n > 0 {
+				step("tenant-key-rewrapped")
+			}
+		}
+		rows, err := repo.TenantKeys(ctx, r.Pool, t.ID)
+		if err != nil {
+			return moved, 0, err
+		}
+		for _, k := range rows {
+			if k.MasterKeyID != newID {
+				left++
+			}
+		}
+	}
+	return moved, left, nil
+}
+
+// RotateTenant makes tenant's next key version, moves its rows to it and re-exports its
+// file. Run again after a kill, it moves what is left (and makes no further version when
+// the current one has nothing to move yet: see Continue).
+func (r *Rotator) RotateTenant(ctx context.Context, tenant string) (Report, error) {
+	var rep Report
+	if _, err := r.Keys.Rotate(ctx, tenant); err != nil {
+		return rep, fmt.Errorf("rotate the key of %s: %w", tenant, err)
+	}
+	step("tenant-version-made")
+	r.announce(ctx)
+	return r.finishTenant(ctx, tenant, rep)
+}
+
+// finishTenant moves tenant's rows to its current key, watching for rows still sealed
+// under an older one by a server that has not reloaded, and re-exports its file.
+func (r *Rotator) finishTenant(ctx context.Context, tenant string, rep Report) (Report, error) {
+	passes, settle := r.passesAndSettle()
+	for pass := 1; ; pass++ {
+		ring, err := r.Keys.Ring(ctx, tenant)
+		if err != nil {
+			return rep, err
+		}
+		rep.NewKeyID = ring.CurrentKeyID()
+		n, err := r.rewrapTenant(ctx, ring, tenant)
+		rep.Rewrapped += n
+		if err != nil {
+			return rep, fmt.Errorf("rotate the key of %s: %w", tenant, err)
+		}
+		left, err := r.remaining(ctx, tenant, rep.NewKeyID)
+		if err != nil {
+			return rep, err
+		}
+		if left == 0 {
+			select {
+			case <-ctx.Done():
+				return rep, ctx.Err()
+			case <-time.After(settle):
+			}
+			if left, err = r.remaining(ctx, tenant, rep.NewKeyID); err != nil {
+				return rep, err
+			}
+			if left == 0 {
+				break
+			}
+		}
+		if pass == passes {
+			return rep, fmt.Errorf("rotate the key of %s: %d row(s) under an older key after %d passes: %w", tenant, left, passes, ErrStaleSealer)
+		}
+		r.logger().Warn("rows were sealed under an older key of the tenant during the rotation; asking servers to reload", "tenant", tenant, "rows", left)
+		r.announce(ctx)
+	}
+	x := &fileexport.Exporter{Pool: r.Pool, Keys: r.Keys, DataDir: r.DataDir, Logger: r.Logger}
+	res, err := x.ExportTenant(ctx, tenant, false)
+	if err != nil {
+		return rep, fmt.Errorf("rotate the key of %s: re-export: %w", tenant, err)
+	}
+	rep.Files = append(rep.Files, res)
+	step("exported")
+	r.logger().Info("tenant key rotated", "tenant", tenant, "key_id", rep.NewKeyID, "rows_moved", rep.Rewrapped)
+	return rep, nil
+}
+
+// Migrate moves every row still sealed under another key than its tenant's current one
+// (under the master key itself, as releases before tenant keys sealed them, or under an
+// older tenant key version) to that tenant's current key, making the tenant's key first
+// when it has none. It is what `serve` runs at start, in the background: every row stays
+// readable throughout, and a run killed at any point is finished by the next.
+func (r *Rotator) Migrate(ctx context.Context) (int64, error) {
+	tenants, err := repo.ListTenants(ctx, r.Pool)
+	if err != nil {
+		return 0, fmt.Errorf("move rows to tenant keys: %w", err)
+	}
+	var total int64
+	for _, t := range tenants {
+		ring, err := r.Keys.Ring(ctx, t.ID)
+		if err != nil {
+			return total, fmt.Errorf("move rows to tenant keys: tenant %s: %w", t.ID, err)
+		}
+		n, err := r.rewrapTenant(ctx, ring, t.ID)
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("move rows to tenant keys: tenant %s: %w", t.ID, err)
+		}
+	}
+	return total, nil
 }
 
 // announce tells running servers to reload their key rings. It is best effort: servers
@@ -200,24 +327,10 @@ func (r *Rotator) announce(ctx context.Context) {
 	}
 }
 
-// rewrapAll moves every tenant's rows to newID, batch by batch.
-func (r *Rotator) rewrapAll(ctx context.Context, ring *envelope.Ring, newID string) (int64, error) {
-	tenants, err := repo.ListTenants(ctx, r.Pool)
-	if err != nil {
-		return 0, fmt.Errorf("rotate master key: %w", err)
-	}
-	var total int64
-	for _, t := range tenants {
-		n, err := r.rewrapTenant(ctx, ring, t.ID, newID)
-		total += n
-		if err != nil {
-			return total, fmt.Errorf("rotate master key: tenant %s: %w", t.ID, err)
-		}
-	}
-	return total, nil
-}
-
-func (r *Rotator) rewrapTenant(ctx context.Context, ring *envelope.Ring, tenant, newID string) (int64, error) {
+// rewrapTenant moves tenant's rows not sealed under ring's current key to it, in batches
+// of BatchSize rows, each in a transaction of its own that also records what it moved.
+func (r *Rotator) rewrapTenant(ctx context.Context, ring *envelope.Ring, tenant string) (int64, error) {
+	newID := ring.CurrentKeyID()
 	batch := r.BatchSize
 	if batch <= 0 {
 		batch = DefaultBatchSize
@@ -279,43 +392,26 @@ func (r *Rotator) rewrapTenant(ctx context.Context, ring *envelope.Ring, tenant,
 	}
 }
 
-// remaining counts rows of every tenant under another key than newID.
-func (r *Rotator) remaining(ctx context.Context, newID string) (int64, error) {
-	tenants, err := repo.ListTenants(ctx, r.Pool)
-	if err != nil {
-		return 0, fmt.Errorf("rotate master key: %w", err)
-	}
+// remaining counts tenant's rows under another key than newID.
+func (r *Rotator) remaining(ctx context.Context, tenant, newID string) (int64, error) {
 	var left int64
-	for _, t := range tenants {
-		err := db.InTenant(ctx, r.Pool, t.ID, func(tx pgx.Tx) error {
-			usage, err := repo.KeyUsage(ctx, tx, t.ID)
-			for id, n := range usage {
-				if id != newID {
-					left += n
-				}
+	err := db.InTenant(ctx, r.Pool, tenant, func(tx pgx.Tx) error {
+		usage, err := repo.KeyUsage(ctx, tx, tenant)
+		for id, n := range usage {
+			if id != newID {
+				left += n
 			}
-			return err
-		})
-		if err != nil {
-			return 0, fmt.Errorf("rotate master key: count rows left: %w", err)
 		}
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("count rows left of %s: %w", tenant, err)
 	}
 	return left, nil
 }
 
-// promote renames loopze.key.next over loopze.key and syncs the directory: the single
-// atomic step that retires the old key file.
-func (r *Rotator) promote() error {
-	next := filepath.Join(r.DataDir, envelope.NextKeyFile)
-	cur := filepath.Join(r.DataDir, envelope.KeyFile)
-	if err := durable.Rename(next, cur); err != nil {
-		return fmt.Errorf("rotate master key: replace %s: %w", cur, err)
-	}
-	return nil
-}
-
-// KeyIDsInUse lists the master key IDs rows of the database are sealed under, for doctor
-// and operators checking that an old key is no longer needed.
+// KeyIDsInUse lists the key IDs rows of the database are sealed under, for operators
+// checking that an old key is no longer needed.
 func KeyIDsInUse(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
 	tenants, err := repo.ListTenants(ctx, pool)
 	if err != nil {

@@ -3,7 +3,6 @@ package masterkey
 import (
 	"crypto/aes"
 	"crypto/cipher"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -328,14 +327,7 @@ func (k *fileKey) Wrap(plaintext, aad []byte) ([]byte, error) {
 	if err := checkWrap(plaintext); err != nil {
 		return nil, err
 	}
-	out := make([]byte, IVSize, Overhead+len(plaintext))
-	// The all-zero IV belongs to the key check value; a random draw of it is redrawn.
-	for zeroIV(out) {
-		if _, err := rand.Read(out); err != nil {
-			return nil, fmt.Errorf("wrap: random IV: %w", err)
-		}
-	}
-	return k.aead.Seal(out, out, plaintext, wrapAAD(aad)), nil
+	return envelope.WrapKey(k.aead, plaintext, aad)
 }
 
 // Unwrap implements Key.
@@ -343,10 +335,7 @@ func (k *fileKey) Unwrap(wrapped, aad []byte) ([]byte, error) {
 	if k.ring.closed.Load() {
 		return nil, fmt.Errorf("unwrap under master key %s: %w", k.id, ErrClosed)
 	}
-	if len(wrapped) <= Overhead || len(wrapped) > Overhead+MaxWrap {
-		return nil, fmt.Errorf("%w: %d bytes is not a wrapped key", ErrUnwrap, len(wrapped))
-	}
-	plain, err := k.aead.Open(nil, wrapped[:IVSize], wrapped[IVSize:], wrapAAD(aad))
+	plain, err := envelope.UnwrapKey(k.aead, wrapped, aad)
 	if err != nil {
 		return nil, fmt.Errorf("%w under master key %s", ErrUnwrap, k.id)
 	}

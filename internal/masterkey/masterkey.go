@@ -97,29 +97,26 @@ const (
 	// KeySize is the size of a master key: AES-256.
 	KeySize = envelope.KeySize
 	// IVSize is the size of the IV at the head of a wrapped value.
-	IVSize = 12
+	IVSize = envelope.KeyWrapIVSize
 	// TagSize is the size of the GCM tag at its tail.
-	TagSize = 16
+	TagSize = envelope.KeyWrapTagSize
 	// Overhead is how many bytes Wrap adds to its plaintext.
 	Overhead = IVSize + TagSize
 	// MaxWrap bounds what Wrap seals: tenant keys, not data. The bound keeps the master
 	// key's GCM invocations to key wrapping, however a caller errs.
-	MaxWrap = 1024
+	MaxWrap = envelope.MaxKeyWrap
 )
 
 // Domain labels prefix the additional data of every GCM call under a master key, so a
 // wrap, a key check value and the envelope's own uses of the same file key (its labels
 // begin "loopze/envelope/") can never be taken for one another.
 const (
-	labelWrap  = "loopze/masterkey/v1/wrap\x00"
+	labelWrap  = envelope.KeyWrapLabel
 	labelKeyID = "loopze/masterkey/v1/key-id\x00"
 )
 
 // wrapAAD is the additional data of a wrap bound to the caller's aad.
-func wrapAAD(aad []byte) []byte {
-	ad := make([]byte, 0, len(labelWrap)+len(aad))
-	return append(append(ad, labelWrap...), aad...)
-}
+func wrapAAD(aad []byte) []byte { return envelope.KeyWrapAAD(aad) }
 
 // checkWrap refuses what Wrap must not seal.
 func checkWrap(plaintext []byte) error {
@@ -130,14 +127,7 @@ func checkWrap(plaintext []byte) error {
 }
 
 // zeroIV reports an all-zero IV: the key check value's IV, which a wrap never uses.
-func zeroIV(iv []byte) bool {
-	for _, b := range iv {
-		if b != 0 {
-			return false
-		}
-	}
-	return true
-}
+func zeroIV(iv []byte) bool { return envelope.ZeroIV(iv) }
 
 // Kind says which store a URI names.
 type Kind string

@@ -19,11 +19,11 @@ import (
 
 	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/db"
-	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/metrics"
+	"github.com/loopze/certstore/internal/tenantkey/tenantkeytest"
 	"github.com/loopze/certstore/internal/testdb"
 )
 
@@ -89,11 +89,10 @@ func TestMetrics(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
 	dir := t.TempDir()
-	ring, err := envelope.Load(dir, nil)
-	require.NoError(t, err)
+	keys := tenantkeytest.New(t, pool, dir)
 	// Tenants other than the default read files only inside LOOPZE_FILE_ROOTS.
 	roots := material.Roots{os.TempDir()}
-	cat := &catalog.Service{Pool: pool, Ring: ring, Roots: roots, Logger: slog.New(slog.DiscardHandler)}
+	cat := &catalog.Service{Pool: pool, Keys: keys, Roots: roots, Logger: slog.New(slog.DiscardHandler)}
 
 	inlineEnd := time.Now().Add(90 * 24 * time.Hour).Truncate(time.Second)
 	cert, key := materialtest.Pair(t, materialtest.Options{NotAfter: inlineEnd})
@@ -124,7 +123,7 @@ func TestMetrics(t *testing.T) {
 	require.NoError(t, err)
 
 	clk := &clock{t: time.Now()}
-	x := &fileexport.Exporter{Pool: pool, Ring: ring, DataDir: dir, Now: clk.Now}
+	x := &fileexport.Exporter{Pool: pool, Keys: keys, DataDir: dir, Now: clk.Now}
 	m := metrics.New(metrics.Options{Pool: pool, Exporter: x, Roots: roots, Now: clk.Now, ExpiryTTL: time.Minute, Version: "v1.2.3"})
 
 	v, ok := gauge(t, m, "loopze_build_info", map[string]string{"version": "v1.2.3"})
@@ -220,14 +219,13 @@ func TestPublicNamesNoTenant(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
 	dir := t.TempDir()
-	ring, err := envelope.Load(dir, nil)
-	require.NoError(t, err)
-	cat := &catalog.Service{Pool: pool, Ring: ring, Logger: slog.New(slog.DiscardHandler)}
+	keys := tenantkeytest.New(t, pool, dir)
+	cat := &catalog.Service{Pool: pool, Keys: keys, Logger: slog.New(slog.DiscardHandler)}
 	cert, key := materialtest.Pair(t, materialtest.Options{})
 	_, err = cat.Create(ctx, "acme", catalog.Input{ID: "edge-client", Name: s("x"), Type: s("client-pair"),
 		Source: s("inline"), CertPEM: cert, KeyPEM: key})
 	require.NoError(t, err)
-	x := &fileexport.Exporter{Pool: pool, Ring: ring, DataDir: dir}
+	x := &fileexport.Exporter{Pool: pool, Keys: keys, DataDir: dir}
 	_, err = x.ExportTenant(ctx, "acme", false)
 	require.NoError(t, err)
 	m := metrics.New(metrics.Options{Pool: pool, Exporter: x, Version: "v1.2.3"})

@@ -69,7 +69,7 @@ type Entries interface {
 	// Lookup returns the entries of tenant among ids (those that exist).
 	Lookup(ctx context.Context, tenant string, ids []string) ([]*Entry, error)
 	// Open returns an inline entry's certificate chain and key.
-	Open(e *Entry) (cert, key secret.PEM, err error)
+	Open(ctx context.Context, e *Entry) (cert, key secret.PEM, err error)
 }
 
 // Resolver turns tls blocks into TLS material at connection init.
@@ -180,14 +180,14 @@ type inlineKey struct {
 // maxParsed bounds each cache of parsed material (see cache).
 const maxParsed = 16384
 
-func (r *Resolver) inline(tenant string, e *Entry, k material.Kind) (*material.Material, error) {
+func (r *Resolver) inline(ctx context.Context, tenant string, e *Entry, k material.Kind) (*material.Material, error) {
 	key := inlineKey{tenant, e.ID, e.Stamp}
 	now := r.now()
 	pe, ok := r.parsed.load(key)
 	if ok && now.Before(pe.until) {
 		return pe.m, nil
 	}
-	cert, keyPEM, err := r.Entries.Open(e)
+	cert, keyPEM, err := r.Entries.Open(ctx, e)
 	if err != nil {
 		return nil, fmt.Errorf("open entry %s: %w", e.ID, err)
 	}
@@ -414,7 +414,7 @@ func (r *Resolver) resolvePart(ctx context.Context, tenant string, p refs.Part, 
 			rep.CertPath, rep.KeyPath = e.Files.Cert, e.Files.Key
 			return r.loadFiles(ctx, tenant, p.Kind, e.Files, material.PathFields)
 		}
-		return r.inline(tenant, e, p.Kind)
+		return r.inline(ctx, tenant, e, p.Kind)
 	case s.CertFile != "" || s.KeyFile != "":
 		rep.Origin, rep.CertPath, rep.KeyPath = OriginFile, s.CertFile, s.KeyFile
 		return r.loadFiles(ctx, tenant, p.Kind, material.Paths{Cert: s.CertFile, Key: s.KeyFile}, fileFields(p))

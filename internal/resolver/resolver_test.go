@@ -37,7 +37,7 @@ func (m *memEntries) Lookup(_ context.Context, tenant string, ids []string) ([]*
 	return out, nil
 }
 
-func (m *memEntries) Open(e *resolver.Entry) (secret.PEM, secret.PEM, error) {
+func (m *memEntries) Open(_ context.Context, e *resolver.Entry) (secret.PEM, secret.PEM, error) {
 	m.opened++
 	p, ok := m.pem[e.Handle.(string)]
 	if !ok {

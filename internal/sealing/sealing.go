@@ -71,3 +71,20 @@ func Open(ring *envelope.Ring, blob []byte, aad envelope.AAD) ([]byte, error) {
 	}
 	return pt, err
 }
+
+// FileWithKey is the additional authenticated data of a version 2 credentials file, sealed
+// under the file key of a tenant key version: File's bytes, then NUL, the key ID, NUL, the
+// tenant key version in decimal, NUL, the master key ID, NUL, the wrapped tenant key as the
+// header carries it (base64). Every field of the header is bound, so a file whose header
+// names another key, version or wrapping does not open.
+func FileWithKey(version int, tenant string, generation int64, keyID string, tenantKeyVersion int, masterKeyID, wrapped string) []byte {
+	b := File(version, tenant, generation)
+	b = append(b, 0)
+	b = append(b, keyID...)
+	b = append(b, 0)
+	b = strconv.AppendInt(b, int64(tenantKeyVersion), 10)
+	b = append(b, 0)
+	b = append(b, masterKeyID...)
+	b = append(b, 0)
+	return append(b, wrapped...)
+}

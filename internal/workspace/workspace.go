@@ -29,6 +29,7 @@ import (
 	"github.com/loopze/certstore/internal/resolver"
 	"github.com/loopze/certstore/internal/sealing"
 	"github.com/loopze/certstore/internal/secret"
+	"github.com/loopze/certstore/internal/tenantkey"
 )
 
 // Sentinel errors callers branch on, besides repo.ErrVersionMismatch.
@@ -59,8 +60,9 @@ func (e *ValidationError) Unwrap() error { return ErrInvalid }
 
 // Service deploys and reads workspaces.
 type Service struct {
-	Pool  *pgxpool.Pool
-	Ring  *envelope.Ring
+	Pool *pgxpool.Pool
+	// Keys seal each tenant's node secrets under that tenant's keys.
+	Keys  *tenantkey.Keys
 	Roots material.Roots
 	// KDF admits the key derivations of direct files a deploy checks; nil derives at once.
 	KDF      material.Budget
@@ -103,7 +105,11 @@ func (s *Service) Deploy(ctx context.Context, tenant string, ws *refs.Workspace,
 	if s.Changed != nil {
 		defer s.Changed(tenant)
 	}
-	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
+	ring, err := s.Keys.Ring(ctx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	err = db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
 		// The tenant row lock serialises this deploy with every other write of the tenant
 		// (catalogue changes take it first too), so the checks below stay true until commit.
 		if _, err := repo.BumpGeneration(ctx, tx, tenant); err != nil {
@@ -113,7 +119,7 @@ func (s *Service) Deploy(ctx context.Context, tenant string, ws *refs.Workspace,
 		if err != nil {
 			return err
 		}
-		stored := newStoredSecrets(ctx, tx, s.Ring, tenant, keys)
+		stored := newStoredSecrets(ctx, tx, ring, tenant, keys)
 		checker := refs.Checker{Tenant: tenant, Roots: s.Roots, Now: s.now(), Stored: stored, Budget: s.KDF}
 		issues, warnings := checker.Check(ctx, ws)
 		if stored.err != nil {
@@ -284,11 +290,11 @@ func (s *Service) saveSecrets(ctx context.Context, tx pgx.Tx, tenant string, ws 
 			keep[k] = true
 		case v.Cleared():
 		default:
-			sealed, err := s.Ring.Seal([]byte(v.Text.Reveal()), sealing.NodeSecret(tenant, nodeID, name))
+			sealed, err := stored.ring.Seal([]byte(v.Text.Reveal()), sealing.NodeSecret(tenant, nodeID, name))
 			if err != nil {
 				return fmt.Errorf("seal %s of node %s: %w", name, nodeID, err)
 			}
-			upsert = append(upsert, repo.NodeSecret{NodeID: nodeID, Name: name, Sealed: sealed, KeyID: s.Ring.CurrentKeyID()})
+			upsert = append(upsert, repo.NodeSecret{NodeID: nodeID, Name: name, Sealed: sealed, KeyID: stored.ring.CurrentKeyID()})
 			keep[k] = true
 		}
 		return nil
@@ -425,7 +431,11 @@ func (s *Service) Node(ctx context.Context, tenant, flowID, nodeID string) (*ref
 		if !ok || n.TLS == nil {
 			continue
 		}
-		v, err := openSecret(s.Ring, tenant, ns)
+		ring, err := s.Keys.Ring(ctx, tenant)
+		if err != nil {
+			return nil, err
+		}
+		v, err := openSecret(ring, tenant, ns)
 		if err != nil {
 			return nil, err
 		}

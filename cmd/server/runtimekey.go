@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+
+	"github.com/loopze/certstore/internal/credfile"
+	"github.com/loopze/certstore/internal/durable"
+	"github.com/loopze/certstore/internal/secret"
+)
+
+// runRuntimeKey writes a tenant's runtime key: the file keys of every version of its key,
+// which open its credentials.json and nothing else. It is what a runtime is given in place
+// of the master key.
+func runRuntimeKey(ctx context.Context, env *environ, args []string) error {
+	var (
+		tenant, out string
+		force       bool
+	)
+	cfg, logger, _, err := setup(env, "runtime-key", args, func(fs *flag.FlagSet) {
+		fs.StringVar(&tenant, "tenant", "", "tenant whose runtimes get the key (required)")
+		fs.StringVar(&out, "out", "", "file to write, mode 0600 (required)")
+		fs.BoolVar(&force, "force", false, "replace the file when it exists")
+	})
+	if err != nil {
+		return err
+	}
+	if !validTenant(tenant) || out == "" {
+		return fmt.Errorf("%w: runtime-key --tenant T --out FILE", errUsage)
+	}
+	st, err := openStore(ctx, cfg, logger, true)
+	if err != nil {
+		return err
+	}
+	defer st.Close(ctx)
+	keys, err := openKeys(cfg, env, logger, st.pool, false)
+	if err != nil {
+		return err
+	}
+	defer keys.Master.Close()
+	versions, err := keys.Versions(ctx, tenant)
+	if err != nil {
+		return err
+	}
+	rk := &credfile.RuntimeKey{Tenant: tenant, Keys: map[int]secret.Bytes{}}
+	for _, v := range versions {
+		if rk.Keys[v.N], err = v.FileKey(); err != nil {
+			return err
+		}
+	}
+	data, err := rk.Marshal()
+	if err != nil {
+		return err
+	}
+	defer clear(data)
+	if force {
+		err = durable.Replace(out, data)
+	} else {
+		err = durable.CreateExclusive(out, data)
+	}
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%w: %s exists; --force replaces it", errUsage, out)
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", out, err)
+	}
+	cur := versions[len(versions)-1]
+	fmt.Fprintf(env.stdout, "runtime key of tenant %s written to %s (versions 1 to %d): it opens %s's credentials.json and nothing else; give it to its runtimes in place of loopze.key\n",
+		tenant, out, cur.N, tenant)
+	return nil
+}
