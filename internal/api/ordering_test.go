@@ -185,7 +185,7 @@ func TestCreatesDoNotQueueBehindTheTenantsWriters(t *testing.T) {
 	tok := env.Token(t, tenant, "editor")
 	ca := materialtest.NewCA(t, materialtest.Options{})
 	post(t, env, tok, inlineCA("first", ca))
-	_, err := audit.Chain(ctx, env.Pool, tenant) // the head row exists from here on
+	_, err := audit.Chain(ctx, env.Pool, nil, tenant) // the head row exists from here on
 	require.NoError(t, err)
 
 	held, err := env.Pool.Begin(ctx)

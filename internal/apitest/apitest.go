@@ -23,6 +23,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/api"
+	"github.com/loopze/certstore/internal/audit"
 	"github.com/loopze/certstore/internal/auth"
 	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/db"
@@ -71,6 +72,9 @@ type Options struct {
 	// Credentials, when set, adjusts the credentials route (its poll caps, its hooks)
 	// before the server starts.
 	Credentials func(*api.Credentials)
+	// AuditKeys are the audit keys the API chains the trail under; nil chains it by plain
+	// SHA-256, as serve does until per-tenant keys exist.
+	AuditKeys audit.Keys
 }
 
 // Buffer is a goroutine-safe log sink.
@@ -128,7 +132,7 @@ func New(t testing.TB, opts ...Options) *Env {
 	}
 	exporter := &fileexport.Exporter{Pool: pool, Ring: ring, DataDir: dataDir, Logger: logger, OnWrite: creds.Written}
 	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: "test", Verifier: verifier, Catalog: cat, Workspace: ws,
-		RateLimit: o.RateLimit, Credentials: creds})
+		RateLimit: o.RateLimit, Credentials: creds, AuditKeys: o.AuditKeys})
 	hs := httptest.NewServer(Contract(t, srv.Handler))
 	t.Cleanup(hs.Close)
 	if o.ExportLoop {
