@@ -33,8 +33,13 @@ type services struct {
 	// kdf admits every key derivation the server runs for a request or a scrape.
 	kdf     *kdf.Budget
 	catalog *catalog.Service
-	// chainer chains the audit records of this process's writes.
+	// chainer chains the audit records of this process's writes and checkpoints the
+	// tenants' heads in the data directory.
 	chainer *audit.Chainer
+	// auditKeys are the tenants' audit keys. Nil until per-tenant keys exist: the trail is
+	// then chained by plain SHA-256, and its checkpoints are what finds a rewrite.
+	auditKeys audit.Keys
+	dataDir   string
 	// workspace deploys the tenants' flows and resolves their TLS.
 	workspace *workspace.Service
 }
@@ -59,13 +64,13 @@ func loadServices(cfg config.Config, logger *slog.Logger) (*services, error) {
 		return nil, fmt.Errorf("load master key: %w", err)
 	}
 	budget := kdf.New(kdf.Config{Memory: int64(cfg.KDFMemoryMiB) << 20, Slots: cfg.KDFConcurrency, Queue: cfg.KDFQueue})
-	return &services{ring: ring, verifier: verifier, roots: roots, kdf: budget}, nil
+	return &services{ring: ring, verifier: verifier, roots: roots, kdf: budget, dataDir: cfg.DataDir}, nil
 }
 
 // connect builds the database-backed services over pool.
 func (s *services) connect(pool *pgxpool.Pool, logger *slog.Logger) {
 	cache := &catalog.Cache{} // serves once the export loop's listener is up
-	s.chainer = &audit.Chainer{Pool: pool, Logger: logger}
+	s.chainer = &audit.Chainer{Pool: pool, Keys: s.auditKeys, CheckpointDir: audit.CheckpointDir(s.dataDir), Logger: logger}
 	s.catalog = &catalog.Service{Pool: pool, Ring: s.ring, Roots: s.roots, KDF: s.kdf, Logger: logger, Cache: cache, Chainer: s.chainer}
 	s.workspace = &workspace.Service{Pool: pool, Ring: s.ring, Roots: s.roots, KDF: s.kdf, Logger: logger,
 		Resolver: &resolver.Resolver{Entries: s.catalog.Entries(), Roots: s.catalog.Roots, KDF: s.kdf, Logger: logger},
