@@ -15,10 +15,14 @@ import (
 	"github.com/loopze/certstore/internal/repo"
 )
 
+// AuditRecord is a record of the audit trail as the API shows it: an audit.Link under the
+// glossary's name, which is also its OpenAPI schema's.
+type AuditRecord audit.Link
+
 // AuditOutput is a page of the tenant's audit trail, newest first.
 type AuditOutput struct {
 	Body struct {
-		Items      []audit.Entry `json:"items"`
+		Items      []AuditRecord `json:"items"`
 		NextCursor string        `json:"nextCursor,omitempty" doc:"Pass as cursor for the next (older) page; absent on the last page"`
 	}
 }
@@ -93,9 +97,9 @@ func registerAudit(api huma.API, s *Server) {
 			return nil, s.mapError(ctx, err)
 		}
 		out := &AuditOutput{}
-		out.Body.Items = make([]audit.Entry, 0, len(recs))
+		out.Body.Items = make([]AuditRecord, 0, len(recs))
 		for _, r := range recs {
-			out.Body.Items = append(out.Body.Items, audit.ToEntry(r))
+			out.Body.Items = append(out.Body.Items, AuditRecord(audit.ToLink(r)))
 		}
 		if more && len(recs) > 0 {
 			out.Body.NextCursor = encodeCursor(recs[len(recs)-1].Seq)

@@ -25,8 +25,8 @@ import (
 
 // auditPage is the body of GET /api/v1/audit.
 type auditPage struct {
-	Items      []audit.Entry `json:"items"`
-	NextCursor string        `json:"nextCursor"`
+	Items      []audit.Link `json:"items"`
+	NextCursor string       `json:"nextCursor"`
 }
 
 func auditList(t *testing.T, env *apitest.Env, tok, query string) auditPage {
@@ -94,14 +94,14 @@ func TestAuditRecordsEveryWrite(t *testing.T) {
 		require.Equal(t, "127.0.0.1", e.ClientAddr)
 		require.WithinRange(t, e.Time, start, time.Now().Add(time.Second))
 	}
-	byAction := func(a string) audit.Entry {
+	byAction := func(a string) audit.Link {
 		for _, e := range page.Items {
 			if e.Action == a {
 				return e
 			}
 		}
 		t.Fatalf("no %s", a)
-		return audit.Entry{}
+		return audit.Link{}
 	}
 	upd := byAction("entry.update")
 	require.Equal(t, fingerprint(v1), upd.FingerprintBefore)

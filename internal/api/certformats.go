@@ -160,7 +160,7 @@ func registerCertificateExport(api huma.API, s *Server, tags []string) {
 			derCertType:  {Schema: &huma.Schema{Type: "string", Format: "binary"}},
 		}}},
 	}), auth.Editor), func(ctx context.Context, in *struct {
-		CertIDParam
+		EntryIDParam
 		Accept string `header:"Accept" maxLength:"1024" doc:"application/pem-certificate-chain (default) or application/pkix-cert"`
 	}) (*CertificateOutput, error) {
 		ct := negotiateCertificate(in.Accept)

@@ -20,32 +20,35 @@ import (
 
 const certsPath = "/api/v1/certs"
 
-// Cert is an entry as the API shows it: metadata and paths, never PEM or keys.
-type Cert struct {
-	ID                string    `json:"id" example:"internal-root-ca"`
-	Name              string    `json:"name" example:"Internal Root CA"`
-	Type              string    `json:"type" enum:"ca-bundle,client-pair,server-pair"`
-	Source            string    `json:"source" enum:"inline,file"`
-	Notes             string    `json:"notes"`
-	CertPath          string    `json:"certPath,omitempty" doc:"For source file: the certificate file, read at every connection init" example:"/etc/loopze/certs/edge.crt"`
-	KeyPath           string    `json:"keyPath,omitempty" doc:"For a file-sourced pair: the private key file" example:"/etc/loopze/certs/edge.key"`
-	HasPrivateKey     bool      `json:"hasPrivateKey"`
-	FingerprintSHA256 string    `json:"fingerprintSha256" doc:"SHA-256 of the leaf certificate, as openssl x509 -noout -fingerprint -sha256 prints it" example:"3A:1F:...:9C"`
-	Subject           string    `json:"subject" example:"CN=Internal Root CA,O=Acme"`
-	Issuer            string    `json:"issuer" example:"CN=Internal Root CA,O=Acme"`
-	SerialNumber      string    `json:"serialNumber" example:"01:F4"`
-	NotBefore         time.Time `json:"notBefore"`
-	NotAfter          time.Time `json:"notAfter"`
-	DNSNames          []string  `json:"dnsNames"`
-	CertCount         int       `json:"certCount"`
-	KeyAlgorithm      string    `json:"keyAlgorithm" example:"ECDSA-P256"`
-	Expired           bool      `json:"expired"`
-	DaysToExpiry      int       `json:"daysToExpiry" doc:"Whole days until notAfter; negative once expired"`
-	ReferenceCount    int       `json:"referenceCount" doc:"How many deployed node fields reference this entry"`
-	Version           int64     `json:"version" doc:"Increases with every change; the ETag carries it"`
-	CreatedAt         time.Time `json:"createdAt"`
-	UpdatedAt         time.Time `json:"updatedAt"`
-	PassphraseFile    string    `json:"passphraseFile,omitempty" doc:"For a file entry with a PKCS#12 or an encrypted key: the passphrase file (never the passphrase)" example:"/etc/loopze/certs/edge.pass"`
+// Entry is an entry as the API shows it: its fields, paths and metadata, never PEM or keys.
+type Entry struct {
+	ID       string `json:"id" example:"internal-root-ca"`
+	Name     string `json:"name" example:"Internal Root CA"`
+	Type     string `json:"type" enum:"ca-bundle,client-pair,server-pair"`
+	Source   string `json:"source" enum:"inline,file"`
+	Notes    string `json:"notes"`
+	CertPath string `json:"certPath,omitempty" doc:"For source file: the certificate file, read at every connection init" example:"/etc/loopze/certs/edge.crt"`
+	KeyPath  string `json:"keyPath,omitempty" doc:"For a file-sourced pair: the private key file" example:"/etc/loopze/certs/edge.key"`
+	Metadata
+	ReferenceCount int       `json:"referenceCount" doc:"How many deployed node fields reference this entry"`
+	Version        int64     `json:"version" doc:"Increases with every change; the ETag carries it"`
+	CreatedAt      time.Time `json:"createdAt"`
+	UpdatedAt      time.Time `json:"updatedAt"`
+	PassphraseFile string    `json:"passphraseFile,omitempty" doc:"For a file entry with a PKCS#12 or an encrypted key: the passphrase file (never the passphrase)" example:"/etc/loopze/certs/edge.pass"`
+}
+
+// Metadata is what the store derives from material, and what its expiry means at the
+// time of the answer.
+type Metadata struct {
+	material.Metadata
+	Expired      bool `json:"expired" doc:"Whether notAfter has passed"`
+	DaysToExpiry int  `json:"daysToExpiry" doc:"Whole days until notAfter; negative once expired"`
+}
+
+func metadataAt(m material.Metadata, now time.Time) Metadata {
+	m = m.InUTC()
+	left := m.NotAfter.Sub(now)
+	return Metadata{Metadata: m, Expired: left < 0, DaysToExpiry: int(math.Floor(left.Hours() / 24))}
 }
 
 // Problem is a warning or error about one field.
@@ -54,24 +57,10 @@ type Problem struct {
 	Message  string `json:"message" example:"certificate expired on 2025-01-02T00:00:00Z"`
 }
 
-func toCert(e *repo.Entry, now time.Time) Cert {
-	left := e.Meta.NotAfter.Sub(now)
-	return Cert{
-		ID: e.ID, Name: e.Name, Type: string(e.Type), Source: e.Source, Notes: e.Notes,
-		CertPath: e.CertPath, KeyPath: e.KeyPath, HasPrivateKey: e.Meta.HasPrivateKey,
-		FingerprintSHA256: e.Meta.FingerprintSHA256, Subject: e.Meta.Subject, Issuer: e.Meta.Issuer,
-		SerialNumber: e.Meta.SerialNumber, NotBefore: e.Meta.NotBefore.UTC(), NotAfter: e.Meta.NotAfter.UTC(),
-		DNSNames: nonNilStrings(e.Meta.DNSNames), CertCount: e.Meta.CertCount, KeyAlgorithm: e.Meta.KeyAlgorithm,
-		Expired: left < 0, DaysToExpiry: int(math.Floor(left.Hours() / 24)), ReferenceCount: e.RefCount,
-		Version: e.Version, CreatedAt: e.CreatedAt.UTC(), UpdatedAt: e.UpdatedAt.UTC(), PassphraseFile: e.PassphrasePath,
-	}
-}
-
-func nonNilStrings(s []string) []string {
-	if s == nil {
-		return []string{}
-	}
-	return s
+func toEntry(e *repo.Entry, now time.Time) Entry {
+	return Entry{ID: e.ID, Name: e.Name, Type: string(e.Type), Source: e.Source, Notes: e.Notes,
+		CertPath: e.CertPath, KeyPath: e.KeyPath, Metadata: metadataAt(e.Meta, now), ReferenceCount: e.RefCount,
+		Version: e.Version, CreatedAt: e.CreatedAt.UTC(), UpdatedAt: e.UpdatedAt.UTC(), PassphraseFile: e.PassphrasePath}
 }
 
 func problems(issues []material.Issue) []Problem {
@@ -82,9 +71,9 @@ func problems(issues []material.Issue) []Problem {
 	return out
 }
 
-// CertBody is an entry as a client sends it. Material goes in certPem/keyPem (inline) or
+// EntryBody is an entry as a client sends it. Material goes in certPem/keyPem (inline) or
 // certPath/keyPath (file).
-type CertBody struct {
+type EntryBody struct {
 	ID       string  `json:"id" maxLength:"64" doc:"Slug ^[a-z0-9][a-z0-9_-]{0,63}$, unique in the tenant, immutable" example:"internal-root-ca"`
 	Name     *string `json:"name,omitempty" maxLength:"200" doc:"Free text, required on create" example:"Internal Root CA"`
 	Type     *string `json:"type,omitempty" enum:"ca-bundle,client-pair,server-pair" doc:"Required on create" example:"ca-bundle"`
@@ -97,7 +86,7 @@ type CertBody struct {
 	CertEncodings
 }
 
-func (b *CertBody) input() catalog.Input {
+func (b *EntryBody) input() catalog.Input {
 	in := catalog.Input{ID: b.ID, Name: b.Name, Type: b.Type, Source: b.Source, Notes: b.Notes,
 		CertPath: b.CertPath, KeyPath: b.KeyPath}
 	if b.CertPEM != nil {
@@ -109,7 +98,7 @@ func (b *CertBody) input() catalog.Input {
 	return in
 }
 
-// ValidateBody is CertBody for a validation, where the ID is checked only when given.
+// ValidateBody is EntryBody for a validation, where the ID is checked only when given.
 type ValidateBody struct {
 	ID       *string `json:"id,omitempty" maxLength:"64" doc:"Checked when given, as create would" example:"internal-root-ca"`
 	Name     *string `json:"name,omitempty" maxLength:"200" example:"Internal Root CA"`
@@ -123,8 +112,8 @@ type ValidateBody struct {
 	CertEncodings
 }
 
-// CertPutBody is CertBody for PUT, where the ID comes from the path and every field is optional.
-type CertPutBody struct {
+// EntryPutBody is EntryBody for PUT, where the ID comes from the path and every field is optional.
+type EntryPutBody struct {
 	ID       string  `json:"id,omitempty" maxLength:"64" doc:"When given, must equal the ID in the path: IDs are immutable"`
 	Name     *string `json:"name,omitempty" maxLength:"200" doc:"Omitted keeps the stored name"`
 	Type     *string `json:"type,omitempty" enum:"ca-bundle,client-pair,server-pair" doc:"Omitted keeps the stored type; refused with 409 while the entry is referenced"`
@@ -137,39 +126,39 @@ type CertPutBody struct {
 	CertEncodings
 }
 
-// CertOutput is one entry with its ETag.
-type CertOutput struct {
+// EntryOutput is one entry with its ETag.
+type EntryOutput struct {
 	ETag string `header:"ETag"`
-	Body Cert
+	Body Entry
 }
 
-// CertSavedOutput is the answer to a create or update: the entry and the warnings its
+// EntrySavedOutput is the answer to a create or update: the entry and the warnings its
 // material raised (saved anyway).
-type CertSavedOutput struct {
+type EntrySavedOutput struct {
 	Status   int
 	ETag     string `header:"ETag"`
 	Location string `header:"Location"`
 	Body     struct {
-		Cert
+		Entry
 		Warnings     []Problem        `json:"warnings" doc:"Problems that did not stop the save: expired, not yet valid, broken chain, weak key, non-CA in a bundle"`
 		Verification *VerificationOut `json:"verification,omitempty" doc:"With verifyWith: whether the pair chains to that ca-bundle"`
 	}
 }
 
-func (s *Server) saved(res *catalog.Result) *CertSavedOutput {
-	out := &CertSavedOutput{Status: http.StatusOK, ETag: etag(res.Entry.Version)}
+func (s *Server) saved(res *catalog.Result) *EntrySavedOutput {
+	out := &EntrySavedOutput{Status: http.StatusOK, ETag: etag(res.Entry.Version)}
 	if res.Created {
 		out.Status = http.StatusCreated
 		out.Location = certsPath + "/" + url.PathEscape(res.Entry.ID)
 	}
-	out.Body.Cert = toCert(res.Entry, time.Now())
+	out.Body.Entry = toEntry(res.Entry, time.Now())
 	out.Body.Warnings = problems(res.Warnings)
 	out.Body.Verification = toVerification(res.Verification)
 	return out
 }
 
-// CertIDParam is the {id} path parameter.
-type CertIDParam struct {
+// EntryIDParam is the {id} path parameter.
+type EntryIDParam struct {
 	ID string `path:"id" maxLength:"64" doc:"Entry ID" example:"internal-root-ca"`
 }
 
@@ -185,7 +174,7 @@ type ListInput struct {
 
 // ListOutput is a page of entries, sorted by ID.
 type ListOutput struct {
-	Body certPage
+	Body entryPage
 }
 
 func encodeCursor(v any) string {
@@ -251,9 +240,9 @@ func registerCerts(api huma.API, s *Server) {
 			return nil, s.mapError(ctx, err)
 		}
 		out := &ListOutput{}
-		out.Body.Items = make([]Cert, 0, len(entries))
+		out.Body.Items = make([]Entry, 0, len(entries))
 		for _, e := range entries {
-			out.Body.Items = append(out.Body.Items, toCert(e, now))
+			out.Body.Items = append(out.Body.Items, toEntry(e, now))
 		}
 		if more && len(entries) > 0 {
 			out.Body.NextCursor = encodeCursor(entries[len(entries)-1].ID)
@@ -267,9 +256,9 @@ func registerCerts(api huma.API, s *Server) {
 		Description: "Metadata and paths of one entry, with its ETag. Never returns PEM or keys: to replace material, upload it again.",
 		Errors:      []int{http.StatusNotFound},
 	}, auth.Viewer), func(ctx context.Context, in *struct {
-		CertIDParam
+		EntryIDParam
 		IfNoneMatch string `header:"If-None-Match" maxLength:"1024" doc:"ETag of the version the caller holds: 304 while it is current"`
-	}) (*CertOutput, error) {
+	}) (*EntryOutput, error) {
 		e, err := s.deps.Catalog.Get(ctx, principalFrom(ctx).Tenant, in.ID)
 		if err != nil {
 			return nil, s.mapError(ctx, err)
@@ -277,7 +266,7 @@ func registerCerts(api huma.API, s *Server) {
 		if err := notModified(in.IfNoneMatch, etag(e.Version)); err != nil {
 			return nil, err
 		}
-		return &CertOutput{ETag: etag(e.Version), Body: toCert(e, time.Now())}, nil
+		return &EntryOutput{ETag: etag(e.Version), Body: toEntry(e, time.Now())}, nil
 	})
 	declareNotModified(api.OpenAPI().Paths[certsPath+"/{id}"].Get)
 
@@ -287,7 +276,7 @@ func registerCerts(api huma.API, s *Server) {
 		Description: "In (flow, node, field) order, paged: the same list a refused DELETE carries.",
 		Errors:      []int{http.StatusBadRequest, http.StatusNotFound},
 	}, auth.Viewer), func(ctx context.Context, in *struct {
-		CertIDParam
+		EntryIDParam
 		Limit  int    `query:"limit" default:"1000" minimum:"1" maximum:"5000"`
 		Cursor string `query:"cursor" maxLength:"1000"`
 	}) (*ReferencesOutput, error) {
@@ -319,7 +308,7 @@ func registerCerts(api huma.API, s *Server) {
 		Description:   "Validates the material, derives its metadata and stores it (inline PEM encrypted at rest). Expired or not-yet-valid certificates are saved with a warning.",
 		DefaultStatus: http.StatusCreated,
 		Errors:        []int{http.StatusBadRequest, http.StatusConflict, http.StatusRequestEntityTooLarge, http.StatusUnprocessableEntity},
-	}), auth.Editor), func(ctx context.Context, in *struct{ Body CertBody }) (*CertSavedOutput, error) {
+	}), auth.Editor), func(ctx context.Context, in *struct{ Body EntryBody }) (*EntrySavedOutput, error) {
 		input := in.Body.input()
 		if err := in.Body.apply(&input); err != nil {
 			return nil, err
@@ -340,11 +329,11 @@ func registerCerts(api huma.API, s *Server) {
 			"If-None-Match: * creates only an entry that does not (412 otherwise).",
 		Errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusPreconditionFailed, http.StatusRequestEntityTooLarge, http.StatusUnprocessableEntity},
 	}), auth.Editor), func(ctx context.Context, in *struct {
-		CertIDParam
+		EntryIDParam
 		IfMatch     string `header:"If-Match" maxLength:"1024" doc:"ETag of the version being replaced, or * for any version of an existing entry"`
 		IfNoneMatch string `header:"If-None-Match" maxLength:"1024" doc:"* to create only: 412 when the entry exists"`
-		Body        CertPutBody
-	}) (*CertSavedOutput, error) {
+		Body        EntryPutBody
+	}) (*EntrySavedOutput, error) {
 		if in.Body.ID != "" && in.Body.ID != in.ID {
 			return nil, newError(http.StatusUnprocessableEntity, "the entry is not valid",
 				&ErrorDetail{Location: "body.id", Message: "IDs are immutable: the body's id must equal the path's (" + in.ID + ")"})
@@ -353,7 +342,7 @@ func registerCerts(api huma.API, s *Server) {
 		if err != nil {
 			return nil, err
 		}
-		b := CertBody{ID: in.ID, Name: in.Body.Name, Type: in.Body.Type, Source: in.Body.Source, Notes: in.Body.Notes,
+		b := EntryBody{ID: in.ID, Name: in.Body.Name, Type: in.Body.Type, Source: in.Body.Source, Notes: in.Body.Notes,
 			CertPEM: in.Body.CertPEM, KeyPEM: in.Body.KeyPEM, CertPath: in.Body.CertPath, KeyPath: in.Body.KeyPath}
 		input := b.input()
 		if err := in.Body.apply(&input); err != nil {
@@ -374,7 +363,7 @@ func registerCerts(api huma.API, s *Server) {
 		DefaultStatus: http.StatusNoContent,
 		Errors:        []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusPreconditionFailed},
 	}, auth.Editor), func(ctx context.Context, in *struct {
-		CertIDParam
+		EntryIDParam
 		IfMatch string `header:"If-Match" maxLength:"1024" doc:"ETag of the version being deleted, or * for any version"`
 	}) (*struct{}, error) {
 		pre, err := entryPrecondition(in.IfMatch, "")
@@ -396,7 +385,7 @@ func registerCerts(api huma.API, s *Server) {
 		v := in.Body
 		// A probe of material alone: the entry's ID is not being asked about, so a
 		// well-formed stand-in takes its place (validation reads no stored entry by it).
-		b := CertBody{ID: "material-probe", Name: v.Name, Type: v.Type, Source: v.Source, Notes: v.Notes,
+		b := EntryBody{ID: "material-probe", Name: v.Name, Type: v.Type, Source: v.Source, Notes: v.Notes,
 			CertPEM: v.CertPEM, KeyPEM: v.KeyPEM, CertPath: v.CertPath, KeyPath: v.KeyPath, CertEncodings: v.CertEncodings}
 		if v.ID != nil {
 			b.ID = *v.ID
@@ -413,7 +402,8 @@ func registerCerts(api huma.API, s *Server) {
 		out := &ValidateOutput{}
 		out.Body.Valid = len(errs) == 0
 		if meta != nil {
-			out.Body.Metadata = toMetadata(meta, time.Now())
+			m := metadataAt(*meta, time.Now())
+			out.Body.Metadata = &m
 		}
 		out.Body.Warnings = problems(warnings)
 		out.Body.Errors = problems(errs)
@@ -430,30 +420,4 @@ func toReferences(refs []repo.Reference) []Reference {
 		out = append(out, Reference{FlowID: r.FlowID, NodeID: r.NodeID, NodeType: r.NodeType, Field: r.Field})
 	}
 	return out
-}
-
-// Metadata is what Validate derives from the material.
-type Metadata struct {
-	FingerprintSHA256 string    `json:"fingerprintSha256"`
-	Subject           string    `json:"subject"`
-	Issuer            string    `json:"issuer"`
-	SerialNumber      string    `json:"serialNumber"`
-	NotBefore         time.Time `json:"notBefore"`
-	NotAfter          time.Time `json:"notAfter"`
-	DNSNames          []string  `json:"dnsNames"`
-	CertCount         int       `json:"certCount"`
-	KeyAlgorithm      string    `json:"keyAlgorithm"`
-	HasPrivateKey     bool      `json:"hasPrivateKey"`
-	Expired           bool      `json:"expired"`
-	DaysToExpiry      int       `json:"daysToExpiry"`
-}
-
-func toMetadata(m *material.Metadata, now time.Time) *Metadata {
-	left := m.NotAfter.Sub(now)
-	return &Metadata{
-		FingerprintSHA256: m.FingerprintSHA256, Subject: m.Subject, Issuer: m.Issuer, SerialNumber: m.SerialNumber,
-		NotBefore: m.NotBefore.UTC(), NotAfter: m.NotAfter.UTC(), DNSNames: nonNilStrings(m.DNSNames),
-		CertCount: m.CertCount, KeyAlgorithm: m.KeyAlgorithm, HasPrivateKey: m.HasPrivateKey,
-		Expired: left < 0, DaysToExpiry: int(math.Floor(left.Hours() / 24)),
-	}
 }

@@ -40,7 +40,7 @@ func defineTags(o *huma.OpenAPI, op *huma.Operation) {
 // rate limit's headers, 429 and 503 (no database, or authentication not configured, or,
 // with Retry-After, a full key derivation budget where the operation derives) where a
 // token is required; 201 beside a 200 that carries Location, since such an operation
-// (CertSavedOutput) answers 201 when it created the entry. It runs after every route is
+// (EntrySavedOutput) answers 201 when it created the entry. It runs after every route is
 // registered.
 func declareCommon(api huma.API) {
 	for _, item := range api.OpenAPI().Paths {

@@ -2,14 +2,15 @@ package api
 
 import (
 	"strconv"
-	"time"
+
+	"github.com/loopze/certstore/internal/material"
 )
 
-// certPage is the body of a list of entries (ListOutput.Body). It is an alias of the
+// entryPage is the body of a list of entries (ListOutput.Body). It is an alias of the
 // anonymous struct, so the OpenAPI schema Huma derives from it is unchanged.
-type certPage = struct {
-	Items      []Cert `json:"items"`
-	NextCursor string `json:"nextCursor,omitempty" doc:"Pass as cursor for the next page; absent on the last page"`
+type entryPage = struct {
+	Items      []Entry `json:"items"`
+	NextCursor string  `json:"nextCursor,omitempty" doc:"Pass as cursor for the next page; absent on the last page"`
 }
 
 // fastBody is the jsonAppender for a body of the hot paths that cannot carry the method
@@ -17,17 +18,17 @@ type certPage = struct {
 // anonymous one, and an error body's fields are Huma's): nil for any other body.
 func fastBody(v any) jsonAppender {
 	switch b := v.(type) {
-	case Cert:
-		return appendFunc(func(buf []byte) ([]byte, error) { return appendCert(buf, &b) })
-	case *Cert:
+	case Entry:
+		return appendFunc(func(buf []byte) ([]byte, error) { return appendEntry(buf, &b) })
+	case *Entry:
 		if b != nil {
-			return appendFunc(func(buf []byte) ([]byte, error) { return appendCert(buf, b) })
+			return appendFunc(func(buf []byte) ([]byte, error) { return appendEntry(buf, b) })
 		}
-	case certPage:
-		return appendFunc(func(buf []byte) ([]byte, error) { return appendCertPage(buf, &b) })
-	case *certPage:
+	case entryPage:
+		return appendFunc(func(buf []byte) ([]byte, error) { return appendEntryPage(buf, &b) })
+	case *entryPage:
 		if b != nil {
-			return appendFunc(func(buf []byte) ([]byte, error) { return appendCertPage(buf, b) })
+			return appendFunc(func(buf []byte) ([]byte, error) { return appendEntryPage(buf, b) })
 		}
 	case *ErrorBody:
 		if b != nil && !hasNilDetail(b.Errors) {
@@ -41,50 +42,81 @@ type appendFunc func([]byte) ([]byte, error)
 
 func (f appendFunc) appendJSON(b []byte) ([]byte, error) { return f(b) }
 
-func appendCertPage(b []byte, p *certPage) ([]byte, error) {
-	return appendJSONPage(b, p.Items, p.NextCursor, appendCert)
+func appendEntryPage(b []byte, p *entryPage) ([]byte, error) {
+	return appendJSONPage(b, p.Items, p.NextCursor, appendEntry)
 }
 
-// appendCert encodes c field by field in the order of its declaration, as encoding/json
+// appendEntry encodes e field by field in the order of its declaration, as encoding/json
 // does.
-func appendCert(b []byte, c *Cert) ([]byte, error) {
-	var err error
+func appendEntry(b []byte, e *Entry) ([]byte, error) {
 	str := func(key, v string) {
 		b = append(b, key...)
 		b = appendJSONString(b, v)
 	}
-	tm := func(key string, t time.Time) {
-		b = append(b, key...)
-		var e error
-		if b, e = appendJSONTime(b, t); e != nil && err == nil {
-			err = e
-		}
+	str(`{"id":`, e.ID)
+	str(`,"name":`, e.Name)
+	str(`,"type":`, e.Type)
+	str(`,"source":`, e.Source)
+	str(`,"notes":`, e.Notes)
+	if e.CertPath != "" {
+		str(`,"certPath":`, e.CertPath)
 	}
-	str(`{"id":`, c.ID)
-	str(`,"name":`, c.Name)
-	str(`,"type":`, c.Type)
-	str(`,"source":`, c.Source)
-	str(`,"notes":`, c.Notes)
-	if c.CertPath != "" {
-		str(`,"certPath":`, c.CertPath)
+	if e.KeyPath != "" {
+		str(`,"keyPath":`, e.KeyPath)
 	}
-	if c.KeyPath != "" {
-		str(`,"keyPath":`, c.KeyPath)
+	var err error
+	if b, err = appendMetadata(b, &e.Metadata.Metadata); err != nil {
+		return b, err
 	}
-	b = append(b, `,"hasPrivateKey":`...)
-	b = strconv.AppendBool(b, c.HasPrivateKey)
-	str(`,"fingerprintSha256":`, c.FingerprintSHA256)
-	str(`,"subject":`, c.Subject)
-	str(`,"issuer":`, c.Issuer)
-	str(`,"serialNumber":`, c.SerialNumber)
-	tm(`,"notBefore":`, c.NotBefore)
-	tm(`,"notAfter":`, c.NotAfter)
+	b = append(b, `,"expired":`...)
+	b = strconv.AppendBool(b, e.Expired)
+	b = append(b, `,"daysToExpiry":`...)
+	b = appendJSONInt(b, int64(e.DaysToExpiry))
+	b = append(b, `,"referenceCount":`...)
+	b = appendJSONInt(b, int64(e.ReferenceCount))
+	b = append(b, `,"version":`...)
+	b = appendJSONInt(b, e.Version)
+	b = append(b, `,"createdAt":`...)
+	if b, err = appendJSONTime(b, e.CreatedAt); err != nil {
+		return b, err
+	}
+	b = append(b, `,"updatedAt":`...)
+	if b, err = appendJSONTime(b, e.UpdatedAt); err != nil {
+		return b, err
+	}
+	if e.PassphraseFile != "" {
+		str(`,"passphraseFile":`, e.PassphraseFile)
+	}
+	return append(b, '}'), nil
+}
+
+// appendMetadata writes the fields of m as encoding/json writes them inside the object
+// that embeds it (each after a comma: metadata is never first). It is the one list of
+// metadata fields in the API's own encoders.
+func appendMetadata(b []byte, m *material.Metadata) ([]byte, error) {
+	var err error
+	b = append(b, `,"fingerprintSha256":`...)
+	b = appendJSONString(b, m.FingerprintSHA256)
+	b = append(b, `,"subject":`...)
+	b = appendJSONString(b, m.Subject)
+	b = append(b, `,"issuer":`...)
+	b = appendJSONString(b, m.Issuer)
+	b = append(b, `,"serialNumber":`...)
+	b = appendJSONString(b, m.SerialNumber)
+	b = append(b, `,"notBefore":`...)
+	if b, err = appendJSONTime(b, m.NotBefore); err != nil {
+		return b, err
+	}
+	b = append(b, `,"notAfter":`...)
+	if b, err = appendJSONTime(b, m.NotAfter); err != nil {
+		return b, err
+	}
 	b = append(b, `,"dnsNames":`...)
-	if c.DNSNames == nil {
+	if m.DNSNames == nil {
 		b = append(b, "null"...)
 	} else {
 		b = append(b, '[')
-		for i, n := range c.DNSNames {
+		for i, n := range m.DNSNames {
 			if i > 0 {
 				b = append(b, ',')
 			}
@@ -93,22 +125,11 @@ func appendCert(b []byte, c *Cert) ([]byte, error) {
 		b = append(b, ']')
 	}
 	b = append(b, `,"certCount":`...)
-	b = strconv.AppendInt(b, int64(c.CertCount), 10)
-	str(`,"keyAlgorithm":`, c.KeyAlgorithm)
-	b = append(b, `,"expired":`...)
-	b = strconv.AppendBool(b, c.Expired)
-	b = append(b, `,"daysToExpiry":`...)
-	b = strconv.AppendInt(b, int64(c.DaysToExpiry), 10)
-	b = append(b, `,"referenceCount":`...)
-	b = strconv.AppendInt(b, int64(c.ReferenceCount), 10)
-	b = append(b, `,"version":`...)
-	b = strconv.AppendInt(b, c.Version, 10)
-	tm(`,"createdAt":`, c.CreatedAt)
-	tm(`,"updatedAt":`, c.UpdatedAt)
-	if c.PassphraseFile != "" {
-		str(`,"passphraseFile":`, c.PassphraseFile)
-	}
-	return append(b, '}'), err
+	b = appendJSONInt(b, int64(m.CertCount))
+	b = append(b, `,"keyAlgorithm":`...)
+	b = appendJSONString(b, m.KeyAlgorithm)
+	b = append(b, `,"hasPrivateKey":`...)
+	return strconv.AppendBool(b, m.HasPrivateKey), nil
 }
 
 func hasNilDetail(ds []*ErrorDetail) bool {

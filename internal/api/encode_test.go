@@ -8,13 +8,15 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/loopze/certstore/internal/material"
 )
 
-// TestFastEncodingMatchesJSON: the direct encoder of entries and pages writes the bytes
-// encoding/json writes (as Huma's default format runs it) for every shape of value:
-// optional fields set and not, nil and empty lists, strings that need escaping (quotes,
-// control characters, invalid UTF-8, U+2028, HTML characters), times in any zone and
-// precision, and a time encoding/json refuses.
+// TestFastEncodingMatchesJSON: the direct encoder of entries, their metadata and pages
+// writes the bytes encoding/json writes (as Huma's default format runs it) for every shape
+// of value: optional fields set and not, nil and empty lists, strings that need escaping
+// (quotes, control characters, invalid UTF-8, U+2028, HTML characters), times in any zone
+// and precision, and a time encoding/json refuses.
 func TestFastEncodingMatchesJSON(t *testing.T) {
 	t.Parallel()
 	strs := []string{"", "plain", `quo"te`, `back\slash`, "tab\tnew\nline\r", "\x00\x01\x1f\x7f", "<script>&amp;</script>",
@@ -25,22 +27,25 @@ func TestFastEncodingMatchesJSON(t *testing.T) {
 	when := func() time.Time {
 		return time.Unix(rnd.Int64N(1<<35), rnd.Int64N(1e9)*int64(rnd.IntN(2))).In(zones[rnd.IntN(len(zones))])
 	}
-	cert := func() Cert {
-		c := Cert{ID: pick(), Name: pick(), Type: pick(), Source: pick(), Notes: pick(), FingerprintSHA256: pick(),
-			Subject: pick(), Issuer: pick(), SerialNumber: pick(), KeyAlgorithm: pick(),
-			HasPrivateKey: rnd.IntN(2) == 0, Expired: rnd.IntN(2) == 0, CertCount: rnd.IntN(5) - 1,
-			DaysToExpiry: rnd.IntN(2000) - 1000, ReferenceCount: rnd.IntN(1 << 20), Version: rnd.Int64(),
-			NotBefore: when(), NotAfter: when(), CreatedAt: when(), UpdatedAt: when()}
-		if rnd.IntN(2) == 0 {
-			c.CertPath, c.KeyPath, c.PassphraseFile = pick(), pick(), pick()
-		}
+	meta := func() material.Metadata {
+		m := material.Metadata{FingerprintSHA256: pick(), Subject: pick(), Issuer: pick(), SerialNumber: pick(),
+			NotBefore: when(), NotAfter: when(), CertCount: rnd.IntN(5) - 1, KeyAlgorithm: pick(), HasPrivateKey: rnd.IntN(2) == 0}
 		switch rnd.IntN(3) {
 		case 0:
-			c.DNSNames = nil
+			m.DNSNames = nil
 		case 1:
-			c.DNSNames = []string{}
+			m.DNSNames = []string{}
 		default:
-			c.DNSNames = []string{pick(), pick()}
+			m.DNSNames = []string{pick(), pick()}
+		}
+		return m
+	}
+	cert := func() Entry {
+		c := Entry{ID: pick(), Name: pick(), Type: pick(), Source: pick(), Notes: pick(),
+			Metadata:       Metadata{Metadata: meta(), Expired: rnd.IntN(2) == 0, DaysToExpiry: rnd.IntN(2000) - 1000},
+			ReferenceCount: rnd.IntN(1 << 20), Version: rnd.Int64(), CreatedAt: when(), UpdatedAt: when()}
+		if rnd.IntN(2) == 0 {
+			c.CertPath, c.KeyPath, c.PassphraseFile = pick(), pick(), pick()
 		}
 		return c
 	}
@@ -57,15 +62,20 @@ func TestFastEncodingMatchesJSON(t *testing.T) {
 		return buf.String()
 	}
 	for range 500 {
+		// The metadata alone, as the object that embeds it would hold it.
+		m := meta()
+		b, err := appendMetadata([]byte("{"), &m)
+		require.NoError(t, err)
+		require.Equal(t, want(m), "{"+string(b[2:])+"}\n")
 		c := cert()
 		require.Equal(t, want(c), got(c))
 		require.Equal(t, want(&c), got(&c))
-		p := certPage{NextCursor: pick()}
+		p := entryPage{NextCursor: pick()}
 		for range rnd.IntN(4) {
 			p.Items = append(p.Items, cert())
 		}
 		if p.Items == nil && rnd.IntN(2) == 0 {
-			p.Items = []Cert{}
+			p.Items = []Entry{}
 		}
 		require.Equal(t, want(p), got(p))
 		require.Equal(t, want(&p), got(&p))
@@ -85,12 +95,20 @@ func TestFastEncodingMatchesJSON(t *testing.T) {
 	}
 	require.Equal(t, want(&ErrorBody{Errors: []*ErrorDetail{nil}}), got(&ErrorBody{Errors: []*ErrorDetail{nil}}))
 	// encoding/json refuses a year past 9999; so does the format, with encoding/json's error.
-	c := cert()
-	c.NotAfter = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
-	var buf bytes.Buffer
-	err := jsonFormat.Marshal(&buf, c)
-	require.Error(t, err)
-	require.Empty(t, buf.String())
+	for _, set := range []func(*Entry, time.Time){
+		func(e *Entry, t time.Time) { e.NotBefore = t },
+		func(e *Entry, t time.Time) { e.NotAfter = t },
+		func(e *Entry, t time.Time) { e.UpdatedAt = t },
+	} {
+		c := cert()
+		set(&c, time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC))
+		var buf bytes.Buffer
+		_, wantErr := json.Marshal(c)
+		err := jsonFormat.Marshal(&buf, c)
+		require.Error(t, wantErr)
+		require.Error(t, err)
+		require.Empty(t, buf.String())
+	}
 	// Other bodies take Huma's default format.
 	require.Equal(t, want(Problem{Location: "body.x", Message: "<&>"}), got(Problem{Location: "body.x", Message: "<&>"}))
 }

@@ -8,44 +8,33 @@ import (
 	"github.com/danielgtaylor/huma/v2"
 
 	"github.com/loopze/certstore/internal/auth"
+	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/repo"
 )
 
 // Version is one version of an entry's history as the API shows it: the entry's fields
 // and metadata as they were, never PEM or keys.
 type Version struct {
-	Version           int64     `json:"version" doc:"Number of this version in the entry ID's history, from 1; the {version} of the routes below"`
-	Action            string    `json:"action" enum:"create,update,delete,restore,baseline" doc:"The change that made this version; baseline is the state of an entry older than its history, recorded at its first change"`
-	EntryVersion      int64     `json:"entryVersion" doc:"The entry's version (ETag) this state had; for a delete, the version deleted"`
-	RestoredFrom      int64     `json:"restoredFrom,omitempty" doc:"For a restore: the version brought back"`
-	ChangedAt         time.Time `json:"changedAt"`
-	ChangedBy         string    `json:"changedBy" doc:"Subject of the token (or the operator command) that made the change"`
-	Name              string    `json:"name"`
-	Type              string    `json:"type" enum:"ca-bundle,client-pair,server-pair"`
-	Source            string    `json:"source" enum:"inline,file"`
-	Notes             string    `json:"notes"`
-	CertPath          string    `json:"certPath,omitempty"`
-	KeyPath           string    `json:"keyPath,omitempty"`
-	HasPrivateKey     bool      `json:"hasPrivateKey"`
-	FingerprintSHA256 string    `json:"fingerprintSha256"`
-	Subject           string    `json:"subject"`
-	Issuer            string    `json:"issuer"`
-	SerialNumber      string    `json:"serialNumber"`
-	NotBefore         time.Time `json:"notBefore"`
-	NotAfter          time.Time `json:"notAfter"`
-	DNSNames          []string  `json:"dnsNames"`
-	CertCount         int       `json:"certCount"`
-	KeyAlgorithm      string    `json:"keyAlgorithm"`
+	Version      int64     `json:"version" doc:"Number of this version in the entry ID's history, from 1; the {version} of the routes below"`
+	Action       string    `json:"action" enum:"create,update,delete,restore,baseline" doc:"The change that made this version; baseline is the state of an entry older than its history, recorded at its first change"`
+	EntryVersion int64     `json:"entryVersion" doc:"The entry's version (ETag) this state had; for a delete, the version deleted"`
+	RestoredFrom int64     `json:"restoredFrom,omitempty" doc:"For a restore: the version brought back"`
+	ChangedAt    time.Time `json:"changedAt"`
+	ChangedBy    string    `json:"changedBy" doc:"Subject of the token (or the operator command) that made the change"`
+	Name         string    `json:"name"`
+	Type         string    `json:"type" enum:"ca-bundle,client-pair,server-pair"`
+	Source       string    `json:"source" enum:"inline,file"`
+	Notes        string    `json:"notes"`
+	CertPath     string    `json:"certPath,omitempty"`
+	KeyPath      string    `json:"keyPath,omitempty"`
+	material.Metadata
 }
 
 func toVersion(v *repo.Version) Version {
 	return Version{
 		Version: v.Version, Action: v.Action, EntryVersion: v.EntryVersion, RestoredFrom: v.RestoredFrom,
 		ChangedAt: v.ChangedAt.UTC(), ChangedBy: v.ChangedBy, Name: v.Name, Type: string(v.Type), Source: v.Source,
-		Notes: v.Notes, CertPath: v.CertPath, KeyPath: v.KeyPath, HasPrivateKey: v.Meta.HasPrivateKey,
-		FingerprintSHA256: v.Meta.FingerprintSHA256, Subject: v.Meta.Subject, Issuer: v.Meta.Issuer,
-		SerialNumber: v.Meta.SerialNumber, NotBefore: v.Meta.NotBefore.UTC(), NotAfter: v.Meta.NotAfter.UTC(),
-		DNSNames: nonNilStrings(v.Meta.DNSNames), CertCount: v.Meta.CertCount, KeyAlgorithm: v.Meta.KeyAlgorithm,
+		Notes: v.Notes, CertPath: v.CertPath, KeyPath: v.KeyPath, Metadata: v.Meta.InUTC(),
 	}
 }
 
@@ -110,7 +99,7 @@ func (v *VersionSummary) appendJSON(b []byte) ([]byte, error) {
 
 // VersionParam is the {id} and {version} path parameters.
 type VersionParam struct {
-	CertIDParam
+	EntryIDParam
 	Version int64 `path:"version" minimum:"1" maximum:"9007199254740991" doc:"Version number, from the history listing" example:"3"`
 }
 
@@ -147,7 +136,7 @@ func registerHistory(api huma.API, s *Server) {
 			"A deleted entry's history stays readable until the retention prunes it. Never returns PEM or keys.",
 		Errors: []int{http.StatusBadRequest, http.StatusNotFound},
 	}, auth.Viewer), func(ctx context.Context, in *struct {
-		CertIDParam
+		EntryIDParam
 		Limit  int    `query:"limit" default:"50" minimum:"1" maximum:"1000" doc:"Page size"`
 		Cursor string `query:"cursor" maxLength:"200" doc:"nextCursor of the previous page"`
 	}) (*VersionsOutput, error) {
@@ -198,7 +187,7 @@ func registerHistory(api huma.API, s *Server) {
 	}), auth.Editor), func(ctx context.Context, in *struct {
 		VersionParam
 		IfMatch string `header:"If-Match" maxLength:"1024" doc:"ETag of the entry version being replaced"`
-	}) (*CertSavedOutput, error) {
+	}) (*EntrySavedOutput, error) {
 		pre, err := entryPrecondition(in.IfMatch, "")
 		if err != nil {
 			return nil, err

@@ -201,8 +201,9 @@ func (s *Service) VerifyTenant(ctx context.Context, tenant string, checkpoints .
 	return res, nil
 }
 
-// Entry is a record as the API, the UI and exports show it.
-type Entry struct {
+// Link is a record as the API and exports show it: one link of the tenant's chain, its
+// hashes in hex. (Entry is the catalogue's word.)
+type Link struct {
 	Seq               int64           `json:"seq" doc:"Position in the tenant's chain, from 1"`
 	Time              time.Time       `json:"time"`
 	Tenant            string          `json:"tenant"`
@@ -220,13 +221,13 @@ type Entry struct {
 	KeyVersion        int             `json:"keyVersion,omitempty" doc:"Version of the tenant's audit key hash is a MAC under; absent for a record chained by plain SHA-256"`
 }
 
-// ToEntry converts a stored record.
-func ToEntry(r *repo.AuditRecord) Entry {
+// ToLink converts a stored record.
+func ToLink(r *repo.AuditRecord) Link {
 	detail := json.RawMessage(r.Detail)
 	if !json.Valid(detail) {
 		detail = json.RawMessage("{}")
 	}
-	return Entry{Seq: r.Seq, Time: r.At.UTC(), Tenant: r.TenantID, Subject: r.Subject, Role: r.Role,
+	return Link{Seq: r.Seq, Time: r.At.UTC(), Tenant: r.TenantID, Subject: r.Subject, Role: r.Role,
 		Action: r.Action, Target: r.Target, FingerprintBefore: r.FingerprintBefore, FingerprintAfter: r.FingerprintAfter,
 		RequestID: r.RequestID, ClientAddr: r.ClientAddr, Detail: detail,
 		PrevHash: hex.EncodeToString(r.PrevHash), Hash: hex.EncodeToString(r.Hash), KeyVersion: r.KeyVersion}
@@ -260,7 +261,7 @@ func (s *Service) Export(ctx context.Context, tenant string, w io.Writer) (int64
 	err := db.InTenant(ctx, s.Pool, tenant, func(tx pgx.Tx) error {
 		return repo.ScanAudit(ctx, tx, tenant, func(r *repo.AuditRecord) error {
 			n++
-			return enc.Encode(ToEntry(r))
+			return enc.Encode(ToLink(r))
 		})
 	})
 	if err != nil {

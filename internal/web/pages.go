@@ -63,12 +63,11 @@ var Types = []material.Kind{material.CABundle, material.ClientPair, material.Ser
 // row is one entry as the list shows it: metadata only, never material.
 type row struct {
 	ID, Name, Type, Source, Notes string
-	Fingerprint, FingerprintShort string
-	Subject, Issuer               string
-	NotAfter                      time.Time
-	Expired, Soon                 bool
-	DaysLeft                      int
-	References                    int
+	material.Metadata
+	FingerprintShort string
+	Expired, Soon    bool
+	DaysLeft         int
+	References       int
 }
 
 // listData is the Certificates page's content.
@@ -87,8 +86,7 @@ func toRow(e *repo.Entry, now time.Time) row {
 	days := int(math.Floor(left.Hours() / 24))
 	return row{
 		ID: e.ID, Name: e.Name, Type: string(e.Type), Source: e.Source, Notes: e.Notes,
-		Fingerprint: e.Meta.FingerprintSHA256, FingerprintShort: shortFingerprint(e.Meta.FingerprintSHA256),
-		Subject: e.Meta.Subject, Issuer: e.Meta.Issuer, NotAfter: e.Meta.NotAfter.UTC(),
+		Metadata: e.Meta.InUTC(), FingerprintShort: shortFingerprint(e.Meta.FingerprintSHA256),
 		Expired: left < 0, Soon: left >= 0 && left < soonDays*24*time.Hour, DaysLeft: days,
 		References: e.RefCount,
 	}
@@ -159,10 +157,8 @@ type formData struct {
 	PassphraseFile string
 	Version        int64
 	Types          []material.Kind
-	// Fingerprint and NotAfter describe the stored material on the edit form.
-	Fingerprint string
-	NotAfter    time.Time
-	HasKey      bool
+	// Metadata describes the stored material on the edit form.
+	material.Metadata
 }
 
 // requireEditor returns the user when they may change entries; otherwise it answers.
@@ -222,7 +218,7 @@ func (h *Handler) editForm(w http.ResponseWriter, r *http.Request) {
 	}
 	d := formData{Edit: true, ID: e.ID, Name: e.Name, Type: string(e.Type), Source: e.Source, Notes: e.Notes,
 		CertPath: e.CertPath, KeyPath: e.KeyPath, PassphraseFile: e.PassphrasePath, Version: e.Version, Types: Types,
-		Fingerprint: e.Meta.FingerprintSHA256, NotAfter: e.Meta.NotAfter.UTC(), HasKey: e.Meta.HasPrivateKey}
+		Metadata: e.Meta.InUTC()}
 	h.render(w, r, http.StatusOK, "form", view{Title: "Edit " + e.ID, Page: "form", Nav: "certs",
 		User: p, CanEdit: true, Data: d})
 }

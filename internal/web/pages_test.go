@@ -1,7 +1,9 @@
 package web_test
 
 import (
+	"crypto/x509"
 	"encoding/base64"
+	"encoding/pem"
 	"net/http"
 	"regexp"
 	"strings"
@@ -78,8 +80,11 @@ func TestListPage(t *testing.T) {
 		require.NotContains(t, body, inner)
 	}
 	require.NotContains(t, body, "BEGIN")
-	_, edit := page(t, env, admin, "/certs/zz-edge/edit")
+	status, edit := page(t, env, admin, "/certs/zz-edge/edit")
+	require.Equal(t, http.StatusOK, status)
 	require.Contains(t, edit, `value="Edge client"`)
+	require.Contains(t, edit, `title="`+fp+`">`+fp+`</code>, expires `+leaf(t, pairCert).NotAfter.UTC().Format("2006-01-02")+`)`,
+		"the stored material's fingerprint and expiry")
 	require.NotContains(t, edit, "BEGIN CERTIFICATE-----\n")
 	require.NotContains(t, edit, strings.Split(string(pairKey), "\n")[1])
 	require.NotContains(t, edit, base64.StdEncoding.EncodeToString(pairKey)[:40])
@@ -114,7 +119,8 @@ func TestListPage(t *testing.T) {
 	require.Equal(t, http.StatusNotFound, status)
 }
 
-// TestDeletePage renders the references of a referenced entry and no delete button.
+// TestDeletePage renders the entry's metadata, the references of a referenced entry and no
+// delete button; the entry's history page shows its current fingerprint.
 func TestDeletePage(t *testing.T) {
 	t.Parallel()
 	env := apitest.New(t)
@@ -125,6 +131,9 @@ func TestDeletePage(t *testing.T) {
 	deploy(t, env, admin, ref{"ingest-line-1", "tcp-out-3", "tcp-out", "tls.caBundleRef", "root"})
 
 	_, body := page(t, env, admin, "/certs/root/delete")
+	require.Contains(t, body, `<code class="fp-inline">`+fingerprint(t, ca.CertPEM())+`</code>`)
+	require.Contains(t, body, `<dt>Subject</dt><dd>`+ca.Cert.Subject.String()+`</dd>`)
+	require.Contains(t, body, `<dt>Expires</dt><dd>`+ca.Cert.NotAfter.UTC().Format("2006-01-02 15:04 UTC")+`</dd>`)
 	require.Contains(t, body, `id="blocked"`)
 	require.Contains(t, body, "<code>ingest-line-1</code>")
 	require.Contains(t, body, "<code>tcp-out-3</code>")
@@ -137,4 +146,18 @@ func TestDeletePage(t *testing.T) {
 
 	status, _ := page(t, env, admin, "/certs/Not_A_Slug!/delete")
 	require.Equal(t, http.StatusNotFound, status)
+
+	status, body = page(t, env, admin, "/certs/root/history")
+	require.Equal(t, http.StatusOK, status)
+	require.Contains(t, body, `id="current-fingerprint">`+fingerprint(t, ca.CertPEM())+`</code>`)
+}
+
+// leaf parses the first certificate of certPEM.
+func leaf(t *testing.T, certPEM []byte) *x509.Certificate {
+	t.Helper()
+	block, _ := pem.Decode(certPEM)
+	require.NotNil(t, block, "no PEM block")
+	c, err := x509.ParseCertificate(block.Bytes)
+	require.NoError(t, err)
+	return c
 }
