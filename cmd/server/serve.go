@@ -96,6 +96,7 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	defer stopExport()
 	mx := metrics.New(metrics.Options{Pool: pool, Exporter: exporter, Roots: svc.roots, KDF: svc.kdf, Logger: logger, Version: version})
 	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: version, Verifier: svc.verifier, Catalog: svc.catalog, Workspace: svc.workspace, Metrics: mx, Credentials: creds,
+		AuditKeys:     svc.auditKeys,
 		SecureCookies: cfg.SecureCookies, MetricsToken: cfg.MetricsToken, MetricsOwnListener: metricsLn != nil,
 		RateLimit: api.RateLimit{TenantRate: cfg.RateLimitTenant, TenantBurst: cfg.RateLimitTenantBurst,
 			SubjectRate: cfg.RateLimitSubject, SubjectBurst: cfg.RateLimitSubjectBurst}})

@@ -39,8 +39,13 @@ type services struct {
 	// kdf admits every key derivation the server runs for a request or a scrape.
 	kdf     *kdf.Budget
 	catalog *catalog.Service
-	// chainer chains the audit records of this process's writes.
+	// chainer chains the audit records of this process's writes and checkpoints the
+	// tenants' heads in the data directory.
 	chainer *audit.Chainer
+	// auditKeys are the tenants' audit keys, derived from their tenant keys: the trail is
+	// chained by HMAC-SHA-256 under them, so rewriting it takes the master key.
+	auditKeys audit.Keys
+	dataDir   string
 	// workspace deploys the tenants' flows and resolves their TLS.
 	workspace *workspace.Service
 }
@@ -65,7 +70,7 @@ func loadServices(cfg config.Config, getenv func(string) string, logger *slog.Lo
 		return nil, err
 	}
 	budget := kdf.New(kdf.Config{Memory: int64(cfg.KDFMemoryMiB) << 20, Slots: cfg.KDFConcurrency, Queue: cfg.KDFQueue})
-	return &services{master: master, legacy: legacy, verifier: verifier, roots: roots, kdf: budget}, nil
+	return &services{master: master, legacy: legacy, verifier: verifier, roots: roots, kdf: budget, dataDir: cfg.DataDir}, nil
 }
 
 // openMasterKeys opens the master keyring LOOPZE_MASTER_KEY_URI names (creating loopze.key
@@ -104,7 +109,8 @@ func openMasterKeys(cfg config.Config, getenv func(string) string, logger *slog.
 func (s *services) connect(pool *pgxpool.Pool, logger *slog.Logger) {
 	cache := &catalog.Cache{} // serves once the export loop's listener is up
 	s.keys = &tenantkey.Keys{Pool: pool, Master: s.master, Legacy: s.legacy, Logger: logger}
-	s.chainer = &audit.Chainer{Pool: pool, Logger: logger}
+	s.auditKeys = s.keys.Audit()
+	s.chainer = &audit.Chainer{Pool: pool, Keys: s.auditKeys, CheckpointDir: audit.CheckpointDir(s.dataDir), Logger: logger}
 	s.catalog = &catalog.Service{Pool: pool, Keys: s.keys, Roots: s.roots, KDF: s.kdf, Logger: logger, Cache: cache, Chainer: s.chainer}
 	s.workspace = &workspace.Service{Pool: pool, Keys: s.keys, Roots: s.roots, KDF: s.kdf, Logger: logger,
 		Resolver: &resolver.Resolver{Entries: s.catalog.Entries(), Roots: s.catalog.Roots, KDF: s.kdf, Logger: logger},

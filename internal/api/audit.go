@@ -85,7 +85,7 @@ func registerAudit(api huma.API, s *Server) {
 		OperationID: "listAudit", Method: http.MethodGet, Path: "/api/v1/audit", Tags: []string{"audit"},
 		Summary: "List the tenant's audit trail",
 		Description: "Every write of the tenant (and every refused delete or deploy), newest first, with filters and cursor pagination. " +
-			"Records form a hash chain per tenant (see docs/audit.md); they never hold PEM, keys or credential values.",
+			"Records form a chain per tenant, keyed by the tenant's audit key (see docs/audit.md); they never hold PEM, keys or credential values.",
 		Errors: []int{http.StatusBadRequest},
 	}, auth.Admin), func(ctx context.Context, in *AuditInput) (*AuditOutput, error) {
 		f, err := in.filter()
@@ -108,8 +108,10 @@ func registerAudit(api huma.API, s *Server) {
 	})
 }
 
-// audit is the audit trail over the server's pool.
-func (s *Server) audit() *audit.Service { return &audit.Service{Pool: s.deps.Pool} }
+// audit is the audit trail over the server's pool, chaining under the server's keys.
+func (s *Server) audit() *audit.Service {
+	return &audit.Service{Pool: s.deps.Pool, Keys: s.deps.AuditKeys}
+}
 
 // storable reports whether PostgreSQL can compare with s as text.
 func storable(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }

@@ -2,6 +2,8 @@ package api_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +20,7 @@ import (
 	"github.com/loopze/certstore/internal/apitest"
 	"github.com/loopze/certstore/internal/audit"
 	"github.com/loopze/certstore/internal/material/materialtest"
+	"github.com/loopze/certstore/internal/repo"
 )
 
 // auditPage is the body of GET /api/v1/audit.
@@ -137,9 +140,9 @@ func TestAuditRecordsEveryWrite(t *testing.T) {
 	require.Empty(t, p3.NextCursor)
 
 	// The chain verifies.
-	results, err := (&audit.Service{Pool: env.Pool}).Verify(context.Background())
+	results, err := (&audit.Service{Pool: env.Pool, Keys: env.Keys.Audit()}).Verify(context.Background())
 	require.NoError(t, err)
-	require.Equal(t, []audit.TenantResult{{Tenant: "acme", Records: 10}}, results)
+	require.Equal(t, []audit.TenantResult{{Tenant: "acme", Records: 10, Keyed: 10}}, results, "every record is chained under the tenant's audit key")
 }
 
 func TestAuditRouteRulesAndIsolation(t *testing.T) {
@@ -188,7 +191,7 @@ func TestAuditRowsAreAppendOnly(t *testing.T) {
 	ctx := context.Background()
 	// The create's record is chained into audit_log (as the server's chainer does soon after
 	// the write, and every read of the trail does first).
-	n, err := audit.Chain(ctx, env.Pool, "acme")
+	n, err := audit.Chain(ctx, env.Pool, nil, "acme")
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
 
@@ -223,7 +226,7 @@ func TestAuditVerifyNamesTheAlteredRow(t *testing.T) {
 	}
 	post(t, env, env.Token(t, "globex", "editor"), inlineCA("x", ca))
 	post(t, env, env.Token(t, "globex", "editor"), inlineCA("x2", ca))
-	svc := &audit.Service{Pool: env.Pool}
+	svc := &audit.Service{Pool: env.Pool, Keys: env.Keys.Audit()}
 	ctx := context.Background()
 	_, err := svc.Verify(ctx)
 	require.NoError(t, err)
@@ -255,7 +258,7 @@ func TestAuditVerifyNamesTheAlteredRow(t *testing.T) {
 
 	post(t, env, env.Token(t, "initech", "editor"), inlineCA("y", ca))
 	post(t, env, env.Token(t, "initech", "editor"), inlineCA("z", ca))
-	_, err = audit.Chain(ctx, env.Pool, "initech")
+	_, err = audit.Chain(ctx, env.Pool, env.Keys.Audit(), "initech")
 	require.NoError(t, err)
 	tamper(`DELETE FROM audit_log WHERE tenant_id = 'initech' AND seq = 2`)
 	_, err = svc.VerifyTenant(ctx, "initech")
@@ -283,8 +286,93 @@ func TestConcurrentWritesKeepOneChain(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	results, err := (&audit.Service{Pool: env.Pool}).Verify(context.Background())
+	results, err := (&audit.Service{Pool: env.Pool, Keys: env.Keys.Audit()}).Verify(context.Background())
 	require.NoError(t, err)
 	require.EqualValues(t, 1+12*3, results[0].Records)
 	require.Len(t, versions(t, env, tok, "shared", "?limit=100").Items, 13)
+}
+
+// testAuditKeys are fixed audit keys per tenant and version, versions 1 to current.
+type testAuditKeys struct {
+	mu      sync.Mutex
+	current int
+}
+
+func (k *testAuditKeys) key(tenant string, v int) []byte {
+	sum := sha256.Sum256(fmt.Appendf(nil, "api test audit key %s/%d", tenant, v))
+	return sum[:]
+}
+
+func (k *testAuditKeys) version() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return max(k.current, 1)
+}
+
+func (k *testAuditKeys) Current(_ context.Context, tenant string) (int, []byte, error) {
+	v := k.version()
+	return v, k.key(tenant, v), nil
+}
+
+func (k *testAuditKeys) Version(_ context.Context, tenant string, v int) ([]byte, error) {
+	if v < 1 || v > k.version() {
+		return nil, audit.ErrUnknownKeyVersion
+	}
+	return k.key(tenant, v), nil
+}
+
+// TestAuditListingShowsTheKeyedChain: a server with audit keys lists each record's key
+// version, and its hash is the HMAC the documentation describes, which whoever holds the
+// key (and nobody else) can recompute from the listing; a rewrite by the database's owner
+// is then named by verify at the record rewritten.
+func TestAuditListingShowsTheKeyedChain(t *testing.T) {
+	t.Parallel()
+	keys := &testAuditKeys{}
+	env := apitest.New(t, apitest.Options{AuditKeys: keys})
+	tok, admin := env.Token(t, "acme", "editor"), env.Token(t, "acme", "admin")
+	ca := materialtest.NewCA(t, materialtest.Options{})
+	post(t, env, tok, inlineCA("a", ca))
+	post(t, env, tok, inlineCA("b", ca))
+	// Records are chained under the key current when they are chained: here, by the read.
+	require.Len(t, auditList(t, env, admin, "").Items, 2)
+	keys.mu.Lock()
+	keys.current = 2
+	keys.mu.Unlock()
+	post(t, env, tok, inlineCA("c", ca))
+
+	page := auditList(t, env, admin, "")
+	require.Len(t, page.Items, 3)
+	for _, e := range page.Items {
+		want := 1
+		if e.Seq == 3 {
+			want = 2
+		}
+		require.Equal(t, want, e.KeyVersion, "record %d", e.Seq)
+		prev, err := hex.DecodeString(e.PrevHash)
+		require.NoError(t, err)
+		r := &repo.AuditRecord{TenantID: e.Tenant, At: e.Time, Subject: e.Subject, Role: e.Role, Action: e.Action,
+			Target: e.Target, FingerprintBefore: e.FingerprintBefore, FingerprintAfter: e.FingerprintAfter,
+			RequestID: e.RequestID, ClientAddr: e.ClientAddr, Detail: string(e.Detail)}
+		require.Equal(t, hex.EncodeToString(audit.MAC(keys.key("acme", want), prev, e.Seq, audit.Canonical(r))), e.Hash)
+	}
+	res := env.Do(t, apitest.Request{Method: http.MethodGet, Path: "/api/v1/audit", Token: admin})
+	require.Contains(t, string(res.Body), `"keyVersion":2`)
+
+	svc := &audit.Service{Pool: env.Pool, Keys: keys}
+	ctx := context.Background()
+	head, err := audit.Head(ctx, env.Pool, "acme")
+	require.NoError(t, err)
+	_, err = svc.VerifyTenant(ctx, "acme", head)
+	require.NoError(t, err)
+
+	c := adminConn(t, env)
+	_, err = c.Exec(ctx, `SET session_replication_role = replica`)
+	require.NoError(t, err)
+	_, err = c.Exec(ctx, `UPDATE audit_log SET subject = 'someone-else' WHERE tenant_id = 'acme' AND seq = 2`)
+	require.NoError(t, err)
+	_, err = svc.VerifyTenant(ctx, "acme", head)
+	var broken *audit.BrokenLinkError
+	require.ErrorAs(t, err, &broken)
+	require.EqualValues(t, 2, broken.Seq)
+	require.Contains(t, err.Error(), "tenant acme: audit record 2: its MAC does not verify under audit key version 1")
 }

@@ -376,7 +376,7 @@ func TestHistorySurvivesRotateKey(t *testing.T) {
 	res = env.Do(t, apitest.Request{Method: http.MethodGet, Path: "/api/v1/audit?action=key.rotate", Token: env.Token(t, "default", "admin")})
 	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
 	require.Contains(t, string(res.Body), `"subject":"loopze-certs rotate-key"`)
-	_, err = (&audit.Service{Pool: env.Pool}).Verify(ctx)
+	_, err = (&audit.Service{Pool: env.Pool, Keys: env.Keys.Audit()}).Verify(ctx)
 	require.NoError(t, err)
 }
 

@@ -185,7 +185,7 @@ func TestCreatesDoNotQueueBehindTheTenantsWriters(t *testing.T) {
 	tok := env.Token(t, tenant, "editor")
 	ca := materialtest.NewCA(t, materialtest.Options{})
 	post(t, env, tok, inlineCA("first", ca))
-	_, err := audit.Chain(ctx, env.Pool, tenant) // the head row exists from here on
+	_, err := audit.Chain(ctx, env.Pool, nil, tenant) // the head row exists from here on
 	require.NoError(t, err)
 
 	held, err := env.Pool.Begin(ctx)
@@ -242,6 +242,6 @@ func TestCreatesDoNotQueueBehindTheTenantsWriters(t *testing.T) {
 		got = append(got, fmt.Sprintf("%d %s %s", it.Seq, it.Action, it.Target))
 	}
 	require.Equal(t, []string{"3 entry.update entry:first", "2 entry.create entry:second", "1 entry.create entry:first"}, got)
-	_, err = (&audit.Service{Pool: env.Pool}).VerifyTenant(ctx, tenant)
+	_, err = (&audit.Service{Pool: env.Pool, Keys: env.Keys.Audit()}).VerifyTenant(ctx, tenant)
 	require.NoError(t, err)
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/danielgtaylor/huma/v2/adapters/humago"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/loopze/certstore/internal/audit"
 	"github.com/loopze/certstore/internal/auth"
 	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/secret"
@@ -59,6 +60,9 @@ type Deps struct {
 	SecureCookies bool
 	// RateLimit sets the per-tenant and per-subject token buckets; zero rates turn them off.
 	RateLimit RateLimit
+	// AuditKeys are the tenants' audit keys, which the trail's reads chain pending records
+	// under (see audit.Chain); nil chains them by plain SHA-256.
+	AuditKeys audit.Keys
 }
 
 // Server is the assembled HTTP handler and the Huma API behind it.

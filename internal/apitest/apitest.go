@@ -23,6 +23,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/loopze/certstore/internal/api"
+	"github.com/loopze/certstore/internal/audit"
 	"github.com/loopze/certstore/internal/auth"
 	"github.com/loopze/certstore/internal/catalog"
 	"github.com/loopze/certstore/internal/db"
@@ -73,6 +74,9 @@ type Options struct {
 	// Credentials, when set, adjusts the credentials route (its poll caps, its hooks)
 	// before the server starts.
 	Credentials func(*api.Credentials)
+	// AuditKeys are the audit keys the API chains the trail under; nil means the tenants'
+	// own (Env.Keys.Audit()), as serve chains it.
+	AuditKeys audit.Keys
 }
 
 // Buffer is a goroutine-safe log sink.
@@ -128,8 +132,12 @@ func New(t testing.TB, opts ...Options) *Env {
 		o.Credentials(creds)
 	}
 	exporter := &fileexport.Exporter{Pool: pool, Keys: keys, DataDir: dataDir, Logger: logger, OnWrite: creds.Written}
+	auditKeys := o.AuditKeys
+	if auditKeys == nil {
+		auditKeys = keys.Audit()
+	}
 	srv := api.New(api.Deps{Logger: logger, Pool: pool, Version: "test", Verifier: verifier, Catalog: cat, Workspace: ws,
-		RateLimit: o.RateLimit, Credentials: creds})
+		RateLimit: o.RateLimit, Credentials: creds, AuditKeys: auditKeys})
 	hs := httptest.NewServer(Contract(t, srv.Handler))
 	t.Cleanup(hs.Close)
 	if o.ExportLoop {

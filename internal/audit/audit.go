@@ -1,18 +1,23 @@
 // Package audit owns the tamper-evident audit trail: who did what to which target of a
 // tenant, recorded in the same transaction as the change (or, for a refused operation, in
-// a small transaction of its own after the refusal). Records form one hash chain per
-// tenant; Verify walks every chain and names the first broken link. The actor reaches
-// domain code through the context (WithActor), so no HTTP type travels below the API.
-// Records never hold PEM, keys or credential values: only names, IDs and fingerprints.
+// a small transaction of its own after the refusal). Records form one chain per tenant,
+// linked by HMAC-SHA-256 under the tenant's audit key (Keys), which the database never
+// holds, or by plain SHA-256 for records chained without one; the chain's head is
+// checkpointed outside the database (Checkpoint). Verify walks every chain, checks it
+// against the checkpoints, and names the first broken link. The actor reaches domain code
+// through the context (WithActor), so no HTTP type travels below the API. Records never
+// hold PEM, keys or credential values: only names, IDs and fingerprints.
 package audit
 
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"hash"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -152,9 +157,27 @@ func Canonical(r *repo.AuditRecord) []byte {
 	return b.Bytes()
 }
 
-// Hash is a record's chain hash: SHA-256(prev || seq as 8 big-endian bytes || canonical).
+// Hash is the chain hash of a record chained without a key (by earlier releases, or by a
+// server given no Keys): SHA-256(prev || seq as 8 big-endian bytes || canonical).
 func Hash(prev []byte, seq int64, canonical []byte) []byte {
-	h := sha256.New()
+	return link(sha256.New(), prev, seq, canonical)
+}
+
+// MAC is the chain hash of a record chained under a tenant's audit key:
+// HMAC-SHA-256(key, prev || seq as 8 big-endian bytes || canonical), the bytes Hash hashes.
+func MAC(key, prev []byte, seq int64, canonical []byte) []byte {
+	return link(hmac.New(sha256.New, key), prev, seq, canonical)
+}
+
+// chainHash is MAC under key, or Hash when key is nil.
+func chainHash(key, prev []byte, seq int64, canonical []byte) []byte {
+	if key == nil {
+		return Hash(prev, seq, canonical)
+	}
+	return MAC(key, prev, seq, canonical)
+}
+
+func link(h hash.Hash, prev []byte, seq int64, canonical []byte) []byte {
 	h.Write(prev)
 	var n [8]byte
 	binary.BigEndian.PutUint64(n[:], uint64(seq))

@@ -129,13 +129,26 @@ func (h Header) check() error {
 
 // Document is the decrypted content of a file: everything needed to restore the tenant.
 type Document struct {
-	Tenant          string           `json:"tenant"`
-	Generation      int64            `json:"generation"`
-	ExportedAt      time.Time        `json:"exportedAt"`
+	Tenant     string    `json:"tenant"`
+	Generation int64     `json:"generation"`
+	ExportedAt time.Time `json:"exportedAt"`
+	// AuditHead is the head of the tenant's audit trail when the file was written: a
+	// checkpoint of the trail outside the database, which `loopze-certs audit verify`
+	// checks the trail against. Absent while the trail is empty.
+	AuditHead       *AuditHead       `json:"auditHead,omitempty"`
 	Entries         []Entry          `json:"entries"`
 	Workspace       json.RawMessage  `json:"workspace,omitempty"`
 	References      []Reference      `json:"references"`
 	NodeCredentials []NodeCredential `json:"nodeCredentials"`
+}
+
+// AuditHead is the last record of a tenant's audit trail: its sequence number, its chain
+// MAC (hex; a SHA-256 hash for a record chained before audit keys) and the version of the
+// audit key that chained it (0: none).
+type AuditHead struct {
+	Seq        int64  `json:"seq"`
+	MAC        string `json:"mac"`
+	KeyVersion int    `json:"keyVersion"`
 }
 
 // Entry is one catalogue entry with its material in clear: PEM for inline entries, paths
@@ -271,7 +284,7 @@ func encode(doc *Document) (*Encoded, error) {
 		}
 		creds[i] = b
 	}
-	enc, err := EncodeDocument(doc.Tenant, doc.Generation, doc.ExportedAt, entries, doc.Workspace, doc.References, creds)
+	enc, err := EncodeDocument(doc.Tenant, doc.Generation, doc.ExportedAt, doc.AuditHead, entries, doc.Workspace, doc.References, creds)
 	for _, b := range entries {
 		clear(b)
 	}

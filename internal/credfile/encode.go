@@ -63,13 +63,14 @@ const maxPooledBuffer = 4 << 20
 // EncodeDocument assembles a document from its elements' encodings (EncodeEntry,
 // EncodeNodeCredential): exactly what json.Marshal of the Document they stand for writes
 // (TestEncodeDocumentMatchesMarshal), without encoding an unchanged element again.
-func EncodeDocument(tenant string, gen int64, exportedAt time.Time, entries [][]byte,
+func EncodeDocument(tenant string, gen int64, exportedAt time.Time, auditHead *AuditHead, entries [][]byte,
 	workspace json.RawMessage, refs []Reference, creds [][]byte) (*Encoded, error) {
 	head, err := json.Marshal(struct {
-		Tenant     string    `json:"tenant"`
-		Generation int64     `json:"generation"`
-		ExportedAt time.Time `json:"exportedAt"`
-	}{tenant, gen, exportedAt})
+		Tenant     string     `json:"tenant"`
+		Generation int64      `json:"generation"`
+		ExportedAt time.Time  `json:"exportedAt"`
+		AuditHead  *AuditHead `json:"auditHead,omitempty"`
+	}{tenant, gen, exportedAt, auditHead})
 	if err != nil {
 		return nil, err
 	}

@@ -29,6 +29,9 @@ func TestEncodeDocumentMatchesMarshal(t *testing.T) {
 			for _, n := range []int{0, 1, 2} {
 				doc := &Document{Tenant: "acme", Generation: 42, ExportedAt: at, Entries: entries[:n], Workspace: ws,
 					References: refs[:min(n, 1)], NodeCredentials: creds[:n]}
+				if n > 0 {
+					doc.AuditHead = &AuditHead{Seq: int64(n), MAC: "00ff", KeyVersion: n - 1}
+				}
 				want, err := json.Marshal(doc)
 				require.NoError(t, err)
 				var encEntries, encCreds [][]byte
@@ -39,7 +42,7 @@ func TestEncodeDocumentMatchesMarshal(t *testing.T) {
 					require.NoError(t, err)
 					encEntries, encCreds = append(encEntries, e), append(encCreds, c)
 				}
-				got, err := EncodeDocument("acme", 42, at, encEntries, ws, doc.References, encCreds)
+				got, err := EncodeDocument("acme", 42, at, doc.AuditHead, encEntries, ws, doc.References, encCreds)
 				require.NoError(t, err)
 				require.Equal(t, string(want), string(got.plain))
 				got.Release()

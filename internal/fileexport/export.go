@@ -2,6 +2,7 @@ package fileexport
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -15,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/loopze/certstore/internal/audit"
 	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
@@ -389,11 +391,26 @@ func (x *Exporter) read(ctx context.Context, tx pgx.Tx, tenant string, ring *env
 		encCreds = append(encCreds, b)
 		secrets[i].Sealed = nil
 	}
-	doc, err := credfile.EncodeDocument(tenant, gen, x.now().UTC(), encEntries, workspace, references, encCreds)
+	doc, err := credfile.EncodeDocument(tenant, gen, x.now().UTC(), x.auditHead(ctx, tx, tenant), encEntries, workspace, references, encCreds)
 	if err != nil {
 		return nil, fmt.Errorf("encode credentials of %s: %w", tenant, err)
 	}
 	return doc, nil
+}
+
+// auditHead is the head of tenant's audit trail in the snapshot, for the file to carry as a
+// checkpoint; nil when the trail is empty, or when its head is inconsistent (which audit
+// verify reports: the file is written all the same, as a restore needs it).
+func (x *Exporter) auditHead(ctx context.Context, tx pgx.Tx, tenant string) *credfile.AuditHead {
+	cp, err := audit.Head(ctx, tx, tenant)
+	if err != nil {
+		x.logger().Warn("the file carries no audit checkpoint", "tenant", tenant, "err", err)
+		return nil
+	}
+	if cp.Seq == 0 {
+		return nil
+	}
+	return &credfile.AuditHead{Seq: cp.Seq, MAC: hex.EncodeToString(cp.MAC), KeyVersion: cp.KeyVersion}
 }
 
 // readEntries returns the encodings of the tenant's entries in ID order, inside the

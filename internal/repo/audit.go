@@ -12,7 +12,8 @@ import (
 )
 
 // AuditRecord is one row of a tenant's audit trail. Hash chains it to the previous
-// record: SHA-256(PrevHash || Seq as 8 big-endian bytes || canonical bytes); see
+// record: HMAC-SHA-256 under the tenant's audit key of version KeyVersion, or SHA-256
+// when KeyVersion is 0, of PrevHash || Seq as 8 big-endian bytes || canonical bytes; see
 // internal/audit for the canonical encoding.
 type AuditRecord struct {
 	TenantID          string
@@ -30,6 +31,9 @@ type AuditRecord struct {
 	Detail   string
 	PrevHash []byte
 	Hash     []byte
+	// KeyVersion is the version of the audit key Hash is a MAC under; 0 (NULL in the
+	// table) for a record chained by plain SHA-256.
+	KeyVersion int
 }
 
 // appendAuditSQL stores a record in audit_pending, in the caller's transaction: it locks
@@ -78,29 +82,39 @@ func HasPendingAudit(ctx context.Context, q db.DBTX, tenant string) (bool, error
 }
 
 // takePendingAuditSQL deletes the tenant's pending records and returns them in the order
-// they were stored, in auditColumns' shape (for scanAudit; chaining fills in the rest).
+// they were stored, in auditSelect's shape (for scanAudit; chaining fills in the rest).
 const takePendingAuditSQL = `WITH d AS (DELETE FROM audit_pending WHERE tenant_id = $1 RETURNING *)
 	SELECT tenant_id, 0::bigint, at, subject, role, action, target, fingerprint_before, fingerprint_after,
-		request_id, client_addr, detail, NULL::bytea, NULL::bytea FROM d ORDER BY id`
+		request_id, client_addr, detail, NULL::bytea, NULL::bytea, 0 FROM d ORDER BY id`
+
+// AuditLink is a record as the next one is chained after it: its sequence number, hash
+// and key version. The link before a tenant's first record is record 0, 32 zero bytes.
+type AuditLink struct {
+	Seq        int64
+	Hash       []byte
+	KeyVersion int
+}
 
 // ChainPendingAudit moves the tenant's pending records into its chain, in the caller's
 // transaction (scoped to the tenant), in two round trips: it locks the tenant's head
-// (creating it at record 0 when missing) and takes every pending record in the order it
-// was stored; link numbers each one after the last and returns its hash (from the previous
-// hash and the record); then the records and the new head are stored. Chainers of one
-// tenant queue on its head; the writers that stored the records never do. It returns how
-// many records it chained.
-func ChainPendingAudit(ctx context.Context, tx pgx.Tx, tenant string, link func(prev []byte, seq int64, r *AuditRecord) []byte) (int, error) {
+// (creating it at record 0 when missing), reads the key version of the record there, and
+// takes every pending record in the order it was stored; link is given each one numbered
+// after the last, with its PrevHash set, and the link it follows, and sets its Hash and
+// KeyVersion (or fails, and nothing is chained); then the records and the new head are
+// stored. Chainers of one tenant queue on its head; the writers that stored the records
+// never do. It returns how many records it chained.
+func ChainPendingAudit(ctx context.Context, tx pgx.Tx, tenant string, link func(prev AuditLink, r *AuditRecord) error) (int, error) {
 	var (
-		seq  int64
-		hash []byte
+		prev AuditLink
 		recs []*AuditRecord
 	)
 	b := &pgx.Batch{}
 	b.Queue(`INSERT INTO audit_heads (tenant_id, seq, prev_hash, hash)
 		VALUES ($1, 0, $2, $2) ON CONFLICT (tenant_id) DO NOTHING`, tenant, make([]byte, 32))
-	b.Queue(`SELECT seq, hash FROM audit_heads WHERE tenant_id = $1 FOR UPDATE`, tenant).QueryRow(func(row pgx.Row) error {
-		return row.Scan(&seq, &hash)
+	b.Queue(`SELECT h.seq, h.hash, COALESCE(l.key_version, 0) FROM audit_heads h
+		LEFT JOIN audit_log l ON l.tenant_id = h.tenant_id AND l.seq = h.seq
+		WHERE h.tenant_id = $1 FOR UPDATE OF h`, tenant).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&prev.Seq, &prev.Hash, &prev.KeyVersion)
 	})
 	b.Queue(takePendingAuditSQL, tenant).Query(func(rows pgx.Rows) (err error) {
 		recs, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (*AuditRecord, error) { return scanAudit(row) })
@@ -114,13 +128,15 @@ func ChainPendingAudit(ctx context.Context, tx pgx.Tx, tenant string, link func(
 	}
 	b = &pgx.Batch{}
 	for _, r := range recs {
-		seq++
-		r.Seq, r.PrevHash = seq, hash
-		r.Hash = link(hash, seq, r)
-		hash = r.Hash
-		b.Queue(`INSERT INTO audit_log (`+auditColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
+		r.Seq, r.PrevHash = prev.Seq+1, prev.Hash
+		if err := link(prev, r); err != nil {
+			return 0, err
+		}
+		prev = AuditLink{Seq: r.Seq, Hash: r.Hash, KeyVersion: r.KeyVersion}
+		b.Queue(`INSERT INTO audit_log (`+auditColumns+`)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, NULLIF($15, 0))`,
 			r.TenantID, r.Seq, r.At, r.Subject, r.Role, r.Action, r.Target, r.FingerprintBefore, r.FingerprintAfter,
-			r.RequestID, r.ClientAddr, r.Detail, r.PrevHash, r.Hash)
+			r.RequestID, r.ClientAddr, r.Detail, r.PrevHash, r.Hash, r.KeyVersion)
 	}
 	last := recs[len(recs)-1]
 	b.Queue(`UPDATE audit_heads SET seq = $2, prev_hash = $3, hash = $4 WHERE tenant_id = $1`,
@@ -131,13 +147,19 @@ func ChainPendingAudit(ctx context.Context, tx pgx.Tx, tenant string, link func(
 	return len(recs), nil
 }
 
-const auditColumns = `tenant_id, seq, at, subject, role, action, target, fingerprint_before, fingerprint_after,
-	request_id, client_addr, detail, prev_hash, hash`
+// auditColumns are the columns of audit_log in AuditRecord's order; auditSelect reads them
+// for scanAudit, with a NULL key version as 0.
+const (
+	auditColumns = `tenant_id, seq, at, subject, role, action, target, fingerprint_before, fingerprint_after,
+	request_id, client_addr, detail, prev_hash, hash, key_version`
+	auditSelect = `tenant_id, seq, at, subject, role, action, target, fingerprint_before, fingerprint_after,
+	request_id, client_addr, detail, prev_hash, hash, COALESCE(key_version, 0)`
+)
 
 func scanAudit(row pgx.Row) (*AuditRecord, error) {
 	var r AuditRecord
 	err := row.Scan(&r.TenantID, &r.Seq, &r.At, &r.Subject, &r.Role, &r.Action, &r.Target, &r.FingerprintBefore,
-		&r.FingerprintAfter, &r.RequestID, &r.ClientAddr, &r.Detail, &r.PrevHash, &r.Hash)
+		&r.FingerprintAfter, &r.RequestID, &r.ClientAddr, &r.Detail, &r.PrevHash, &r.Hash, &r.KeyVersion)
 	if err != nil {
 		return nil, err
 	}
@@ -187,7 +209,7 @@ func ListAudit(ctx context.Context, q db.DBTX, tenant string, f AuditFilter) ([]
 	}
 	args = append(args, limit+1)
 	rows, err := q.Query(ctx, fmt.Sprintf(`SELECT %s FROM audit_log WHERE %s ORDER BY seq DESC LIMIT $%d`,
-		auditColumns, strings.Join(where, " AND "), len(args)), args...)
+		auditSelect, strings.Join(where, " AND "), len(args)), args...)
 	if err != nil {
 		return nil, false, mapErr("list audit records", err)
 	}
@@ -213,7 +235,7 @@ func ListAudit(ctx context.Context, q db.DBTX, tenant string, f AuditFilter) ([]
 // ScanAudit calls fn for every record of tenant in chain order (ascending sequence
 // number), stopping at fn's first error.
 func ScanAudit(ctx context.Context, q db.DBTX, tenant string, fn func(*AuditRecord) error) error {
-	rows, err := q.Query(ctx, `SELECT `+auditColumns+` FROM audit_log WHERE tenant_id = $1 ORDER BY seq`, tenant)
+	rows, err := q.Query(ctx, `SELECT `+auditSelect+` FROM audit_log WHERE tenant_id = $1 ORDER BY seq`, tenant)
 	if err != nil {
 		return mapErr("read audit records", err)
 	}
@@ -242,4 +264,56 @@ func AuditHead(ctx context.Context, q db.DBTX, tenant string) (int64, []byte, er
 		return 0, nil, nil
 	}
 	return seq, hash, mapErr("read audit head", err)
+}
+
+// AuditPosition is where a tenant's trail ends, as a checkpoint of it is taken: the head
+// row (Seq 0 and a nil Hash without one; its KeyVersion is unset), the record at the
+// head's sequence number, and the record at a sequence number the caller names.
+type AuditPosition struct {
+	Head AuditLink
+	// AtHead is the record at Head.Seq as audit_log holds it; nil when there is none.
+	AtHead *AuditLink
+	// At is the record at the sequence number asked for; nil when there is none.
+	At *AuditLink
+}
+
+// ReadAuditPosition reads the tenant's AuditPosition with the record at seq at, in one
+// round trip. It scopes itself (see scopedQuery), so it runs from a pool or inside the
+// caller's transaction.
+func ReadAuditPosition(ctx context.Context, q db.DBTX, tenant string, at int64) (AuditPosition, error) {
+	var (
+		p              AuditPosition
+		headHash       []byte
+		topHash, xHash []byte
+		topKV, xKV     int
+	)
+	err := scopedQuery(ctx, q, tenant, func(rows pgx.Rows) error {
+		if !rows.Next() {
+			if err := rows.Err(); err != nil {
+				return err
+			}
+			return pgx.ErrNoRows
+		}
+		if err := rows.Scan(&p.Head.Seq, &headHash, &topHash, &topKV, &xHash, &xKV); err != nil {
+			return err
+		}
+		rows.Close()
+		return rows.Err()
+	}, `WITH h AS (SELECT seq, hash FROM audit_heads WHERE tenant_id = $1)
+		SELECT COALESCE((SELECT seq FROM h), 0), (SELECT hash FROM h), l.hash, COALESCE(l.key_version, 0),
+			c.hash, COALESCE(c.key_version, 0)
+		FROM (SELECT 1) AS one
+		LEFT JOIN audit_log l ON l.tenant_id = $1 AND l.seq = (SELECT seq FROM h)
+		LEFT JOIN audit_log c ON c.tenant_id = $1 AND c.seq = $2`, tenant, at)
+	if err != nil {
+		return p, mapErr("read audit position", err)
+	}
+	p.Head.Hash = headHash
+	if topHash != nil {
+		p.AtHead = &AuditLink{Seq: p.Head.Seq, Hash: topHash, KeyVersion: topKV}
+	}
+	if xHash != nil {
+		p.At = &AuditLink{Seq: at, Hash: xHash, KeyVersion: xKV}
+	}
+	return p, nil
 }

@@ -28,6 +28,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/loopze/certstore/internal/audit"
 	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/envelope"
@@ -40,9 +41,14 @@ import (
 // KeySize is the size of a tenant key and of every key derived from it.
 const KeySize = sealing.TenantKeySize
 
-// ErrNoKey means a version of a tenant's key that does not exist, or whose master key this
-// server does not hold.
-var ErrNoKey = errors.New("no such tenant key")
+// Sentinel errors callers branch on.
+var (
+	// ErrNoKey means a version of a tenant's key that does not exist.
+	ErrNoKey = errors.New("no such tenant key")
+	// ErrNoMasterKey means a tenant key is wrapped under a master key this server does
+	// not hold: it was given the wrong master key, or missed a rotation.
+	ErrNoMasterKey = errors.New("the master key that wraps a tenant key is not held")
+)
 
 // loadTimeout bounds a reload of a tenant's keys from a ring's Reload, which has no context.
 const loadTimeout = 10 * time.Second
@@ -293,7 +299,7 @@ func (k *Keys) unwrap(tenant string, n int, masterID string, wrapped []byte) (se
 		}
 		if mk, ok = k.Master.Get(masterID); !ok {
 			return nil, fmt.Errorf("the key of %s version %d is wrapped under master key %s, which this server does not hold: %w",
-				tenant, n, masterID, ErrNoKey)
+				tenant, n, masterID, ErrNoMasterKey)
 		}
 	}
 	root, err := mk.Unwrap(wrapped, sealing.TenantKeyWrap(tenant, n))
@@ -424,4 +430,31 @@ func (k *Keys) Reload() error {
 	}
 	k.Forget("")
 	return err
+}
+
+// Audit is tenant keys as the audit chain takes them: the audit key of each version, so
+// the chain is keyed under the key of its tenant's current version and a record names the
+// version that chained it.
+func (k *Keys) Audit() audit.Keys { return auditKeys{k} }
+
+type auditKeys struct{ k *Keys }
+
+func (a auditKeys) Current(ctx context.Context, tenant string) (int, []byte, error) {
+	v, err := a.k.Current(ctx, tenant)
+	if err != nil {
+		return 0, nil, err
+	}
+	key, err := v.AuditKey()
+	return v.N, key, err
+}
+
+func (a auditKeys) Version(ctx context.Context, tenant string, n int) ([]byte, error) {
+	v, err := a.k.Version(ctx, tenant, n)
+	if errors.Is(err, ErrNoKey) {
+		return nil, fmt.Errorf("%w: %w", audit.ErrUnknownKeyVersion, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return v.AuditKey()
 }

@@ -1,0 +1,14 @@
+-- The audit chain becomes a keyed MAC: a record chained under a tenant's audit key stores
+-- HMAC-SHA-256(key, hash of the previous record || seq || canonical bytes) in hash, and the
+-- version of the key in key_version. The key never reaches the database, so whoever owns
+-- the database can no longer recompute the chain after changing a record. Records chained
+-- before (by plain SHA-256, as 00006 describes) keep key_version NULL and verify as before;
+-- the first keyed record's MAC covers the hash of the last of them, which anchors them all.
+--
+-- Adding a nullable column without a default changes only the catalogue: no row is
+-- rewritten, and the append-only trigger (which fires on UPDATE) is not involved. Replicas
+-- starting at once migrate one after the other under goose's session lock. The grants of
+-- 00006 stand: the application role may insert and read audit_log, column included, and
+-- neither update nor delete it.
+-- +goose Up
+ALTER TABLE audit_log ADD COLUMN key_version integer CHECK (key_version > 0);
