@@ -267,6 +267,7 @@ func (b *bench) runAll(ctx context.Context) {
 		{"runtime Config", b.scenarioRuntime},
 		{"runtime Sync lag", b.scenarioSyncLag},
 		{"scale", b.scenarioScale},
+		{"master key rotation", b.scenarioRotation},
 		{"replicas", b.scenarioReplicas},
 	}
 	// Every scenario runs three times, its baselines measured again each time, so a row is

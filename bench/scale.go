@@ -27,31 +27,9 @@ const rssCeiling = 150 << 20
 func (b *bench) scenarioScale(ctx context.Context) error {
 	nt, per := b.s.ScaleTenants, b.s.ScalePerTenant
 	name := fmt.Sprintf("GET /certs/{id}, %d tenants x %d", nt, per)
-	tenants := make([]string, nt)
-	for i := range tenants {
-		tenants[i] = fmt.Sprintf("s%04d", i)
-	}
-	if !b.scale { // seeded once, for the three runs
-		t0 := time.Now()
-		if err := b.seed.clientPairs(ctx, tenants, per, runtime.NumCPU()); err != nil {
-			return err
-		}
-		conn, err := pgx.Connect(ctx, b.seed.url)
-		if err != nil {
-			return fmt.Errorf("connect to analyze: %w", err)
-		}
-		err = analyze(ctx, conn)
-		conn.Close(context.WithoutCancel(ctx))
-		if err != nil {
-			return err
-		}
-		b.progress("  seeded %d entries in %d tenants in %s", nt*per, nt, since(t0))
-		t0 = time.Now()
-		if err := b.settleExports(ctx, tenants); err != nil {
-			return err
-		}
-		b.progress("  the server exported every seeded tenant in %s", since(t0))
-		b.scale = true
+	tenants, err := b.seedScale(ctx)
+	if err != nil {
+		return err
 	}
 
 	// One viewer token per tenant, signed with the server's secret the way the token
@@ -100,6 +78,44 @@ func (b *bench) scenarioScale(ctx context.Context) error {
 	b.add(Row{Scenario: fmt.Sprintf("server RSS, %d tenants x %d", nt, per), Target: "< 150 MiB", Status: judge(peak < rssCeiling),
 		Baseline: fmt.Sprintf("peak %s", fmtMiB(peak)), PeakBytes: peak, Note: fmt.Sprintf("%s %s; %s resident at the end", peakNote, fmtMiB(peak), fmtMiB(cur))})
 	return nil
+}
+
+// scaleTenant is the i-th tenant of the scale scenario.
+func scaleTenant(i int) string { return fmt.Sprintf("s%04d", i) }
+
+// seedScale seeds the scale scenario's tenants, ScaleTenants of ScalePerTenant client pairs
+// each (once, for every run and every scenario that uses them), and waits until the server
+// exported each one; it returns their IDs.
+func (b *bench) seedScale(ctx context.Context) ([]string, error) {
+	nt, per := b.s.ScaleTenants, b.s.ScalePerTenant
+	tenants := make([]string, nt)
+	for i := range tenants {
+		tenants[i] = scaleTenant(i)
+	}
+	if b.scale {
+		return tenants, nil
+	}
+	t0 := time.Now()
+	if err := b.seed.clientPairs(ctx, tenants, per, runtime.NumCPU()); err != nil {
+		return nil, err
+	}
+	conn, err := pgx.Connect(ctx, b.seed.url)
+	if err != nil {
+		return nil, fmt.Errorf("connect to analyze: %w", err)
+	}
+	err = analyze(ctx, conn)
+	conn.Close(context.WithoutCancel(ctx))
+	if err != nil {
+		return nil, err
+	}
+	b.progress("  seeded %d entries in %d tenants in %s", nt*per, nt, since(t0))
+	t0 = time.Now()
+	if err := b.settleExports(ctx, tenants); err != nil {
+		return nil, err
+	}
+	b.progress("  the server exported every seeded tenant in %s", since(t0))
+	b.scale = true
+	return tenants, nil
 }
 
 func fmtMiB(n int64) string { return fmt.Sprintf("%.0f MiB", float64(n)/(1<<20)) }
