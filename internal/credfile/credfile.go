@@ -373,31 +373,41 @@ const maxHeaderBytes = 64 << 10
 // serves files of megabytes from an open descriptor and reads only this much of them. A
 // file whose header fields do not all come before the ciphertext is ErrNotCredentialsFile.
 func ReadHeader(r io.Reader) (Header, error) {
+	h, _, err := readHeader(r)
+	return h, err
+}
+
+// readHeader is ReadHeader; it also returns where in r the "ciphertext" key ends (0 when
+// the file has none), which is where Reseal finds the sealed document.
+func readHeader(r io.Reader) (Header, int64, error) {
 	dec := json.NewDecoder(io.LimitReader(r, maxHeaderBytes))
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return Header{}, fmt.Errorf("%w: not a JSON object", ErrNotCredentialsFile)
+		return Header{}, 0, fmt.Errorf("%w: not a JSON object", ErrNotCredentialsFile)
 	}
 	fields := map[string]json.RawMessage{}
+	var ciphertextAt int64
 	for dec.More() {
 		tok, err := dec.Token()
 		key, ok := tok.(string)
 		if err != nil || !ok {
-			return Header{}, fmt.Errorf("%w: not valid JSON", ErrNotCredentialsFile)
+			return Header{}, 0, fmt.Errorf("%w: not valid JSON", ErrNotCredentialsFile)
 		}
 		if key == "ciphertext" {
+			ciphertextAt = dec.InputOffset()
 			break
 		}
 		var v json.RawMessage
 		if err := dec.Decode(&v); err != nil {
-			return Header{}, fmt.Errorf("%w: not valid JSON", ErrNotCredentialsFile)
+			return Header{}, 0, fmt.Errorf("%w: not valid JSON", ErrNotCredentialsFile)
 		}
 		fields[key] = v
 	}
 	b, err := json.Marshal(fields)
 	if err != nil {
-		return Header{}, fmt.Errorf("%w: not valid JSON", ErrNotCredentialsFile)
+		return Header{}, 0, fmt.Errorf("%w: not valid JSON", ErrNotCredentialsFile)
 	}
-	return ParseHeader(b)
+	h, err := ParseHeader(b)
+	return h, ciphertextAt, err
 }
 
 func parseFile(data []byte) (file, error) {
