@@ -85,7 +85,11 @@ type Result struct {
 	References      int
 	NodeCredentials int
 	// Written is false when the file was already at the database's generation and key.
-	Written  bool
+	Written bool
+	// Resealed is true when the file's document was sealed again as it was, only the
+	// wrapping of the tenant key in its header having moved; the counts above are then
+	// zero, as for a file that was current.
+	Resealed bool
 	Duration time.Duration
 }
 
@@ -220,7 +224,7 @@ func (x *Exporter) ExportTenant(ctx context.Context, tenant string, force bool) 
 	if res.Written {
 		x.logger().Info("credentials file written", "tenant", tenant, "path", res.Path,
 			"generation", res.Generation, "key_id", res.KeyID, "entries", res.Entries,
-			"node_credentials", res.NodeCredentials, "duration_ms", res.Duration.Milliseconds())
+			"node_credentials", res.NodeCredentials, "resealed", res.Resealed, "duration_ms", res.Duration.Milliseconds())
 	}
 	if x.OnWrite != nil && (res.Written || moved) {
 		x.OnWrite(res)
@@ -256,14 +260,32 @@ func (x *Exporter) export(ctx context.Context, st *tenantState, tenant string, f
 		return res, err
 	}
 	// A file is current when it holds the database's generation, sealed under the
-	// tenant's current key and carrying it wrapped under the current master key.
-	sealedNow := onDisk.Version == credfile.Version && onDisk.KeyID == fk.ID() && onDisk.TenantKey != nil &&
-		*onDisk.TenantKey == fk.TenantKey
+	// tenant's current key and carrying it wrapped under the current master key. One that
+	// holds the generation under the current key, its wrapping alone having moved (a master
+	// key rotation rewrapped the tenant key), holds the document the database would give:
+	// it is sealed again as it is, instead of read and encoded again.
+	sealedUnder := onDisk.Version == credfile.Version && onDisk.KeyID == fk.ID() && onDisk.TenantKey != nil &&
+		onDisk.TenantKey.Version == fk.TenantKey.Version
+	sealedNow := sealedUnder && *onDisk.TenantKey == fk.TenantKey
+	var reseal bool
 	doc, err := x.snapshot(ctx, tenant, ring, func(gen int64) bool {
-		return !force && haveFile && onDisk.Generation == gen && sealedNow
+		if force || !haveFile || onDisk.Generation != gen || !sealedUnder {
+			return false
+		}
+		reseal = !sealedNow
+		return true
 	})
 	if err != nil {
 		return res, err
+	}
+	if doc == nil && reseal {
+		ok, err := x.reseal(st, path, fk, onDisk.Generation, &res)
+		if ok || err != nil {
+			return res, err
+		}
+		if doc, err = x.snapshot(ctx, tenant, ring, func(int64) bool { return false }); err != nil {
+			return res, err
+		}
 	}
 	if doc == nil { // current already
 		res.Generation, res.KeyID = onDisk.Generation, onDisk.KeyID
@@ -294,6 +316,35 @@ func (x *Exporter) export(ctx context.Context, st *tenantState, tenant string, f
 	res.Generation, res.KeyID, res.Written = h.Generation, h.KeyID, true
 	res.Entries, res.References, res.NodeCredentials = doc.Entries, doc.References, doc.NodeCredentials
 	return res, nil
+}
+
+// reseal seals the document of the file at path again under fk, whose wrapping of the
+// tenant key alone differs from the file's header, and writes it (see credfile.Reseal).
+// It reports false, having written nothing, when the file turns out not to be one it can
+// reseal at generation gen (damaged, or laid out otherwise): the caller exports it in full.
+func (x *Exporter) reseal(st *tenantState, path string, fk credfile.FileKey, gen int64, res *Result) (bool, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		x.logger().Warn("cannot read credentials file; exporting it in full", "path", path, "err", err)
+		return false, nil
+	}
+	out, h, err := credfile.Reseal(fk, data)
+	if err == nil && h.Generation != gen {
+		err = fmt.Errorf("the file holds generation %d, not %d", h.Generation, gen)
+	}
+	if err != nil {
+		x.logger().Warn("cannot seal the credentials file again as it is; exporting it in full", "path", path, "err", err)
+		return false, nil
+	}
+	st.seen = seenFile{}
+	if err := WriteAtomic(path, out); err != nil {
+		return false, err
+	}
+	if info, err := os.Stat(path); err == nil {
+		st.seen = seenFile{info: info, header: h}
+	}
+	res.Generation, res.KeyID, res.Written, res.Resealed = h.Generation, h.KeyID, true, true
+	return true, nil
 }
 
 // lockPath is the advisory lock file beside a tenant's file.
