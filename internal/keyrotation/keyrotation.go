@@ -20,6 +20,8 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -73,16 +75,73 @@ type Report struct {
 	Rewrapped int64
 	// Files are the credentials files written under the new keys.
 	Files []fileexport.Result
+	// Took is how long the parts of a master key rotation took.
+	Took Took
+}
+
+// Took splits the time a master key rotation took.
+type Took struct {
+	// Migrate is Migrate: the search for rows under a master key itself (or an older
+	// tenant key), and their move to their tenant's current key.
+	Migrate time.Duration
+	// TenantKeys is the rewrap of the stored tenant keys, and the counts of those left
+	// under an old master key after the watch.
+	TenantKeys time.Duration
+	// Export is the re-export of the credentials files.
+	Export time.Duration
+	// Settle is what the rotation waited, beyond the re-export, for servers that had not
+	// reloaded yet to show themselves.
+	Settle time.Duration
 }
 
 // stepHook, when set (by tests only), runs after each durable step, so a crash test can
 // stop a real rotation between any two of them.
 var stepHook func(step string)
 
+// stepMu serializes the hook: tenants are handled on several goroutines at once.
+var stepMu sync.Mutex
+
 func step(name string) {
 	if stepHook != nil {
+		stepMu.Lock()
+		defer stepMu.Unlock()
 		stepHook(name)
 	}
+}
+
+// eachTenant calls fn for every tenant, as many at once as an export of all tenants runs
+// (fileexport.AllAtOnce): each call is a few short transactions of one tenant, holding
+// one pool connection at a time, and mostly waits for the database's answers. It stops
+// starting calls at the first error, and returns the errors of the calls made.
+func eachTenant(ctx context.Context, tenants []repo.Tenant, fn func(ctx context.Context, tenant string) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make([]error, len(tenants))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(fileexport.AllAtOnce(), len(tenants)) {
+		wg.Go(func() {
+			for i := range next {
+				if errs[i] = fn(ctx, tenants[i].ID); errs[i] != nil {
+					cancel()
+				}
+			}
+		})
+	}
+feed:
+	for i := range tenants {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return ctx.Err()
 }
 
 func (r *Rotator) logger() *slog.Logger {
@@ -119,33 +178,54 @@ func (r *Rotator) Rotate(ctx context.Context) (Report, error) {
 
 	// Rows an earlier release sealed under the master key itself must move to their
 	// tenant's key before any master key is retired.
-	n, err := r.Migrate(ctx)
+	t := time.Now()
+	n, err := r.migrate(ctx, true)
+	rep.Took.Migrate = time.Since(t)
 	rep.Rewrapped += n
 	if err != nil {
 		return rep, err
 	}
 
+	x := &fileexport.Exporter{Pool: r.Pool, Keys: r.Keys, DataDir: r.DataDir, Logger: r.Logger}
 	passes, settle := r.passesAndSettle()
 	for pass := 1; ; pass++ {
-		moved, left, err := r.rewrapTenantKeys(ctx, rep.NewKeyID, true)
+		t = time.Now()
+		moved, err := r.rewrapTenantKeys(ctx, rep.NewKeyID)
 		rep.TenantKeys += moved
+		rep.Took.TenantKeys += time.Since(t)
+		if err != nil {
+			return rep, err
+		}
+		step("tenant-keys-rewrapped")
+		// A server that has not reloaded yet would still wrap a new tenant key under the
+		// old master key. The rotation watches for that a while before the old key is
+		// retired, and the files are re-exported meanwhile: their headers carry the
+		// tenant keys as just rewrapped, and a re-export longer than the watch adds no
+		// wait to it.
+		watch := time.Now()
+		files, err := x.ExportAll(ctx, false)
+		rep.Files = mergeFiles(rep.Files, files)
+		rep.Took.Export += time.Since(watch)
+		if err != nil {
+			return rep, fmt.Errorf("rotate master key: re-export files: %w", err)
+		}
+		step("exported")
+		if wait := settle - time.Since(watch); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return rep, ctx.Err()
+			case <-time.After(wait):
+			}
+			rep.Took.Settle += wait
+		}
+		t = time.Now()
+		left, err := r.tenantKeysLeft(ctx, rep.NewKeyID)
+		rep.Took.TenantKeys += time.Since(t)
 		if err != nil {
 			return rep, err
 		}
 		if left == 0 {
-			// A server that has not reloaded yet would still wrap a new tenant key under
-			// the old master key. Watch for that a while before the old key is retired.
-			select {
-			case <-ctx.Done():
-				return rep, ctx.Err()
-			case <-time.After(settle):
-			}
-			if _, left, err = r.rewrapTenantKeys(ctx, rep.NewKeyID, false); err != nil {
-				return rep, err
-			}
-			if left == 0 {
-				break
-			}
+			break
 		}
 		if pass == passes {
 			return rep, fmt.Errorf("rotate master key: %d tenant key(s) under an old master key after %d passes: %w; give every replica the new key (or restart them) and run rotate-key again",
@@ -154,15 +234,6 @@ func (r *Rotator) Rotate(ctx context.Context) (Report, error) {
 		r.logger().Warn("tenant keys were wrapped under an old master key during the rotation; asking servers to reload", "left", left)
 		r.announce(ctx)
 	}
-	step("tenant-keys-rewrapped")
-
-	x := &fileexport.Exporter{Pool: r.Pool, Keys: r.Keys, DataDir: r.DataDir, Logger: r.Logger}
-	files, err := x.ExportAll(ctx, false)
-	rep.Files = files
-	if err != nil {
-		return rep, fmt.Errorf("rotate master key: re-export files: %w", err)
-	}
-	step("exported")
 
 	for _, id := range master.IDs() {
 		if id == rep.NewKeyID {
@@ -184,52 +255,79 @@ func (r *Rotator) Rotate(ctx context.Context) (Report, error) {
 	}
 	step("promoted")
 	r.announce(ctx)
-	r.logger().Info("master key rotated", "key_id", rep.NewKeyID, "tenant_keys", rep.TenantKeys, "rows_moved", rep.Rewrapped, "files", len(files))
+	r.logger().Info("master key rotated", "key_id", rep.NewKeyID, "tenant_keys", rep.TenantKeys, "rows_moved", rep.Rewrapped,
+		"files", len(rep.Files), "migrate", rep.Took.Migrate, "tenant_keys_took", rep.Took.TenantKeys,
+		"export", rep.Took.Export, "settle", rep.Took.Settle)
 	return rep, nil
 }
 
+// mergeFiles is the results of a pass over the files after those of the passes before it:
+// a file any pass wrote counts as written.
+func mergeFiles(before, pass []fileexport.Result) []fileexport.Result {
+	written := map[string]bool{}
+	for _, f := range before {
+		if f.Written {
+			written[f.Tenant] = true
+		}
+	}
+	for i := range pass {
+		pass[i].Written = pass[i].Written || written[pass[i].Tenant]
+	}
+	return pass
+}
+
 // rewrapTenantKeys rewraps every tenant's stored keys under the current master key newID
-// (only counts them, without rewrap); it returns how many it moved and how many are left
-// under another (a server wrapped a new one under an old key meanwhile).
-func (r *Rotator) rewrapTenantKeys(ctx context.Context, newID string, rewrap bool) (moved, left int, err error) {
+// and returns how many it moved.
+func (r *Rotator) rewrapTenantKeys(ctx context.Context, newID string) (int, error) {
 	if cur := r.Keys.Master.Current().ID(); cur != newID {
-		return 0, 0, fmt.Errorf("rotate master key: the current master key is %s, not %s", cur, newID)
+		return 0, fmt.Errorf("rotate master key: the current master key is %s, not %s", cur, newID)
 	}
 	tenants, err := repo.ListTenants(ctx, r.Pool)
 	if err != nil {
-		return 0, 0, fmt.Errorf("rotate master key: %w", err)
+		return 0, fmt.Errorf("rotate master key: %w", err)
 	}
-	for _, t := range tenants {
-		if rewrap {
-			n := 0
-			err := db.InTenant(ctx, r.Pool, t.ID, func(tx pgx.Tx) error {
-				var err error
-				if n, err = r.Keys.Rewrap(ctx, tx, t.ID); err != nil || n == 0 {
-					return err
-				}
-				return audit.Record(ctx, tx, audit.Event{Tenant: t.ID, Action: audit.KeyRotate, Target: "tenant",
-					Detail: map[string]any{"masterKeyId": newID, "tenantKeysRewrapped": n}})
-			})
-			if err != nil {
-				return moved, 0, fmt.Errorf("rotate master key: tenant %s: %w", t.ID, err)
+	var moved atomic.Int64
+	err = eachTenant(ctx, tenants, func(ctx context.Context, tenant string) error {
+		n := 0
+		err := db.InTenant(ctx, r.Pool, tenant, func(tx pgx.Tx) error {
+			var err error
+			if n, err = r.Keys.Rewrap(ctx, tx, tenant); err != nil || n == 0 {
+				return err
 			}
-			r.Keys.Forget(t.ID)
-			moved += n
-			if n > 0 {
-				step("tenant-key-rewrapped")
-			}
-		}
-		rows, err := repo.TenantKeys(ctx, r.Pool, t.ID)
+			return audit.Record(ctx, tx, audit.Event{Tenant: tenant, Action: audit.KeyRotate, Target: "tenant",
+				Detail: map[string]any{"masterKeyId": newID, "tenantKeysRewrapped": n}})
+		})
 		if err != nil {
-			return moved, 0, err
+			return fmt.Errorf("rotate master key: tenant %s: %w", tenant, err)
 		}
+		r.Keys.Forget(tenant)
+		moved.Add(int64(n))
+		if n > 0 {
+			step("tenant-key-rewrapped")
+		}
+		return nil
+	})
+	return int(moved.Load()), err
+}
+
+// tenantKeysLeft counts the stored tenant key versions wrapped under another master key
+// than newID: a server that had not reloaded wrapped them during the rotation.
+func (r *Rotator) tenantKeysLeft(ctx context.Context, newID string) (int, error) {
+	tenants, err := repo.ListTenants(ctx, r.Pool)
+	if err != nil {
+		return 0, fmt.Errorf("rotate master key: %w", err)
+	}
+	var left atomic.Int64
+	err = eachTenant(ctx, tenants, func(ctx context.Context, tenant string) error {
+		rows, err := repo.TenantKeys(ctx, r.Pool, tenant)
 		for _, k := range rows {
 			if k.MasterKeyID != newID {
-				left++
+				left.Add(1)
 			}
 		}
-	}
-	return moved, left, nil
+		return err
+	})
+	return int(left.Load()), err
 }
 
 // RotateTenant makes tenant's next key version, moves its rows to it and re-exports its
@@ -297,26 +395,43 @@ func (r *Rotator) finishTenant(ctx context.Context, tenant string, rep Report) (
 // Migrate moves every row still sealed under another key than its tenant's current one
 // (under the master key itself, as releases before tenant keys sealed them, or under an
 // older tenant key version) to that tenant's current key, making the tenant's key first
-// when it has none. It is what `serve` runs at start, in the background: every row stays
-// readable throughout, and a run killed at any point is finished by the next.
+// when it has none. It is what `serve` runs at start, in the background, one tenant at a
+// time: every row stays readable throughout, and a run killed at any point is finished by
+// the next.
 func (r *Rotator) Migrate(ctx context.Context) (int64, error) {
+	return r.migrate(ctx, false)
+}
+
+// migrate is Migrate, over several tenants at once when parallel is set (a rotation,
+// which waits for it, rather than a server starting to serve).
+func (r *Rotator) migrate(ctx context.Context, parallel bool) (int64, error) {
 	tenants, err := repo.ListTenants(ctx, r.Pool)
 	if err != nil {
 		return 0, fmt.Errorf("move rows to tenant keys: %w", err)
 	}
-	var total int64
-	for _, t := range tenants {
-		ring, err := r.Keys.Ring(ctx, t.ID)
+	var total atomic.Int64
+	move := func(ctx context.Context, tenant string) error {
+		ring, err := r.Keys.Ring(ctx, tenant)
 		if err != nil {
-			return total, fmt.Errorf("move rows to tenant keys: tenant %s: %w", t.ID, err)
+			return fmt.Errorf("move rows to tenant keys: tenant %s: %w", tenant, err)
 		}
-		n, err := r.rewrapTenant(ctx, ring, t.ID)
-		total += n
+		n, err := r.rewrapTenant(ctx, ring, tenant)
+		total.Add(n)
 		if err != nil {
-			return total, fmt.Errorf("move rows to tenant keys: tenant %s: %w", t.ID, err)
+			return fmt.Errorf("move rows to tenant keys: tenant %s: %w", tenant, err)
+		}
+		return nil
+	}
+	if parallel {
+		err := eachTenant(ctx, tenants, move)
+		return total.Load(), err
+	}
+	for _, t := range tenants {
+		if err := move(ctx, t.ID); err != nil {
+			return total.Load(), err
 		}
 	}
-	return total, nil
+	return total.Load(), nil
 }
 
 // announce tells running servers to reload their key rings. It is best effort: servers
