@@ -547,3 +547,52 @@ func TestRotationRefusesToRetireAKeyStillInUse(t *testing.T) {
 type neverReloads struct{ masterkey.Keyring }
 
 func (neverReloads) Reload() error { return nil }
+
+// TestMovingTheMasterKeyToAnotherStore: an install whose master key is data/loopze.key
+// starts with LOOPZE_MASTER_KEY_URI naming another store (here another key file; a token
+// works the same), loopze.key left in the data directory. Everything stays readable
+// through the old file; rotate-key rewraps every tenant key under the new store's key,
+// after which loopze.key can go.
+func TestMovingTheMasterKeyToAnotherStore(t *testing.T) {
+	t.Parallel()
+	if os.Getenv(tenantkeytest.EnvMasterKeyURI) != "" {
+		t.Skip("the fixture's master key is already in a token")
+	}
+	f := setup(t, false)
+	ctx := context.Background()
+	elsewhere := "file:" + filepath.Join(t.TempDir(), "master.key")
+	open := func(withOld bool) *tenantkey.Keys {
+		t.Helper()
+		master, err := masterkey.Open(elsewhere, f.dataDir, os.Getenv, nil)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = master.Close() })
+		keys := &tenantkey.Keys{Pool: f.pool, Master: master}
+		if withOld {
+			keys.Legacy, err = envelope.LoadExisting(f.dataDir, nil)
+			require.NoError(t, err)
+		}
+		return keys
+	}
+	readable := func(keys *tenantkey.Keys, when string) {
+		t.Helper()
+		svc := &catalog.Service{Pool: f.pool, Keys: keys, Logger: slog.New(slog.DiscardHandler)}
+		for _, tenant := range tenants {
+			e, err := repo.LookupEntries(ctx, f.pool, tenant, []string{"e0"})
+			require.NoError(t, err)
+			_, _, err = svc.Open(ctx, e[0])
+			require.NoError(t, err, "%s: %s", when, tenant)
+			data, err := os.ReadFile(credfile.Path(f.dataDir, tenant))
+			require.NoError(t, err)
+			_, _, err = credfile.Open(keys.Opener(), data, tenant)
+			require.NoError(t, err, "%s: file of %s", when, tenant)
+		}
+	}
+	moving := open(true)
+	readable(moving, "with the old key file beside the new store")
+
+	rep, err := (&Rotator{Pool: f.pool, DataDir: f.dataDir, Keys: moving, Settle: 10 * time.Millisecond}).Rotate(ctx)
+	require.NoError(t, err)
+	require.Equal(t, len(tenants), rep.TenantKeys)
+	require.NoError(t, os.Rename(filepath.Join(f.dataDir, envelope.KeyFile), filepath.Join(t.TempDir(), "old.key")))
+	readable(open(false), "after the rotation, without loopze.key")
+}

@@ -292,21 +292,35 @@ func (k *Keys) load(ctx context.Context, tenant string) ([]*Version, error) {
 // unwrap opens a stored tenant key under the master key that wrapped it, reloading the
 // master keyring once when it does not hold that key (another process rotated it).
 func (k *Keys) unwrap(tenant string, n int, masterID string, wrapped []byte) (secret.Bytes, error) {
+	aad := sealing.TenantKeyWrap(tenant, n)
+	var (
+		root []byte
+		err  error
+	)
 	mk, ok := k.Master.Get(masterID)
 	if !ok {
 		if err := k.Master.Reload(); err != nil {
 			return nil, fmt.Errorf("the key of %s version %d: reload master keys: %w", tenant, n, err)
 		}
-		if mk, ok = k.Master.Get(masterID); !ok {
-			return nil, fmt.Errorf("the key of %s version %d is wrapped under master key %s, which this server does not hold: %w",
-				tenant, n, masterID, ErrNoMasterKey)
-		}
+		mk, ok = k.Master.Get(masterID)
 	}
-	root, err := mk.Unwrap(wrapped, sealing.TenantKeyWrap(tenant, n))
+	switch {
+	case ok:
+		root, err = mk.Unwrap(wrapped, aad)
+	case k.Legacy != nil && k.Legacy.Has(masterID):
+		// A master key moving into a token or a credential: the key file it leaves in the
+		// data directory opens the tenant keys it wrapped, until rotate-key rewraps them
+		// under the new store's key.
+		root, err = k.Legacy.UnwrapKey(masterID, wrapped, aad)
+	default:
+		return nil, fmt.Errorf("the key of %s version %d is wrapped under master key %s, which this server does not hold: %w",
+			tenant, n, masterID, ErrNoMasterKey)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("the key of %s version %d: %w", tenant, n, err)
 	}
 	if len(root) != KeySize {
+		clear(root)
 		return nil, fmt.Errorf("the key of %s version %d is %d bytes, want %d", tenant, n, len(root), KeySize)
 	}
 	return secret.Bytes(root), nil
@@ -374,7 +388,7 @@ func (k *Keys) Adopt(ctx context.Context, tenant string, ref credfile.TenantKeyR
 	if err != nil || len(rows) > 0 {
 		return false, err
 	}
-	if _, ok := k.Master.Get(ref.MasterKeyID); !ok || ref.Version < 1 {
+	if _, ok := k.Master.Get(ref.MasterKeyID); (!ok && (k.Legacy == nil || !k.Legacy.Has(ref.MasterKeyID))) || ref.Version < 1 {
 		return false, nil
 	}
 	wrapped, err := base64.StdEncoding.DecodeString(ref.Wrapped)
