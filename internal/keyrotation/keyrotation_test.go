@@ -62,7 +62,7 @@ func TestMain(m *testing.M) {
 // the test master key URI says) and, while loopze.key exists, the key files that sealed
 // rows before tenant keys.
 func openKeys(pool *pgxpool.Pool, dir string) (*tenantkey.Keys, error) {
-	master, err := masterkey.Open(os.Getenv(tenantkeytest.EnvMasterKeyURI), dir, os.Getenv, nil)
+	master, err := masterkey.Open(tenantkeytest.URIOf(dir), dir, os.Getenv, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -277,9 +277,7 @@ func (f *fixture) requireAllReadable(t *testing.T, when string) {
 
 // masterKeySource is where the master key of the fixture lives, as doctor is told.
 func (f *fixture) masterKeySource(t *testing.T) masterkey.Source {
-	src, err := masterkey.Locate(os.Getenv(tenantkeytest.EnvMasterKeyURI), f.dataDir, os.Getenv)
-	require.NoError(t, err)
-	return src
+	return tenantkeytest.Source(t, f.dataDir)
 }
 
 // killEachStep runs the helper op again and again, the k-th run killed right after its
@@ -555,7 +553,7 @@ func (neverReloads) Reload() error { return nil }
 // after which loopze.key can go.
 func TestMovingTheMasterKeyToAnotherStore(t *testing.T) {
 	t.Parallel()
-	if os.Getenv(tenantkeytest.EnvMasterKeyURI) != "" {
+	if tenantkeytest.InToken() {
 		t.Skip("the fixture's master key is already in a token")
 	}
 	f := setup(t, false)

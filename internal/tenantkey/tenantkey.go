@@ -472,3 +472,19 @@ func (a auditKeys) Version(ctx context.Context, tenant string, n int) ([]byte, e
 	}
 	return v.AuditKey()
 }
+
+// RuntimeKey is tenant's runtime key: the file keys of every version of its key, which
+// open its credentials.json and nothing else.
+func (k *Keys) RuntimeKey(ctx context.Context, tenant string) (*credfile.RuntimeKey, error) {
+	versions, err := k.Versions(ctx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	rk := &credfile.RuntimeKey{Tenant: tenant, Keys: make(map[int]secret.Bytes, len(versions))}
+	for _, v := range versions {
+		if rk.Keys[v.N], err = v.FileKey(); err != nil {
+			return nil, err
+		}
+	}
+	return rk, nil
+}
