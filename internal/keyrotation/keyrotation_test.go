@@ -140,7 +140,8 @@ type fixture struct {
 // setup makes two tenants of inline entries (each with its version) and node secrets,
 // and exports their files. With legacy the rows are sealed under the master key file
 // itself, as releases before tenant keys sealed them: what the migration starts from.
-func setup(t *testing.T, legacy bool) *fixture {
+func setup(t *testing.T, legacy bool, opts ...bool) *fixture {
+	noExport := len(opts) > 0 && opts[0]
 	t.Helper()
 	ctx := context.Background()
 	url := testdb.URL(t)
@@ -192,10 +193,17 @@ func setup(t *testing.T, legacy bool) *fixture {
 			return repo.ImportNodeSecrets(ctx, tx, tenant, rows)
 		}))
 	}
+	if legacy && noExport {
+		return f
+	}
 	_, err = (&fileexport.Exporter{Pool: pool, Keys: keys, DataDir: dir}).ExportAll(ctx, false)
 	require.NoError(t, err)
 	return f
 }
+
+// beforeUpgrade, as setup's last argument, leaves a legacy fixture without tenant keys: as an
+// install of a release before them is, until a server of this one starts.
+const beforeUpgrade = true
 
 // writeLegacyEntry stores an inline pair and its first version sealed under ring, as a
 // release before tenant keys did.
@@ -593,4 +601,32 @@ func TestMovingTheMasterKeyToAnotherStore(t *testing.T) {
 	require.Equal(t, len(tenants), rep.TenantKeys)
 	require.NoError(t, os.Rename(filepath.Join(f.dataDir, envelope.KeyFile), filepath.Join(t.TempDir(), "old.key")))
 	readable(open(false), "after the rotation, without loopze.key")
+}
+
+// TestDoctorChangesNothingBeforeTheMigration: doctor on an install whose rows are still
+// sealed under the master key, before any server of this release ran, makes no tenant key,
+// opens every row with the legacy key and warns that they are left to move.
+func TestDoctorChangesNothingBeforeTheMigration(t *testing.T) {
+	t.Parallel()
+	f := setup(t, true, beforeUpgrade)
+	ctx := context.Background()
+	keys, err := openKeys(f.pool, f.dataDir)
+	require.NoError(t, err)
+	defer keys.Master.Close()
+	keys.ReadOnly = true
+	rep := (&doctor.Doctor{Pool: f.pool, DataDir: f.dataDir, Keys: keys, ExpiringWithin: -1, MasterKey: f.masterKeySource(t)}).Run(ctx)
+	rows := 0
+	for _, c := range rep.Checks {
+		if c.Check == "rows" {
+			rows++
+			require.Equal(t, doctor.Warn, c.Status, "%+v", c)
+			require.Contains(t, c.Message, fmt.Sprint(entriesPerTenant+secretsPerTenant, " row(s)"))
+		}
+	}
+	require.Equal(t, len(tenants), rows)
+	for _, tenant := range tenants {
+		stored, err := repo.TenantKeys(ctx, f.pool, tenant)
+		require.NoError(t, err)
+		require.Empty(t, stored, "doctor made no key for %s", tenant)
+	}
 }

@@ -67,6 +67,9 @@ type Keys struct {
 	Legacy *envelope.Ring
 	// Logger receives the creation of keys.
 	Logger *slog.Logger
+	// ReadOnly makes no key: a tenant without one is ErrNoKey, and its ring holds the
+	// Legacy keys alone (doctor, which changes nothing, reads an upgraded install so).
+	ReadOnly bool
 
 	mu      sync.Mutex
 	tenants map[string]*tenant
@@ -134,7 +137,7 @@ func (k *Keys) Forget(tenant string) {
 }
 
 // Versions returns the versions of tenant's key, oldest first, creating version 1 when the
-// tenant has none yet.
+// tenant has none yet (ErrNoKey instead when ReadOnly).
 func (k *Keys) Versions(ctx context.Context, tenant string) ([]*Version, error) {
 	t := k.tenant(tenant)
 	t.mu.Lock()
@@ -145,6 +148,9 @@ func (k *Keys) Versions(ctx context.Context, tenant string) ([]*Version, error) 
 	vs, err := k.load(ctx, tenant)
 	if err != nil {
 		return nil, err
+	}
+	if len(vs) == 0 && k.ReadOnly {
+		return nil, fmt.Errorf("tenant %s has no key yet: %w", tenant, ErrNoKey)
 	}
 	if len(vs) == 0 {
 		if _, err := k.add(ctx, tenant, 1); err != nil {
@@ -203,6 +209,10 @@ func (k *Keys) Ring(ctx context.Context, tenant string) (*envelope.Ring, error) 
 		return ring, nil
 	}
 	if _, err := k.Versions(ctx, tenant); err != nil {
+		if k.ReadOnly && k.Legacy != nil && errors.Is(err, ErrNoKey) {
+			// Rows of a tenant not migrated yet are all under the legacy keys.
+			return k.Legacy, nil
+		}
 		return nil, err
 	}
 	ring, err := envelope.NewLoadedRing(func() ([]byte, [][]byte, error) {
