@@ -112,6 +112,10 @@ func TestRuntimeBesideRunningServer(t *testing.T) {
 	code, _, all := runCLICode(t, env, "runtime-key", "--tenant", "default", "--out", key)
 	require.Equal(t, 2, code, all)
 	require.Contains(t, all, "--force replaces it")
+	code, _, all = runCLICode(t, env, "runtime-key", "--tenant", "defualt", "--out", key+".typo")
+	require.Equal(t, 2, code, all)
+	require.Contains(t, all, "tenant defualt has nothing stored here")
+	require.NoFileExists(t, key+".typo")
 	var store *nodetls.Store
 	require.Eventually(t, func() bool {
 		st, err := nodetls.Open(file, key)

@@ -10,6 +10,7 @@ import (
 	"slices"
 
 	"github.com/loopze/certstore/internal/durable"
+	"github.com/loopze/certstore/internal/repo"
 )
 
 // runRuntimeKey writes a tenant's runtime key: the file keys of every version of its key,
@@ -41,6 +42,14 @@ func runRuntimeKey(ctx context.Context, env *environ, args []string) error {
 		return err
 	}
 	defer keys.Master.Close()
+	// A tenant name mistyped would otherwise get a key (and a row) of its own.
+	tenants, err := repo.ListTenants(ctx, st.pool)
+	if err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(tenants, func(t repo.Tenant) bool { return t.ID == tenant }) {
+		return fmt.Errorf("%w: tenant %s has nothing stored here (check the name, or write its first entry first)", errUsage, tenant)
+	}
 	rk, err := keys.RuntimeKey(ctx, tenant)
 	if err != nil {
 		return err
