@@ -214,7 +214,7 @@ func (s *Scheduler) Check(ctx context.Context) (Outcome, error) {
 		return Waiting, nil
 	}
 
-	s.logger().Info("scheduled master key rotation started", "key_id", next.ID(), "last_rotated", last, "every", s.Every)
+	s.logger().Info("scheduled master key rotation started", "key_id", next.ID(), "last_rotated", last, "every", s.Every.String())
 	began := time.Now()
 	rep, err := s.Rotator.Rotate(ctx)
 	if err != nil {
@@ -229,7 +229,7 @@ func (s *Scheduler) Check(ctx context.Context) (Outcome, error) {
 		return Failed, fmt.Errorf("scheduled master key rotation to %s: %w", rep.NewKeyID, err)
 	}
 	s.logger().Info("scheduled master key rotation done", "key_id", rep.NewKeyID, "tenant_keys_rewrapped", rep.TenantKeys,
-		"rows_moved", rep.Rewrapped, "files", len(rep.Files), "duration", time.Since(began).Round(time.Millisecond))
+		"rows_moved", rep.Rewrapped, "files", len(rep.Files), "duration", time.Since(began).Round(time.Millisecond).String())
 	if _, _, _, err := s.register(ctx, s.now()); err != nil {
 		s.logger().Warn("register the master keyring after the rotation", "err", err)
 	}
@@ -291,7 +291,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 			s.logger().Warn("register the master keyring for the key schedule; the next check tries again", "err", err)
 		case err != nil:
 			s.logger().Error("scheduled master key rotation "+outcome.String()+"; the next check tries again",
-				"err", err, "next_check_in", s.interval())
+				"err", err, "next_check_in", s.interval().String())
 		case outcome == Busy:
 			s.logger().Info("another replica is rotating the master key")
 		}
