@@ -125,34 +125,16 @@ func (r *Rotator) Rotate(ctx context.Context) (Report, error) {
 		return rep, err
 	}
 
-	passes, settle := r.passesAndSettle()
-	for pass := 1; ; pass++ {
-		moved, left, err := r.rewrapTenantKeys(ctx, rep.NewKeyID, true)
+	err = r.untilSettled(ctx, func(rewrap bool) (int64, error) {
+		moved, left, err := r.rewrapTenantKeys(ctx, rep.NewKeyID, rewrap)
 		rep.TenantKeys += moved
-		if err != nil {
-			return rep, err
-		}
-		if left == 0 {
-			// A server that has not reloaded yet would still wrap a new tenant key under
-			// the old master key. Watch for that a while before the old key is retired.
-			select {
-			case <-ctx.Done():
-				return rep, ctx.Err()
-			case <-time.After(settle):
-			}
-			if _, left, err = r.rewrapTenantKeys(ctx, rep.NewKeyID, false); err != nil {
-				return rep, err
-			}
-			if left == 0 {
-				break
-			}
-		}
-		if pass == passes {
-			return rep, fmt.Errorf("rotate master key: %d tenant key(s) under an old master key after %d passes: %w; give every replica the new key (or restart them) and run rotate-key again",
-				left, passes, ErrStaleSealer)
-		}
-		r.logger().Warn("tenant keys were wrapped under an old master key during the rotation; asking servers to reload", "left", left)
-		r.announce(ctx)
+		return int64(left), err
+	}, func(left int64, passes int) error {
+		return fmt.Errorf("rotate master key: %d tenant key(s) under an old master key after %d passes: %w; give every replica the new key (or restart them) and run rotate-key again",
+			left, passes, ErrStaleSealer)
+	}, "tenant keys were wrapped under an old master key during the rotation; asking servers to reload")
+	if err != nil {
+		return rep, err
 	}
 	step("tenant-keys-rewrapped")
 
@@ -233,8 +215,8 @@ func (r *Rotator) rewrapTenantKeys(ctx context.Context, newID string, rewrap boo
 }
 
 // RotateTenant makes tenant's next key version, moves its rows to it and re-exports its
-// file. Run again after a kill, it moves what is left (and makes no further version when
-// the current one has nothing to move yet: see Continue).
+// file. Run again after a kill, it makes one more version and moves every row to that one;
+// serve's Migrate at start finishes an interrupted move as well.
 func (r *Rotator) RotateTenant(ctx context.Context, tenant string) (Report, error) {
 	var rep Report
 	if _, err := r.Keys.Rotate(ctx, tenant); err != nil {
@@ -248,40 +230,25 @@ func (r *Rotator) RotateTenant(ctx context.Context, tenant string) (Report, erro
 // finishTenant moves tenant's rows to its current key, watching for rows still sealed
 // under an older one by a server that has not reloaded, and re-exports its file.
 func (r *Rotator) finishTenant(ctx context.Context, tenant string, rep Report) (Report, error) {
-	passes, settle := r.passesAndSettle()
-	for pass := 1; ; pass++ {
+	err := r.untilSettled(ctx, func(rewrap bool) (int64, error) {
 		ring, err := r.Keys.Ring(ctx, tenant)
 		if err != nil {
-			return rep, err
+			return 0, err
 		}
 		rep.NewKeyID = ring.CurrentKeyID()
-		n, err := r.rewrapTenant(ctx, ring, tenant)
-		rep.Rewrapped += n
-		if err != nil {
-			return rep, fmt.Errorf("rotate the key of %s: %w", tenant, err)
-		}
-		left, err := r.remaining(ctx, tenant, rep.NewKeyID)
-		if err != nil {
-			return rep, err
-		}
-		if left == 0 {
-			select {
-			case <-ctx.Done():
-				return rep, ctx.Err()
-			case <-time.After(settle):
-			}
-			if left, err = r.remaining(ctx, tenant, rep.NewKeyID); err != nil {
-				return rep, err
-			}
-			if left == 0 {
-				break
+		if rewrap {
+			n, err := r.rewrapTenant(ctx, ring, tenant)
+			rep.Rewrapped += n
+			if err != nil {
+				return 0, fmt.Errorf("rotate the key of %s: %w", tenant, err)
 			}
 		}
-		if pass == passes {
-			return rep, fmt.Errorf("rotate the key of %s: %d row(s) under an older key after %d passes: %w", tenant, left, passes, ErrStaleSealer)
-		}
-		r.logger().Warn("rows were sealed under an older key of the tenant during the rotation; asking servers to reload", "tenant", tenant, "rows", left)
-		r.announce(ctx)
+		return r.remaining(ctx, tenant, rep.NewKeyID)
+	}, func(left int64, passes int) error {
+		return fmt.Errorf("rotate the key of %s: %d row(s) under an older key after %d passes: %w", tenant, left, passes, ErrStaleSealer)
+	}, "rows were sealed under an older key of the tenant during the rotation; asking servers to reload")
+	if err != nil {
+		return rep, err
 	}
 	x := &fileexport.Exporter{Pool: r.Pool, Keys: r.Keys, DataDir: r.DataDir, Logger: r.Logger}
 	res, err := x.ExportTenant(ctx, tenant, false)
@@ -317,6 +284,40 @@ func (r *Rotator) Migrate(ctx context.Context) (int64, error) {
 		}
 	}
 	return total, nil
+}
+
+// untilSettled moves what is left under an older key to the current one (move with rewrap
+// set, returning how much is still left) until nothing is, then watches for a while (move
+// without rewrap only counts) before trusting it: a server that has not reloaded yet would
+// still seal or wrap under the old key. Between passes it asks servers to reload, logging
+// warn; after the last pass it gives up with stale's error.
+func (r *Rotator) untilSettled(ctx context.Context, move func(rewrap bool) (left int64, err error),
+	stale func(left int64, passes int) error, warn string) error {
+	passes, settle := r.passesAndSettle()
+	for pass := 1; ; pass++ {
+		left, err := move(true)
+		if err != nil {
+			return err
+		}
+		if left == 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(settle):
+			}
+			if left, err = move(false); err != nil {
+				return err
+			}
+			if left == 0 {
+				return nil
+			}
+		}
+		if pass == passes {
+			return stale(left, passes)
+		}
+		r.logger().Warn(warn, "left", left)
+		r.announce(ctx)
+	}
 }
 
 // announce tells running servers to reload their key rings. It is best effort: servers

@@ -48,9 +48,7 @@ func (c *clock) Advance(d time.Duration) {
 // storeOf is the key store ID of a replica whose data directory is dir.
 func storeOf(t testing.TB, dir string) string {
 	t.Helper()
-	src, err := masterkey.Locate(os.Getenv(tenantkeytest.EnvMasterKeyURI), dir, os.Getenv)
-	require.NoError(t, err)
-	store, err := StoreID(src)
+	store, err := StoreID(tenantkeytest.Source(t, dir))
 	require.NoError(t, err)
 	return store
 }
@@ -209,7 +207,7 @@ func runScheduleHelper(ctx context.Context, r *Rotator) error {
 	if err != nil {
 		return err
 	}
-	src, err := masterkey.Locate(os.Getenv(tenantkeytest.EnvMasterKeyURI), r.DataDir, os.Getenv)
+	src, err := masterkey.Locate(tenantkeytest.URIOf(r.DataDir), r.DataDir, os.Getenv)
 	if err != nil {
 		return err
 	}
@@ -224,6 +222,22 @@ func runScheduleHelper(ctx context.Context, r *Rotator) error {
 		err = fmt.Errorf("the check ended %s, not rotated", outcome)
 	}
 	return err
+}
+
+// awaitLockReleased waits until no session holds LockKey. A killed holder's session ends,
+// and its lock with it, once its backend notices the closed connection, a moment after
+// the kill; waiting for the lock (and giving it back) awaits exactly that.
+func (f *fixture) awaitLockReleased(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, f.url)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, LockKey)
+	require.NoError(t, err)
+	_, err = conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, LockKey)
+	require.NoError(t, err)
 }
 
 // TestScheduledRotationKilledIsFinishedByTheNextCheck kills a replica (SIGKILL) in the
@@ -260,6 +274,7 @@ func TestScheduledRotationKilledIsFinishedByTheNextCheck(t *testing.T) {
 		at, _ := f.lastRotation(t)
 		require.True(t, before.Equal(at), "%s: a killed rotation is not recorded", step)
 		f.requireAllReadable(t, "after a kill right after "+step)
+		f.awaitLockReleased(t)
 
 		check(t, s, Rotated)
 		next := currentMaster(t, f, f.dataDir)
