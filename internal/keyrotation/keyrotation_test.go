@@ -42,7 +42,7 @@ import (
 // to tenant keys, a master key rotation or a tenant key rotation) with small batches,
 // printing each durable step, until it finishes or dies at the step it was told.
 const (
-	envHelper = "LOOPZE_KEYROTATION_HELPER" // migrate, master or tenant
+	envHelper = "LOOPZE_KEYROTATION_HELPER" // migrate, master, tenant or schedule
 	envDB     = "LOOPZE_KEYROTATION_DB"
 	envDir    = "LOOPZE_KEYROTATION_DIR"
 	envKillAt = "LOOPZE_KEYROTATION_KILL_AT"
@@ -111,6 +111,8 @@ func runHelper(op string) int {
 		_, err = r.Rotate(ctx)
 	case "tenant":
 		_, err = r.RotateTenant(ctx, rotatedTenant)
+	case "schedule":
+		err = runScheduleHelper(ctx, r)
 	default:
 		err = fmt.Errorf("unknown operation %q", op)
 	}
