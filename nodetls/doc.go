@@ -1,11 +1,12 @@
 // Package nodetls is the runtime side of the LOOPZE certificate store: it turns a flow
-// node's tls block into a *tls.Config from a tenant's credentials.json and the master key,
-// with no database and no server in the connection path.
+// node's tls block into a *tls.Config from a tenant's credentials.json and its runtime key
+// (written by `loopze-certs runtime-key`, it opens that tenant's file and no other), with
+// no database and no server in the connection path.
 //
 // A runtime opens the file the store's export job writes (or a copy Sync keeps current
 // from a remote server) once, and asks for a config at every connection init:
 //
-//	store, err := nodetls.Open("/var/lib/loopze/credentials.json", "/var/lib/loopze/loopze.key")
+//	store, err := nodetls.Open("/var/lib/loopze/credentials.json", "/etc/loopze/acme.runtime-key")
 //	...
 //	cfg, err := store.Config(ctx, "ingest-line-1", "mqtt-out-3")
 //	conn, err := tls.Dial("tcp", "broker:8883", cfg)
@@ -26,8 +27,10 @@
 // keeps serving, Err reports the refusal and Options.OnRefused hears of it. "Accepted
 // before" outlives the process: the highest generation taken is kept beside the file in
 // credentials.json.floor, so a copy of an older file put back is refused after a restart
-// too, until that floor file is deleted. During a master key rotation loopze.key.next
-// beside the key file is read too.
+// too, until that floor file is deleted. The key file is read again when it changes: a
+// file sealed under a version of the tenant's key the runtime key lacks (after
+// `rotate-key --tenant`) is refused with ErrUnknownKey naming that version, until the new
+// runtime key is put in place.
 //
 // Sync (and Syncer) keep a copy from a remote server over https only; plain http is
 // allowed to a loopback host when the caller opts in with Syncer.AllowLoopbackHTTP.

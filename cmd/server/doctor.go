@@ -44,6 +44,7 @@ func runDoctor(ctx context.Context, env *environ, args []string) error {
 		defer st.Close(ctx)
 		d.Pool = st.pool
 		if d.Keys, d.KeysErr = openKeys(cfg, env, logger, st.pool, false); d.Keys != nil {
+			d.Keys.ReadOnly = true // doctor changes nothing, not even a tenant's first key
 			defer d.Keys.Master.Close()
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"time"
 
 	"github.com/loopze/certstore/internal/keyrotation"
 )
@@ -67,6 +68,9 @@ func runRotateKey(ctx context.Context, env *environ, args []string) error {
 	}
 	rep, err := r.Rotate(ctx)
 	if err != nil {
+		return err
+	}
+	if err := keyrotation.MarkRotated(ctx, st.pool, rep.NewKeyID, time.Now()); err != nil {
 		return err
 	}
 	fmt.Fprintf(env.stdout, "master key rotated: now %s; %d tenant key(s) rewrapped, %d row(s) moved to tenant keys, %d file(s) checked\n",

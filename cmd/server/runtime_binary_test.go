@@ -22,6 +22,7 @@ import (
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/material/materialtest"
+	"github.com/loopze/certstore/internal/tenantkey/tenantkeytest"
 	"github.com/loopze/certstore/internal/testdb"
 	"github.com/loopze/certstore/nodetls"
 )
@@ -63,6 +64,14 @@ func TestRuntimeBesideRunningServer(t *testing.T) {
 	t.Parallel()
 	dataDir := filepath.Join(t.TempDir(), "data")
 	env := []string{"LOOPZE_DATA_DIR=" + dataDir, "LOOPZE_DATABASE_URL=" + testdb.URL(t), "LOOPZE_LOG_FORMAT=json"}
+	// With the tests' master keys in a token (scripts/test-hsm), the server and every
+	// command keep theirs there, and no key file is written.
+	if uri := tenantkeytest.URI(t, dataDir); uri != "" {
+		env = append(env, "LOOPZE_MASTER_KEY_URI="+uri)
+		defer func() {
+			require.NoFileExists(t, filepath.Join(dataDir, "loopze.key"), "the master key is in the token")
+		}()
+	}
 	s := start(t, env)
 	s.waitReady(t)
 	editor := runCLI(t, env, "token", "--tenant", "default", "--role", "editor")
@@ -103,6 +112,10 @@ func TestRuntimeBesideRunningServer(t *testing.T) {
 	code, _, all := runCLICode(t, env, "runtime-key", "--tenant", "default", "--out", key)
 	require.Equal(t, 2, code, all)
 	require.Contains(t, all, "--force replaces it")
+	code, _, all = runCLICode(t, env, "runtime-key", "--tenant", "defualt", "--out", key+".typo")
+	require.Equal(t, 2, code, all)
+	require.Contains(t, all, "tenant defualt has nothing stored here")
+	require.NoFileExists(t, key+".typo")
 	var store *nodetls.Store
 	require.Eventually(t, func() bool {
 		st, err := nodetls.Open(file, key)

@@ -6,10 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"io/fs"
+	"maps"
+	"slices"
 
-	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/durable"
-	"github.com/loopze/certstore/internal/secret"
+	"github.com/loopze/certstore/internal/repo"
 )
 
 // runRuntimeKey writes a tenant's runtime key: the file keys of every version of its key,
@@ -41,15 +42,17 @@ func runRuntimeKey(ctx context.Context, env *environ, args []string) error {
 		return err
 	}
 	defer keys.Master.Close()
-	versions, err := keys.Versions(ctx, tenant)
+	// A tenant name mistyped would otherwise get a key (and a row) of its own.
+	tenants, err := repo.ListTenants(ctx, st.pool)
 	if err != nil {
 		return err
 	}
-	rk := &credfile.RuntimeKey{Tenant: tenant, Keys: map[int]secret.Bytes{}}
-	for _, v := range versions {
-		if rk.Keys[v.N], err = v.FileKey(); err != nil {
-			return err
-		}
+	if !slices.ContainsFunc(tenants, func(t repo.Tenant) bool { return t.ID == tenant }) {
+		return fmt.Errorf("%w: tenant %s has nothing stored here (check the name, or write its first entry first)", errUsage, tenant)
+	}
+	rk, err := keys.RuntimeKey(ctx, tenant)
+	if err != nil {
+		return err
 	}
 	data, err := rk.Marshal()
 	if err != nil {
@@ -67,8 +70,7 @@ func runRuntimeKey(ctx context.Context, env *environ, args []string) error {
 	if err != nil {
 		return fmt.Errorf("write %s: %w", out, err)
 	}
-	cur := versions[len(versions)-1]
 	fmt.Fprintf(env.stdout, "runtime key of tenant %s written to %s (versions 1 to %d): it opens %s's credentials.json and nothing else; give it to its runtimes in place of loopze.key\n",
-		tenant, out, cur.N, tenant)
+		tenant, out, slices.Max(slices.Collect(maps.Keys(rk.Keys))), tenant)
 	return nil
 }

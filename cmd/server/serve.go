@@ -26,6 +26,9 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	if err := cfg.EnsureDataDir(); err != nil {
 		return err
 	}
+	if err := checkKeySchedule(cfg, env.getenv); err != nil {
+		return err
+	}
 	applyMemoryLimit(logger)
 	// Listen first: a port in use is reported before anything is started.
 	ln, err := net.Listen("tcp", cfg.Addr)
@@ -82,6 +85,11 @@ func runServe(ctx context.Context, env *environ, args []string) error {
 	defer stopPruner()
 	stopChainer := startChainer(ctx, svc)
 	defer stopChainer()
+	stopKeySchedule, err := startKeySchedule(ctx, cfg, svc, pool, direct, env.getenv, logger)
+	if err != nil {
+		return err
+	}
+	defer stopKeySchedule()
 	// The OPC UA migration runs after the schema migrations and before the first request,
 	// so no deploy sees a half-migrated workspace from this process.
 	mig := &opcua.Migrator{Pool: pool, Catalog: svc.catalog, Workspace: svc.workspace, Logger: logger}

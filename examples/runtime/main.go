@@ -1,10 +1,10 @@
 // Command runtime is the smallest LOOPZE runtime: it opens a tenant's credentials.json with
-// the master key, and every few seconds opens a new TLS connection to a server with one
+// the tenant's runtime key (loopze-certs runtime-key writes it), and every few seconds opens a new TLS connection to a server with one
 // node's config and prints the certificate it presented and the server's. Rotate the
 // node's certificate files with mv (or change its entry in the store) and the next
 // connection shows the new one, with no restart.
 //
-//	go run . -file ../../data/credentials.json -key ../../data/loopze.key \
+//	go run . -file ../../data/credentials.json -key /tmp/loopze-demo/runtime.key \
 //	    -flow line-1 -node tcp-out-1 -addr 127.0.0.1:8443
 package main
 
@@ -25,7 +25,7 @@ import (
 
 func main() {
 	file := flag.String("file", "data/credentials.json", "the tenant's credentials.json")
-	key := flag.String("key", "data/loopze.key", "the master key file")
+	key := flag.String("key", "runtime.key", "the tenant's runtime key file (loopze-certs runtime-key --tenant T --out FILE)")
 	flow := flag.String("flow", "", "flow ID")
 	node := flag.String("node", "", "node ID")
 	addr := flag.String("addr", "", "HOST:PORT of the TLS server to dial")

@@ -19,7 +19,6 @@ import (
 	"github.com/loopze/certstore/internal/api"
 	"github.com/loopze/certstore/internal/apitest"
 	"github.com/loopze/certstore/internal/credfile"
-	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/nodetls"
@@ -235,11 +234,15 @@ func TestPutReachesRuntime(t *testing.T) {
 		obj{"tls": obj{"caBundleRef": "root-ca", "clientCertRef": "edge-client", "serverName": "localhost"}}))))
 	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
 
-	// A remote runtime: its own directory with a copy of the key, kept current by Sync.
+	// A remote runtime: its own directory with its tenant's runtime key, kept current by
+	// Sync. The runtime on the server's host reads the server's file with the same key.
 	remote := t.TempDir()
-	key, err := os.ReadFile(filepath.Join(env.DataDir, envelope.KeyFile))
+	rk, err := env.Keys.RuntimeKey(context.Background(), "default")
 	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(filepath.Join(remote, envelope.KeyFile), key, 0o600))
+	keyData, err := rk.Marshal()
+	require.NoError(t, err)
+	runtimeKey := filepath.Join(t.TempDir(), "default.runtime-key")
+	require.NoError(t, os.WriteFile(runtimeKey, keyData, 0o600))
 	ctx, cancel := context.WithCancel(context.Background())
 	syncDone := make(chan error, 1)
 	syncer := &nodetls.Syncer{BaseURL: env.URL, Token: env.Token(t, "default", "runtime"), Dir: remote, AllowLoopbackHTTP: true}
@@ -254,7 +257,7 @@ func TestPutReachesRuntime(t *testing.T) {
 	open := func(dir string) *nodetls.Store {
 		var store *nodetls.Store
 		require.Eventually(t, func() bool {
-			s, err := nodetls.Open(filepath.Join(dir, credfile.FileName), filepath.Join(dir, envelope.KeyFile))
+			s, err := nodetls.Open(filepath.Join(dir, credfile.FileName), runtimeKey)
 			if err != nil {
 				return false
 			}

@@ -294,7 +294,7 @@ func TestVersionCiphertextOpensOnlyInItsRow(t *testing.T) {
 	require.Error(t, err)
 
 	// doctor names each version that does not decrypt.
-	rep := (&doctor.Doctor{Pool: env.Pool, DataDir: env.DataDir, Keys: env.Keys, ExpiringWithin: -1}).Run(ctx)
+	rep := (&doctor.Doctor{Pool: env.Pool, DataDir: env.DataDir, Keys: env.Keys, ExpiringWithin: -1, MasterKey: tenantkeytest.Source(t, env.DataDir)}).Run(ctx)
 	var failed []string
 	for _, c := range rep.Checks {
 		if c.Check == "rows" && c.Status == doctor.Fail {
@@ -365,7 +365,7 @@ func TestHistorySurvivesRotateKey(t *testing.T) {
 	require.Equal(t, http.StatusOK, res.Status, "%s", res.Body)
 	require.Equal(t, fingerprint(v1), res.JSON(t)["fingerprintSha256"])
 
-	drep := (&doctor.Doctor{Pool: env.Pool, DataDir: env.DataDir, Keys: fresh, ExpiringWithin: -1}).Run(ctx)
+	drep := (&doctor.Doctor{Pool: env.Pool, DataDir: env.DataDir, Keys: fresh, ExpiringWithin: -1, MasterKey: tenantkeytest.Source(t, env.DataDir)}).Run(ctx)
 	for _, c := range drep.Checks {
 		if c.Check == "rows" {
 			require.Equal(t, doctor.OK, c.Status, "%+v", c)

@@ -250,7 +250,7 @@ func (p *checkpoints) write(ctx context.Context, all bool) (wait time.Duration, 
 	if next.IsZero() {
 		return 0, false
 	}
-	return max(next.Sub(time.Now()), 0), true
+	return max(time.Until(next), 0), true
 }
 
 func (c *Chainer) retry() time.Duration {

@@ -248,7 +248,7 @@ func advanceCheckpoint(ctx context.Context, q db.DBTX, dir, tenant string) (Chec
 	}
 	checkpointMu.Lock()
 	defer checkpointMu.Unlock()
-	unlock, err := lockFile(ctx, filepath.Join(dir, "."+tenant+checkpointExt+".lock"))
+	unlock, err := durable.Lock(ctx, filepath.Join(dir, "."+tenant+checkpointExt+".lock"))
 	if err != nil {
 		return Checkpoint{}, fmt.Errorf("checkpoint audit trail of %s: %w", tenant, err)
 	}

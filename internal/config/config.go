@@ -84,6 +84,9 @@ type Config struct {
 	// 7512). It has no flag: a pkcs11: URI may carry pin-value, which a flag would show in
 	// the process list.
 	MasterKeyURI string
+	// KeyRotateEvery makes serve rotate the master key on this schedule, counted from the
+	// last rotation recorded in the database (LOOPZE_KEY_ROTATE_EVERY); 0 is off.
+	KeyRotateEvery time.Duration
 }
 
 // Environment variable names, listed once so flags, docs and errors agree.
@@ -119,6 +122,7 @@ const (
 	EnvKDFConcurrency   = "LOOPZE_KDF_CONCURRENCY"
 	EnvKDFQueue         = "LOOPZE_KDF_QUEUE"
 	EnvMasterKeyURI     = "LOOPZE_MASTER_KEY_URI"
+	EnvKeyRotateEvery   = "LOOPZE_KEY_ROTATE_EVERY"
 )
 
 // Defaults.
@@ -154,6 +158,10 @@ const (
 	MinKDFMemoryMiB = 33
 	// DefaultMasterKeyURI is loopze.key in the data directory.
 	DefaultMasterKeyURI = masterkey.SchemeFile
+	// MinKeyRotateEvery is the shortest schedule of master key rotations accepted: each
+	// rotation rewraps every tenant key, re-exports every file and asks every replica to
+	// reload, and a schedule of minutes is far more likely a unit mistaken than a wish.
+	MinKeyRotateEvery = time.Hour
 )
 
 // FromEnv reads the configuration from getenv (os.Getenv in main, a map in tests).
@@ -191,7 +199,8 @@ func FromEnv(getenv func(string) string) Config {
 		KDFConcurrency: count(getenv(EnvKDFConcurrency), 0),
 		KDFQueue:       count(getenv(EnvKDFQueue), DefaultKDFQueue),
 
-		MasterKeyURI: cmp.Or(strings.TrimSpace(getenv(EnvMasterKeyURI)), DefaultMasterKeyURI),
+		MasterKeyURI:   cmp.Or(strings.TrimSpace(getenv(EnvMasterKeyURI)), DefaultMasterKeyURI),
+		KeyRotateEvery: envDuration(getenv(EnvKeyRotateEvery), 0),
 	}
 }
 
@@ -298,6 +307,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		return nil
 	})
 	fs.BoolVar(&c.SecureCookies, "secure-cookies", c.SecureCookies, "mark the session cookie Secure behind a TLS-terminating proxy ("+EnvSecureCookies+")")
+	fs.DurationVar(&c.KeyRotateEvery, "key-rotate-every", c.KeyRotateEvery, "rotate the master key on this schedule, e.g. 2160h; 0 is off ("+EnvKeyRotateEvery+")")
 	c.registerRateLimitFlags(fs)
 	c.registerKDFFlags(fs)
 }
@@ -393,6 +403,13 @@ func (c *Config) Validate() error {
 	}
 	if c.KDFQueue < 1 || c.KDFQueue > 1<<16 {
 		errs = append(errs, fmt.Errorf("%s: want a whole number from 1 to 65536", EnvKDFQueue))
+	}
+	switch {
+	case c.KeyRotateEvery < 0:
+		errs = append(errs, fmt.Errorf("%s: want a duration such as 2160h, or 0 for off", EnvKeyRotateEvery))
+	case c.KeyRotateEvery > 0 && c.KeyRotateEvery < MinKeyRotateEvery:
+		errs = append(errs, fmt.Errorf("%s: %s is shorter than the minimum of %s; want a duration such as 2160h, or 0 for off",
+			EnvKeyRotateEvery, c.KeyRotateEvery, MinKeyRotateEvery))
 	}
 	if err := masterkey.CheckURI(c.MasterKeyURI); err != nil {
 		errs = append(errs, fmt.Errorf("%s: %w", EnvMasterKeyURI, err))

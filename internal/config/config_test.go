@@ -77,6 +77,38 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// TestKeyRotateEvery: the scheduled rotation is off unless set; a duration of an hour or
+// more turns it on, and anything else is a start error naming the variable.
+func TestKeyRotateEvery(t *testing.T) {
+	t.Parallel()
+	require.Zero(t, config.FromEnv(env(nil)).KeyRotateEvery, "off by default")
+	for value, want := range map[string]time.Duration{"0": 0, " 2160h ": 2160 * time.Hour, "1h": time.Hour, "90m": 90 * time.Minute} {
+		c := config.FromEnv(env(map[string]string{config.EnvKeyRotateEvery: value}))
+		require.NoError(t, c.Validate(), value)
+		require.Equal(t, want, c.KeyRotateEvery, value)
+	}
+	for value, why := range map[string]string{
+		"-2160h": "want a duration",
+		"90d":    "want a duration", // days are not a Go duration unit
+		"2160":   "want a duration",
+		"soon":   "want a duration",
+		"59m59s": "shorter than the minimum of 1h0m0s",
+		"1ns":    "shorter than the minimum",
+	} {
+		c := config.FromEnv(env(map[string]string{config.EnvKeyRotateEvery: value}))
+		err := c.Validate()
+		require.Error(t, err, value)
+		require.ErrorContains(t, err, config.EnvKeyRotateEvery+": ", value)
+		require.ErrorContains(t, err, why, value)
+	}
+	// The flag wins over the variable and is checked the same way.
+	c := config.FromEnv(env(map[string]string{config.EnvKeyRotateEvery: "2160h"}))
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	c.RegisterFlags(fs)
+	require.NoError(t, fs.Parse([]string{"--key-rotate-every", "10m"}))
+	require.ErrorContains(t, c.Validate(), "shorter than the minimum")
+}
+
 // TestMasterKeyURI: the master key is loopze.key in the data directory unless
 // LOOPZE_MASTER_KEY_URI says otherwise; a file: URI must be absolute and a pkcs11: URI must
 // parse, and a refusal names the variable without the PIN the URI may carry.
@@ -163,6 +195,7 @@ func TestEveryVariableButTheSecretsHasAFlag(t *testing.T) {
 		config.EnvRateLimitSubject: "rate-limit-subject", config.EnvRateLimitSubjectBurst: "rate-limit-subject-burst",
 		config.EnvPollLimitTenant: "poll-limit-tenant", config.EnvPollLimitSubject: "poll-limit-subject",
 		config.EnvKDFMemory: "kdf-memory-mib", config.EnvKDFConcurrency: "kdf-concurrency", config.EnvKDFQueue: "kdf-queue",
+		config.EnvKeyRotateEvery: "key-rotate-every",
 	}, byVariable, "every variable but LOOPZE_JWT_SECRET, LOOPZE_METRICS_TOKEN and LOOPZE_MASTER_KEY_URI")
 
 	require.NoError(t, fs.Parse([]string{"--allowed-origins", "https://a.example, https://b.example", "--log-level", "debug"}))

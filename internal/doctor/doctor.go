@@ -271,7 +271,10 @@ func (d *Doctor) checkFile(ctx context.Context, keys *tenantkey.Keys, t repo.Ten
 	} else if _, h, err = credfile.Open(keys.Opener(), data, t.ID); err != nil {
 		d.add("credentials-file", Fail, path, "does not decrypt: %v", err)
 		return
-	} else if current, err = keys.FileKey(ctx, t.ID); err != nil {
+	} else if current, err = keys.FileKey(ctx, t.ID); errors.Is(err, tenantkey.ErrNoKey) {
+		d.add("credentials-file", Warn, path, "tenant %s has no key of its own yet: the server makes it at its next start and rewrites the file", t.ID)
+		return
+	} else if err != nil {
 		d.add("credentials-file", Fail, path, "the tenant's key: %v", err)
 		return
 	}
@@ -364,14 +367,17 @@ func (d *Doctor) checkRows(ctx context.Context, keys *tenantkey.Keys, tenant str
 		}
 	}
 	legacy := 0
+	// A tenant with no key of its own yet (an upgraded install doctor reads before the
+	// server ran) has every row under the legacy keys: all of them are left to move.
+	keyless := keys != nil && keys.Legacy != nil && ring == keys.Legacy
 	if ring != nil {
 		for _, e := range entries {
-			if e.Sealed.KeyID != "" && e.Sealed.KeyID != ring.CurrentKeyID() {
+			if e.Sealed.KeyID != "" && (keyless || e.Sealed.KeyID != ring.CurrentKeyID()) {
 				legacy++
 			}
 		}
 		for _, s := range secrets {
-			if s.KeyID != ring.CurrentKeyID() {
+			if keyless || s.KeyID != ring.CurrentKeyID() {
 				legacy++
 			}
 		}

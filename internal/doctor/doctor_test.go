@@ -51,7 +51,7 @@ func healthy(t *testing.T) *fixture {
 	f := &fixture{
 		pool: pool,
 		// Tenants other than the default read files only inside LOOPZE_FILE_ROOTS.
-		doctor:  &doctor.Doctor{Pool: pool, DataDir: dir, Roots: material.Roots{os.TempDir()}},
+		doctor:  &doctor.Doctor{Pool: pool, DataDir: dir, Roots: material.Roots{os.TempDir()}, MasterKey: tenantkeytest.Source(t, dir)},
 		catalog: &catalog.Service{Pool: pool, Keys: keys, Roots: material.Roots{os.TempDir()}, Logger: slog.New(slog.DiscardHandler)},
 		export:  &fileexport.Exporter{Pool: pool, Keys: keys, DataDir: dir},
 		dataDir: dir, fileDir: t.TempDir(),
@@ -90,7 +90,7 @@ func (f *fixture) reexport(t *testing.T) {
 // store: a missing key file is an error, not a new key.
 func keysNow(t *testing.T, pool *pgxpool.Pool, dir string) (*tenantkey.Keys, error) {
 	t.Helper()
-	uri := os.Getenv(tenantkeytest.EnvMasterKeyURI)
+	uri := tenantkeytest.URIOf(dir)
 	if uri == "" {
 		if _, err := os.Stat(filepath.Join(dir, envelope.KeyFile)); err != nil {
 			return nil, err
@@ -107,7 +107,7 @@ func keysNow(t *testing.T, pool *pgxpool.Pool, dir string) (*tenantkey.Keys, err
 // keyFileOnly skips a case about the master key file when the tests keep the master key
 // in a token.
 func keyFileOnly(t *testing.T) {
-	if os.Getenv(tenantkeytest.EnvMasterKeyURI) != "" {
+	if tenantkeytest.InToken() {
 		t.Skip("the master key is in a token: no key file")
 	}
 }
@@ -245,7 +245,7 @@ func TestFileRootsFindingNeedsAnotherTenant(t *testing.T) {
 	_, err = export.ExportAll(ctx, false)
 	require.NoError(t, err)
 
-	d := &doctor.Doctor{Pool: pool, DataDir: dir, Keys: keys}
+	d := &doctor.Doctor{Pool: pool, DataDir: dir, Keys: keys, MasterKey: tenantkeytest.Source(t, dir)}
 	rep := d.Run(ctx)
 	require.True(t, rep.OK, "%+v", rep.Checks)
 

@@ -45,7 +45,7 @@ func runCrashHelper() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	master, err := masterkey.Open(os.Getenv(tenantkeytest.EnvMasterKeyURI), os.Getenv(envCrashDir), os.Getenv, logger)
+	master, err := masterkey.Open(tenantkeytest.URIOf(os.Getenv(envCrashDir)), os.Getenv(envCrashDir), os.Getenv, logger)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -20,6 +20,7 @@ import (
 	"github.com/loopze/certstore/internal/audit"
 	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/db"
+	"github.com/loopze/certstore/internal/durable"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/sealing"
@@ -255,7 +256,7 @@ func (x *Exporter) export(ctx context.Context, st *tenantState, tenant string, f
 	if err := os.MkdirAll(filepath.Dir(path), dirMode); err != nil {
 		return res, fmt.Errorf("create directory for %s: %w", path, err)
 	}
-	unlock, err := lockFile(ctx, lockPath(path))
+	unlock, err := durable.Lock(ctx, lockPath(path))
 	if err != nil {
 		return res, err
 	}

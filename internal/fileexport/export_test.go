@@ -304,10 +304,8 @@ func TestTwoServersFollowChanges(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	dir2 := t.TempDir()
-	// Two replicas share the master key: a copy of the file, or the same token.
-	if key, err := os.ReadFile(filepath.Join(b.dataDir, envelope.KeyFile)); err == nil {
-		require.NoError(t, os.WriteFile(filepath.Join(dir2, envelope.KeyFile), key, 0o600))
-	}
+	// Two replicas share the master key: a copy of the file, or the same token object.
+	tenantkeytest.Share(t, b.dataDir, dir2)
 	keys2 := tenantkeytest.New(t, b.pool, dir2)
 
 	ctx, cancel := context.WithCancel(context.Background())

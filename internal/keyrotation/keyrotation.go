@@ -179,60 +179,41 @@ func (r *Rotator) Rotate(ctx context.Context) (Report, error) {
 	// Rows an earlier release sealed under the master key itself must move to their
 	// tenant's key before any master key is retired.
 	t := time.Now()
-	n, err := r.migrate(ctx, true)
+	n, err := r.Migrate(ctx)
 	rep.Took.Migrate = time.Since(t)
 	rep.Rewrapped += n
 	if err != nil {
 		return rep, err
 	}
 
+	// A server that has not reloaded yet would still wrap a new tenant key under the old
+	// master key. The rotation watches for that a while before the old key is retired, and
+	// re-exports the files meanwhile: their headers carry the tenant keys as just
+	// rewrapped, and an export longer than the watch adds no wait to it.
 	x := &fileexport.Exporter{Pool: r.Pool, Keys: r.Keys, DataDir: r.DataDir, Logger: r.Logger}
-	passes, settle := r.passesAndSettle()
-	for pass := 1; ; pass++ {
-		t = time.Now()
-		moved, err := r.rewrapTenantKeys(ctx, rep.NewKeyID)
+	rep.Took.Settle, err = r.untilSettled(ctx, func(rewrap bool) (int64, error) {
+		t := time.Now()
+		moved, left, err := r.rewrapTenantKeys(ctx, rep.NewKeyID, rewrap)
 		rep.TenantKeys += moved
 		rep.Took.TenantKeys += time.Since(t)
-		if err != nil {
-			return rep, err
-		}
+		return int64(left), err
+	}, func() error {
 		step("tenant-keys-rewrapped")
-		// A server that has not reloaded yet would still wrap a new tenant key under the
-		// old master key. The rotation watches for that a while before the old key is
-		// retired, and the files are re-exported meanwhile: their headers carry the
-		// tenant keys as just rewrapped, and a re-export longer than the watch adds no
-		// wait to it.
-		watch := time.Now()
+		t := time.Now()
 		files, err := x.ExportAll(ctx, false)
 		rep.Files = mergeFiles(rep.Files, files)
-		rep.Took.Export += time.Since(watch)
+		rep.Took.Export += time.Since(t)
 		if err != nil {
-			return rep, fmt.Errorf("rotate master key: re-export files: %w", err)
+			return fmt.Errorf("rotate master key: re-export files: %w", err)
 		}
 		step("exported")
-		if wait := settle - time.Since(watch); wait > 0 {
-			select {
-			case <-ctx.Done():
-				return rep, ctx.Err()
-			case <-time.After(wait):
-			}
-			rep.Took.Settle += wait
-		}
-		t = time.Now()
-		left, err := r.tenantKeysLeft(ctx, rep.NewKeyID)
-		rep.Took.TenantKeys += time.Since(t)
-		if err != nil {
-			return rep, err
-		}
-		if left == 0 {
-			break
-		}
-		if pass == passes {
-			return rep, fmt.Errorf("rotate master key: %d tenant key(s) under an old master key after %d passes: %w; give every replica the new key (or restart them) and run rotate-key again",
-				left, passes, ErrStaleSealer)
-		}
-		r.logger().Warn("tenant keys were wrapped under an old master key during the rotation; asking servers to reload", "left", left)
-		r.announce(ctx)
+		return nil
+	}, func(left int64, passes int) error {
+		return fmt.Errorf("rotate master key: %d tenant key(s) under an old master key after %d passes: %w; give every replica the new key (or restart them) and run rotate-key again",
+			left, passes, ErrStaleSealer)
+	}, "tenant keys were wrapped under an old master key during the rotation; asking servers to reload")
+	if err != nil {
+		return rep, err
 	}
 
 	for _, id := range master.IDs() {
@@ -277,62 +258,55 @@ func mergeFiles(before, pass []fileexport.Result) []fileexport.Result {
 }
 
 // rewrapTenantKeys rewraps every tenant's stored keys under the current master key newID
-// and returns how many it moved.
-func (r *Rotator) rewrapTenantKeys(ctx context.Context, newID string) (int, error) {
+// (only counts them, without rewrap), several tenants at once; it returns how many it
+// moved and how many are left under another (a server wrapped a new one under an old key
+// meanwhile).
+func (r *Rotator) rewrapTenantKeys(ctx context.Context, newID string, rewrap bool) (moved, left int, err error) {
 	if cur := r.Keys.Master.Current().ID(); cur != newID {
-		return 0, fmt.Errorf("rotate master key: the current master key is %s, not %s", cur, newID)
+		return 0, 0, fmt.Errorf("rotate master key: the current master key is %s, not %s", cur, newID)
 	}
 	tenants, err := repo.ListTenants(ctx, r.Pool)
 	if err != nil {
-		return 0, fmt.Errorf("rotate master key: %w", err)
+		return 0, 0, fmt.Errorf("rotate master key: %w", err)
 	}
-	var moved atomic.Int64
+	var nMoved, nLeft atomic.Int64
 	err = eachTenant(ctx, tenants, func(ctx context.Context, tenant string) error {
-		n := 0
-		err := db.InTenant(ctx, r.Pool, tenant, func(tx pgx.Tx) error {
-			var err error
-			if n, err = r.Keys.Rewrap(ctx, tx, tenant); err != nil || n == 0 {
-				return err
+		if rewrap {
+			n := 0
+			err := db.InTenant(ctx, r.Pool, tenant, func(tx pgx.Tx) error {
+				var err error
+				if n, err = r.Keys.Rewrap(ctx, tx, tenant); err != nil || n == 0 {
+					return err
+				}
+				return audit.Record(ctx, tx, audit.Event{Tenant: tenant, Action: audit.KeyRotate, Target: "tenant",
+					Detail: map[string]any{"masterKeyId": newID, "tenantKeysRewrapped": n}})
+			})
+			if err != nil {
+				return fmt.Errorf("rotate master key: tenant %s: %w", tenant, err)
 			}
-			return audit.Record(ctx, tx, audit.Event{Tenant: tenant, Action: audit.KeyRotate, Target: "tenant",
-				Detail: map[string]any{"masterKeyId": newID, "tenantKeysRewrapped": n}})
-		})
-		if err != nil {
-			return fmt.Errorf("rotate master key: tenant %s: %w", tenant, err)
+			r.Keys.Forget(tenant)
+			nMoved.Add(int64(n))
+			if n > 0 {
+				step("tenant-key-rewrapped")
+			}
 		}
-		r.Keys.Forget(tenant)
-		moved.Add(int64(n))
-		if n > 0 {
-			step("tenant-key-rewrapped")
+		rows, err := repo.TenantKeys(ctx, r.Pool, tenant)
+		if err != nil {
+			return err
+		}
+		for _, k := range rows {
+			if k.MasterKeyID != newID {
+				nLeft.Add(1)
+			}
 		}
 		return nil
 	})
-	return int(moved.Load()), err
-}
-
-// tenantKeysLeft counts the stored tenant key versions wrapped under another master key
-// than newID: a server that had not reloaded wrapped them during the rotation.
-func (r *Rotator) tenantKeysLeft(ctx context.Context, newID string) (int, error) {
-	tenants, err := repo.ListTenants(ctx, r.Pool)
-	if err != nil {
-		return 0, fmt.Errorf("rotate master key: %w", err)
-	}
-	var left atomic.Int64
-	err = eachTenant(ctx, tenants, func(ctx context.Context, tenant string) error {
-		rows, err := repo.TenantKeys(ctx, r.Pool, tenant)
-		for _, k := range rows {
-			if k.MasterKeyID != newID {
-				left.Add(1)
-			}
-		}
-		return err
-	})
-	return int(left.Load()), err
+	return int(nMoved.Load()), int(nLeft.Load()), err
 }
 
 // RotateTenant makes tenant's next key version, moves its rows to it and re-exports its
-// file. Run again after a kill, it moves what is left (and makes no further version when
-// the current one has nothing to move yet: see Continue).
+// file. Run again after a kill, it makes one more version and moves every row to that one;
+// serve's Migrate at start finishes an interrupted move as well.
 func (r *Rotator) RotateTenant(ctx context.Context, tenant string) (Report, error) {
 	var rep Report
 	if _, err := r.Keys.Rotate(ctx, tenant); err != nil {
@@ -346,40 +320,25 @@ func (r *Rotator) RotateTenant(ctx context.Context, tenant string) (Report, erro
 // finishTenant moves tenant's rows to its current key, watching for rows still sealed
 // under an older one by a server that has not reloaded, and re-exports its file.
 func (r *Rotator) finishTenant(ctx context.Context, tenant string, rep Report) (Report, error) {
-	passes, settle := r.passesAndSettle()
-	for pass := 1; ; pass++ {
+	_, err := r.untilSettled(ctx, func(rewrap bool) (int64, error) {
 		ring, err := r.Keys.Ring(ctx, tenant)
 		if err != nil {
-			return rep, err
+			return 0, err
 		}
 		rep.NewKeyID = ring.CurrentKeyID()
-		n, err := r.rewrapTenant(ctx, ring, tenant)
-		rep.Rewrapped += n
-		if err != nil {
-			return rep, fmt.Errorf("rotate the key of %s: %w", tenant, err)
-		}
-		left, err := r.remaining(ctx, tenant, rep.NewKeyID)
-		if err != nil {
-			return rep, err
-		}
-		if left == 0 {
-			select {
-			case <-ctx.Done():
-				return rep, ctx.Err()
-			case <-time.After(settle):
-			}
-			if left, err = r.remaining(ctx, tenant, rep.NewKeyID); err != nil {
-				return rep, err
-			}
-			if left == 0 {
-				break
+		if rewrap {
+			n, err := r.rewrapTenant(ctx, ring, tenant)
+			rep.Rewrapped += n
+			if err != nil {
+				return 0, fmt.Errorf("rotate the key of %s: %w", tenant, err)
 			}
 		}
-		if pass == passes {
-			return rep, fmt.Errorf("rotate the key of %s: %d row(s) under an older key after %d passes: %w", tenant, left, passes, ErrStaleSealer)
-		}
-		r.logger().Warn("rows were sealed under an older key of the tenant during the rotation; asking servers to reload", "tenant", tenant, "rows", left)
-		r.announce(ctx)
+		return r.remaining(ctx, tenant, rep.NewKeyID)
+	}, nil, func(left int64, passes int) error {
+		return fmt.Errorf("rotate the key of %s: %d row(s) under an older key after %d passes: %w", tenant, left, passes, ErrStaleSealer)
+	}, "rows were sealed under an older key of the tenant during the rotation; asking servers to reload")
+	if err != nil {
+		return rep, err
 	}
 	x := &fileexport.Exporter{Pool: r.Pool, Keys: r.Keys, DataDir: r.DataDir, Logger: r.Logger}
 	res, err := x.ExportTenant(ctx, tenant, false)
@@ -395,22 +354,16 @@ func (r *Rotator) finishTenant(ctx context.Context, tenant string, rep Report) (
 // Migrate moves every row still sealed under another key than its tenant's current one
 // (under the master key itself, as releases before tenant keys sealed them, or under an
 // older tenant key version) to that tenant's current key, making the tenant's key first
-// when it has none. It is what `serve` runs at start, in the background, one tenant at a
-// time: every row stays readable throughout, and a run killed at any point is finished by
-// the next.
+// when it has none, several tenants at once (each in batches, one pool connection at a
+// time). It is what `serve` runs at start, in the background: every row stays readable
+// throughout, and a run killed at any point is finished by the next.
 func (r *Rotator) Migrate(ctx context.Context) (int64, error) {
-	return r.migrate(ctx, false)
-}
-
-// migrate is Migrate, over several tenants at once when parallel is set (a rotation,
-// which waits for it, rather than a server starting to serve).
-func (r *Rotator) migrate(ctx context.Context, parallel bool) (int64, error) {
 	tenants, err := repo.ListTenants(ctx, r.Pool)
 	if err != nil {
 		return 0, fmt.Errorf("move rows to tenant keys: %w", err)
 	}
 	var total atomic.Int64
-	move := func(ctx context.Context, tenant string) error {
+	err = eachTenant(ctx, tenants, func(ctx context.Context, tenant string) error {
 		ring, err := r.Keys.Ring(ctx, tenant)
 		if err != nil {
 			return fmt.Errorf("move rows to tenant keys: tenant %s: %w", tenant, err)
@@ -421,17 +374,52 @@ func (r *Rotator) migrate(ctx context.Context, parallel bool) (int64, error) {
 			return fmt.Errorf("move rows to tenant keys: tenant %s: %w", tenant, err)
 		}
 		return nil
-	}
-	if parallel {
-		err := eachTenant(ctx, tenants, move)
-		return total.Load(), err
-	}
-	for _, t := range tenants {
-		if err := move(ctx, t.ID); err != nil {
-			return total.Load(), err
+	})
+	return total.Load(), err
+}
+
+// untilSettled moves what is left under an older key to the current one (move with rewrap
+// set, returning how much is still left) until nothing is, then runs during (when set) and
+// watches for the rest of a while (move without rewrap only counts) before trusting it: a
+// server that has not reloaded yet would still seal or wrap under the old key. Between
+// passes it asks servers to reload, logging warn; after the last pass it gives up with
+// stale's error. It returns how long it waited beyond move and during.
+func (r *Rotator) untilSettled(ctx context.Context, move func(rewrap bool) (left int64, err error), during func() error,
+	stale func(left int64, passes int) error, warn string) (waited time.Duration, err error) {
+	passes, settle := r.passesAndSettle()
+	for pass := 1; ; pass++ {
+		left, err := move(true)
+		if err != nil {
+			return waited, err
 		}
+		if left == 0 {
+			watch := time.Now()
+			if during != nil {
+				if err := during(); err != nil {
+					return waited, err
+				}
+			}
+			if wait := settle - time.Since(watch); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return waited, ctx.Err()
+				case <-time.After(wait):
+				}
+				waited += wait
+			}
+			if left, err = move(false); err != nil {
+				return waited, err
+			}
+			if left == 0 {
+				return waited, nil
+			}
+		}
+		if pass == passes {
+			return waited, stale(left, passes)
+		}
+		r.logger().Warn(warn, "left", left)
+		r.announce(ctx)
 	}
-	return total.Load(), nil
 }
 
 // announce tells running servers to reload their key rings. It is best effort: servers

@@ -42,7 +42,7 @@ import (
 // to tenant keys, a master key rotation or a tenant key rotation) with small batches,
 // printing each durable step, until it finishes or dies at the step it was told.
 const (
-	envHelper = "LOOPZE_KEYROTATION_HELPER" // migrate, master or tenant
+	envHelper = "LOOPZE_KEYROTATION_HELPER" // migrate, master, tenant or schedule
 	envDB     = "LOOPZE_KEYROTATION_DB"
 	envDir    = "LOOPZE_KEYROTATION_DIR"
 	envKillAt = "LOOPZE_KEYROTATION_KILL_AT"
@@ -62,7 +62,7 @@ func TestMain(m *testing.M) {
 // the test master key URI says) and, while loopze.key exists, the key files that sealed
 // rows before tenant keys.
 func openKeys(pool *pgxpool.Pool, dir string) (*tenantkey.Keys, error) {
-	master, err := masterkey.Open(os.Getenv(tenantkeytest.EnvMasterKeyURI), dir, os.Getenv, nil)
+	master, err := masterkey.Open(tenantkeytest.URIOf(dir), dir, os.Getenv, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -111,6 +111,8 @@ func runHelper(op string) int {
 		_, err = r.Rotate(ctx)
 	case "tenant":
 		_, err = r.RotateTenant(ctx, rotatedTenant)
+	case "schedule":
+		err = runScheduleHelper(ctx, r)
 	default:
 		err = fmt.Errorf("unknown operation %q", op)
 	}
@@ -140,7 +142,8 @@ type fixture struct {
 // setup makes two tenants of inline entries (each with its version) and node secrets,
 // and exports their files. With legacy the rows are sealed under the master key file
 // itself, as releases before tenant keys sealed them: what the migration starts from.
-func setup(t *testing.T, legacy bool) *fixture {
+func setup(t *testing.T, legacy bool, opts ...bool) *fixture {
+	noExport := len(opts) > 0 && opts[0]
 	t.Helper()
 	ctx := context.Background()
 	url := testdb.URL(t)
@@ -192,10 +195,17 @@ func setup(t *testing.T, legacy bool) *fixture {
 			return repo.ImportNodeSecrets(ctx, tx, tenant, rows)
 		}))
 	}
+	if legacy && noExport {
+		return f
+	}
 	_, err = (&fileexport.Exporter{Pool: pool, Keys: keys, DataDir: dir}).ExportAll(ctx, false)
 	require.NoError(t, err)
 	return f
 }
+
+// beforeUpgrade, as setup's last argument, leaves a legacy fixture without tenant keys: as an
+// install of a release before them is, until a server of this one starts.
+const beforeUpgrade = true
 
 // writeLegacyEntry stores an inline pair and its first version sealed under ring, as a
 // release before tenant keys did.
@@ -277,9 +287,7 @@ func (f *fixture) requireAllReadable(t *testing.T, when string) {
 
 // masterKeySource is where the master key of the fixture lives, as doctor is told.
 func (f *fixture) masterKeySource(t *testing.T) masterkey.Source {
-	src, err := masterkey.Locate(os.Getenv(tenantkeytest.EnvMasterKeyURI), f.dataDir, os.Getenv)
-	require.NoError(t, err)
-	return src
+	return tenantkeytest.Source(t, f.dataDir)
 }
 
 // killEachStep runs the helper op again and again, the k-th run killed right after its
@@ -547,3 +555,80 @@ func TestRotationRefusesToRetireAKeyStillInUse(t *testing.T) {
 type neverReloads struct{ masterkey.Keyring }
 
 func (neverReloads) Reload() error { return nil }
+
+// TestMovingTheMasterKeyToAnotherStore: an install whose master key is data/loopze.key
+// starts with LOOPZE_MASTER_KEY_URI naming another store (here another key file; a token
+// works the same), loopze.key left in the data directory. Everything stays readable
+// through the old file; rotate-key rewraps every tenant key under the new store's key,
+// after which loopze.key can go.
+func TestMovingTheMasterKeyToAnotherStore(t *testing.T) {
+	t.Parallel()
+	if tenantkeytest.InToken() {
+		t.Skip("the fixture's master key is already in a token")
+	}
+	f := setup(t, false)
+	ctx := context.Background()
+	elsewhere := "file:" + filepath.Join(t.TempDir(), "master.key")
+	open := func(withOld bool) *tenantkey.Keys {
+		t.Helper()
+		master, err := masterkey.Open(elsewhere, f.dataDir, os.Getenv, nil)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = master.Close() })
+		keys := &tenantkey.Keys{Pool: f.pool, Master: master}
+		if withOld {
+			keys.Legacy, err = envelope.LoadExisting(f.dataDir, nil)
+			require.NoError(t, err)
+		}
+		return keys
+	}
+	readable := func(keys *tenantkey.Keys, when string) {
+		t.Helper()
+		svc := &catalog.Service{Pool: f.pool, Keys: keys, Logger: slog.New(slog.DiscardHandler)}
+		for _, tenant := range tenants {
+			e, err := repo.LookupEntries(ctx, f.pool, tenant, []string{"e0"})
+			require.NoError(t, err)
+			_, _, err = svc.Open(ctx, e[0])
+			require.NoError(t, err, "%s: %s", when, tenant)
+			data, err := os.ReadFile(credfile.Path(f.dataDir, tenant))
+			require.NoError(t, err)
+			_, _, err = credfile.Open(keys.Opener(), data, tenant)
+			require.NoError(t, err, "%s: file of %s", when, tenant)
+		}
+	}
+	moving := open(true)
+	readable(moving, "with the old key file beside the new store")
+
+	rep, err := (&Rotator{Pool: f.pool, DataDir: f.dataDir, Keys: moving, Settle: 10 * time.Millisecond}).Rotate(ctx)
+	require.NoError(t, err)
+	require.Equal(t, len(tenants), rep.TenantKeys)
+	require.NoError(t, os.Rename(filepath.Join(f.dataDir, envelope.KeyFile), filepath.Join(t.TempDir(), "old.key")))
+	readable(open(false), "after the rotation, without loopze.key")
+}
+
+// TestDoctorChangesNothingBeforeTheMigration: doctor on an install whose rows are still
+// sealed under the master key, before any server of this release ran, makes no tenant key,
+// opens every row with the legacy key and warns that they are left to move.
+func TestDoctorChangesNothingBeforeTheMigration(t *testing.T) {
+	t.Parallel()
+	f := setup(t, true, beforeUpgrade)
+	ctx := context.Background()
+	keys, err := openKeys(f.pool, f.dataDir)
+	require.NoError(t, err)
+	defer keys.Master.Close()
+	keys.ReadOnly = true
+	rep := (&doctor.Doctor{Pool: f.pool, DataDir: f.dataDir, Keys: keys, ExpiringWithin: -1, MasterKey: f.masterKeySource(t)}).Run(ctx)
+	rows := 0
+	for _, c := range rep.Checks {
+		if c.Check == "rows" {
+			rows++
+			require.Equal(t, doctor.Warn, c.Status, "%+v", c)
+			require.Contains(t, c.Message, fmt.Sprint(entriesPerTenant+secretsPerTenant, " row(s)"))
+		}
+	}
+	require.Equal(t, len(tenants), rows)
+	for _, tenant := range tenants {
+		stored, err := repo.TenantKeys(ctx, f.pool, tenant)
+		require.NoError(t, err)
+		require.Empty(t, stored, "doctor made no key for %s", tenant)
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
@@ -153,6 +154,13 @@ func openPKCS11(u *PKCS11URI, getenv func(string) string, logger *slog.Logger) (
 		}
 	}()
 	slot, err := r.findSlot()
+	// A file-backed token (SoftHSM2) that another process is rewriting (a rotation making
+	// or destroying a key object) reads as absent for a moment: look again a few times
+	// before calling the token missing.
+	for i := 0; errors.Is(err, ErrNoToken) && i < slotRetries; i++ {
+		time.Sleep(slotRetryDelay)
+		slot, err = r.findSlot()
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -193,6 +201,13 @@ func openPKCS11(u *PKCS11URI, getenv func(string) string, logger *slog.Logger) (
 	logger.Info("master key loaded", "source", u.String(), "current_key_id", ks.current.id, "key_ids", ks.ids())
 	return r, nil
 }
+
+// slotRetries and slotRetryDelay bound how long Open looks again for a token it did not
+// find: 200 ms, far below any start timeout, and a missing token is still one line.
+const (
+	slotRetries    = 10
+	slotRetryDelay = 20 * time.Millisecond
+)
 
 // findSlot finds the one initialised token the URI matches.
 func (r *tokenRing) findSlot() (uint, error) {

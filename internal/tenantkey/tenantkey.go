@@ -67,6 +67,9 @@ type Keys struct {
 	Legacy *envelope.Ring
 	// Logger receives the creation of keys.
 	Logger *slog.Logger
+	// ReadOnly makes no key: a tenant without one is ErrNoKey, and its ring holds the
+	// Legacy keys alone (doctor, which changes nothing, reads an upgraded install so).
+	ReadOnly bool
 
 	mu      sync.Mutex
 	tenants map[string]*tenant
@@ -134,7 +137,7 @@ func (k *Keys) Forget(tenant string) {
 }
 
 // Versions returns the versions of tenant's key, oldest first, creating version 1 when the
-// tenant has none yet.
+// tenant has none yet (ErrNoKey instead when ReadOnly).
 func (k *Keys) Versions(ctx context.Context, tenant string) ([]*Version, error) {
 	t := k.tenant(tenant)
 	t.mu.Lock()
@@ -145,6 +148,9 @@ func (k *Keys) Versions(ctx context.Context, tenant string) ([]*Version, error) 
 	vs, err := k.load(ctx, tenant)
 	if err != nil {
 		return nil, err
+	}
+	if len(vs) == 0 && k.ReadOnly {
+		return nil, fmt.Errorf("tenant %s has no key yet: %w", tenant, ErrNoKey)
 	}
 	if len(vs) == 0 {
 		if _, err := k.add(ctx, tenant, 1); err != nil {
@@ -203,6 +209,10 @@ func (k *Keys) Ring(ctx context.Context, tenant string) (*envelope.Ring, error) 
 		return ring, nil
 	}
 	if _, err := k.Versions(ctx, tenant); err != nil {
+		if k.ReadOnly && k.Legacy != nil && errors.Is(err, ErrNoKey) {
+			// Rows of a tenant not migrated yet are all under the legacy keys.
+			return k.Legacy, nil
+		}
 		return nil, err
 	}
 	ring, err := envelope.NewLoadedRing(func() ([]byte, [][]byte, error) {
@@ -292,21 +302,35 @@ func (k *Keys) load(ctx context.Context, tenant string) ([]*Version, error) {
 // unwrap opens a stored tenant key under the master key that wrapped it, reloading the
 // master keyring once when it does not hold that key (another process rotated it).
 func (k *Keys) unwrap(tenant string, n int, masterID string, wrapped []byte) (secret.Bytes, error) {
+	aad := sealing.TenantKeyWrap(tenant, n)
+	var (
+		root []byte
+		err  error
+	)
 	mk, ok := k.Master.Get(masterID)
 	if !ok {
 		if err := k.Master.Reload(); err != nil {
 			return nil, fmt.Errorf("the key of %s version %d: reload master keys: %w", tenant, n, err)
 		}
-		if mk, ok = k.Master.Get(masterID); !ok {
-			return nil, fmt.Errorf("the key of %s version %d is wrapped under master key %s, which this server does not hold: %w",
-				tenant, n, masterID, ErrNoMasterKey)
-		}
+		mk, ok = k.Master.Get(masterID)
 	}
-	root, err := mk.Unwrap(wrapped, sealing.TenantKeyWrap(tenant, n))
+	switch {
+	case ok:
+		root, err = mk.Unwrap(wrapped, aad)
+	case k.Legacy != nil && k.Legacy.Has(masterID):
+		// A master key moving into a token or a credential: the key file it leaves in the
+		// data directory opens the tenant keys it wrapped, until rotate-key rewraps them
+		// under the new store's key.
+		root, err = k.Legacy.UnwrapKey(masterID, wrapped, aad)
+	default:
+		return nil, fmt.Errorf("the key of %s version %d is wrapped under master key %s, which this server does not hold: %w",
+			tenant, n, masterID, ErrNoMasterKey)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("the key of %s version %d: %w", tenant, n, err)
 	}
 	if len(root) != KeySize {
+		clear(root)
 		return nil, fmt.Errorf("the key of %s version %d is %d bytes, want %d", tenant, n, len(root), KeySize)
 	}
 	return secret.Bytes(root), nil
@@ -374,7 +398,7 @@ func (k *Keys) Adopt(ctx context.Context, tenant string, ref credfile.TenantKeyR
 	if err != nil || len(rows) > 0 {
 		return false, err
 	}
-	if _, ok := k.Master.Get(ref.MasterKeyID); !ok || ref.Version < 1 {
+	if _, ok := k.Master.Get(ref.MasterKeyID); (!ok && (k.Legacy == nil || !k.Legacy.Has(ref.MasterKeyID))) || ref.Version < 1 {
 		return false, nil
 	}
 	wrapped, err := base64.StdEncoding.DecodeString(ref.Wrapped)
@@ -457,4 +481,20 @@ func (a auditKeys) Version(ctx context.Context, tenant string, n int) ([]byte, e
 		return nil, err
 	}
 	return v.AuditKey()
+}
+
+// RuntimeKey is tenant's runtime key: the file keys of every version of its key, which
+// open its credentials.json and nothing else.
+func (k *Keys) RuntimeKey(ctx context.Context, tenant string) (*credfile.RuntimeKey, error) {
+	versions, err := k.Versions(ctx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	rk := &credfile.RuntimeKey{Tenant: tenant, Keys: make(map[int]secret.Bytes, len(versions))}
+	for _, v := range versions {
+		if rk.Keys[v.N], err = v.FileKey(); err != nil {
+			return nil, err
+		}
+	}
+	return rk, nil
 }

@@ -1,6 +1,6 @@
 //go:build unix
 
-package audit
+package durable
 
 import (
 	"context"
@@ -11,10 +11,11 @@ import (
 	"time"
 )
 
-// lockFile takes an exclusive advisory lock (flock) on path, creating it 0600, so processes
-// sharing a data directory move a tenant's checkpoint one at a time. It waits until ctx
-// ends. The lock goes with the process: a killed holder releases it.
-func lockFile(ctx context.Context, path string) (unlock func(), err error) {
+// Lock takes an exclusive advisory lock (flock) on path, creating it 0600, so processes
+// sharing a directory write one file one at a time (a tenant's credentials.json, its audit
+// checkpoint). It waits until ctx ends. The lock goes with the process: a killed holder
+// releases it.
+func Lock(ctx context.Context, path string) (unlock func(), err error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open lock %s: %w", path, err)
