@@ -147,7 +147,9 @@ func RaiseGeneration(ctx context.Context, q db.DBTX, tenant string, floor int64)
 // tenant.
 func FoldChanges(ctx context.Context, q db.DBTX, tenant string) error {
 	b := &pgx.Batch{}
-	b.Queue(`SET LOCAL synchronous_commit = off`)
+	// set_config, not SET LOCAL: the batch is an implicit transaction, which SET LOCAL
+	// applies to too but warns about in the server's log at every fold.
+	b.Queue(`SELECT set_config('synchronous_commit', 'off', true)`)
 	b.Queue(`
 		WITH t AS (SELECT id FROM tenants WHERE id = $1 FOR NO KEY UPDATE SKIP LOCKED),
 		d AS (DELETE FROM tenant_changes WHERE tenant_id = (SELECT id FROM t) RETURNING n)

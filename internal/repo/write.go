@@ -96,8 +96,17 @@ type History struct {
 	Last, LastEntryVersion int64
 }
 
-const historySQL = `SELECT entry_id, coalesce(max(version), 0), coalesce(max(entry_version), 0)
-	FROM entry_versions WHERE tenant_id = $1 AND entry_id = ANY($2) GROUP BY entry_id`
+// historySQL reads each ID's history as its own descent of the primary key (tenant_id,
+// entry_id, version): an equality on both columns is an index condition whatever the
+// statistics say. `entry_id = ANY($2)` was not: a generic plan made while a tenant's rows
+// were still uncounted (a table analyzed before the tenant's writes began) scanned the
+// whole tenant for every create, filtering on the ID, since the planner costs an array
+// condition as one descent per element.
+const historySQL = `SELECT i.id, h.last, h.last_entry_version
+	FROM unnest($2::text[]) AS i(id)
+	CROSS JOIN LATERAL (SELECT max(version) AS last, max(entry_version) AS last_entry_version
+		FROM entry_versions WHERE tenant_id = $1 AND entry_id = i.id) h
+	WHERE h.last IS NOT NULL`
 
 // Histories returns where the history of each of ids stands (an ID without history is
 // absent from the map). It scopes itself (see scopedQuery): one round trip from a pool.
