@@ -204,7 +204,7 @@ func (s *Scheduler) Check(ctx context.Context) (Outcome, error) {
 		return Failed, fmt.Errorf("scheduled master key rotation: %w", err)
 	}
 	s.Rotator.announce(ctx)
-	if me, _, others, err = s.register(ctx, now); err != nil {
+	if _, _, others, err = s.register(ctx, now); err != nil {
 		return Failed, err
 	}
 	if missing := lacking(others, next.ID()); len(missing) > 0 {
