@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 	"github.com/loopze/certstore/internal/masterkey"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/tenantkey"
+	"golang.org/x/sync/errgroup"
 )
 
 // rotationCeiling is the master key rotation's target over the scale scenario's tenants.
@@ -171,28 +171,22 @@ func (b *bench) rewriteFloor(ctx context.Context) (rewrite, error) {
 	var (
 		total atomic.Int64
 		errs  = make([]error, len(tenants))
-		next  = make(chan int)
-		wg    sync.WaitGroup
+		g     errgroup.Group
 	)
+	g.SetLimit(fileexport.AllAtOnce())
 	t0 := time.Now()
-	for range fileexport.AllAtOnce() {
-		wg.Go(func() {
-			for i := range next {
-				t := tenants[i].ID
-				data, err := os.ReadFile(credfile.Path(b.srv.dataDir, t))
-				if err == nil {
-					err = fileexport.WriteAtomic(credfile.Path(scratch, t), data)
-				}
-				errs[i] = err
-				total.Add(int64(len(data)))
+	for i, tn := range tenants {
+		g.Go(func() error {
+			data, err := os.ReadFile(credfile.Path(b.srv.dataDir, tn.ID))
+			if err == nil {
+				err = fileexport.WriteAtomic(credfile.Path(scratch, tn.ID), data)
 			}
+			errs[i] = err
+			total.Add(int64(len(data)))
+			return nil
 		})
 	}
-	for i := range tenants {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
+	_ = g.Wait() // every error is in errs
 	return rewrite{bytes: total.Load(), took: time.Since(t0)}, errors.Join(errs...)
 }
 

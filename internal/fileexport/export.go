@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/loopze/certstore/internal/audit"
 	"github.com/loopze/certstore/internal/credfile"
@@ -180,20 +181,15 @@ func (x *Exporter) ExportAll(ctx context.Context, force bool) ([]Result, error) 
 	}
 	results := make([]Result, len(tenants))
 	errs := make([]error, len(tenants))
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range min(AllAtOnce(), len(tenants)) {
-		wg.Go(func() {
-			for i := range next {
-				results[i], errs[i] = x.ExportTenant(ctx, tenants[i].ID, force)
-			}
+	var g errgroup.Group
+	g.SetLimit(AllAtOnce())
+	for i, t := range tenants {
+		g.Go(func() error {
+			results[i], errs[i] = x.ExportTenant(ctx, t.ID, force)
+			return nil
 		})
 	}
-	for i := range tenants {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
+	_ = g.Wait() // every error is in errs
 	out := make([]Result, 0, len(tenants))
 	for i, r := range results {
 		if errs[i] == nil {

@@ -26,6 +26,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/loopze/certstore/internal/audit"
 	"github.com/loopze/certstore/internal/db"
@@ -112,33 +113,18 @@ func step(name string) {
 // eachTenant calls fn for every tenant, as many at once as an export of all tenants runs
 // (fileexport.AllAtOnce): each call is a few short transactions of one tenant, holding
 // one pool connection at a time, and mostly waits for the database's answers. It stops
-// starting calls at the first error, and returns the errors of the calls made.
+// starting calls at the first error, cancels the context of those under way, and returns
+// that error (or ctx's, when it ended first).
 func eachTenant(ctx context.Context, tenants []repo.Tenant, fn func(ctx context.Context, tenant string) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errs := make([]error, len(tenants))
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range min(fileexport.AllAtOnce(), len(tenants)) {
-		wg.Go(func() {
-			for i := range next {
-				if errs[i] = fn(ctx, tenants[i].ID); errs[i] != nil {
-					cancel()
-				}
-			}
-		})
-	}
-feed:
-	for i := range tenants {
-		select {
-		case next <- i:
-		case <-ctx.Done():
-			break feed
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(fileexport.AllAtOnce())
+	for _, t := range tenants {
+		if gctx.Err() != nil {
+			break
 		}
+		g.Go(func() error { return fn(gctx, t.ID) })
 	}
-	close(next)
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := g.Wait(); err != nil {
 		return err
 	}
 	return ctx.Err()
