@@ -18,7 +18,6 @@ import (
 	"github.com/loopze/certstore/internal/doctor"
 	"github.com/loopze/certstore/internal/envelope"
 	"github.com/loopze/certstore/internal/fileexport"
-	"github.com/loopze/certstore/internal/masterkey"
 	"github.com/loopze/certstore/internal/material"
 	"github.com/loopze/certstore/internal/material/materialtest"
 	"github.com/loopze/certstore/internal/tenantkey"
@@ -96,7 +95,7 @@ func keysNow(t *testing.T, pool *pgxpool.Pool, dir string) (*tenantkey.Keys, err
 			return nil, err
 		}
 	}
-	master, err := masterkey.Open(uri, dir, os.Getenv, nil)
+	master, err := tenantkeytest.Open(uri, dir, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -20,7 +20,6 @@ import (
 
 	"github.com/loopze/certstore/internal/credfile"
 	"github.com/loopze/certstore/internal/db"
-	"github.com/loopze/certstore/internal/masterkey"
 	"github.com/loopze/certstore/internal/repo"
 	"github.com/loopze/certstore/internal/tenantkey"
 	"github.com/loopze/certstore/internal/tenantkey/tenantkeytest"
@@ -45,7 +44,7 @@ func runCrashHelper() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	master, err := masterkey.Open(tenantkeytest.URIOf(os.Getenv(envCrashDir)), os.Getenv(envCrashDir), os.Getenv, logger)
+	master, err := tenantkeytest.Open(tenantkeytest.URIOf(os.Getenv(envCrashDir)), os.Getenv(envCrashDir), logger)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -62,7 +62,7 @@ func TestMain(m *testing.M) {
 // the test master key URI says) and, while loopze.key exists, the key files that sealed
 // rows before tenant keys.
 func openKeys(pool *pgxpool.Pool, dir string) (*tenantkey.Keys, error) {
-	master, err := masterkey.Open(tenantkeytest.URIOf(dir), dir, os.Getenv, nil)
+	master, err := tenantkeytest.Open(tenantkeytest.URIOf(dir), dir, nil)
 	if err != nil {
 		return nil, err
 	}

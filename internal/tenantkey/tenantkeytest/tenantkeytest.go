@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -69,20 +70,26 @@ func URI(t testing.TB, dir string) string {
 		args = append(args, "--token-label", u.Token)
 	}
 	// A file-backed token that another test's process is rewriting reads as absent for a
-	// moment: try again a few times.
+	// moment: try again a few times. The tests of one process make their objects one at a
+	// time (SoftHSM2 rewrites the token's files for each).
 	var out []byte
-	for range 10 {
+	keygen.Lock()
+	for range 20 {
 		if out, err = exec.Command("pkcs11-tool", args...).CombinedOutput(); err == nil {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	keygen.Unlock()
 	require.NoError(t, err, "pkcs11-tool --keygen: %s", out)
 	uri := objectAttr.ReplaceAllString(base, "${1}object="+object)
 	require.NoError(t, os.MkdirAll(dir, 0o700))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, uriFile), []byte(uri+"\n"), 0o600))
 	return uri
 }
+
+// keygen serialises the object creations of one test process.
+var keygen sync.Mutex
 
 var objectAttr = regexp.MustCompile(`([:;])object=[^;?]*`)
 
@@ -101,10 +108,23 @@ func URIOf(dir string) string {
 // of dir (made on first use). The keyring closes with the test.
 func New(t testing.TB, pool *pgxpool.Pool, dir string) *tenantkey.Keys {
 	t.Helper()
-	master, err := masterkey.Open(URI(t, dir), dir, os.Getenv, slog.New(slog.DiscardHandler))
+	master, err := Open(URI(t, dir), dir, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = master.Close() })
 	return &tenantkey.Keys{Pool: pool, Master: master, Logger: slog.New(slog.DiscardHandler)}
+}
+
+// Open opens the master keyring uri names for dir (masterkey.Open), trying again for up
+// to two seconds when uri is a token: a file-backed token whose files another process is
+// rewriting (pkcs11-tool making another test's object, a helper killed while it wrote)
+// can read as uninitialised, or without an object just made, for a moment.
+func Open(uri, dir string, logger *slog.Logger) (masterkey.Keyring, error) {
+	master, err := masterkey.Open(uri, dir, os.Getenv, logger)
+	for i := 0; err != nil && uri != "" && i < 40; i++ {
+		time.Sleep(50 * time.Millisecond)
+		master, err = masterkey.Open(uri, dir, os.Getenv, logger)
+	}
+	return master, err
 }
 
 // Share gives dir the master key of from, as an operator copies loopze.key to another
