@@ -43,16 +43,12 @@ func runAudit(ctx context.Context, env *environ, args []string) error {
 	if sub == "export" && !validTenant(tenant) {
 		return fmt.Errorf("%w: audit export --tenant T", errUsage)
 	}
-	st, err := openStore(ctx, cfg, logger, true)
+	st, err := openStoreWithKeys(ctx, cfg, env, logger, false)
 	if err != nil {
 		return err
 	}
 	defer st.Close(ctx)
-	keys, err := openKeys(cfg, env, logger, st.pool, false)
-	if err != nil {
-		return err
-	}
-	defer keys.Master.Close()
+	keys := st.keys
 	// Records pending are chained under the tenants' audit keys, as serve chains them.
 	svc := &audit.Service{Pool: st.pool, Keys: keys.Audit()}
 	if sub == "export" {

@@ -4,15 +4,9 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"log/slog"
 	"text/tabwriter"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/loopze/certstore/internal/config"
-	"github.com/loopze/certstore/internal/db"
 	"github.com/loopze/certstore/internal/fileexport"
-	"github.com/loopze/certstore/internal/tenantkey"
 )
 
 // runExport writes tenants' credentials.json files now and reports what it wrote.
@@ -31,16 +25,12 @@ func runExport(ctx context.Context, env *environ, args []string) error {
 	if tenant != "" && !validTenant(tenant) {
 		return fmt.Errorf("%w: --tenant %q must match ^[a-z0-9][a-z0-9_-]{0,63}$", errUsage, tenant)
 	}
-	st, err := openStore(ctx, cfg, logger, true)
+	st, err := openStoreWithKeys(ctx, cfg, env, logger, false)
 	if err != nil {
 		return err
 	}
 	defer st.Close(ctx)
-	keys, err := openKeys(cfg, env, logger, st.pool, false)
-	if err != nil {
-		return err
-	}
-	defer keys.Master.Close()
+	keys := st.keys
 	x := &fileexport.Exporter{Pool: st.pool, Keys: keys, DataDir: cfg.DataDir, Logger: logger}
 	var results []fileexport.Result
 	if tenant != "" {
@@ -91,57 +81,4 @@ func printExports(env *environ, results []fileexport.Result, asJSON bool) {
 			r.NodeCredentials, r.KeyID, r.Path)
 	}
 	_ = tw.Flush()
-}
-
-// store is a migrated database pool and what closing it takes.
-type store struct {
-	pool     *pgxpool.Pool
-	database *database
-}
-
-// openStore opens the configured database (borrowing or starting the embedded cluster, as
-// every subcommand does), migrates it when asked, and opens a pool.
-func openStore(ctx context.Context, cfg config.Config, logger *slog.Logger, migrate bool) (*store, error) {
-	database, err := openDatabase(ctx, cfg, logger, false)
-	if err != nil {
-		return nil, err
-	}
-	fail := func(err error) (*store, error) {
-		_ = database.Close(context.WithoutCancel(ctx))
-		return nil, err
-	}
-	pooler, direct, err := database.paths(ctx, cfg, logger)
-	if err != nil {
-		return fail(err)
-	}
-	if migrate {
-		if _, err := db.Migrate(ctx, direct, logger); err != nil {
-			return fail(err)
-		}
-	}
-	pool, err := db.Open(ctx, database.URL, logger, pooler)
-	if err != nil {
-		return fail(err)
-	}
-	return &store{pool: pool, database: database}, nil
-}
-
-// Close closes the pool and stops a cluster this command started.
-func (s *store) Close(ctx context.Context) {
-	s.pool.Close()
-	_ = s.database.Close(context.WithoutCancel(ctx))
-}
-
-// openKeys opens the master keyring (LOOPZE_MASTER_KEY_URI; a key file is created only
-// when create is set) and the tenant keys under it, for a command over pool. The caller
-// closes keys.Master.
-func openKeys(cfg config.Config, env *environ, logger *slog.Logger, pool *pgxpool.Pool, create bool) (*tenantkey.Keys, error) {
-	if err := checkKeyModes(cfg.DataDir); err != nil {
-		return nil, err
-	}
-	master, legacy, err := openMasterKeys(cfg, env.getenv, logger, create)
-	if err != nil {
-		return nil, err
-	}
-	return &tenantkey.Keys{Pool: pool, Master: master, Legacy: legacy, Logger: logger}, nil
 }

@@ -56,16 +56,12 @@ func runImport(ctx context.Context, env *environ, args []string) error {
 			return err
 		}
 	}
-	st, err := openStore(ctx, cfg, logger, true)
+	st, err := openStoreWithKeys(ctx, cfg, env, logger, keyPath != "")
 	if err != nil {
 		return err
 	}
 	defer st.Close(ctx)
-	keys, err := openKeys(cfg, env, logger, st.pool, keyPath != "")
-	if err != nil {
-		return err
-	}
-	defer keys.Master.Close()
+	keys := st.keys
 	ctx = operator(ctx, "import")
 	im := &fileexport.Importer{Pool: st.pool, Catalog: &catalog.Service{Pool: st.pool, Keys: keys, Roots: roots, Logger: logger},
 		Keys: keys, FileKeys: fileKeys, Logger: logger}

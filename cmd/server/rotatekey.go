@@ -44,16 +44,12 @@ func runRotateKey(ctx context.Context, env *environ, args []string) error {
 		fmt.Fprintf(env.stdout, "new master key %s made; give it to every replica (copy loopze.key.next, mode 0600, when it is a file), then run: loopze-certs rotate-key\n", next.ID())
 		return nil
 	}
-	st, err := openStore(ctx, cfg, logger, true)
+	st, err := openStoreWithKeys(ctx, cfg, env, logger, false)
 	if err != nil {
 		return err
 	}
 	defer st.Close(ctx)
-	keys, err := openKeys(cfg, env, logger, st.pool, false)
-	if err != nil {
-		return err
-	}
-	defer keys.Master.Close()
+	keys := st.keys
 	r := &keyrotation.Rotator{Pool: st.pool, DataDir: cfg.DataDir, Keys: keys, Logger: logger, BatchSize: batch}
 	ctx = operator(ctx, "rotate-key")
 	if tenant != "" {

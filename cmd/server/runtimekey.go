@@ -32,16 +32,12 @@ func runRuntimeKey(ctx context.Context, env *environ, args []string) error {
 	if !validTenant(tenant) || out == "" {
 		return fmt.Errorf("%w: runtime-key --tenant T --out FILE", errUsage)
 	}
-	st, err := openStore(ctx, cfg, logger, true)
+	st, err := openStoreWithKeys(ctx, cfg, env, logger, false)
 	if err != nil {
 		return err
 	}
 	defer st.Close(ctx)
-	keys, err := openKeys(cfg, env, logger, st.pool, false)
-	if err != nil {
-		return err
-	}
-	defer keys.Master.Close()
+	keys := st.keys
 	// A tenant name mistyped would otherwise get a key (and a row) of its own.
 	tenants, err := repo.ListTenants(ctx, st.pool)
 	if err != nil {
