@@ -208,19 +208,25 @@ func (k *Keys) Ring(ctx context.Context, tenant string) (*envelope.Ring, error) 
 	if ring != nil {
 		return ring, nil
 	}
-	if _, err := k.Versions(ctx, tenant); err != nil {
+	first, err := k.Versions(ctx, tenant)
+	if err != nil {
 		if k.ReadOnly && k.Legacy != nil && errors.Is(err, ErrNoKey) {
 			// Rows of a tenant not migrated yet are all under the legacy keys.
 			return k.Legacy, nil
 		}
 		return nil, err
 	}
-	ring, err := envelope.NewLoadedRing(func() ([]byte, [][]byte, error) {
-		lctx, cancel := context.WithTimeout(context.Background(), loadTimeout)
-		defer cancel()
-		vs, err := k.load(lctx, tenant)
-		if err != nil {
-			return nil, nil, err
+	ring, err = envelope.NewLoadedRing(func() (current []byte, others [][]byte, err error) {
+		// The ring is built from the versions just read; a reload reads them again (each
+		// read unwraps every version under the master key, in a token a call of its own).
+		vs := first
+		first = nil
+		if vs == nil {
+			lctx, cancel := context.WithTimeout(context.Background(), loadTimeout)
+			defer cancel()
+			if vs, err = k.load(lctx, tenant); err != nil {
+				return nil, nil, err
+			}
 		}
 		if len(vs) == 0 {
 			return nil, nil, fmt.Errorf("tenant %s: %w", tenant, ErrNoKey)
